@@ -1,0 +1,36 @@
+# The first two commands on a fresh machine: `make demo` and `make test`.
+# Each creates .venv if it is missing and installs the project (editable, dev extras) into it.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEMO_HOME ?= demo-workbench
+
+.PHONY: demo test test-slow install clean bench
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch is installed first, pinned, so nothing resolves an unpinned (CUDA, multi-GB) build.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	SKINFLOW_HOME=$(DEMO_HOME) $(BIN)/skinflow demo --n 300 --seed 0
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/ingest.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

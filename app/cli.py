@@ -1,0 +1,318 @@
+"""`skinflow`: the command line. Every command calls curation functions (the same ones the app uses);
+errors print one line and exit non-zero.
+
+Who acts: `--user NAME` (or SKINFLOW_USER). Without it, commands act as the only admin; on a new
+workbench the first command that needs an account creates `admin` and prints its password once.
+Anyone with shell access to the workbench folder has full access to the data anyway, so the CLI
+asks for no password.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from curation import annotate as _annotate  # noqa: F401  (imported for its models' registration)
+from curation.auth import Actor, add_user, count_users, get_actor, list_users, set_password, set_role
+from curation.db import Workbench, open_workbench
+from curation.demo import build_demo
+from curation.errors import NotFound
+from curation.export import export_dataset
+from curation.ingest import ImportReport, fetch_images, import_path
+from curation.maintenance import backup as backup_database
+from curation.maintenance import doctor as run_doctor
+from curation.models import ROLES
+from curation.settings import Settings
+from curation.status import workbench_status
+from schema.errors import SkinflowError
+
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    help="SkinFlow Workbench: dermatology annotation, curation, export and training.",
+)
+users_app = typer.Typer(no_args_is_help=True, help="Manage accounts (admin).")
+app.add_typer(users_app, name="users")
+out = Console()
+err = Console(stderr=True)
+
+
+@dataclass
+class _Context:
+    home: Optional[Path]
+    username: Optional[str]
+    _wb: Optional[Workbench] = None
+
+    def workbench(self) -> Workbench:
+        if self._wb is None:
+            overrides = {"home": self.home} if self.home else {}
+            self._wb = open_workbench(Settings.load(**overrides))
+        return self._wb
+
+    def actor(self) -> Actor:
+        wb = self.workbench()
+        if self.username:
+            return get_actor(wb, self.username)
+        if count_users(wb) == 0:
+            actor, password = add_user(wb, None, "admin", "admin")
+            _print_new_accounts({"admin": password})
+            return actor
+        admins = [u["username"] for u in list_users(wb, _system_reader(wb)) if u["role"] == "admin" and u["active"]]
+        if len(admins) == 1:
+            return get_actor(wb, admins[0])
+        raise SkinflowError(f"several admins ({', '.join(admins)}): say who acts with --user NAME or SKINFLOW_USER")
+
+
+def _system_reader(wb: Workbench) -> Actor:
+    # Listing accounts to find the default actor is the CLI's own bookkeeping, not a user action.
+    return Actor(id=0, username="cli", role="reviewer")
+
+
+def _ctx(ctx: typer.Context) -> _Context:
+    return ctx.obj
+
+
+def _print_new_accounts(accounts: dict[str, str]) -> None:
+    if not accounts:
+        return
+    table = Table(title="New accounts: passwords are shown only now, store them safely")
+    table.add_column("username")
+    table.add_column("password")
+    for name, password in accounts.items():
+        table.add_row(name, password)
+    out.print(table)
+
+
+@contextmanager
+def _progress(description: str) -> Iterator:
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err, transient=True
+    ) as progress:
+        task = progress.add_task(description, total=None)
+        yield lambda done, total: progress.update(task, completed=done, total=total)
+
+
+def _print_import_report(report: ImportReport, report_file: Optional[Path], shown: int = 20) -> None:
+    summary = report.summary()
+    table = Table(title="Import")
+    for key in summary:
+        table.add_column(key.replace("_", " "))
+    table.add_row(*(str(v) for v in summary.values()))
+    out.print(table)
+    for title, rows in (("Failed", report.failed), ("Duplicates", report.duplicates)):
+        for item, reason in rows[:shown]:
+            out.print(f"[bold]{title.lower()}[/bold] {item}: {reason}", markup=True, highlight=False)
+        if len(rows) > shown:
+            out.print(f"... {len(rows) - shown} more {title.lower()} (see --report FILE for all)")
+    for warning in report.warnings[:shown]:
+        out.print(f"warning {warning}", markup=False, highlight=False)
+    if report_file:
+        report_file.write_text(json.dumps({**summary, "failed_items": report.failed, "duplicate_items": report.duplicates,
+                                           "warning_items": report.warnings}, indent=2), encoding="utf-8")
+
+
+@app.callback()
+def _main(
+    ctx: typer.Context,
+    home: Optional[Path] = typer.Option(None, "--home", help="Workbench folder (default $SKINFLOW_HOME or ./workbench)."),
+    user: Optional[str] = typer.Option(None, "--user", "-u", envvar="SKINFLOW_USER", help="Account that acts."),
+) -> None:
+    ctx.obj = _Context(home, user)
+
+
+@app.command()
+def init(ctx: typer.Context, admin: str = typer.Option("admin", help="Name of the first admin account.")) -> None:
+    """Create the workbench (database, image store) and the first admin account."""
+    c = _ctx(ctx)
+    wb = c.workbench()
+    if count_users(wb) == 0:
+        _, password = add_user(wb, None, admin, "admin")
+        _print_new_accounts({admin: password})
+    out.print(f"workbench ready at {wb.settings.home.resolve()} ({wb.engine.url.render_as_string(hide_password=True)})")
+
+
+@app.command("import")
+def import_(
+    ctx: typer.Context,
+    path: Path = typer.Argument(..., help="A folder of images (recursive), a CSV file, or one image."),
+    images_dir: Optional[Path] = typer.Option(None, help="CSV only: folder holding the images (Fitzpatrick17k: <md5hash>.jpg)."),
+    label_from_folder: bool = typer.Option(False, help="Folder only: use each image's parent folder name as its label."),
+    report: Optional[Path] = typer.Option(None, help="Write the full report (every failure and duplicate) as JSON."),
+) -> None:
+    """Import images and metadata. Re-running the same import adds nothing."""
+    c = _ctx(ctx)
+    wb, actor = c.workbench(), c.actor()
+    with _progress(f"importing {path.name}") as progress:
+        result = import_path(wb, actor, path, images_dir=images_dir, label_from_folder=label_from_folder, progress=progress)
+    _print_import_report(result, report)
+    if result.failed and not (result.imported or result.missing_images or result.already_present or result.duplicates):
+        raise typer.Exit(1)
+
+
+@app.command("fetch-images")
+def fetch_images_(
+    ctx: typer.Context,
+    limit: Optional[int] = typer.Option(None, help="At most this many downloads."),
+    allow_private: bool = typer.Option(False, help="Allow loopback/private/link-local addresses (refused by default)."),
+    report: Optional[Path] = typer.Option(None, help="Write the full report as JSON."),
+) -> None:
+    """Download images of rows imported by URL only (needs a network)."""
+    c = _ctx(ctx)
+    wb, actor = c.workbench(), c.actor()
+    with _progress("fetching images") as progress:
+        result = fetch_images(wb, actor, limit=limit, allow_private=allow_private or None, progress=progress)
+    _print_import_report(result, report)
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    n: int = typer.Option(300, min=1, max=100_000, help="Number of synthetic images."),
+    seed: int = typer.Option(0, help="Random seed (same seed, same data)."),
+    verified_fraction: float = typer.Option(0.5, min=0.0, max=1.0, help="Share annotated and verified by the demo accounts."),
+) -> None:
+    """Build the synthetic demo workbench: accounts, images with true captions, noisy drafts."""
+    wb = _ctx(ctx).workbench()
+    with _progress("building demo") as progress:
+        result = build_demo(wb, n=n, seed=seed, verified_fraction=verified_fraction,
+                            annotated_fraction=min(0.1, 1.0 - verified_fraction), progress=progress)
+    _print_new_accounts(result.accounts)
+    if not result.accounts:
+        out.print("demo accounts exist already (admin, reviewer, annotator); reset a password with `skinflow users set-password`")
+    r = result.import_report
+    out.print(f"demo at {wb.settings.home.resolve()}: {r.imported} new images ({r.already_present} already there), "
+              f"{result.drafts} drafts, {result.annotated} annotated, {result.verified} verified")
+
+
+@app.command()
+def status(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Counts by state, label, Fitzpatrick type and source."""
+    info = workbench_status(_ctx(ctx).workbench())
+    if as_json:
+        out.print_json(json.dumps(info))
+        return
+    out.print(f"[bold]{info['images']}[/bold] images, {info['annotations']} annotations, drafts {info['drafts'] or 0}, users {info['users']}")
+    for title, key, limit in (("State", "by_status", None), ("Source", "by_source", None),
+                              ("Fitzpatrick type", "by_fitzpatrick", None), ("Label (top 25)", "by_label", 25)):
+        table = Table(title=title)
+        table.add_column(title.split(" (")[0])
+        table.add_column("images", justify="right")
+        for name, count in list(info[key].items())[:limit]:
+            table.add_row(str(name), str(count))
+        out.print(table)
+    if info["free_text_labels"]:
+        out.print(f"{info['free_text_labels']} images carry a label outside the taxonomy (counted as 'unknown')")
+
+
+@app.command()
+def export(
+    ctx: typer.Context,
+    out_dir: Path = typer.Option(..., "--out", help="New folder for this export version, e.g. exports/v1."),
+    include_unverified: bool = typer.Option(False, help="Also export annotated but not yet verified records."),
+    overwrite: bool = typer.Option(False, help="Replace an existing export folder."),
+) -> None:
+    """Export curated records: JSONL + Parquet + images + manifest, split train/val/test."""
+    c = _ctx(ctx)
+    wb, actor = c.workbench(), c.actor()
+    with _progress("exporting") as progress:
+        result = export_dataset(wb, actor, out_dir, include_unverified=include_unverified, overwrite=overwrite, progress=progress)
+    out.print(f"exported {result.n_records} records to {result.path} (train {result.by_split['train']}, "
+              f"val {result.by_split['val']}, test {result.by_split['test']}); manifest sha256 {result.manifest_sha256[:12]}")
+
+
+@app.command()
+def backup(ctx: typer.Context, out_file: Optional[Path] = typer.Option(None, "--out", help="Backup file (default under backups/).")) -> None:
+    """Consistent copy of the SQLite database, safe while the app is running."""
+    c = _ctx(ctx)
+    path = backup_database(c.workbench(), c.actor(), out_file)
+    out.print(f"backup written to {path}")
+
+
+@app.command()
+def doctor(ctx: typer.Context) -> None:
+    """Integrity check, migration state, image files missing on disk, orphan and temp files."""
+    c = _ctx(ctx)
+    report = run_doctor(c.workbench(), c.actor())
+    out.print(f"integrity: {report.integrity}; migration {report.revision} (head {report.head}); "
+              f"{report.images_checked} image files referenced")
+    for path in report.missing_files[:20]:
+        out.print(f"missing {path}")
+    for path in report.orphan_files[:20]:
+        out.print(f"orphan {path}")
+    if report.problems:
+        for problem in report.problems:
+            err.print(f"problem: {problem}")
+        raise typer.Exit(1)
+    out.print("no problems found")
+
+
+@users_app.command("add")
+def users_add(
+    ctx: typer.Context, username: str,
+    role: str = typer.Option("annotator", help=f"One of: {', '.join(ROLES)}."),
+    password: Optional[str] = typer.Option(None, help="Default: a generated password, printed once."),
+) -> None:
+    """Create an account."""
+    c = _ctx(ctx)
+    _, pw = add_user(c.workbench(), c.actor(), username, role, password)
+    if password is None:
+        _print_new_accounts({username: pw})
+    else:
+        out.print(f"user {username} created")
+
+
+@users_app.command("list")
+def users_list(ctx: typer.Context) -> None:
+    """List accounts."""
+    c = _ctx(ctx)
+    table = Table()
+    for column in ("username", "role", "active", "created"):
+        table.add_column(column)
+    for u in list_users(c.workbench(), c.actor()):
+        table.add_row(u["username"], u["role"], "yes" if u["active"] else "no", u["created_at"].strftime("%Y-%m-%d"))
+    out.print(table)
+
+
+@users_app.command("set-role")
+def users_set_role(ctx: typer.Context, username: str, role: str) -> None:
+    """Change an account's role."""
+    c = _ctx(ctx)
+    set_role(c.workbench(), c.actor(), username, role)
+    out.print(f"{username} is now {role}")
+
+
+@users_app.command("set-password")
+def users_set_password(
+    ctx: typer.Context, username: str,
+    password: Optional[str] = typer.Option(None, help="Default: a generated password, printed once."),
+) -> None:
+    """Set an account's password."""
+    c = _ctx(ctx)
+    pw = set_password(c.workbench(), c.actor(), username, password)
+    if password is None:
+        _print_new_accounts({username: pw})
+    else:
+        out.print(f"password of {username} changed")
+
+
+def main() -> None:
+    try:
+        app()
+    except SkinflowError as e:
+        err.print(f"error: {e}", markup=False, highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted: finished work is saved; run the same command again to continue")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

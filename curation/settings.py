@@ -1,0 +1,72 @@
+"""One settings object: defaults < TOML file < environment variables (SKINFLOW_*).
+
+The TOML file is `$SKINFLOW_CONFIG` if set, else `$SKINFLOW_HOME/skinflow.toml` if it exists.
+Keys in the file are the field names below (e.g. `max_image_mb = 80`).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from curation.errors import ConfigError
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    home: Path = Path("workbench")
+    database_url: str | None = None  # default: sqlite file under home
+    taxonomy_path: Path | None = None  # default: bundled Fitzpatrick17k taxonomy
+    max_image_mb: float = 50.0  # files larger than this are refused
+    max_image_megapixels: float = 80.0  # decompression-bomb guard, checked before decoding
+    fetch_timeout_s: float = 20.0
+    fetch_allow_private: bool = False  # allow downloads from loopback / private / link-local addresses
+    split_seed: int = 0
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.home / 'skinflow.db').resolve()}"
+
+    @property
+    def store_dir(self) -> Path:
+        """Content-addressed image store."""
+        return self.home / "images"
+
+    @property
+    def backup_dir(self) -> Path:
+        return self.home / "backups"
+
+    @classmethod
+    def load(cls, environ: dict[str, str] | None = None, **overrides) -> "Settings":
+        env = os.environ if environ is None else environ
+        values: dict = {}
+        home = Path(env.get("SKINFLOW_HOME", overrides.get("home", "workbench")))
+        config_file = env.get("SKINFLOW_CONFIG") or (home / "skinflow.toml")
+        config_file = Path(config_file)
+        if config_file.exists():
+            try:
+                values.update(tomllib.loads(config_file.read_text(encoding="utf-8")))
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+                raise ConfigError(f"config file {config_file} is not valid TOML: {e}") from None
+        elif "SKINFLOW_CONFIG" in env:
+            raise ConfigError(f"SKINFLOW_CONFIG points at {config_file}, which does not exist")
+        for name in cls.model_fields:
+            key = f"SKINFLOW_{name.upper()}"
+            if key in env:
+                raw = env[key]
+                values[name] = raw.split(",") if name == "split_fractions" else raw
+        values.update(overrides)
+        values.setdefault("home", home)
+        try:
+            settings = cls(**values)
+        except ValidationError as e:
+            problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+            raise ConfigError(f"invalid settings ({problems}); fix the SKINFLOW_* variable or the config file") from None
+        if abs(sum(settings.split_fractions) - 1.0) > 1e-6:
+            raise ConfigError("split_fractions must sum to 1 (train, val, test), e.g. 0.8,0.1,0.1")
+        return settings
