@@ -41,7 +41,7 @@ app = typer.Typer(
 )
 users_app = typer.Typer(no_args_is_help=True, help="Manage accounts (admin).")
 app.add_typer(users_app, name="users")
-out = Console()
+out = Console(soft_wrap=True)
 err = Console(stderr=True)
 
 
@@ -83,7 +83,7 @@ def _ctx(ctx: typer.Context) -> _Context:
 def _print_new_accounts(accounts: dict[str, str]) -> None:
     if not accounts:
         return
-    table = Table(title="New accounts: passwords are shown only now, store them safely")
+    table = Table(title="New accounts (passwords are shown once: store them now)")
     table.add_column("username")
     table.add_column("password")
     for name, password in accounts.items():
@@ -94,7 +94,8 @@ def _print_new_accounts(accounts: dict[str, str]) -> None:
 @contextmanager
 def _progress(description: str) -> Iterator:
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err, transient=True
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err, transient=True,
+        disable=not err.is_terminal,  # no bar (and no stray newlines) in logs and pipes
     ) as progress:
         task = progress.add_task(description, total=None)
         yield lambda done, total: progress.update(task, completed=done, total=total)
@@ -109,11 +110,11 @@ def _print_import_report(report: ImportReport, report_file: Optional[Path], show
     out.print(table)
     for title, rows in (("Failed", report.failed), ("Duplicates", report.duplicates)):
         for item, reason in rows[:shown]:
-            out.print(f"[bold]{title.lower()}[/bold] {item}: {reason}", markup=True, highlight=False)
+            out.print(f"[bold]{title.lower()}[/bold] {item}: {reason}", markup=True, highlight=False, soft_wrap=True)
         if len(rows) > shown:
             out.print(f"... {len(rows) - shown} more {title.lower()} (see --report FILE for all)")
     for warning in report.warnings[:shown]:
-        out.print(f"warning {warning}", markup=False, highlight=False)
+        out.print(f"warning {warning}", markup=False, highlight=False, soft_wrap=True)
     if report_file:
         report_file.write_text(json.dumps({**summary, "failed_items": report.failed, "duplicate_items": report.duplicates,
                                            "warning_items": report.warnings}, indent=2), encoding="utf-8")
@@ -180,9 +181,11 @@ def demo(
     verified_fraction: float = typer.Option(0.5, min=0.0, max=1.0, help="Share annotated and verified by the demo accounts."),
 ) -> None:
     """Build the synthetic demo workbench: accounts, images with true captions, noisy drafts."""
-    wb = _ctx(ctx).workbench()
+    c = _ctx(ctx)
+    wb = c.workbench()
+    actor = c.actor() if count_users(wb) else None  # a new workbench gets all three demo accounts at once
     with _progress("building demo") as progress:
-        result = build_demo(wb, n=n, seed=seed, verified_fraction=verified_fraction,
+        result = build_demo(wb, actor, n=n, seed=seed, verified_fraction=verified_fraction,
                             annotated_fraction=min(0.1, 1.0 - verified_fraction), progress=progress)
     _print_new_accounts(result.accounts)
     if not result.accounts:
@@ -307,7 +310,7 @@ def main() -> None:
     try:
         app()
     except SkinflowError as e:
-        err.print(f"error: {e}", markup=False, highlight=False)
+        print(f"error: {e}", file=sys.stderr)  # one line, never wrapped: scripts grep it
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted: finished work is saved; run the same command again to continue")

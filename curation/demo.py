@@ -27,7 +27,7 @@ from curation import audit
 from curation.annotate import add_draft, review_annotation, submit_annotation
 from curation.auth import Actor, add_user, count_users, get_actor, require
 from curation.db import Workbench
-from curation.errors import NotFound
+from curation.errors import NotFound, PermissionDenied
 from curation.ingest import ImportReport, KnownContent, ingest_bytes
 from curation.models import Image
 from curation.storage import sha256_hex
@@ -187,11 +187,12 @@ def render_case(rng: Random, caption: Caption, fitzpatrick: int) -> PILImage.Ima
     colours = [c for c in caption.color if c in COLOR_RGB] or ["brown"]
     if len(colours) == 1:
         lesion = np.broadcast_to(np.array(COLOR_RGB[colours[0]], dtype=np.float32), skin.shape)
-    else:  # variegated: blotches of each colour
-        blotch_rng = np.random.default_rng(rng.getrandbits(32))
-        field_ = blotch_rng.random((8, 8))
-        field_ = np.asarray(PILImage.fromarray((field_ * 255).astype(np.uint8)).resize((IMAGE_PX, IMAGE_PX), PILImage.BICUBIC), dtype=np.float32) / 255
-        index = np.minimum((field_ * len(colours)).astype(int), len(colours) - 1)
+    else:  # variegated: every listed colour gets a wavy angular sector of the lesion, so each one shows
+        cx, cy = centres[0]
+        yy, xx = np.mgrid[0:IMAGE_PX, 0:IMAGE_PX].astype(np.float32)
+        theta = np.arctan2(yy - cy, xx - cx)
+        theta = theta + 0.5 * np.sin(3 * theta + rng.uniform(0, 2 * math.pi))
+        index = ((theta / (2 * math.pi)) % 1.0 * len(colours)).astype(int) % len(colours)
         lesion = np.array([COLOR_RGB[c] for c in colours], dtype=np.float32)[index]
     opacity = 0.55 if colours == ["erythematous"] or "translucent/pearly" in colours else 0.9
     out = out * (1 - opacity * alpha) + lesion * opacity * alpha
@@ -267,28 +268,27 @@ class DemoReport:
     verified: int = 0
 
 
-def _demo_actors(wb: Workbench, report: DemoReport) -> dict[str, Actor]:
+def _demo_actors(wb: Workbench, actor: Actor | None, report: DemoReport) -> dict[str, Actor]:
+    """The demo accounts, created where missing. On a workbench without accounts `actor` may be
+    None (the demo admin is created first); otherwise an admin must act."""
+    if actor is None:
+        if count_users(wb):
+            raise PermissionDenied("this workbench has accounts: an admin must build the demo (--user NAME)")
+    else:
+        require(actor, "admin", "build the demo")
+    creator = actor
     actors: dict[str, Actor] = {}
-    creator: Actor | None = None
-    if count_users(wb):
-        try:
-            creator = get_actor(wb, "admin")
-        except NotFound:
-            creator = None
     for username, role in DEMO_ACCOUNTS:
         try:
             actors[username] = get_actor(wb, username)
         except NotFound:
-            actor, password = add_user(wb, creator, username, role)
-            report.accounts[username] = password
-            actors[username] = actor
-            creator = creator or actor
-    require(actors["admin"], "admin", "build the demo")
+            actors[username], report.accounts[username] = add_user(wb, creator, username, role)
+        creator = creator or actors[username]
     return actors
 
 
 def build_demo(
-    wb: Workbench, *, n: int = 300, seed: int = 0, verified_fraction: float = 0.5, annotated_fraction: float = 0.1,
+    wb: Workbench, actor: Actor | None, *, n: int = 300, seed: int = 0, verified_fraction: float = 0.5, annotated_fraction: float = 0.1,
     progress: Callable[[int, int], None] | None = None,
 ) -> DemoReport:
     """Create the demo accounts (admin, reviewer, annotator) if missing, import n synthetic images
@@ -296,8 +296,9 @@ def build_demo(
     of them (their true captions), so exports and training work out of the box. Re-running with
     the same seed adds nothing."""
     report = DemoReport(ImportReport())
-    actors = _demo_actors(wb, report)
-    admin, annotator, reviewer = actors["admin"], actors["annotator"], actors["reviewer"]
+    actors = _demo_actors(wb, actor, report)
+    admin = actor or actors["admin"]
+    annotator, reviewer = actors["annotator"], actors["reviewer"]
     cases = generate_cases(n, seed)
     new_cases: list[tuple[DemoCase, int]] = []
     with wb.session() as session:

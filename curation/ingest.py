@@ -224,6 +224,14 @@ def _parse_fitzpatrick(raw: str | None) -> int | None:
     raise ValueError(f"Fitzpatrick type must be 1-6 (or I-VI; empty or -1 for unknown), got {raw!r}")
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _pick(columns: list[str], candidates: tuple[str, ...]) -> str | None:
     return next((c for c in candidates if c in columns), None)
 
@@ -285,6 +293,7 @@ def import_csv(
             if ext
         }
         seen_external: set[str] = set()
+        url_only: list[Image] = []  # flushed together at the end: one INSERT batch, not one per row
         for line, row in enumerate(rows, start=2):
             item = f"{csv_path.name} line {line}"
             if progress:
@@ -294,7 +303,7 @@ def import_csv(
                 report.failed.append((item, "more cells than header columns; check quoting"))
                 continue
             for column, value in values.items():
-                if value.startswith(_FORMULA_START) and column != fitz_col:
+                if value.startswith(_FORMULA_START) and not _is_number(value):
                     report.warn(f"{item}: cell {column!r} starts with {value[:1]!r} (spreadsheet formula); stored as plain text")
             try:
                 fitzpatrick = _parse_fitzpatrick(values.get(fitz_col)) if fitz_col else None
@@ -313,9 +322,9 @@ def import_csv(
             diagnosis_key = wb.taxonomy.normalise(label) if label else None
             if label and diagnosis_key is None:
                 report.warn(f"{item}: label {label!r} is not in the taxonomy; kept as free text (fix it in review)")
-            file_path = None
+            file_path, explicit_path = None, False
             if path_col and values.get(path_col, "").strip():
-                file_path = base_dir / values[path_col].strip()
+                file_path, explicit_path = base_dir / values[path_col].strip(), True
             elif fitz17k and images_dir and external_id:
                 file_path = base_dir / f"{external_id}.jpg"
             elif url and images_dir:
@@ -336,7 +345,8 @@ def import_csv(
                     meta={k: v for k, v in values.items() if k not in used and v != ""},
                 )
 
-            if file_path is not None and (file_path.exists() or not url):
+            # A file named in the CSV must exist; one derived from images_dir is used when present.
+            if file_path is not None and (explicit_path or file_path.exists()):
                 try:
                     data, original_sha = _clean_file(wb, file_path)
                 except ImageRejected as e:
@@ -347,9 +357,10 @@ def import_csv(
                 image = make_row()
                 image.status = "image_missing"
                 session.add(image)
-                session.flush()
+                url_only.append(image)
                 report.missing_images += 1
-                report.image_ids.append(image.id)
+        session.flush()
+        report.image_ids.extend(image.id for image in url_only)
         audit.record(
             session, actor, "images.import_csv", "image", None,
             source=str(csv_path), summary=report.summary(), n_rows=len(rows),

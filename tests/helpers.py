@@ -1,0 +1,54 @@
+"""Real image files for tests, written by PIL (and a few hand-built hostile ones)."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+EXIF_MAKE, EXIF_MODEL, EXIF_ORIENTATION, EXIF_GPS_IFD = 0x010F, 0x0110, 0x0112, 0x8825
+
+
+def photo(seed: int = 0, size: tuple[int, int] = (96, 64)) -> Image.Image:
+    """A random RGB picture (width, height): every seed gives different pixels."""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8), "RGB")
+
+
+def jpeg_bytes(img: Image.Image, *, orientation: int | None = None, gps: bool = False, camera: bool = False, **save) -> bytes:
+    exif = Image.Exif()
+    if orientation:
+        exif[EXIF_ORIENTATION] = orientation
+    if camera:
+        exif[EXIF_MAKE], exif[EXIF_MODEL] = "SecretCam", "Model-X"
+    if gps:
+        exif[EXIF_GPS_IFD] = {1: "N", 2: (48.0, 51.0, 24.0), 3: "E", 4: (2.0, 21.0, 3.0)}
+    buffer = io.BytesIO()
+    img.save(buffer, "JPEG", quality=90, exif=exif, **save)
+    return buffer.getvalue()
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def png_bomb(width: int = 40_000, height: int = 40_000) -> bytes:
+    """A tiny PNG whose header claims a huge picture (a decompression bomb)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    rows = zlib.compress(b"\x00" * (1 + width // 8) * 64, 9)  # a few rows: enough to look plausible
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")

@@ -1,0 +1,102 @@
+import pytest
+from sqlalchemy import select
+
+from curation import annotate, auth, demo, export, ingest, maintenance
+from curation.errors import ConflictError, PermissionDenied
+from curation.models import AuditEvent, User
+from schema import Caption
+
+
+def test_passwords_are_argon2_hashes_and_verify(wb, admin):
+    with wb.session() as s:
+        stored = s.scalar(select(User.password_hash).where(User.username == "admin"))
+    assert stored.startswith("$argon2id$") and "admin-password" not in stored
+    assert auth.authenticate(wb, "admin", "admin-password").role == "admin"
+    with pytest.raises(auth.InvalidCredentials):
+        auth.authenticate(wb, "admin", "wrong-password")
+    with pytest.raises(auth.InvalidCredentials):
+        auth.authenticate(wb, "nobody", "whatever-pw")
+
+
+def test_first_account_must_be_admin_and_later_ones_need_an_admin(wb):
+    with pytest.raises(Exception, match="first account must be an admin"):
+        auth.add_user(wb, None, "alice", "annotator")
+    first, _ = auth.add_user(wb, None, "boss", "admin")
+    with pytest.raises(PermissionDenied):
+        auth.add_user(wb, None, "sneaky", "admin")
+    annotator, _ = auth.add_user(wb, first, "ann", "annotator")
+    with pytest.raises(PermissionDenied, match="needs the admin role"):
+        auth.add_user(wb, annotator, "x2", "annotator")
+
+
+@pytest.mark.parametrize("name", ["A", "has space", "x" * 70, "émile"])
+def test_bad_usernames_and_short_passwords_are_refused(wb, admin, name):
+    with pytest.raises(Exception, match="invalid username"):
+        auth.add_user(wb, admin, name, "annotator")
+    with pytest.raises(Exception, match="too short"):
+        auth.add_user(wb, admin, "okname", "annotator", "short")
+
+
+def test_last_admin_cannot_be_demoted(wb, admin):
+    with pytest.raises(ConflictError, match="last admin"):
+        auth.set_role(wb, admin, "admin", "reviewer")
+
+
+def test_every_mutation_writes_an_audit_event_naming_the_user(wb, admin, annotator):
+    auth.set_role(wb, admin, "ann", "reviewer")
+    auth.set_password(wb, admin, "ann", "new-password-1")
+    with wb.session() as s:
+        events = s.execute(select(AuditEvent.username, AuditEvent.action)).all()
+    assert ("admin", "user.set_role") in events and ("admin", "user.set_password") in events
+    assert ("admin", "user.add") in events
+
+
+def _calls(wb, tmp_path, image_id):
+    caption = Caption(color=["red"])
+    return {
+        "annotator": [
+            lambda a: annotate.submit_annotation(wb, a, image_id, caption, diagnosis="psoriasis", diagnosis_status="confirmed"),
+        ],
+        "reviewer": [
+            lambda a: annotate.review_annotation(wb, a, 10**6, "verified"),  # the role check comes before the lookup
+            lambda a: auth.list_users(wb, a),
+        ],
+        "admin": [
+            lambda a: auth.add_user(wb, a, f"u{a.id}x", "annotator"),
+            lambda a: auth.set_role(wb, a, "ann", "annotator"),
+            lambda a: auth.set_password(wb, a, "admin", "another-pass"),  # self-service is allowed; others need admin
+            lambda a: ingest.import_folder(wb, a, tmp_path),
+            lambda a: ingest.import_csv(wb, a, tmp_path / "none.csv"),
+            lambda a: ingest.fetch_images(wb, a),
+            lambda a: annotate.add_draft(wb, a, image_id, kind="synthetic", producer="t", version="1", caption=caption),
+            lambda a: export.export_dataset(wb, a, tmp_path / "exp"),
+            lambda a: maintenance.backup(wb, a, tmp_path / "b.db"),
+            lambda a: maintenance.doctor(wb, a),
+            lambda a: demo.build_demo(wb, a, n=1),
+        ],
+    }
+
+
+def test_role_matrix_every_mutating_function_checks_the_role(wb, tmp_path, admin, reviewer, annotator):
+    from curation.models import Image
+
+    with wb.session() as s:
+        image = Image(source="test", status="pending", sha256="0" * 64)
+        s.add(image)
+        s.flush()
+        image_id = image.id
+    ranks = {"annotator": 0, "reviewer": 1, "admin": 2}
+    actors = {"annotator": annotator, "reviewer": reviewer, "admin": admin}
+    for needed, calls in _calls(wb, tmp_path, image_id).items():
+        for call in calls:
+            for role, actor in actors.items():
+                if ranks[role] < ranks[needed]:
+                    with pytest.raises(PermissionDenied):
+                        call(actor)
+                else:
+                    try:
+                        call(actor)
+                    except PermissionDenied:  # pragma: no cover - the assertion below reports it
+                        pytest.fail(f"{role} was refused an action needing {needed}")
+                    except Exception:
+                        pass  # other errors (missing files, no data) are fine here: the role check passed

@@ -1,0 +1,67 @@
+import sqlite3
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import text
+
+from curation.db import open_workbench
+from curation.errors import ConfigError
+from curation.models import Base
+from curation.settings import Settings
+
+
+def test_models_and_migrations_agree(wb):
+    with wb.engine.connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), Base.metadata)
+    assert diff == []
+
+
+def test_sqlite_runs_with_wal_foreign_keys_and_busy_timeout(wb):
+    with wb.engine.connect() as connection:
+        assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1
+        assert connection.execute(text("PRAGMA busy_timeout")).scalar() >= 10_000
+
+
+def test_opening_twice_upgrades_once_and_keeps_data(tmp_path, admin, wb):
+    again = open_workbench(wb.settings)
+    with again.engine.connect() as connection:
+        assert connection.execute(text("SELECT username FROM users")).scalars().all() == ["admin"]
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+    again.close()
+
+
+def test_database_file_lives_under_home_and_url_can_be_overridden(tmp_path):
+    settings = Settings.load(environ={"SKINFLOW_HOME": str(tmp_path / "h")})
+    assert settings.db_url.endswith(str(tmp_path / "h" / "skinflow.db"))
+    other = tmp_path / "elsewhere.db"
+    settings = Settings.load(environ={"SKINFLOW_HOME": str(tmp_path / "h"), "SKINFLOW_DATABASE_URL": f"sqlite:///{other}"})
+    bench = open_workbench(settings)
+    bench.close()
+    assert other.exists()
+    assert sqlite3.connect(other).execute("SELECT count(*) FROM users").fetchone() == (0,)
+
+
+def test_toml_config_and_env_precedence(tmp_path):
+    home = tmp_path / "h"
+    home.mkdir()
+    (home / "skinflow.toml").write_text("max_image_mb = 5\nsplit_seed = 7\n")
+    settings = Settings.load(environ={"SKINFLOW_HOME": str(home), "SKINFLOW_SPLIT_SEED": "9"})
+    assert settings.max_image_mb == 5 and settings.split_seed == 9
+
+
+@pytest.mark.parametrize("environ,match", [
+    ({"SKINFLOW_MAX_IMAGE_MB": "lots"}, "max_image_mb"),
+    ({"SKINFLOW_SPLIT_FRACTIONS": "0.5,0.5,0.5"}, "sum to 1"),
+    ({"SKINFLOW_CONFIG": "/nonexistent/skinflow.toml"}, "does not exist"),
+])
+def test_bad_settings_are_clear_errors(environ, match):
+    with pytest.raises(ConfigError, match=match):
+        Settings.load(environ=environ)
+
+
+def test_broken_toml_is_a_clear_error(tmp_path):
+    (tmp_path / "skinflow.toml").write_text("max_image_mb = = 3")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        Settings.load(environ={"SKINFLOW_HOME": str(tmp_path)})

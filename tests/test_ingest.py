@@ -1,0 +1,302 @@
+"""Ingest on a real SQLite file with real image files, including hostile inputs."""
+
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+from sqlalchemy import func, select
+
+from curation.errors import IngestError
+from curation.ingest import import_csv, import_folder, import_path
+from curation.models import Image as ImageRow
+from curation.storage import sha256_hex
+from tests.helpers import EXIF_MAKE, EXIF_ORIENTATION, jpeg_bytes, photo, png_bomb, png_bytes, write
+
+
+def _rows(wb):
+    with wb.session() as s:
+        return {r.id: (r.sha256, r.status, r.source_label, r.fitzpatrick, r.file_path) for r in s.scalars(select(ImageRow))}
+
+
+def _stored(wb, image_id) -> bytes:
+    with wb.session() as s:
+        return (wb.store_dir / s.get(ImageRow, image_id).file_path).read_bytes()
+
+
+def test_folder_import_is_recursive_content_addressed_and_idempotent(wb, admin, tmp_path):
+    root = tmp_path / "derm"
+    write(root / "a.jpg", jpeg_bytes(photo(1)))
+    write(root / "sub" / "deeper" / "b.png", png_bytes(photo(2)))
+    write(root / "sub" / "c.jpeg", jpeg_bytes(photo(3)))
+    write(root / ".DS_Store", b"junk")
+    report = import_folder(wb, admin, root)
+    assert report.imported == 3 and not report.failed
+    for image_id in report.image_ids:
+        data = _stored(wb, image_id)
+        with wb.session() as s:
+            row = s.get(ImageRow, image_id)
+            assert row.sha256 == sha256_hex(data) and row.file_path.startswith(row.sha256[:2] + "/")
+    before = _rows(wb)
+    again = import_folder(wb, admin, root)
+    assert again.imported == 0 and len(again.duplicates) == 3
+    assert _rows(wb) == before
+
+
+def test_exif_gps_and_camera_data_are_gone_and_upright_jpegs_keep_their_pixels(wb, admin, tmp_path):
+    original = jpeg_bytes(photo(5, (120, 80)), gps=True, camera=True)
+    assert b"SecretCam" in original
+    report = import_path(wb, admin, write(tmp_path / "gps.jpg", original))
+    stored = _stored(wb, report.image_ids[0])
+    assert b"SecretCam" not in stored and b"Exif" not in stored
+    img = Image.open(io.BytesIO(stored))
+    assert dict(img.getexif()) == {}
+    # lossless: the compressed data is unchanged, so the decoded pixels are identical
+    assert np.array_equal(np.asarray(img), np.asarray(Image.open(io.BytesIO(original))))
+
+
+def test_exif_orientation_is_applied_before_it_is_removed(wb, admin, tmp_path):
+    picture = photo(6, (120, 80))
+    report = import_path(wb, admin, write(tmp_path / "rot.jpg", jpeg_bytes(picture, orientation=6, camera=True)))
+    stored = Image.open(io.BytesIO(_stored(wb, report.image_ids[0])))
+    assert stored.size == (80, 120)
+    assert EXIF_ORIENTATION not in stored.getexif() and EXIF_MAKE not in stored.getexif()
+    with wb.session() as s:
+        row = s.get(ImageRow, report.image_ids[0])
+        assert (row.width, row.height) == (80, 120)
+
+
+def test_label_from_folder_uses_the_taxonomy(wb, admin, tmp_path):
+    write(tmp_path / "ds" / "BCC" / "1.jpg", jpeg_bytes(photo(7)))
+    write(tmp_path / "ds" / "weird rash" / "2.jpg", jpeg_bytes(photo(8)))
+    report = import_folder(wb, admin, tmp_path / "ds", label_from_folder=True)
+    labels = sorted((r[2], k) for r in _rows(wb).values() for k in [None])
+    assert labels == [("BCC", None), ("weird rash", None)]
+    with wb.session() as s:
+        keys = dict(s.execute(select(ImageRow.source_label, ImageRow.diagnosis_key)).all())
+    assert keys == {"BCC": "basal cell carcinoma", "weird rash": None}
+    assert any("weird rash" in w for w in report.warnings)
+
+
+# -- hostile inputs: each gives a clear reason, the rest of the import goes on, nothing stored changes ---
+def _cmyk_jpeg() -> bytes:
+    buffer = io.BytesIO()
+    photo(30).convert("CMYK").save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def _png16() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _animated_gif() -> bytes:
+    buffer = io.BytesIO()
+    frames = [photo(i).convert("P") for i in range(3)]
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:], duration=100)
+    return buffer.getvalue()
+
+
+HOSTILE_FILES = {
+    "truncated.jpg": (lambda: jpeg_bytes(photo(20, (200, 200)))[:1500], "truncated or corrupt"),
+    "bomb.png": (png_bomb, "decompression-bomb guard"),
+    "empty.jpg": (lambda: b"", "empty file"),
+    "notes.jpg": (lambda: b"this is a text file, not a picture\n" * 10, "not a readable image"),
+    "animated.gif": (_animated_gif, "animated"),
+    "garbage-header.png": (lambda: b"\x89PNG\r\n\x1a\n" + os.urandom(200), "not a readable image|corrupt"),
+    "fake.tiff": (lambda: b"II*\x00" + b"\x00" * 50, "not a readable image|corrupt"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_FILES))
+def test_hostile_files_are_reported_with_a_reason_and_skipped(wb, admin, tmp_path, name):
+    make, reason = HOSTILE_FILES[name]
+    root = tmp_path / "mixed"
+    write(root / "good.jpg", jpeg_bytes(photo(99)))
+    import_folder(wb, admin, root)
+    before = _rows(wb)
+    write(root / name, make())
+    write(root / "good2.png", png_bytes(photo(98)))
+    report = import_folder(wb, admin, root)
+    assert report.imported == 1  # good2.png: the import went on
+    assert [item.rsplit("/", 1)[-1] for item, _ in report.failed] == [name]
+    import re
+    assert re.search(reason, report.failed[0][1]), report.failed[0][1]
+    after = _rows(wb)
+    assert {k: after[k] for k in before} == before  # nothing stored before was changed
+
+
+def test_oversized_file_is_refused_before_reading(tmp_path, admin, wb):
+    from curation.settings import Settings
+    from curation.db import open_workbench
+
+    small = open_workbench(Settings.load(environ={}, home=wb.settings.home, max_image_mb=0.001))
+    report = import_path(small, admin, write(tmp_path / "big.png", png_bytes(photo(1, (200, 200)))))
+    small.close()
+    assert report.imported == 0 and "over the 0 MB limit" in report.failed[0][1]
+
+
+@pytest.mark.parametrize("kind", ["cmyk", "png16", "png_named_jpg", "webp"])
+def test_unusual_but_valid_images_are_converted_not_refused(wb, admin, tmp_path, kind):
+    data = {"cmyk": _cmyk_jpeg, "png16": _png16, "png_named_jpg": lambda: png_bytes(photo(31))}.get(kind)
+    if kind == "webp":
+        buffer = io.BytesIO()
+        photo(32).save(buffer, "WEBP")
+        data = buffer.getvalue
+    report = import_path(wb, admin, write(tmp_path / f"{kind}.jpg", data()))
+    assert report.imported == 1, report.failed
+    stored = Image.open(io.BytesIO(_stored(wb, report.image_ids[0])))
+    stored.load()
+    assert stored.format in ("JPEG", "PNG") and stored.mode in ("RGB", "L", "RGBA")
+    if kind == "png_named_jpg":  # sniffed from content, not from the extension
+        assert stored.format == "PNG"
+    if kind == "png16":
+        assert stored.mode == "L" and np.asarray(stored).max() > 200
+
+
+def test_unicode_and_spaces_in_paths(wb, admin, tmp_path):
+    path = write(tmp_path / "Patient Fotos" / "läsion ñ 皮膚 1.jpg", jpeg_bytes(photo(40)))
+    report = import_folder(wb, admin, tmp_path / "Patient Fotos")
+    assert report.imported == 1
+    with wb.session() as s:
+        assert s.scalar(select(ImageRow.source_ref)) == str(path.resolve())
+
+
+def test_symlink_loops_and_broken_links_are_reported_not_followed(wb, admin, tmp_path):
+    root = tmp_path / "links"
+    write(root / "real.jpg", jpeg_bytes(photo(41)))
+    os.symlink(root / "loop_b.jpg", root / "loop_a.jpg")
+    os.symlink(root / "loop_a.jpg", root / "loop_b.jpg")
+    os.symlink(root / "gone.jpg", root / "broken.jpg")
+    os.symlink(root, root / "again")  # a folder link back to the root
+    report = import_folder(wb, admin, root)
+    assert report.imported == 1
+    reasons = dict((item.rsplit("/", 1)[-1], why) for item, why in report.failed)
+    assert reasons["loop_a.jpg"] == "symlink loop" and reasons["loop_b.jpg"] == "symlink loop"
+    assert "not found" in reasons["broken.jpg"]
+    assert any("symlinked folder not followed" in w for w in report.warnings)
+
+
+def test_same_picture_with_different_metadata_is_a_duplicate(wb, admin, tmp_path):
+    picture = photo(42)
+    write(tmp_path / "d" / "plain.jpg", jpeg_bytes(picture))
+    import_folder(wb, admin, tmp_path / "d")
+    plain = (tmp_path / "d" / "plain.jpg").read_bytes()
+    # the same JPEG with an extra EXIF segment: different file hash, same stored content
+    with_exif = plain[:2] + b"\xff\xe1\x00\x10Exif\x00\x00MM\x00*\x00\x00\x00\x08" + plain[2:]
+    write(tmp_path / "d" / "copy-with-exif.jpg", with_exif)
+    report = import_folder(wb, admin, tmp_path / "d")
+    assert report.imported == 0
+    assert any("differs only in metadata" in why for _, why in report.duplicates)
+
+
+# -- CSV ---------------------------------------------------------------------------------------------
+def test_generic_csv_with_paths_labels_fitzpatrick_and_extra_metadata(wb, admin, tmp_path):
+    write(tmp_path / "imgs" / "1.jpg", jpeg_bytes(photo(50)))
+    write(tmp_path / "imgs" / "2.jpg", jpeg_bytes(photo(51)))
+    (tmp_path / "meta.csv").write_text(
+        "path,label,fitzpatrick,age,site\nimgs/1.jpg,BCC,III,71,nose\nimgs/2.jpg,Basal-cell carcinoma,5,64,\n", encoding="utf-8"
+    )
+    report = import_csv(wb, admin, tmp_path / "meta.csv")
+    assert report.imported == 2 and not report.failed
+    with wb.session() as s:
+        rows = s.scalars(select(ImageRow).order_by(ImageRow.id)).all()
+        assert [(r.diagnosis_key, r.fitzpatrick) for r in rows] == [("basal cell carcinoma", 3), ("basal cell carcinoma", 5)]
+        assert rows[0].meta == {"age": "71", "site": "nose"} and rows[1].meta == {"age": "64"}
+
+
+def test_fitzpatrick17k_csv_imports_as_is_and_rerun_adds_nothing(wb, admin, tmp_path):
+    from pathlib import Path
+
+    source = Path(__file__).resolve().parents[2] / "shared" / "data" / "fitzpatrick17k.csv"
+    if source.exists():
+        lines = source.read_text(encoding="utf-8").splitlines()[:301]
+    else:  # a clone without shared/: the same header and a few rows of the same shape
+        lines = ["md5hash,fitzpatrick_scale,fitzpatrick_centaur,label,nine_partition_label,three_partition_label,qc,url,url_alphanum"]
+        lines += [f"{i:032x},{i % 6 + 1},-1,psoriasis,inflammatory,non-neoplastic,,https://example.org/{i}.jpg,x{i}" for i in range(300)]
+    csv_path = tmp_path / "fitzpatrick17k.csv"
+    csv_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    first_md5 = lines[1].split(",")[0]
+    write(tmp_path / "downloaded" / f"{first_md5}.jpg", jpeg_bytes(photo(60)))
+    report = import_csv(wb, admin, csv_path, images_dir=tmp_path / "downloaded")
+    assert report.imported == 1 and report.missing_images == 299 and not report.failed
+    assert not report.warnings  # '-1' cells are numbers, not formulas
+    with wb.session() as s:
+        assert s.scalar(select(func.count()).where(ImageRow.status == "image_missing")) == 299
+        row = s.scalar(select(ImageRow).where(ImageRow.external_id == first_md5))
+        assert row.status == "pending" and row.source == "fitzpatrick17k"
+        assert row.diagnosis_key == lines[1].split(",")[3] and "nine_partition_label" in row.meta
+    before = _rows(wb)
+    again = import_csv(wb, admin, csv_path, images_dir=tmp_path / "downloaded")
+    assert again.imported == 0 and again.already_present == 300 and _rows(wb) == before
+
+
+def _csv(tmp_path, text: str, encoding="utf-8"):
+    path = tmp_path / "in.csv"
+    path.write_bytes(text.encode(encoding))
+    write(tmp_path / "ok.jpg", jpeg_bytes(photo(70)))
+    return path
+
+
+def test_csv_missing_image_columns_is_refused_before_writing_anything(wb, admin, tmp_path):
+    with pytest.raises(IngestError, match=r"no image column.*need 'path'.*Nothing was imported"):
+        import_csv(wb, admin, _csv(tmp_path, "filename_typo,label\nok.jpg,psoriasis\n"))
+    assert _rows(wb) == {}
+
+
+def test_csv_that_is_not_utf8_is_refused_with_what_to_do(wb, admin, tmp_path):
+    with pytest.raises(IngestError, match="not UTF-8.*re-save it as UTF-8"):
+        import_csv(wb, admin, _csv(tmp_path, "path,label\nok.jpg,eczéma\n", encoding="latin-1"))
+
+
+def test_csv_formula_cells_are_stored_as_plain_text_with_a_warning(wb, admin, tmp_path):
+    report = import_csv(wb, admin, _csv(tmp_path, 'path,label,note\nok.jpg,=HYPERLINK("http://x"),@SUM(A1)\n'))
+    assert report.imported == 1
+    with wb.session() as s:
+        row = s.scalar(select(ImageRow))
+        assert row.source_label == '=HYPERLINK("http://x")' and row.meta == {"note": "@SUM(A1)"}
+        assert row.diagnosis_key is None
+    assert sum("spreadsheet formula" in w for w in report.warnings) == 2
+
+
+def test_csv_unknown_label_is_kept_as_free_text_with_a_warning(wb, admin, tmp_path):
+    report = import_csv(wb, admin, _csv(tmp_path, "path,label\nok.jpg,Mysterious purple thing\n"))
+    assert report.imported == 1 and "not in the taxonomy" in report.warnings[0]
+    with wb.session() as s:
+        assert s.execute(select(ImageRow.source_label, ImageRow.diagnosis_key)).one() == ("Mysterious purple thing", None)
+
+
+@pytest.mark.parametrize("value", ["9", "0", "7.5", "=1+1", "type two"])
+def test_csv_bad_fitzpatrick_value_rejects_only_that_row(wb, admin, tmp_path, value):
+    write(tmp_path / "ok2.jpg", jpeg_bytes(photo(71)))
+    report = import_csv(wb, admin, _csv(tmp_path, f"path,fitzpatrick\nok.jpg,{value}\nok2.jpg,2\n"))
+    assert report.imported == 1
+    assert report.failed == [("in.csv line 2", f"Fitzpatrick type must be 1-6 (or I-VI; empty or -1 for unknown), got '{value}'")]
+
+
+def test_csv_rows_with_missing_files_extra_cells_or_repeated_ids_are_reported(wb, admin, tmp_path):
+    report = import_csv(wb, admin, _csv(tmp_path, "id,path\na,ok.jpg\nb,missing.jpg\nc,ok.jpg,surplus\na,ok.jpg\n"))
+    assert report.imported == 1
+    reasons = dict(report.failed)
+    assert "file not found" in reasons["in.csv line 3"]
+    assert "more cells than header columns" in reasons["in.csv line 4"]
+    assert report.duplicates == [("in.csv line 5", "repeats id 'a' from an earlier line")]
+
+
+def test_csv_url_only_rows_become_image_missing(wb, admin, tmp_path):
+    report = import_csv(wb, admin, _csv(tmp_path, "url,label\nhttps://example.org/a.jpg,psoriasis\n"))
+    assert report.missing_images == 1
+    with wb.session() as s:
+        row = s.scalar(select(ImageRow))
+        assert (row.status, row.url, row.sha256) == ("image_missing", "https://example.org/a.jpg", None)
+
+
+def test_import_path_errors(wb, admin, tmp_path):
+    with pytest.raises(IngestError, match="does not exist"):
+        import_path(wb, admin, tmp_path / "nope")
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(IngestError, match="empty"):
+        import_path(wb, admin, empty)
