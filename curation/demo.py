@@ -300,7 +300,7 @@ def build_demo(
     admin = actor or actors["admin"]
     annotator, reviewer = actors["annotator"], actors["reviewer"]
     cases = generate_cases(n, seed)
-    new_cases: list[tuple[DemoCase, int]] = []
+    new_rows: list[tuple[DemoCase, Image]] = []
     with wb.session() as session:
         known = KnownContent(session)
         existing = {ext for (ext,) in session.query(Image.external_id).filter(Image.source == "synthetic")}
@@ -322,7 +322,10 @@ def build_demo(
             image = ingest_bytes(wb, session, known, report.import_report, external_id, case.image_bytes,
                                  sha256_hex(case.image_bytes), make_row)
             if image is not None:
-                new_cases.append((case, image.id))
+                new_rows.append((case, image))
+        session.flush()
+        new_cases = [(case, image.id) for case, image in new_rows]
+        report.import_report.image_ids.extend(image_id for _, image_id in new_cases)
         if new_cases:
             audit.record(session, admin, "demo.build", "image", None, seed=seed, n=len(new_cases))
     total = len(new_cases)

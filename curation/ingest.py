@@ -75,20 +75,21 @@ class ImportReport:
 
 
 class KnownContent:
-    """Hashes already in the database, loaded once per run so each file costs one lookup in memory."""
+    """Hashes already stored, loaded once per run so each file costs one lookup in memory.
+    Values say where the content is: "image #12" for stored rows, the item for this run's files."""
 
     def __init__(self, session: Session):
-        self.original: dict[str, int] = {}
-        self.stored: dict[str, int] = {}
+        self.original: dict[str, str] = {}
+        self.stored: dict[str, str] = {}
         for image_id, original, stored in session.execute(select(Image.id, Image.original_sha256, Image.sha256)):
             if original:
-                self.original[original] = image_id
+                self.original[original] = f"image #{image_id}"
             if stored:
-                self.stored[stored] = image_id
+                self.stored[stored] = f"image #{image_id}"
 
-    def add(self, image: Image) -> None:
-        self.original[image.original_sha256] = image.id
-        self.stored[image.sha256] = image.id
+    def add(self, image: Image, where: str) -> None:
+        self.original[image.original_sha256] = where
+        self.stored[image.sha256] = where
 
 
 def _clean_file(wb: Workbench, path: Path) -> tuple[bytes, str]:
@@ -122,9 +123,10 @@ def ingest_bytes(
     wb: Workbench, session: Session, known: KnownContent, report: ImportReport, item: str,
     data: bytes, original_sha: str, make_row: Callable[[], Image], existing: Image | None = None,
 ) -> Image | None:
-    """Store one image's bytes as a new row (or attach them to `existing`); None when skipped."""
+    """Store one image's bytes as a new row (or attach them to `existing`); None when skipped.
+    New rows are added to the session unflushed: callers flush once per batch (one INSERT batch)."""
     if original_sha in known.original:
-        report.duplicates.append((item, f"same file as image #{known.original[original_sha]}"))
+        report.duplicates.append((item, f"same file as {known.original[original_sha]}"))
         return None
     try:
         clean = _sanitize(wb, data)
@@ -133,17 +135,22 @@ def ingest_bytes(
         return None
     digest = sha256_hex(clean.data)
     if digest in known.stored:
-        report.duplicates.append((item, f"same picture as image #{known.stored[digest]} (differs only in metadata)"))
+        report.duplicates.append((item, f"same picture as {known.stored[digest]} (differs only in metadata)"))
         return None
     image = existing or make_row()
     _attach(wb, image, clean, original_sha)
     if existing is None:
         session.add(image)
-    session.flush()
-    known.add(image)
+    known.add(image, f"image #{existing.id}" if existing is not None else item)
     report.imported += 1
-    report.image_ids.append(image.id)
     return image
+
+
+def _flush_new(session: Session, report: ImportReport, rows: list[Image]) -> list[int]:
+    session.flush()
+    ids = [row.id for row in rows]
+    report.image_ids.extend(ids)
+    return ids
 
 
 # -- folders ---------------------------------------------------------------------------------------
@@ -177,7 +184,7 @@ def import_folder(
         known = KnownContent(session)
     for start in range(0, len(files), FOLDER_BATCH):
         with wb.session() as session:
-            first_id = len(report.image_ids)
+            new_rows: list[Image] = []
             for index, path in enumerate(files[start : start + FOLDER_BATCH], start):
                 item = str(path)
                 try:
@@ -195,11 +202,13 @@ def import_folder(
                     )
 
                 row = ingest_bytes(wb, session, known, report, item, data, original_sha, make_row)
-                if row is not None and label and row.diagnosis_key is None:
-                    report.warn(f"{item}: folder label {label!r} is not in the taxonomy; kept as free text")
+                if row is not None:
+                    new_rows.append(row)
+                    if label and row.diagnosis_key is None:
+                        report.warn(f"{item}: folder label {label!r} is not in the taxonomy; kept as free text")
                 if progress:
                     progress(index + 1, len(files))
-            new_ids = report.image_ids[first_id:]
+            new_ids = _flush_new(session, report, new_rows)
             if new_ids:
                 audit.record(session, actor, "images.import", "image", None, source=str(root), image_ids=new_ids)
     if progress and not files:
@@ -293,7 +302,7 @@ def import_csv(
             if ext
         }
         seen_external: set[str] = set()
-        url_only: list[Image] = []  # flushed together at the end: one INSERT batch, not one per row
+        new_rows: list[Image] = []  # flushed together at the end: one INSERT batch, not one per row
         for line, row in enumerate(rows, start=2):
             item = f"{csv_path.name} line {line}"
             if progress:
@@ -352,15 +361,18 @@ def import_csv(
                 except ImageRejected as e:
                     report.failed.append((item, f"{file_path}: {e}"))
                     continue
-                ingest_bytes(wb, session, known, report, item, data, original_sha, make_row, existing)
+                row = ingest_bytes(wb, session, known, report, item, data, original_sha, make_row, existing)
+                if row is not None and existing is None:
+                    new_rows.append(row)
+                elif row is not None:
+                    report.image_ids.append(row.id)
             else:
                 image = make_row()
                 image.status = "image_missing"
                 session.add(image)
-                url_only.append(image)
+                new_rows.append(image)
                 report.missing_images += 1
-        session.flush()
-        report.image_ids.extend(image.id for image in url_only)
+        _flush_new(session, report, new_rows)
         audit.record(
             session, actor, "images.import_csv", "image", None,
             source=str(csv_path), summary=report.summary(), n_rows=len(rows),
@@ -388,11 +400,11 @@ def import_path(wb: Workbench, actor: Actor, path: Path, **options) -> ImportRep
         except ImageRejected as e:
             report.failed.append((str(path), str(e)))
             return report
-        ingest_bytes(
+        row = ingest_bytes(
             wb, session, known, report, str(path), data, original_sha,
             lambda: Image(source="folder", source_ref=str(path.resolve()), status="pending", meta={"filename": path.name}),
         )
-        if report.image_ids:
+        if row is not None and _flush_new(session, report, [row]):
             audit.record(session, actor, "images.import", "image", report.image_ids[0], source=str(path))
     return report
 
@@ -480,6 +492,7 @@ def fetch_images(
                 image = session.get(Image, image_id)
                 if image is not None and image.status == "image_missing":
                     if ingest_bytes(wb, session, known, report, item, data, sha256_hex(data), lambda: image, image):
+                        report.image_ids.append(image_id)
                         audit.record(session, actor, "image.fetch", "image", image_id, url=url)
         if progress:
             progress(index, len(todo))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import struct
 import tempfile
 import warnings
@@ -35,6 +36,8 @@ _APP0, _APP2, _APP14 = 0xE0, 0xE2, 0xEE
 # PNG chunks kept besides the critical ones: colour and transparency, nothing textual or dated.
 _PNG_KEEP = {b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"gAMA", b"cHRM", b"sRGB", b"iCCP", b"sBIT", b"pHYs", b"bKGD"}
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Inside entropy-coded data 0xFF is followed only by 0x00 (stuffing) or a restart marker D0-D7.
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7]")
 
 
 @dataclass(frozen=True)
@@ -95,17 +98,11 @@ def _strip_jpeg(data: bytes) -> bytes | None:
             out.append(segment)
         pos = end
         if marker == 0xDA:  # start of scan: copy entropy-coded data up to the next real marker
-            scan_start = pos
-            while True:
-                pos = data.find(b"\xff", pos)
-                if pos < 0 or pos + 1 >= n:
-                    return None
-                nxt = data[pos + 1]
-                if nxt == 0x00 or 0xD0 <= nxt <= 0xD7:  # stuffed byte or restart marker: still data
-                    pos += 2
-                    continue
-                break
-            out.append(data[scan_start:pos])
+            found = _NEXT_MARKER.search(data, pos)
+            if found is None:
+                return None
+            out.append(data[pos : found.start()])
+            pos = found.start()
     return None
 
 

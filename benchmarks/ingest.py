@@ -1,0 +1,125 @@
+"""Ingest throughput against its floor.
+
+Floor: for the same files, read + sha256 + full PIL decode (the least any importer that checks
+its images must do). Ours: `import_folder` into a fresh workbench (read, sha256, decode, strip
+metadata, content-addressed write, SQLite rows, audit). Goal: ratio ours/floor >= 0.7.
+
+    .venv/bin/python benchmarks/ingest.py [--n 200] [--size 1024x768]
+
+Prints the ratios and rewrites the ingest section of benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from curation.auth import add_user  # noqa: E402
+from curation.db import open_workbench  # noqa: E402
+from curation.ingest import import_folder  # noqa: E402
+from curation.settings import Settings  # noqa: E402
+
+GOAL = 0.7
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def make_photos(folder: Path, n: int, size: tuple[int, int], orientation: int | None) -> None:
+    """Photo-like JPEGs (smooth shading + texture + noise) with camera EXIF, like a clinic's export."""
+    rng = np.random.default_rng(0)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    for i in range(n):
+        base = rng.uniform(120, 220, 3)
+        shade = 1 + 0.15 * np.sin(xx / rng.uniform(40, 120)) * np.cos(yy / rng.uniform(40, 120))
+        pixels = base[None, None, :] * shade[..., None] + rng.normal(0, 6, (h, w, 3))
+        exif = Image.Exif()
+        exif[0x010F], exif[0x0110] = "Camera", "Model"
+        if orientation:
+            exif[0x0112] = orientation
+        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"img_{i:04d}.jpg", "JPEG", quality=90, exif=exif)
+
+
+def floor_rate(folder: Path) -> float:
+    files = sorted(folder.glob("*.jpg"))
+    start = time.perf_counter()
+    for path in files:
+        data = path.read_bytes()
+        hashlib.sha256(data).hexdigest()
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+    return len(files) / (time.perf_counter() - start)
+
+
+def ours_rate(folder: Path) -> float:
+    files = sorted(folder.glob("*.jpg"))
+    with tempfile.TemporaryDirectory() as home:
+        wb = open_workbench(Settings.load(environ={}, home=Path(home)))
+        admin, _ = add_user(wb, None, "admin", "admin", "benchmark-pw")
+        start = time.perf_counter()
+        report = import_folder(wb, admin, folder)
+        elapsed = time.perf_counter() - start
+        wb.close()
+    assert report.imported == len(files), report.summary()
+    return len(files) / elapsed
+
+
+def best_of(fn, folder: Path, repeats: int) -> float:
+    return max(fn(folder) for _ in range(repeats))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--size", default="1024x768")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    size = tuple(int(v) for v in args.size.split("x"))
+    rows = []
+    for case, orientation in (("upright JPEG with EXIF (metadata stripped losslessly)", None),
+                              ("rotated JPEG (orientation 6: decoded, rotated, re-encoded)", 6)):
+        folder = Path(tempfile.mkdtemp(prefix="skinflow-bench-"))
+        try:
+            make_photos(folder, args.n, size, orientation)
+            floor, ours = best_of(floor_rate, folder, args.repeats), best_of(ours_rate, folder, args.repeats)
+        finally:
+            shutil.rmtree(folder)
+        ratio = ours / floor
+        rows.append((case, floor, ours, ratio))
+        verdict = "meets" if ratio >= GOAL else "below"
+        print(f"{case}: floor {floor:.1f} img/s, ours {ours:.1f} img/s, ratio {ratio:.2f} ({verdict} goal {GOAL})")
+    section = [
+        "## Ingest (benchmarks/ingest.py)",
+        "",
+        f"{args.n} photo-like {args.size} JPEGs with camera EXIF; best of {args.repeats}; "
+        f"{platform.machine()}, {platform.python_version()}. Floor = read + sha256 + full decode.",
+        "",
+        "| case | floor img/s | ours img/s | ratio | goal |",
+        "|---|---|---|---|---|",
+        *[f"| {c} | {f:.1f} | {o:.1f} | {r:.2f} | >= {GOAL} |" for c, f, o, r in rows],
+        "",
+        "The goal applies to the first row, the common case. The second row has to re-encode the",
+        "pixels (a rotation cannot be applied to JPEG data losslessly here), so it is shown for information.",
+        "",
+    ]
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nWritten by the scripts in benchmarks/.\n\n"
+    start = text.find("## Ingest")
+    if start >= 0:
+        end = text.find("\n## ", start + 1)
+        text = text[:start] + text[end + 1 if end >= 0 else len(text):]
+    RESULTS.write_text(text.rstrip() + "\n\n" + "\n".join(section))
+
+
+if __name__ == "__main__":
+    main()
