@@ -18,6 +18,7 @@ import ipaddress
 import os
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -32,10 +33,11 @@ from curation.auth import Actor, require
 from curation.db import Workbench
 from curation.errors import FetchError, ImageRejected, IngestError
 from curation.models import Image
-from curation.storage import CleanImage, read_limited, sanitize_image, sha256_hex, store_image
+from curation.storage import read_limited, sanitize_image, sha256_hex, store_image
 
 Progress = Callable[[int, int], None]  # (done, total)
 FOLDER_BATCH = 200
+PREPARE_THREADS = 4  # decoding and hashing release the GIL: files are prepared in parallel
 MAX_REPORTED_WARNINGS = 200
 _SKIP_NAMES = {"thumbs.db", "desktop.ini"}
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -107,43 +109,82 @@ def _clean_file(wb: Workbench, path: Path) -> tuple[bytes, str]:
     return data, sha256_hex(data)
 
 
-def _sanitize(wb: Workbench, data: bytes) -> CleanImage:
-    return sanitize_image(data, max_pixels=int(wb.settings.max_image_megapixels * 1e6))
+@dataclass(frozen=True)
+class Prepared:
+    """One file, checked, cleaned and written to the store (or the reason it was skipped).
+    Holds no pixel data, so a batch of them costs no memory worth mentioning."""
+
+    item: str
+    skip: tuple[str, str] | None = None  # ("failed" | "duplicate", reason)
+    original_sha: str = ""
+    sha256: str = ""
+    relative: str = ""
+    width: int = 0
+    height: int = 0
+    format: str = ""
+    n_bytes: int = 0
 
 
-def _attach(wb: Workbench, image: Image, clean: CleanImage, original_sha: str) -> None:
-    digest, relative = store_image(wb.store_dir, clean)
-    image.sha256, image.original_sha256, image.file_path = digest, original_sha, relative
-    image.width, image.height, image.format, image.n_bytes = clean.width, clean.height, clean.format, len(clean.data)
+def prepare(wb: Workbench, known: KnownContent, item: str, data: bytes, original_sha: str) -> Prepared:
+    """Everything per file that needs no database: safe to run on several threads at once
+    (decoding and hashing release the GIL; the store is content-addressed, writes are atomic)."""
+    if original_sha in known.original:
+        return Prepared(item, ("duplicate", f"same file as {known.original[original_sha]}"))
+    try:
+        clean = sanitize_image(data, max_pixels=int(wb.settings.max_image_megapixels * 1e6))
+    except ImageRejected as e:
+        return Prepared(item, ("failed", str(e)))
+    digest = sha256_hex(clean.data)
+    if digest in known.stored:
+        return Prepared(item, ("duplicate", f"same picture as {known.stored[digest]} (differs only in metadata)"))
+    digest, relative = store_image(wb.store_dir, clean, digest)
+    return Prepared(item, None, original_sha, digest, relative, clean.width, clean.height, clean.format, len(clean.data))
+
+
+def _prepare_path(wb: Workbench, known: KnownContent, path: Path) -> Prepared:
+    try:
+        data, original_sha = _clean_file(wb, path)
+    except ImageRejected as e:
+        return Prepared(str(path), ("failed", str(e)))
+    return prepare(wb, known, str(path), data, original_sha)
+
+
+def add_prepared(
+    session: Session, known: KnownContent, report: ImportReport, prepared: Prepared,
+    make_row: Callable[[], Image], existing: Image | None = None,
+) -> Image | None:
+    """The database half: a new row (or `existing` completed) for a prepared file; None when skipped.
+    New rows are added unflushed: callers flush once per batch (one INSERT batch)."""
+    item = prepared.item
+    if prepared.skip is not None:
+        kind, reason = prepared.skip
+        (report.failed if kind == "failed" else report.duplicates).append((item, reason))
+        return None
+    # files prepared in parallel can repeat each other: the first one added wins
+    if prepared.original_sha in known.original:
+        report.duplicates.append((item, f"same file as {known.original[prepared.original_sha]}"))
+        return None
+    if prepared.sha256 in known.stored:
+        report.duplicates.append((item, f"same picture as {known.stored[prepared.sha256]} (differs only in metadata)"))
+        return None
+    image = existing or make_row()
+    image.sha256, image.original_sha256, image.file_path = prepared.sha256, prepared.original_sha, prepared.relative
+    image.width, image.height, image.format, image.n_bytes = prepared.width, prepared.height, prepared.format, prepared.n_bytes
     if image.status == "image_missing":
         image.status = "pending"
+    if existing is None:
+        session.add(image)
+    known.add(image, f"image #{existing.id}" if existing is not None else item)
+    report.imported += 1
+    return image
 
 
 def ingest_bytes(
     wb: Workbench, session: Session, known: KnownContent, report: ImportReport, item: str,
     data: bytes, original_sha: str, make_row: Callable[[], Image], existing: Image | None = None,
 ) -> Image | None:
-    """Store one image's bytes as a new row (or attach them to `existing`); None when skipped.
-    New rows are added to the session unflushed: callers flush once per batch (one INSERT batch)."""
-    if original_sha in known.original:
-        report.duplicates.append((item, f"same file as {known.original[original_sha]}"))
-        return None
-    try:
-        clean = _sanitize(wb, data)
-    except ImageRejected as e:
-        report.failed.append((item, str(e)))
-        return None
-    digest = sha256_hex(clean.data)
-    if digest in known.stored:
-        report.duplicates.append((item, f"same picture as {known.stored[digest]} (differs only in metadata)"))
-        return None
-    image = existing or make_row()
-    _attach(wb, image, clean, original_sha)
-    if existing is None:
-        session.add(image)
-    known.add(image, f"image #{existing.id}" if existing is not None else item)
-    report.imported += 1
-    return image
+    """prepare + add_prepared for one image, for callers that have its bytes in hand."""
+    return add_prepared(session, known, report, prepare(wb, known, item, data, original_sha), make_row, existing)
 
 
 def _flush_new(session: Session, report: ImportReport, rows: list[Image]) -> list[int]:
@@ -182,35 +223,33 @@ def import_folder(
     files = list(_walk_files(root, report))
     with wb.session() as session:
         known = KnownContent(session)
-    for start in range(0, len(files), FOLDER_BATCH):
-        with wb.session() as session:
-            new_rows: list[Image] = []
-            for index, path in enumerate(files[start : start + FOLDER_BATCH], start):
-                item = str(path)
-                try:
-                    data, original_sha = _clean_file(wb, path)
-                except ImageRejected as e:
-                    report.failed.append((item, str(e)))
-                    continue
-                label = path.parent.name if label_from_folder and path.parent != root else None
+    workers = max(1, min(PREPARE_THREADS, os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for start in range(0, len(files), FOLDER_BATCH):
+            batch = files[start : start + FOLDER_BATCH]
+            prepared = pool.map(lambda path: _prepare_path(wb, known, path), batch)
+            with wb.session() as session:
+                new_rows: list[Image] = []
+                for index, (path, ready) in enumerate(zip(batch, prepared), start):
+                    label = path.parent.name if label_from_folder and path.parent != root else None
 
-                def make_row(path=path, label=label) -> Image:
-                    return Image(
-                        source="folder", source_ref=str(path.resolve()), status="pending",
-                        source_label=label, diagnosis_key=wb.taxonomy.normalise(label) if label else None,
-                        meta={"filename": path.name},
-                    )
+                    def make_row(path=path, label=label) -> Image:
+                        return Image(
+                            source="folder", source_ref=str(path.resolve()), status="pending",
+                            source_label=label, diagnosis_key=wb.taxonomy.normalise(label) if label else None,
+                            meta={"filename": path.name},
+                        )
 
-                row = ingest_bytes(wb, session, known, report, item, data, original_sha, make_row)
-                if row is not None:
-                    new_rows.append(row)
-                    if label and row.diagnosis_key is None:
-                        report.warn(f"{item}: folder label {label!r} is not in the taxonomy; kept as free text")
-                if progress:
-                    progress(index + 1, len(files))
-            new_ids = _flush_new(session, report, new_rows)
-            if new_ids:
-                audit.record(session, actor, "images.import", "image", None, source=str(root), image_ids=new_ids)
+                    row = add_prepared(session, known, report, ready, make_row)
+                    if row is not None:
+                        new_rows.append(row)
+                        if label and row.diagnosis_key is None:
+                            report.warn(f"{ready.item}: folder label {label!r} is not in the taxonomy; kept as free text")
+                    if progress:
+                        progress(index + 1, len(files))
+                new_ids = _flush_new(session, report, new_rows)
+                if new_ids:
+                    audit.record(session, actor, "images.import", "image", None, source=str(root), image_ids=new_ids)
     if progress and not files:
         progress(0, 0)
     return report

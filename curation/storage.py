@@ -215,9 +215,9 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def store_image(store_dir: Path, image: CleanImage) -> tuple[str, str]:
+def store_image(store_dir: Path, image: CleanImage, digest: str | None = None) -> tuple[str, str]:
     """Write a clean image into the store (once per content); returns (sha256, relative path)."""
-    digest = sha256_hex(image.data)
+    digest = digest or sha256_hex(image.data)
     relative = store_path(digest, image.ext)
     target = store_dir / relative
     if not target.exists():

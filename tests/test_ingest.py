@@ -44,6 +44,16 @@ def test_folder_import_is_recursive_content_addressed_and_idempotent(wb, admin, 
     assert _rows(wb) == before
 
 
+def test_identical_files_in_one_parallel_batch_are_stored_once(wb, admin, tmp_path):
+    data = jpeg_bytes(photo(11))
+    for name in ("a.jpg", "b.jpg", "c/d.jpg"):
+        write(tmp_path / "same" / name, data)
+    report = import_folder(wb, admin, tmp_path / "same")
+    assert report.imported == 1 and len(report.duplicates) == 2
+    assert all(why == f"same file as {tmp_path / 'same' / 'a.jpg'}" for _, why in report.duplicates)
+    assert len(_rows(wb)) == 1 and len(list(wb.store_dir.rglob("*.jpg"))) == 1
+
+
 def test_exif_gps_and_camera_data_are_gone_and_upright_jpegs_keep_their_pixels(wb, admin, tmp_path):
     original = jpeg_bytes(photo(5, (120, 80)), gps=True, camera=True)
     assert b"SecretCam" in original
