@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_HOME ?= demo-workbench
 
-.PHONY: demo test test-slow install clean bench
+.PHONY: demo test test-slow install clean bench lint
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check app curation schema trainer tests benchmarks
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py

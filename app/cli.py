@@ -21,11 +21,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from curation import annotate as _annotate  # noqa: F401  (imported for its models' registration)
-from curation.auth import Actor, add_user, count_users, get_actor, list_users, set_password, set_role
+from curation.auth import Actor, add_user, count_users, get_actor, list_users, set_password, set_role, sole_admin
 from curation.db import Workbench, open_workbench
 from curation.demo import build_demo
-from curation.errors import NotFound
 from curation.export import export_dataset
 from curation.ingest import ImportReport, fetch_images, import_path
 from curation.maintenance import backup as backup_database
@@ -65,15 +63,7 @@ class _Context:
             actor, password = add_user(wb, None, "admin", "admin")
             _print_new_accounts({"admin": password})
             return actor
-        admins = [u["username"] for u in list_users(wb, _system_reader(wb)) if u["role"] == "admin" and u["active"]]
-        if len(admins) == 1:
-            return get_actor(wb, admins[0])
-        raise SkinflowError(f"several admins ({', '.join(admins)}): say who acts with --user NAME or SKINFLOW_USER")
-
-
-def _system_reader(wb: Workbench) -> Actor:
-    # Listing accounts to find the default actor is the CLI's own bookkeeping, not a user action.
-    return Actor(id=0, username="cli", role="reviewer")
+        return sole_admin(wb)
 
 
 def _ctx(ctx: typer.Context) -> _Context:

@@ -117,7 +117,7 @@ def main() -> None:
         "|---|---|---|---|---|",
         *[f"| {c} | {f:.1f} | {o:.1f} | {r:.2f} | >= {GOAL} |" for c, f, o, r in rows],
         "",
-        f"The floor runs on one thread. The importer prepares files (read, hash, decode, strip, store) on",
+        "The floor runs on one thread. The importer prepares files (read, hash, decode, strip, store) on",
         f"up to {default_threads} threads, because decoding and hashing release the GIL, and writes rows on one:",
         "both single-thread and default rows are shown. The goal applies to the upright case, the common",
         "one. Rotated JPEGs have to be re-encoded (a rotation cannot be applied to JPEG data losslessly",

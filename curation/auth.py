@@ -109,6 +109,16 @@ def get_actor(wb, username: str) -> Actor:
         return _actor(user)
 
 
+def sole_admin(wb) -> Actor:
+    """The only active admin: who a local command acts as when nobody is named."""
+    with wb.session() as s:
+        admins = s.scalars(select(User).where(User.role == "admin", User.active).order_by(User.username)).all()
+    if len(admins) != 1:
+        names = ", ".join(a.username for a in admins) or "none"
+        raise SkinflowError(f"cannot tell who acts (admins: {names}): name the account with --user NAME or SKINFLOW_USER")
+    return _actor(admins[0])
+
+
 def list_users(wb, actor: Actor) -> list[dict]:
     require(actor, "reviewer", "list accounts")
     with wb.session() as s:

@@ -66,6 +66,10 @@ def test_demo_then_export_then_errors_are_one_line(tmp_path):
     assert "drsmith" in listing and "reviewer" in listing
     assert run(home, "doctor").returncode == 0
     assert "backup written" in run(home, "backup").stdout
+    run(home, "users", "add", "chief", "--role", "admin")
+    ambiguous = run(home, "doctor", check=False)
+    assert ambiguous.returncode == 2 and "cannot tell who acts (admins: admin, chief)" in ambiguous.stderr
+    assert run(home, "--user", "chief", "doctor").returncode == 0
 
 
 def test_bad_settings_are_one_line_errors(tmp_path):
