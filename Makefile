@@ -22,6 +22,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	SKINFLOW_HOME=$(DEMO_HOME) $(BIN)/skinflow demo --n 300 --seed 0
+	SKINFLOW_HOME=$(DEMO_HOME) $(BIN)/skinflow app
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

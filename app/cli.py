@@ -10,6 +10,8 @@ asks for no password.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ from curation.maintenance import backup as backup_database
 from curation.maintenance import doctor as run_doctor
 from curation.models import ROLES
 from curation.settings import Settings
+from curation.insights import insights
 from curation.status import workbench_status
 from schema.errors import SkinflowError
 
@@ -188,9 +191,10 @@ def demo(
 @app.command()
 def status(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Counts by state, label, Fitzpatrick type and source."""
-    info = workbench_status(_ctx(ctx).workbench())
-    if as_json:
-        out.print_json(json.dumps(info))
+    wb = _ctx(ctx).workbench()
+    info = workbench_status(wb)
+    if as_json:  # every number of the app's Insights page is here too
+        out.print_json(json.dumps({**info, "insights": insights(wb)}, default=str))
         return
     out.print(f"[bold]{info['images']}[/bold] images, {info['annotations']} annotations, drafts {info['drafts'] or 0}, users {info['users']}")
     for title, key, limit in (("State", "by_status", None), ("Source", "by_source", None),
@@ -219,6 +223,23 @@ def export(
         result = export_dataset(wb, actor, out_dir, include_unverified=include_unverified, overwrite=overwrite, progress=progress)
     out.print(f"exported {result.n_records} records to {result.path} (train {result.by_split['train']}, "
               f"val {result.by_split['val']}, test {result.by_split['test']}); manifest sha256 {result.manifest_sha256[:12]}")
+
+
+@app.command("app")
+def app_(
+    ctx: typer.Context,
+    host: str = typer.Option("127.0.0.1", help="Address to listen on. Keep 127.0.0.1 unless a TLS reverse proxy is in front (README)."),
+    port: int = typer.Option(8501, help="Port."),
+) -> None:
+    """Start the web app (Streamlit), after upgrading the database."""
+    c = _ctx(ctx)
+    wb = c.workbench()  # creates and upgrades the database before the app starts
+    env = {**os.environ, "SKINFLOW_HOME": str(wb.settings.home.resolve())}
+    script = Path(__file__).with_name("ui") / "main.py"
+    out.print(f"SkinFlow Workbench on http://{host}:{port} (workbench {wb.settings.home.resolve()}); Ctrl-C stops it")
+    command = [sys.executable, "-m", "streamlit", "run", str(script), "--server.address", host, "--server.port", str(port),
+               "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
+    raise typer.Exit(subprocess.call(command, env=env))
 
 
 @app.command()

@@ -10,21 +10,24 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from curation import audit
 from curation.auth import Actor, require
 from curation.db import Workbench
 from curation.errors import ConflictError, NotFound, SkinflowError
-from curation.models import DIAGNOSIS_STATUSES, DRAFT_KINDS, REVIEW_DECISIONS, Annotation, Draft, Image, Review
+from curation.models import (
+    DIAGNOSIS_STATUSES, DRAFT_KINDS, REVIEW_DECISIONS, Annotation, Draft, Image, Lease, Review, SavedWork, utcnow,
+)
 from schema.caption import Caption, validate_caption
 from schema.fields import MAX_OTHER_CHARS
 from schema.vocabulary import clean_text
 
-QUALITY_FLAGS = ("blurry", "poor_lighting", "not_skin", "dermoscopy", "multiple_conditions", "identifiable_person", "duplicate")
+QUALITY_FLAGS = ("not_skin", "poor_quality", "duplicate", "identifiable_person", "dermoscopy", "multiple_conditions")
 
 
 def _image(session, image_id: int) -> Image:
@@ -64,13 +67,43 @@ def add_draft(
         return draft.id
 
 
-def submit_annotation(
-    wb: Workbench, actor: Actor, image_id: int, caption: Caption | dict, *, diagnosis: str | None,
-    diagnosis_status: str, supersedes_id: int | None = None, quality_flags: list[str] | tuple[str, ...] = (),
-    rationale: str | None = None, seconds_spent: float | None = None, based_on_draft_id: int | None = None,
-) -> int:
-    """Store a new annotation version; returns its id. To edit, pass the id of the version you edited."""
-    require(actor, "annotator", "annotate")
+def chain_head(s, annotation: Annotation) -> Annotation:
+    """The newest version of the chain an annotation belongs to."""
+    while True:
+        newer = s.scalar(select(Annotation).where(Annotation.supersedes_id == annotation.id))
+        if newer is None:
+            return annotation
+        annotation = newer
+
+
+def chain_root(s, annotation: Annotation) -> Annotation:
+    """The first version of the chain an annotation belongs to (its author owns the chain)."""
+    while annotation.supersedes_id is not None:
+        annotation = s.get(Annotation, annotation.supersedes_id)
+    return annotation
+
+
+def annotation_dict(annotation: Annotation) -> dict[str, Any]:
+    return {
+        "id": annotation.id, "version": annotation.version, "user": annotation.user.username,
+        "caption": annotation.caption, "diagnosis_key": annotation.diagnosis_key, "diagnosis_text": annotation.diagnosis_text,
+        "diagnosis_status": annotation.diagnosis_status, "quality_flags": list(annotation.quality_flags or []),
+        "rationale": annotation.rationale, "created_at": annotation.created_at,
+    }
+
+
+def current_annotation(wb: Workbench, actor: Actor, image_id: int) -> dict[str, Any] | None:
+    """The newest version of the chain this user started on the image (what their form edits)."""
+    require(actor, "annotator", "see annotations")
+    with wb.session() as s:
+        root = s.scalar(
+            select(Annotation).where(Annotation.image_id == image_id, Annotation.user_id == actor.id, Annotation.supersedes_id.is_(None))
+            .order_by(Annotation.id).limit(1)
+        )
+        return annotation_dict(chain_head(s, root)) if root is not None else None
+
+
+def _check_inputs(caption, diagnosis_status: str, quality_flags, rationale: str | None) -> tuple[Caption, str | None]:
     caption = validate_caption(caption)
     if diagnosis_status not in DIAGNOSIS_STATUSES:
         raise SkinflowError(f"diagnosis status must be one of {', '.join(DIAGNOSIS_STATUSES)}, not {diagnosis_status!r}")
@@ -78,50 +111,136 @@ def submit_annotation(
     if unknown:
         raise SkinflowError(f"unknown quality flags {unknown}; use: {', '.join(QUALITY_FLAGS)}")
     if rationale is not None:
-        rationale = clean_text(rationale)
-        if len(rationale) > MAX_OTHER_CHARS * 2:
+        rationale = clean_text(rationale) or None
+        if rationale and len(rationale) > MAX_OTHER_CHARS * 2:
             raise SkinflowError(f"rationale is longer than {MAX_OTHER_CHARS * 2} characters; shorten it")
+    return caption, rationale
+
+
+def _insert_annotation(
+    s, wb: Workbench, actor: Actor, image: Image, caption: Caption, *, diagnosis: str | None, diagnosis_status: str,
+    supersedes_id: int | None, quality_flags, rationale: str | None, seconds_spent: float | None, based_on_draft_id: int | None,
+) -> Annotation:
+    if image.status == "image_missing":
+        raise ConflictError(f"image #{image.id} has no picture yet; run `skinflow fetch-images` first")
+    version = 1
+    if supersedes_id is not None:
+        parent = s.get(Annotation, supersedes_id)
+        if parent is None or parent.image_id != image.id:
+            raise NotFound(f"annotation #{supersedes_id} does not belong to image #{image.id}")
+        if chain_root(s, parent).user_id != actor.id:  # your own chain stays yours, even after a reviewer's edit
+            require(actor, "reviewer", "edit another person's annotation")
+        if s.scalar(select(Annotation.id).where(Annotation.supersedes_id == supersedes_id)) is not None:
+            raise ConflictError(
+                f"annotation #{supersedes_id} was edited by someone else meanwhile; reload the image and apply your change again"
+            )
+        version = parent.version + 1
+    else:
+        mine = s.scalar(select(Annotation.id).where(Annotation.image_id == image.id, Annotation.user_id == actor.id).limit(1))
+        if mine is not None:
+            raise ConflictError(f"you annotated image #{image.id} already: edit your latest version instead of starting a new one")
+    if based_on_draft_id is not None and s.get(Draft, based_on_draft_id) is None:
+        raise NotFound(f"no draft #{based_on_draft_id}")
     key, free_text = _diagnosis(wb, diagnosis)
+    annotation = Annotation(
+        image_id=image.id, user_id=actor.id, version=version, supersedes_id=supersedes_id,
+        caption=caption.to_json(), diagnosis_key=key, diagnosis_text=free_text,
+        diagnosis_status=diagnosis_status, quality_flags=list(quality_flags), rationale=rationale,
+        seconds_spent=seconds_spent, based_on_draft_id=based_on_draft_id,
+    )
+    s.add(annotation)
+    s.flush()
+    if image.verified_annotation_id is not None and image.verified_annotation_id == supersedes_id:
+        image.verified_annotation_id = None  # the verified version changed: it needs review again
+    if image.status in ("pending", "verified") and image.verified_annotation_id is None:
+        image.status = "annotated"
+    # the work is in: the image is no longer reserved for this user and their saved form is done with
+    s.execute(delete(Lease).where(Lease.image_id == image.id, Lease.user_id == actor.id))
+    s.execute(delete(SavedWork).where(SavedWork.image_id == image.id, SavedWork.user_id == actor.id))
+    audit.record(
+        s, actor, "annotation.submit", "annotation", annotation.id, image_id=image.id, version=version,
+        supersedes_id=supersedes_id, diagnosis_key=key, diagnosis_status=diagnosis_status,
+    )
+    return annotation
+
+
+def submit_annotation(
+    wb: Workbench, actor: Actor, image_id: int, caption: Caption | dict, *, diagnosis: str | None,
+    diagnosis_status: str, supersedes_id: int | None = None, quality_flags: list[str] | tuple[str, ...] = (),
+    rationale: str | None = None, seconds_spent: float | None = None, based_on_draft_id: int | None = None,
+) -> int:
+    """Store a new annotation version; returns its id. To edit, pass the id of the version you edited:
+    if someone else edited that version meanwhile, ConflictError (nothing is overwritten)."""
+    require(actor, "annotator", "annotate")
+    caption, rationale = _check_inputs(caption, diagnosis_status, quality_flags, rationale)
     try:
         with wb.session() as s:
-            image = _image(s, image_id)
-            if image.status == "image_missing":
-                raise ConflictError(f"image #{image_id} has no picture yet; run `skinflow fetch-images` first")
-            version = 1
-            if supersedes_id is not None:
-                parent = s.get(Annotation, supersedes_id)
-                if parent is None or parent.image_id != image_id:
-                    raise NotFound(f"annotation #{supersedes_id} does not belong to image #{image_id}")
-                if parent.user_id != actor.id:
-                    require(actor, "reviewer", "edit another person's annotation")
-                version = parent.version + 1
-            else:
-                mine = s.scalar(select(Annotation.id).where(Annotation.image_id == image_id, Annotation.user_id == actor.id).limit(1))
-                if mine is not None:
-                    raise ConflictError(f"you annotated image #{image_id} already: edit your latest version instead of starting a new one")
-            if based_on_draft_id is not None and s.get(Draft, based_on_draft_id) is None:
-                raise NotFound(f"no draft #{based_on_draft_id}")
-            annotation = Annotation(
-                image_id=image_id, user_id=actor.id, version=version, supersedes_id=supersedes_id,
-                caption=caption.to_json(), diagnosis_key=key, diagnosis_text=free_text,
-                diagnosis_status=diagnosis_status, quality_flags=list(quality_flags), rationale=rationale,
+            annotation = _insert_annotation(
+                s, wb, actor, _image(s, image_id), caption, diagnosis=diagnosis, diagnosis_status=diagnosis_status,
+                supersedes_id=supersedes_id, quality_flags=quality_flags, rationale=rationale,
                 seconds_spent=seconds_spent, based_on_draft_id=based_on_draft_id,
-            )
-            s.add(annotation)
-            s.flush()
-            if image.verified_annotation_id is not None and image.verified_annotation_id == supersedes_id:
-                image.verified_annotation_id = None  # the verified version changed: it needs review again
-            if image.status in ("pending", "verified") and image.verified_annotation_id is None:
-                image.status = "annotated"
-            audit.record(
-                s, actor, "annotation.submit", "annotation", annotation.id, image_id=image_id, version=version,
-                supersedes_id=supersedes_id, diagnosis_key=key, diagnosis_status=diagnosis_status,
             )
             return annotation.id
     except IntegrityError:
         raise ConflictError(
             f"annotation #{supersedes_id} was edited by someone else meanwhile; reload the image and apply your change again"
         ) from None
+
+
+def adjudicate(
+    wb: Workbench, actor: Actor, image_id: int, caption: Caption | dict, *, diagnosis: str | None,
+    diagnosis_status: str = "confirmed", quality_flags: list[str] | tuple[str, ...] = (), rationale: str | None = None,
+    seconds_spent: float | None = None,
+) -> int:
+    """A reviewer's final word: their own annotation, verified in the same transaction. Returns its id."""
+    require(actor, "reviewer", "adjudicate")
+    caption, rationale = _check_inputs(caption, diagnosis_status, quality_flags, rationale)
+    try:
+        with wb.session() as s:
+            image = _image(s, image_id)
+            root = s.scalar(
+                select(Annotation).where(Annotation.image_id == image_id, Annotation.user_id == actor.id, Annotation.supersedes_id.is_(None))
+                .order_by(Annotation.id).limit(1)
+            )
+            head = chain_head(s, root) if root is not None else None
+            annotation = _insert_annotation(
+                s, wb, actor, image, caption, diagnosis=diagnosis, diagnosis_status=diagnosis_status,
+                supersedes_id=head.id if head is not None else None, quality_flags=quality_flags, rationale=rationale,
+                seconds_spent=seconds_spent, based_on_draft_id=None,
+            )
+            review = Review(annotation_id=annotation.id, reviewer_id=actor.id, decision="verified", comment="adjudicated")
+            s.add(review)
+            s.flush()
+            image.verified_annotation_id, image.status = annotation.id, "verified"
+            audit.record(s, actor, "annotation.adjudicated", "annotation", annotation.id, image_id=image_id, review_id=review.id)
+            return annotation.id
+    except IntegrityError:
+        raise ConflictError("this image changed while you adjudicated; reload it") from None
+
+
+MAX_SAVED_FORM_CHARS = 50_000
+
+
+def save_work(wb: Workbench, actor: Actor, image_id: int, form: dict[str, Any]) -> None:
+    """Keep an unsubmitted form ("Save draft"); it is restored next time and removed on submit."""
+    require(actor, "annotator", "save work")
+    if len(json.dumps(form, default=str)) > MAX_SAVED_FORM_CHARS:
+        raise SkinflowError("the form is too large to save; shorten the free-text fields")
+    with wb.session() as s:
+        _image(s, image_id)
+        row = s.get(SavedWork, (actor.id, image_id))
+        if row is None:
+            s.add(SavedWork(user_id=actor.id, image_id=image_id, form=form))
+        else:
+            row.form, row.updated_at = form, utcnow()
+        audit.record(s, actor, "annotation.save_work", "image", image_id)
+
+
+def load_work(wb: Workbench, actor: Actor, image_id: int) -> dict[str, Any] | None:
+    require(actor, "annotator", "load saved work")
+    with wb.session() as s:
+        row = s.get(SavedWork, (actor.id, image_id))
+        return dict(row.form) if row is not None else None
 
 
 def review_annotation(wb: Workbench, actor: Actor, annotation_id: int, decision: str, comment: str | None = None) -> int:

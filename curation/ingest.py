@@ -17,10 +17,12 @@ import io
 import ipaddress
 import os
 import socket
+import tempfile
 import time
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 from urllib.parse import urljoin, urlsplit
 
@@ -427,6 +429,9 @@ def import_path(wb: Workbench, actor: Actor, path: Path, **options) -> ImportRep
         return import_folder(wb, actor, path, **options)
     if not path.exists():
         raise IngestError(f"{path} does not exist")
+    if path.suffix.lower() == ".zip":
+        options.pop("images_dir", None)
+        return import_zip(wb, actor, path, **options)
     if path.suffix.lower() in (".csv", ".tsv", ".txt"):
         options.pop("label_from_folder", None)
         return import_csv(wb, actor, path, **options)
@@ -536,3 +541,50 @@ def fetch_images(
         if progress:
             progress(index, len(todo))
     return report
+
+
+# -- zip uploads -----------------------------------------------------------------------------------
+MAX_ZIP_ENTRIES = 100_000
+MAX_ZIP_RATIO = 200  # a member that inflates more than this is a bomb, not a photo
+
+
+def _safe_member_path(name: str) -> PurePosixPath:
+    path = PurePosixPath(name.replace("\\", "/"))
+    if path.is_absolute() or ".." in path.parts or (path.parts and path.parts[0].endswith(":")):
+        raise IngestError(f"refused: the archive entry {name!r} points outside the archive (zip-slip); nothing was imported")
+    return path
+
+
+def import_zip(wb: Workbench, actor: Actor, archive: Path, *, label_from_folder: bool = False, progress: Progress | None = None) -> ImportReport:
+    """Import the images inside a zip (an upload from the app). Every entry is checked before
+    anything is extracted: paths that escape the archive (zip-slip), links, too many entries and
+    entries that inflate implausibly (zip bomb) refuse the whole archive."""
+    require(actor, "admin", "import images")
+    max_bytes = int(wb.settings.max_image_mb * 1e6)
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            members = [m for m in bundle.infolist() if not m.is_dir()]
+            if len(members) > MAX_ZIP_ENTRIES:
+                raise IngestError(f"refused: the archive has {len(members)} files, over {MAX_ZIP_ENTRIES}; split it")
+            for member in members:
+                _safe_member_path(member.filename)
+                if (member.external_attr >> 16) & 0o170000 == 0o120000:
+                    raise IngestError(f"refused: the archive entry {member.filename!r} is a symbolic link; nothing was imported")
+                if member.file_size > max_bytes or member.file_size > max(member.compress_size, 1) * MAX_ZIP_RATIO:
+                    raise IngestError(f"refused: the archive entry {member.filename!r} inflates to {member.file_size / 1e6:.0f} MB "
+                                      "(zip-bomb guard); nothing was imported")
+            with tempfile.TemporaryDirectory(prefix="skinflow-zip-") as folder:
+                root = Path(folder)
+                for member in members:
+                    target = root / _safe_member_path(member.filename)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with bundle.open(member) as source, target.open("wb") as sink:
+                        copied = 0
+                        for block in iter(lambda: source.read(1 << 20), b""):
+                            copied += len(block)
+                            if copied > max_bytes:  # sizes in the directory can lie
+                                raise IngestError(f"refused: {member.filename!r} is larger than its archive entry says; nothing was imported")
+                            sink.write(block)
+                return import_folder(wb, actor, root, label_from_folder=label_from_folder, progress=progress)
+    except zipfile.BadZipFile:
+        raise IngestError(f"{Path(archive).name} is not a readable zip archive") from None

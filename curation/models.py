@@ -60,7 +60,7 @@ class Image(Base):
     __table_args__ = (
         CheckConstraint(_in("status", IMAGE_STATUSES), name="status"),
         CheckConstraint("fitzpatrick IS NULL OR (fitzpatrick BETWEEN 1 AND 6)", name="fitzpatrick"),
-        Index("ix_images_status", "status"),
+        Index("ix_images_status", "status", "id"),
         Index("ix_images_diagnosis_key", "diagnosis_key"),
     )
 
@@ -119,6 +119,7 @@ class Annotation(Base):
     __table_args__ = (
         CheckConstraint(_in("diagnosis_status", DIAGNOSIS_STATUSES), name="diagnosis_status"),
         Index("ix_annotations_image_id", "image_id"),
+        Index("ix_annotations_user_id_image_id", "user_id", "image_id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -142,7 +143,10 @@ class Annotation(Base):
 
 class Review(Base):
     __tablename__ = "reviews"
-    __table_args__ = (CheckConstraint(_in("decision", REVIEW_DECISIONS), name="decision"),)
+    __table_args__ = (
+        CheckConstraint(_in("decision", REVIEW_DECISIONS), name="decision"),
+        Index("ix_reviews_annotation_id", "annotation_id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     annotation_id: Mapped[int] = mapped_column(ForeignKey("annotations.id", ondelete="CASCADE"))
@@ -221,3 +225,55 @@ class AuditEvent(Base):
     entity_id: Mapped[int | None] = mapped_column(Integer)
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Lease(Base):
+    """An image handed to one annotator until `expires_at`, so two people are not served it at once."""
+
+    __tablename__ = "leases"
+
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    expires_at: Mapped[datetime] = mapped_column()
+    gold: Mapped[bool] = mapped_column(default=False)  # served as an unannounced gold item
+
+
+class Skip(Base):
+    """An annotator skipped an image: it is served to them again only when nothing else is left."""
+
+    __tablename__ = "skips"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SavedWork(Base):
+    """An annotator's unsubmitted form ("Save draft"), restored when they come back to the image."""
+
+    __tablename__ = "saved_work"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    form: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class GoldAssignment(Base):
+    """A verified image served to an annotator as a gold item (they are not told)."""
+
+    __tablename__ = "gold_assignments"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    served_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Setting(Base):
+    """Workflow settings an admin changes in the app (overlap, lease time, gold rate ...)."""
+
+    __tablename__ = "settings"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[Any] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -28,4 +28,5 @@ def workbench_status(wb: Workbench) -> dict:
             "drafts": dict(s.execute(select(Draft.kind, func.count(Draft.id)).group_by(Draft.kind)).all()),
             "annotations": s.scalar(select(func.count(Annotation.id))) or 0,
             "users": dict(s.execute(select(User.role, func.count(User.id)).group_by(User.role)).all()),
+            "annotators": sorted(s.scalars(select(User.username).where(User.id.in_(select(Annotation.user_id).distinct())))),
         }

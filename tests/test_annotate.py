@@ -115,3 +115,17 @@ def test_image_without_a_picture_cannot_be_annotated(wb, annotator):
         missing_id = image.id
     with pytest.raises(ConflictError, match="fetch-images"):
         submit_annotation(wb, annotator, missing_id, Caption(), diagnosis=None, diagnosis_status="uncertain")
+
+
+def test_an_annotator_may_continue_their_own_chain_after_a_reviewer_edit(wb, annotator, reviewer, admin, image_id):
+    from curation.auth import add_user
+
+    first = submit_annotation(wb, annotator, image_id, {"color": "red"}, diagnosis=None, diagnosis_status="uncertain")
+    second = submit_annotation(wb, reviewer, image_id, {"color": "blue"}, diagnosis=None, diagnosis_status="uncertain", supersedes_id=first)
+    third = submit_annotation(wb, annotator, image_id, {"color": "black"}, diagnosis=None, diagnosis_status="uncertain", supersedes_id=second)
+    assert third > second
+    stranger = add_user(wb, admin, "stranger", "annotator")[0]
+    from curation.errors import PermissionDenied
+
+    with pytest.raises(PermissionDenied, match="another person's annotation"):
+        submit_annotation(wb, stranger, image_id, {}, diagnosis=None, diagnosis_status="uncertain", supersedes_id=third)

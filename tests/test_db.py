@@ -5,7 +5,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import text
 
-from curation.db import open_workbench
+from alembic.script import ScriptDirectory
+
+from curation.db import alembic_config, open_workbench
 from curation.errors import ConfigError
 from curation.models import Base
 from curation.settings import Settings
@@ -28,7 +30,8 @@ def test_opening_twice_upgrades_once_and_keeps_data(tmp_path, admin, wb):
     again = open_workbench(wb.settings)
     with again.engine.connect() as connection:
         assert connection.execute(text("SELECT username FROM users")).scalars().all() == ["admin"]
-        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        head = ScriptDirectory.from_config(alembic_config(again.engine)).get_current_head()
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == head
     again.close()
 
 
@@ -65,3 +68,25 @@ def test_broken_toml_is_a_clear_error(tmp_path):
     (tmp_path / "skinflow.toml").write_text("max_image_mb = = 3")
     with pytest.raises(ConfigError, match="not valid TOML"):
         Settings.load(environ={"SKINFLOW_HOME": str(tmp_path)})
+
+
+def test_upgrading_a_version_1_database_keeps_its_data_and_downgrade_works(tmp_path):
+    from alembic import command
+
+    from curation.db import make_engine
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    cfg = alembic_config(engine)
+    command.upgrade(cfg, "0001")
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO users (username, display_name, role, password_hash, active, created_at) "
+                                "VALUES ('old', 'old', 'admin', 'x', 1, '2026-01-01')"))
+    command.upgrade(cfg, "head")
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT username FROM users")).scalars().all() == ["old"]
+        assert connection.execute(text("SELECT count(*) FROM leases")).scalar() == 0
+    command.downgrade(cfg, "0001")
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT username FROM users")).scalars().all() == ["old"]
+    command.downgrade(cfg, "base")
+    engine.dispose()

@@ -1,0 +1,1 @@
+"""The Streamlit app. Pages hold no SQL and no business rules: they call curation functions."""

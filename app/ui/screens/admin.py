@@ -1,0 +1,135 @@
+"""Admin: users and roles, import (folder or zip upload), export with download, workflow settings."""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from app.ui import state
+from curation.auth import add_user, list_users, set_password, set_role
+from curation.export import export_dataset
+from curation.ingest import import_folder, import_zip
+from curation.models import ROLES
+from curation.workflow import QUEUE_STRATEGIES, get_workflow_settings, update_workflow_settings
+from schema.errors import SkinflowError
+
+
+def _report(report) -> None:
+    st.success(f"imported {report.imported}, already present {report.already_present}, "
+               f"duplicates {len(report.duplicates)}, failed {len(report.failed)}")
+    if report.failed:
+        st.dataframe(pd.DataFrame(report.failed, columns=["item", "reason"]), hide_index=True, width="stretch")
+
+
+def _zip_folder(folder: Path) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as bundle:  # images are compressed already
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                bundle.write(path, f"{folder.name}/{path.relative_to(folder)}")
+    return buffer.getvalue()
+
+
+def _users(wb, actor) -> None:
+    st.dataframe(pd.DataFrame(list_users(wb, actor)), hide_index=True, width="stretch")
+    with st.form("add_user", clear_on_submit=True):
+        name = st.text_input("New username")
+        role = st.selectbox("Role", ROLES)
+        if st.form_submit_button("Add user"):
+            try:
+                _, password = add_user(wb, actor, name, role)
+            except SkinflowError as e:
+                state.show_error(e)
+            else:
+                st.success(f"Created {name}. Password (shown once): {password}")
+    with st.form("set_role"):
+        name = st.text_input("Username", key="role_user")
+        role = st.selectbox("New role", ROLES, key="role_role")
+        c1, c2 = st.columns(2)
+        change_role = c1.form_submit_button("Set role")
+        reset = c2.form_submit_button("Reset password")
+    if change_role or reset:
+        try:
+            if change_role:
+                set_role(wb, actor, name, role)
+                st.success(f"{name} is now {role}.")
+            else:
+                st.success(f"New password for {name} (shown once): {set_password(wb, actor, name)}")
+        except SkinflowError as e:
+            state.show_error(e)
+
+
+def _import(wb, actor) -> None:
+    folder = st.text_input("Folder on the server (recursive)")
+    label_from_folder = st.checkbox("Use each image's folder name as its label")
+    if st.button("Import folder") and folder:
+        try:
+            _report(import_folder(wb, actor, Path(folder).expanduser(), label_from_folder=label_from_folder))
+        except SkinflowError as e:
+            state.show_error(e)
+    upload = st.file_uploader("Or upload a zip of images", type=["zip"])
+    if upload is not None and st.button("Import zip"):
+        with tempfile.NamedTemporaryFile(suffix=".zip") as handle:
+            handle.write(upload.getvalue())
+            handle.flush()
+            try:
+                _report(import_zip(wb, actor, Path(handle.name), label_from_folder=label_from_folder))
+            except SkinflowError as e:
+                state.show_error(e)
+
+
+def _export(wb, actor) -> None:
+    default = wb.settings.home / "exports" / "v1"
+    out = st.text_input("Export folder (a new one per version)", value=str(default))
+    include_unverified = st.checkbox("Include annotated but unverified records")
+    if st.button("Export"):
+        try:
+            result = export_dataset(wb, actor, Path(out), include_unverified=include_unverified)
+        except SkinflowError as e:
+            state.show_error(e)
+        else:
+            st.session_state["last_export"] = str(result.path)
+            st.success(f"Exported {result.n_records} records to {result.path} ({result.by_split}).")
+    last = st.session_state.get("last_export")
+    if last and Path(last).exists():
+        st.download_button("Download the export (zip)", _zip_folder(Path(last)), file_name=f"{Path(last).name}.zip",
+                           mime="application/zip")
+
+
+def _settings(wb, actor) -> None:
+    current = get_workflow_settings(wb)
+    with st.form("settings"):
+        overlap = st.number_input("Annotators per image", 1, 10, current.overlap)
+        lease = st.number_input("Lease (minutes an image stays reserved)", 1, 1440, current.lease_minutes)
+        strategy = st.selectbox("Queue order", QUEUE_STRATEGIES, index=QUEUE_STRATEGIES.index(current.queue_strategy))
+        gold = st.slider("Gold item rate", 0.0, 0.5, current.gold_rate, 0.01)
+        threshold = st.slider("Disagreement threshold (field score)", 0.0, 1.0, current.disagreement_threshold, 0.05)
+        session = st.number_input("Session length (minutes)", 5, 7 * 24 * 60, current.session_minutes)
+        if st.form_submit_button("Save settings"):
+            try:
+                update_workflow_settings(wb, actor, overlap=int(overlap), lease_minutes=int(lease), queue_strategy=strategy,
+                                         gold_rate=float(gold), disagreement_threshold=float(threshold), session_minutes=int(session))
+            except SkinflowError as e:
+                state.show_error(e)
+            else:
+                st.success("Settings saved.")
+
+
+def render() -> None:
+    actor = state.require_role("admin", "The admin page")
+    wb = state.workbench()
+    st.title("Admin")
+    users, imports, exports, settings = st.tabs(["Users", "Import", "Export", "Settings"])
+    with users:
+        _users(wb, actor)
+    with imports:
+        _import(wb, actor)
+    with exports:
+        _export(wb, actor)
+    with settings:
+        _settings(wb, actor)

@@ -1,0 +1,152 @@
+"""Annotate: the page dermatologists live on. One image at a time from the queue."""
+
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from app.ui import state
+from app.ui.widgets import caption_form, diagnosis_widget
+from curation.annotate import QUALITY_FLAGS, current_annotation, save_work, submit_annotation
+from curation.errors import ConflictError
+from curation.queue import next_item, remaining, skip
+from curation.views import field_disagreements, image_detail
+from schema.errors import SkinflowError
+
+KEY = "annotate_item"  # {"image_id", "loaded_at", "base_id"}: the image on screen and the version it edits
+
+
+def _load_item(wb, actor) -> dict | None:
+    item = st.session_state.get(KEY)
+    if item is None:
+        queued = next_item(wb, actor)
+        if queued is None:
+            return None
+        mine = current_annotation(wb, actor, queued.image_id)
+        item = {"image_id": queued.image_id, "loaded_at": time.time(), "base_id": mine["id"] if mine else None}
+        st.session_state[KEY] = item
+    return item
+
+
+def _prefill_sources(detail) -> list[tuple[str, dict | None, int | None, dict | None]]:
+    """(label, caption, draft id, form) choices for prefilling, best first."""
+    sources = []
+    if detail.saved_work:
+        sources.append(("your saved draft", detail.saved_work.get("caption"), detail.saved_work.get("draft_id"), detail.saved_work))
+    if detail.current:
+        sources.append((f"your submitted version {detail.current['version']}", detail.current["caption"], None, detail.current))
+    sources += [(d["label"], d["caption"], d["id"], None) for d in detail.drafts]
+    sources.append(("empty", None, None, None))
+    return sources
+
+
+def _finish(message: str) -> None:
+    st.session_state.pop(KEY, None)
+    st.session_state.pop("annotate_conflict", None)
+    st.session_state["annotate_notice"] = message
+    st.rerun()
+
+
+def _conflict(wb, actor, item, mine: dict) -> None:
+    theirs = current_annotation(wb, actor, item["image_id"])
+    st.warning("This annotation changed since you opened it. Nothing was overwritten: choose which version to keep.")
+    left, right = st.columns(2)
+    with left:
+        st.markdown(f"**Current version {theirs['version']}** by {theirs['user']}")
+        st.json({"caption": theirs["caption"], "diagnosis": theirs["diagnosis_key"] or theirs["diagnosis_text"]})
+    with right:
+        st.markdown("**Your version**")
+        st.json({"caption": mine["caption"], "diagnosis": mine["diagnosis"]})
+    try:
+        differing = field_disagreements(theirs["caption"], mine["caption"])
+    except Exception:  # an invalid form simply has no comparison
+        differing = []
+    st.caption("Fields that differ: " + (", ".join(differing) or "none"))
+    keep_mine, keep_theirs = st.columns(2)
+    if keep_mine.button("Submit mine on top of the current version", type="primary"):
+        try:
+            submit_annotation(wb, actor, item["image_id"], mine["caption"], diagnosis=mine["diagnosis"],
+                              diagnosis_status=mine["diagnosis_status"], supersedes_id=theirs["id"],
+                              quality_flags=mine["quality_flags"], rationale=mine["rationale"],
+                              seconds_spent=mine["seconds"], based_on_draft_id=mine["draft_id"])
+        except SkinflowError as e:
+            state.show_error(e)
+        else:
+            _finish("Submitted your version.")
+    if keep_theirs.button("Keep the current version"):
+        _finish("Kept the current version.")
+
+
+def render() -> None:
+    actor = state.require_role("annotator", "Annotating")
+    wb = state.workbench()
+    st.title("Annotate")
+    notice = st.session_state.pop("annotate_notice", None)
+    if notice:
+        st.success(notice)
+    try:
+        item = _load_item(wb, actor)
+        left_count = remaining(wb, actor)
+    except SkinflowError as e:
+        state.show_error(e)
+        return
+    if item is None:
+        st.info("Nothing left in your queue. Thank you!")
+        return
+    st.caption(f"{left_count} images left in your queue")
+    conflict = st.session_state.get("annotate_conflict")
+    if conflict is not None:
+        _conflict(wb, actor, item, conflict)
+        return
+
+    detail = image_detail(wb, actor, item["image_id"])
+    image_column, form_column = st.columns([2, 3])
+    with image_column:
+        if detail.path is not None:
+            st.image(str(detail.path), width="stretch", caption=f"image #{detail.id}, {detail.width}x{detail.height}")
+            with st.expander("Full resolution"):
+                st.image(str(detail.path), width="content")
+        st.markdown(f"**Source:** {detail.source} · **Fitzpatrick type:** {detail.fitzpatrick or 'unknown'}")
+        if detail.meta:
+            with st.expander("Metadata"):
+                st.json(detail.meta)
+
+    with form_column:
+        sources = _prefill_sources(detail)
+        choice = st.selectbox("Prefill from", range(len(sources)), format_func=lambda i: sources[i][0], key=f"src-{detail.id}")
+        label, caption, draft_id, form = sources[choice]
+        prefix = f"a-{detail.id}-{choice}-"
+        values = caption_form(prefix, caption, detail.disagreements if form is None else [])
+        suggestions = [d["key"] for draft in detail.drafts if draft["kind"] in ("model", "llm") for d in draft["diagnoses"][:6] if d.get("key")]
+        diagnosis, status = diagnosis_widget(prefix, wb.taxonomy, detail.diagnosis_key, detail.source_label,
+                                             list(dict.fromkeys(suggestions)), form)
+        flags = st.multiselect("Quality flags", QUALITY_FLAGS, default=(form or {}).get("quality_flags", []),
+                               format_func=lambda f: f.replace("_", " "), key=f"{prefix}flags")
+        rationale = st.text_area("Why this diagnosis? (optional)", value=(form or {}).get("rationale") or "", key=f"{prefix}why",
+                                 help="Your reasoning: it feeds the attribute weights used in training.")
+        mine = {"caption": values, "diagnosis": diagnosis, "diagnosis_status": status, "quality_flags": flags,
+                "rationale": rationale or None, "draft_id": draft_id, "seconds": round(time.time() - item["loaded_at"], 1)}
+        submit_col, save_col, skip_col = st.columns(3)
+        if submit_col.button("Submit", type="primary", key=f"{prefix}submit"):
+            try:
+                submit_annotation(wb, actor, detail.id, values, diagnosis=diagnosis, diagnosis_status=status,
+                                  supersedes_id=item["base_id"], quality_flags=flags, rationale=rationale or None,
+                                  seconds_spent=mine["seconds"], based_on_draft_id=draft_id)
+            except ConflictError:
+                st.session_state["annotate_conflict"] = mine
+                st.rerun()
+            except SkinflowError as e:
+                state.show_error(e)
+            else:
+                _finish(f"Saved annotation of image #{detail.id}.")
+        if save_col.button("Save draft", key=f"{prefix}save"):
+            try:
+                save_work(wb, actor, detail.id, {**mine, "caption": values})
+            except SkinflowError as e:
+                state.show_error(e)
+            else:
+                st.success("Draft saved: it will be here when you come back to this image.")
+        if skip_col.button("Skip", key=f"{prefix}skip"):
+            skip(wb, actor, detail.id)
+            _finish(f"Skipped image #{detail.id}.")

@@ -1,0 +1,65 @@
+"""Dataset: a filterable, sortable table with thumbnails, and one image's full history."""
+
+from __future__ import annotations
+
+import base64
+
+import pandas as pd
+import streamlit as st
+
+from app.ui import state
+from curation.annotate import QUALITY_FLAGS
+from curation.models import IMAGE_STATUSES
+from curation.status import workbench_status
+from curation.views import SORTS, image_history, list_images, thumbnail
+
+PAGE_SIZE = 50
+
+
+def render() -> None:
+    actor = state.require_role("reviewer", "The dataset page")
+    wb = state.workbench()
+    st.title("Dataset")
+    taxonomy = wb.taxonomy
+    known = workbench_status(wb)
+    with st.expander("Filters", expanded=True):
+        c1, c2, c3, c4 = st.columns(4)
+        status = c1.multiselect("Status", IMAGE_STATUSES)
+        source = c1.multiselect("Source", list(known["by_source"]))
+        label = c2.multiselect("Label", sorted(taxonomy.labels), format_func=lambda k: taxonomy.labels[k].display)
+        group9 = c2.multiselect("Group (9)", taxonomy.groups9())
+        group3 = c3.multiselect("Group (3)", taxonomy.groups3())
+        fitzpatrick = c3.multiselect("Fitzpatrick type", [1, 2, 3, 4, 5, 6])
+        annotator = c4.multiselect("Annotator", sorted(known["annotators"]))
+        flag = c4.multiselect("Flags", QUALITY_FLAGS)
+        s1, s2, s3 = st.columns(3)
+        sort = s1.selectbox("Sort by", list(SORTS))
+        descending = s2.toggle("Descending")
+    rows, total = list_images(wb, actor, status=status, label=label, group9=group9, group3=group3, fitzpatrick=fitzpatrick,
+                              annotator=annotator, flag=flag, source=source, sort=sort, descending=descending,
+                              limit=PAGE_SIZE, offset=0)
+    pages = max(1, -(-total // PAGE_SIZE))
+    page = s3.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1)
+    if page > 1:
+        rows, total = list_images(wb, actor, status=status, label=label, group9=group9, group3=group3, fitzpatrick=fitzpatrick,
+                                  annotator=annotator, flag=flag, source=source, sort=sort, descending=descending,
+                                  limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
+    st.caption(f"{total} images match")
+    frame = pd.DataFrame(rows)
+    if not frame.empty:
+        frame.insert(1, "thumbnail", [
+            "data:image/jpeg;base64," + base64.b64encode(data).decode() if (data := thumbnail(wb, r["id"], 96)) else None
+            for r in rows
+        ])
+        frame["annotators"] = frame["annotators"].map(", ".join)
+        frame["flags"] = frame["flags"].map(", ".join)
+    st.dataframe(frame, hide_index=True, width="stretch",
+                 column_config={"thumbnail": st.column_config.ImageColumn("image", width="small")})
+    st.subheader("History of one image")
+    image_id = st.number_input("Image id", min_value=1, step=1, value=rows[0]["id"] if rows else 1)
+    try:
+        history = image_history(wb, actor, int(image_id))
+    except Exception as e:  # NotFound: say so
+        st.info(str(e))
+    else:
+        st.dataframe(pd.DataFrame(history), hide_index=True, width="stretch")

@@ -1,0 +1,59 @@
+"""Insights: progress, throughput, distributions, agreement, gold accuracy.
+Every number here is also in `skinflow status --json` (key "insights")."""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from app.ui import state
+from curation.insights import insights
+
+
+def _bar(counts: dict, name: str) -> alt.Chart:
+    frame = pd.DataFrame({name: list(counts), "images": list(counts.values())})
+    return alt.Chart(frame).mark_bar().encode(x=alt.X("images:Q"), y=alt.Y(f"{name}:N", sort="-x"))
+
+
+def render() -> None:
+    state.require_role("reviewer", "Insights")
+    wb = state.workbench()
+    st.title("Insights")
+    numbers = insights(wb)
+    st.caption("The same numbers: `skinflow status --json` (key \"insights\").")
+    a, b, c = st.columns(3)
+    a.metric("Images", numbers["images"])
+    b.metric("Verified", numbers["verified"])
+    c.metric("Items with 2+ annotators", numbers["agreement"]["items_with_2_or_more_annotators"])
+
+    st.subheader("Progress")
+    progress = pd.DataFrame([{"day": day, "kind": kind, "count": n} for day, v in numbers["progress_by_day"].items() for kind, n in v.items()])
+    if not progress.empty:
+        st.altair_chart(alt.Chart(progress).mark_line(point=True).encode(x="day:T", y="count:Q", color="kind:N"), width="stretch")
+
+    st.subheader("Throughput per annotator")
+    throughput = pd.DataFrame(numbers["throughput"]).T
+    st.dataframe(throughput, width="stretch")
+
+    st.subheader("Distributions")
+    left, right = st.columns(2)
+    dist = numbers["distributions"]
+    left.altair_chart(_bar(dict(list(dist["label"].items())[:20]), "label"), width="stretch")
+    right.altair_chart(_bar(dist["group9"], "group9"), width="stretch")
+    left.altair_chart(_bar(dist["group3"], "group3"), width="stretch")
+    right.altair_chart(_bar(dist["fitzpatrick"], "fitzpatrick"), width="stretch")
+
+    st.subheader("Agreement")
+    alpha = pd.DataFrame({"Krippendorff's alpha": numbers["agreement"]["krippendorff_alpha"]})
+    st.dataframe(alpha, width="stretch")
+    kappa = numbers["agreement"]["cohen_kappa_diagnosis"]
+    if kappa:
+        st.markdown("Cohen's kappa on the diagnosis, per pair of annotators")
+        st.dataframe(pd.DataFrame(kappa).T, width="stretch")
+
+    st.subheader("Accuracy on gold items")
+    if numbers["gold_accuracy"]:
+        st.dataframe(pd.DataFrame(numbers["gold_accuracy"]).T, width="stretch")
+    else:
+        st.caption("No gold items answered yet (gold rate is set on the Admin page).")

@@ -1,0 +1,83 @@
+"""Review: items that need a decision; side-by-side annotations; verify or adjudicate."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from app.ui import state
+from app.ui.widgets import caption_form, diagnosis_widget, taxonomy_label
+from curation.annotate import adjudicate, review_annotation
+from curation.review import review_items
+from curation.views import image_detail
+from schema.errors import SkinflowError
+from schema.fields import FIELDS
+
+
+def _value(caption: dict, key: str) -> str:
+    value = caption.get(key)
+    return ", ".join(value) if isinstance(value, list) else (value or "—")
+
+
+def render() -> None:
+    actor = state.require_role("reviewer", "Reviewing")
+    wb = state.workbench()
+    st.title("Review")
+    notice = st.session_state.pop("review_notice", None)
+    if notice:
+        st.success(notice)
+    items = review_items(wb, actor)
+    if not items:
+        st.info("Nothing waiting for review.")
+        return
+    counts = pd.Series([i["reason"] for i in items]).value_counts()
+    st.caption(" · ".join(f"{reason}: {n}" for reason, n in counts.items()))
+    index = st.selectbox("Item", range(len(items)), format_func=lambda i: f"image #{items[i]['image_id']} — {items[i]['reason']}")
+    item = items[index]
+    detail = image_detail(wb, actor, item["image_id"])
+    heads = item["heads"]
+    image_column, table_column = st.columns([2, 3])
+    with image_column:
+        if detail.path is not None:
+            st.image(str(detail.path), width="stretch")
+        st.markdown(f"**Source label:** {taxonomy_label(wb.taxonomy, detail.diagnosis_key) if detail.diagnosis_key else detail.source_label or 'none'}")
+    with table_column:
+        rows = {f.label: [_value(h["caption"], f.key) for h in heads] for f in FIELDS}
+        rows["Diagnosis"] = [taxonomy_label(wb.taxonomy, h["diagnosis_key"]) if h["diagnosis_key"] else (h["diagnosis_text"] or "—") for h in heads]
+        rows["Status"] = [h["diagnosis_status"] for h in heads]
+        rows["Flags"] = [", ".join(h["quality_flags"]) or "—" for h in heads]
+        rows["Rationale"] = [h["rationale"] or "—" for h in heads]
+        table = pd.DataFrame(rows, index=[f"{h['user']} v{h['version']}" for h in heads]).T
+        st.dataframe(table, width="stretch")
+        for pair in item["comparison"]["pairs"]:
+            low = {k: round(v, 2) for k, v in pair["scores"].items() if v < 1}
+            st.caption(f"#{pair['a']} vs #{pair['b']}: label {'agrees' if pair['same_label'] else 'differs'}; "
+                       f"fields that differ: {low or 'none'}")
+        for head in heads:
+            if head["user"] == actor.username and actor.role != "admin":
+                continue
+            if st.button(f"Verify {head['user']}'s version as it is", key=f"verify-{head['id']}"):
+                try:
+                    review_annotation(wb, actor, head["id"], "verified")
+                except SkinflowError as e:
+                    state.show_error(e)
+                else:
+                    st.session_state["review_notice"] = f"Verified image #{item['image_id']}."
+                    st.rerun()
+    st.subheader("Adjudicate")
+    st.caption("Write the final record: it is stored as your annotation and verified.")
+    start = st.selectbox("Start from", range(len(heads)), format_func=lambda i: f"{heads[i]['user']} v{heads[i]['version']}",
+                         key=f"adj-start-{item['image_id']}")
+    base = heads[start]
+    prefix = f"adj-{item['image_id']}-{start}-"
+    values = caption_form(prefix, base["caption"])
+    diagnosis, status = diagnosis_widget(prefix, wb.taxonomy, detail.diagnosis_key, detail.source_label, [], base)
+    if st.button("Adjudicate and verify", type="primary", key=f"{prefix}go"):
+        try:
+            adjudicate(wb, actor, item["image_id"], values, diagnosis=diagnosis,
+                       diagnosis_status="corrected" if status == "corrected" else "confirmed")
+        except SkinflowError as e:
+            state.show_error(e)
+        else:
+            st.session_state["review_notice"] = f"Adjudicated image #{item['image_id']}."
+            st.rerun()

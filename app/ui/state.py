@@ -1,0 +1,64 @@
+"""Session helpers shared by the pages: the workbench, who is logged in, role gates, expiry."""
+
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from curation.auth import Actor
+from curation.db import Workbench, open_workbench
+from curation.settings import Settings
+from curation.workflow import get_workflow_settings
+from schema.errors import SkinflowError
+
+
+@st.cache_resource(show_spinner=False)
+def _workbench(home: str, url: str | None) -> Workbench:
+    return open_workbench(Settings.load())
+
+
+def workbench() -> Workbench:
+    """One Workbench per process and database (cached: engines are expensive)."""
+    settings = Settings.load()
+    return _workbench(str(settings.home.resolve()), settings.database_url)
+
+
+def log_in(actor: Actor) -> None:
+    st.session_state["actor"] = actor
+    st.session_state["login_at"] = time.time()
+
+
+def log_out(message: str | None = None) -> None:
+    for key in list(st.session_state.keys()):
+        del st.session_state[key]
+    if message:
+        st.session_state["login_message"] = message
+
+
+def current_actor() -> Actor | None:
+    """The logged-in account, or None (also when the session has expired)."""
+    actor = st.session_state.get("actor")
+    if actor is None:
+        return None
+    minutes = get_workflow_settings(workbench()).session_minutes
+    if time.time() - st.session_state.get("login_at", 0) > minutes * 60:
+        log_out(f"Your session expired after {minutes} minutes; please log in again.")
+        return None
+    return actor
+
+
+def require_role(role: str, what: str) -> Actor:
+    """Stop the page unless the logged-in account has the role (the curation functions check too)."""
+    actor = current_actor()
+    if actor is None:
+        st.warning("Please log in.")
+        st.stop()
+    if not actor.can(role):
+        st.error(f"{what} needs the {role} role; you are logged in as {actor.username} ({actor.role}).")
+        st.stop()
+    return actor
+
+
+def show_error(error: SkinflowError) -> None:
+    st.error(str(error))

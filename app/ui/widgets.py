@@ -1,0 +1,99 @@
+"""Form pieces shared by the Annotate and Review pages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from schema.caption import Caption
+from schema.fields import FIELDS, ORDINAL_VALUES
+from schema.taxonomy import Taxonomy
+from schema.vocabulary import default_vocabulary
+
+NOT_APPLICABLE = "not applicable"
+DIAGNOSIS_CHOICES = ("Confirm", "Correct", "Uncertain")
+
+
+def _term_label(field: str):
+    synonyms = default_vocabulary().synonyms[field]
+
+    def label(term: str) -> str:
+        extra = synonyms.get(term, ())[:4]
+        return f"{term} ({', '.join(extra)})" if extra else term  # typing a synonym finds the term
+
+    return label
+
+
+def caption_form(prefix: str, initial: dict[str, Any] | None, disagreements: list[str] = ()) -> dict[str, Any]:
+    """The 11 fields, prefilled from `initial`. Accepting a prefilled value costs no click.
+    Returns the raw values; schema.validate_caption normalises and checks them."""
+    caption = Caption.model_validate(initial) if initial else Caption()
+    vocab = default_vocabulary()
+    values: dict[str, Any] = {}
+    left, right = st.columns(2)
+    for index, field in enumerate(FIELDS):
+        column = left if index % 2 == 0 else right
+        mark = "  ⚠ drafts disagree" if field.key in disagreements else ""
+        with column:
+            current = getattr(caption, field.key)
+            if field.kind == "multi":
+                options = list(vocab.terms[field.key]) + [t for t in current if t not in vocab.terms[field.key]]
+                values[field.key] = st.multiselect(
+                    field.label + mark, options, default=list(current), format_func=_term_label(field.key),
+                    accept_new_options=True, key=f"{prefix}{field.key}",
+                    help="Type to search terms and synonyms; press Enter to add a new term (it is flagged for vocabulary review).",
+                )
+            elif field.kind == "ordinal":
+                options = [NOT_APPLICABLE, *ORDINAL_VALUES[field.key]]
+                values[field.key] = st.radio(
+                    field.label + mark, options, index=options.index(current) if current else 0, horizontal=True,
+                    key=f"{prefix}{field.key}",
+                )
+                if values[field.key] == NOT_APPLICABLE:
+                    values[field.key] = None
+                if field.key == "size":
+                    values["size_mm"] = st.number_input(
+                        "Measured size (mm, optional)", min_value=0.0, max_value=1000.0, value=caption.size_mm,
+                        step=0.5, key=f"{prefix}size_mm",
+                    ) or None
+            else:
+                values[field.key] = st.text_area(field.label + mark, value=current, key=f"{prefix}{field.key}", height=80)
+    return values
+
+
+def taxonomy_label(taxonomy: Taxonomy, key: str) -> str:
+    label = taxonomy.labels.get(key)
+    return f"{label.display} — {label.group9} / {label.group3}" if label else key
+
+
+def diagnosis_widget(prefix: str, taxonomy: Taxonomy, source_key: str | None, source_label: str | None,
+                     suggestions: list[str], initial: dict[str, Any] | None = None) -> tuple[str | None, str]:
+    """Confirm the source label, correct it (search the taxonomy, or free text), or mark it uncertain.
+    Returns (diagnosis key or free text, diagnosis status)."""
+    initial = initial or {}
+    if source_key:
+        st.markdown(f"**Source label:** {taxonomy_label(taxonomy, source_key)}")
+    elif source_label:
+        st.markdown(f"**Source label:** {source_label} (not in the taxonomy)")
+    else:
+        st.markdown("**Source label:** none")
+    status_index = {"confirmed": 0, "corrected": 1, "uncertain": 2}.get(initial.get("diagnosis_status"), 0 if source_key else 1)
+    choice = st.radio("Diagnosis", DIAGNOSIS_CHOICES, index=status_index, horizontal=True, key=f"{prefix}dx_choice")
+    if choice == "Confirm":
+        return (source_key or source_label), "confirmed"
+    keys = list(dict.fromkeys([*suggestions, *sorted(taxonomy.labels, key=lambda k: taxonomy.labels[k].display.lower())]))
+    default = initial.get("diagnosis_key") or initial.get("diagnosis_text") or initial.get("diagnosis")
+    if default and default not in keys:
+        keys.insert(0, default)
+    if suggestions:
+        st.caption("Suggested: " + "; ".join(taxonomy_label(taxonomy, k) for k in suggestions))
+    picked = st.selectbox(
+        "Diagnosis (search the taxonomy, or type free text)", keys, index=keys.index(default) if default in keys else None,
+        format_func=lambda k: ("suggested: " if k in suggestions else "") + taxonomy_label(taxonomy, k),
+        accept_new_options=True, placeholder="Type to search", key=f"{prefix}dx_pick",
+    )
+    if picked and picked not in taxonomy.labels:
+        match = taxonomy.normalise(picked)
+        st.caption(f"→ {taxonomy_label(taxonomy, match)}" if match else "→ kept as free text (not in the taxonomy)")
+    return picked, ("corrected" if choice == "Correct" else "uncertain")

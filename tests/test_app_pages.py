@@ -1,0 +1,214 @@
+"""Every page through streamlit's AppTest, on a real SQLite workbench with the demo data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from sqlalchemy import select
+from streamlit.testing.v1 import AppTest
+
+from curation.annotate import submit_annotation
+from curation.auth import add_user, get_actor, set_password
+from curation.db import open_workbench
+from curation.demo import build_demo
+from curation.models import Annotation, Image
+from curation.settings import Settings
+from curation.workflow import update_workflow_settings
+
+APP = str(Path(__file__).resolve().parents[1] / "app" / "ui" / "main.py")
+PASSWORDS = {"admin": "admin-pass-1", "reviewer": "reviewer-pass-1", "annotator": "annotator-pass-1"}
+
+
+@pytest.fixture
+def demo_home(tmp_path, monkeypatch):
+    home = tmp_path / "wb"
+    monkeypatch.setenv("SKINFLOW_HOME", str(home))
+    monkeypatch.delenv("SKINFLOW_DATABASE_URL", raising=False)
+    st.cache_resource.clear()  # the app caches its workbench: never reuse another test's database
+    wb = open_workbench(Settings.load())
+    build_demo(wb, None, n=12, seed=0, verified_fraction=0.25, annotated_fraction=0.25)
+    admin = get_actor(wb, "admin")
+    for name, password in PASSWORDS.items():
+        set_password(wb, admin, name, password)
+    update_workflow_settings(wb, admin, gold_rate=0.0)
+    yield wb
+    st.cache_resource.clear()
+    wb.close()
+
+
+def login(username: str, password: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=30).run()
+    at.text_input[0].input(username)
+    at.text_input[1].input(password or PASSWORDS[username])
+    at.button[0].click().run()
+    return at
+
+
+def test_login_good_and_bad_password(demo_home):
+    bad = login("annotator", "wrong-password")
+    assert bad.error and "wrong username or password" in bad.error[0].value
+    assert "actor" not in bad.session_state
+    good = login("annotator")
+    assert good.session_state["actor"].username == "annotator"
+    assert [t.value for t in good.title] == ["Annotate"]
+
+
+def test_annotate_submit_writes_an_annotation_with_user_and_draft(demo_home):
+    at = login("annotator")
+    assert not at.exception
+    image_id = at.session_state["annotate_item"]["image_id"]
+    at.multiselect(key=f"a-{image_id}-0-color").set_value(["brown", "black"])
+    at.radio(key=f"a-{image_id}-0-number").set_value("few")
+    at.button(key=f"a-{image_id}-0-submit").click().run()
+    assert not at.exception and at.success and "Saved annotation" in at.success[0].value
+    with demo_home.session() as s:
+        row = s.scalar(select(Annotation).where(Annotation.image_id == image_id).order_by(Annotation.id.desc()).limit(1))
+        assert row.user.username == "annotator"
+        assert row.caption["color"] == ["brown", "black"] and row.caption["number"] == "few"
+        assert row.based_on_draft_id is not None  # prefilled from the synthetic draft
+        assert row.seconds_spent is not None
+    assert at.session_state["annotate_item"]["image_id"] != image_id  # the next image is loaded
+
+
+def test_skip_moves_on_and_save_draft_restores(demo_home):
+    at = login("annotator")
+    first = at.session_state["annotate_item"]["image_id"]
+    at.text_area(key=f"a-{first}-0-other").input("check the border again")
+    at.button(key=f"a-{first}-0-save").click().run()
+    assert at.success and "Draft saved" in at.success[0].value
+    at.button(key=f"a-{first}-0-skip").click().run()
+    assert at.session_state["annotate_item"]["image_id"] != first
+    with demo_home.session() as s:
+        assert s.get(Image, first).status == "pending"
+
+
+def test_conflict_shows_both_versions_and_overwrites_nothing(demo_home):
+    at = login("annotator")
+    image_id = at.session_state["annotate_item"]["image_id"]
+    at.button(key=f"a-{image_id}-0-submit").click().run()  # version 1
+    # reopen the same image for editing, then a reviewer edits it meanwhile
+    annotator, reviewer = get_actor(demo_home, "annotator"), get_actor(demo_home, "reviewer")
+    with demo_home.session() as s:
+        v1 = s.scalar(select(Annotation.id).where(Annotation.image_id == image_id, Annotation.user_id == annotator.id))
+    at.session_state["annotate_item"] = {"image_id": image_id, "loaded_at": 0.0, "base_id": v1}
+    at.run()
+    submit_annotation(demo_home, reviewer, image_id, {"color": ["violaceous"]}, diagnosis="melanoma",
+                      diagnosis_status="corrected", supersedes_id=v1)
+    choice = at.selectbox(key=f"src-{image_id}").value
+    at.multiselect(key=f"a-{image_id}-{choice}-color").set_value(["yellow"])
+    at.button(key=f"a-{image_id}-{choice}-submit").click().run()
+    assert at.warning and "changed since you opened it" in at.warning[0].value
+    with demo_home.session() as s:
+        versions = s.scalars(select(Annotation).where(Annotation.image_id == image_id).order_by(Annotation.id)).all()
+        assert [a.caption["color"] for a in versions] != [] and versions[-1].caption["color"] == ["violaceous"]
+        count = len(versions)
+    at.button[[b.label for b in at.button].index("Submit mine on top of the current version")].click().run()
+    assert not at.error, at.error[0].value
+    with demo_home.session() as s:
+        versions = s.scalars(select(Annotation).where(Annotation.image_id == image_id).order_by(Annotation.id)).all()
+        assert len(versions) == count + 1 and versions[-1].caption["color"] == ["yellow"] and versions[-1].version == 3
+
+
+def _page(name):
+    import importlib
+
+    importlib.import_module(f"app.ui.screens.{name}").render()
+
+
+def page(wb, name: str, username: str) -> AppTest:
+    """One page rendered for a logged-in user (what st.navigation shows at that page's url)."""
+    import time
+
+    at = AppTest.from_function(_page, args=(name,), default_timeout=30)
+    at.session_state["actor"] = get_actor(wb, username)
+    at.session_state["login_at"] = time.time()
+    return at.run()
+
+
+def test_review_adjudication_verifies(demo_home):
+    at = page(demo_home, "review", "reviewer")
+    assert not at.exception and [t.value for t in at.title] == ["Review"]
+    image_id = int(at.selectbox[0].options[at.selectbox[0].index].split("#")[1].split()[0])
+    at.button(key=f"adj-{image_id}-0-go").click().run()
+    assert not at.exception and at.success and f"Adjudicated image #{image_id}" in at.success[0].value
+    reviewer = get_actor(demo_home, "reviewer")
+    with demo_home.session() as s:
+        image = s.get(Image, image_id)
+        assert image.status == "verified" and s.get(Annotation, image.verified_annotation_id).user_id == reviewer.id
+
+
+def test_review_verify_as_is(demo_home):
+    at = page(demo_home, "review", "reviewer")
+    image_id = int(at.selectbox[0].options[at.selectbox[0].index].split("#")[1].split()[0])
+    verify = [b for b in at.button if b.label.startswith("Verify annotator")][0]
+    verify.click().run()
+    assert at.success and f"Verified image #{image_id}" in at.success[0].value
+    with demo_home.session() as s:
+        assert s.get(Image, image_id).status == "verified"
+
+
+@pytest.mark.parametrize("name,title", [("dataset", "Dataset"), ("insights", "Insights"), ("admin", "Admin")])
+def test_pages_render_for_their_role(demo_home, name, title):
+    at = page(demo_home, name, "admin")
+    assert not at.exception, at.exception
+    assert [t.value for t in at.title] == [title]
+
+
+@pytest.mark.parametrize("name,username", [("review", "annotator"), ("dataset", "annotator"), ("insights", "annotator"),
+                                           ("admin", "annotator"), ("admin", "reviewer")])
+def test_role_denied_for_each_page(demo_home, name, username):
+    at = page(demo_home, name, username)
+    assert at.error and "needs the" in at.error[0].value and not at.title
+
+
+def test_navigation_shows_only_pages_the_role_may_use(demo_home):
+    for username, expected in (("annotator", "Annotate"), ("admin", "Annotate")):
+        at = login(username)
+        assert [t.value for t in at.title] == [expected]
+    # logging out returns to the login form
+    at = login("annotator")
+    at.sidebar.button[0].click().run()
+    assert "actor" not in at.session_state and at.info and "logged out" in at.info[0].value
+
+
+def test_session_expires(demo_home):
+    at = login("annotator")
+    update_workflow_settings(demo_home, get_actor(demo_home, "admin"), session_minutes=5)
+    at.session_state["login_at"] = 0.0
+    at.run()
+    assert "actor" not in at.session_state and at.info and "expired" in at.info[0].value
+
+
+def test_dataset_filters_and_history(demo_home):
+    at = page(demo_home, "dataset", "reviewer")
+    at.multiselect[0].set_value(["verified"]).run()
+    assert not at.exception
+    frame = at.dataframe[0].value
+    assert set(frame["status"]) == {"verified"} and frame["thumbnail"].str.startswith("data:image/jpeg;base64,").all()
+    history = at.dataframe[1].value
+    assert "review: verified" in set(history["what"])
+
+
+def test_admin_settings_and_users(demo_home):
+    at = page(demo_home, "admin", "admin")
+    form_inputs = at.number_input
+    form_inputs[0].set_value(2)
+    [b for b in at.button if b.label == "Save settings"][0].click().run()
+    from curation.workflow import get_workflow_settings
+
+    assert get_workflow_settings(demo_home).overlap == 2
+    at.text_input[0].input("drjones")
+    [b for b in at.button if b.label == "Add user"][0].click().run()
+    assert any("Created drjones" in m.value for m in at.success)
+    assert get_actor(demo_home, "drjones").role == "annotator"
+
+
+def test_admin_export_offers_a_download(demo_home, tmp_path):
+    at = page(demo_home, "admin", "admin")
+    export_input = [t for t in at.text_input if t.label.startswith("Export folder")][0]
+    export_input.input(str(tmp_path / "ui-export"))
+    [b for b in at.button if b.label == "Export"][0].click().run()
+    assert any("Exported" in m.value for m in at.success)
+    assert (tmp_path / "ui-export" / "manifest.json").exists()
