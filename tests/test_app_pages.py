@@ -10,7 +10,7 @@ from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 
 from curation.annotate import submit_annotation
-from curation.auth import add_user, get_actor, set_password
+from curation.auth import get_actor, set_password
 from curation.db import open_workbench
 from curation.demo import build_demo
 from curation.models import Annotation, Image

@@ -4,7 +4,7 @@ import zipfile
 import pytest
 from sqlalchemy import select
 
-from curation.annotate import adjudicate, current_annotation, load_work, review_annotation, save_work, submit_annotation
+from curation.annotate import adjudicate, current_annotation, load_work, save_work, submit_annotation
 from curation.auth import add_user
 from curation.demo import build_demo
 from curation.errors import IngestError, PermissionDenied
@@ -129,7 +129,7 @@ def test_insights_cover_progress_throughput_agreement_and_gold(wb):
     build_demo(wb, None, n=12, seed=0, verified_fraction=0.5)
     from curation.auth import get_actor
 
-    admin, reviewer = get_actor(wb, "admin"), get_actor(wb, "reviewer")
+    admin = get_actor(wb, "admin")
     second = add_user(wb, admin, "second", "annotator")[0]
     update_workflow_settings(wb, admin, gold_rate=0.5)
     import random
