@@ -238,7 +238,8 @@ def app_(
     script = Path(__file__).with_name("ui") / "main.py"
     out.print(f"SkinFlow Workbench on http://{host}:{port} (workbench {wb.settings.home.resolve()}); Ctrl-C stops it")
     command = [sys.executable, "-m", "streamlit", "run", str(script), "--server.address", host, "--server.port", str(port),
-               "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
+               "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+               "--client.toolbarMode", "minimal"]
     raise typer.Exit(subprocess.call(command, env=env))
 
 

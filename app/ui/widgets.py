@@ -19,7 +19,7 @@ def _term_label(field: str):
     synonyms = default_vocabulary().synonyms[field]
 
     def label(term: str) -> str:
-        extra = synonyms.get(term, ())[:4]
+        extra = synonyms.get(term, ())[:1]  # one synonym: searchable, and the chips stay short
         return f"{term} ({', '.join(extra)})" if extra else term  # typing a synonym finds the term
 
     return label

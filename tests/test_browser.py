@@ -1,0 +1,104 @@
+"""One real-browser end-to-end test: Debian chromium driven by Playwright against `skinflow app`.
+
+.ci/run installs chromium (apt). Without /usr/bin/chromium this test is skipped with the reason."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from curation.auth import get_actor, set_password
+from curation.db import open_workbench
+from curation.demo import build_demo
+from curation.models import Annotation
+from curation.settings import Settings
+from curation.workflow import update_workflow_settings
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium (apt-get install chromium)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def running_app(tmp_path):
+    home = tmp_path / "wb"
+    wb = open_workbench(Settings.load(environ={}, home=home))
+    build_demo(wb, None, n=6, seed=0, verified_fraction=0.0, annotated_fraction=0.0)
+    set_password(wb, get_actor(wb, "admin"), "annotator", "browser-pass-1")
+    update_workflow_settings(wb, get_actor(wb, "admin"), gold_rate=0.0)
+    port = _free_port()
+    env = {**os.environ, "SKINFLOW_HOME": str(home)}
+    skinflow = str(Path(sys.executable).with_name("skinflow"))
+    process = subprocess.Popen([skinflow, "app", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("the app did not come up within 60 s")
+        yield wb, url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)  # skinflow app and the streamlit child it started
+        process.wait(timeout=20)
+        wb.close()
+
+
+def test_annotator_logs_in_changes_two_fields_and_the_diagnosis_and_submits(running_app, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    wb, url = running_app
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1300})
+        page.goto(url, wait_until="networkidle")
+        page.get_by_label("Username").fill("annotator")
+        page.get_by_role("textbox", name="Password").fill("browser-pass-1")
+        page.get_by_role("button", name="Log in").click()
+        page.get_by_role("heading", name="Annotate").wait_for(timeout=30_000)
+        image_id = int(page.get_by_text("image #").first.inner_text().split("#")[1].split(",")[0])
+
+        page.get_by_test_id("stRadio").filter(has_text="Number").get_by_text("numerous", exact=True).click()
+        texture = page.get_by_test_id("stMultiSelect").filter(has_text="Texture")
+        texture.locator("input").fill("crusted")
+        page.get_by_role("option", name="crusted", exact=False).first.click()
+        page.keyboard.press("Escape")
+        page.get_by_test_id("stRadio").filter(has_text="Diagnosis").get_by_text("Correct", exact=True).click()
+        diagnosis = page.get_by_test_id("stSelectbox").filter(has_text="Diagnosis (search")
+        diagnosis.wait_for(timeout=15_000)
+        diagnosis.click()
+        page.keyboard.type("psoriasis")
+        page.get_by_role("option", name="Psoriasis — inflammatory / non-neoplastic", exact=True).click()
+        page.wait_for_timeout(500)
+        page.get_by_role("button", name="Submit").click()
+        page.get_by_text(f"Saved annotation of image #{image_id}").wait_for(timeout=30_000)
+        page.screenshot(path=str(tmp_path / "after-submit.png"), full_page=True)
+        browser.close()
+
+    with wb.session() as s:
+        row = s.scalar(select(Annotation).where(Annotation.image_id == image_id))
+        assert row.user.username == "annotator"
+        assert row.caption["number"] == "numerous" and "crusted" in row.caption["texture"]
+        assert (row.diagnosis_key, row.diagnosis_status) == ("psoriasis", "corrected")
+        assert row.based_on_draft_id is not None
+    assert (tmp_path / "after-submit.png").stat().st_size > 10_000
