@@ -38,6 +38,13 @@ def demo_home(tmp_path, monkeypatch):
     wb.close()
 
 
+def by_label(elements, label: str):
+    """The widget whose label starts with `label` (how a person finds it)."""
+    matches = [e for e in elements if e.label.startswith(label)]
+    assert len(matches) == 1, [e.label for e in elements]
+    return matches[0]
+
+
 def login(username: str, password: str | None = None) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=30).run()
     at.text_input[0].input(username)
@@ -59,9 +66,9 @@ def test_annotate_submit_writes_an_annotation_with_user_and_draft(demo_home):
     at = login("annotator")
     assert not at.exception
     image_id = at.session_state["annotate_item"]["image_id"]
-    at.multiselect(key=f"a-{image_id}-0-color").set_value(["brown", "black"])
-    at.radio(key=f"a-{image_id}-0-number").set_value("few")
-    at.button(key=f"a-{image_id}-0-submit").click().run()
+    by_label(at.multiselect, "Color").set_value(["brown", "black"])
+    by_label(at.radio, "Number").set_value("few")
+    by_label(at.button, "Submit").click().run()
     assert not at.exception and at.success and "Saved annotation" in at.success[0].value
     with demo_home.session() as s:
         row = s.scalar(select(Annotation).where(Annotation.image_id == image_id).order_by(Annotation.id.desc()).limit(1))
@@ -75,10 +82,10 @@ def test_annotate_submit_writes_an_annotation_with_user_and_draft(demo_home):
 def test_skip_moves_on_and_save_draft_restores(demo_home):
     at = login("annotator")
     first = at.session_state["annotate_item"]["image_id"]
-    at.text_area(key=f"a-{first}-0-other").input("check the border again")
-    at.button(key=f"a-{first}-0-save").click().run()
+    by_label(at.text_area, "Other").input("check the border again")
+    by_label(at.button, "Save draft").click().run()
     assert at.success and "Draft saved" in at.success[0].value
-    at.button(key=f"a-{first}-0-skip").click().run()
+    by_label(at.button, "Skip").click().run()
     assert at.session_state["annotate_item"]["image_id"] != first
     with demo_home.session() as s:
         assert s.get(Image, first).status == "pending"
@@ -87,7 +94,7 @@ def test_skip_moves_on_and_save_draft_restores(demo_home):
 def test_conflict_shows_both_versions_and_overwrites_nothing(demo_home):
     at = login("annotator")
     image_id = at.session_state["annotate_item"]["image_id"]
-    at.button(key=f"a-{image_id}-0-submit").click().run()  # version 1
+    by_label(at.button, "Submit").click().run()  # version 1
     # reopen the same image for editing, then a reviewer edits it meanwhile
     annotator, reviewer = get_actor(demo_home, "annotator"), get_actor(demo_home, "reviewer")
     with demo_home.session() as s:
@@ -96,9 +103,9 @@ def test_conflict_shows_both_versions_and_overwrites_nothing(demo_home):
     at.run()
     submit_annotation(demo_home, reviewer, image_id, {"color": ["violaceous"]}, diagnosis="melanoma",
                       diagnosis_status="corrected", supersedes_id=v1)
-    choice = at.selectbox(key=f"src-{image_id}").value
-    at.multiselect(key=f"a-{image_id}-{choice}-color").set_value(["yellow"])
-    at.button(key=f"a-{image_id}-{choice}-submit").click().run()
+    assert at.selectbox(key=f"src-{image_id}").value == "current"  # editing starts from the submitted version
+    by_label(at.multiselect, "Color").set_value(["yellow"])
+    by_label(at.button, "Submit").click().run()
     assert at.warning and "changed since you opened it" in at.warning[0].value
     with demo_home.session() as s:
         versions = s.scalars(select(Annotation).where(Annotation.image_id == image_id).order_by(Annotation.id)).all()
@@ -212,3 +219,23 @@ def test_admin_export_offers_a_download(demo_home, tmp_path):
     [b for b in at.button if b.label == "Export"][0].click().run()
     assert any("Exported" in m.value for m in at.success)
     assert (tmp_path / "ui-export" / "manifest.json").exists()
+
+
+def test_model_suggestions_are_one_click_choices(demo_home):
+    from curation.annotate import add_draft
+
+    admin = get_actor(demo_home, "admin")
+    for image_id in range(1, 13):
+        add_draft(demo_home, admin, image_id, kind="model", producer="skinflow-tiny", version="run-1",
+                  caption={"color": ["brown"]}, diagnoses=[{"key": "seborrheic keratosis", "score": 0.7}, {"key": "melanoma", "score": 0.2}])
+    at = login("annotator")
+    image_id = at.session_state["annotate_item"]["image_id"]
+    source = at.selectbox(key=f"src-{image_id}")
+    assert source.format_func(source.value).startswith("model: skinflow-tiny")  # the best draft prefills the form
+    assert by_label(at.multiselect, "Color").value == ["brown"]
+    by_label(at.button_group, "Suggested diagnoses").set_value("melanoma").run()
+    by_label(at.button, "Submit").click().run()
+    with demo_home.session() as s:
+        row = s.scalar(select(Annotation).where(Annotation.image_id == image_id, Annotation.user_id == get_actor(demo_home, "annotator").id))
+        expected = "confirmed" if s.get(Image, image_id).diagnosis_key == "melanoma" else "corrected"
+        assert (row.diagnosis_key, row.diagnosis_status) == ("melanoma", expected) and row.caption["color"] == ["brown"]

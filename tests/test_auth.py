@@ -1,7 +1,7 @@
 import pytest
 from sqlalchemy import select
 
-from curation import annotate, auth, demo, export, ingest, maintenance
+from curation import annotate, auth, demo, export, ingest, maintenance, queue, review, views, workflow
 from curation.errors import ConflictError, PermissionDenied
 from curation.models import AuditEvent, User
 from schema import Caption
@@ -56,10 +56,17 @@ def _calls(wb, tmp_path, image_id):
     return {
         "annotator": [
             lambda a: annotate.submit_annotation(wb, a, image_id, caption, diagnosis="psoriasis", diagnosis_status="confirmed"),
+            lambda a: annotate.save_work(wb, a, image_id, {"caption": {}}),
+            lambda a: queue.next_item(wb, a),
+            lambda a: queue.skip(wb, a, image_id),
         ],
         "reviewer": [
             lambda a: annotate.review_annotation(wb, a, 10**6, "verified"),  # the role check comes before the lookup
+            lambda a: annotate.adjudicate(wb, a, image_id, caption, diagnosis="psoriasis"),
             lambda a: auth.list_users(wb, a),
+            lambda a: review.review_items(wb, a),
+            lambda a: views.list_images(wb, a),
+            lambda a: views.image_history(wb, a, image_id),
         ],
         "admin": [
             lambda a: auth.add_user(wb, a, f"u{a.id}x", "annotator"),
@@ -72,6 +79,8 @@ def _calls(wb, tmp_path, image_id):
             lambda a: export.export_dataset(wb, a, tmp_path / "exp"),
             lambda a: maintenance.backup(wb, a, tmp_path / "b.db"),
             lambda a: maintenance.doctor(wb, a),
+            lambda a: ingest.import_zip(wb, a, tmp_path / "none.zip"),
+            lambda a: workflow.update_workflow_settings(wb, a, gold_rate=0.0),
             lambda a: demo.build_demo(wb, a, n=1),
         ],
     }

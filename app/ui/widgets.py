@@ -78,6 +78,12 @@ def diagnosis_widget(prefix: str, taxonomy: Taxonomy, source_key: str | None, so
         st.markdown(f"**Source label:** {source_label} (not in the taxonomy)")
     else:
         st.markdown("**Source label:** none")
+    if suggestions:  # one click takes a suggestion; clicking it again clears it
+        picked = st.pills("Suggested diagnoses (one click)", suggestions, format_func=lambda k: taxonomy_label(taxonomy, k),
+                          selection_mode="single", key=f"{prefix}dx_pill")
+        if picked:
+            st.caption(f"Diagnosis: {taxonomy_label(taxonomy, picked)}")
+            return picked, ("confirmed" if picked == source_key else "corrected")
     status_index = {"confirmed": 0, "corrected": 1, "uncertain": 2}.get(initial.get("diagnosis_status"), 0 if source_key else 1)
     choice = st.radio("Diagnosis", DIAGNOSIS_CHOICES, index=status_index, horizontal=True, key=f"{prefix}dx_choice")
     if choice == "Confirm":

@@ -29,15 +29,18 @@ def _load_item(wb, actor) -> dict | None:
     return item
 
 
-def _prefill_sources(detail) -> list[tuple[str, dict | None, int | None, dict | None]]:
-    """(label, caption, draft id, form) choices for prefilling, best first."""
+def _prefill_sources(detail) -> list[tuple[str, str, dict | None, int | None, dict | None]]:
+    """(label, token, caption, draft id, form) choices for prefilling, best first. The token names the
+    source in widget keys, so a form never keeps values that came from another source."""
     sources = []
     if detail.saved_work:
-        sources.append(("your saved draft", detail.saved_work.get("caption"), detail.saved_work.get("draft_id"), detail.saved_work))
+        sources.append(("your saved draft", "saved", detail.saved_work.get("caption"), detail.saved_work.get("draft_id"), detail.saved_work))
     if detail.current:
-        sources.append((f"your submitted version {detail.current['version']}", detail.current["caption"], None, detail.current))
-    sources += [(d["label"], d["caption"], d["id"], None) for d in detail.drafts]
-    sources.append(("empty", None, None, None))
+        # a stable token: if someone edits the annotation meanwhile, the open form must keep the user's edits
+        sources.append((f"your submitted version {detail.current['version']}", "current",
+                        detail.current["caption"], None, detail.current))
+    sources += [(d["label"], f"d{d['id']}", d["caption"], d["id"], None) for d in detail.drafts]
+    sources.append(("empty", "empty", None, None, None))
     return sources
 
 
@@ -114,9 +117,12 @@ def render() -> None:
 
     with form_column:
         sources = _prefill_sources(detail)
-        choice = st.selectbox("Prefill from", range(len(sources)), format_func=lambda i: sources[i][0], key=f"src-{detail.id}")
-        label, caption, draft_id, form = sources[choice]
-        prefix = f"a-{detail.id}-{choice}-"
+        tokens = [source[1] for source in sources]
+        token = st.selectbox("Prefill from", tokens, format_func=lambda t: sources[tokens.index(t)][0], key=f"src-{detail.id}")
+        if token not in tokens:  # the remembered source is gone (e.g. the saved draft was submitted)
+            token = tokens[0]
+        _label, _token, caption, draft_id, form = sources[tokens.index(token)]
+        prefix = f"a-{detail.id}-{token}-"
         values = caption_form(prefix, caption, detail.disagreements if form is None else [])
         suggestions = [d["key"] for draft in detail.drafts if draft["kind"] in ("model", "llm") for d in draft["diagnoses"][:6] if d.get("key")]
         diagnosis, status = diagnosis_widget(prefix, wb.taxonomy, detail.diagnosis_key, detail.source_label,
