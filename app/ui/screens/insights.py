@@ -11,9 +11,9 @@ from app.ui import state
 from curation.insights import insights
 
 
-def _bar(counts: dict, name: str) -> alt.Chart:
+def _bar(counts: dict, name: str, by_count: bool = True) -> alt.Chart:
     frame = pd.DataFrame({name: list(counts), "images": list(counts.values())})
-    return alt.Chart(frame).mark_bar().encode(x=alt.X("images:Q"), y=alt.Y(f"{name}:N", sort="-x"))
+    return alt.Chart(frame).mark_bar().encode(x=alt.X("images:Q"), y=alt.Y(f"{name}:N", sort="-x" if by_count else "ascending"))
 
 
 def render() -> None:
@@ -42,7 +42,7 @@ def render() -> None:
     left.altair_chart(_bar(dict(list(dist["label"].items())[:20]), "label"), width="stretch")
     right.altair_chart(_bar(dist["group9"], "group9"), width="stretch")
     left.altair_chart(_bar(dist["group3"], "group3"), width="stretch")
-    right.altair_chart(_bar(dist["fitzpatrick"], "fitzpatrick"), width="stretch")
+    right.altair_chart(_bar(dist["fitzpatrick"], "fitzpatrick", by_count=False), width="stretch")  # types in order
 
     st.subheader("Agreement")
     alpha = pd.DataFrame({"Krippendorff's alpha": numbers["agreement"]["krippendorff_alpha"]})
