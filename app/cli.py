@@ -26,6 +26,7 @@ from rich.table import Table
 from curation.auth import Actor, add_user, count_users, get_actor, list_users, set_password, set_role, sole_admin
 from curation.db import Workbench, open_workbench
 from curation.demo import build_demo
+from curation.drafting import draft_images
 from curation.export import export_dataset
 from curation.ingest import ImportReport, fetch_images, import_path
 from curation.maintenance import backup as backup_database
@@ -34,6 +35,7 @@ from curation.models import ROLES
 from curation.settings import Settings
 from curation.insights import insights
 from curation.status import workbench_status
+from curation.weights import collect_reasonings, create_weight_set, list_weight_sets
 from schema.errors import SkinflowError
 
 app = typer.Typer(
@@ -223,6 +225,67 @@ def export(
         result = export_dataset(wb, actor, out_dir, include_unverified=include_unverified, overwrite=overwrite, progress=progress)
     out.print(f"exported {result.n_records} records to {result.path} (train {result.by_split['train']}, "
               f"val {result.by_split['val']}, test {result.by_split['test']}); manifest sha256 {result.manifest_sha256[:12]}")
+
+
+@app.command()
+def draft(
+    ctx: typer.Context,
+    limit: Optional[int] = typer.Option(None, help="At most this many images."),
+    concurrency: Optional[int] = typer.Option(None, help="Requests in flight at once (default: setting llm_concurrency, 8)."),
+    model: Optional[str] = typer.Option(None, help="Model name (default: SKINFLOW_LLM_MODEL)."),
+    redo: bool = typer.Option(False, help="Draft again images that already have a draft from this model and prompt."),
+) -> None:
+    """Draft captions with an OpenAI-compatible vision model (SKINFLOW_LLM_BASE_URL, SKINFLOW_LLM_MODEL)."""
+    c = _ctx(ctx)
+    wb, actor = c.workbench(), c.actor()
+    with _progress("drafting") as progress:
+        report = draft_images(wb, actor, model=model, limit=limit, concurrency=concurrency, redo=redo, progress=progress)
+    out.print(f"drafted {report.done} of {report.todo} images in {report.seconds:.1f} s; failed {len(report.failed)}; "
+              f"tokens {report.prompt_tokens} in, {report.completion_tokens} out"
+              + ("" if report.structured_output else "; the server has no structured output: JSON was read from the text"))
+    for image_id, reason in report.failed[:20]:
+        out.print(f"failed image #{image_id}: {reason}", markup=False, highlight=False)
+
+
+@app.command()
+def reasonings(
+    ctx: typer.Context,
+    limit: Optional[int] = typer.Option(None, help="At most this many verified records."),
+    concurrency: Optional[int] = typer.Option(None, help="Requests in flight at once."),
+    model: Optional[str] = typer.Option(None, help="Model name (default: SKINFLOW_LLM_MODEL)."),
+) -> None:
+    """Ask the LLM for the diagnostic reasoning of each verified record (input of `weights`)."""
+    c = _ctx(ctx)
+    wb, actor = c.workbench(), c.actor()
+    with _progress("reasonings") as progress:
+        report = collect_reasonings(wb, actor, model=model, limit=limit, concurrency=concurrency, progress=progress)
+    out.print(f"stored {report.done} of {report.todo} reasonings in {report.seconds:.1f} s; failed {len(report.failed)}")
+    for image_id, reason in report.failed[:20]:
+        out.print(f"failed image #{image_id}: {reason}", markup=False, highlight=False)
+
+
+@app.command()
+def weights(
+    ctx: typer.Context,
+    source: str = typer.Option("all", help="Which reasonings count: llm, annotator or all."),
+    floor: float = typer.Option(0.01, help="Minimum weight of every field."),
+    activate: Optional[bool] = typer.Option(None, "--activate/--no-activate", help="Make the new set active (default: only if none is)."),
+    list_only: bool = typer.Option(False, "--list", help="Only list the weight sets."),
+) -> None:
+    """Attribute weights from reasoning frequency: a new versioned weight set."""
+    c = _ctx(ctx)
+    wb = c.workbench()
+    if not list_only:
+        info = create_weight_set(wb, c.actor(), source=source, floor=floor, activate=activate)
+        table = Table(title=f"{info.name} from {info.n_reasonings} reasonings" + (" (active)" if info.active else ""))
+        for column in ("field", "mentions", "weight"):
+            table.add_column(column, justify="left" if column == "field" else "right")
+        for key, weight in info.weights.items():
+            table.add_row(key, str(info.counts[key]), f"{weight:.4f}")
+        out.print(table)
+    for ws in list_weight_sets(wb):
+        out.print(f"#{ws.id} {ws.name}{' (active)' if ws.active else ''}: {ws.n_reasonings} reasonings, source {ws.params.get('source')}, "
+                  f"floor {ws.floor}", markup=False, highlight=False)
 
 
 @app.command("app")

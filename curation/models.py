@@ -162,9 +162,12 @@ class Reasoning(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
     annotation_id: Mapped[int | None] = mapped_column(ForeignKey("annotations.id"))
+    source: Mapped[str] = mapped_column(String(16), default="llm")  # llm (annotator rationales are read from annotations)
     producer: Mapped[str] = mapped_column(String(128))  # model name or username
+    prompt_version: Mapped[str | None] = mapped_column(String(64))
     text: Mapped[str] = mapped_column(Text)
     fields_mentioned: Mapped[list[Any]] = mapped_column(default=list)
+    meta: Mapped[dict[str, Any]] = mapped_column(default=dict)  # tokens, ...
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -176,6 +179,9 @@ class WeightSet(Base):
     weights: Mapped[dict[str, Any]] = mapped_column(JSON)  # field -> alpha_i, sums to 1
     method: Mapped[str] = mapped_column(String(64))
     n_reasonings: Mapped[int] = mapped_column(Integer, default=0)
+    counts: Mapped[dict[str, Any]] = mapped_column(default=dict)  # field -> reasonings mentioning it
+    floor: Mapped[float] = mapped_column(Float, default=0.01)
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)  # sources, producers, prompt versions
     active: Mapped[bool] = mapped_column(default=False)
     created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

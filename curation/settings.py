@@ -25,6 +25,13 @@ class Settings(BaseModel):
     max_image_megapixels: float = 80.0  # decompression-bomb guard, checked before decoding
     fetch_timeout_s: float = 20.0
     fetch_allow_private: bool = False  # allow downloads from loopback / private / link-local addresses
+    llm_base_url: str | None = None  # any OpenAI-compatible server; None = api.openai.com
+    llm_model: str | None = None
+    llm_timeout_s: float = 60.0
+    llm_max_retries: int = 4  # per request, for 429 / 5xx / timeouts / connection errors
+    llm_max_side: int = 1024  # images are resized so their longer side is at most this (px)
+    llm_concurrency: int = 8
+    llm_max_reply_chars: int = 200_000  # longer replies are recorded as failed, not parsed
     split_seed: int = 0
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
 

@@ -1,0 +1,199 @@
+"""LLM-drafted captions: every image without a draft from this model and prompt version is sent
+(resized, as a data URL) with the versioned caption prompt; the reply is validated with the Caption
+model and stored as a draft of kind `llm`, or as a failed draft with the raw text and the reason.
+
+Cache key: (image sha256, model, prompt version, schema version). A draft's `version` is
+"<prompt>+schema<schema version>", so a rerun sends nothing for finished images, and a new prompt
+or schema drafts everything again. Each result is committed on its own: an interrupted run keeps
+what it finished and a rerun continues. Database writes run on a worker thread so that they never
+hold up the requests in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from sqlalchemy import exists, select
+
+from curation import audit
+from curation.annotate import add_draft
+from curation.auth import Actor, require
+from curation.db import Workbench
+from curation.llm import LLMConfig, LLMError, chat, extract_json, image_data_url, make_client
+from curation.models import Draft, Image
+from curation.prompts import render_prompt
+from schema.caption import SCHEMA_VERSION, Caption, json_schema, validate_caption
+from schema.errors import CaptionError, SkinflowError
+from schema.fields import FIELDS, ORDINAL_VALUES
+from schema.taxonomy import Taxonomy
+from schema.vocabulary import default_vocabulary
+
+CAPTION_PROMPT = "caption-v1"
+MAX_DIAGNOSES = 6
+RAW_KEPT_CHARS = 20_000  # of a failed reply, for the failure list
+
+
+def draft_version(prompt: str = CAPTION_PROMPT) -> str:
+    return f"{prompt}+schema{SCHEMA_VERSION}"
+
+
+def caption_prompt(prompt: str = CAPTION_PROMPT) -> str:
+    vocab = default_vocabulary()
+    return render_prompt(prompt, fields=FIELDS, vocab=vocab.terms, ordinal=ORDINAL_VALUES, k=MAX_DIAGNOSES)
+
+
+def reply_schema() -> dict[str, Any]:
+    """Structured-output schema of a drafting reply: the caption plus ranked diagnoses."""
+    diagnosis = {
+        "type": "object",
+        "properties": {"diagnosis": {"type": "string"}, "confidence": {"type": "number"}},
+        "required": ["diagnosis", "confidence"],
+        "additionalProperties": False,
+    }
+    return {
+        "type": "object",
+        "properties": {"caption": json_schema(), "diagnoses": {"type": "array", "items": diagnosis}},
+        "required": ["caption", "diagnoses"],
+        "additionalProperties": False,
+    }
+
+
+def parse_draft_reply(text: str, taxonomy: Taxonomy) -> tuple[Caption, list[dict[str, Any]]]:
+    """The caption and ranked diagnoses in a reply; CaptionError saying why when it cannot be used."""
+    try:
+        data = extract_json(text)
+    except ValueError as e:
+        raise CaptionError(str(e)) from None
+    if not isinstance(data, dict):
+        raise CaptionError("the reply JSON is not an object")
+    caption_data = data.get("caption") if "caption" in data else {k: v for k, v in data.items() if k != "diagnoses"}
+    caption = validate_caption(caption_data)
+    diagnoses: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for entry in data.get("diagnoses") or []:
+        name = entry.get("diagnosis") if isinstance(entry, dict) else entry
+        if not isinstance(name, str) or not name.strip():
+            continue
+        key = taxonomy.normalise(name)
+        identity = key or name.strip().lower()
+        if identity in seen:
+            continue
+        seen.add(identity)
+        score = entry.get("confidence") if isinstance(entry, dict) else None
+        score = float(score) if isinstance(score, (int, float)) and 0 <= score <= 1 else None
+        diagnoses.append({"key": key, "text": name.strip()[:200], "score": score})
+        if len(diagnoses) == MAX_DIAGNOSES:
+            break
+    return caption, diagnoses
+
+
+@dataclass
+class RunReport:
+    todo: int = 0
+    done: int = 0
+    failed: list[tuple[int, str]] = field(default_factory=list)  # (image id, reason)
+    requests: int = 0  # attempts, retries included
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    structured_output: bool = True
+
+    def summary(self) -> dict[str, Any]:
+        return {"todo": self.todo, "done": self.done, "failed": len(self.failed), "requests": self.requests,
+                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "seconds": round(self.seconds, 2), "structured_output": self.structured_output}
+
+
+def images_to_draft(wb: Workbench, model: str, version: str, *, redo: bool, limit: int | None) -> list[tuple[int, str, Path]]:
+    """(image id, sha256, file) of images that have no successful draft from this model and version."""
+    with wb.session() as s:
+        query = select(Image.id, Image.sha256, Image.file_path).where(Image.file_path.is_not(None)).order_by(Image.id)
+        if not redo:
+            done = exists().where(Draft.image_id == Image.id, Draft.kind == "llm", Draft.producer == model,
+                                  Draft.version == version, Draft.error.is_(None))
+            query = query.where(~done)
+        rows = s.execute(query.limit(limit) if limit else query).all()
+    return [(image_id, sha, wb.store_dir / path) for image_id, sha, path in rows]
+
+
+async def _draft_all(wb: Workbench, actor: Actor, config: LLMConfig, todo, concurrency: int, report: RunReport,
+                     progress: Callable[[int, int], None] | None, prompt: str) -> None:
+    client = make_client(config)
+    gate = asyncio.Semaphore(concurrency)
+    structured = [True]
+    system = caption_prompt(prompt)
+    version = draft_version(prompt)
+    schema = reply_schema()
+    finished = 0
+
+    async def store(image_id: int, **kwargs) -> None:
+        await asyncio.to_thread(add_draft, wb, actor, image_id, kind="llm", producer=config.model, version=version, **kwargs)
+
+    async def one(image_id: int, sha: str, path: Path, rng: random.Random) -> None:
+        nonlocal finished
+        meta: dict[str, Any] = {"sha256": sha, "prompt": prompt, "schema_version": SCHEMA_VERSION}
+        async with gate:  # at most `concurrency` requests in flight
+            try:
+                url = await asyncio.to_thread(image_data_url, path, config.max_side)
+                messages = [{"role": "system", "content": system},
+                            {"role": "user", "content": [{"type": "text", "text": "Describe this lesion."},
+                                                         {"type": "image_url", "image_url": {"url": url}}]}]
+                reply = await chat(client, config, messages, json_schema=schema, schema_name="lesion_draft", rng=rng,
+                                   structured=structured)
+            except (LLMError, OSError) as e:
+                reply, failure = None, str(e) if isinstance(e, LLMError) else f"cannot read the image file: {e}"
+        if reply is None:
+            report.failed.append((image_id, failure))
+            await store(image_id, caption=None, error=failure, meta=meta)
+        else:
+            report.requests += reply.attempts - 1  # the first attempt is counted below
+            report.prompt_tokens += reply.prompt_tokens
+            report.completion_tokens += reply.completion_tokens
+            meta.update(prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
+                        attempts=reply.attempts, structured_output=reply.structured)
+            try:
+                if len(reply.text) > config.max_reply_chars:
+                    raise CaptionError(f"reply of {len(reply.text):,} characters is over the {config.max_reply_chars:,} limit")
+                caption, diagnoses = parse_draft_reply(reply.text, wb.taxonomy)
+            except SkinflowError as e:
+                report.failed.append((image_id, str(e)))
+                await store(image_id, caption=None, error=str(e), raw_reply=reply.text[:RAW_KEPT_CHARS], meta=meta)
+            else:
+                await store(image_id, caption=caption, diagnoses=diagnoses, raw_reply=reply.text[:RAW_KEPT_CHARS], meta=meta)
+                report.done += 1
+        report.requests += 1
+        finished += 1
+        if progress:
+            progress(finished, len(todo))
+
+    try:
+        await asyncio.gather(*(one(i, sha, p, random.Random(i)) for i, sha, p in todo))
+    finally:
+        report.structured_output = structured[0]
+        await client.close()
+
+
+def draft_images(
+    wb: Workbench, actor: Actor, *, model: str | None = None, limit: int | None = None, concurrency: int | None = None,
+    redo: bool = False, progress: Callable[[int, int], None] | None = None, prompt: str = CAPTION_PROMPT,
+    environ: dict[str, str] | None = None,
+) -> RunReport:
+    """Draft captions for every image that has none from this model and prompt version."""
+    require(actor, "admin", "run LLM drafting")
+    config = LLMConfig.from_settings(wb.settings, model, environ)
+    concurrency = max(1, min(concurrency or config.concurrency, 256))
+    caption_prompt(prompt)  # an unknown prompt fails before anything is sent
+    todo = images_to_draft(wb, config.model, draft_version(prompt), redo=redo, limit=limit)
+    report = RunReport(todo=len(todo))
+    start = time.perf_counter()
+    if todo:
+        asyncio.run(_draft_all(wb, actor, config, todo, concurrency, report, progress, prompt))
+    report.seconds = time.perf_counter() - start
+    with wb.session() as s:
+        audit.record(s, actor, "draft.run", "draft", None, model=config.model, prompt=prompt, **report.summary())
+    return report

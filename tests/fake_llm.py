@@ -1,0 +1,157 @@
+"""A real HTTP server on 127.0.0.1 speaking the OpenAI chat-completions protocol, for tests and the
+drafting benchmark. What it does for a request is chosen by the picture it is sent: images are
+solid colours, and the red channel encodes a case number (see `case_colour`), whose mode comes
+from `modes`. Latency, structured-output support and modes can be changed while it runs."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import time
+from collections import Counter, defaultdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from PIL import Image
+
+GOOD_REPLY = {
+    "caption": {"color": ["red", "brown"], "location": ["back"], "shape": ["round"], "lesion_type": ["papules"],
+                "number": "few", "size": "5-10 mm", "size_mm": None, "texture": [], "border_surface": ["sharp"],
+                "distribution": ["scattered"], "surrounding": [], "other": ""},
+    "diagnoses": [{"diagnosis": "BCC", "confidence": 0.6}, {"diagnosis": "nevus", "confidence": 0.3},
+                  {"diagnosis": "basal cell carcinoma", "confidence": 0.1}],
+}
+REASONING = ("The lesion is a solitary pearly papule with a raised, rolled border and fine telangiectasia on the face. "
+             "Its shiny surface and the arborising vessels point to basal cell carcinoma rather than a nevus.")
+MODES = ("ok", "429", "500", "hang", "malformed", "wrong_enum", "truncated", "huge", "echo_key")
+
+
+def case_colour(case: int) -> tuple[int, int, int]:
+    return (10 + 20 * case, 128, 128)
+
+
+def case_of(data_url: str) -> int | None:
+    try:
+        raw = base64.b64decode(data_url.split(",", 1)[1])
+        red = Image.open(io.BytesIO(raw)).convert("RGB").getpixel((2, 2))[0]
+    except Exception:
+        return None
+    return round((red - 10) / 20)
+
+
+class FakeLLM:
+    def __init__(self, latency_s: float = 0.0, structured: bool = True, modes: dict[int, str] | None = None, hang_s: float = 3.0):
+        self.latency_s, self.structured, self.modes, self.hang_s = latency_s, structured, dict(modes or {}), hang_s
+        self.lock = threading.Lock()
+        self.in_flight = self.max_in_flight = self.requests = 0
+        self.attempts: Counter = Counter()  # case -> requests seen
+        self.times: dict[int, list[float]] = defaultdict(list)
+        self.rejected_response_format = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
+                with server.lock:
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                    server.requests += 1
+                try:
+                    server.handle(self, body)
+                finally:
+                    with server.lock:
+                        server.in_flight -= 1
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> "FakeLLM":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def reset_counts(self) -> None:
+        with self.lock:
+            self.requests = self.max_in_flight = self.rejected_response_format = 0
+            self.attempts.clear()
+
+    # -- behaviour ------------------------------------------------------------------------------
+    def handle(self, request: BaseHTTPRequestHandler, body: dict) -> None:
+        if request.path.rstrip("/") != "/v1/chat/completions":
+            return self._send(request, 404, {"error": {"message": "not found"}})
+        if "response_format" in body and not self.structured:
+            with self.lock:
+                self.rejected_response_format += 1
+            return self._send(request, 400, {"error": {"message": "response_format json_schema is not supported by this server"}})
+        text_parts, image_url = [], None
+        for message in body.get("messages", []):
+            content = message.get("content")
+            if isinstance(content, str):
+                text_parts.append(content)
+            else:
+                for part in content or []:
+                    if part.get("type") == "text":
+                        text_parts.append(part["text"])
+                    elif part.get("type") == "image_url":
+                        image_url = part["image_url"]["url"]
+        case = case_of(image_url) if image_url else None
+        with self.lock:
+            self.attempts[case] += 1
+            attempt = self.attempts[case]
+            self.times[case].append(time.monotonic())
+        mode = self.modes.get(case, "ok")
+        time.sleep(self.latency_s)
+        if mode == "429" and attempt == 1:
+            return self._send(request, 429, {"error": {"message": "slow down"}}, {"Retry-After": "0.3"})
+        if mode == "500" and attempt == 1:
+            return self._send(request, 500, {"error": {"message": "boom"}})
+        if mode == "hang":
+            time.sleep(self.hang_s)
+        if mode == "echo_key":
+            return self._send(request, 401, {"error": {"message": f"bad key {request.headers.get('authorization')}"}})
+        prompt = " ".join(text_parts)
+        if "diagnostic reasoning" in prompt:
+            content = REASONING
+        else:
+            reply = json.loads(json.dumps(GOOD_REPLY))
+            if mode == "wrong_enum":
+                reply["caption"]["number"] = "zillions"
+            content = json.dumps(reply)
+            if mode == "malformed":
+                content = "I think this is a lesion {but I will not give you JSON"
+            elif mode == "truncated":
+                content = content[: len(content) // 2]
+            elif mode == "huge":
+                content = json.dumps({"caption": {"other": "x" * 5_000_000}, "diagnoses": []})
+            if not self.structured and mode == "ok":
+                content = f"Here is my description.\n```json\n{content}\n```\nHope this helps."
+        self._send(request, 200, {
+            "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": body.get("model", "fake"),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 120, "completion_tokens": 40, "total_tokens": 160},
+        })
+
+    @staticmethod
+    def _send(request: BaseHTTPRequestHandler, code: int, payload: dict, headers: dict | None = None) -> None:
+        data = json.dumps(payload).encode()
+        try:
+            request.send_response(code)
+            request.send_header("Content-Type", "application/json")
+            request.send_header("Content-Length", str(len(data)))
+            for key, value in (headers or {}).items():
+                request.send_header(key, value)
+            request.end_headers()
+            request.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (timeout): nothing to send to

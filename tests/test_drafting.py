@@ -1,0 +1,189 @@
+"""LLM drafting and reasonings against a real OpenAI-protocol server on 127.0.0.1 (tests/fake_llm.py),
+through the real openai client."""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import time
+
+import pytest
+from PIL import Image as PILImage
+from sqlalchemy import func, select, text
+
+from curation.auth import add_user
+from curation.db import open_workbench
+from curation.drafting import draft_images, draft_version, parse_draft_reply
+from curation.ingest import import_folder
+from curation.llm import LLMConfig, backoff_seconds, extract_json, redact, retry_after_seconds
+from curation.models import Draft, Image
+from curation.settings import Settings
+from schema import CaptionError, default_taxonomy
+from tests.fake_llm import FakeLLM, case_colour
+
+FAULTS = {2: "429", 3: "500", 4: "hang", 5: "malformed", 6: "wrong_enum", 7: "truncated", 8: "huge"}
+EXPECTED_FAILURES = {4: "timed out", 5: "no complete JSON", 6: "number", 7: "no complete JSON", 8: "over the"}
+
+
+def _bench(tmp_path, server: FakeLLM, n: int, **settings):
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    for case in range(n):
+        PILImage.new("RGB", (64, 48), case_colour(case)).save(folder / f"case{case:02d}.jpg", quality=95)
+    wb = open_workbench(Settings.load(environ={}, home=tmp_path / "wb", llm_base_url=server.url, llm_model="fake-vlm", **settings))
+    admin, _ = add_user(wb, None, "admin", "admin", "admin-password")
+    import_folder(wb, admin, folder)
+    return wb, admin
+
+
+def _drafts(wb) -> dict[int, list[tuple[bool, str | None]]]:
+    with wb.session() as s:
+        out: dict[int, list] = {}
+        for image_id, caption, error in s.execute(select(Draft.image_id, Draft.caption, Draft.error).order_by(Draft.id)):
+            out.setdefault(image_id - 1, []).append((caption is not None, error))  # image ids follow case numbers
+        return out
+
+
+def _snapshot(wb) -> list:
+    with wb.engine.connect() as c:
+        return [tuple(r) for r in c.execute(text("SELECT id, sha256, status, file_path, meta FROM images ORDER BY id"))]
+
+
+def test_faults_end_drafted_once_or_failed_with_a_reason_and_reruns_only_send_what_is_left(tmp_path):
+    with FakeLLM(latency_s=0.05, modes=FAULTS, hang_s=2.0) as server:
+        wb, admin = _bench(tmp_path, server, 10, llm_timeout_s=0.6, llm_max_retries=2)
+        before = _snapshot(wb)
+        report = draft_images(wb, admin, concurrency=3)
+        drafts = _drafts(wb)
+        assert sorted(drafts) == list(range(10)) and all(len(v) == 1 for v in drafts.values())  # exactly once each
+        drafted = {case for case, [(ok, _)] in drafts.items() if ok}
+        assert drafted == {0, 1, 2, 3, 9}
+        for case, expected in EXPECTED_FAILURES.items():
+            [(ok, error)] = drafts[case]
+            assert not ok and expected in error, (case, error)
+        assert report.done == 5 and len(report.failed) == 5
+        assert server.max_in_flight <= 3  # the cap holds
+        assert server.attempts[2] == 2 and server.times[2][1] - server.times[2][0] >= 0.3  # Retry-After honoured
+        assert server.attempts[3] == 2 and server.attempts[4] == 3  # 500 retried once; a hang tried 1 + 2 retries
+        assert _snapshot(wb) == before  # nothing else in the database changed
+        with wb.session() as s:
+            ok_draft = s.scalar(select(Draft).where(Draft.image_id == 1))
+            assert ok_draft.caption["color"] == ["erythematous", "brown"] and ok_draft.caption["lesion_type"] == ["papule"]
+            assert ok_draft.diagnoses[0] == {"key": "basal cell carcinoma", "text": "BCC", "score": 0.6}
+            assert len(ok_draft.diagnoses) == 2  # "basal cell carcinoma" repeated BCC: one entry
+            assert ok_draft.version == draft_version() and ok_draft.meta["prompt_tokens"] == 120
+            bad = s.scalar(select(Draft).where(Draft.image_id == 6))
+            assert bad.raw_reply.startswith("I think this is a lesion")
+            huge = s.scalar(select(Draft).where(Draft.image_id == 9))
+            assert len(huge.raw_reply) <= 20_000
+
+        server.modes = {}
+        server.reset_counts()
+        again = draft_images(wb, admin, concurrency=3)
+        assert server.requests == 5 and again.todo == 5 and again.done == 5  # only the failed ones were sent
+        server.reset_counts()
+        assert draft_images(wb, admin).todo == 0 and server.requests == 0  # nothing left: nothing sent
+        redo = draft_images(wb, admin, redo=True, limit=2)
+        assert redo.done == 2 and server.requests == 2
+        wb.close()
+
+
+def test_a_server_without_structured_output_gets_plain_requests_and_json_is_read_from_text(tmp_path):
+    with FakeLLM(structured=False) as server:
+        wb, admin = _bench(tmp_path, server, 4)
+        report = draft_images(wb, admin, concurrency=1)
+        assert report.done == 4 and report.structured_output is False
+        assert server.rejected_response_format == 1  # asked once, then never again in this run
+        wb.close()
+
+
+def test_api_keys_are_never_stored_or_logged(tmp_path, monkeypatch):
+    secret = "sk-test-0123456789abcdef"
+    with FakeLLM(modes={0: "echo_key"}) as server:
+        wb, admin = _bench(tmp_path, server, 2)
+        report = draft_images(wb, admin, environ={"SKINFLOW_LLM_API_KEY": secret})
+        reasons = dict(report.failed)
+        assert reasons[1].startswith("HTTP 401") and "***" in reasons[1] and secret not in reasons[1]
+        database = (wb.settings.home / "skinflow.db").read_bytes() + (wb.settings.home / "skinflow.db-wal").read_bytes()
+        assert secret.encode() not in database
+        assert secret not in repr(LLMConfig.from_settings(wb.settings, environ={"SKINFLOW_LLM_API_KEY": secret}))
+        wb.close()
+
+
+def test_key_file_and_missing_model_are_clear(tmp_path):
+    key_file = tmp_path / "key"
+    key_file.write_text("sk-from-file\n")
+    config = LLMConfig.from_settings(Settings.load(environ={}, llm_model="m"), environ={"SKINFLOW_LLM_API_KEY_FILE": str(key_file)})
+    assert config.key == "sk-from-file"
+    from curation.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="SKINFLOW_LLM_MODEL"):
+        LLMConfig.from_settings(Settings.load(environ={}), environ={})
+    with pytest.raises(ConfigError, match="cannot read the API key file"):
+        LLMConfig.from_settings(Settings.load(environ={}, llm_model="m"), environ={"SKINFLOW_LLM_API_KEY_FILE": str(tmp_path / "nope")})
+
+
+def test_reply_parsing_normalises_and_explains():
+    caption, diagnoses = parse_draft_reply('Sure! {"caption": {"colour": "Red", "number": "solitary"}, '
+                                           '"diagnoses": ["melanoma", {"diagnosis": "mole", "confidence": 2}]}', default_taxonomy())
+    assert caption.color == ("erythematous",) and caption.number == "single"
+    assert diagnoses == [{"key": "melanoma", "text": "melanoma", "score": None}, {"key": "nevocytic nevus", "text": "mole", "score": None}]
+    with pytest.raises(CaptionError, match="number"):
+        parse_draft_reply('{"caption": {"number": "tons"}}', default_taxonomy())
+    with pytest.raises(CaptionError, match="not an object"):
+        parse_draft_reply("[1, 2]", default_taxonomy())
+    assert extract_json('text ```json\n{"a": "}"}\n``` more') == {"a": "}"}
+
+
+def test_retry_after_and_backoff():
+    class Response:
+        def __init__(self, value):
+            self.headers = {"retry-after": value}
+
+    assert retry_after_seconds(Response("2")) == 2.0
+    when = email.utils.format_datetime(email.utils.localtime()).replace("+0000", "GMT")
+    assert 0 <= retry_after_seconds(Response(when)) <= 1
+    assert retry_after_seconds(Response("9999")) == 120.0
+    rng = random.Random(0)
+    assert all(0 <= backoff_seconds(a, rng) <= min(30, 0.5 * 2**a) for a in range(10))
+    assert redact("key sk-abc123 leaked", "sk-abc123") == "key *** leaked"
+
+
+def test_reasonings_then_weights_then_the_export_carries_the_active_set(tmp_path):
+    from curation.auth import get_actor
+    from curation.demo import build_demo
+    from curation.export import export_dataset
+    from curation.weights import collect_reasonings, create_weight_set, list_weight_sets
+
+    with FakeLLM() as server:
+        wb = open_workbench(Settings.load(environ={}, home=tmp_path / "wb", llm_base_url=server.url, llm_model="fake-vlm"))
+        build_demo(wb, None, n=10, seed=0, verified_fraction=0.5)
+        admin = get_actor(wb, "admin")
+        report = collect_reasonings(wb, admin, concurrency=4)
+        with wb.session() as s:
+            verified = s.scalar(select(func.count()).select_from(Image).where(Image.status == "verified"))
+        assert report.done == verified and not report.failed
+        assert collect_reasonings(wb, admin).todo == 0  # cached by model and prompt version
+        first = create_weight_set(wb, admin, source="llm")
+        assert first.active and first.n_reasonings == verified
+        assert first.counts["border_surface"] == verified and first.counts["distribution"] == 0
+        assert first.weights["distribution"] == pytest.approx(0.01)
+        second = create_weight_set(wb, admin, source="llm")
+        assert not second.active and second.weights == first.weights  # same reasonings, same weights, exactly
+        assert [w.active for w in list_weight_sets(wb)] == [False, True]
+        result = export_dataset(wb, admin, tmp_path / "v1")
+        import json
+
+        manifest = json.loads((result.path / "manifest.json").read_text())
+        assert manifest["weight_set"]["name"] == first.name and manifest["weight_set"]["weights"] == first.weights
+        wb.close()
+
+
+def test_concurrency_cap_holds_under_load(tmp_path):
+    with FakeLLM(latency_s=0.05) as server:
+        wb, admin = _bench(tmp_path, server, 12)
+        start = time.perf_counter()
+        report = draft_images(wb, admin, concurrency=4)
+        assert report.done == 12 and server.max_in_flight == 4
+        assert time.perf_counter() - start < 12 * 0.05  # requests really overlapped
+        wb.close()
