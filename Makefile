@@ -36,6 +36,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/app.py
+	$(BIN)/python benchmarks/drafting.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

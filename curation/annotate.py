@@ -164,6 +164,28 @@ def _insert_annotation(
     return annotation
 
 
+def add_drafts(wb: Workbench, actor: Actor, drafts: list[dict[str, Any]]) -> list[int]:
+    """Several drafts in one transaction (a drafting run writes in batches); each is audited.
+    Every item takes the keyword arguments of `add_draft` plus `image_id`."""
+    require(actor, "admin", "add drafts")
+    rows = []
+    for item in drafts:
+        if item["kind"] not in DRAFT_KINDS:
+            raise SkinflowError(f"unknown draft kind {item['kind']!r}; use one of {', '.join(DRAFT_KINDS)}")
+        caption = item.get("caption")
+        rows.append(Draft(
+            image_id=item["image_id"], kind=item["kind"], producer=item["producer"], version=item["version"],
+            caption=validate_caption(caption).to_json() if caption is not None else None, diagnoses=list(item.get("diagnoses") or []),
+            raw_reply=item.get("raw_reply"), error=item.get("error"), meta=dict(item.get("meta") or {}),
+        ))
+    with wb.session() as s:
+        s.add_all(rows)
+        s.flush()
+        for row in rows:
+            audit.record(s, actor, "draft.add", "draft", row.id, image_id=row.image_id, kind=row.kind, producer=row.producer)
+        return [row.id for row in rows]
+
+
 def submit_annotation(
     wb: Workbench, actor: Actor, image_id: int, caption: Caption | dict, *, diagnosis: str | None,
     diagnosis_status: str, supersedes_id: int | None = None, quality_flags: list[str] | tuple[str, ...] = (),

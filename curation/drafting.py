@@ -5,8 +5,8 @@ model and stored as a draft of kind `llm`, or as a failed draft with the raw tex
 Cache key: (image sha256, model, prompt version, schema version). A draft's `version` is
 "<prompt>+schema<schema version>", so a rerun sends nothing for finished images, and a new prompt
 or schema drafts everything again. Each result is committed on its own: an interrupted run keeps
-what it finished and a rerun continues. Database writes run on a worker thread so that they never
-hold up the requests in flight.
+what it had committed and a rerun continues. Database writes run on a worker thread so that they never
+hold up the requests in flight, and in batches (one transaction per batch of up to 64 drafts).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -21,7 +22,7 @@ from typing import Any, Callable
 from sqlalchemy import exists, select
 
 from curation import audit
-from curation.annotate import add_draft
+from curation.annotate import add_drafts
 from curation.auth import Actor, require
 from curation.db import Workbench
 from curation.llm import LLMConfig, LLMError, chat, extract_json, image_data_url, make_client
@@ -121,6 +122,9 @@ def images_to_draft(wb: Workbench, model: str, version: str, *, redo: bool, limi
     return [(image_id, sha, wb.store_dir / path) for image_id, sha, path in rows]
 
 
+WRITE_BATCH = 64
+
+
 async def _draft_all(wb: Workbench, actor: Actor, config: LLMConfig, todo, concurrency: int, report: RunReport,
                      progress: Callable[[int, int], None] | None, prompt: str) -> None:
     client = make_client(config)
@@ -129,17 +133,29 @@ async def _draft_all(wb: Workbench, actor: Actor, config: LLMConfig, todo, concu
     system = caption_prompt(prompt)
     version = draft_version(prompt)
     schema = reply_schema()
-    finished = 0
+    results: asyncio.Queue = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+    # own threads for image encoding and database writes: the default pool has only cpu+4 threads
+    workers = ThreadPoolExecutor(max_workers=min(concurrency, 32) + 1, thread_name_prefix="drafting")
 
-    async def store(image_id: int, **kwargs) -> None:
-        await asyncio.to_thread(add_draft, wb, actor, image_id, kind="llm", producer=config.model, version=version, **kwargs)
+    async def writer() -> None:
+        """Commit finished drafts in batches: one transaction per batch, not per image."""
+        written = 0
+        while written < len(todo):
+            batch = [await results.get()]
+            while not results.empty() and len(batch) < WRITE_BATCH:
+                batch.append(results.get_nowait())
+            await loop.run_in_executor(workers, add_drafts, wb, actor, batch)
+            written += len(batch)
+            if progress:
+                progress(written, len(todo))
 
     async def one(image_id: int, sha: str, path: Path, rng: random.Random) -> None:
-        nonlocal finished
         meta: dict[str, Any] = {"sha256": sha, "prompt": prompt, "schema_version": SCHEMA_VERSION}
+        draft = {"image_id": image_id, "kind": "llm", "producer": config.model, "version": version, "meta": meta}
         async with gate:  # at most `concurrency` requests in flight
             try:
-                url = await asyncio.to_thread(image_data_url, path, config.max_side)
+                url = await loop.run_in_executor(workers, image_data_url, path, config.max_side)
                 messages = [{"role": "system", "content": system},
                             {"role": "user", "content": [{"type": "text", "text": "Describe this lesion."},
                                                          {"type": "image_url", "image_url": {"url": url}}]}]
@@ -147,34 +163,33 @@ async def _draft_all(wb: Workbench, actor: Actor, config: LLMConfig, todo, concu
                                    structured=structured)
             except (LLMError, OSError) as e:
                 reply, failure = None, str(e) if isinstance(e, LLMError) else f"cannot read the image file: {e}"
+        report.requests += reply.attempts if reply is not None else 1
         if reply is None:
             report.failed.append((image_id, failure))
-            await store(image_id, caption=None, error=failure, meta=meta)
+            draft.update(caption=None, error=failure)
         else:
-            report.requests += reply.attempts - 1  # the first attempt is counted below
             report.prompt_tokens += reply.prompt_tokens
             report.completion_tokens += reply.completion_tokens
             meta.update(prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
                         attempts=reply.attempts, structured_output=reply.structured)
+            draft["raw_reply"] = reply.text[:RAW_KEPT_CHARS]
             try:
                 if len(reply.text) > config.max_reply_chars:
                     raise CaptionError(f"reply of {len(reply.text):,} characters is over the {config.max_reply_chars:,} limit")
                 caption, diagnoses = parse_draft_reply(reply.text, wb.taxonomy)
             except SkinflowError as e:
                 report.failed.append((image_id, str(e)))
-                await store(image_id, caption=None, error=str(e), raw_reply=reply.text[:RAW_KEPT_CHARS], meta=meta)
+                draft.update(caption=None, error=str(e))
             else:
-                await store(image_id, caption=caption, diagnoses=diagnoses, raw_reply=reply.text[:RAW_KEPT_CHARS], meta=meta)
+                draft.update(caption=caption, diagnoses=diagnoses)
                 report.done += 1
-        report.requests += 1
-        finished += 1
-        if progress:
-            progress(finished, len(todo))
+        results.put_nowait(draft)
 
     try:
-        await asyncio.gather(*(one(i, sha, p, random.Random(i)) for i, sha, p in todo))
+        await asyncio.gather(writer(), *(one(i, sha, p, random.Random(i)) for i, sha, p in todo))
     finally:
         report.structured_output = structured[0]
+        workers.shutdown(wait=True)
         await client.close()
 
 
@@ -197,3 +212,12 @@ def draft_images(
     with wb.session() as s:
         audit.record(s, actor, "draft.run", "draft", None, model=config.model, prompt=prompt, **report.summary())
     return report
+
+
+def recent_failures(wb: Workbench, actor: Actor, limit: int = 100) -> list[dict[str, Any]]:
+    """Failed LLM drafts, newest first, for the drafting page."""
+    require(actor, "admin", "see drafting failures")
+    with wb.session() as s:
+        rows = s.execute(select(Draft.image_id, Draft.producer, Draft.version, Draft.error, Draft.created_at)
+                         .where(Draft.kind == "llm", Draft.error.is_not(None)).order_by(Draft.id.desc()).limit(limit)).all()
+    return [{"image": r.image_id, "model": r.producer, "prompt": r.version, "reason": r.error, "when": r.created_at} for r in rows]

@@ -52,6 +52,9 @@ class FakeLLM:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # headers and body go out in separate writes: with Nagle on, each reply would wait ~40 ms
+            # for the client's delayed ACK, an artefact no real server has
+            disable_nagle_algorithm = True
 
             def do_POST(self):  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
@@ -68,6 +71,7 @@ class FakeLLM:
             def log_message(self, *args):
                 pass
 
+        ThreadingHTTPServer.request_queue_size = 128  # the default backlog of 5 stalls a burst of new connections
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
@@ -88,6 +92,8 @@ class FakeLLM:
 
     # -- behaviour ------------------------------------------------------------------------------
     def handle(self, request: BaseHTTPRequestHandler, body: dict) -> None:
+        if request.path.rstrip("/") == "/stats":
+            return self._send(request, 200, {"requests": self.requests, "max_in_flight": self.max_in_flight})
         if request.path.rstrip("/") != "/v1/chat/completions":
             return self._send(request, 404, {"error": {"message": "not found"}})
         if "response_format" in body and not self.structured:
@@ -105,7 +111,7 @@ class FakeLLM:
                         text_parts.append(part["text"])
                     elif part.get("type") == "image_url":
                         image_url = part["image_url"]["url"]
-        case = case_of(image_url) if image_url else None
+        case = case_of(image_url) if image_url and self.modes else None  # decoding costs: only when cases matter
         with self.lock:
             self.attempts[case] += 1
             attempt = self.attempts[case]
@@ -155,3 +161,14 @@ class FakeLLM:
             request.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (timeout): nothing to send to
+
+
+if __name__ == "__main__":  # run as its own process (benchmarks): python -m tests.fake_llm --latency 0.2
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--latency", type=float, default=0.2)
+    args = parser.parse_args()
+    with FakeLLM(latency_s=args.latency) as fake:
+        print(fake.url, flush=True)
+        fake.thread.join()

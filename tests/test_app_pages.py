@@ -239,3 +239,43 @@ def test_model_suggestions_are_one_click_choices(demo_home):
         row = s.scalar(select(Annotation).where(Annotation.image_id == image_id, Annotation.user_id == get_actor(demo_home, "annotator").id))
         expected = "confirmed" if s.get(Image, image_id).diagnosis_key == "melanoma" else "corrected"
         assert (row.diagnosis_key, row.diagnosis_status) == ("melanoma", expected) and row.caption["color"] == ["brown"]
+
+
+def test_drafting_page_tests_the_connection_and_drafts(demo_home, monkeypatch):
+    from tests.fake_llm import FakeLLM
+
+    with FakeLLM(modes={}) as server:
+        monkeypatch.setenv("SKINFLOW_LLM_BASE_URL", server.url)
+        monkeypatch.setenv("SKINFLOW_LLM_MODEL", "fake-vlm")
+        at = page(demo_home, "drafting", "admin")
+        assert not at.exception and [t.value for t in at.title] == ["LLM drafting"]
+        by_label(at.button, "Test connection").click().run()
+        assert any("The server answered" in m.value for m in at.success)
+        by_label(at.button, "Start drafting").click().run()
+        assert any(m.value.startswith("Drafted 12 of 12 images") for m in at.success), [m.value for m in at.success]
+    with demo_home.session() as s:
+        from curation.models import Draft
+
+        assert len(s.scalars(select(Draft).where(Draft.kind == "llm", Draft.error.is_(None))).all()) == 12
+
+
+def test_weights_page_computes_shows_evidence_and_activates(demo_home):
+    from curation.weights import list_weight_sets
+
+    annotator = get_actor(demo_home, "annotator")
+    with demo_home.session() as s:
+        pending = s.scalars(select(Image.id).where(Image.status == "pending")).all()
+    submit_annotation(demo_home, annotator, pending[0], {"color": "red"}, diagnosis="psoriasis", diagnosis_status="confirmed",
+                      rationale="Red plaques with silvery scale on the elbows.")
+    at = page(demo_home, "weights", "admin")
+    by_label(at.button, "Compute").click().run()
+    assert any("Created weights-v1 from 1 reasonings (active)" in m.value for m in at.success)
+    assert "Red plaques with silvery scale on the elbows." in " ".join(m.value for m in at.markdown)
+    by_label(at.button, "Compute").click().run()  # a second set is not active until asked
+    at.selectbox[-1].set_value(list_weight_sets(demo_home)[0].id).run()
+    by_label(at.button, "Make weights-v2 active").click().run()
+    assert [w.active for w in list_weight_sets(demo_home)] == [True, False]
+    denied = page(demo_home, "weights", "annotator")
+    assert denied.error and "needs the reviewer role" in denied.error[0].value
+    denied = page(demo_home, "drafting", "reviewer")
+    assert denied.error and "needs the admin role" in denied.error[0].value

@@ -24,7 +24,7 @@ def run(home, *args, check=True):
 
 @pytest.mark.parametrize("command", [[], ["init"], ["import"], ["fetch-images"], ["demo"], ["status"], ["export"],
                                      ["users"], ["users", "add"], ["users", "list"], ["users", "set-role"],
-                                     ["users", "set-password"], ["backup"], ["doctor"]])
+                                     ["users", "set-password"], ["backup"], ["doctor"], ["draft"], ["reasonings"], ["weights"], ["app"]])
 def test_every_command_has_help(tmp_path, command):
     result = run(tmp_path, *command, "--help")
     assert "Usage:" in result.stdout
@@ -77,3 +77,24 @@ def test_bad_settings_are_one_line_errors(tmp_path):
     result = subprocess.run([SKINFLOW, "status"], capture_output=True, text=True, timeout=60,
                             env={**os.environ, "SKINFLOW_HOME": str(env_home), "SKINFLOW_MAX_IMAGE_MB": "many"})
     assert result.returncode == 2 and result.stderr.startswith("error: invalid settings") and "Traceback" not in result.stderr
+
+
+def test_draft_reasonings_and_weights_commands(tmp_path):
+    from tests.fake_llm import FakeLLM
+
+    home = tmp_path / "wb"
+    run(home, "demo", "--n", "8")
+    with FakeLLM() as server:
+        env = {**os.environ, "SKINFLOW_HOME": str(home), "SKINFLOW_LLM_BASE_URL": server.url, "SKINFLOW_LLM_MODEL": "fake-vlm",
+               "SKINFLOW_LLM_API_KEY": "sk-cli-secret-value"}
+        drafted = subprocess.run([SKINFLOW, "draft", "--concurrency", "4"], capture_output=True, text=True, env=env, timeout=120)
+        assert drafted.returncode == 0 and "drafted 8 of 8 images" in drafted.stdout, drafted.stderr
+        again = subprocess.run([SKINFLOW, "draft"], capture_output=True, text=True, env=env, timeout=120)
+        assert "drafted 0 of 0 images" in again.stdout
+        reasoned = subprocess.run([SKINFLOW, "reasonings"], capture_output=True, text=True, env=env, timeout=120)
+        assert reasoned.returncode == 0 and "stored" in reasoned.stdout
+        weighed = subprocess.run([SKINFLOW, "weights", "--source", "llm"], capture_output=True, text=True, env=env, timeout=120)
+        assert weighed.returncode == 0 and "weights-v1" in weighed.stdout and "(active)" in weighed.stdout
+        assert "sk-cli-secret-value" not in drafted.stdout + drafted.stderr + reasoned.stdout + weighed.stdout
+    no_model = run(home, "draft", check=False)
+    assert no_model.returncode == 2 and "SKINFLOW_LLM_MODEL" in no_model.stderr

@@ -8,7 +8,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app.ui import state
-from app.ui.screens import admin, annotate, dataset, insights, review
+from app.ui.screens import admin, annotate, dataset, drafting, insights, review, weights
 from curation.auth import InvalidCredentials, authenticate
 
 st.set_page_config(page_title="SkinFlow Workbench", layout="wide")
@@ -52,13 +52,21 @@ else:
     def admin_page() -> None:
         admin.render()
 
+    def drafting_page() -> None:
+        drafting.render()
+
+    def weights_page() -> None:
+        weights.render()
+
     pages = [st.Page(annotate_page, title="Annotate", url_path="annotate", default=True)]
     if actor.can("reviewer"):
         pages += [st.Page(review_page, title="Review", url_path="review"),
                   st.Page(dataset_page, title="Dataset", url_path="dataset"),
-                  st.Page(insights_page, title="Insights", url_path="insights")]
+                  st.Page(insights_page, title="Insights", url_path="insights"),
+                  st.Page(weights_page, title="Weights", url_path="weights")]
     if actor.can("admin"):
-        pages.append(st.Page(admin_page, title="Admin", url_path="admin"))
+        pages += [st.Page(drafting_page, title="Drafting", url_path="drafting"),
+                  st.Page(admin_page, title="Admin", url_path="admin")]
     with st.sidebar:
         st.caption(f"Logged in as **{actor.username}** ({actor.role})")
         if st.button("Log out"):
