@@ -1,7 +1,7 @@
 import pytest
 from sqlalchemy import select
 
-from curation import annotate, auth, demo, export, ingest, maintenance, queue, review, views, workflow
+from curation import annotate, auth, demo, drafting, export, ingest, maintenance, queue, review, views, weights, workflow
 from curation.errors import ConflictError, PermissionDenied
 from curation.models import AuditEvent, User
 from schema import Caption
@@ -81,6 +81,13 @@ def _calls(wb, tmp_path, image_id):
             lambda a: maintenance.doctor(wb, a),
             lambda a: ingest.import_zip(wb, a, tmp_path / "none.zip"),
             lambda a: workflow.update_workflow_settings(wb, a, gold_rate=0.0),
+            lambda a: annotate.add_drafts(wb, a, [dict(image_id=image_id, kind="llm", producer="m", version="1", caption=None, error="x")]),
+            lambda a: drafting.draft_images(wb, a, model="m"),
+            lambda a: drafting.recent_failures(wb, a),
+            lambda a: weights.collect_reasonings(wb, a, model="m"),
+            lambda a: weights.add_reasoning(wb, a, image_id, text="brown", producer="m", prompt_version="reasoning-v1"),
+            lambda a: weights.create_weight_set(wb, a),
+            lambda a: weights.activate_weight_set(wb, a, 1),
             lambda a: demo.build_demo(wb, a, n=1),
         ],
     }
