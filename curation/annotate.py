@@ -83,6 +83,15 @@ def chain_root(s, annotation: Annotation) -> Annotation:
     return annotation
 
 
+def user_chain_head(s, image_id: int, user_id: int) -> Annotation | None:
+    """The newest version of the chain a user started on an image, or None."""
+    root = s.scalar(
+        select(Annotation).where(Annotation.image_id == image_id, Annotation.user_id == user_id, Annotation.supersedes_id.is_(None))
+        .order_by(Annotation.id).limit(1)
+    )
+    return chain_head(s, root) if root is not None else None
+
+
 def annotation_dict(annotation: Annotation) -> dict[str, Any]:
     return {
         "id": annotation.id, "version": annotation.version, "user": annotation.user.username,
@@ -96,11 +105,8 @@ def current_annotation(wb: Workbench, actor: Actor, image_id: int) -> dict[str, 
     """The newest version of the chain this user started on the image (what their form edits)."""
     require(actor, "annotator", "see annotations")
     with wb.session() as s:
-        root = s.scalar(
-            select(Annotation).where(Annotation.image_id == image_id, Annotation.user_id == actor.id, Annotation.supersedes_id.is_(None))
-            .order_by(Annotation.id).limit(1)
-        )
-        return annotation_dict(chain_head(s, root)) if root is not None else None
+        head = user_chain_head(s, image_id, actor.id)
+        return annotation_dict(head) if head is not None else None
 
 
 def _check_inputs(caption, diagnosis_status: str, quality_flags, rationale: str | None) -> tuple[Caption, str | None]:
@@ -220,11 +226,7 @@ def adjudicate(
     try:
         with wb.session() as s:
             image = _image(s, image_id)
-            root = s.scalar(
-                select(Annotation).where(Annotation.image_id == image_id, Annotation.user_id == actor.id, Annotation.supersedes_id.is_(None))
-                .order_by(Annotation.id).limit(1)
-            )
-            head = chain_head(s, root) if root is not None else None
+            head = user_chain_head(s, image_id, actor.id)
             annotation = _insert_annotation(
                 s, wb, actor, image, caption, diagnosis=diagnosis, diagnosis_status=diagnosis_status,
                 supersedes_id=head.id if head is not None else None, quality_flags=quality_flags, rationale=rationale,

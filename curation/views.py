@@ -11,7 +11,7 @@ from typing import Any
 from PIL import Image as PILImage
 from sqlalchemy import String, cast, exists, func, or_, select
 
-from curation.annotate import annotation_dict, chain_head
+from curation.annotate import annotation_dict, user_chain_head
 from curation.auth import Actor, require
 from curation.db import Workbench
 from curation.errors import NotFound
@@ -74,10 +74,7 @@ def image_detail(wb: Workbench, actor: Actor, image_id: int) -> ImageDetail:
             raise NotFound(f"no image #{image_id}")
         label = wb.taxonomy.labels.get(image.diagnosis_key) if image.diagnosis_key else None
         drafts = rank_drafts(list(image.drafts))
-        root = s.scalar(
-            select(Annotation).where(Annotation.image_id == image_id, Annotation.user_id == actor.id, Annotation.supersedes_id.is_(None))
-            .order_by(Annotation.id).limit(1)
-        )
+        head = user_chain_head(s, image_id, actor.id)
         saved = s.get(SavedWork, (actor.id, image_id))
         detail = ImageDetail(
             id=image.id, path=(wb.store_dir / image.file_path) if image.file_path else None,
@@ -87,7 +84,7 @@ def image_detail(wb: Workbench, actor: Actor, image_id: int) -> ImageDetail:
             group3=label.group3 if label else None, fitzpatrick=image.fitzpatrick,
             meta={k: v for k, v in (image.meta or {}).items() if k not in HIDDEN_META},
             drafts=[draft_dict(d) for d in drafts],
-            current=annotation_dict(chain_head(s, root)) if root is not None else None,
+            current=annotation_dict(head) if head is not None else None,
             saved_work=dict(saved.form) if saved is not None else None,
         )
     if len(detail.drafts) >= 2:
