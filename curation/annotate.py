@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from curation import audit
@@ -21,7 +21,7 @@ from curation.auth import Actor, require
 from curation.db import Workbench
 from curation.errors import ConflictError, NotFound, SkinflowError
 from curation.models import (
-    DIAGNOSIS_STATUSES, DRAFT_KINDS, REVIEW_DECISIONS, Annotation, Draft, Image, Lease, Review, SavedWork, utcnow,
+    DIAGNOSIS_STATUSES, DRAFT_KINDS, REVIEW_DECISIONS, Annotation, AuditEvent, Draft, Image, Lease, Review, SavedWork, utcnow,
 )
 from schema.caption import Caption, validate_caption
 from schema.fields import MAX_OTHER_CHARS
@@ -171,25 +171,29 @@ def _insert_annotation(
 
 
 def add_drafts(wb: Workbench, actor: Actor, drafts: list[dict[str, Any]]) -> list[int]:
-    """Several drafts in one transaction (a drafting run writes in batches); each is audited.
-    Every item takes the keyword arguments of `add_draft` plus `image_id`."""
+    """Several drafts in one transaction, each audited (a drafting run writes in batches). Every item
+    takes the keyword arguments of `add_draft` plus `image_id`. Bulk inserts, not ORM objects: this
+    runs beside the requests in flight and must not hold the interpreter long."""
     require(actor, "admin", "add drafts")
     rows = []
     for item in drafts:
         if item["kind"] not in DRAFT_KINDS:
             raise SkinflowError(f"unknown draft kind {item['kind']!r}; use one of {', '.join(DRAFT_KINDS)}")
         caption = item.get("caption")
-        rows.append(Draft(
-            image_id=item["image_id"], kind=item["kind"], producer=item["producer"], version=item["version"],
-            caption=validate_caption(caption).to_json() if caption is not None else None, diagnoses=list(item.get("diagnoses") or []),
-            raw_reply=item.get("raw_reply"), error=item.get("error"), meta=dict(item.get("meta") or {}),
-        ))
+        rows.append({
+            "image_id": item["image_id"], "kind": item["kind"], "producer": item["producer"], "version": item["version"],
+            "caption": validate_caption(caption).to_json() if caption is not None else None,
+            "diagnoses": list(item.get("diagnoses") or []), "raw_reply": item.get("raw_reply"), "error": item.get("error"),
+            "meta": dict(item.get("meta") or {}), "created_at": utcnow(),
+        })
     with wb.session() as s:
-        s.add_all(rows)
-        s.flush()
-        for row in rows:
-            audit.record(s, actor, "draft.add", "draft", row.id, image_id=row.image_id, kind=row.kind, producer=row.producer)
-        return [row.id for row in rows]
+        ids = list(s.scalars(insert(Draft).returning(Draft.id, sort_by_parameter_order=True), rows))
+        s.execute(insert(AuditEvent), [
+            {"user_id": actor.id, "username": actor.username, "action": "draft.add", "entity": "draft", "entity_id": draft_id,
+             "payload": {"image_id": row["image_id"], "kind": row["kind"], "producer": row["producer"]}, "created_at": row["created_at"]}
+            for draft_id, row in zip(ids, rows)
+        ])
+        return ids
 
 
 def submit_annotation(

@@ -12,7 +12,6 @@ hold up the requests in flight, and in batches (one transaction per batch of up 
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from curation import audit
 from curation.annotate import add_drafts
 from curation.auth import Actor, require
 from curation.db import Workbench
-from curation.llm import LLMConfig, LLMError, chat, extract_json, image_data_url, make_client
+from curation.llm import LLMConfig, Outcome, ask_each, extract_json, image_data_url
 from curation.models import Draft, Image
 from curation.prompts import render_prompt
 from schema.caption import SCHEMA_VERSION, Caption, json_schema, validate_caption
@@ -127,16 +126,18 @@ WRITE_BATCH = 64
 
 async def _draft_all(wb: Workbench, actor: Actor, config: LLMConfig, todo, concurrency: int, report: RunReport,
                      progress: Callable[[int, int], None] | None, prompt: str) -> None:
-    client = make_client(config)
-    gate = asyncio.Semaphore(concurrency)
-    structured = [True]
     system = caption_prompt(prompt)
     version = draft_version(prompt)
-    schema = reply_schema()
     results: asyncio.Queue = asyncio.Queue()
     loop = asyncio.get_running_loop()
     # own threads for image encoding and database writes: the default pool has only cpu+4 threads
     workers = ThreadPoolExecutor(max_workers=min(concurrency, 32) + 1, thread_name_prefix="drafting")
+
+    def messages(item) -> list[dict]:
+        _image_id, _sha, path = item
+        url = image_data_url(path, config.max_side)
+        return [{"role": "system", "content": system},
+                {"role": "user", "content": [{"type": "text", "text": "Describe this lesion."}, {"type": "image_url", "image_url": {"url": url}}]}]
 
     async def writer() -> None:
         """Commit finished drafts in batches: one transaction per batch, not per image."""
@@ -150,23 +151,15 @@ async def _draft_all(wb: Workbench, actor: Actor, config: LLMConfig, todo, concu
             if progress:
                 progress(written, len(todo))
 
-    async def one(image_id: int, sha: str, path: Path, rng: random.Random) -> None:
+    async def collect(outcome: Outcome) -> None:
+        image_id, sha, _path = outcome.item
         meta: dict[str, Any] = {"sha256": sha, "prompt": prompt, "schema_version": SCHEMA_VERSION}
         draft = {"image_id": image_id, "kind": "llm", "producer": config.model, "version": version, "meta": meta}
-        async with gate:  # at most `concurrency` requests in flight
-            try:
-                url = await loop.run_in_executor(workers, image_data_url, path, config.max_side)
-                messages = [{"role": "system", "content": system},
-                            {"role": "user", "content": [{"type": "text", "text": "Describe this lesion."},
-                                                         {"type": "image_url", "image_url": {"url": url}}]}]
-                reply = await chat(client, config, messages, json_schema=schema, schema_name="lesion_draft", rng=rng,
-                                   structured=structured)
-            except (LLMError, OSError) as e:
-                reply, failure = None, str(e) if isinstance(e, LLMError) else f"cannot read the image file: {e}"
+        reply = outcome.reply
         report.requests += reply.attempts if reply is not None else 1
         if reply is None:
-            report.failed.append((image_id, failure))
-            draft.update(caption=None, error=failure)
+            report.failed.append((image_id, outcome.error))
+            draft.update(caption=None, error=outcome.error)
         else:
             report.prompt_tokens += reply.prompt_tokens
             report.completion_tokens += reply.completion_tokens
@@ -186,11 +179,11 @@ async def _draft_all(wb: Workbench, actor: Actor, config: LLMConfig, todo, concu
         results.put_nowait(draft)
 
     try:
-        await asyncio.gather(writer(), *(one(i, sha, p, random.Random(i)) for i, sha, p in todo))
+        _, report.structured_output = await asyncio.gather(
+            writer(), ask_each(config, todo, messages, collect, concurrency=concurrency, json_schema=reply_schema(),
+                               schema_name="lesion_draft", executor=workers))
     finally:
-        report.structured_output = structured[0]
         workers.shutdown(wait=True)
-        await client.close()
 
 
 def draft_images(

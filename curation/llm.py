@@ -231,6 +231,44 @@ def extract_json(text: str) -> Any:
     raise ValueError("the reply contains no complete JSON object")
 
 
+@dataclass
+class Outcome:
+    """What happened to one item of `ask_each`: a reply, or the reason there is none."""
+
+    item: Any
+    reply: Reply | None
+    error: str | None
+
+
+async def ask_each(config: LLMConfig, items: list, prepare: Callable[[Any], list[dict]], on_outcome: Callable[[Outcome], Awaitable[None]],
+                   *, concurrency: int, json_schema: dict | None = None, schema_name: str = "reply", executor=None) -> bool:
+    """One chat request per item, at most `concurrency` in flight. `prepare(item)` builds the messages
+    and runs on `executor` (it reads and encodes an image); `on_outcome` is awaited for each item as it
+    finishes. Returns whether structured output stayed on for the whole run."""
+    client = make_client(config)
+    gate = asyncio.Semaphore(max(1, concurrency))
+    structured = [json_schema is not None]
+    loop = asyncio.get_running_loop()
+
+    async def one(index: int, item: Any) -> None:
+        async with gate:
+            try:
+                messages = await loop.run_in_executor(executor, prepare, item)
+                outcome = Outcome(item, await chat(client, config, messages, json_schema=json_schema, schema_name=schema_name,
+                                                   rng=random.Random(index), structured=structured), None)
+            except LLMError as e:
+                outcome = Outcome(item, None, str(e))
+            except OSError as e:
+                outcome = Outcome(item, None, f"cannot read the image file: {e}")
+        await on_outcome(outcome)
+
+    try:
+        await asyncio.gather(*(one(index, item) for index, item in enumerate(items)))
+    finally:
+        await client.close()
+    return structured[0]
+
+
 async def connection_test(config: LLMConfig) -> str:
     """A one-line answer from the server, or LLMError saying what is wrong (for the drafting page)."""
     client = make_client(config)

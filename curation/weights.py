@@ -17,7 +17,6 @@ field drops out. No mentions at all gives equal weights. Same reasonings, same w
 from __future__ import annotations
 
 import asyncio
-import random
 import re
 import time
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from curation import audit
 from curation.auth import Actor, require
 from curation.db import Workbench
 from curation.errors import NotFound
-from curation.llm import LLMConfig, LLMError, chat, image_data_url, make_client
+from curation.llm import LLMConfig, Outcome, ask_each, image_data_url
 from curation.models import Annotation, Image, Reasoning, WeightSet
 from curation.prompts import render_prompt
 from schema.errors import SkinflowError
@@ -262,41 +261,34 @@ def collect_reasonings(
     report = ReasoningReport(todo=len(todo))
     start = time.perf_counter()
 
+    def messages(item) -> list[dict]:
+        _image_id, _annotation_id, diagnosis, path = item
+        return [{"role": "user", "content": [{"type": "text", "text": render_prompt(prompt, diagnosis=diagnosis)},
+                                             {"type": "image_url", "image_url": {"url": image_data_url(path, config.max_side)}}]}]
+
+    finished = 0
+
+    async def collect(outcome: Outcome) -> None:
+        nonlocal finished
+        image_id, annotation_id, _diagnosis, _path = outcome.item
+        reply = outcome.reply
+        if reply is None:
+            report.failed.append((image_id, outcome.error))
+        elif not reply.text.strip() or len(reply.text) > config.max_reply_chars:
+            report.failed.append((image_id, "empty reply" if not reply.text.strip() else "reply over the length limit"))
+        else:
+            await asyncio.to_thread(add_reasoning, wb, actor, image_id, text=reply.text, producer=config.model, prompt_version=prompt,
+                                    annotation_id=annotation_id,
+                                    meta={"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens})
+            report.done += 1
+            report.prompt_tokens += reply.prompt_tokens
+            report.completion_tokens += reply.completion_tokens
+        finished += 1
+        if progress:
+            progress(finished, len(todo))
+
     async def run() -> None:
-        client = make_client(config)
-        gate = asyncio.Semaphore(max(1, concurrency or config.concurrency))
-        finished = 0
-
-        async def one(image_id: int, annotation_id: int, diagnosis: str, path) -> None:
-            nonlocal finished
-            async with gate:
-                try:
-                    url = await asyncio.to_thread(image_data_url, path, config.max_side)
-                    messages = [{"role": "user", "content": [
-                        {"type": "text", "text": render_prompt(prompt, diagnosis=diagnosis)},
-                        {"type": "image_url", "image_url": {"url": url}}]}]
-                    reply = await chat(client, config, messages, json_schema=None, schema_name="reasoning", rng=random.Random(image_id))
-                except (LLMError, OSError) as e:
-                    reply, failure = None, str(e)
-            if reply is None:
-                report.failed.append((image_id, failure))
-            elif not reply.text.strip() or len(reply.text) > config.max_reply_chars:
-                report.failed.append((image_id, "empty reply" if not reply.text.strip() else "reply over the length limit"))
-            else:
-                await asyncio.to_thread(add_reasoning, wb, actor, image_id, text=reply.text, producer=config.model, prompt_version=prompt,
-                                        annotation_id=annotation_id,
-                                        meta={"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens})
-                report.done += 1
-                report.prompt_tokens += reply.prompt_tokens
-                report.completion_tokens += reply.completion_tokens
-            finished += 1
-            if progress:
-                progress(finished, len(todo))
-
-        try:
-            await asyncio.gather(*(one(*item) for item in todo))
-        finally:
-            await client.close()
+        await ask_each(config, todo, messages, collect, concurrency=concurrency or config.concurrency)
 
     if todo:
         asyncio.run(run())

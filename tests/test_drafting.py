@@ -66,6 +66,11 @@ def test_faults_end_drafted_once_or_failed_with_a_reason_and_reruns_only_send_wh
         assert server.attempts[2] == 2 and server.times[2][1] - server.times[2][0] >= 0.3  # Retry-After honoured
         assert server.attempts[3] == 2 and server.attempts[4] == 3  # 500 retried once; a hang tried 1 + 2 retries
         assert _snapshot(wb) == before  # nothing else in the database changed
+        with wb.session() as s:  # drafts are written in bulk, and still audited one by one
+            from curation.models import AuditEvent
+
+            events = s.execute(select(AuditEvent.username, AuditEvent.entity_id).where(AuditEvent.action == "draft.add")).all()
+            assert sorted(e[1] for e in events) == sorted(s.scalars(select(Draft.id))) and {e[0] for e in events} == {"admin"}
         with wb.session() as s:
             ok_draft = s.scalar(select(Draft).where(Draft.image_id == 1))
             assert ok_draft.caption["color"] == ["erythematous", "brown"] and ok_draft.caption["lesion_type"] == ["papule"]
