@@ -27,7 +27,7 @@ from curation.auth import Actor, add_user, count_users, get_actor, list_users, s
 from curation.db import Workbench, open_workbench
 from curation.demo import build_demo
 from curation.drafting import draft_images
-from curation.export import export_dataset
+from curation.export import ExportFilter, export_dataset, verify_export
 from curation.ingest import ImportReport, fetch_images, import_path
 from curation.maintenance import backup as backup_database
 from curation.maintenance import doctor as run_doctor
@@ -211,20 +211,57 @@ def status(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", hel
         out.print(f"{info['free_text_labels']} images carry a label outside the taxonomy (counted as 'unknown')")
 
 
-@app.command()
+export_app = typer.Typer(invoke_without_command=True, no_args_is_help=False,
+                         help="Export curated records (canonical JSONL + Parquet + card + manifest, extra formats); `export verify DIR`.")
+app.add_typer(export_app, name="export")
+
+
+def _split_option(values: list[str]) -> tuple[str, ...]:
+    return tuple(v.strip() for value in values for v in value.split(",") if v.strip())
+
+
+@export_app.callback()
 def export(
     ctx: typer.Context,
-    out_dir: Path = typer.Option(..., "--out", help="New folder for this export version, e.g. exports/v1."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="New folder for this export version, e.g. exports/v1."),
+    formats: list[str] = typer.Option([], "--format", help="Extra formats: hf, grpo, sharegpt, labelstudio, csv (repeat or comma-separate)."),
     include_unverified: bool = typer.Option(False, help="Also export annotated but not yet verified records."),
+    label: list[str] = typer.Option([], help="Only these labels (taxonomy keys or names; repeat or comma-separate)."),
+    group: list[str] = typer.Option([], help="Only these nine- or three-partition groups, e.g. malignant."),
+    fitzpatrick: list[int] = typer.Option([], help="Only these Fitzpatrick types (repeat)."),
+    source: list[str] = typer.Option([], help="Only these sources: folder, csv, fitzpatrick17k, synthetic."),
+    holdout_labels: list[str] = typer.Option([], help="Put these whole classes only in test (zero-shot split)."),
+    dup_distance: int = typer.Option(6, help="Near-duplicates: perceptual hashes at most this many bits apart share a split (0-7)."),
+    no_dedup: bool = typer.Option(False, help="Switch near-duplicate grouping off."),
     overwrite: bool = typer.Option(False, help="Replace an existing export folder."),
 ) -> None:
-    """Export curated records: JSONL + Parquet + images + manifest, split train/val/test."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if out_dir is None:
+        raise SkinflowError("say where to write the export: skinflow export --out exports/v1 (or `skinflow export verify DIR`)")
     c = _ctx(ctx)
     wb, actor = c.workbench(), c.actor()
+    selection = ExportFilter(include_unverified=include_unverified, labels=_split_option(label), groups=_split_option(group),
+                             fitzpatrick=tuple(fitzpatrick), sources=_split_option(source), holdout_labels=_split_option(holdout_labels),
+                             max_hash_distance=None if no_dedup else dup_distance)
     with _progress("exporting") as progress:
-        result = export_dataset(wb, actor, out_dir, include_unverified=include_unverified, overwrite=overwrite, progress=progress)
+        result = export_dataset(wb, actor, out_dir, selection=selection, formats=_split_option(formats), overwrite=overwrite,
+                                progress=progress)
     out.print(f"exported {result.n_records} records to {result.path} (train {result.by_split['train']}, "
-              f"val {result.by_split['val']}, test {result.by_split['test']}); manifest sha256 {result.manifest_sha256[:12]}")
+              f"val {result.by_split['val']}, test {result.by_split['test']}; {result.duplicate_groups} near-duplicate groups); "
+              f"manifest sha256 {result.manifest_sha256[:12]}")
+
+
+@export_app.command("verify")
+def export_verify(folder: Path = typer.Argument(..., help="An export folder.")) -> None:
+    """Re-hash every file of an export against its manifest."""
+    problems = verify_export(folder)
+    for problem in problems[:50]:
+        out.print(problem, markup=False, highlight=False)
+    if problems:
+        err.print(f"{len(problems)} problem(s): this export was changed after it was written")
+        raise typer.Exit(1)
+    out.print(f"{folder}: every file matches the manifest")
 
 
 @app.command()

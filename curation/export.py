@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pyarrow as pa
+from PIL import Image as PILImage
 import pyarrow.parquet as pq
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -30,7 +31,12 @@ from curation import audit
 from curation.auth import Actor, require
 from curation.db import Workbench
 from curation.errors import ExportError
-from curation.models import Annotation, Export, Image, Review, User, WeightSet
+from curation.datacard import fitzpatrick_chart, render_card
+from curation.formats import EXTRA_FORMATS, WRITERS
+from curation.insights import insights
+from curation.models import Annotation, Draft, Export, Image, Review, User, WeightSet
+from curation.neardup import DEFAULT_MAX_DISTANCE, MAX_SUPPORTED_DISTANCE, near_duplicate_groups
+from curation.storage import dhash
 from schema.caption import SCHEMA_VERSION, Caption, render
 from schema.fields import FIELDS
 from schema.vocabulary import default_vocabulary
@@ -45,21 +51,35 @@ class ExportResult:
     n_records: int
     by_split: dict[str, int]
     manifest_sha256: str
+    duplicate_groups: int = 0
 
 
-def assign_splits(items: list[tuple[str, str]], seed: int, fractions: tuple[float, float, float]) -> dict[str, str]:
-    """{item sha256: split} for (sha256, stratum) pairs; stratified by stratum, deterministic by seed."""
+def assign_splits(items: list[tuple[str, str, str]], seed: int, fractions: tuple[float, float, float],
+                  holdout: frozenset[str] = frozenset()) -> dict[str, str]:
+    """{item: split} for (item, stratum, group) triples. Whole groups (near-duplicates) go to one split;
+    groups are stratified by their stratum (label) and ordered by sha256(seed:group), deterministic
+    by seed. Strata in `holdout` go entirely to test (a zero-shot split)."""
+    group_stratum: dict[str, str] = {}
+    members: dict[str, list[str]] = defaultdict(list)
+    held_out_groups: set[str] = set()
+    for item, stratum, group in items:
+        group_stratum.setdefault(group, stratum)
+        members[group].append(item)
+        if stratum in holdout:  # a group touching a held-out class goes to test whole: the class stays unseen
+            held_out_groups.add(group)
     by_stratum: dict[str, list[str]] = defaultdict(list)
-    for digest, stratum in items:
-        by_stratum[stratum].append(digest)
+    for group, stratum in group_stratum.items():
+        by_stratum[stratum].append(group)
     out = {}
     train_end, val_end = fractions[0], fractions[0] + fractions[1]
-    for digests in by_stratum.values():
-        ordered = sorted(digests, key=lambda d: hashlib.sha256(f"{seed}:{d}".encode()).hexdigest())
+    for groups in by_stratum.values():
+        ordered = sorted(groups, key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
         n = len(ordered)
-        for rank, digest in enumerate(ordered):
+        for rank, group in enumerate(ordered):
             position = (rank + 0.5) / n
-            out[digest] = "train" if position < train_end else "val" if position < val_end else "test"
+            split = "test" if group in held_out_groups else "train" if position < train_end else "val" if position < val_end else "test"
+            for item in members[group]:
+                out[item] = split
     return out
 
 
@@ -81,11 +101,46 @@ def _latest_annotations(session: Session, image_ids: list[int]) -> dict[int, Ann
     return {a.image_id: a for a in rows}
 
 
-def collect_records(wb: Workbench, session: Session, *, include_unverified: bool, seed: int) -> list[dict[str, Any]]:
-    statuses = ("verified", "annotated") if include_unverified else ("verified",)
+@dataclass(frozen=True)
+class ExportFilter:
+    """Which records an export takes. Empty tuples mean "all"."""
+
+    include_unverified: bool = False
+    labels: tuple[str, ...] = ()  # taxonomy keys
+    groups: tuple[str, ...] = ()  # nine- or three-partition group names
+    fitzpatrick: tuple[int, ...] = ()
+    sources: tuple[str, ...] = ()
+    holdout_labels: tuple[str, ...] = ()  # whole classes only in test (zero-shot evaluation)
+    max_hash_distance: int | None = DEFAULT_MAX_DISTANCE  # near-duplicates: hashes at most this many bits apart; None: off
+
+    def keeps(self, record: dict[str, Any]) -> bool:
+        return ((not self.labels or record["diagnosis_key"] in self.labels)
+                and (not self.groups or record["group9"] in self.groups or record["group3"] in self.groups)
+                and (not self.fitzpatrick or record["fitzpatrick"] in self.fitzpatrick)
+                and (not self.sources or record["source"] in self.sources))
+
+    def describe(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+
+def _stored_dhash(wb: Workbench, image: Image) -> str | None:
+    """Images imported before perceptual hashes existed: hash the stored file (nothing is written)."""
+    if image.dhash:
+        return image.dhash
+    try:
+        with PILImage.open(wb.store_dir / image.file_path) as img:
+            return dhash(img)
+    except OSError:
+        return None
+
+
+def collect_records(wb: Workbench, session: Session, *, seed: int, selection: ExportFilter = ExportFilter()) -> tuple[list[dict[str, Any]], int]:
+    """(records with their split, number of near-duplicate groups of two or more images)."""
+    statuses = ("verified", "annotated") if selection.include_unverified else ("verified",)
     images = list(session.scalars(select(Image).where(Image.status.in_(statuses), Image.sha256.is_not(None)).order_by(Image.id)))
     latest = _latest_annotations(session, [i.id for i in images if i.verified_annotation_id is None])
     records = []
+    hashes: dict[str, str | None] = {}
     taxonomy = wb.taxonomy
     for image in images:
         annotation = session.get(Annotation, image.verified_annotation_id) if image.verified_annotation_id else latest.get(image.id)
@@ -99,7 +154,7 @@ def collect_records(wb: Workbench, session: Session, *, include_unverified: bool
                 .where(Review.annotation_id == annotation.id, Review.decision == "verified").order_by(Review.id.desc()).limit(1)
             )
         label = taxonomy.labels.get(annotation.diagnosis_key) if annotation.diagnosis_key else None
-        records.append({
+        record = {
             "id": image.id,
             "image": f"images/{image.file_path}",
             "sha256": image.sha256,
@@ -119,11 +174,22 @@ def collect_records(wb: Workbench, session: Session, *, include_unverified: bool
             "verified": image.verified_annotation_id is not None,
             "source": image.source,
             "source_label": image.source_label,
-        })
-    splits = assign_splits([(r["sha256"], r["diagnosis_key"] or "__free_text__") for r in records], seed, wb.settings.split_fractions)
+        }
+        if selection.keeps(record):
+            records.append(record)
+            hashes[image.sha256] = _stored_dhash(wb, image)
+    if selection.max_hash_distance is None:
+        groups = {item: item for item in hashes}
+    else:
+        groups = near_duplicate_groups(hashes, selection.max_hash_distance)
+    holdout = frozenset(selection.holdout_labels)
+    splits = assign_splits([(r["sha256"], r["diagnosis_key"] or "__free_text__", groups[r["sha256"]]) for r in records],
+                           seed, wb.settings.split_fractions, holdout)
     for record in records:
         record["split"] = splits[record["sha256"]]
-    return records
+        record["duplicate_group"] = groups[record["sha256"]][:12]
+    sizes = Counter(groups.values())
+    return records, sum(1 for n in sizes.values() if n > 1)
 
 
 def _parquet_table(records: list[dict[str, Any]]) -> pa.Table:
@@ -179,22 +245,64 @@ def _counts(records: list[dict[str, Any]], key: str) -> dict[str, int]:
     return dict(sorted(Counter(str(r[key]) if r[key] is not None else "unknown" for r in records).items()))
 
 
+def _drafts_for(session: Session, image_ids: list[int]) -> dict[int, list[dict]]:
+    """The newest usable LLM draft and model suggestion of each image (Label Studio predictions)."""
+    out: dict[int, dict[str, dict]] = {}
+    for d in session.scalars(select(Draft).where(Draft.image_id.in_(image_ids), Draft.kind.in_(("llm", "model")),
+                                                  Draft.error.is_(None)).order_by(Draft.id)):
+        out.setdefault(d.image_id, {})[d.kind] = {"kind": d.kind, "producer": d.producer, "version": d.version,
+                                                  "caption": d.caption, "diagnoses": d.diagnoses or []}
+    return {image_id: [kinds[k] for k in sorted(kinds)] for image_id, kinds in out.items()}
+
+
+def _check_selection(wb: Workbench, selection: ExportFilter, formats: tuple[str, ...]) -> ExportFilter:
+    unknown = [f for f in formats if f not in ("jsonl", "parquet", *EXTRA_FORMATS)]
+    if unknown:
+        raise ExportError(f"unknown format(s) {unknown}; use: jsonl, parquet, {', '.join(EXTRA_FORMATS)}")
+    taxonomy = wb.taxonomy
+
+    def keys(values: tuple[str, ...], what: str) -> tuple[str, ...]:
+        found = []
+        for value in values:
+            key = taxonomy.normalise(value)
+            if key is None:
+                raise ExportError(f"{what} {value!r} is not in the taxonomy; use a label such as 'melanoma' (see `skinflow status`)")
+            found.append(key)
+        return tuple(found)
+
+    groups = set(taxonomy.groups9()) | set(taxonomy.groups3())
+    bad_groups = [g for g in selection.groups if g not in groups]
+    if bad_groups:
+        raise ExportError(f"unknown group(s) {bad_groups}; use one of: {', '.join(sorted(groups))}")
+    if selection.max_hash_distance is not None and not 0 <= selection.max_hash_distance <= MAX_SUPPORTED_DISTANCE:
+        raise ExportError(f"the near-duplicate distance must be between 0 and {MAX_SUPPORTED_DISTANCE} bits (or off)")
+    bad_types = [t for t in selection.fitzpatrick if t not in range(1, 7)]
+    if bad_types:
+        raise ExportError(f"Fitzpatrick types are 1-6, not {bad_types}")
+    return ExportFilter(**{**selection.__dict__, "labels": keys(selection.labels, "label"),
+                           "holdout_labels": keys(selection.holdout_labels, "held-out label")})
+
+
 def export_dataset(
-    wb: Workbench, actor: Actor, out: Path, *, include_unverified: bool = False, overwrite: bool = False,
-    progress: Callable[[int, int], None] | None = None,
+    wb: Workbench, actor: Actor, out: Path, *, include_unverified: bool = False, selection: ExportFilter | None = None,
+    formats: tuple[str, ...] = (), overwrite: bool = False, progress: Callable[[int, int], None] | None = None,
 ) -> ExportResult:
+    """Write an export: canonical JSONL + Parquet + images + dataset card + manifest, and any extra formats."""
     require(actor, "admin", "export datasets")
     out = Path(out)
     if out.exists() and not overwrite:
         raise ExportError(f"{out} exists already: exports are versioned, so pick a new folder (e.g. exports/v2) or pass --overwrite")
+    selection = _check_selection(wb, selection or ExportFilter(include_unverified=include_unverified), tuple(formats))
+    extras = [f for f in dict.fromkeys(formats) if f in EXTRA_FORMATS]
     seed = wb.settings.split_seed
     with wb.session() as session:
-        records = collect_records(wb, session, include_unverified=include_unverified, seed=seed)
+        records, duplicate_groups = collect_records(wb, session, seed=seed, selection=selection)
         weight_set = _active_weight_set(session)
+        drafts = _drafts_for(session, [r["id"] for r in records]) if records else {}
     if not records:
-        raise ExportError(
-            "nothing to export: no verified records yet (verify annotations in review, or pass --include-unverified)"
-        )
+        raise ExportError("nothing to export: no verified records match (verify annotations in review, "
+                          "pass --include-unverified, or loosen the filters)")
+    agreement = insights(wb)["agreement"]["krippendorff_alpha"]
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -209,20 +317,20 @@ def export_dataset(
             for record in records:
                 handle.write(json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n")
         pq.write_table(_parquet_table(records), staging / "records.parquet", compression="zstd")
-        # Stored images are content-addressed: their sha256 is known and need not be read again.
-        files = {record["image"]: record["sha256"] for record in records}
-        files.update({name: _file_sha256(staging / name) for name in ("records.jsonl", "records.parquet")})
-        files = dict(sorted(files.items()))
+        for name in extras:
+            WRITERS[name](staging, records, taxonomy=wb.taxonomy, weight_set=weight_set, drafts=drafts)
         manifest = {
             "format": "skinflow-canonical",
             "format_version": FORMAT_VERSION,
+            "formats": ["jsonl", "parquet", *extras],
             "schema_version": SCHEMA_VERSION,
             "vocabulary_version": default_vocabulary().version,
             "taxonomy": {"name": wb.taxonomy.name, "version": wb.taxonomy.version},
             "weight_set": weight_set,
-            "filters": {"include_unverified": include_unverified},
-            "split": {"method": "stratified by diagnosis_key, ordered by sha256(seed:image sha256)", "seed": seed,
+            "filters": selection.describe(),
+            "split": {"method": "near-duplicate groups stratified by diagnosis_key, ordered by sha256(seed:group)", "seed": seed,
                       "fractions": list(wb.settings.split_fractions)},
+            "duplicate_groups": duplicate_groups,
             "counts": {
                 "records": len(records),
                 "by_split": {s: sum(r["split"] == s for r in records) for s in SPLITS},
@@ -234,10 +342,22 @@ def export_dataset(
             "synthetic": any(r["source"] == "synthetic" for r in records),
             "licenses": {
                 "taxonomy": wb.taxonomy.meta.get("license", "see taxonomy file"),
-                "note": "image licenses follow their sources (see each record's source)",
+                "note": "image licenses follow their sources (see each record's source and README.md)",
             },
-            "files": files,
         }
+        producers = sorted({f"{d['producer']} ({d['version']})" for ds in drafts.values() for d in ds if d["kind"] == "llm"})
+        (staging / "fitzpatrick.png").write_bytes(fitzpatrick_chart(records))
+        # the card names no folder or date: the same database state must give the same bytes
+        (staging / "README.md").write_text(render_card(records, manifest, name="SkinFlow Workbench dataset", agreement=agreement,
+                                                       duplicate_groups=duplicate_groups, drafting=", ".join(producers) or None),
+                                           encoding="utf-8")
+        # Stored images are content-addressed: their sha256 is known and need not be read again.
+        files = {record["image"]: record["sha256"] for record in records}
+        for path in staging.rglob("*"):
+            relative = str(path.relative_to(staging))
+            if path.is_file() and relative not in files:
+                files[relative] = _file_sha256(path)
+        manifest["files"] = dict(sorted(files.items()))
         manifest_text = json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
         (staging / "manifest.json").write_text(manifest_text, encoding="utf-8")
         manifest_sha = hashlib.sha256(manifest_text.encode()).hexdigest()
@@ -253,9 +373,30 @@ def export_dataset(
         raise
     by_split = manifest["counts"]["by_split"]
     with wb.session() as session:
-        row = Export(path=str(out.resolve()), format="canonical", n_records=len(records), manifest_sha256=manifest_sha,
-                     params={"include_unverified": include_unverified, "seed": seed}, created_by=actor.id)
+        row = Export(path=str(out.resolve()), format="+".join(manifest["formats"]), n_records=len(records), manifest_sha256=manifest_sha,
+                     params={"filters": selection.describe(), "seed": seed}, created_by=actor.id)
         session.add(row)
         session.flush()
-        audit.record(session, actor, "export.create", "export", row.id, path=str(out), n_records=len(records))
-    return ExportResult(out, len(records), by_split, manifest_sha)
+        audit.record(session, actor, "export.create", "export", row.id, path=str(out), n_records=len(records), formats=manifest["formats"])
+    return ExportResult(out, len(records), by_split, manifest_sha, duplicate_groups)
+
+
+def verify_export(folder: Path) -> list[str]:
+    """Re-hash every file of an export against its manifest; the problems found (empty: all good)."""
+    folder = Path(folder)
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ExportError(f"{folder} has no readable manifest.json: is it a SkinFlow export folder?") from None
+    problems = []
+    for name, digest in files.items():
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"missing: {name}")
+        elif _file_sha256(path) != digest:
+            problems.append(f"changed: {name}")
+    listed = set(files) | {"manifest.json"}
+    problems += [f"not in the manifest: {p.relative_to(folder)}" for p in sorted(folder.rglob("*"))
+                 if p.is_file() and str(p.relative_to(folder)) not in listed]
+    return problems

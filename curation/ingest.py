@@ -125,6 +125,7 @@ class Prepared:
     height: int = 0
     format: str = ""
     n_bytes: int = 0
+    dhash: str = ""
 
 
 def prepare(wb: Workbench, known: KnownContent, item: str, data: bytes, original_sha: str) -> Prepared:
@@ -140,7 +141,7 @@ def prepare(wb: Workbench, known: KnownContent, item: str, data: bytes, original
     if digest in known.stored:
         return Prepared(item, ("duplicate", f"same picture as {known.stored[digest]} (differs only in metadata)"))
     digest, relative = store_image(wb.store_dir, clean, digest)
-    return Prepared(item, None, original_sha, digest, relative, clean.width, clean.height, clean.format, len(clean.data))
+    return Prepared(item, None, original_sha, digest, relative, clean.width, clean.height, clean.format, len(clean.data), clean.dhash)
 
 
 def _prepare_path(wb: Workbench, known: KnownContent, path: Path) -> Prepared:
@@ -172,6 +173,7 @@ def add_prepared(
     image = existing or make_row()
     image.sha256, image.original_sha256, image.file_path = prepared.sha256, prepared.original_sha, prepared.relative
     image.width, image.height, image.format, image.n_bytes = prepared.width, prepared.height, prepared.format, prepared.n_bytes
+    image.dhash = prepared.dhash
     if image.status == "image_missing":
         image.status = "pending"
     if existing is None:

@@ -82,6 +82,7 @@ class Image(Base):
     height: Mapped[int | None] = mapped_column(Integer)
     format: Mapped[str | None] = mapped_column(String(16))
     n_bytes: Mapped[int | None] = mapped_column(Integer)
+    dhash: Mapped[str | None] = mapped_column(String(16))  # perceptual hash: near-duplicates share a split
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
     status: Mapped[str] = mapped_column(String(16), default="pending")
     verified_annotation_id: Mapped[int | None] = mapped_column(

@@ -47,6 +47,21 @@ class CleanImage:
     format: str  # "JPEG" | "PNG"
     width: int
     height: int
+    dhash: str  # perceptual difference hash (16 hex digits), for near-duplicate grouping
+
+
+DHASH_SIZE = 8
+
+
+def dhash(img: Image.Image) -> str:
+    """64-bit difference hash: does each pixel of a 9x8 greyscale thumbnail get brighter to the right?
+    Near-identical pictures (re-encoded, resized, slightly cropped) differ in few bits."""
+    if img.mode not in ("RGB", "L"):
+        img = img.convert("RGB")
+    small = img.resize((DHASH_SIZE + 1, DHASH_SIZE), Image.BILINEAR, reducing_gap=2.0).convert("L")
+    small = np.asarray(small, dtype=np.int16)
+    bits = (small[:, 1:] > small[:, :-1]).flatten()
+    return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
 
 
 def sha256_hex(data: bytes) -> str:
@@ -192,7 +207,8 @@ def sanitize_image(data: bytes, max_pixels: int) -> CleanImage:
             stripped, ext, fmt = _reencode(img, as_jpeg=img.format in ("JPEG", "MPO"))
             if orientation in (5, 6, 7, 8):
                 width, height = height, width
-    return CleanImage(stripped, ext, fmt, width, height)
+        perceptual = dhash(img if orientation in (0, 1) else ImageOps.exif_transpose(img))
+    return CleanImage(stripped, ext, fmt, width, height, perceptual)
 
 
 def store_path(sha256: str, ext: str) -> str:

@@ -28,7 +28,7 @@ def jpeg_bytes(img: Image.Image, *, orientation: int | None = None, gps: bool = 
     if gps:
         exif[EXIF_GPS_IFD] = {1: "N", 2: (48.0, 51.0, 24.0), 3: "E", 4: (2.0, 21.0, 3.0)}
     buffer = io.BytesIO()
-    img.save(buffer, "JPEG", quality=90, exif=exif, **save)
+    img.save(buffer, "JPEG", exif=exif, **{"quality": 90, **save})
     return buffer.getvalue()
 
 

@@ -98,3 +98,20 @@ def test_draft_reasonings_and_weights_commands(tmp_path):
         assert "sk-cli-secret-value" not in drafted.stdout + drafted.stderr + reasoned.stdout + weighed.stdout
     no_model = run(home, "draft", check=False)
     assert no_model.returncode == 2 and "SKINFLOW_LLM_MODEL" in no_model.stderr
+
+
+def test_export_formats_filters_and_verify(tmp_path):
+    home = tmp_path / "wb"
+    run(home, "demo", "--n", "30")
+    done = run(home, "export", "--out", str(tmp_path / "v1"), "--format", "grpo,csv", "--format", "sharegpt",
+               "--holdout-labels", "melanoma", "--group", "malignant,benign")
+    assert "exported" in done.stdout and (tmp_path / "v1" / "grpo" / "stage1.jsonl").exists()
+    assert (tmp_path / "v1" / "records.csv").exists() and (tmp_path / "v1" / "sharegpt.json").exists()
+    assert "every file matches" in run(home, "export", "verify", str(tmp_path / "v1")).stdout
+    (tmp_path / "v1" / "records.csv").write_text("changed")
+    tampered = run(home, "export", "verify", str(tmp_path / "v1"), check=False)
+    assert tampered.returncode == 1 and "changed: records.csv" in tampered.stdout
+    bad = run(home, "export", "--out", str(tmp_path / "v2"), "--label", "dragon pox", check=False)
+    assert bad.returncode == 2 and "not in the taxonomy" in bad.stderr and not (tmp_path / "v2").exists()
+    missing = run(home, "export", check=False)
+    assert missing.returncode == 2 and "--out" in missing.stderr

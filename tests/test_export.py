@@ -43,7 +43,7 @@ def test_records_manifest_and_parquet_agree(demo_wb, tmp_path):
     assert all(r["verified"] for r in records)  # verified only by default
     for name, digest in manifest["files"].items():
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
-    assert set(manifest["files"]) == {r["image"] for r in records} | {"records.jsonl", "records.parquet"}
+    assert set(manifest["files"]) == {r["image"] for r in records} | {"records.jsonl", "records.parquet", "README.md", "fitzpatrick.png"}
     assert manifest["synthetic"] is True and {r["source"] for r in records} == {"synthetic"}
     assert manifest["schema_version"] == "1" and manifest["taxonomy"]["name"] == "fitzpatrick17k"
     for r in records:
@@ -69,9 +69,10 @@ def test_include_unverified_adds_annotated_records(demo_wb, tmp_path):
 
 def test_split_is_stratified_by_label_and_deterministic():
     items = [(hashlib.sha256(f"{label}{i}".encode()).hexdigest(), label) for label in "abc" for i in range(40)]
+    items = [(d, label, d) for d, label in items]
     splits = assign_splits(items, seed=0, fractions=(0.8, 0.1, 0.1))
     for label in "abc":
-        counts = Counter(splits[d] for d, l in items if l == label)
+        counts = Counter(splits[d] for d, l, _ in items if l == label)
         assert counts == {"train": 32, "val": 4, "test": 4}
     assert assign_splits(list(reversed(items)), 0, (0.8, 0.1, 0.1)) == splits
     assert assign_splits(items, 1, (0.8, 0.1, 0.1)) != splits

@@ -9,7 +9,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["app", "schema", "curation", "trainer"])
+@pytest.mark.parametrize("name", ["app", "schema", "curation", "trainer", "data_cards"])
 def test_top_level_packages_are_ours(name):
     module = importlib.import_module(name)
     assert Path(module.__file__).resolve().parent == ROOT / name
@@ -25,7 +25,7 @@ def test_no_installed_distribution_claims_our_top_level_names():
         top_level = dist.read_text("top_level.txt") or ""
         files = {str(f).split("/")[0].removesuffix(".py") for f in (dist.files or [])}
         names = set(top_level.split()) | files
-        clashes += [(dist.metadata["Name"], n) for n in ("app", "schema", "curation", "trainer") if n in names]
+        clashes += [(dist.metadata["Name"], n) for n in ("app", "schema", "curation", "trainer", "data_cards") if n in names]
     assert clashes == []
 
 

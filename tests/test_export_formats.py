@@ -1,0 +1,199 @@
+"""Leakage-safe splits, filters, extra formats, the dataset card and `verify`."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+import yaml
+from PIL import Image as PILImage
+
+from curation.annotate import add_draft, review_annotation, submit_annotation
+from curation.auth import add_user, get_actor
+from curation.demo import build_demo
+from curation.errors import ExportError
+from curation.export import ExportFilter, export_dataset, verify_export
+from curation.ingest import import_folder
+from curation.neardup import hamming, near_duplicate_groups
+from curation.storage import dhash
+from tests.helpers import jpeg_bytes, photo, write
+
+
+@pytest.fixture
+def demo(wb):
+    build_demo(wb, None, n=60, seed=0, verified_fraction=0.7, annotated_fraction=0.1)
+    return wb, get_actor(wb, "admin")
+
+
+def shapes(seed: int) -> PILImage.Image:
+    """A picture with strong structure (dark blobs on light skin): dHash is stable on such images."""
+    import random
+
+    from PIL import ImageDraw
+
+    rng = random.Random(seed)
+    img = PILImage.new("RGB", (320, 240), (230, 200, 180))
+    draw = ImageDraw.Draw(img)
+    for _ in range(6):
+        x, y, r = rng.randint(0, 320), rng.randint(0, 240), rng.randint(20, 60)
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=(rng.randint(20, 120), rng.randint(10, 60), rng.randint(10, 60)))
+    return img
+
+
+def test_near_duplicate_groups_by_hamming_distance():
+    hashes = {"a": "0000000000000000", "b": "0000000000000003", "c": "ffffffffffffffff", "d": "00000000000000ff", "e": None}
+    groups = near_duplicate_groups(hashes, max_distance=2)
+    assert groups["a"] == groups["b"] == "a" and groups["c"] == "c" and groups["d"] == "d" and groups["e"] == "e"
+    assert near_duplicate_groups(hashes, max_distance=7)["d"] == "a"  # 6 bits from b, so with a: groups are transitive
+    assert hamming("00ff", "0000") == 8
+
+
+def test_dhash_sees_a_re_encoded_copy_as_near_and_a_different_picture_as_far():
+    picture = shapes(1)
+    copy = PILImage.open(io.BytesIO(jpeg_bytes(picture.resize((300, 225)), quality=60)))
+    other = shapes(2)
+    assert hamming(dhash(picture), dhash(copy)) <= 6
+    assert hamming(dhash(picture), dhash(other)) > 12
+
+
+def test_near_duplicates_land_in_the_same_split(wb, admin, tmp_path):
+    reviewer = add_user(wb, admin, "rev", "reviewer", "reviewer-pw-1")[0]
+    annotator = add_user(wb, admin, "ann", "annotator", "annotator-pw-1")[0]
+    for i in range(30):
+        base = shapes(100 + i)
+        write(tmp_path / "imgs" / f"{i}.jpg", jpeg_bytes(base))
+        if i < 10:  # a near-duplicate: the same picture slightly smaller and re-encoded at a lower quality
+            write(tmp_path / "imgs" / f"{i}-copy.jpg", jpeg_bytes(base.resize((300, 225)), quality=60))
+    report = import_folder(wb, admin, tmp_path / "imgs")
+    assert report.imported == 40
+    for image_id in report.image_ids:
+        aid = submit_annotation(wb, annotator, image_id, {"color": "red"}, diagnosis="psoriasis", diagnosis_status="confirmed")
+        review_annotation(wb, reviewer, aid, "verified")
+    result = export_dataset(wb, admin, tmp_path / "out")
+    assert result.duplicate_groups == 10
+    records = [json.loads(line) for line in (tmp_path / "out" / "records.jsonl").read_text().splitlines()]
+    by_group: dict[str, set[str]] = {}
+    for r in records:
+        by_group.setdefault(r["duplicate_group"], set()).add(r["split"])
+    assert sum(1 for r in records if sum(x["duplicate_group"] == r["duplicate_group"] for x in records) == 2) == 20
+    assert all(len(splits) == 1 for splits in by_group.values())
+
+
+def test_holdout_labels_go_only_to_test_and_filters_select(demo, tmp_path):
+    wb, admin = demo
+    export_dataset(wb, admin, tmp_path / "zs", selection=ExportFilter(holdout_labels=("melanoma",)))
+    records = [json.loads(line) for line in (tmp_path / "zs" / "records.jsonl").read_text().splitlines()]
+    melanoma = [r for r in records if r["diagnosis_key"] == "melanoma"]
+    assert melanoma and all(r["split"] == "test" for r in melanoma)
+    assert any(r["split"] == "train" for r in records if r["diagnosis_key"] != "melanoma")
+    export_dataset(wb, admin, tmp_path / "mal", selection=ExportFilter(groups=("malignant",), fitzpatrick=(1, 2, 3)))
+    chosen = [json.loads(line) for line in (tmp_path / "mal" / "records.jsonl").read_text().splitlines()]
+    assert chosen and all(r["group3"] == "malignant" and r["fitzpatrick"] in (1, 2, 3) for r in chosen)
+    manifest = json.loads((tmp_path / "mal" / "manifest.json").read_text())
+    assert manifest["filters"]["groups"] == ["malignant"] and manifest["filters"]["fitzpatrick"] == [1, 2, 3]
+
+
+def test_every_format_is_written_and_readable(demo, tmp_path):
+    wb, admin = demo
+    add_draft(wb, admin, 1, kind="llm", producer="gpt-x", version="caption-v1+schema1",
+              caption={"color": ["brown"], "number": "single"}, diagnoses=[{"key": "melanoma", "text": "melanoma", "score": 0.8}])
+    result = export_dataset(wb, admin, tmp_path / "all", formats=("hf", "grpo", "sharegpt", "labelstudio", "csv"))
+    out = result.path
+    from datasets import load_from_disk
+
+    hf = load_from_disk(str(out / "hf"))
+    assert sum(len(hf[s]) for s in ("train", "val", "test")) == result.n_records
+    row = hf["train"][0]
+    assert hf["train"].features["diagnosis"].int2str(row["diagnosis"]) in {"melanoma", "psoriasis", "acne vulgaris", "vitiligo",
+                                                                              "urticaria", "nevocytic nevus", "basal cell carcinoma",
+                                                                              "seborrheic keratosis"}
+    assert row["image"].size == (256, 256) and isinstance(row["color"], list)
+
+    stage1 = [json.loads(line) for line in (out / "grpo" / "stage1.jsonl").read_text().splitlines()]
+    stage2 = [json.loads(line) for line in (out / "grpo" / "stage2.jsonl").read_text().splitlines()]
+    assert len(stage1) == result.n_records and len(stage2) == result.n_records
+    assert (out / stage1[0]["image"]).exists() and stage1[0]["prompt"][0]["content"][0] == {"type": "image"}
+    assert stage2[0]["group3"] in ("benign", "malignant", "non-neoplastic")
+    weights = json.loads((out / "grpo" / "weights.json").read_text())
+    assert abs(sum(weights["weights"].values()) - 1) < 1e-9
+    assert len(json.loads((out / "grpo" / "taxonomy.json").read_text())["labels"]) == 114
+    assert json.loads((out / "grpo" / "schema.json").read_text())["json_schema"]["additionalProperties"] is False
+
+    sharegpt = json.loads((out / "sharegpt.json").read_text())
+    assert sharegpt[0]["conversations"][0]["value"].startswith("<image>") and (out / sharegpt[0]["image"]).exists()
+
+    tasks = json.loads((out / "labelstudio" / "tasks.json").read_text())
+    config = ET.fromstring((out / "labelstudio" / "label_config.xml").read_text())
+    names = {e.get("name") for e in config.iter() if e.get("name")}
+    assert {"image", "color", "number", "other", "diagnosis"} <= names
+    task = next(t for t in tasks if t["data"]["skinflow_id"] == 1)
+    assert task["data"]["image"].startswith("/data/local-files/?d=images/")
+    [prediction] = task["predictions"]
+    assert prediction["model_version"] == "llm:gpt-x:caption-v1+schema1" and prediction["score"] == 0.8
+    assert {"from_name": "color", "to_name": "image", "type": "choices", "value": {"choices": ["brown"]}} in prediction["result"]
+    assert any(r["type"] == "taxonomy" and r["value"]["taxonomy"][0][-1] == "melanoma" for r in prediction["result"])
+
+    rows = list(csv.DictReader((out / "records.csv").open(encoding="utf-8")))
+    assert len(rows) == result.n_records and rows[0]["caption_text"].startswith("Color:")
+    assert verify_export(out) == []
+
+
+def test_csv_neutralises_formula_cells(wb, admin, tmp_path):
+    reviewer = add_user(wb, admin, "rev", "reviewer", "reviewer-pw-1")[0]
+    annotator = add_user(wb, admin, "ann", "annotator", "annotator-pw-1")[0]
+    write(tmp_path / "in" / "a.jpg", jpeg_bytes(photo(3)))
+    (tmp_path / "in.csv").write_text('path,label\nin/a.jpg,"=HYPERLINK(""http://evil"")"\n')
+    from curation.ingest import import_csv
+
+    [image_id] = import_csv(wb, admin, tmp_path / "in.csv").image_ids
+    aid = submit_annotation(wb, annotator, image_id, {"other": "=1+1 looks odd", "color": "red"}, diagnosis="@SUM(A1)",
+                            diagnosis_status="uncertain")
+    review_annotation(wb, reviewer, aid, "verified")
+    export_dataset(wb, admin, tmp_path / "out", formats=("csv",))
+    [row] = list(csv.DictReader((tmp_path / "out" / "records.csv").open(encoding="utf-8")))
+    assert row["source_label"] == '\'=HYPERLINK("http://evil")' and row["other"] == "'=1+1 looks odd"
+    assert row["diagnosis_text"] == "'@SUM(A1)" and row["color"] == "erythematous"
+
+
+def test_dataset_card_has_header_sections_limitations_and_chart(demo, tmp_path):
+    wb, admin = demo
+    result = export_dataset(wb, admin, tmp_path / "v1", selection=ExportFilter(fitzpatrick=(1, 2)))
+    card = (result.path / "README.md").read_text()
+    header = yaml.safe_load(card.split("---")[1])
+    assert header["license"] == "cc0-1.0" and "synthetic" in header["tags"] and header["size_categories"] == ["n<1K"]
+    for section in ("## Motivation", "## Composition", "## Collection", "## Preprocessing", "## Known limitations", "## Licenses"):
+        assert section in card
+    assert "No records of Fitzpatrick type(s) 3, 4, 5, 6" in card  # computed from the data
+    assert "**Every record is synthetic**" in card
+    assert PILImage.open(io.BytesIO((result.path / "fitzpatrick.png").read_bytes())).format == "PNG"
+
+
+def test_verify_finds_changed_missing_and_extra_files(demo, tmp_path):
+    wb, admin = demo
+    out = export_dataset(wb, admin, tmp_path / "v1").path
+    assert verify_export(out) == []
+    (out / "records.jsonl").write_text("tampered\n")
+    image = sorted((out / "images").rglob("*.jpg"))[0]
+    image.unlink()
+    (out / "extra.txt").write_text("x")
+    problems = verify_export(out)
+    assert "changed: records.jsonl" in problems and f"missing: {image.relative_to(out)}" in problems
+    assert "not in the manifest: extra.txt" in problems
+    with pytest.raises(ExportError, match="no readable manifest"):
+        verify_export(tmp_path)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"formats": ("xlsx",)}, "unknown format"),
+    ({"selection": ExportFilter(labels=("not a disease",))}, "not in the taxonomy"),
+    ({"selection": ExportFilter(groups=("scary",))}, "unknown group"),
+    ({"selection": ExportFilter(fitzpatrick=(9,))}, "1-6"),
+])
+def test_bad_export_requests_are_clear_and_write_nothing(demo, tmp_path, kwargs, match):
+    wb, admin = demo
+    with pytest.raises(ExportError, match=match):
+        export_dataset(wb, admin, tmp_path / "x", **kwargs)
+    assert not (tmp_path / "x").exists()
