@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_HOME ?= demo-workbench
 
-.PHONY: demo test test-slow install clean bench lint
+.PHONY: demo test test-slow test-integration install clean bench lint
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
+# installs Label Studio in .ls-venv (about 1 GB, a few minutes the first time), starts it, runs -m integration
+test-integration: $(STAMP)
+	bash .ci/labelstudio
+
 lint: $(STAMP)
 	$(BIN)/ruff check app curation schema trainer tests benchmarks
 
@@ -39,4 +43,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/drafting.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .ls-venv .pytest_cache

@@ -29,6 +29,7 @@ from curation.demo import build_demo
 from curation.drafting import draft_images
 from curation.export import ExportFilter, export_dataset, verify_export
 from curation.ingest import ImportReport, fetch_images, import_path
+from curation.labelstudio import pull, push
 from curation.maintenance import backup as backup_database
 from curation.maintenance import doctor as run_doctor
 from curation.models import ROLES
@@ -262,6 +263,40 @@ def export_verify(folder: Path = typer.Argument(..., help="An export folder.")) 
         err.print(f"{len(problems)} problem(s): this export was changed after it was written")
         raise typer.Exit(1)
     out.print(f"{folder}: every file matches the manifest")
+
+
+ls_app = typer.Typer(no_args_is_help=True, help="Label Studio round trip: push tasks with predictions, pull annotations back.")
+app.add_typer(ls_app, name="ls")
+
+
+@ls_app.command("push")
+def ls_push(
+    ctx: typer.Context,
+    url: str = typer.Option(..., envvar="LABEL_STUDIO_URL", help="Label Studio address, e.g. http://127.0.0.1:8080."),
+    token: str = typer.Option(..., envvar="LABEL_STUDIO_API_KEY", help="API token (or LABEL_STUDIO_API_KEY)."),
+    project: str = typer.Option("SkinFlow", help="Project title (created if missing)."),
+    images: str = typer.Option("local", help="local: Label Studio serves the image store; data: images embedded in tasks."),
+) -> None:
+    """Create or update the project and upload tasks with predictions (pushing twice adds nothing)."""
+    c = _ctx(ctx)
+    report = push(c.workbench(), c.actor(), url, token, project=project, image_mode=images)
+    out.print(f"project #{report.project_id}: {report.created} tasks created, {report.already_there} already there")
+
+
+@ls_app.command("pull")
+def ls_pull(
+    ctx: typer.Context,
+    url: str = typer.Option(..., envvar="LABEL_STUDIO_URL", help="Label Studio address."),
+    token: str = typer.Option(..., envvar="LABEL_STUDIO_API_KEY", help="API token (or LABEL_STUDIO_API_KEY)."),
+    project: str = typer.Option("SkinFlow", help="Project title."),
+) -> None:
+    """Bring completed Label Studio annotations back as annotations (pulling twice adds nothing)."""
+    c = _ctx(ctx)
+    report = pull(c.workbench(), c.actor(), url, token, project=project)
+    out.print(f"imported {report.imported} annotations, {report.already_imported} already imported, {len(report.skipped)} skipped"
+              + (f"; new accounts for {', '.join(report.users_created)}" if report.users_created else ""))
+    for task_id, why in report.skipped[:20]:
+        out.print(f"skipped task {task_id}: {why}", markup=False, highlight=False)
 
 
 @app.command()

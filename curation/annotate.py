@@ -126,6 +126,7 @@ def _check_inputs(caption, diagnosis_status: str, quality_flags, rationale: str 
 def _insert_annotation(
     s, wb: Workbench, actor: Actor, image: Image, caption: Caption, *, diagnosis: str | None, diagnosis_status: str,
     supersedes_id: int | None, quality_flags, rationale: str | None, seconds_spent: float | None, based_on_draft_id: int | None,
+    origin: str | None = None,
 ) -> Annotation:
     if image.status == "image_missing":
         raise ConflictError(f"image #{image.id} has no picture yet; run `skinflow fetch-images` first")
@@ -152,7 +153,7 @@ def _insert_annotation(
         image_id=image.id, user_id=actor.id, version=version, supersedes_id=supersedes_id,
         caption=caption.to_json(), diagnosis_key=key, diagnosis_text=free_text,
         diagnosis_status=diagnosis_status, quality_flags=list(quality_flags), rationale=rationale,
-        seconds_spent=seconds_spent, based_on_draft_id=based_on_draft_id,
+        seconds_spent=seconds_spent, based_on_draft_id=based_on_draft_id, origin=origin,
     )
     s.add(annotation)
     s.flush()
@@ -168,6 +169,16 @@ def _insert_annotation(
         supersedes_id=supersedes_id, diagnosis_key=key, diagnosis_status=diagnosis_status,
     )
     return annotation
+
+
+def latest_model_drafts(s, image_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """The newest usable LLM draft and model suggestion of each image (Label Studio predictions)."""
+    out: dict[int, dict[str, dict]] = {}
+    for d in s.scalars(select(Draft).where(Draft.image_id.in_(image_ids), Draft.kind.in_(("llm", "model")),
+                                            Draft.error.is_(None)).order_by(Draft.id)):
+        out.setdefault(d.image_id, {})[d.kind] = {"kind": d.kind, "producer": d.producer, "version": d.version,
+                                                  "caption": d.caption, "diagnoses": d.diagnoses or []}
+    return {image_id: [kinds[k] for k in sorted(kinds)] for image_id, kinds in out.items()}
 
 
 def add_drafts(wb: Workbench, actor: Actor, drafts: list[dict[str, Any]]) -> list[int]:
@@ -200,6 +211,7 @@ def submit_annotation(
     wb: Workbench, actor: Actor, image_id: int, caption: Caption | dict, *, diagnosis: str | None,
     diagnosis_status: str, supersedes_id: int | None = None, quality_flags: list[str] | tuple[str, ...] = (),
     rationale: str | None = None, seconds_spent: float | None = None, based_on_draft_id: int | None = None,
+    origin: str | None = None,
 ) -> int:
     """Store a new annotation version; returns its id. To edit, pass the id of the version you edited:
     if someone else edited that version meanwhile, ConflictError (nothing is overwritten)."""
@@ -210,7 +222,7 @@ def submit_annotation(
             annotation = _insert_annotation(
                 s, wb, actor, _image(s, image_id), caption, diagnosis=diagnosis, diagnosis_status=diagnosis_status,
                 supersedes_id=supersedes_id, quality_flags=quality_flags, rationale=rationale,
-                seconds_spent=seconds_spent, based_on_draft_id=based_on_draft_id,
+                seconds_spent=seconds_spent, based_on_draft_id=based_on_draft_id, origin=origin,
             )
             return annotation.id
     except IntegrityError:

@@ -28,13 +28,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from curation import audit
+from curation.annotate import latest_model_drafts
 from curation.auth import Actor, require
 from curation.db import Workbench
 from curation.errors import ExportError
 from curation.datacard import fitzpatrick_chart, render_card
 from curation.formats import EXTRA_FORMATS, WRITERS
 from curation.insights import insights
-from curation.models import Annotation, Draft, Export, Image, Review, User, WeightSet
+from curation.models import Annotation, Export, Image, Review, User, WeightSet
 from curation.neardup import DEFAULT_MAX_DISTANCE, MAX_SUPPORTED_DISTANCE, near_duplicate_groups
 from curation.storage import dhash
 from schema.caption import SCHEMA_VERSION, Caption, render
@@ -245,16 +246,6 @@ def _counts(records: list[dict[str, Any]], key: str) -> dict[str, int]:
     return dict(sorted(Counter(str(r[key]) if r[key] is not None else "unknown" for r in records).items()))
 
 
-def _drafts_for(session: Session, image_ids: list[int]) -> dict[int, list[dict]]:
-    """The newest usable LLM draft and model suggestion of each image (Label Studio predictions)."""
-    out: dict[int, dict[str, dict]] = {}
-    for d in session.scalars(select(Draft).where(Draft.image_id.in_(image_ids), Draft.kind.in_(("llm", "model")),
-                                                  Draft.error.is_(None)).order_by(Draft.id)):
-        out.setdefault(d.image_id, {})[d.kind] = {"kind": d.kind, "producer": d.producer, "version": d.version,
-                                                  "caption": d.caption, "diagnoses": d.diagnoses or []}
-    return {image_id: [kinds[k] for k in sorted(kinds)] for image_id, kinds in out.items()}
-
-
 def _check_selection(wb: Workbench, selection: ExportFilter, formats: tuple[str, ...]) -> ExportFilter:
     unknown = [f for f in formats if f not in ("jsonl", "parquet", *EXTRA_FORMATS)]
     if unknown:
@@ -298,7 +289,7 @@ def export_dataset(
     with wb.session() as session:
         records, duplicate_groups = collect_records(wb, session, seed=seed, selection=selection)
         weight_set = _active_weight_set(session)
-        drafts = _drafts_for(session, [r["id"] for r in records]) if records else {}
+        drafts = latest_model_drafts(session, [r["id"] for r in records]) if records else {}
     if not records:
         raise ExportError("nothing to export: no verified records match (verify annotations in review, "
                           "pass --include-unverified, or loosen the filters)")

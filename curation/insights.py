@@ -62,13 +62,13 @@ def field_alpha(units: list[dict[str, str]], key: str) -> float | None:
 def insights(wb: Workbench) -> dict[str, Any]:
     taxonomy = wb.taxonomy
     with wb.session() as s:
-        users = dict(s.execute(select(User.id, User.username)).tuples().all())
+        users = dict(s.execute(select(User.id, User.username)).all())
         annotations = s.execute(select(
             Annotation.id, Annotation.image_id, Annotation.user_id, Annotation.supersedes_id, Annotation.caption,
             Annotation.diagnosis_key, Annotation.diagnosis_text, Annotation.seconds_spent, Annotation.created_at,
         )).all()
         reviews = s.execute(select(Review.created_at).where(Review.decision == "verified")).all()
-        verified = dict(s.execute(select(Image.id, Image.verified_annotation_id).where(Image.status == "verified")).tuples().all())
+        verified = dict(s.execute(select(Image.id, Image.verified_annotation_id).where(Image.status == "verified")).all())
         labels = s.execute(select(Image.diagnosis_key, Image.fitzpatrick, Image.status)).all()
         gold = s.execute(select(GoldAssignment.user_id, GoldAssignment.image_id)).all()
         n_images = s.scalar(select(func.count(Image.id))) or 0

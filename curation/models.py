@@ -136,6 +136,8 @@ class Annotation(Base):
     rationale: Mapped[str | None] = mapped_column(Text)
     seconds_spent: Mapped[float | None] = mapped_column(Float)
     based_on_draft_id: Mapped[int | None] = mapped_column(ForeignKey("drafts.id"))
+    # where an annotation made outside the workbench came from, e.g. a Label Studio annotation's address
+    origin: Mapped[str | None] = mapped_column(String(512), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     image: Mapped[Image] = relationship(back_populates="annotations", foreign_keys=[image_id])

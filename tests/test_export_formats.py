@@ -197,3 +197,15 @@ def test_bad_export_requests_are_clear_and_write_nothing(demo, tmp_path, kwargs,
     with pytest.raises(ExportError, match=match):
         export_dataset(wb, admin, tmp_path / "x", **kwargs)
     assert not (tmp_path / "x").exists()
+
+
+def test_label_studio_results_map_back_to_a_caption():
+    from curation.labelstudio import caption_from_result
+
+    caption, diagnosis = caption_from_result([
+        {"from_name": "shape", "value": {"choices": ["round", "oval"]}},
+        {"from_name": "size", "value": {"choices": ["1-2 cm"]}},
+        {"from_name": "other", "value": {"text": ["a", "b"]}},
+        {"from_name": "diagnosis", "value": {"taxonomy": [["benign", "benign melanocyte", "halo nevus"]]}},
+    ])
+    assert caption == {"shape": ["round", "oval"], "size": "1-2 cm", "other": "a b"} and diagnosis == "halo nevus"
