@@ -84,12 +84,12 @@ def assign_splits(items: list[tuple[str, str, str]], seed: int, fractions: tuple
     return out
 
 
-def _chain_authors(session: Session, annotation: Annotation) -> list[str]:
-    """Usernames of everyone who wrote a version of this annotation, oldest first."""
+def _chain_authors(annotation: Annotation, by_id: dict[int, Annotation], usernames: dict[int, str]) -> list[str]:
+    """Usernames of everyone who wrote a version of this annotation, first author first."""
     names, current = [], annotation
     while current is not None:
-        names.append(current.user.username)
-        current = session.get(Annotation, current.supersedes_id) if current.supersedes_id else None
+        names.append(usernames[current.user_id])
+        current = by_id.get(current.supersedes_id) if current.supersedes_id else None
     return sorted(set(names), key=names[::-1].index)
 
 
@@ -140,20 +140,26 @@ def collect_records(wb: Workbench, session: Session, *, seed: int, selection: Ex
     statuses = ("verified", "annotated") if selection.include_unverified else ("verified",)
     images = list(session.scalars(select(Image).where(Image.status.in_(statuses), Image.sha256.is_not(None)).order_by(Image.id)))
     latest = _latest_annotations(session, [i.id for i in images if i.verified_annotation_id is None])
+    # everything the records need, in a few bulk queries rather than several per record
+    image_ids = [i.id for i in images]
+    by_id: dict[int, Annotation] = {}
+    for start in range(0, len(image_ids), 10_000):
+        by_id.update({a.id: a for a in session.scalars(select(Annotation).where(Annotation.image_id.in_(image_ids[start : start + 10_000])))})
+    usernames = dict(session.execute(select(User.id, User.username)).all())
+    reviewers: dict[int, str] = {}
+    for annotation_id, reviewer_id in session.execute(
+        select(Review.annotation_id, Review.reviewer_id).where(Review.decision == "verified").order_by(Review.id)
+    ):
+        reviewers[annotation_id] = usernames[reviewer_id]  # the newest verification wins
     records = []
     hashes: dict[str, str | None] = {}
     taxonomy = wb.taxonomy
     for image in images:
-        annotation = session.get(Annotation, image.verified_annotation_id) if image.verified_annotation_id else latest.get(image.id)
+        annotation = by_id.get(image.verified_annotation_id) if image.verified_annotation_id else latest.get(image.id)
         if annotation is None:
             continue
         caption = Caption.model_validate(annotation.caption)
-        reviewer = None
-        if image.verified_annotation_id:
-            reviewer = session.scalar(
-                select(User.username).join(Review, Review.reviewer_id == User.id)
-                .where(Review.annotation_id == annotation.id, Review.decision == "verified").order_by(Review.id.desc()).limit(1)
-            )
+        reviewer = reviewers.get(annotation.id) if image.verified_annotation_id else None
         label = taxonomy.labels.get(annotation.diagnosis_key) if annotation.diagnosis_key else None
         record = {
             "id": image.id,
@@ -170,7 +176,7 @@ def collect_records(wb: Workbench, session: Session, *, seed: int, selection: Ex
             "group3": label.group3 if label else None,
             "diagnosis_status": annotation.diagnosis_status,
             "fitzpatrick": image.fitzpatrick,
-            "annotators": _chain_authors(session, annotation),
+            "annotators": _chain_authors(annotation, by_id, usernames),
             "reviewer": reviewer,
             "verified": image.verified_annotation_id is not None,
             "source": image.source,
