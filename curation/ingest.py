@@ -91,6 +91,13 @@ class KnownContent:
             if stored:
                 self.stored[stored] = f"image #{image_id}"
 
+    def snapshot(self) -> "KnownContent":
+        """A frozen copy for the preparing threads: the live index changes while they run, and a file
+        must be judged against one state (the sequential step then checks the live index)."""
+        frozen = object.__new__(KnownContent)
+        frozen.original, frozen.stored = dict(self.original), dict(self.stored)
+        return frozen
+
     def add(self, image: Image, where: str) -> None:
         self.original[image.original_sha256] = where
         self.stored[image.sha256] = where
@@ -231,7 +238,8 @@ def import_folder(
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for start in range(0, len(files), FOLDER_BATCH):
             batch = files[start : start + FOLDER_BATCH]
-            prepared = pool.map(lambda path: _prepare_path(wb, known, path), batch)
+            frozen = known.snapshot()
+            prepared = pool.map(lambda path: _prepare_path(wb, frozen, path), batch)
             with wb.session() as session:
                 new_rows: list[Image] = []
                 for index, (path, ready) in enumerate(zip(batch, prepared), start):
