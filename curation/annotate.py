@@ -20,8 +20,9 @@ from curation import audit
 from curation.auth import Actor, require
 from curation.db import Workbench
 from curation.errors import ConflictError, NotFound, SkinflowError
+from curation.queue import release
 from curation.models import (
-    DIAGNOSIS_STATUSES, DRAFT_KINDS, REVIEW_DECISIONS, Annotation, AuditEvent, Draft, Image, Lease, Review, SavedWork, utcnow,
+    DIAGNOSIS_STATUSES, DRAFT_KINDS, REVIEW_DECISIONS, Annotation, AuditEvent, Draft, Image, Review, SavedWork, utcnow,
 )
 from schema.caption import Caption, validate_caption
 from schema.fields import MAX_OTHER_CHARS
@@ -162,7 +163,7 @@ def _insert_annotation(
     if image.status in ("pending", "verified") and image.verified_annotation_id is None:
         image.status = "annotated"
     # the work is in: the image is no longer reserved for this user and their saved form is done with
-    s.execute(delete(Lease).where(Lease.image_id == image.id, Lease.user_id == actor.id))
+    release(s, actor.id, image.id)
     s.execute(delete(SavedWork).where(SavedWork.image_id == image.id, SavedWork.user_id == actor.id))
     audit.record(
         s, actor, "annotation.submit", "annotation", annotation.id, image_id=image.id, version=version,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 from sqlalchemy import and_, delete, exists, func, select
 from sqlalchemy.exc import IntegrityError
@@ -162,8 +162,3 @@ def skip(wb: Workbench, actor: Actor, image_id: int) -> None:
 def release(s: Session, user_id: int, image_id: int) -> None:
     """Drop the user's lease on an image (after they submitted it)."""
     s.execute(delete(Lease).where(Lease.image_id == image_id, Lease.user_id == user_id))
-
-
-def as_utc(moment: datetime) -> datetime:
-    """SQLite hands datetimes back without a time zone; they are stored in UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)

@@ -117,6 +117,7 @@ class FakeLLM:
             attempt = self.attempts[case]
             self.times[case].append(time.monotonic())
         mode = self.modes.get(case, "ok")
+        assert mode in MODES, f"unknown fake-server mode {mode!r}"
         time.sleep(self.latency_s)
         if mode == "429" and attempt == 1:
             return self._send(request, 429, {"error": {"message": "slow down"}}, {"Retry-After": "0.3"})
