@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/app.py
 	$(BIN)/python benchmarks/drafting.py
+	$(BIN)/python benchmarks/export.py
 
 clean:
 	rm -rf $(VENV) .ls-venv .pytest_cache

@@ -22,13 +22,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
 from benchmarks.app import write_section  # noqa: E402
 from curation.auth import add_user  # noqa: E402
 from curation.db import open_workbench  # noqa: E402
-from curation.export import ExportFilter, _parquet_table, collect_records, export_dataset  # noqa: E402
+from curation.export import ExportFilter, _parquet_table, collect_records, export_dataset, write_canonical  # noqa: E402
 from curation.settings import Settings  # noqa: E402
 from curation.storage import store_path  # noqa: E402
 from schema.caption import Caption  # noqa: E402
@@ -88,15 +89,18 @@ def main() -> None:
         out = Path(tmp) / "writes"
         out.mkdir()
         start = time.perf_counter()
-        with (out / "records.jsonl").open("w", encoding="utf-8", newline="\n") as handle:
-            for record in records:
-                handle.write(json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n")
-        pq.write_table(_parquet_table(records), out / "records.parquet", compression="zstd")
+        write_canonical(records, out)
         ours = time.perf_counter() - start
+        start = time.perf_counter()
         table = _parquet_table(records)
+        build_table = time.perf_counter() - start
         start = time.perf_counter()
         pq.write_table(table, out / "raw.parquet")
         floor = time.perf_counter() - start
+        # the peer that pays the same toll of turning Python dicts into Arrow: pyarrow's own generic conversion
+        start = time.perf_counter()
+        pq.write_table(pa.Table.from_pylist(records), out / "peer.parquet")
+        peer = time.perf_counter() - start
         start = time.perf_counter()
         result = export_dataset(wb, actor, Path(tmp) / "export")
         whole = time.perf_counter() - start
@@ -104,14 +108,22 @@ def main() -> None:
         wb.close()
     ratio = ours / floor
     print(f"{args.n:,} records: JSONL + Parquet {ours:.2f} s vs raw pyarrow write {floor:.2f} s -> {ratio:.2f}x "
-          f"({'meets' if ratio <= GOAL else 'misses'} goal <= {GOAL}x); whole export {whole:.1f} s")
+          f"({'meets' if ratio <= GOAL else 'misses'} goal <= {GOAL}x); pyarrow from_pylist + write {peer:.2f} s "
+          f"-> {ours / peer:.2f}x; whole export {whole:.1f} s")
     write_section("Export (benchmarks/export.py)", [
         f"{args.n:,} verified records.",
         "",
         "| step | seconds | ratio to raw pyarrow write | goal |",
         "|---|---|---|---|",
         f"| raw pyarrow write of the built table | {floor:.2f} | 1.00 | |",
-        f"| our JSONL + Parquet (building the table included) | {ours:.2f} | {ratio:.2f} | <= {GOAL} |",
+        f"| building our table from the records (Python dicts to Arrow columns) | {build_table:.2f} | {build_table / floor:.2f} | |",
+        f"| pyarrow's generic Table.from_pylist(records) + write (peer paying the same conversion) | {peer:.2f} | {peer / floor:.2f} | |",
+        f"| our JSONL + Parquet (building the table included) | {ours:.2f} | {ratio:.2f} | <= {GOAL} ({'met' if ratio <= GOAL else 'NOT met'}) |",
+        "",
+        "The goal compares two formats written from Python records against one columnar write of a table that already",
+        "exists. Converting 100k Python dicts to Arrow alone costs several times the raw write (pyarrow's own",
+        "from_pylist row above), and pyarrow has no JSON writer, so the JSONL lines are serialised in Python (orjson).",
+        f"Against the peer that pays the same conversion the ratio is {ours / peer:.2f}x.",
         f"| the whole export (database, grouping, {args.n:,} image links, card, manifest hashes) | {whole:.1f} | {whole / floor:.1f} | "
         "for information |",
     ])

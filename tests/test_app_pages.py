@@ -221,6 +221,22 @@ def test_admin_export_offers_a_download(demo_home, tmp_path):
     assert (tmp_path / "ui-export" / "manifest.json").exists()
 
 
+def test_admin_export_takes_formats_and_filters(demo_home, tmp_path):
+    import json
+
+    at = page(demo_home, "admin", "admin")
+    [t for t in at.text_input if t.label.startswith("Export folder")][0].input(str(tmp_path / "ui-filtered"))
+    by_label(at.multiselect, "Extra formats (JSONL + Parquet are always written)").set_value(["grpo", "csv"])
+    by_label(at.multiselect, "Only these Fitzpatrick types (empty: all)").set_value([5, 6])
+    by_label(at.checkbox, "Include annotated but unverified records").check()
+    [b for b in at.button if b.label == "Export"][0].click().run()
+    assert not at.exception and any("Exported" in m.value for m in at.success), [e.value for e in at.error]
+    folder = tmp_path / "ui-filtered"
+    records = [json.loads(line) for line in (folder / "records.jsonl").read_text().splitlines()]
+    assert records and {r["fitzpatrick"] for r in records} <= {5, 6}
+    assert (folder / "grpo" / "stage1.jsonl").exists() and (folder / "records.csv").exists()
+
+
 def test_model_suggestions_are_one_click_choices(demo_home):
     from curation.annotate import add_draft
 

@@ -12,7 +12,9 @@ import streamlit as st
 
 from app.ui import state
 from curation.auth import add_user, list_users, set_password, set_role
-from curation.export import export_dataset
+from curation.export import ExportFilter, export_dataset
+from curation.formats import EXTRA_FORMATS
+from curation.neardup import DEFAULT_MAX_DISTANCE, MAX_SUPPORTED_DISTANCE
 from curation.ingest import import_folder, import_zip
 from curation.models import ROLES
 from curation.workflow import QUEUE_STRATEGIES, get_workflow_settings, update_workflow_settings
@@ -84,12 +86,27 @@ def _import(wb, actor) -> None:
 
 
 def _export(wb, actor) -> None:
-    default = wb.settings.home / "exports" / "v1"
-    out = st.text_input("Export folder (a new one per version)", value=str(default))
-    include_unverified = st.checkbox("Include annotated but unverified records")
-    if st.button("Export"):
+    taxonomy = wb.taxonomy
+    names = {label.display: key for key, label in sorted(taxonomy.labels.items(), key=lambda kv: kv[1].display)}
+    with st.form("export"):
+        out = st.text_input("Export folder (a new one per version)", value=str(wb.settings.home / "exports" / "v1"))
+        formats = st.multiselect("Extra formats (JSONL + Parquet are always written)", EXTRA_FORMATS,
+                                 help="grpo is what `skinflow train` reads; hf: datasets.load_from_disk; labelstudio: tasks + config")
+        include_unverified = st.checkbox("Include annotated but unverified records")
+        labels = st.multiselect("Only these labels (empty: all)", list(names))
+        groups = st.multiselect("Only these groups (empty: all)", taxonomy.groups3() + taxonomy.groups9())
+        fitzpatrick = st.multiselect("Only these Fitzpatrick types (empty: all)", [1, 2, 3, 4, 5, 6])
+        sources = st.multiselect("Only these sources (empty: all)", ["folder", "csv", "fitzpatrick17k", "synthetic"])
+        holdout = st.multiselect("Held-out labels: whole classes only in test (zero-shot split)", list(names))
+        dedup = st.checkbox("Keep near-duplicate images in one split", value=True)
+        distance = st.slider("Near-duplicate distance (perceptual hash bits)", 0, MAX_SUPPORTED_DISTANCE, DEFAULT_MAX_DISTANCE)
+        submitted = st.form_submit_button("Export")
+    if submitted:
+        selection = ExportFilter(include_unverified=include_unverified, labels=tuple(names[n] for n in labels), groups=tuple(groups),
+                                 fitzpatrick=tuple(fitzpatrick), sources=tuple(sources),
+                                 holdout_labels=tuple(names[n] for n in holdout), max_hash_distance=distance if dedup else None)
         try:
-            result = export_dataset(wb, actor, Path(out), include_unverified=include_unverified)
+            result = export_dataset(wb, actor, Path(out), selection=selection, formats=tuple(formats))
         except SkinflowError as e:
             state.show_error(e)
         else:
