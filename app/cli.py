@@ -453,6 +453,58 @@ def users_set_password(
         out.print(f"password of {username} changed")
 
 
+@app.command()
+def train(
+    export_dir: Path = typer.Option(..., "--export", help="An export folder written with --format grpo."),
+    preset: Optional[str] = typer.Option(None, help="tiny (CPU, from scratch) or qwen2.5-vl-7b (pretrained, GPUs)."),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="A TOML file with TrainConfig settings; flags override it."),
+    stages: Optional[str] = typer.Option(None, help="Comma-separated stages: 0 SFT warm start, 1 caption GRPO, 2 diagnosis GRPO."),
+    model: Optional[str] = typer.Option(None, help="Pretrained weights (local folder or hub id) for the 7B preset."),
+    output_dir: Optional[str] = typer.Option(None, "--runs", help="Where run folders go (default: runs)."),
+    run_id: Optional[str] = typer.Option(None, help="Name of the run folder (default: time + random)."),
+    resume: bool = typer.Option(False, help="Continue the run --run-id from its last checkpoint."),
+    seed: Optional[int] = typer.Option(None),
+    sft_epochs: Optional[float] = typer.Option(None, help="Stage 0 epochs."),
+    stage1_steps: Optional[int] = typer.Option(None, help="Stage 1 GRPO steps."),
+    stage2_steps: Optional[int] = typer.Option(None, help="Stage 2 GRPO steps."),
+    num_generations: Optional[int] = typer.Option(None, help="Completions per prompt (GRPO group size)."),
+    batch_size: Optional[int] = typer.Option(None, help="Completions per step (a multiple of --num-generations)."),
+    no_fdlinear: bool = typer.Option(False, help="Plain linears in the vision tower (ablation)."),
+    use_vllm: bool = typer.Option(False, help="Generate with vLLM (GPU machines with vllm installed)."),
+) -> None:
+    """Train on an export: SFT warm start, GRPO stage I (caption reward), stage II (top-K diagnosis reward)."""
+    from trainer.config import TrainConfig
+    from trainer.train import train as run_training
+
+    overrides = {"export": str(export_dir), "model": model, "output_dir": output_dir, "run_id": run_id, "seed": seed,
+                 "sft_epochs": sft_epochs, "stage1_steps": stage1_steps, "stage2_steps": stage2_steps,
+                 "num_generations": num_generations, "batch_size": batch_size,
+                 "stages": tuple(int(s) for s in stages.split(",") if s.strip()) if stages else None,
+                 "fdlinear": False if no_fdlinear else None, "use_vllm": True if use_vllm else None}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if config_file is not None:
+        config = TrainConfig.from_toml(config_file, **({"preset": preset} if preset else {}), **overrides)
+    else:
+        config = TrainConfig.for_preset(preset or "tiny", **overrides)
+    run_dir = run_training(config, resume=resume)
+    out.print(f"run {config.run_id} done: model in {run_dir / 'model'}; metrics in {run_dir / 'metrics.jsonl'}")
+
+
+@app.command()
+def predict(
+    checkpoint: Path = typer.Option(..., help="A run folder (runs/<id>) or a checkpoint folder."),
+    images: Path = typer.Option(..., help="JSONL of {\"image\": path} rows (an export's grpo/stage1.jsonl works) or one path per line."),
+    out_file: Path = typer.Option(..., "--out", help="Where to write the predictions (JSONL)."),
+    batch_size: int = typer.Option(8, min=1),
+    k: int = typer.Option(6, min=1, help="Diagnoses per image."),
+) -> None:
+    """Caption and top-K diagnoses (with scores) for each image, as JSONL for `skinflow` to import as suggestions."""
+    from trainer.predict import predict_to_file
+
+    count = predict_to_file(checkpoint, images, out_file, batch_size=batch_size, k=k)
+    out.print(f"{count} predictions written to {out_file}")
+
+
 def main() -> None:
     try:
         app()

@@ -30,3 +30,18 @@ def reviewer(wb, admin):
 @pytest.fixture
 def annotator(wb, admin):
     return add_user(wb, admin, "ann", "annotator", "annotator-password")[0]
+
+
+TINY_TEXTS = ["Color: erythematous\nLocation: face\nShape: round\nLesion type: papule\nNumber: few", "Melanoma", "Psoriasis",
+              "Describe the skin lesion", "List up to 6 diagnoses"] * 4
+
+
+@pytest.fixture
+def tiny_model():
+    """A factory for a tiny random Qwen2.5-VL (and processor), FDLinear settings as given."""
+    from trainer.model import build_tiny
+
+    def make(fd=None, seed=0):
+        return build_tiny(TINY_TEXTS, seed=seed, fd=fd, vocab_size=400)
+
+    return make

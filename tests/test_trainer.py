@@ -1,0 +1,185 @@
+"""The trainer: checkpoints that reload exactly, the 7B construction path on a tiny model of the same class,
+configs, export checks, and a fast end-to-end run (SFT, GRPO I and II, prediction) on a demo export."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+from transformers import Qwen2_5_VLForConditionalGeneration
+
+from trainer.config import TrainConfig
+from trainer.errors import TrainerError
+from trainer.fdlinear import FDLinear
+from trainer.model import SkinflowQwen2_5_VL, fd_settings, load
+
+
+def chat_batch(processor, n=2):
+    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe"}]}],
+                                         add_generation_prompt=True, tokenize=False)
+    images = [Image.new("RGB", (112, 112), (200 - 40 * i, 90, 80)) for i in range(n)]
+    return processor(text=[text] * n, images=images, return_tensors="pt", padding=True)
+
+
+def assert_same_state(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert set(sa) == set(sb)
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+
+
+def test_a_saved_fdlinear_model_reloads_exactly(tiny_model, tmp_path):
+    model, processor = tiny_model(fd=fd_settings(None))
+    with torch.no_grad():  # trained-looking gates and language model, so a lost or re-initialised weight shows
+        for module in model.modules():
+            if isinstance(module, FDLinear):
+                torch.nn.init.normal_(module.in_gate.weight)
+                torch.nn.init.normal_(module.basis_gate.bias)
+        model.lm_head.weight.mul_(1.5)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    again, processor_again = load(tmp_path)
+    assert type(again) is SkinflowQwen2_5_VL and type(processor_again).__name__ == "SkinflowProcessor"
+    assert sum(isinstance(m, FDLinear) for m in again.modules()) == 6  # 2 vision blocks x 3 MLP linears
+    assert any(k.startswith("model.language_model.") for k in again.state_dict())
+    assert_same_state(model, again)
+    batch = chat_batch(processor)
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, again(**batch).logits)
+
+
+def test_a_pretrained_qwen_gets_fdlinear_on_the_last_blocks_and_starts_unchanged(tiny_model, tmp_path):
+    """The 7B preset's construction path, on a tiny model of the same class: plain pretrained weights,
+    FDLinear on the MLP linears of the last block(s), outputs unchanged at start, exact reload."""
+    plain, processor = tiny_model(fd=None)
+    plain.__class__ = Qwen2_5_VLForConditionalGeneration  # what a hub checkpoint is
+    plain.save_pretrained(tmp_path / "pretrained")
+    processor.save_pretrained(tmp_path / "pretrained")
+    patched, processor = load(tmp_path / "pretrained", fd=fd_settings([-1]))
+    visual = patched.model.visual
+    assert isinstance(visual.blocks[-1].mlp.down_proj, FDLinear) and not isinstance(visual.blocks[0].mlp.down_proj, FDLinear)
+    batch = chat_batch(processor)
+    with torch.no_grad():
+        reference, ours = plain(**batch).logits, patched(**batch).logits
+    assert ((ours - reference).norm() / reference.norm()).item() <= 1e-5
+    patched.save_pretrained(tmp_path / "ours")
+    processor.save_pretrained(tmp_path / "ours")
+    again, _ = load(tmp_path / "ours")
+    assert_same_state(patched, again)
+
+
+def test_presets_config_files_and_overrides(tmp_path):
+    big = TrainConfig.for_preset("qwen2.5-vl-7b")
+    assert (big.stage1_learning_rate, big.stage2_learning_rate) == (1e-6, 5e-7)
+    assert big.stages == (1, 2) and big.bf16 and big.fd_layers == (-8, -7, -6, -5, -4, -3, -2, -1)
+    tiny = TrainConfig.for_preset("tiny")
+    assert tiny.stages == (0, 1, 2) and tiny.model is None
+    toml = tmp_path / "train.toml"
+    toml.write_text('[train]\npreset = "tiny"\nstage1_steps = 7\nk = 3\nfd_layers = [1]\n')
+    config = TrainConfig.from_toml(toml, stage1_steps=9)
+    assert (config.stage1_steps, config.k, config.fd_layers) == (9, 3, (1,))
+    toml.write_text('stage1_stepz = 7\n')
+    with pytest.raises(TrainerError, match="unknown setting"):
+        TrainConfig.from_toml(toml)
+    with pytest.raises(TrainerError, match="unknown preset"):
+        TrainConfig.for_preset("gpt-5")
+    with pytest.raises(TrainerError, match="multiple of num_generations"):
+        TrainConfig.for_preset("tiny", batch_size=6, num_generations=4)
+    with pytest.raises(TrainerError, match="stages"):
+        TrainConfig.for_preset("tiny", stages=(3,))
+
+
+# -- a real (small) run ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def grpo_export(tmp_path_factory):
+    from curation.auth import get_actor
+    from curation.db import open_workbench
+    from curation.demo import build_demo
+    from curation.export import export_dataset
+    from curation.settings import Settings
+
+    home = tmp_path_factory.mktemp("trainer")
+    wb = open_workbench(Settings.load(environ={}, home=home / "wb"))
+    build_demo(wb, None, n=16, seed=0, verified_fraction=1.0, annotated_fraction=0.0)
+    export = home / "export"
+    export_dataset(wb, get_actor(wb, "admin"), export, formats=("grpo",))
+    wb.close()
+    return export
+
+
+def test_missing_or_malformed_exports_are_refused_clearly(tmp_path, grpo_export):
+    from trainer.data import load_export
+
+    with pytest.raises(TrainerError, match="does not exist"):
+        load_export(tmp_path / "nope")
+    (tmp_path / "canonical").mkdir()
+    with pytest.raises(TrainerError, match="not a grpo export"):
+        load_export(tmp_path / "canonical")
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(grpo_export, broken)
+    with (broken / "grpo" / "stage1.jsonl").open("a") as handle:
+        handle.write("{not json\n")
+    with pytest.raises(TrainerError, match="line 17 is not valid JSON"):
+        load_export(broken)
+
+
+def test_tiny_end_to_end_train_resume_and_predict(grpo_export, tmp_path):
+    from trainer.train import train
+
+    config = TrainConfig.for_preset("tiny", export=str(grpo_export), output_dir=str(tmp_path / "runs"), run_id="e2e",
+                                    sft_epochs=1.0, stage1_steps=2, stage2_steps=2, save_steps=1, batch_size=4,
+                                    num_generations=2, stage1_max_completion_length=16, stage2_max_completion_length=8)
+    run = train(config)
+    assert (run / "model").resolve() == (run / "stage2" / "final").resolve()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {r["stage"] for r in rows} == {0, 1, 2}
+    assert any("reward/caption_reward/mean" in r and "kl" in r for r in rows if r["stage"] == 1)
+    assert any("reward/diagnosis_reward/std" in r and "learning_rate" in r for r in rows if r["stage"] == 2)
+    assert all("seconds" in r and "step" in r for r in rows)
+    assert json.loads((run / "progress.json").read_text())["status"] == "done"
+    assert json.loads((run / "config.json").read_text())["stage1_steps"] == 2
+    # the stage 2 model is the stage 1 model trained on: different weights, same layers
+    stage1, _ = load(run / "stage1" / "final")
+    stage2, _ = load(run / "stage2" / "final")
+    assert sum(isinstance(m, FDLinear) for m in stage2.modules()) == 6
+    assert any(not torch.equal(a, b) for a, b in zip(stage1.state_dict().values(), stage2.state_dict().values()))
+
+    # interrupted in stage 2 after its first checkpoint: resume finishes it from there and reruns nothing else
+    import shutil
+
+    shutil.rmtree(run / "stage2" / "final")
+    shutil.rmtree(run / "stage2" / "checkpoint-2")
+    stage1_mtime = (run / "stage1" / "final" / "config.json").stat().st_mtime
+    with pytest.raises(TrainerError, match="--resume"):
+        train(config)
+    train(config, resume=True)
+    assert (run / "stage2" / "final" / "config.json").exists()
+    assert (run / "stage1" / "final" / "config.json").stat().st_mtime == stage1_mtime
+    resumed = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][len(rows):]
+    assert resumed and {r["stage"] for r in resumed} == {2} and min(r["step"] for r in resumed) == 2
+
+    from trainer.predict import predict_to_file
+
+    manifest = tmp_path / "four.jsonl"
+    manifest.write_text("".join(json.dumps({"image": str(grpo_export / r["image"]), "id": r["id"]}) + "\n" for r in
+                                [json.loads(line) for line in (grpo_export / "grpo" / "stage1.jsonl").read_text().splitlines()][:4]))
+    out = tmp_path / "predictions.jsonl"
+    assert predict_to_file(run, manifest, out, batch_size=2) == 4
+    predictions = [json.loads(line) for line in out.read_text().splitlines()]
+    for p in predictions:
+        scores = [d["score"] for d in p["diagnoses"]]
+        assert len(scores) == 6 and scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0 + 1e-6
+        assert p["model_version"] == "e2e:stage2" and isinstance(p["caption_text"], str)
+        assert (p["caption"] is None) == (p["caption_error"] is not None)
+    assert [p["id"] for p in predictions] == [json.loads(line)["id"] for line in manifest.read_text().splitlines()]
+
+
+def test_train_refuses_a_bad_export_before_building_anything(tmp_path):
+    from trainer.train import train
+
+    with pytest.raises(TrainerError, match="not a grpo export"):
+        (tmp_path / "x").mkdir()
+        train(TrainConfig.for_preset("tiny", export=str(tmp_path / "x"), output_dir=str(tmp_path / "runs")))
+    assert not (tmp_path / "runs").exists()

@@ -1,0 +1,115 @@
+"""One TrainConfig for every stage and preset; loadable from TOML, overridden by CLI flags.
+
+Presets: `tiny` (a Qwen2.5-VL built from config, trained from scratch on the CPU in minutes, SFT warm start
+on) and `qwen2.5-vl-7b` (pretrained weights from `model`, bf16, the paper's learning rates, no warm start).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainer.errors import TrainerError
+from trainer.model import MLP_TARGETS
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "stages": (0, 1, 2), "model": None, "image_size": 112, "bf16": False, "fd_layers": None,
+        "sft_learning_rate": 3e-3, "stage1_learning_rate": 1e-4, "stage2_learning_rate": 1e-4,
+        "sft_epochs": 30.0, "stage1_steps": 40, "stage2_steps": 40, "batch_size": 8, "num_generations": 4,
+        "stage1_max_completion_length": 64, "stage2_max_completion_length": 24, "temperature": 1.0,
+        "gradient_checkpointing": False, "use_cpu": True,
+    },
+    "qwen2.5-vl-7b": {
+        "stages": (1, 2), "model": "Qwen/Qwen2.5-VL-7B-Instruct", "image_size": 448, "bf16": True,
+        "fd_layers": (-8, -7, -6, -5, -4, -3, -2, -1),  # the MLP linears of the last 8 vision blocks
+        "sft_learning_rate": 1e-5, "stage1_learning_rate": 1e-6, "stage2_learning_rate": 5e-7,  # the paper's rates
+        "sft_epochs": 1.0, "stage1_steps": 500, "stage2_steps": 500, "batch_size": 8, "num_generations": 8,
+        "stage1_max_completion_length": 256, "stage2_max_completion_length": 96, "temperature": 1.0,
+        "gradient_checkpointing": True, "use_cpu": False,
+    },
+}
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "tiny"
+    export: str = ""                       # an export folder written with --format grpo
+    output_dir: str = "runs"               # runs/<run_id>/
+    run_id: str | None = None
+    stages: tuple[int, ...] = (0, 1, 2)    # 0: SFT warm start, 1: GRPO caption reward, 2: GRPO diagnosis reward
+    model: str | None = None               # local path or hub id (7B preset); None: build the tiny model
+    seed: int = 0
+    image_size: int = 112                  # pixels per side the processor resizes to
+    # FDLinear in the vision tower
+    fdlinear: bool = True
+    fd_layers: tuple[int, ...] | None = None  # vision block indices (negative from the end); None: all
+    fd_targets: tuple[str, ...] = MLP_TARGETS
+    fd_num_bases: int = 4
+    fd_reduction: float = 1 / 16
+    # optimisation
+    sft_learning_rate: float = 3e-3
+    stage1_learning_rate: float = 1e-4
+    stage2_learning_rate: float = 1e-4
+    sft_epochs: float = 30.0
+    stage1_steps: int = 40
+    stage2_steps: int = 40
+    batch_size: int = 8                    # completions per optimiser step (GRPO: prompts x num_generations)
+    gradient_accumulation_steps: int = 1
+    num_generations: int = 4
+    stage1_max_completion_length: int = 64
+    stage2_max_completion_length: int = 24
+    temperature: float = 1.0
+    beta: float = 0.04                     # KL to the reference policy
+    # stage II reward
+    k: int = 6
+    partial_credit: bool = True
+    group_credit: float = 0.5
+    safety_penalty: float = 0.5
+    # machine
+    bf16: bool = False
+    use_cpu: bool = True
+    gradient_checkpointing: bool = False
+    use_vllm: bool = False
+    save_steps: int = 20
+    logging_steps: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)  # passed to trl's configs as is
+
+    @classmethod
+    def for_preset(cls, preset: str, **overrides: Any) -> "TrainConfig":
+        if preset not in PRESETS:
+            raise TrainerError(f"unknown preset {preset!r}; use one of: {', '.join(PRESETS)}")
+        return cls(preset=preset, **{**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}})
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
+        try:
+            doc = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise TrainerError(f"cannot read the training config {path}: {e}") from None
+        doc = doc.get("train", doc)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(doc) - known)
+        if unknown:
+            raise TrainerError(f"unknown setting(s) {unknown} in {path}; known: {', '.join(sorted(known))}")
+        return cls.for_preset(doc.pop("preset", overrides.pop("preset", None) or "tiny"), **{**doc, **overrides})
+
+    def __post_init__(self) -> None:
+        self.stages = tuple(sorted(set(int(s) for s in self.stages)))
+        if not self.stages or any(s not in (0, 1, 2) for s in self.stages):
+            raise TrainerError(f"stages must be a subset of 0, 1, 2 (got {self.stages})")
+        if self.fd_layers is not None:
+            self.fd_layers = tuple(int(i) for i in self.fd_layers)
+        self.fd_targets = tuple(self.fd_targets)
+        if self.num_generations < 2:
+            raise TrainerError("num_generations must be at least 2: GRPO compares completions within a group")
+        if self.batch_size % self.num_generations:
+            raise TrainerError(f"batch_size ({self.batch_size}) must be a multiple of num_generations ({self.num_generations})")
+        if self.k < 1:
+            raise TrainerError("k (diagnoses per answer) must be at least 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,200 @@
+"""`skinflow train`: the SkinFlow recipe over trl, on a `grpo` export folder.
+
+    stage 0  SFT warm start (trl SFTTrainer): image + instruction -> verified caption / diagnosis name
+    stage 1  GRPO (trl GRPOTrainer): caption_reward (weighted by the export's weight set) + caption format
+    stage 2  GRPO from the stage 1 checkpoint: diagnosis_reward (positional top-K, partial credit, safety
+             penalty) + diagnosis format
+
+runs/<id>/ holds config.json (the resolved TrainConfig), initial/ (the starting model), stage<n>/ (trl's
+checkpoints) and stage<n>/final/ (the model the next stage starts from), metrics.jsonl (one line per trl
+log: stage, step, loss, rewards mean/std per function, KL, learning rate, seconds) and progress.json (what
+the app polls: status, stage, step, max steps). A stage whose final/ exists is not rerun; an interrupted
+stage resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import transformers
+from transformers import TrainerCallback
+
+from trainer.config import TrainConfig
+from trainer.data import ExportData, load_export
+from trainer.errors import TrainerError
+from trainer.model import SkinflowQwen2_5_VL, build_tiny, fd_settings, load
+from trainer.rewards import bind, caption_format_reward, caption_reward, diagnosis_format_reward, diagnosis_reward
+
+# trl builds GRPO's reference model with getattr(transformers, config.architectures[0]).from_pretrained(...):
+# our class must be findable there, or the reference would come back without its FDLinear layers.
+setattr(transformers, SkinflowQwen2_5_VL.__name__, SkinflowQwen2_5_VL)
+
+STAGE_NAMES = {0: "SFT warm start", 1: "GRPO stage I (caption reward)", 2: "GRPO stage II (diagnosis reward)"}
+
+
+def write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class RunLog(TrainerCallback):
+    """Appends trl's logs to metrics.jsonl and keeps progress.json current."""
+
+    def __init__(self, run_dir: Path, stage: int, stages: tuple[int, ...]):
+        self.run_dir, self.stage, self.stages, self.start = run_dir, stage, stages, time.monotonic()
+
+    def progress(self, status: str, step: int, max_steps: int, **extra: Any) -> None:
+        write_json_atomic(self.run_dir / "progress.json", {
+            "status": status, "stage": self.stage, "stage_name": STAGE_NAMES[self.stage], "stages": list(self.stages),
+            "stage_index": self.stages.index(self.stage), "step": step, "max_steps": max_steps, "pid": os.getpid(),
+            "updated": time.time(), **extra})
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.progress("running", state.global_step, state.max_steps)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        row = {"stage": self.stage, "step": state.global_step, "seconds": round(time.monotonic() - self.start, 3)}
+        for key, value in (logs or {}).items():
+            if isinstance(value, (int, float)):
+                row[key.replace("rewards/", "reward/")] = value
+        with (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row, sort_keys=True) + "\n")
+        self.progress("running", state.global_step, state.max_steps)
+
+
+# -- datasets ---------------------------------------------------------------------------------------
+def _dataset(rows: list[dict[str, Any]]):
+    from datasets import Dataset, Image
+
+    return Dataset.from_list(rows).cast_column("image", Image())
+
+
+def diagnosis_answer(data: ExportData, key: str) -> str:
+    return data.taxonomy.label(key).display
+
+
+def sft_rows(data: ExportData, split: str = "train") -> list[dict[str, Any]]:
+    rows = []
+    for r in data.rows(1, split):
+        rows.append({"image": str(data.image_path(r)), "prompt": r["prompt"],
+                     "completion": [{"role": "assistant", "content": r["caption_text"]}]})
+    for r in data.rows(2, split):
+        rows.append({"image": str(data.image_path(r)), "prompt": r["prompt"],
+                     "completion": [{"role": "assistant", "content": diagnosis_answer(data, r["diagnosis_key"])}]})
+    return rows
+
+
+def grpo_rows(data: ExportData, stage: int, split: str = "train") -> list[dict[str, Any]]:
+    column = "caption" if stage == 1 else "diagnosis_key"
+    return [{"image": str(data.image_path(r)), "prompt": r["prompt"],
+             column: json.dumps(r[column], sort_keys=True) if stage == 1 else r[column]} for r in data.rows(stage, split)]
+
+
+def stage_rewards(config: TrainConfig, data: ExportData, stage: int) -> list[Callable]:
+    if stage == 1:
+        return [bind(caption_reward, weights=data.weights), caption_format_reward]
+    settings = {"taxonomy": data.taxonomy, "k": config.k}
+    return [bind(diagnosis_reward, partial_credit=config.partial_credit, group_credit=config.group_credit,
+                 safety_penalty=config.safety_penalty, **settings), bind(diagnosis_format_reward, **settings)]
+
+
+# -- stages -----------------------------------------------------------------------------------------
+def _common_args(config: TrainConfig, out: Path, learning_rate: float) -> dict[str, Any]:
+    return {"output_dir": str(out), "learning_rate": learning_rate, "seed": config.seed, "report_to": "none",
+            "logging_steps": config.logging_steps, "save_steps": config.save_steps, "save_total_limit": 2,
+            "use_cpu": config.use_cpu, "bf16": config.bf16, "gradient_checkpointing": config.gradient_checkpointing,
+            "gradient_accumulation_steps": config.gradient_accumulation_steps, "dataloader_num_workers": 0,
+            "disable_tqdm": True, **config.extra}
+
+
+def _trainer(config: TrainConfig, data: ExportData, stage: int, model, processor, out: Path):
+    if stage == 0:
+        from trl import SFTConfig, SFTTrainer
+
+        args = SFTConfig(**_common_args(config, out, config.sft_learning_rate), num_train_epochs=config.sft_epochs,
+                         per_device_train_batch_size=config.batch_size, max_length=None, lr_scheduler_type="cosine")
+        return SFTTrainer(model=model, args=args, train_dataset=_dataset(sft_rows(data)), processing_class=processor)
+    from trl import GRPOConfig, GRPOTrainer
+
+    args = GRPOConfig(
+        **_common_args(config, out, config.stage1_learning_rate if stage == 1 else config.stage2_learning_rate),
+        max_steps=config.stage1_steps if stage == 1 else config.stage2_steps, per_device_train_batch_size=config.batch_size,
+        num_generations=config.num_generations, beta=config.beta, temperature=config.temperature,
+        max_completion_length=config.stage1_max_completion_length if stage == 1 else config.stage2_max_completion_length,
+        use_vllm=config.use_vllm, lr_scheduler_type="constant", log_completions=False)
+    return GRPOTrainer(model=model, args=args, reward_funcs=stage_rewards(config, data, stage),
+                       train_dataset=_dataset(grpo_rows(data, stage)), processing_class=processor)
+
+
+def _last_checkpoint(folder: Path) -> Path | None:
+    checkpoints = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
+    return checkpoints[-1] if checkpoints else None
+
+
+def initial_model(config: TrainConfig, data: ExportData, run_dir: Path) -> Path:
+    """The starting model, saved once in runs/<id>/initial (so a resumed run starts from the same one)."""
+    folder = run_dir / "initial"
+    if (folder / "config.json").exists():
+        return folder
+    fd = fd_settings(config.fd_layers, config.fd_targets, config.fd_num_bases, config.fd_reduction) if config.fdlinear else None
+    if config.model is None:
+        model, processor = build_tiny(data.texts(), seed=config.seed, fd=fd, image_size=config.image_size)
+    else:
+        import torch
+
+        model, processor = load(config.model, dtype=torch.bfloat16 if config.bf16 else torch.float32, fd=fd)
+        pixels = config.image_size * config.image_size
+        processor.image_processor.min_pixels = processor.image_processor.max_pixels = pixels
+    staging = run_dir / ".initial.tmp"
+    model.save_pretrained(staging)
+    processor.save_pretrained(staging)
+    os.replace(staging, folder)
+    return folder
+
+
+def train(config: TrainConfig, *, resume: bool = False) -> Path:
+    """Run the configured stages; returns the run folder. With resume, an existing run_id continues."""
+    import torch
+
+    data = load_export(config.export)
+    if not data.rows(2, "train") and 2 in config.stages:
+        raise TrainerError("the export has no training rows with a diagnosis; stage 2 needs verified diagnoses")
+    run_id = config.run_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    config.run_id = run_id
+    run_dir = Path(config.output_dir) / run_id
+    if run_dir.exists() and not resume:
+        raise TrainerError(f"run folder {run_dir} exists; pass --resume to continue it or choose another --run-id")
+    if resume and not run_dir.exists():
+        raise TrainerError(f"nothing to resume: {run_dir} does not exist")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_dir / "config.json", config.to_dict())
+    torch.manual_seed(config.seed)
+    source = initial_model(config, data, run_dir)
+    for stage in config.stages:
+        out = run_dir / f"stage{stage}"
+        final = out / "final"
+        if (final / "config.json").exists():
+            source = final
+            continue
+        log = RunLog(run_dir, stage, config.stages)
+        model, processor = load(source)
+        trainer = _trainer(config, data, stage, model, processor, out)
+        trainer.add_callback(log)
+        trainer.train(resume_from_checkpoint=str(_last_checkpoint(out)) if _last_checkpoint(out) else None)
+        staging = out / ".final.tmp"
+        trainer.save_model(str(staging))
+        processor.save_pretrained(staging)
+        os.replace(staging, final)
+        log.progress("stage done", trainer.state.global_step, trainer.state.max_steps)
+        source = final
+    (run_dir / "model").unlink(missing_ok=True)
+    (run_dir / "model").symlink_to(source.relative_to(run_dir))
+    write_json_atomic(run_dir / "progress.json", {"status": "done", "stages": list(config.stages), "model": str(source),
+                                                  "pid": os.getpid(), "updated": time.time()})
+    return run_dir
