@@ -33,14 +33,17 @@ VISION_BLOCKS = 32  # Qwen2.5-VL-7B: 32 vision blocks, MLP gate/up 1280 -> 3420 
 WHOLE_MODEL = 8.29e9
 
 
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up (and, for FDLinear, the first build of the bases)
-    times = []
+def paired_seconds(first, second, repeats: int) -> tuple[float, float]:
+    """Median seconds of each, the two alternated run by run so that a noisy neighbour or a clock change
+    hits both alike (this machine is shared)."""
+    first(), second()  # warm-up (and, for FDLinear, the first build of the bases)
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, bucket in ((first, times[0]), (second, times[1])):
+            start = time.perf_counter()
+            fn()
+            bucket.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def count(module: nn.Module) -> int:
@@ -49,7 +52,7 @@ def count(module: nn.Module) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
     torch.manual_seed(0)
     rows, overhead = [], {}
@@ -63,15 +66,13 @@ def main() -> None:
         for batch in (1, 4):
             x = torch.randn(batch, TOKENS, fan_in)
             with torch.no_grad():
-                plain = median_seconds(lambda: linear(x), args.repeats)
-                ours = median_seconds(lambda: layer(x), args.repeats)
+                plain, ours = paired_seconds(lambda: linear(x), lambda: layer(x), args.repeats)
 
             def train_step(module):
                 module.zero_grad(set_to_none=True)
                 module(x).sum().backward()
 
-            plain_train = median_seconds(lambda: train_step(linear), max(3, args.repeats // 2))
-            ours_train = median_seconds(lambda: train_step(layer), max(3, args.repeats // 2))
+            plain_train, ours_train = paired_seconds(lambda: train_step(linear), lambda: train_step(layer), max(3, args.repeats // 3))
             rows.append((fan_in, fan_out, batch, plain, ours, plain_train, ours_train))
             print(f"{fan_in}->{fan_out} batch {batch}: forward {ours / plain:.2f}x ({plain * 1e3:.1f} -> {ours * 1e3:.1f} ms); "
                   f"forward+backward {ours_train / plain_train:.2f}x")
@@ -80,7 +81,7 @@ def main() -> None:
     worst = max(r[4] / r[3] for r in rows)
     lines = [
         f"fp32, CPU, {os.cpu_count()} cores, torch {torch.__version__}, N = {TOKENS} tokens per image, K = 4, reduction 1/16; "
-        f"median of {args.repeats}. Inference: no gradients, bases cached until the spectrum changes.",
+        f"median of {args.repeats}, the two layers alternated run by run. Inference: no gradients, bases cached until the spectrum changes.",
         "",
         "| layer | images | nn.Linear forward ms | FDLinear forward ms | ratio (goal <= 1.10) | forward+backward ratio |",
         "|---|---|---|---|---|---|",

@@ -24,7 +24,8 @@ def run(home, *args, check=True):
 
 @pytest.mark.parametrize("command", [[], ["init"], ["import"], ["fetch-images"], ["demo"], ["status"], ["export"],
                                      ["users"], ["users", "add"], ["users", "list"], ["users", "set-role"],
-                                     ["users", "set-password"], ["backup"], ["doctor"], ["draft"], ["reasonings"], ["weights"], ["app"]])
+                                     ["users", "set-password"], ["backup"], ["doctor"], ["draft"], ["reasonings"], ["weights"], ["app"],
+                                     ["train"], ["predict"]])
 def test_every_command_has_help(tmp_path, command):
     result = run(tmp_path, *command, "--help")
     assert "Usage:" in result.stdout
@@ -115,3 +116,15 @@ def test_export_formats_filters_and_verify(tmp_path):
     assert bad.returncode == 2 and "not in the taxonomy" in bad.stderr and not (tmp_path / "v2").exists()
     missing = run(home, "export", check=False)
     assert missing.returncode == 2 and "--out" in missing.stderr
+
+
+def test_train_and_predict_refuse_bad_input_in_one_line(tmp_path):
+    (tmp_path / "plain").mkdir()
+    result = run(tmp_path, "train", "--export", str(tmp_path / "plain"), "--runs", str(tmp_path / "runs"), check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "is not a grpo export" in result.stderr and "--format grpo" in result.stderr
+    result = run(tmp_path, "train", "--export", str(tmp_path / "plain"), "--preset", "huge", check=False)
+    assert result.returncode == 2 and "unknown preset 'huge'" in result.stderr
+    result = run(tmp_path, "predict", "--checkpoint", str(tmp_path / "plain"), "--images", "x.jsonl", "--out", "p.jsonl", check=False)
+    assert result.returncode == 2 and "not a checkpoint folder" in result.stderr
+    assert not (tmp_path / "runs").exists()

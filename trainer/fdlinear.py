@@ -133,14 +133,15 @@ class FDLinear(nn.Module):
 
     def image_weights(self, c: torch.Tensor, f: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """(B, out, in) per-image weights f * (sum_k a_k B_k) * c, in fp32."""
-        cached = self._cached_bases is not None and not (torch.is_grad_enabled() and self.spectrum.requires_grad)
-        if cached or a.shape[0] >= self.num_bases:
-            combined = torch.einsum("bk,koi->boi", a.float(), self.bases())
+        inference = not (torch.is_grad_enabled() and self.spectrum.requires_grad)  # bases() caches then
+        if inference or a.shape[0] >= self.num_bases:  # one (B, K) x (K, out*in) product over shared bases
+            bases = self.bases()
+            combined = (a.float() @ bases.reshape(self.num_bases, -1)).view(-1, self.out_features, self.in_features)
         else:  # fewer images than bases: one irfft2 of the ring-scaled spectrum per image
-            masks = self._ring_masks()
-            gain = torch.einsum("bk,kof->bof", a.float(), masks)
+            gain = torch.einsum("bk,kof->bof", a.float(), self._ring_masks())
             combined = self._irfft2(self._complex_spectrum()[None] * gain)
-        return combined * f.float()[:, :, None] * c.float()[:, None, :]
+        # in place: neither product needs its output for the backward pass
+        return combined.mul_(f.float()[:, :, None]).mul_(c.float()[:, None, :])
 
     def forward(self, x: torch.Tensor, boundaries: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         if x.dim() == 3:  # padded: (batch, tokens, in)
@@ -150,7 +151,9 @@ class FDLinear(nn.Module):
                 weights = mask.to(x.dtype)[..., None]
                 means = (x * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
             c, f, a = self.gates(means)
-            out = torch.bmm(x, self.image_weights(c, f, a).to(x.dtype).transpose(1, 2))
+            weights = self.image_weights(c, f, a).to(x.dtype)
+            # one image: a plain matrix product (BLAS is faster here than a batch of one)
+            out = (x[0] @ weights[0].T)[None] if x.shape[0] == 1 else torch.bmm(x, weights.transpose(1, 2))
         else:  # packed: (tokens, in), images back to back
             if boundaries is None and self.boundaries_source is not None:
                 boundaries = self.boundaries_source.boundaries
