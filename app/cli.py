@@ -505,6 +505,21 @@ def predict(
     out.print(f"{count} predictions written to {out_file}")
 
 
+@app.command()
+def suggest(
+    ctx: typer.Context,
+    predictions: Path = typer.Option(..., help="A prediction file from `skinflow predict` (JSONL)."),
+) -> None:
+    """Import model predictions as suggestions (model drafts) shown beside the LLM draft when annotating."""
+    from curation.suggestions import import_predictions
+
+    c = _ctx(ctx)
+    report = import_predictions(c.workbench(), c.actor(), predictions)
+    out.print(f"{report.added} suggestions added, {report.already_there} already there, {len(report.skipped)} skipped")
+    for line, why in report.skipped[:20]:
+        out.print(f"line {line}: {why}", markup=False, highlight=False)
+
+
 def main() -> None:
     try:
         app()

@@ -1,0 +1,71 @@
+"""Prediction files come back as model suggestions (drafts), matched to the right pictures."""
+
+import json
+
+import pytest
+from sqlalchemy import func, select
+
+from curation.annotate import latest_model_drafts
+from curation.demo import build_demo
+from curation.export import export_dataset
+from curation.models import Draft
+from curation.suggestions import import_predictions
+from schema.errors import SkinflowError
+
+
+@pytest.fixture
+def exported(wb, admin, tmp_path):
+    build_demo(wb, admin, n=8, seed=0, verified_fraction=0.5, annotated_fraction=0.0)
+    export_dataset(wb, admin, tmp_path / "export", include_unverified=False)
+    return [json.loads(line) for line in (tmp_path / "export" / "records.jsonl").read_text().splitlines()]
+
+
+def prediction(record, **changes):
+    row = {"id": record["id"], "image": record["image"], "model_version": "run-1:stage2",
+           "caption": {"color": ["brown"], "number": "single"}, "caption_text": "Color: brown\nNumber: single",
+           "caption_error": None, "answer": "Melanoma",
+           "diagnoses": [{"key": "melanoma", "display": "Melanoma", "score": 0.6}, {"key": "not-a-label", "score": 0.3}]}
+    return {**row, **changes}
+
+
+def count_model_drafts(wb):
+    with wb.session() as s:
+        return s.scalar(select(func.count()).select_from(Draft).where(Draft.kind == "model"))
+
+
+def test_predictions_become_model_drafts_once(wb, admin, exported, tmp_path):
+    a, b, c = exported[:3]
+    rows = [prediction(a), prediction(b, caption={"number": "lots and lots"}),
+            prediction(c, id=None),                               # matched by the file name (sha256)
+            prediction(a, id=b["id"]),                            # id and picture disagree: refused
+            prediction(a, id=999_999, image="images/x/y.jpg")]    # unknown image
+    path = tmp_path / "predictions.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = import_predictions(wb, admin, path)
+    assert report.added == 3 and [line for line, _ in report.skipped] == [4, 5]
+    assert "different picture" in report.skipped[0][1]
+    with wb.session() as s:
+        drafts = latest_model_drafts(s, [a["id"], b["id"], c["id"]])
+        broken = s.scalar(select(Draft).where(Draft.image_id == b["id"], Draft.kind == "model"))
+        assert broken.caption is None and broken.error  # an invalid caption is kept as an error, not stored as a caption
+    model = [d for d in drafts[a["id"]] if d["kind"] == "model"][0]
+    assert model["version"] == "run-1:stage2" and model["caption"]["color"] == ["brown"]
+    assert model["diagnoses"] == [{"key": "melanoma", "score": 0.6}]  # unknown labels dropped
+    assert [d for d in drafts[c["id"]] if d["kind"] == "model"]
+    again = import_predictions(wb, admin, path)
+    assert again.added == 0 and again.already_there == 3 and count_model_drafts(wb) == 3
+
+
+def test_a_malformed_prediction_file_imports_nothing(wb, admin, exported, tmp_path, annotator):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(prediction(exported[0])) + "\n{broken\n")
+    with pytest.raises(SkinflowError, match="line 2 is not JSON"):
+        import_predictions(wb, admin, path)
+    path.write_text(json.dumps({"id": exported[0]["id"]}) + "\n")
+    with pytest.raises(SkinflowError, match="no model_version"):
+        import_predictions(wb, admin, path)
+    with pytest.raises(SkinflowError, match="cannot read"):
+        import_predictions(wb, admin, tmp_path / "missing.jsonl")
+    with pytest.raises(SkinflowError):
+        import_predictions(wb, annotator, path)  # admins only
+    assert count_model_drafts(wb) == 0
