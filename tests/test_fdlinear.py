@@ -161,3 +161,22 @@ def test_patcher_swaps_chosen_vision_linears_and_feeds_image_boundaries(tiny_mod
         model(**batch)
     per_image = batch["image_grid_thw"].prod(-1)
     assert visual.blocks[1].mlp.up_proj.boundaries_source.boundaries.tolist() == [0, per_image[0].item(), per_image.sum().item()]
+
+
+@pytest.mark.parametrize("fan_in, fan_out, tokens", [(6, 40, 12), (40, 6, 12), (6, 5, 12), (40, 48, 12)])
+def test_forward_is_the_definition_wherever_the_gates_are_applied(fan_in, fan_out, tokens):
+    """y = f * ((sum_k a_k B_k) @ (c * x)) + bias, whether a gate is folded into the weight (tokens >= the other
+    dimension) or applied to the activations; padded and packed; with and without gradients."""
+    torch.manual_seed(4)
+    layer = FDLinear.from_linear(nn.Linear(fan_in, fan_out))
+    randomise_gates(layer)
+    x = torch.randn(3, tokens, fan_in)
+    c, f, a = layer.gates(x.mean(1))
+    bases = layer.bases().detach()
+    expected = torch.stack([f[i] * ((x[i] * c[i]) @ torch.einsum("k,koi->oi", a[i], bases).T) for i in range(3)]) + layer.bias
+    assert torch.allclose(layer(x), expected, atol=1e-5)
+    packed = x.reshape(-1, fan_in)
+    boundaries = torch.tensor([0, tokens, 2 * tokens, 3 * tokens])
+    assert torch.allclose(layer(packed, boundaries), expected.reshape(-1, fan_out), atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(layer(x[:1]), expected[:1], atol=1e-5)

@@ -12,9 +12,10 @@ sum to W. Per image, three gates computed from that image's mean token x_bar,
 give y = f * ((sum_k a_k B_k) @ (c * x)) + bias. The heads start at zero, so every gate is 1 and the layer
 starts as exactly the linear it was made from.
 
-Collapse first, multiply second: the per-image weight f (sum_k a_k B_k) c is built once per image
-(B*K*out*in MACs, gates folded in) and applied with one matmul per image; tokens are never expanded to
-(tokens, K, out). With at least K images the K bases are built once per call; with fewer, one irfft2 of the
+Collapse first, multiply second: the per-image weight sum_k a_k B_k is built once per image (B*K*out*in
+MACs) and applied with one matmul per image; tokens are never expanded to (tokens, K, out). Each of the
+gates c and f is folded into that weight or applied to the activations, whichever is smaller (tokens x in
+or tokens x out against out x in). With at least K images the K bases are built once per call; with fewer, one irfft2 of the
 ring-scaled spectrum per image. Without gradients (inference) the bases are cached until the spectrum
 changes.
 
@@ -131,8 +132,8 @@ class FDLinear(nn.Module):
         z = F.relu(self.norm(self.squeeze(means)))
         return 2 * torch.sigmoid(self.in_gate(z)), 2 * torch.sigmoid(self.out_gate(z)), 2 * torch.sigmoid(self.basis_gate(z))
 
-    def image_weights(self, c: torch.Tensor, f: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        """(B, out, in) per-image weights f * (sum_k a_k B_k) * c, in fp32."""
+    def image_weights(self, c: torch.Tensor | None, f: torch.Tensor | None, a: torch.Tensor) -> torch.Tensor:
+        """(B, out, in) per-image weights (sum_k a_k B_k), times f (rows) and c (columns) when given, in fp32."""
         inference = not (torch.is_grad_enabled() and self.spectrum.requires_grad)  # bases() caches then
         if inference or a.shape[0] >= self.num_bases:  # one (B, K) x (K, out*in) product over shared bases
             bases = self.bases()
@@ -141,7 +142,11 @@ class FDLinear(nn.Module):
             gain = torch.einsum("bk,kof->bof", a.float(), self._ring_masks())
             combined = self._irfft2(self._complex_spectrum()[None] * gain)
         # in place: neither product needs its output for the backward pass
-        return combined.mul_(f.float()[:, :, None]).mul_(c.float()[:, None, :])
+        if f is not None and c is not None:
+            return combined.mul_(f.float()[:, :, None] * c.float()[:, None, :])
+        if f is not None:
+            return combined.mul_(f.float()[:, :, None])
+        return combined if c is None else combined.mul_(c.float()[:, None, :])
 
     def forward(self, x: torch.Tensor, boundaries: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         if x.dim() == 3:  # padded: (batch, tokens, in)
@@ -150,10 +155,7 @@ class FDLinear(nn.Module):
             else:
                 weights = mask.to(x.dtype)[..., None]
                 means = (x * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
-            c, f, a = self.gates(means)
-            weights = self.image_weights(c, f, a).to(x.dtype)
-            # one image: a plain matrix product (BLAS is faster here than a batch of one)
-            out = (x[0] @ weights[0].T)[None] if x.shape[0] == 1 else torch.bmm(x, weights.transpose(1, 2))
+            tokens = x.shape[1]
         else:  # packed: (tokens, in), images back to back
             if boundaries is None and self.boundaries_source is not None:
                 boundaries = self.boundaries_source.boundaries
@@ -163,10 +165,27 @@ class FDLinear(nn.Module):
             segment = torch.repeat_interleave(torch.arange(lengths.numel(), device=x.device), lengths)
             sums = torch.zeros(lengths.numel(), x.shape[-1], device=x.device, dtype=x.dtype).index_add(0, segment, x)
             means = sums / lengths.clamp(min=1)[:, None].to(x.dtype)
-            c, f, a = self.gates(means)
-            weights = self.image_weights(c, f, a).to(x.dtype)
-            out = torch.cat([x[s:e] @ weights[i].T for i, (s, e) in enumerate(zip(boundaries[:-1].tolist(), boundaries[1:].tolist()))])
-        return out if self.bias is None else out + self.bias
+            tokens = x.shape[0] / max(lengths.numel(), 1)
+        c, f, a = self.gates(means)
+        # Apply each gate where it costs least: folded into the (out x in) weight, or on the activations
+        # (c on the tokens x in input, f on the tokens x out output).
+        c_on_input, f_on_output = tokens < self.out_features, tokens < self.in_features
+        weights = self.image_weights(None if c_on_input else c, None if f_on_output else f, a).to(x.dtype)
+        c, f = c.to(x.dtype), f.to(x.dtype)
+        if x.dim() == 3:
+            inputs = x * c[:, None, :] if c_on_input else x
+            # one image: a plain matrix product (BLAS is faster here than a batch of one)
+            out = (inputs[0] @ weights[0].T)[None] if x.shape[0] == 1 else torch.bmm(inputs, weights.transpose(1, 2))
+            gate = f[:, None, :] if f_on_output else None
+        else:
+            pieces = []
+            for i, (s, e) in enumerate(zip(boundaries[:-1].tolist(), boundaries[1:].tolist())):
+                pieces.append((x[s:e] * c[i] if c_on_input else x[s:e]) @ weights[i].T)
+            out = torch.cat(pieces)
+            gate = torch.repeat_interleave(f, lengths, dim=0) if f_on_output else None
+        if gate is not None:  # gate and bias in one pass
+            return out * gate if self.bias is None else torch.addcmul(self.bias, out, gate)
+        return out if self.bias is None else out.add_(self.bias)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
