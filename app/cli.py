@@ -508,13 +508,34 @@ def predict(
 @app.command()
 def suggest(
     ctx: typer.Context,
-    predictions: Path = typer.Option(..., help="A prediction file from `skinflow predict` (JSONL)."),
+    predictions: Optional[Path] = typer.Option(None, help="A prediction file from `skinflow predict` (JSONL) to import."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Or: a run folder; predict every image that still needs work, then import."),
+    limit: Optional[int] = typer.Option(None, help="With --checkpoint: at most this many images."),
+    batch_size: int = typer.Option(8, min=1),
 ) -> None:
-    """Import model predictions as suggestions (model drafts) shown beside the LLM draft when annotating."""
-    from curation.suggestions import import_predictions
+    """Model suggestions (model drafts) for the labelling queue, shown beside the LLM draft when annotating."""
+    import json
+    import tempfile
 
+    from curation.suggestions import images_needing_work, import_predictions
+
+    if (predictions is None) == (checkpoint is None):
+        raise SkinflowError("give either --predictions FILE (from `skinflow predict`) or --checkpoint RUN_FOLDER")
     c = _ctx(ctx)
-    report = import_predictions(c.workbench(), c.actor(), predictions)
+    wb, actor = c.workbench(), c.actor()
+    if checkpoint is not None:
+        from trainer.predict import predict_to_file
+
+        items = images_needing_work(wb, limit)
+        if not items:
+            out.print("no image needs work: nothing to suggest")
+            return
+        folder = Path(tempfile.mkdtemp(prefix="suggest-", dir=wb.settings.home))
+        manifest, predictions = folder / "images.jsonl", folder / "predictions.jsonl"
+        manifest.write_text("".join(json.dumps(item) + "\n" for item in items), encoding="utf-8")
+        count = predict_to_file(checkpoint, manifest, predictions, batch_size=batch_size)
+        out.print(f"predicted {count} images with {checkpoint}")
+    report = import_predictions(wb, actor, predictions)
     out.print(f"{report.added} suggestions added, {report.already_there} already there, {len(report.skipped)} skipped")
     for line, why in report.skipped[:20]:
         out.print(f"line {line}: {why}", markup=False, highlight=False)

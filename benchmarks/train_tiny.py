@@ -45,6 +45,8 @@ def evaluate(checkpoint: Path, data, manifest: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=300, help="demo images (make demo uses 300, half verified)")
+    parser.add_argument("--stage1-steps", type=int, default=None, help="override the preset's GRPO stage I steps")
+    parser.add_argument("--stage2-steps", type=int, default=None, help="override the preset's GRPO stage II steps")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -56,7 +58,8 @@ def main() -> None:
         held_out = [r for r in data.stage1 if r["split"] in ("val", "test")]
         manifest = tmp / "held_out.jsonl"
         manifest.write_text("".join(json.dumps({"image": str(data.image_path(r)), "id": r["id"]}) + "\n" for r in held_out))
-        config = TrainConfig.for_preset("tiny", export=str(tmp / "export"), output_dir=str(tmp / "runs"), run_id="bench")
+        config = TrainConfig.for_preset("tiny", export=str(tmp / "export"), output_dir=str(tmp / "runs"), run_id="bench",
+                                        stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps)
         start = time.perf_counter()
         run = train(config)
         wall = time.perf_counter() - start

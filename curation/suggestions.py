@@ -95,3 +95,13 @@ def import_predictions(wb: Workbench, actor: Actor, path: str | Path) -> Suggest
         add_drafts(wb, actor, drafts)
     report.added = len(drafts)
     return report
+
+
+def images_needing_work(wb: Workbench, limit: int | None = None) -> list[dict[str, Any]]:
+    """{"id", "image"} for every image still in the labelling queue (pending or annotated, with a picture):
+    the manifest `skinflow predict` reads when suggestions are refreshed."""
+    with wb.session() as s:
+        query = (select(Image.id, Image.file_path).where(Image.status.in_(("pending", "annotated")), Image.file_path.is_not(None))
+                 .order_by(Image.id))
+        rows = s.execute(query.limit(limit) if limit else query).all()
+    return [{"id": image_id, "image": str(wb.store_dir / file_path)} for image_id, file_path in rows]

@@ -27,6 +27,8 @@ class WorkflowSettings(BaseModel):
     gold_rate: float = Field(0.05, ge=0.0, le=0.5, description="share of served items that are verified records (gold), unannounced")
     disagreement_threshold: float = Field(0.8, ge=0.0, le=1.0, description="a field score below this between two annotators sends the item to review")
     session_minutes: int = Field(8 * 60, ge=5, le=7 * 24 * 60, description="a login expires after this long")
+    training_slots: int = Field(1, ge=1, le=8, description="training runs at once; more wait in the queue")
+    active_run_id: int | None = Field(None, description="the training run whose model makes the suggestions")
 
 
 def get_workflow_settings(wb: Workbench) -> WorkflowSettings:

@@ -48,6 +48,7 @@ class RunLog(TrainerCallback):
 
     def __init__(self, run_dir: Path, stage: int, stages: tuple[int, ...]):
         self.run_dir, self.stage, self.stages, self.start = run_dir, stage, stages, time.monotonic()
+        self.cancelled = False
 
     def progress(self, status: str, step: int, max_steps: int, **extra: Any) -> None:
         write_json_atomic(self.run_dir / "progress.json", {
@@ -57,6 +58,13 @@ class RunLog(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.progress("running", state.global_step, state.max_steps)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        # The app cancels by writing runs/<id>/cancel: stop at this step boundary with a checkpoint.
+        if (self.run_dir / "cancel").exists():
+            self.cancelled = True
+            control.should_save = True
+            control.should_training_stop = True
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         row = {"stage": self.stage, "step": state.global_step, "seconds": round(time.monotonic() - self.start, 3)}
@@ -173,6 +181,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
     if resume and not run_dir.exists():
         raise TrainerError(f"nothing to resume: {run_dir} does not exist")
     run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "cancel").unlink(missing_ok=True)  # resuming a cancelled run
     write_json_atomic(run_dir / "config.json", config.to_dict())
     torch.manual_seed(config.seed)
     source = initial_model(config, data, run_dir)
@@ -187,6 +196,9 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
         trainer = _trainer(config, data, stage, model, processor, out)
         trainer.add_callback(log)
         trainer.train(resume_from_checkpoint=str(_last_checkpoint(out)) if _last_checkpoint(out) else None)
+        if log.cancelled:
+            log.progress("cancelled", trainer.state.global_step, trainer.state.max_steps)
+            return run_dir
         staging = out / ".final.tmp"
         trainer.save_model(str(staging))
         processor.save_pretrained(staging)

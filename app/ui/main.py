@@ -8,7 +8,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app.ui import state
-from app.ui.screens import admin, annotate, dataset, drafting, insights, review, weights
+from app.ui.screens import admin, annotate, dataset, drafting, insights, review, train, weights
 from curation.auth import InvalidCredentials, authenticate
 
 st.set_page_config(page_title="SkinFlow Workbench", layout="wide")
@@ -58,6 +58,9 @@ else:
     def weights_page() -> None:
         weights.render()
 
+    def train_page() -> None:
+        train.render()
+
     pages = [st.Page(annotate_page, title="Annotate", url_path="annotate", default=True)]
     if actor.can("reviewer"):
         pages += [st.Page(review_page, title="Review", url_path="review"),
@@ -66,6 +69,7 @@ else:
                   st.Page(weights_page, title="Weights", url_path="weights")]
     if actor.can("admin"):
         pages += [st.Page(drafting_page, title="Drafting", url_path="drafting"),
+                  st.Page(train_page, title="Train", url_path="train"),
                   st.Page(admin_page, title="Admin", url_path="admin")]
     with st.sidebar:
         st.caption(f"Logged in as **{actor.username}** ({actor.role})")

@@ -1,0 +1,145 @@
+"""Retraining from the workbench: a detached `skinflow train` process per run, its row kept in step
+with reality (done, failed when killed, cancelled), and activation filling the queue with suggestions."""
+
+import os
+import signal
+import time
+
+import pytest
+from sqlalchemy import func, select
+
+from curation.demo import build_demo
+from curation.models import Draft, Image
+from curation.runs import RunError, activate_run, cancel_run, list_runs, read_metrics, refresh_runs, run_dir, start_training
+from curation.workflow import get_workflow_settings
+
+FAST = {"sft_epochs": 1, "stage1_steps": 2, "stage2_steps": 2, "num_generations": 2, "batch_size": 4}
+
+
+@pytest.fixture
+def curated(wb, admin):
+    build_demo(wb, admin, n=20, seed=0, verified_fraction=0.6, annotated_fraction=0.1)
+    return wb
+
+
+def wait_for(wb, run_id, statuses, timeout=240):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        refresh_runs(wb)
+        run = next(r for r in list_runs(wb) if r.id == run_id)
+        if run.status in statuses:
+            return run
+        time.sleep(0.5)
+    raise AssertionError(f"run {run_id} still {run.status}; log:\n" + "\n".join(open(run.log_path).read().splitlines()[-30:]))
+
+
+@pytest.mark.slow  # real training processes: tens of seconds each (make test-slow, .ci/run)
+def test_retrain_runs_in_the_background_and_activation_fills_the_queue(curated, admin):
+    run_id = start_training(curated, admin, overrides=FAST)
+    run = next(r for r in list_runs(curated) if r.id == run_id)
+    assert run.status == "running" and run.export_path and os.path.isdir(run.export_path)
+    with pytest.raises(RunError, match="only a finished run"):
+        activate_run(curated, admin, run_id)
+    second = start_training(curated, admin, overrides=FAST)  # one slot: the second one waits
+    assert next(r for r in list_runs(curated) if r.id == second).status == "queued"
+    assert cancel_run(curated, admin, second) == "cancelled"
+    run = wait_for(curated, run_id, {"done", "failed"})
+    assert run.status == "done", run.error
+    assert {"stage0", "stage1", "stage2"} <= set(run.metrics) and "reward/diagnosis_reward/mean" in run.metrics["stage2"]
+    assert os.path.isfile(os.path.join(run.checkpoint_path, "config.json"))
+    assert {row["stage"] for row in read_metrics(curated, run_id)} == {0, 1, 2}
+
+    pid = activate_run(curated, admin, run_id)
+    assert get_workflow_settings(curated).active_run_id == run_id
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.5)
+    with curated.session() as s:
+        needing = s.scalar(select(func.count()).select_from(Image).where(Image.status.in_(("pending", "annotated"))))
+        suggested = s.scalar(select(func.count(func.distinct(Draft.image_id))).where(Draft.kind == "model", Draft.version == f"run-{run_id}:stage2"))
+    log = (run_dir(curated, run_id).parent / f"run-{run_id}-suggest.log").read_text()
+    assert needing > 0 and suggested == needing, log
+
+
+def _alive(pid):
+    from curation.runs import _children
+
+    child = _children.get(pid)
+    return child is not None and child.poll() is None
+
+
+@pytest.mark.slow  # real training processes: tens of seconds each (make test-slow, .ci/run)
+def test_a_killed_training_process_is_marked_failed_with_the_reason(curated, admin):
+    run_id = start_training(curated, admin, overrides={**FAST, "sft_epochs": 500})
+    run = next(r for r in list_runs(curated) if r.id == run_id)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (run_dir(curated, run_id) / "progress.json").exists():
+        time.sleep(0.3)
+    os.killpg(run_pid(curated, run_id), signal.SIGKILL)
+    run = wait_for(curated, run_id, {"failed", "done", "cancelled"}, timeout=30)
+    assert run.status == "failed" and "ended without finishing" in run.error
+
+
+def run_pid(wb, run_id):
+    from curation.models import TrainingRun
+
+    with wb.session() as s:
+        return s.get(TrainingRun, run_id).pid
+
+
+@pytest.mark.slow  # real training processes: tens of seconds each (make test-slow, .ci/run)
+def test_cancel_stops_at_a_step_and_keeps_a_checkpoint(curated, admin):
+    run_id = start_training(curated, admin, overrides={**FAST, "sft_epochs": 500})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not read_metrics(curated, run_id):
+        time.sleep(0.3)
+    assert cancel_run(curated, admin, run_id) == "running"  # asked; it stops at its next step
+    run = wait_for(curated, run_id, {"cancelled", "failed", "done"}, timeout=60)
+    assert run.status == "cancelled", run.error
+    assert list((run_dir(curated, run_id) / "stage0").glob("checkpoint-*"))
+    with pytest.raises(RunError, match="only queued or running"):
+        cancel_run(curated, admin, run_id)
+
+
+def test_bad_requests_are_refused(curated, admin, annotator):
+    with pytest.raises(RunError, match="unknown preset"):
+        start_training(curated, admin, preset="huge")
+    with pytest.raises(RunError, match="unknown training setting"):
+        start_training(curated, admin, overrides={"learning_rate": 1})
+    with pytest.raises(Exception, match="admin"):
+        start_training(curated, annotator)
+    assert list_runs(curated) == []
+
+
+def train_page(wb, monkeypatch):
+    import streamlit as st
+
+    from curation.auth import get_actor
+    from tests.test_app_pages import page
+
+    monkeypatch.setenv("SKINFLOW_HOME", str(wb.settings.home))
+    st.cache_resource.clear()
+    return page(wb, "train", "admin"), get_actor
+
+
+def test_train_page_before_any_run(curated, admin, monkeypatch):
+    at, _ = train_page(curated, monkeypatch)
+    assert not at.exception and [t.value for t in at.title] == ["Train"]
+    assert any("No training runs yet" in i.value for i in at.info)
+    assert any(b.label == "Retrain from curated data" for b in at.button)
+
+
+@pytest.mark.slow
+def test_a_run_started_from_the_page_outlives_the_page_session(curated, admin, monkeypatch):
+    at, _ = train_page(curated, monkeypatch)
+    at.number_input[0].set_value(2)  # SFT epochs
+    at.number_input[1].set_value(2)  # GRPO steps per stage
+    [b for b in at.button if b.label == "Retrain from curated data"][0].click().run()
+    assert not at.exception and any("queued" in m.value for m in at.success), [e.value for e in at.error]
+    run = list_runs(curated)[0]
+    del at  # the browser session ends; the detached process does not
+    assert run.status == "running" and os.path.exists(f"/proc/{run_pid(curated, run.id)}")
+    run = wait_for(curated, run.id, {"done", "failed"})
+    assert run.status == "done", run.error
+    at, _ = train_page(curated, monkeypatch)
+    assert not at.exception and any(b.label == f"Activate run #{run.id}: suggest for the queue" for b in at.button)
