@@ -247,6 +247,19 @@ class Lease(Base):
     gold: Mapped[bool] = mapped_column(default=False)  # served as an unannounced gold item
 
 
+class QueueScore(Base):
+    """How much labelling an image would gain from a person now, per queue strategy (higher first).
+    Written when model suggestions are imported; images without a score come after scored ones."""
+
+    __tablename__ = "queue_scores"
+    __table_args__ = (Index("ix_queue_scores_uncertainty", "uncertainty"), Index("ix_queue_scores_disagreement", "disagreement"))
+
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    uncertainty: Mapped[float | None] = mapped_column(Float)  # 1 - the suggestion's top-1 score
+    disagreement: Mapped[float | None] = mapped_column(Float)  # field distance between LLM draft and suggestion
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Skip(Base):
     """An annotator skipped an image: it is served to them again only when nothing else is left."""
 

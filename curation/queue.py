@@ -9,6 +9,11 @@ user has not seen is served instead, unannounced, to measure their accuracy.
 Strategies decide the order among candidates: `sequential` (oldest first) and `random`
 (a random starting id, then in id order: an index walk, not ORDER BY random()). Both need only
 the (status, id) index, so the query stays fast at a million images (benchmarks/queue.py).
+With model suggestions (curation/suggestions.py writes queue_scores): `uncertainty` serves the
+image whose suggestion is least sure first (1 - top-1 score), `disagreement` the one where the LLM
+draft and the model suggestion differ most (1 - mean field score); images without a score follow in
+sequential order. `fitzpatrick_balance` serves the skin type with the fewest annotated or verified
+images first (unknown types last), to even out a set that is mostly light skin.
 Leases are bookkeeping, not data, so taking one writes no audit event; skips do.
 """
 
@@ -26,7 +31,7 @@ from curation import audit
 from curation.auth import Actor, require
 from curation.db import Workbench
 from curation.errors import NotFound, SkinflowError
-from curation.models import Annotation, GoldAssignment, Image, Lease, Skip, utcnow
+from curation.models import Annotation, GoldAssignment, Image, Lease, QueueScore, Skip, utcnow
 from curation.workflow import QUEUE_STRATEGIES, WorkflowSettings, get_workflow_settings
 
 LEASE_RETRIES = 5
@@ -53,13 +58,25 @@ def _needs_more(overlap: int):
     return and_(Image.status == "annotated", annotators < overlap)
 
 
-def _candidate(s: Session, user_id: int, settings: WorkflowSettings, now: datetime, include_skipped: bool, pivot: int | None) -> int | None:
+def _candidate(s: Session, user_id: int, settings: WorkflowSettings, now: datetime, include_skipped: bool, pivot: int | None,
+               strategy: str = "sequential", skin_types: tuple[int, ...] = ()) -> int | None:
     mine = exists().where(Annotation.image_id == Image.id, Annotation.user_id == user_id)
     passes = [[Image.status == "pending"]]  # nobody annotated these: the cheap, common case
     if settings.overlap > 1:
         passes.append([_needs_more(settings.overlap), ~mine])
     for conditions in passes:
-        base = select(Image.id).where(*conditions, *_available(user_id, now, include_skipped)).order_by(Image.id).limit(1)
+        where = [*conditions, *_available(user_id, now, include_skipped)]
+        if strategy in ("uncertainty", "disagreement"):
+            score = getattr(QueueScore, strategy)
+            found = s.scalar(select(Image.id).join(QueueScore, QueueScore.image_id == Image.id)
+                             .where(*where, score.is_not(None)).order_by(score.desc(), Image.id).limit(1))
+            if found is not None:
+                return found
+        for skin_type in skin_types:
+            found = s.scalar(select(Image.id).where(*where, Image.fitzpatrick == skin_type).order_by(Image.id).limit(1))
+            if found is not None:
+                return found
+        base = select(Image.id).where(*where).order_by(Image.id).limit(1)
         if pivot is None:
             found = s.scalar(base)
         else:
@@ -67,6 +84,13 @@ def _candidate(s: Session, user_id: int, settings: WorkflowSettings, now: dateti
         if found is not None:
             return found
     return None
+
+
+def _skin_types_by_need(s: Session) -> tuple[int, ...]:
+    """Fitzpatrick types 1-6, the fewest annotated or verified images first."""
+    done = dict(s.execute(select(Image.fitzpatrick, func.count()).where(Image.status.in_(("annotated", "verified")),
+                                                                       Image.fitzpatrick.is_not(None)).group_by(Image.fitzpatrick)).all())
+    return tuple(sorted(range(1, 7), key=lambda t: (done.get(t, 0), t)))
 
 
 def _gold_candidate(s: Session, user_id: int, rng: random.Random) -> int | None:
@@ -123,7 +147,9 @@ def next_item(
                 if strategy == "random":
                     top = s.scalar(select(func.max(Image.id))) or 0
                     pivot = rng.randint(1, max(top, 1))
-                image_id = _candidate(s, actor.id, settings, now, False, pivot) or _candidate(s, actor.id, settings, now, True, pivot)
+                skin_types = _skin_types_by_need(s) if strategy == "fitzpatrick_balance" else ()
+                image_id = (_candidate(s, actor.id, settings, now, False, pivot, strategy, skin_types)
+                            or _candidate(s, actor.id, settings, now, True, pivot, strategy, skin_types))
                 if image_id is None:
                     return None
                 _lease(s, image_id, actor.id, now, settings.lease_minutes, gold=False)

@@ -20,8 +20,9 @@ from sqlalchemy import select
 from curation.annotate import add_drafts
 from curation.auth import Actor, require
 from curation.db import Workbench
-from curation.models import Draft, Image
+from curation.models import Draft, Image, QueueScore, utcnow
 from schema.caption import validate_caption
+from schema.compare import caption_scores
 from schema.errors import CaptionError, SkinflowError
 
 PRODUCER = "skinflow"
@@ -93,8 +94,27 @@ def import_predictions(wb: Workbench, actor: Actor, path: str | Path) -> Suggest
         present.add((image_id, row["model_version"]))
     if drafts:
         add_drafts(wb, actor, drafts)
+        _score_for_queue(wb, drafts)
     report.added = len(drafts)
     return report
+
+
+def _score_for_queue(wb: Workbench, drafts: list[dict[str, Any]]) -> None:
+    """queue_scores for the uncertainty and disagreement strategies, from the newest suggestions."""
+    image_ids = [d["image_id"] for d in drafts]
+    with wb.session() as s:
+        llm = {}
+        for image_id, caption in s.execute(select(Draft.image_id, Draft.caption).where(
+                Draft.image_id.in_(image_ids), Draft.kind.in_(("llm", "synthetic")), Draft.error.is_(None), Draft.caption.is_not(None)).order_by(Draft.id)):
+            llm[image_id] = caption  # the newest wins
+        for d in drafts:
+            top = max((entry["score"] for entry in d["diagnoses"]), default=None)
+            disagreement = None
+            if d["caption"] is not None and d["image_id"] in llm:
+                scores = caption_scores(validate_caption(llm[d["image_id"]]), validate_caption(d["caption"]))
+                disagreement = 1.0 - sum(scores.values()) / len(scores)
+            s.merge(QueueScore(image_id=d["image_id"], uncertainty=None if top is None else 1.0 - top,
+                               disagreement=disagreement, updated_at=utcnow()))
 
 
 def images_needing_work(wb: Workbench, limit: int | None = None) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ from curation.db import Workbench
 from curation.errors import SkinflowError
 from curation.models import Setting, utcnow
 
-QUEUE_STRATEGIES = ("sequential", "random")
+QUEUE_STRATEGIES = ("sequential", "random", "uncertainty", "disagreement", "fitzpatrick_balance")
 
 
 class WorkflowSettings(BaseModel):
@@ -23,7 +23,7 @@ class WorkflowSettings(BaseModel):
 
     overlap: int = Field(1, ge=1, le=10, description="annotators per image")
     lease_minutes: int = Field(30, ge=1, le=24 * 60, description="how long an image stays reserved for the annotator it was served to")
-    queue_strategy: Literal["sequential", "random"] = "sequential"
+    queue_strategy: Literal["sequential", "random", "uncertainty", "disagreement", "fitzpatrick_balance"] = "sequential"
     gold_rate: float = Field(0.05, ge=0.0, le=0.5, description="share of served items that are verified records (gold), unannounced")
     disagreement_threshold: float = Field(0.8, ge=0.0, le=1.0, description="a field score below this between two annotators sends the item to review")
     session_minutes: int = Field(8 * 60, ge=5, le=7 * 24 * 60, description="a login expires after this long")
