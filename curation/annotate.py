@@ -303,6 +303,8 @@ def review_annotation(wb: Workbench, actor: Actor, annotation_id: int, decision:
         s.flush()
         if decision == "verified":
             image.verified_annotation_id, image.status = annotation_id, "verified"
+            if (image.meta or {}).get("label_issue"):  # a reviewer looked again: the flag has done its job
+                image.meta = {k: v for k, v in image.meta.items() if k != "label_issue"}
         elif image.verified_annotation_id == annotation_id:
             image.verified_annotation_id, image.status = None, "annotated"
         audit.record(s, actor, f"annotation.{decision}", "annotation", annotation_id, image_id=image.id, review_id=review.id)

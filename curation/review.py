@@ -15,7 +15,7 @@ from curation.workflow import get_workflow_settings
 from schema.caption import Caption
 from schema.compare import caption_scores
 
-REASONS = ("disagreement", "uncertain", "flagged", "awaiting verification")  # most urgent first
+REASONS = ("disagreement", "suspicious label", "uncertain", "flagged", "awaiting verification")  # most urgent first
 
 
 def _heads(annotations: list[Annotation]) -> list[Annotation]:
@@ -52,6 +52,8 @@ def review_items(wb: Workbench, actor: Actor, *, limit: int = 200) -> list[dict[
             disagree = any(not p["same_label"] or min(p["scores"].values()) < threshold for p in comparison["pairs"])
             if disagree:
                 reason = "disagreement"
+            elif (image.meta or {}).get("label_issue"):
+                reason = "suspicious label"
             elif any(h["diagnosis_status"] == "uncertain" for h in heads):
                 reason = "uncertain"
             elif any(h["quality_flags"] for h in heads):

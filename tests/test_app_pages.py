@@ -295,3 +295,31 @@ def test_weights_page_computes_shows_evidence_and_activates(demo_home):
     assert denied.error and "needs the reviewer role" in denied.error[0].value
     denied = page(demo_home, "drafting", "reviewer")
     assert denied.error and "needs the admin role" in denied.error[0].value
+
+
+def test_review_lists_suspicious_labels_and_sends_them_back(demo_home):
+    from curation.annotate import add_drafts
+    from curation.models import Image as ImageRow
+
+    admin = get_actor(demo_home, "admin")
+    with demo_home.session() as s:
+        labelled = [(i.id, i.diagnosis_key) for i in s.scalars(select(ImageRow).order_by(ImageRow.id)) if i.diagnosis_key]
+    keys = sorted({k for _, k in labelled})
+    assert len(keys) >= 2
+    wrong = labelled[0][0]
+    drafts = []
+    for image_id, key in labelled:  # the model agrees with every label but the first image's
+        other = next(k for k in keys if k != key)
+        best, second = (other, key) if image_id == wrong else (key, other)
+        drafts.append({"image_id": image_id, "kind": "model", "producer": "skinflow", "version": "run-9:stage2", "caption": None,
+                       "diagnoses": [{"key": best, "score": 0.97}, {"key": second, "score": 0.02}]})
+    add_drafts(demo_home, admin, drafts)
+    at = page(demo_home, "review", "reviewer")
+    assert not at.exception
+    send = by_label(at.multiselect, "Send back for review")
+    assert wrong in send.options or f"image #{wrong}" in send.options
+    send.set_value([wrong]).run()
+    by_label(at.button, "Send back").click().run()
+    assert not at.exception
+    with demo_home.session() as s:
+        assert s.get(ImageRow, wrong).meta.get("label_issue", {}).get("suggested")

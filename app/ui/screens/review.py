@@ -8,6 +8,7 @@ import streamlit as st
 from app.ui import state
 from app.ui.widgets import caption_form, diagnosis_widget, taxonomy_label
 from curation.annotate import adjudicate, review_annotation
+from curation.label_issues import send_back_for_review, suspicious_labels
 from curation.review import review_items
 from curation.views import image_detail
 from schema.errors import SkinflowError
@@ -19,6 +20,29 @@ def _value(caption: dict, key: str) -> str:
     return ", ".join(value) if isinstance(value, list) else (value or "—")
 
 
+def _suspicious(wb, actor) -> None:
+    """Likely label errors (cleanlab over the model's suggestions); chosen ones go back for review."""
+    issues = suspicious_labels(wb, actor)
+    with st.expander(f"Suspicious labels ({len(issues)})", expanded=False):
+        if not issues:
+            st.caption("None found. This needs model suggestions (Train page: activate a run) and at least two labels.")
+            return
+        st.caption("Ranked by cleanlab from the active model's diagnosis scores: the model gives these labels the least "
+                   "probability. Source labels of web-scraped sets are the usual suspects.")
+        st.dataframe(pd.DataFrame([{"image": i.image_id, "label": taxonomy_label(wb.taxonomy, i.label), "from": i.label_source,
+                                    "model suggests": taxonomy_label(wb.taxonomy, i.suggested),
+                                    "model's probability of the label": round(i.label_quality, 3), "status": i.status}
+                                   for i in issues]), hide_index=True, width="stretch")
+        chosen = st.multiselect("Send back for review", [i.image_id for i in issues], format_func=lambda i: f"image #{i}")
+        if chosen and st.button("Send back"):
+            by_id = {i.image_id: i for i in issues}
+            for image_id in chosen:
+                send_back_for_review(wb, actor, [image_id], note={"suggested": by_id[image_id].suggested,
+                                                                  "label_quality": round(by_id[image_id].label_quality, 4)})
+            st.session_state["review_notice"] = f"Sent {len(chosen)} image(s) back for review."
+            st.rerun()
+
+
 def render() -> None:
     actor = state.require_role("reviewer", "Reviewing")
     wb = state.workbench()
@@ -26,6 +50,7 @@ def render() -> None:
     notice = st.session_state.pop("review_notice", None)
     if notice:
         st.success(notice)
+    _suspicious(wb, actor)
     items = review_items(wb, actor)
     if not items:
         st.info("Nothing waiting for review.")
