@@ -13,7 +13,7 @@ import numpy as np
 from sqlalchemy import func, select
 
 from curation.db import Workbench
-from curation.models import Annotation, GoldAssignment, Image, Review, User
+from curation.models import Annotation, Draft, GoldAssignment, Image, Review, User
 from schema.caption import Caption
 from schema.compare import caption_scores
 from schema.fields import FIELD_BY_KEY, FIELD_KEYS, ORDINAL_VALUES
@@ -59,6 +59,30 @@ def field_alpha(units: list[dict[str, str]], key: str) -> float | None:
     return float(krippendorff.alpha(reliability_data=matrix, level_of_measurement=level))
 
 
+def edit_rates(annotations: list, prefills: dict[int, Any]) -> dict[str, Any]:
+    """How often annotators change what they started from, per field and per source kind (model
+    suggestion, LLM draft, synthetic draft): the share of submitted first versions whose field differs from
+    the prefilled draft (field score below 1), and how often the diagnosis differs from the draft's top-1.
+    A falling rate for `model` means the model is helping."""
+    out: dict[str, Any] = {}
+    for kind in ("model", "llm", "synthetic"):
+        rows = [(a, prefills[a.based_on_draft_id]) for a in annotations
+                if a.supersedes_id is None and a.based_on_draft_id in prefills and prefills[a.based_on_draft_id].kind == kind
+                and prefills[a.based_on_draft_id].caption is not None]
+        if not rows:
+            continue
+        changed = Counter()
+        diagnosis_changed = 0
+        for annotation, draft in rows:
+            scores = caption_scores(Caption.model_validate(draft.caption), Caption.model_validate(annotation.caption))
+            changed.update(key for key, score in scores.items() if score < 1.0)
+            top = (draft.diagnoses or [{}])[0].get("key")
+            diagnosis_changed += top is not None and top != annotation.diagnosis_key
+        out[kind] = {"annotations": len(rows), "fields": {key: round(changed[key] / len(rows), 3) for key in FIELD_KEYS},
+                     "diagnosis": round(diagnosis_changed / len(rows), 3)}
+    return out
+
+
 def insights(wb: Workbench) -> dict[str, Any]:
     taxonomy = wb.taxonomy
     with wb.session() as s:
@@ -66,7 +90,10 @@ def insights(wb: Workbench) -> dict[str, Any]:
         annotations = s.execute(select(
             Annotation.id, Annotation.image_id, Annotation.user_id, Annotation.supersedes_id, Annotation.caption,
             Annotation.diagnosis_key, Annotation.diagnosis_text, Annotation.seconds_spent, Annotation.created_at,
+            Annotation.based_on_draft_id,
         )).all()
+        draft_ids = {a.based_on_draft_id for a in annotations if a.based_on_draft_id}
+        prefills = {d.id: d for d in s.execute(select(Draft.id, Draft.kind, Draft.caption, Draft.diagnoses).where(Draft.id.in_(draft_ids)))}
         reviews = s.execute(select(Review.created_at).where(Review.decision == "verified")).all()
         verified = dict(s.execute(select(Image.id, Image.verified_annotation_id).where(Image.status == "verified")).all())
         labels = s.execute(select(Image.diagnosis_key, Image.fitzpatrick, Image.status)).all()
@@ -134,6 +161,7 @@ def insights(wb: Workbench) -> dict[str, Any]:
         for who, v in sorted(gold_scores.items()) if v["label"]
     }
     return {
+        "edit_rates": edit_rates(annotations, prefills),
         "images": n_images,
         "verified": sum(1 for *_, status in labels if status == "verified"),
         "progress_by_day": dict(sorted(per_day.items())),

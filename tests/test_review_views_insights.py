@@ -186,3 +186,31 @@ def test_hostile_zips_are_refused_whole(wb, admin, tmp_path, entries, symlink, m
     bad.write_bytes(b"PK\x03\x04 broken")
     with pytest.raises(IngestError, match="not a readable zip"):
         import_zip(wb, admin, bad)
+
+
+def test_edit_rates_per_field_compare_what_annotators_started_from(wb, admin, annotator):
+    from curation.annotate import add_draft
+
+    with wb.session() as s:
+        rows = [Image(source="test", status="pending", sha256=f"{i:064x}", file_path=f"{i}.jpg") for i in range(1, 5)]
+        s.add_all(rows)
+        s.flush()
+        ids = [r.id for r in rows]
+    base = {"color": ["red"], "number": "few", "texture": ["scaly"]}
+    model = [add_draft(wb, admin, i, kind="model", producer="skinflow", version="run-1:stage2", caption=base,
+                       diagnoses=[{"key": "psoriasis", "score": 0.9}]) for i in ids[:2]]
+    llm = [add_draft(wb, admin, i, kind="llm", producer="gpt", version="1", caption=base,
+                     diagnoses=[{"key": "eczema", "score": 0.5}]) for i in ids[2:]]
+    # from the suggestion: one of two annotators changes the colour; both keep psoriasis
+    submit_annotation(wb, annotator, ids[0], {**base, "color": ["brown"]}, diagnosis="psoriasis", diagnosis_status="confirmed",
+                      based_on_draft_id=model[0])
+    submit_annotation(wb, annotator, ids[1], base, diagnosis="psoriasis", diagnosis_status="confirmed", based_on_draft_id=model[1])
+    # from the LLM draft: both change colour and number, and the diagnosis
+    for image_id, draft in zip(ids[2:], llm):
+        submit_annotation(wb, annotator, image_id, {**base, "color": ["white"], "number": "single"}, diagnosis="psoriasis",
+                          diagnosis_status="confirmed", based_on_draft_id=draft)
+    rates = insights(wb)["edit_rates"]
+    assert rates["model"]["annotations"] == 2 and rates["model"]["fields"]["color"] == 0.5
+    assert rates["model"]["fields"]["number"] == 0.0 and rates["model"]["diagnosis"] == 0.0
+    assert rates["llm"]["fields"]["color"] == 1.0 and rates["llm"]["fields"]["number"] == 1.0 and rates["llm"]["diagnosis"] == 1.0
+    assert rates["llm"]["fields"]["texture"] == 0.0 and "synthetic" not in rates

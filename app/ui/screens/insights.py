@@ -52,6 +52,19 @@ def render() -> None:
         st.markdown("Cohen's kappa on the diagnosis, per pair of annotators")
         st.dataframe(pd.DataFrame(kappa).T, width="stretch")
 
+    st.subheader("Edit rate per field")
+    rates = numbers["edit_rates"]
+    if rates:
+        st.caption("How often annotators change the draft they prefilled from: the share of first versions whose field "
+                   "differs. A model suggestion with lower rates than the LLM draft is saving work.")
+        frame = pd.DataFrame([{"source": kind, "field": field, "edit rate": rate} for kind, v in rates.items()
+                              for field, rate in {**v["fields"], "diagnosis": v["diagnosis"]}.items()])
+        st.altair_chart(alt.Chart(frame).mark_bar().encode(x="edit rate:Q", y="field:N", color="source:N", yOffset="source:N"),
+                        width="stretch")
+        st.dataframe(frame.pivot(index="field", columns="source", values="edit rate"), width="stretch")
+    else:
+        st.caption("No annotation started from a draft yet.")
+
     st.subheader("Accuracy on gold items")
     if numbers["gold_accuracy"]:
         st.dataframe(pd.DataFrame(numbers["gold_accuracy"]).T, width="stretch")
