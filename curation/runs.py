@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,7 +170,7 @@ def start_training(wb: Workbench, actor: Actor, *, preset: str = "tiny", overrid
     if unknown:
         raise RunError(f"unknown training setting(s) {unknown}; use: {', '.join(OVERRIDES)}")
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    result = export_dataset(wb, actor, wb.settings.home / "exports" / f"train-{stamp}-{os.getpid()}", formats=("grpo",))
+    result = export_dataset(wb, actor, wb.settings.home / "exports" / f"train-{stamp}-{uuid.uuid4().hex[:6]}", formats=("grpo",))
     with wb.session() as s:
         export_id = s.scalar(select(Export.id).where(Export.path == str(result.path.resolve())).order_by(Export.id.desc()).limit(1))
         run = TrainingRun(export_id=export_id, preset=preset, status="queued", created_by=actor.id,

@@ -45,6 +45,9 @@ class ImageDetail:
     disagreements: list[str] = field(default_factory=list)  # fields where the two best drafts differ
     current: dict[str, Any] | None = None  # this user's latest annotation version
     saved_work: dict[str, Any] | None = None
+    # ranked diagnosis keys offered as one-click choices: model suggestion first, then the LLM draft; from
+    # every draft with diagnoses, including a suggestion whose caption could not be read
+    suggested_diagnoses: list[str] = field(default_factory=list)
 
 
 def draft_dict(draft: Draft) -> dict[str, Any]:
@@ -59,6 +62,15 @@ def rank_drafts(drafts: list[Draft]) -> list[Draft]:
     """Usable drafts (a caption, no error), best first: model > LLM > synthetic, newest first."""
     usable = [d for d in drafts if d.caption is not None and not d.error]
     return sorted(usable, key=lambda d: (DRAFT_PRIORITY.get(d.kind, 9), -d.id))
+
+
+def _suggested_diagnoses(drafts: list[Draft], k: int = 6) -> list[str]:
+    newest: dict[str, Draft] = {}
+    for d in sorted(drafts, key=lambda d: d.id):
+        if d.kind in ("model", "llm") and d.diagnoses:
+            newest[d.kind] = d
+    keys = [entry["key"] for kind in ("model", "llm") if kind in newest for entry in newest[kind].diagnoses[:k] if entry.get("key")]
+    return list(dict.fromkeys(keys))
 
 
 def field_disagreements(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
@@ -86,6 +98,7 @@ def image_detail(wb: Workbench, actor: Actor, image_id: int) -> ImageDetail:
             drafts=[draft_dict(d) for d in drafts],
             current=annotation_dict(head) if head is not None else None,
             saved_work=dict(saved.form) if saved is not None else None,
+            suggested_diagnoses=_suggested_diagnoses(image.drafts),
         )
     if len(detail.drafts) >= 2:
         detail.disagreements = field_disagreements(detail.drafts[0]["caption"], detail.drafts[1]["caption"])

@@ -60,6 +60,52 @@ def test_retrain_runs_in_the_background_and_activation_fills_the_queue(curated, 
     log = (run_dir(curated, run_id).parent / f"run-{run_id}-suggest.log").read_text()
     assert needing > 0 and suggested == needing, log
 
+    # the queue follows each strategy over the scores the suggestions produced
+    from curation.auth import add_user
+    from curation.models import QueueScore
+    from curation.queue import next_item
+    from curation.workflow import update_workflow_settings
+
+    update_workflow_settings(curated, admin, gold_rate=0.0)
+    with curated.session() as s:
+        pending = {i for (i,) in s.execute(select(Image.id).where(Image.status == "pending"))}
+        scores = {q.image_id: q for q in s.scalars(select(QueueScore))}
+    for strategy in ("uncertainty", "disagreement"):
+        scored = sorted((i for i in pending if getattr(scores[i], strategy) is not None), key=lambda i: (-getattr(scores[i], strategy), i))
+        expected = (scored + sorted(pending - set(scored)))[:3]  # unscored ones (no parseable caption) follow by id
+        people = [add_user(curated, admin, f"{strategy}{k}", "annotator")[0] for k in range(3)]
+        served = [next_item(curated, person, strategy=strategy).image_id for person in people]
+        assert served == expected, strategy
+        from curation.queue import release
+
+        with curated.session() as s:  # hand the leases back for the next strategy
+            for person, image_id in zip(people, served):
+                release(s, person.id, image_id)
+
+    # and the annotate page shows the suggestion as a prefill source with its diagnoses as choices
+    import streamlit as st
+
+    from tests.test_app_pages import page
+
+    st.cache_resource.clear()
+    os.environ["SKINFLOW_HOME"] = str(curated.settings.home)
+    try:
+        viewer = add_user(curated, admin, "viewer", "annotator")[0]
+        at = page(curated, "annotate", viewer.username)
+        image_id = at.session_state["annotate_item"]["image_id"]
+        with curated.session() as s:
+            model = s.scalars(select(Draft).where(Draft.image_id == image_id, Draft.kind == "model")).one()
+        choices = [b for b in at.button_group if b.label.startswith("Suggested diagnoses")]
+        from app.ui.widgets import taxonomy_label
+
+        shown = choices[0].options if choices else []  # the suggestion's top-6, one click each
+        assert [taxonomy_label(curated.taxonomy, d["key"]) for d in model.diagnoses[:6]] == list(shown[:6]), shown
+        if model.caption is not None:  # a readable suggested caption is also a prefill source
+            assert any(str(o).startswith("model: skinflow run-") for o in at.selectbox(key=f"src-{image_id}").options)
+    finally:
+        os.environ.pop("SKINFLOW_HOME", None)
+        st.cache_resource.clear()
+
 
 def _alive(pid):
     from curation.runs import _children

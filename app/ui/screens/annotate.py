@@ -124,9 +124,8 @@ def render() -> None:
         _label, _token, caption, draft_id, form = sources[tokens.index(token)]
         prefix = f"a-{detail.id}-{token}-"
         values = caption_form(prefix, caption, detail.disagreements if form is None else [])
-        suggestions = [d["key"] for draft in detail.drafts if draft["kind"] in ("model", "llm") for d in draft["diagnoses"][:6] if d.get("key")]
         diagnosis, status = diagnosis_widget(prefix, wb.taxonomy, detail.diagnosis_key, detail.source_label,
-                                             list(dict.fromkeys(suggestions)), form)
+                                             detail.suggested_diagnoses, form)
         flags = st.multiselect("Quality flags", QUALITY_FLAGS, default=(form or {}).get("quality_flags", []),
                                format_func=lambda f: f.replace("_", " "), key=f"{prefix}flags")
         rationale = st.text_area("Why this diagnosis? (optional)", value=(form or {}).get("rationale") or "", key=f"{prefix}why",
