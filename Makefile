@@ -42,6 +42,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/app.py
 	$(BIN)/python benchmarks/drafting.py
 	$(BIN)/python benchmarks/export.py
+	$(BIN)/python benchmarks/fdlinear.py
+	$(BIN)/python benchmarks/train_tiny.py
+	$(BIN)/python benchmarks/suggestions.py
 
 clean:
 	rm -rf $(VENV) .ls-venv .pytest_cache

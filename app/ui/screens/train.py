@@ -24,6 +24,37 @@ def _curves(metrics: list[dict]) -> None:
     st.altair_chart(chart.facet(facet="measure:N", columns=3).resolve_scale(y="independent"))
 
 
+def _run_details(wb, actor, run_id: int) -> None:
+    run = next(r for r in list_runs(wb) if r.id == run_id)
+    progress = run.progress
+    if run.status == "running":
+        stages = progress.get("stages") or [0, 1, 2]
+        index, step, total = progress.get("stage_index", 0), progress.get("step", 0), max(progress.get("max_steps") or 1, 1)
+        st.progress(min(1.0, (index + step / total) / len(stages)),
+                    text=f"{progress.get('stage_name', 'starting')}: step {step} of {total}")
+        if st.button("Cancel run"):
+            try:
+                cancel_run(wb, actor, run.id)
+            except SkinflowError as e:
+                state.show_error(e)
+            else:
+                st.info("Cancelling: the run stops at its next step and keeps its last checkpoint.")
+    elif run.status == "queued":
+        st.info("Queued: it starts when the running one finishes.")
+    if run.error:
+        st.error(run.error)
+    _curves(read_metrics(wb, run.id))
+    with st.expander("Log (last lines)"):
+        st.code(log_tail(wb, run.id) or "(empty)", language=None)
+    if run.status == "done" and not run.active and st.button(f"Activate run #{run.id}: suggest for the queue"):
+        try:
+            activate_run(wb, actor, run.id)
+        except SkinflowError as e:
+            state.show_error(e)
+        else:
+            st.success(f"Run #{run.id} is active; its suggestions are being computed for every image that needs work.")
+
+
 def render() -> None:
     actor = state.require_role("admin", "The train page")
     wb = state.workbench()
@@ -53,34 +84,10 @@ def render() -> None:
                                 "started": r.created_at, "finished": r.finished_at, "export": r.export_path, "error": r.error}
                                for r in runs]), hide_index=True, width="stretch")
     chosen = st.selectbox("Run", [r.id for r in runs], format_func=lambda i: next(f"#{r.id} {r.status}" for r in runs if r.id == i))
-    run = next(r for r in runs if r.id == chosen)
-    progress = run.progress
-    if run.status == "running":
-        stages = progress.get("stages") or [0, 1, 2]
-        index, step, total = progress.get("stage_index", 0), progress.get("step", 0), max(progress.get("max_steps") or 1, 1)
-        st.progress(min(1.0, (index + step / total) / len(stages)),
-                    text=f"{progress.get('stage_name', 'starting')}: step {step} of {total}")
-        if st.button("Cancel run"):
-            try:
-                cancel_run(wb, actor, run.id)
-            except SkinflowError as e:
-                state.show_error(e)
-            else:
-                st.info("Cancelling: the run stops at its next step and keeps its last checkpoint.")
-        if st.button("Refresh"):
-            st.rerun()
-    if run.error:
-        st.error(run.error)
-    _curves(read_metrics(wb, run.id))
-    with st.expander("Log (last lines)"):
-        st.code(log_tail(wb, run.id) or "(empty)", language=None)
-    if run.status == "done" and not run.active and st.button(f"Activate run #{run.id}: suggest for the queue"):
-        try:
-            activate_run(wb, actor, run.id)
-        except SkinflowError as e:
-            state.show_error(e)
-        else:
-            st.success(f"Run #{run.id} is active; its suggestions are being computed for every image that needs work.")
+    if next(r for r in runs if r.id == chosen).status in ("queued", "running"):
+        st.fragment(_run_details, run_every="3s")(wb, actor, chosen)  # polls progress.json while it runs
+    else:
+        _run_details(wb, actor, chosen)
     finished = [r for r in runs if r.metrics]
     if len(finished) >= 2:
         st.subheader("Compare two runs")
