@@ -541,6 +541,52 @@ def suggest(
         out.print(f"line {line}: {why}", markup=False, highlight=False)
 
 
+@app.command("eval")
+def eval_(
+    ctx: typer.Context,
+    export_dir: Path = typer.Option(..., "--export", help="The export folder (written with --format grpo) to evaluate on."),
+    out_dir: Path = typer.Option(..., "--out", help="Report folder: report.md, report.json, PNG charts (and predictions.jsonl)."),
+    predictions: Optional[Path] = typer.Option(None, help="A prediction file from `skinflow predict`."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Or: a run folder or checkpoint to predict with first."),
+    llm: Optional[str] = typer.Option(None, help="Or: an OpenAI-compatible model (SKINFLOW_LLM_BASE_URL), same prompt as drafting."),
+    split: str = typer.Option("test", help="train, val or test."),
+    baseline: Optional[Path] = typer.Option(None, help="A second prediction file: paired comparison (difference with CI, McNemar)."),
+) -> None:
+    """Clinically grounded evaluation: top-1/3/6, group levels, clinical score, malignant misses, fairness,
+    calibration, long tail, captions, with bootstrap CIs."""
+    import json
+
+    from trainer.data import load_export
+    from trainer.evaluate import evaluate_files
+
+    if sum(x is not None for x in (predictions, checkpoint, llm)) != 1:
+        raise SkinflowError("give exactly one of --predictions FILE, --checkpoint RUN or --llm MODEL")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if predictions is None:
+        data = load_export(export_dir)
+        rows = data.rows(2, split) or data.rows(1, split)
+        if not rows:
+            raise SkinflowError(f"the export has no {split!r} rows; pick --split train, val or test")
+        predictions = out_dir / "predictions.jsonl"
+        if checkpoint is not None:
+            from trainer.predict import predict_to_file
+
+            manifest = out_dir / "images.jsonl"
+            manifest.write_text("".join(json.dumps({"id": r["id"], "image": str(data.image_path(r))}) + "\n" for r in rows))
+            predict_to_file(checkpoint, manifest, predictions)
+        else:
+            from curation.drafting import predict_with_llm
+
+            c = _ctx(ctx)
+            settings = Settings.load(**({"home": c.home} if c.home else {}))
+            made = predict_with_llm(settings, data.taxonomy, [{"id": r["id"], "path": data.image_path(r)} for r in rows], model=llm)
+            predictions.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in made), encoding="utf-8")
+    report = evaluate_files(export_dir, predictions, out_dir, split=split, baseline=baseline)
+    h = report["headline"]
+    shown = ", ".join(f"{k} {v:.3f}" for k, v in h.items() if v is not None)
+    out.print(f"{report['n_diagnosis']} {split} items: {shown}; report in {out_dir / 'report.md'}", markup=False, highlight=False)
+
+
 def main() -> None:
     try:
         app()

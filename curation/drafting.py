@@ -27,7 +27,8 @@ from curation.db import Workbench
 from curation.llm import LLMConfig, Outcome, ask_each, extract_json, image_data_url
 from curation.models import Draft, Image
 from curation.prompts import render_prompt
-from schema.caption import SCHEMA_VERSION, Caption, json_schema, validate_caption
+from curation.settings import Settings
+from schema.caption import SCHEMA_VERSION, Caption, json_schema, render, validate_caption
 from schema.errors import CaptionError, SkinflowError
 from schema.fields import FIELDS, ORDINAL_VALUES
 from schema.taxonomy import Taxonomy
@@ -214,3 +215,42 @@ def recent_failures(wb: Workbench, actor: Actor, limit: int = 100) -> list[dict[
         rows = s.execute(select(Draft.image_id, Draft.producer, Draft.version, Draft.error, Draft.created_at)
                          .where(Draft.kind == "llm", Draft.error.is_not(None)).order_by(Draft.id.desc()).limit(limit)).all()
     return [{"image": r.image_id, "model": r.producer, "prompt": r.version, "reason": r.error, "when": r.created_at} for r in rows]
+
+
+def predict_with_llm(settings: Settings, taxonomy: Taxonomy, items: list[dict[str, Any]], *, model: str | None = None,
+                     concurrency: int | None = None, prompt: str = CAPTION_PROMPT, environ: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Baseline predictions from any OpenAI-compatible model, with the drafting prompt, in the format of
+    `skinflow predict` (so `skinflow eval` scores an LLM like a trained checkpoint). items: {"id", "path"}.
+    Diagnoses the model names outside the taxonomy are dropped; listed ones without a confidence get none (0)."""
+    config = LLMConfig.from_settings(settings, model, environ)
+    system = caption_prompt(prompt)
+    version = f"llm:{config.model}:{draft_version(prompt)}"
+    rows: dict[int, dict[str, Any]] = {}
+
+    def messages(item) -> list[dict]:
+        url = image_data_url(Path(item["path"]), config.max_side)
+        return [{"role": "system", "content": system},
+                {"role": "user", "content": [{"type": "text", "text": "Describe this lesion."}, {"type": "image_url", "image_url": {"url": url}}]}]
+
+    async def collect(outcome: Outcome) -> None:
+        item = outcome.item
+        row: dict[str, Any] = {"id": item["id"], "image": str(item["path"]), "model_version": version, "caption": None,
+                               "caption_text": "", "caption_error": outcome.error, "diagnoses": [], "answer": ""}
+        if outcome.reply is not None:
+            row["answer"] = outcome.reply.text[:RAW_KEPT_CHARS]
+            try:
+                caption, diagnoses = parse_draft_reply(outcome.reply.text, taxonomy)
+            except SkinflowError as e:
+                row["caption_error"] = str(e)
+            else:
+                row.update(caption=caption.to_json(), caption_text=render(caption), caption_error=None,
+                           diagnoses=[{"key": d["key"], "display": taxonomy.label(d["key"]).display, "score": d["score"] or 0.0}
+                                      for d in diagnoses if d["key"]])
+        rows[item["id"]] = row
+
+    async def run() -> None:
+        await ask_each(config, items, messages, collect, concurrency=max(1, concurrency or config.concurrency),
+                       json_schema=reply_schema(), schema_name="lesion_draft")
+
+    asyncio.run(run())
+    return [rows[item["id"]] for item in items]
