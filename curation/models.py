@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Text
+from sqlalchemy import JSON, CheckConstraint, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 ROLES = ("annotator", "reviewer", "admin")
@@ -289,6 +289,49 @@ class GoldAssignment(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
     served_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ReaderStudy(Base):
+    """A blinded reader study: experts rate the outputs of two or more sources on a sample of verified images."""
+
+    __tablename__ = "reader_studies"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    sources: Mapped[list[Any]] = mapped_column(default=list)  # [{"key", "kind", "producer", "version"}]
+    seed: Mapped[int] = mapped_column(Integer, default=0)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ReaderStudyItem(Base):
+    """One image of a study with each source's output frozen at creation (later drafts change nothing)."""
+
+    __tablename__ = "reader_study_items"
+    __table_args__ = (Index("ix_reader_study_items_study_id", "study_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("reader_studies.id", ondelete="CASCADE"))
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"))
+    position: Mapped[int] = mapped_column(Integer)
+    outputs: Mapped[dict[str, Any]] = mapped_column(default=dict)  # source key -> {"caption", "diagnoses"}
+
+
+class ReaderRating(Base):
+    """One expert's Likert ratings (1-5) of one source's output on one item."""
+
+    __tablename__ = "reader_ratings"
+    __table_args__ = (UniqueConstraint("item_id", "user_id", "source_key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("reader_study_items.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    source_key: Mapped[str] = mapped_column(String(200))
+    correctness: Mapped[int] = mapped_column(Integer)
+    usefulness: Mapped[int] = mapped_column(Integer)
+    trust: Mapped[int] = mapped_column(Integer)
+    comment: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Setting(Base):

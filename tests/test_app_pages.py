@@ -323,3 +323,49 @@ def test_review_lists_suspicious_labels_and_sends_them_back(demo_home):
     assert not at.exception
     with demo_home.session() as s:
         assert s.get(ImageRow, wrong).meta.get("label_issue", {}).get("suggested")
+
+
+def test_reader_study_page_creates_rates_and_reports(demo_home):
+    from curation.annotate import add_draft
+
+    admin = get_actor(demo_home, "admin")
+    with demo_home.session() as s:
+        verified = [i.id for i in s.scalars(select(Image).where(Image.status == "verified"))]
+    for image_id in verified:
+        add_draft(demo_home, admin, image_id, kind="llm", producer="gpt-x", version="p1", caption={"color": ["red"]})
+    at = page(demo_home, "reader_study", "admin")
+    assert not at.exception
+    by_label(at.text_input, "Study name").input("pilot")
+    from curation.reader_study import available_sources
+
+    by_label(at.multiselect, "Sources").set_value([s["key"] for s in available_sources(demo_home)][:2])
+    [b for b in at.button if b.label == "Create study"][0].click().run()
+    assert not at.exception and any("created" in m.value for m in at.success), [e.value for e in at.error]
+    at = page(demo_home, "reader_study", "reviewer")
+    sliders = [s for s in at.select_slider if s.label.startswith("Output 1: correctness")]
+    assert sliders
+    sliders[0].set_value(5)
+    [b for b in at.button if b.label == "Submit ratings"][0].click().run()
+    assert not at.exception
+    from curation.reader_study import list_studies
+
+    assert list_studies(demo_home, get_actor(demo_home, "reviewer"))[0]["ratings"] == 2
+    assert any(b.label == "Submit ratings" for b in at.button) or any("rated every item" in m.value for m in at.success)
+
+
+def test_evaluation_page_shows_reports_side_by_side(demo_home, tmp_path):
+    from tests.test_evaluate import PREDICTIONS
+    from trainer.data import ExportData
+    from trainer.evaluate import evaluate, write_report
+    from schema.fields import FIELD_KEYS
+    from schema.taxonomy import default_taxonomy
+
+    rows2 = [{"id": i, "image": f"{i}.jpg", "split": "test", "diagnosis_key": k, "fitzpatrick": 1}
+             for i, k in ((1, "psoriasis"), (2, "melanoma"), (3, "melanoma"), (4, "psoriasis"), (5, "dermatofibroma"))]
+    data = ExportData(tmp_path, [], rows2, {k: 1 / 11 for k in FIELD_KEYS}, "u", default_taxonomy(), {"caption": "", "diagnosis": ""})
+    for name in ("run-a", "run-b"):
+        write_report(evaluate(PREDICTIONS, data), demo_home.settings.home / "reports" / name, title=name)
+    at = page(demo_home, "evaluation", "reviewer")
+    assert not at.exception and [t.value for t in at.title] == ["Evaluation"]
+    assert any("top1" in m.value for m in at.markdown)
+    assert at.dataframe and set(at.dataframe[-1].value.columns) == {"run-a", "run-b"}

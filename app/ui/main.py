@@ -8,7 +8,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app.ui import state
-from app.ui.screens import admin, annotate, dataset, drafting, insights, review, train, weights
+from app.ui.screens import admin, annotate, dataset, drafting, evaluation, insights, reader_study, review, train, weights
 from curation.auth import InvalidCredentials, authenticate
 
 st.set_page_config(page_title="SkinFlow Workbench", layout="wide")
@@ -61,12 +61,20 @@ else:
     def train_page() -> None:
         train.render()
 
+    def evaluation_page() -> None:
+        evaluation.render()
+
+    def reader_study_page() -> None:
+        reader_study.render()
+
     pages = [st.Page(annotate_page, title="Annotate", url_path="annotate", default=True)]
     if actor.can("reviewer"):
         pages += [st.Page(review_page, title="Review", url_path="review"),
                   st.Page(dataset_page, title="Dataset", url_path="dataset"),
                   st.Page(insights_page, title="Insights", url_path="insights"),
-                  st.Page(weights_page, title="Weights", url_path="weights")]
+                  st.Page(weights_page, title="Weights", url_path="weights"),
+                  st.Page(evaluation_page, title="Evaluation", url_path="evaluation"),
+                  st.Page(reader_study_page, title="Reader study", url_path="reader-study")]
     if actor.can("admin"):
         pages += [st.Page(drafting_page, title="Drafting", url_path="drafting"),
                   st.Page(train_page, title="Train", url_path="train"),
