@@ -351,6 +351,9 @@ def test_reader_study_page_creates_rates_and_reports(demo_home):
 
     assert list_studies(demo_home, get_actor(demo_home, "reviewer"))[0]["ratings"] == 2
     assert any(b.label == "Submit ratings" for b in at.button) or any("rated every item" in m.value for m in at.success)
+    means = at.dataframe[0].value  # the Results tab: per-source means
+    assert set(means["scale"]) == {"correctness", "usefulness", "trust"} and means["mean"].notna().all()
+    assert any(b.label == "Download ratings (CSV)" for b in at.get("download_button"))
 
 
 def test_evaluation_page_shows_reports_side_by_side(demo_home, tmp_path):

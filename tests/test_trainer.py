@@ -175,6 +175,20 @@ def test_tiny_end_to_end_train_resume_and_predict(grpo_export, tmp_path):
         assert (p["caption"] is None) == (p["caption_error"] is not None)
     assert [p["id"] for p in predictions] == [json.loads(line)["id"] for line in manifest.read_text().splitlines()]
 
+    # `skinflow eval --checkpoint`: predicts the split, then the report
+    from typer.testing import CliRunner
+
+    from app.cli import app
+
+    result = CliRunner().invoke(app, ["eval", "--export", str(grpo_export), "--checkpoint", str(run), "--split", "train",
+                                      "--out", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    train_rows = [r for r in (json.loads(line) for line in (grpo_export / "grpo" / "stage2.jsonl").read_text().splitlines())
+                  if r["split"] == "train"]
+    assert report["n_diagnosis"] == len(train_rows) and 0 <= report["headline"]["top6"] <= 1
+    assert (tmp_path / "report" / "reliability.png").exists()
+
 
 def test_train_refuses_a_bad_export_before_building_anything(tmp_path):
     from trainer.train import train
