@@ -387,6 +387,25 @@ def backup(ctx: typer.Context, out_file: Optional[Path] = typer.Option(None, "--
 
 
 @app.command()
+def restore(ctx: typer.Context, backup_file: Path = typer.Argument(..., help="A file written by `skinflow backup`.")) -> None:
+    """Replace the database with a backup (stop the app first); the current one is kept beside it."""
+    from curation.maintenance import restore as restore_database
+
+    c = _ctx(ctx)
+    settings = Settings.load(**({"home": c.home} if c.home else {}))
+    report = restore_database(settings, backup_file)
+    wb = open_workbench(settings)  # runs the migrations a backup from an older version needs
+    with wb.session() as s:
+        from curation import audit
+
+        audit.record(s, None, "database.restore", "database", None, source=str(backup_file))
+    out.print(f"restored {backup_file}; the previous database is kept as {report.previous_copy}")
+    if report.missing_images:
+        out.print(f"{len(report.missing_images)} of {report.images} images are missing from the store (copy images/ back): "
+                  + ", ".join(report.missing_images[:10]), markup=False, highlight=False)
+
+
+@app.command()
 def doctor(ctx: typer.Context) -> None:
     """Integrity check, migration state, image files missing on disk, orphan and temp files."""
     c = _ctx(ctx)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -47,9 +48,77 @@ def backup(wb: Workbench, actor: Actor, out: Path | None = None) -> Path:
         src.close()
         dst.close()
     partial.replace(out)
-    with wb.session() as s:
-        audit.record(s, actor, "database.backup", "database", None, path=str(out))
+    with wb.session() as s:  # the image manifest: which stored files this database refers to, and their hashes
+        images = [{"id": i, "file_path": f, "sha256": h} for i, f, h in s.execute(
+            select(Image.id, Image.file_path, Image.sha256).where(Image.file_path.is_not(None)).order_by(Image.id))]
+        audit.record(s, actor, "database.backup", "database", None, path=str(out), images=len(images))
+    manifest_path(out).write_text(json.dumps({"database": out.name, "images": images}, indent=1) + "\n", encoding="utf-8")
     return out
+
+
+def manifest_path(backup_file: Path) -> Path:
+    return backup_file.with_name(backup_file.name + ".images.json")
+
+
+@dataclass
+class RestoreReport:
+    restored_from: Path
+    previous_copy: Path
+    images: int = 0
+    missing_images: list[str] = field(default_factory=list)
+
+
+def restore(settings, backup_file: Path) -> RestoreReport:
+    """Replace the workbench database with a backup. Stop the app and other skinflow processes first.
+    The backup is checked (SQLite, integrity, a skinflow schema) before anything changes; the current
+    database is kept beside it as <db>.before-restore-<time>; images the backup's manifest lists but the
+    store lacks are reported (copy images/ back from your file backup)."""
+    backup_file = Path(backup_file)
+    if not backup_file.is_file():
+        raise DatabaseError(f"backup file {backup_file} does not exist")
+    try:
+        check = sqlite3.connect(f"file:{backup_file}?mode=ro", uri=True)
+        try:
+            integrity = check.execute("PRAGMA integrity_check").fetchone()[0]
+            revision = check.execute("SELECT version_num FROM alembic_version").fetchone()
+        finally:
+            check.close()
+    except sqlite3.DatabaseError as e:
+        raise DatabaseError(f"{backup_file} is not a skinflow SQLite backup ({e}); nothing was changed") from None
+    if integrity != "ok" or revision is None:
+        raise DatabaseError(f"{backup_file} fails the integrity check ({integrity}); nothing was changed")
+    url = settings.db_url
+    if not url.startswith("sqlite:///"):
+        raise DatabaseError("restore works on SQLite databases; for PostgreSQL use pg_restore")
+    target = Path(url.removeprefix("sqlite:///"))
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    previous = target.with_name(f"{target.name}.before-restore-{stamp}")
+    if target.exists():
+        source = sqlite3.connect(target)  # a consistent copy of the current state, WAL included
+        copy = sqlite3.connect(previous)
+        try:
+            with copy:
+                source.backup(copy)
+        finally:
+            source.close()
+            copy.close()
+    staging = target.with_name(target.name + ".restoring")
+    source, dest = sqlite3.connect(f"file:{backup_file}?mode=ro", uri=True), sqlite3.connect(staging)
+    try:
+        with dest:
+            source.backup(dest)
+    finally:
+        source.close()
+        dest.close()
+    for suffix in ("-wal", "-shm"):  # the old database's journal must not be replayed onto the restored one
+        target.with_name(target.name + suffix).unlink(missing_ok=True)
+    staging.replace(target)
+    report = RestoreReport(backup_file, previous)
+    if manifest_path(backup_file).exists():
+        listed = json.loads(manifest_path(backup_file).read_text(encoding="utf-8"))["images"]
+        report.images = len(listed)
+        report.missing_images = [i["file_path"] for i in listed if not (settings.store_dir / i["file_path"]).exists()]
+    return report
 
 
 @dataclass

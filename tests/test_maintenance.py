@@ -1,4 +1,7 @@
+import json
 import sqlite3
+
+import pytest
 
 from curation.demo import build_demo
 from curation.auth import get_actor
@@ -31,3 +34,45 @@ def test_doctor_finds_missing_orphan_and_temp_files(wb, tmp_path):
     assert report.missing_files == [str(stored[0].relative_to(wb.store_dir))]
     assert report.orphan_files == ["zz/stray.jpg"] and report.leftover_temp_files == ["zz/.tmp-123.jpg"]
     assert len(report.problems) == 3
+
+
+def test_backup_and_restore_round_trip(wb, admin, tmp_path):
+    from sqlalchemy import func, select
+
+    from curation.auth import add_user, list_users
+    from curation.db import open_workbench
+    from curation.errors import DatabaseError
+    from curation.maintenance import backup, manifest_path, restore
+    from curation.models import Image
+    from tests.helpers import jpeg_bytes, photo, write
+
+    from curation.ingest import import_path
+
+    import_path(wb, admin, write(tmp_path / "in" / "a.jpg", jpeg_bytes(photo(1))))
+    saved = backup(wb, admin, tmp_path / "b" / "state.db")
+    listed = json.loads(manifest_path(saved).read_text())["images"]
+    assert len(listed) == 1 and len(listed[0]["sha256"]) == 64
+    add_user(wb, admin, "later", "annotator")  # after the backup: the restore must undo it
+    with wb.session() as s:
+        stored = s.scalar(select(Image.file_path))
+    settings = wb.settings
+    wb.close()
+    not_a_db = tmp_path / "junk.db"
+    not_a_db.write_bytes(b"not a database at all")
+    with pytest.raises(DatabaseError, match="nothing was changed"):
+        restore(settings, not_a_db)
+    (settings.store_dir / stored).unlink()  # a lost image file is reported
+    report = restore(settings, saved)
+    assert report.previous_copy.exists() and report.missing_images == [stored]
+    again = open_workbench(settings)
+    try:
+        assert "later" not in [u["username"] for u in list_users(again, admin)]
+        with again.session() as s:
+            assert s.scalar(select(func.count(Image.id))) == 1
+    finally:
+        again.close()
+    previous = open_workbench(type(settings).load(environ={}, home=tmp_path / "peek", database_url=f"sqlite:///{report.previous_copy}"))
+    try:
+        assert "later" in [u["username"] for u in list_users(previous, admin)]  # the replaced state is kept
+    finally:
+        previous.close()
