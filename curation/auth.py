@@ -7,6 +7,7 @@ Passwords are hashed with argon2id (argon2-cffi defaults).
 from __future__ import annotations
 
 import re
+from datetime import datetime, timedelta, timezone
 import secrets
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ from sqlalchemy import func, select
 
 from curation import audit
 from curation.errors import ConflictError, NotFound, PermissionDenied, SkinflowError
-from curation.models import ROLES, User
+from curation.models import ROLES, AuditEvent, User, utcnow
 
 ROLE_RANK = {role: rank for rank, role in enumerate(ROLES)}
 MIN_PASSWORD_CHARS = 8
@@ -159,14 +160,39 @@ def set_password(wb, actor: Actor, username: str, password: str | None = None) -
     return password
 
 
-def authenticate(wb, username: str, password: str) -> Actor:
+MAX_FAILED_LOGINS = 5  # per account within FAILED_LOGIN_WINDOW; then logins wait for the window to pass
+FAILED_LOGIN_WINDOW = timedelta(minutes=15)
+
+
+def authenticate(wb, username: str, password: str, *, now: datetime | None = None) -> Actor:
+    """The account for these credentials. Failed attempts are audited (`auth.failed`); after
+    MAX_FAILED_LOGINS of them within FAILED_LOGIN_WINDOW the account refuses logins, even with the right
+    password, until the window has passed (a throttle against password guessing)."""
+    name = username.strip().lower()
+    now = now or utcnow()
     with wb.session() as s:
-        user = s.scalar(select(User).where(User.username == username.strip().lower()))
-        if user is None or not user.active:
+        recent = s.scalars(select(AuditEvent.created_at).where(
+            AuditEvent.action == "auth.failed", AuditEvent.entity == "user", AuditEvent.username == name,
+            AuditEvent.created_at > now - FAILED_LOGIN_WINDOW).order_by(AuditEvent.created_at)).all()
+    if len(recent) >= MAX_FAILED_LOGINS:
+        first = recent[-MAX_FAILED_LOGINS]
+        first = first if first.tzinfo else first.replace(tzinfo=timezone.utc)
+        wait = max(1, int(((first + FAILED_LOGIN_WINDOW) - now).total_seconds() // 60) + 1)
+        raise InvalidCredentials(f"too many failed logins for this account; try again in {wait} minute(s) or ask an admin")
+    with wb.session() as s:
+        user = s.scalar(select(User).where(User.username == name))
+        ok = user is not None and user.active
+        if not ok:
             _hasher.hash(password)  # same work either way: no timing hint that the name exists
-            raise InvalidCredentials("wrong username or password")
-        try:
-            _hasher.verify(user.password_hash, password)
-        except (VerificationError, InvalidHashError):
-            raise InvalidCredentials("wrong username or password") from None
-        return _actor(user)
+        else:
+            try:
+                _hasher.verify(user.password_hash, password)
+            except (VerificationError, InvalidHashError):
+                ok = False
+        if not ok:
+            # recorded under the name tried (no user id): a throttle for unknown names too
+            s.add(AuditEvent(user_id=None, username=name[:64], action="auth.failed", entity="user", entity_id=None,
+                             payload={}, created_at=now))
+        else:
+            return _actor(user)
+    raise InvalidCredentials("wrong username or password")

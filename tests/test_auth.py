@@ -116,3 +116,27 @@ def test_role_matrix_every_mutating_function_checks_the_role(wb, tmp_path, admin
                         pytest.fail(f"{role} was refused an action needing {needed}")
                     except Exception:
                         pass  # other errors (missing files, no data) are fine here: the role check passed
+
+
+def test_failed_logins_are_throttled_per_account_and_audited(wb, admin):
+    from datetime import timedelta
+
+    from sqlalchemy import func, select
+
+    from curation.models import AuditEvent, utcnow
+
+    start = utcnow()
+    for minute in range(auth.MAX_FAILED_LOGINS):
+        with pytest.raises(auth.InvalidCredentials, match="wrong username or password"):
+            auth.authenticate(wb, "admin", "guess-number-%d" % minute, now=start + timedelta(minutes=minute))
+    later = start + timedelta(minutes=auth.MAX_FAILED_LOGINS)
+    with pytest.raises(auth.InvalidCredentials, match="too many failed logins"):
+        auth.authenticate(wb, "admin", "admin-password", now=later)  # even the right password waits
+    with wb.session() as s:
+        assert s.scalar(select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "auth.failed")) == auth.MAX_FAILED_LOGINS
+    assert auth.authenticate(wb, "admin", "admin-password", now=start + auth.FAILED_LOGIN_WINDOW + timedelta(minutes=1)).role == "admin"
+    for _ in range(auth.MAX_FAILED_LOGINS):  # unknown names are throttled too, without revealing anything
+        with pytest.raises(auth.InvalidCredentials, match="wrong username or password"):
+            auth.authenticate(wb, "ghost", "whatever-pw", now=later)
+    with pytest.raises(auth.InvalidCredentials, match="too many"):
+        auth.authenticate(wb, "ghost", "whatever-pw", now=later)
