@@ -7,6 +7,8 @@ concurrent writers wait instead of failing with "database is locked".
 
 from __future__ import annotations
 
+import fcntl
+
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
@@ -95,5 +97,12 @@ def open_workbench(settings: Settings | None = None) -> Workbench:
     except OSError as e:
         raise DatabaseError(f"cannot create the workbench folder {settings.home}: {e.strerror}; set SKINFLOW_HOME to a writable folder") from None
     engine = make_engine(settings.db_url)
-    upgrade(engine)
+    # Two processes opening a new workbench at once (the app and a CLI command) would both run the
+    # migrations; a lock file in the workbench folder makes the second wait and find them done.
+    with (settings.home / ".migrate.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            upgrade(engine)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
     return Workbench(settings, engine)

@@ -90,3 +90,23 @@ def test_upgrading_a_version_1_database_keeps_its_data_and_downgrade_works(tmp_p
         assert connection.execute(text("SELECT username FROM users")).scalars().all() == ["old"]
     command.downgrade(cfg, "base")
     engine.dispose()
+
+
+def _open(home: str) -> None:
+    from curation.db import open_workbench
+    from curation.settings import Settings
+
+    open_workbench(Settings.load(environ={}, home=home)).close()
+
+
+def test_processes_opening_a_new_workbench_at_once_all_succeed(tmp_path):
+    """They race to run the migrations; the lock makes the others wait and find them done."""
+    import multiprocessing as mp
+
+    context = mp.get_context("spawn")
+    processes = [context.Process(target=_open, args=(str(tmp_path / "new"),)) for _ in range(4)]
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join(timeout=120)
+    assert [p.exitcode for p in processes] == [0, 0, 0, 0]
