@@ -488,6 +488,7 @@ def train(
     stage2_steps: Optional[int] = typer.Option(None, help="Stage 2 GRPO steps."),
     num_generations: Optional[int] = typer.Option(None, help="Completions per prompt (GRPO group size)."),
     batch_size: Optional[int] = typer.Option(None, help="Completions per step (a multiple of --num-generations)."),
+    save_steps: Optional[int] = typer.Option(None, help="Checkpoint every this many steps (what --resume restarts from)."),
     no_fdlinear: bool = typer.Option(False, help="Plain linears in the vision tower (ablation)."),
     use_vllm: bool = typer.Option(False, help="Generate with vLLM (GPU machines with vllm installed)."),
 ) -> None:
@@ -497,7 +498,7 @@ def train(
 
     overrides = {"export": str(export_dir), "model": model, "output_dir": output_dir, "run_id": run_id, "seed": seed,
                  "sft_epochs": sft_epochs, "stage1_steps": stage1_steps, "stage2_steps": stage2_steps,
-                 "num_generations": num_generations, "batch_size": batch_size,
+                 "num_generations": num_generations, "batch_size": batch_size, "save_steps": save_steps,
                  "stages": tuple(int(s) for s in stages.split(",") if s.strip()) if stages else None,
                  "fdlinear": False if no_fdlinear else None, "use_vllm": True if use_vllm else None}
     overrides = {k: v for k, v in overrides.items() if v is not None}

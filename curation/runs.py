@@ -38,7 +38,7 @@ from curation.workflow import get_workflow_settings, update_workflow_settings
 
 CANCEL_GRACE_S = 60
 PRESETS = ("tiny", "qwen2.5-vl-7b")
-OVERRIDES = ("sft_epochs", "stage1_steps", "stage2_steps", "num_generations", "batch_size", "seed", "stages")  # `skinflow train` flags
+OVERRIDES = ("sft_epochs", "stage1_steps", "stage2_steps", "num_generations", "batch_size", "seed", "stages", "save_steps")  # `skinflow train` flags
 _children: dict[int, subprocess.Popen] = {}  # processes this interpreter started (reaped by poll)
 
 
@@ -237,6 +237,22 @@ def cancel_run(wb: Workbench, actor: Actor, run_id: int) -> str:
             raise RunError(f"run #{run_id} is {run.status}; only queued or running runs can be cancelled")
         audit.record(s, actor, "run.cancel", "training_run", run_id)
         return run.status
+
+
+def resume_run(wb: Workbench, actor: Actor, run_id: int) -> None:
+    """Continue a failed or cancelled run from its last checkpoint (finished stages are not rerun): it is
+    queued again and starts when a slot is free."""
+    require(actor, "admin", "resume training runs")
+    with wb.session() as s:
+        run = s.get(TrainingRun, run_id)
+        if run is None:
+            raise NotFound(f"no training run #{run_id}")
+        if run.status not in ("failed", "cancelled"):
+            raise RunError(f"run #{run_id} is {run.status}; only a failed or cancelled run can be resumed")
+        run.status, run.error, run.finished_at, run.pid = "queued", None, None, None
+        audit.record(s, actor, "run.resume", "training_run", run_id)
+    (run_dir(wb, run_id) / "cancel").unlink(missing_ok=True)
+    refresh_runs(wb)
 
 
 def list_runs(wb: Workbench) -> list[RunView]:

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from curation.demo import build_demo
 from curation.models import Draft, Image
-from curation.runs import RunError, activate_run, cancel_run, list_runs, read_metrics, refresh_runs, run_dir, start_training
+from curation.runs import RunError, activate_run, cancel_run, list_runs, read_metrics, refresh_runs, resume_run, run_dir, start_training
 from curation.workflow import get_workflow_settings
 
 FAST = {"sft_epochs": 1, "stage1_steps": 2, "stage2_steps": 2, "num_generations": 2, "batch_size": 4}
@@ -116,14 +116,28 @@ def _alive(pid):
 
 @pytest.mark.slow  # real training processes: tens of seconds each (make test-slow, .ci/run)
 def test_a_killed_training_process_is_marked_failed_with_the_reason(curated, admin):
-    run_id = start_training(curated, admin, overrides={**FAST, "sft_epochs": 500})
+    run_id = start_training(curated, admin, overrides={**FAST, "sft_epochs": 500, "save_steps": 5})
     run = next(r for r in list_runs(curated) if r.id == run_id)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (run_dir(curated, run_id) / "progress.json").exists():
         time.sleep(0.3)
+    while time.monotonic() < deadline and not list((run_dir(curated, run_id) / "stage0").glob("checkpoint-*")):
+        time.sleep(0.3)  # killed after its first checkpoint, so the resume has something to resume from
     os.killpg(run_pid(curated, run_id), signal.SIGKILL)
     run = wait_for(curated, run_id, {"failed", "done", "cancelled"}, timeout=30)
     assert run.status == "failed" and "ended without finishing" in run.error
+
+    # resumed: it continues from the last checkpoint instead of starting over
+    checkpoint_step = max(int(p.name.split("-")[-1]) for p in (run_dir(curated, run_id) / "stage0").glob("checkpoint-*"))
+    logged = len(read_metrics(curated, run_id))
+    resume_run(curated, admin, run_id)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(read_metrics(curated, run_id)) <= logged:
+        time.sleep(0.3)
+    resumed = read_metrics(curated, run_id)[logged:]
+    assert resumed and min(r["step"] for r in resumed) > checkpoint_step
+    cancel_run(curated, admin, run_id)
+    assert wait_for(curated, run_id, {"cancelled", "failed", "done"}, timeout=90).status == "cancelled"
 
 
 def run_pid(wb, run_id):

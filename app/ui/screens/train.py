@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from app.ui import state
-from curation.runs import PRESETS, activate_run, cancel_run, list_runs, log_tail, read_metrics, start_training
+from curation.runs import PRESETS, activate_run, cancel_run, list_runs, log_tail, read_metrics, resume_run, start_training
 from schema.errors import SkinflowError
 
 
@@ -43,6 +43,13 @@ def _run_details(wb, actor, run_id: int) -> None:
         st.info("Queued: it starts when the running one finishes.")
     if run.error:
         st.error(run.error)
+    if run.status in ("failed", "cancelled") and st.button(f"Resume run #{run.id} from its last checkpoint"):
+        try:
+            resume_run(wb, actor, run.id)
+        except SkinflowError as e:
+            state.show_error(e)
+        else:
+            st.success(f"Run #{run.id} queued again.")
     _curves(read_metrics(wb, run.id))
     with st.expander("Log (last lines)"):
         st.code(log_tail(wb, run.id) or "(empty)", language=None)
