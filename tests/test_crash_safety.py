@@ -78,3 +78,41 @@ def test_an_export_killed_midway_completes_on_rerun(tmp_path):
     assert rerun.wait(timeout=300) == 0, rerun.stdout.read().decode()
     verify = start(home, "export", "verify", str(out))
     assert verify.wait(timeout=120) == 0, verify.stdout.read().decode()
+
+
+def drafts_stored(home: Path) -> tuple[int, int]:
+    """(draft rows, distinct images drafted), read without opening a workbench."""
+    import sqlite3
+
+    try:
+        connection = sqlite3.connect(f"file:{home / 'skinflow.db'}?mode=ro", uri=True, timeout=5)
+        try:
+            return connection.execute("SELECT count(*), count(DISTINCT image_id) FROM drafts WHERE kind = 'llm'").fetchone()
+        finally:
+            connection.close()
+    except sqlite3.OperationalError:
+        return 0, 0
+
+
+def test_a_drafting_run_killed_midway_completes_on_rerun_without_duplicates(tmp_path):
+    from tests.fake_llm import FakeLLM
+
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    for case in range(80):
+        (folder / f"case{case:02d}.jpg").write_bytes(jpeg_bytes(photo(case, (64, 48))))
+    home = tmp_path / "wb"
+    assert start(home, "import", str(folder)).wait(timeout=120) == 0
+    with FakeLLM(latency_s=0.1) as server:
+        os.environ.update(SKINFLOW_LLM_BASE_URL=server.url, SKINFLOW_LLM_MODEL="fake-vlm")
+        try:
+            first = start(home, "draft", "--concurrency", "4")
+            assert kill_when(first, lambda: 0 < drafts_stored(home)[0] < 80), "the run finished before it could be interrupted"
+            rows, images = drafts_stored(home)
+            assert rows == images  # what was written is whole: one draft per image
+            rerun = start(home, "draft", "--concurrency", "8")
+            assert rerun.wait(timeout=120) == 0, rerun.stdout.read().decode()
+        finally:
+            os.environ.pop("SKINFLOW_LLM_BASE_URL", None)
+            os.environ.pop("SKINFLOW_LLM_MODEL", None)
+    assert drafts_stored(home) == (80, 80)  # the rerun drafted only the rest
