@@ -372,3 +372,25 @@ def test_evaluation_page_shows_reports_side_by_side(demo_home, tmp_path):
     assert not at.exception and [t.value for t in at.title] == ["Evaluation"]
     assert any("top1" in m.value for m in at.markdown)
     assert at.dataframe and set(at.dataframe[-1].value.columns) == {"run-a", "run-b"}
+
+
+def test_hostile_text_from_a_csv_or_an_llm_reply_is_shown_as_text(demo_home):
+    """A source label or reply with markdown or HTML cannot add markup, links or remote images to a page."""
+    from curation.annotate import add_draft
+
+    hostile = "![pixel](http://127.0.0.1:9/track.png) <img src=x onerror=alert(1)> **bold**"
+    admin = get_actor(demo_home, "admin")
+    with demo_home.session() as s:
+        for image in s.scalars(select(Image).where(Image.status == "pending")):
+            image.diagnosis_key, image.source_label = None, hostile
+            add_draft(demo_home, admin, image.id, kind="llm", producer="evil", version="1", caption={"other": hostile})
+    at = login("annotator")
+    assert not at.exception
+    rendered = " ".join(m.value for m in at.markdown)
+    import re
+
+    assert "Source label:" in rendered
+    assert not re.search(r"(?<!\\)<img", rendered) and not re.search(r"(?<!\\)!(?<!\\)\[pixel", rendered)  # nothing unescaped
+    assert "\\!\\[pixel\\]" in rendered  # shown, escaped
+    other = [t for t in at.text_area if t.label.startswith("Other")] + [t for t in at.text_input if t.label.startswith("Other")]
+    assert other and other[0].value == hostile  # an editable plain-text field, the reply as it was

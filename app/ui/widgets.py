@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import streamlit as st
@@ -62,6 +63,15 @@ def caption_form(prefix: str, initial: dict[str, Any] | None, disagreements: lis
     return values
 
 
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~])")
+
+
+def plain(text: object) -> str:
+    """Untrusted text (CSV labels, LLM replies) made inert inside st.markdown: every markdown and HTML
+    character escaped, so a reply cannot add links, images (a request to any server) or markup."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", str(text))
+
+
 def taxonomy_label(taxonomy: Taxonomy, key: str) -> str:
     label = taxonomy.labels.get(key)
     return f"{label.display} — {label.group9} / {label.group3}" if label else key
@@ -75,7 +85,7 @@ def diagnosis_widget(prefix: str, taxonomy: Taxonomy, source_key: str | None, so
     if source_key:
         st.markdown(f"**Source label:** {taxonomy_label(taxonomy, source_key)}")
     elif source_label:
-        st.markdown(f"**Source label:** {source_label} (not in the taxonomy)")
+        st.markdown(f"**Source label:** {plain(source_label)} (not in the taxonomy)")
     else:
         st.markdown("**Source label:** none")
     if suggestions:  # one click takes a suggestion; clicking it again clears it

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from app.ui import state
-from app.ui.widgets import caption_form, diagnosis_widget, taxonomy_label
+from app.ui.widgets import caption_form, diagnosis_widget, plain, taxonomy_label
 from curation.annotate import adjudicate, review_annotation
 from curation.label_issues import send_back_for_review, suspicious_labels
 from curation.review import review_items
@@ -65,7 +65,7 @@ def render() -> None:
     with image_column:
         if detail.path is not None:
             st.image(str(detail.path), width="stretch")
-        st.markdown(f"**Source label:** {taxonomy_label(wb.taxonomy, detail.diagnosis_key) if detail.diagnosis_key else detail.source_label or 'none'}")
+        st.markdown(f"**Source label:** {taxonomy_label(wb.taxonomy, detail.diagnosis_key) if detail.diagnosis_key else plain(detail.source_label or 'none')}")
     with table_column:
         rows = {f.label: [_value(h["caption"], f.key) for h in heads] for f in FIELDS}
         rows["Diagnosis"] = [taxonomy_label(wb.taxonomy, h["diagnosis_key"]) if h["diagnosis_key"] else (h["diagnosis_text"] or "—") for h in heads]
