@@ -38,13 +38,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check app curation schema trainer tests benchmarks
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/ingest.py
-	$(BIN)/python benchmarks/app.py
-	$(BIN)/python benchmarks/drafting.py
-	$(BIN)/python benchmarks/export.py
-	$(BIN)/python benchmarks/fdlinear.py
-	$(BIN)/python benchmarks/train_tiny.py
-	$(BIN)/python benchmarks/suggestions.py
+	$(BIN)/python -m benchmarks
 
 clean:
 	rm -rf $(VENV) .ls-venv .pytest_cache

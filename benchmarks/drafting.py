@@ -22,7 +22,7 @@ from PIL import Image as PILImage
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.app import write_section  # noqa: E402
+from benchmarks.app import record, write_section  # noqa: E402
 from curation.auth import add_user  # noqa: E402
 from curation.db import open_workbench  # noqa: E402
 from curation.drafting import draft_images  # noqa: E402
@@ -47,6 +47,8 @@ def main() -> None:
     ideal = args.n * args.latency / args.concurrency
     print(f"median of {args.repeats}: efficiency {median:.2f} (range {efficiencies[0]:.2f}-{efficiencies[-1]:.2f}; "
           f"{'meets' if median >= GOAL else 'misses'} goal {GOAL}), {rate:.1f} requests/s")
+    record(f"LLM drafting efficiency ({args.n} images, {args.latency * 1000:.0f} ms latency)", median, "of ideal", ideal, median,
+           f">= {GOAL}", median >= GOAL)
     write_section("LLM drafting (benchmarks/drafting.py)", [
         f"{args.n} images (512x384 JPEG), concurrency {args.concurrency}, fake chat-completions server (its own process) on "
         f"127.0.0.1 with {args.latency * 1000:.0f} ms latency; the real openai client; every draft validated and committed. "

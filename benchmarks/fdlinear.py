@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from benchmarks.app import write_section  # noqa: E402
+from benchmarks.app import record, write_section  # noqa: E402
 from trainer.fdlinear import FDLinear  # noqa: E402
 
 GOAL = 1.10
@@ -74,6 +74,8 @@ def main() -> None:
 
             plain_train, ours_train = paired_seconds(lambda: train_step(linear), lambda: train_step(layer), max(3, args.repeats // 3))
             rows.append((fan_in, fan_out, batch, plain, ours, plain_train, ours_train))
+            record(f"FDLinear forward {fan_in}->{fan_out}, {batch} image(s)", ours * 1000, "ms", plain * 1000, ours / plain,
+                   f"<= {GOAL}x nn.Linear", ours / plain <= GOAL)
             print(f"{fan_in}->{fan_out} batch {batch}: forward {ours / plain:.2f}x ({plain * 1e3:.1f} -> {ours * 1e3:.1f} ms); "
                   f"forward+backward {ours_train / plain_train:.2f}x")
     per_block = 2 * overhead[(1280, 3420)][0] + overhead[(3420, 1280)][0]

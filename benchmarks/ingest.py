@@ -27,6 +27,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.app import record, write_section  # noqa: E402
 from curation.auth import add_user  # noqa: E402
 from curation.db import open_workbench  # noqa: E402
 import curation.ingest as ingest_module  # noqa: E402
@@ -34,7 +35,6 @@ from curation.ingest import import_folder  # noqa: E402
 from curation.settings import Settings  # noqa: E402
 
 GOAL = 0.7
-RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
 def make_photos(folder: Path, n: int, size: tuple[int, int], orientation: int | None) -> None:
@@ -103,13 +103,14 @@ def main() -> None:
                 label = f"{case}, {min(threads, os.cpu_count() or 1)} prepare thread(s)"
                 rows.append((label, floor, ours, ratio))
                 verdict = "meets" if ratio >= GOAL else "below"
+                upright = orientation is None
+                record(f"ingest: {label}", ours, "img/s", floor, ratio, f">= {GOAL} of read+sha256+decode" if upright else "for information",
+                       ratio >= GOAL if upright else None)
                 print(f"{label}: floor {floor:.1f} img/s, ours {ours:.1f} img/s, ratio {ratio:.2f} ({verdict} goal {GOAL})")
         finally:
             ingest_module.PREPARE_THREADS = default_threads
             shutil.rmtree(folder)
-    section = [
-        "## Ingest (benchmarks/ingest.py)",
-        "",
+    write_section("Ingest (benchmarks/ingest.py)", [
         f"{args.n} photo-like {args.size} JPEGs with camera EXIF; best of {args.repeats}; "
         f"{platform.machine()}, {platform.python_version()}. Floor = read + sha256 + full decode.",
         "",
@@ -123,15 +124,7 @@ def main() -> None:
         "one. Rotated JPEGs have to be re-encoded (a rotation cannot be applied to JPEG data losslessly",
         "here), so those rows are for information.",
         f"Machine: {os.cpu_count()} cores; timings on a shared machine vary by about 10% between runs.",
-        "",
-    ]
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nWritten by the scripts in benchmarks/.\n\n"
-    start = text.find("## Ingest")
-    if start >= 0:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + text[end + 1 if end >= 0 else len(text):]
-    RESULTS.write_text(text.rstrip() + "\n\n" + "\n".join(section))
-
+    ])
 
 if __name__ == "__main__":
     main()

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from benchmarks.app import write_section  # noqa: E402
+from benchmarks.app import record, write_section  # noqa: E402
 from curation.auth import add_user  # noqa: E402
 from curation.db import open_workbench  # noqa: E402
 from curation.ingest import import_folder  # noqa: E402
@@ -101,6 +101,7 @@ def main() -> None:
 
     print(f"{args.n:,} images: ours {ours:.1f} s ({args.n / ours:.0f}/s); Label Studio file upload {upload:.1f} s "
           f"({args.n / upload:.0f}/s, ours is {upload / ours:.2f}x faster); Label Studio task JSON {task_json:.1f} s")
+    record(f"import {args.n:,} images: Label Studio file upload / ours", upload, "s", ours, upload / ours, "for information", None)
     write_section("Label Studio import (benchmarks/labelstudio_import.py)", [
         f"{args.n:,} JPEGs 256x256 with camera EXIF; Label Studio on the same machine (127.0.0.1), {os.cpu_count()} cores.",
         "",

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import select  # noqa: E402
 
-from benchmarks.app import write_section  # noqa: E402
+from benchmarks.app import record, write_section  # noqa: E402
 from curation.auth import get_actor  # noqa: E402
 from curation.db import open_workbench  # noqa: E402
 from curation.demo import build_demo  # noqa: E402
@@ -97,6 +97,8 @@ def main() -> None:
         "The demo's noisy drafts change about 30% of the true values on purpose (curation/demo.py); the model's numbers are "
         "what one CPU retrain on ~120 images buys.",
     ]
+    record("edit rate per field from model suggestions (vs LLM-style drafts)", mean["model"], "share", mean["synthetic"],
+           mean["model"] / mean["synthetic"] if mean["synthetic"] else None, "for information (lower is better)", None)
     write_section("Model suggestions vs LLM-style drafts (benchmarks/suggestions.py)", lines)
 
 

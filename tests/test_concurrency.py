@@ -1,9 +1,12 @@
 """8 processes, 1,000 annotation submits and edits, many on the same images, against one SQLite file:
 nothing lost or silently overwritten, no "database is locked" reaching a caller, every write audited."""
 
-import multiprocessing as mp
+import json
 import random
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 from sqlalchemy import func, select
 
@@ -14,7 +17,13 @@ PROCESSES, OPERATIONS, IMAGES = 8, 1000, 12
 COLOURS = ("red", "brown", "white", "violaceous", "yellow")
 
 
-def worker(home: str, username: str, seed: int, n: int, image_ids: list[int], results) -> None:
+ROOT = Path(__file__).resolve().parents[1]
+# Workers are separate interpreters started with -c, not multiprocessing: a spawned child re-runs the
+# parent's __main__, which Streamlit's AppTest leaves pointing at a temporary script.
+WORKER = "import json, sys; from tests.test_concurrency import worker; print(json.dumps(worker(*json.loads(sys.argv[1]))))"
+
+
+def worker(home: str, username: str, seed: int, n: int, image_ids: list[int]) -> dict:
     from sqlalchemy.exc import OperationalError
 
     from curation.annotate import current_annotation, submit_annotation
@@ -48,7 +57,7 @@ def worker(home: str, username: str, seed: int, n: int, image_ids: list[int], re
         except Exception as e:  # noqa: BLE001 - anything else is a failure the test reports
             done["errors"].append(f"{type(e).__name__}: {str(e)[:200]}")
     wb.close()
-    results.put((username, done))
+    return done
 
 
 def test_eight_writers_lose_nothing(wb, admin):
@@ -58,16 +67,16 @@ def test_eight_writers_lose_nothing(wb, admin):
         s.flush()
         image_ids = [r.id for r in rows]
     people = [add_user(wb, admin, f"p{i}", "reviewer" if i % 2 else "annotator")[0].username for i in range(PROCESSES)]
-    context = mp.get_context("spawn")
-    results = context.Queue()
     start = time.monotonic()
-    processes = [context.Process(target=worker, args=(str(wb.settings.home), name, seed, OPERATIONS // PROCESSES, image_ids, results))
-                 for seed, name in enumerate(people)]
-    for p in processes:
-        p.start()
-    outcomes = dict(results.get(timeout=300) for _ in processes)
-    for p in processes:
-        p.join(timeout=60)
+    processes = {name: subprocess.Popen([sys.executable, "-c", WORKER, json.dumps([str(wb.settings.home), name, seed, OPERATIONS // PROCESSES,
+                                                                                  image_ids])],
+                                        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for seed, name in enumerate(people)}
+    outcomes = {}
+    for name, process in processes.items():
+        stdout, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr[-3000:]
+        outcomes[name] = json.loads(stdout.strip().splitlines()[-1])
     elapsed = time.monotonic() - start
     written = [i for o in outcomes.values() for i in o["ids"]]
     conflicts = sum(o["conflicts"] for o in outcomes.values())

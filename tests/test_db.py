@@ -92,21 +92,14 @@ def test_upgrading_a_version_1_database_keeps_its_data_and_downgrade_works(tmp_p
     engine.dispose()
 
 
-def _open(home: str) -> None:
-    from curation.db import open_workbench
-    from curation.settings import Settings
-
-    open_workbench(Settings.load(environ={}, home=home)).close()
-
-
 def test_processes_opening_a_new_workbench_at_once_all_succeed(tmp_path):
     """They race to run the migrations; the lock makes the others wait and find them done."""
-    import multiprocessing as mp
+    import subprocess
+    import sys
 
-    context = mp.get_context("spawn")
-    processes = [context.Process(target=_open, args=(str(tmp_path / "new"),)) for _ in range(4)]
-    for p in processes:
-        p.start()
-    for p in processes:
-        p.join(timeout=120)
-    assert [p.exitcode for p in processes] == [0, 0, 0, 0]
+    code = ("import sys; from curation.db import open_workbench; from curation.settings import Settings; "
+            "open_workbench(Settings.load(environ={}, home=sys.argv[1])).close()")
+    processes = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "new")], stderr=subprocess.PIPE, text=True)
+                 for _ in range(4)]
+    errors = [p.communicate(timeout=120)[1] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0, 0, 0], errors
