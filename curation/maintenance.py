@@ -19,6 +19,18 @@ from curation.errors import DatabaseError
 from curation.models import Image
 
 
+def _sqlite_copy(source: str, destination: Path) -> None:
+    """A consistent copy of a SQLite database (the online backup API), even while others write to it."""
+    src = sqlite3.connect(source, uri=source.startswith("file:"))
+    dst = sqlite3.connect(destination)
+    try:
+        with dst:
+            src.backup(dst)
+    finally:
+        src.close()
+        dst.close()
+
+
 def _sqlite_path(wb: Workbench) -> Path:
     url = wb.engine.url
     if url.get_backend_name() != "sqlite" or not url.database:
@@ -39,14 +51,7 @@ def backup(wb: Workbench, actor: Actor, out: Path | None = None) -> Path:
         raise DatabaseError(f"{out} exists already; choose another file name")
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
-    src = sqlite3.connect(source)
-    dst = sqlite3.connect(partial)
-    try:
-        with dst:
-            src.backup(dst)
-    finally:
-        src.close()
-        dst.close()
+    _sqlite_copy(str(source), partial)
     partial.replace(out)
     with wb.session() as s:  # the image manifest: which stored files this database refers to, and their hashes
         images = [{"id": i, "file_path": f, "sha256": h} for i, f, h in s.execute(
@@ -94,22 +99,9 @@ def restore(settings, backup_file: Path) -> RestoreReport:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     previous = target.with_name(f"{target.name}.before-restore-{stamp}")
     if target.exists():
-        source = sqlite3.connect(target)  # a consistent copy of the current state, WAL included
-        copy = sqlite3.connect(previous)
-        try:
-            with copy:
-                source.backup(copy)
-        finally:
-            source.close()
-            copy.close()
+        _sqlite_copy(str(target), previous)  # a consistent copy of the current state, WAL included
     staging = target.with_name(target.name + ".restoring")
-    source, dest = sqlite3.connect(f"file:{backup_file}?mode=ro", uri=True), sqlite3.connect(staging)
-    try:
-        with dest:
-            source.backup(dest)
-    finally:
-        source.close()
-        dest.close()
+    _sqlite_copy(f"file:{backup_file}?mode=ro", staging)
     for suffix in ("-wal", "-shm"):  # the old database's journal must not be replayed onto the restored one
         target.with_name(target.name + suffix).unlink(missing_ok=True)
     staging.replace(target)

@@ -95,12 +95,8 @@ def read_metrics(wb: Workbench, run_id: int) -> list[dict[str, Any]]:
 def log_tail(wb: Workbench, run_id: int, lines: int = 40) -> str:
     with wb.session() as s:
         run = s.get(TrainingRun, run_id)
-        path = Path(run.log_path) if run and run.log_path else None
-    if path is None or not path.exists():
-        return ""
-    with path.open("rb") as handle:
-        handle.seek(max(0, path.stat().st_size - 64_000))
-        return "\n".join(handle.read().decode("utf-8", "replace").splitlines()[-lines:])
+        path = run.log_path if run else None
+    return "\n".join(log_tail_of(path, lines))
 
 
 def _alive(pid: int | None, marker: str) -> bool:
@@ -215,9 +211,12 @@ def refresh_runs(wb: Workbench) -> None:
 
 
 def log_tail_of(path: str | None, lines: int = 20) -> list[str]:
+    """The last lines of a log (only its end is read: logs of long runs grow large)."""
     if not path or not Path(path).exists():
         return []
-    return Path(path).read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
+    with Path(path).open("rb") as handle:
+        handle.seek(max(0, Path(path).stat().st_size - 64_000))
+        return handle.read().decode("utf-8", "replace").splitlines()[-lines:]
 
 
 def cancel_run(wb: Workbench, actor: Actor, run_id: int) -> str:
