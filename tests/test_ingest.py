@@ -310,3 +310,25 @@ def test_import_path_errors(wb, admin, tmp_path):
     empty.write_text("")
     with pytest.raises(IngestError, match="empty"):
         import_path(wb, admin, empty)
+
+
+def test_cmyk_16_bit_and_huge_exif_images_are_stored_as_plain_8_bit_pictures_without_metadata(wb, admin, tmp_path):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    Image.new("CMYK", (80, 60), (10, 200, 30, 5)).save(folder / "cmyk.jpg")
+    Image.fromarray(np.random.default_rng(0).integers(0, 65535, (60, 80)).astype(np.uint16)).save(folder / "gray16.png")
+    exif = Image.Exif()
+    exif[0x010E] = "x" * 60_000  # a 60 kB ImageDescription
+    Image.new("RGB", (80, 60), (200, 100, 50)).save(folder / "hugeexif.jpg", exif=exif)
+    report = import_folder(wb, admin, folder)
+    assert report.imported == 3 and report.failed == []
+    with wb.session() as s:
+        paths = [wb.store_dir / p for p in s.scalars(select(ImageRow.file_path))]
+    modes = set()
+    for path in paths:
+        with Image.open(path) as stored:
+            stored.load()
+            modes.add(stored.mode)
+            assert dict(stored.getexif()) == {} and stored.size == (80, 60)
+            assert stored.mode in ("RGB", "L")  # what every browser and the trainer read
+    assert modes == {"RGB", "L"} and all(p.stat().st_size < 20_000 for p in paths)
