@@ -30,7 +30,7 @@ from typing import Any, Callable
 import numpy as np
 
 from schema.taxonomy import Relevance, Taxonomy
-from trainer.data import ExportData
+from trainer.data import ExportData, read_jsonl
 from trainer.errors import TrainerError
 from trainer.rewards import caption_reward
 
@@ -155,18 +155,9 @@ def read_predictions(path: str | Path) -> dict[int, dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise TrainerError(f"prediction file {path} does not exist; make one with `skinflow predict`")
-    out = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise TrainerError(f"{path} line {number} is not JSON ({e.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("id"), int):
-            raise TrainerError(f"{path} line {number} has no integer 'id' (the export record id); predict from the export's grpo/*.jsonl")
-        out[row["id"]] = row
-    return out
+    rows = read_jsonl(path, lambda row: isinstance(row.get("id"), int),
+                      "has no integer 'id' (the export record id); predict from the export's grpo/*.jsonl")
+    return {row["id"]: row for row in rows}
 
 
 def evaluate(predictions: dict[int, dict[str, Any]], data: ExportData, *, split: str = "test") -> dict[str, Any]:
