@@ -31,7 +31,7 @@ from curation.export import ExportFilter, export_dataset, verify_export
 from curation.ingest import ImportReport, fetch_images, import_path
 from curation.labelstudio import pull, push
 from curation.maintenance import backup as backup_database
-from curation.maintenance import doctor as run_doctor
+from curation.maintenance import doctor as run_doctor, fix_store
 from curation.models import ROLES
 from curation.settings import Settings
 from curation.insights import insights
@@ -406,10 +406,17 @@ def restore(ctx: typer.Context, backup_file: Path = typer.Argument(..., help="A 
 
 
 @app.command()
-def doctor(ctx: typer.Context) -> None:
+def doctor(
+    ctx: typer.Context,
+    fix: bool = typer.Option(False, "--fix", help="Remove orphan files (older than an hour) and temp files of killed writers."),
+) -> None:
     """Integrity check, migration state, image files missing on disk, orphan and temp files."""
     c = _ctx(ctx)
-    report = run_doctor(c.workbench(), c.actor())
+    wb, actor = c.workbench(), c.actor()
+    report = run_doctor(wb, actor)
+    if fix and report.fixable:
+        out.print(f"removed {fix_store(wb, actor, report)} unused files from the store")
+        report = run_doctor(wb, actor)
     out.print(f"integrity: {report.integrity}; migration {report.revision} (head {report.head}); "
               f"{report.images_checked} image files referenced")
     for path in report.missing_files[:20]:

@@ -17,6 +17,8 @@ from typing import Iterator
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -53,8 +55,18 @@ def alembic_config(engine: Engine) -> Config:
 
 
 def upgrade(engine: Engine) -> None:
+    config = alembic_config(engine)
+    known = {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
     try:
-        command.upgrade(alembic_config(engine), "head")
+        with engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+        if current is not None and current not in known:
+            raise DatabaseError(
+                f"the database at {engine.url.render_as_string(hide_password=True)} is at migration {current!r}, which this "
+                "version of SkinFlow does not know: it was written by a newer SkinFlow. Update the code (git pull && make install) "
+                "or point SKINFLOW_HOME / SKINFLOW_DATABASE_URL at another workbench; nothing was changed."
+            )
+        command.upgrade(config, "head")
     except SQLAlchemyError as e:
         raise DatabaseError(f"cannot upgrade the database at {engine.url!r}: {e.__class__.__name__}: {e.args[0] if e.args else e}") from None
 

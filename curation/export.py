@@ -38,7 +38,7 @@ from curation.formats import EXTRA_FORMATS, WRITERS
 from curation.insights import insights
 from curation.models import Annotation, Export, Image, Review, User, WeightSet
 from curation.neardup import DEFAULT_MAX_DISTANCE, MAX_SUPPORTED_DISTANCE, near_duplicate_groups
-from curation.storage import dhash
+from curation.storage import dhash, sweep_leftovers, temp_owner_tag
 from schema.caption import SCHEMA_VERSION, Caption, render
 from schema.fields import FIELDS
 from schema.vocabulary import default_vocabulary
@@ -310,7 +310,8 @@ def export_dataset(
                           "pass --include-unverified, or loosen the filters)")
     agreement = insights(wb)["agreement"]["krippendorff_alpha"]
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    sweep_leftovers(out.parent.glob(f".{out.name}.tmp-*"), f".{out.name}.tmp-")  # from a killed run
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{temp_owner_tag()}", dir=out.parent))
     try:
         for index, record in enumerate(records, 1):
             source = wb.store_dir / record["image"].removeprefix("images/")

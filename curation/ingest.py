@@ -35,7 +35,7 @@ from curation.auth import Actor, require
 from curation.db import Workbench
 from curation.errors import FetchError, ImageRejected, IngestError
 from curation.models import Image
-from curation.storage import read_limited, sanitize_image, sha256_hex, store_image
+from curation.storage import read_limited, sanitize_image, sha256_hex, store_image, sweep_store
 
 Progress = Callable[[int, int], None]  # (done, total)
 FOLDER_BATCH = 200
@@ -101,6 +101,12 @@ class KnownContent:
     def add(self, image: Image, where: str) -> None:
         self.original[image.original_sha256] = where
         self.stored[image.sha256] = where
+
+
+def _start_import(wb: Workbench, actor: Actor, what: str) -> None:
+    """Every import checks the role, then clears temp files a killed import left in the store."""
+    require(actor, "admin", what)
+    sweep_store(wb.store_dir)
 
 
 def _clean_file(wb: Workbench, path: Path) -> tuple[bytes, str]:
@@ -226,7 +232,7 @@ def import_folder(
 ) -> ImportReport:
     """Import every image under `root` (recursive). With label_from_folder, each image's parent
     folder name is its source label (ImageFolder layout: root/<label>/<image>)."""
-    require(actor, "admin", "import images")
+    _start_import(wb, actor, "import images")
     root = Path(root)
     if not root.is_dir():
         raise IngestError(f"{root} is not a folder")
@@ -329,7 +335,7 @@ def import_csv(
     (md5hash, url, label, fitzpatrick_scale, qc, ...) imports as is: rows whose image is not in
     images_dir (as <md5hash>.jpg) are stored as image_missing, for `fetch_images` later.
     """
-    require(actor, "admin", "import images")
+    _start_import(wb, actor, "import images")
     csv_path = Path(csv_path)
     header, rows = _read_csv(csv_path)
     fitz17k = _FITZ_REQUIRED <= set(header)
@@ -445,7 +451,7 @@ def import_path(wb: Workbench, actor: Actor, path: Path, **options) -> ImportRep
     if path.suffix.lower() in (".csv", ".tsv", ".txt"):
         options.pop("label_from_folder", None)
         return import_csv(wb, actor, path, **options)
-    require(actor, "admin", "import images")
+    _start_import(wb, actor, "import images")
     report = ImportReport()
     with wb.session() as session:
         known = KnownContent(session)
@@ -526,7 +532,7 @@ def fetch_images(
 ) -> ImportReport:
     """Download images of rows stored as image_missing. Each image commits on its own, so an
     interrupted run keeps what it fetched and a re-run continues with the rest."""
-    require(actor, "admin", "fetch images")
+    _start_import(wb, actor, "fetch images")
     allow = wb.settings.fetch_allow_private if allow_private is None else allow_private
     with wb.session() as session:
         query = select(Image.id, Image.url).where(Image.status == "image_missing", Image.url.is_not(None)).order_by(Image.id)
@@ -569,7 +575,7 @@ def import_zip(wb: Workbench, actor: Actor, archive: Path, *, label_from_folder:
     """Import the images inside a zip (an upload from the app). Every entry is checked before
     anything is extracted: paths that escape the archive (zip-slip), links, too many entries and
     entries that inflate implausibly (zip bomb) refuse the whole archive."""
-    require(actor, "admin", "import images")
+    _start_import(wb, actor, "import images")
     max_bytes = int(wb.settings.max_image_mb * 1e6)
     try:
         with zipfile.ZipFile(archive) as bundle:

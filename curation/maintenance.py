@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,6 +18,7 @@ from curation.auth import Actor, require
 from curation.db import Workbench, alembic_config
 from curation.errors import DatabaseError
 from curation.models import Image
+from curation.storage import sweep_store
 
 
 def _sqlite_copy(source: str, destination: Path) -> None:
@@ -131,12 +133,42 @@ class DoctorReport:
         if self.revision != self.head:
             out.append(f"database at migration {self.revision}, code expects {self.head}")
         if self.missing_files:
-            out.append(f"{len(self.missing_files)} image files missing from the store")
+            out.append(f"{len(self.missing_files)} image files missing from the store: copy images/ back from where it was "
+                       "backed up, or import the source folder again (files are matched by content, nothing is duplicated)")
         if self.orphan_files:
-            out.append(f"{len(self.orphan_files)} files in the store belong to no image (left by an interrupted import)")
+            out.append(f"{len(self.orphan_files)} files in the store belong to no image (left by an interrupted import): "
+                       "harmless; `skinflow doctor --fix` removes them")
         if self.leftover_temp_files:
-            out.append(f"{len(self.leftover_temp_files)} temporary files left by an interrupted write")
+            out.append(f"{len(self.leftover_temp_files)} temporary files left by an interrupted write: the next import "
+                       "or `skinflow doctor --fix` removes them")
         return out
+
+    @property
+    def fixable(self) -> bool:
+        return bool(self.orphan_files or self.leftover_temp_files)
+
+
+# An orphan younger than this may be an import's file whose row is not committed yet: left alone.
+ORPHAN_MIN_AGE_S = 3600
+
+
+def fix_store(wb: Workbench, actor: Actor, report: DoctorReport) -> int:
+    """Delete what `doctor` found in the store that no image uses: temp files of killed writers and
+    orphans older than an hour. Never touches a file an image row points at. Returns how many went."""
+    require(actor, "admin", "clean the image store")
+    removed = sweep_store(wb.store_dir)
+    now = time.time()
+    with wb.session() as s:
+        referenced = {path for (path,) in s.execute(select(Image.file_path).where(Image.file_path.is_not(None)))}
+    for relative in report.orphan_files:
+        path = wb.store_dir / relative
+        if relative in referenced or not path.is_file() or now - path.stat().st_mtime < ORPHAN_MIN_AGE_S:
+            continue
+        path.unlink()
+        removed += 1
+    with wb.session() as s:
+        audit.record(s, actor, "store.fix", "image_store", None, removed=removed)
+    return removed
 
 
 def doctor(wb: Workbench, actor: Actor) -> DoctorReport:

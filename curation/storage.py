@@ -18,7 +18,10 @@ import hashlib
 import io
 import os
 import re
+import shutil
+import socket
 import struct
+import time
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -216,10 +219,58 @@ def store_path(sha256: str, ext: str) -> str:
     return f"{sha256[:2]}/{sha256}.{ext}"
 
 
+TEMP_PREFIX = ".tmp-"
+# A leftover whose writer we cannot check (another host sharing the store) is removed after this long.
+TEMP_MAX_AGE_S = 24 * 3600
+_TEMP_OWNER = re.compile(r"^(?P<host>.+)-(?P<pid>\d+)-[^-]*$")
+
+
+def temp_owner_tag() -> str:
+    """Put into every temp name: a later run can tell a killed writer's leftovers from a live writer's."""
+    return f"{socket.gethostname()}-{os.getpid()}-"
+
+
+def _writer_is_gone(path: Path, prefix: str) -> bool:
+    owner = _TEMP_OWNER.match(path.name.removeprefix(prefix).split(".")[0])
+    if owner and owner["host"] == socket.gethostname():
+        try:
+            os.kill(int(owner["pid"]), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, someone else's
+            return False
+        else:
+            return False
+    try:
+        return time.time() - path.stat().st_mtime > TEMP_MAX_AGE_S
+    except FileNotFoundError:
+        return False
+
+
+def sweep_leftovers(paths, prefix: str) -> int:
+    """Remove temp files/folders (named `prefix` + temp_owner_tag() + ...) whose writer was killed;
+    returns how many. Live writers' temp files are left alone, so this is safe next to a running import."""
+    removed = 0
+    for path in paths:
+        if not path.name.startswith(prefix) or not _writer_is_gone(path, prefix):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def sweep_store(store_dir: Path) -> int:
+    """Temp files left in the image store by a killed import (called when an import starts)."""
+    return sweep_leftovers(store_dir.glob(f"*/{TEMP_PREFIX}*"), TEMP_PREFIX) if store_dir.is_dir() else 0
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write via a temp file in the same folder and rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX + temp_owner_tag(), suffix=path.suffix)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

@@ -8,7 +8,7 @@ from sqlalchemy import text
 from alembic.script import ScriptDirectory
 
 from curation.db import alembic_config, open_workbench
-from curation.errors import ConfigError
+from curation.errors import ConfigError, DatabaseError
 from curation.models import Base
 from curation.settings import Settings
 
@@ -90,6 +90,17 @@ def test_upgrading_a_version_1_database_keeps_its_data_and_downgrade_works(tmp_p
         assert connection.execute(text("SELECT username FROM users")).scalars().all() == ["old"]
     command.downgrade(cfg, "base")
     engine.dispose()
+
+
+def test_a_database_from_a_newer_version_is_refused_untouched(tmp_path, wb, admin):
+    with wb.engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '0099_future'"))
+    wb.close()
+    with pytest.raises(DatabaseError, match="newer SkinFlow.*git pull"):
+        open_workbench(wb.settings)
+    with wb.engine.connect() as connection:
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0099_future"
+        assert connection.execute(text("SELECT username FROM users")).scalars().all() == ["admin"]
 
 
 def test_processes_opening_a_new_workbench_at_once_all_succeed(tmp_path):

@@ -332,3 +332,29 @@ def test_cmyk_16_bit_and_huge_exif_images_are_stored_as_plain_8_bit_pictures_wit
             assert dict(stored.getexif()) == {} and stored.size == (80, 60)
             assert stored.mode in ("RGB", "L")  # what every browser and the trainer read
     assert modes == {"RGB", "L"} and all(p.stat().st_size < 20_000 for p in paths)
+
+
+def test_an_import_clears_temp_files_of_killed_writers_but_not_of_live_ones(wb, admin, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from curation.storage import TEMP_MAX_AGE_S, TEMP_PREFIX
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    host = socket.gethostname()
+    shard = wb.store_dir / "ab"
+    shard.mkdir(parents=True)
+    killed = shard / f"{TEMP_PREFIX}{host}-{int(dead.stdout)}-k1x2.jpg"
+    running = shard / f"{TEMP_PREFIX}{host}-{os.getpid()}-r3y4.jpg"
+    other_host_recent = shard / f"{TEMP_PREFIX}elsewhere-1-o5z6.jpg"
+    other_host_stale = shard / f"{TEMP_PREFIX}elsewhere-2-s7w8.jpg"
+    for path in (killed, running, other_host_recent, other_host_stale):
+        path.write_bytes(b"half a picture")
+    old = os.path.getmtime(other_host_stale) - TEMP_MAX_AGE_S - 60
+    os.utime(other_host_stale, (old, old))
+    folder = tmp_path / "in"
+    write(folder / "a.jpg", jpeg_bytes(photo(1)))
+    assert import_folder(wb, admin, folder).imported == 1
+    assert not killed.exists() and not other_host_stale.exists()
+    assert running.exists() and other_host_recent.exists()

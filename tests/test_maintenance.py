@@ -36,6 +36,30 @@ def test_doctor_finds_missing_orphan_and_temp_files(wb, tmp_path):
     assert len(report.problems) == 3
 
 
+def test_doctor_fix_removes_old_orphans_and_dead_temp_files_but_never_a_used_image(wb, tmp_path):
+    import os
+
+    from curation.maintenance import ORPHAN_MIN_AGE_S, fix_store
+
+    build_demo(wb, None, n=4, seed=0)
+    admin = get_actor(wb, "admin")
+    used = sorted(wb.store_dir.rglob("*.jpg"))
+    (wb.store_dir / "zz").mkdir()
+    old_orphan, new_orphan = wb.store_dir / "zz" / "old.jpg", wb.store_dir / "zz" / "new.jpg"
+    dead_temp = wb.store_dir / "zz" / ".tmp-unknown-host-1-abcd.jpg"
+    for path in (old_orphan, new_orphan, dead_temp):
+        path.write_bytes(b"x")
+    past = old_orphan.stat().st_mtime - ORPHAN_MIN_AGE_S - 60
+    for path in (old_orphan, dead_temp, *used):  # old used images must survive too
+        os.utime(path, (past - 86400, past - 86400))
+    report = doctor(wb, admin)
+    assert report.fixable and sorted(report.orphan_files) == ["zz/new.jpg", "zz/old.jpg"]
+    assert fix_store(wb, admin, report) == 2
+    assert not old_orphan.exists() and not dead_temp.exists() and new_orphan.exists()
+    assert all(path.exists() for path in used)
+    assert doctor(wb, admin).orphan_files == ["zz/new.jpg"]
+
+
 def test_backup_and_restore_round_trip(wb, admin, tmp_path):
     from sqlalchemy import func, select
 
