@@ -29,12 +29,13 @@ from curation.demo import build_demo
 from curation.drafting import draft_images
 from curation.export import ExportFilter, export_dataset, verify_export
 from curation.ingest import ImportReport, fetch_images, import_path
-from curation.labelstudio import pull, push
+from curation.labelstudio import label_studio_token, pull, push
 from curation.maintenance import backup as backup_database
 from curation.maintenance import doctor as run_doctor, fix_store
 from curation.models import ROLES
 from curation.settings import Settings
 from curation.insights import insights
+from curation.secrets import scrub
 from curation.status import workbench_status
 from curation.weights import collect_reasonings, create_weight_set, list_weight_sets
 from schema.errors import SkinflowError
@@ -273,13 +274,13 @@ app.add_typer(ls_app, name="ls")
 def ls_push(
     ctx: typer.Context,
     url: str = typer.Option(..., envvar="LABEL_STUDIO_URL", help="Label Studio address, e.g. http://127.0.0.1:8080."),
-    token: str = typer.Option(..., envvar="LABEL_STUDIO_API_KEY", help="API token (or LABEL_STUDIO_API_KEY)."),
     project: str = typer.Option("SkinFlow", help="Project title (created if missing)."),
     images: str = typer.Option("local", help="local: Label Studio serves the image store; data: images embedded in tasks."),
 ) -> None:
-    """Create or update the project and upload tasks with predictions (pushing twice adds nothing)."""
+    """Create or update the project and upload tasks with predictions (pushing twice adds nothing).
+    The API token comes from LABEL_STUDIO_API_KEY or the file named by LABEL_STUDIO_API_KEY_FILE."""
     c = _ctx(ctx)
-    report = push(c.workbench(), c.actor(), url, token, project=project, image_mode=images)
+    report = push(c.workbench(), c.actor(), url, label_studio_token(), project=project, image_mode=images)
     out.print(f"project #{report.project_id}: {report.created} tasks created, {report.already_there} already there")
 
 
@@ -287,12 +288,12 @@ def ls_push(
 def ls_pull(
     ctx: typer.Context,
     url: str = typer.Option(..., envvar="LABEL_STUDIO_URL", help="Label Studio address."),
-    token: str = typer.Option(..., envvar="LABEL_STUDIO_API_KEY", help="API token (or LABEL_STUDIO_API_KEY)."),
     project: str = typer.Option("SkinFlow", help="Project title."),
 ) -> None:
-    """Bring completed Label Studio annotations back as annotations (pulling twice adds nothing)."""
+    """Bring completed Label Studio annotations back as annotations (pulling twice adds nothing).
+    The API token comes from LABEL_STUDIO_API_KEY or the file named by LABEL_STUDIO_API_KEY_FILE."""
     c = _ctx(ctx)
-    report = pull(c.workbench(), c.actor(), url, token, project=project)
+    report = pull(c.workbench(), c.actor(), url, label_studio_token(), project=project)
     out.print(f"imported {report.imported} annotations, {report.already_imported} already imported, {len(report.skipped)} skipped"
               + (f"; new accounts for {', '.join(report.users_created)}" if report.users_created else ""))
     for task_id, why in report.skipped[:20]:
@@ -618,7 +619,7 @@ def main() -> None:
     try:
         app()
     except SkinflowError as e:
-        print(f"error: {e}", file=sys.stderr)  # one line, never wrapped: scripts grep it
+        print(f"error: {scrub(str(e))}", file=sys.stderr)  # one line, never wrapped: scripts grep it
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted: finished work is saved; run the same command again to continue")

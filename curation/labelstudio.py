@@ -29,9 +29,10 @@ from curation import audit
 from curation.annotate import latest_model_drafts, submit_annotation, user_chain_head
 from curation.auth import Actor, add_user, get_actor, require
 from curation.db import Workbench
-from curation.errors import NotFound
+from curation.errors import ConfigError, NotFound
 from curation.formats import LABEL_STUDIO_IMAGE_PREFIX, label_studio_config, label_studio_result
 from curation.models import Annotation, Image, User
+from curation.secrets import read_secret
 from schema.errors import SkinflowError
 from schema.fields import FIELDS
 
@@ -40,6 +41,14 @@ IMPORT_BATCH = 500
 
 class LabelStudioError(SkinflowError):
     """Label Studio answered with an error or could not be reached."""
+
+
+def label_studio_token(environ: dict[str, str] | None = None) -> str:
+    token = read_secret("LABEL_STUDIO_API_KEY", environ)
+    if not token:
+        raise ConfigError("no Label Studio token: set LABEL_STUDIO_API_KEY, or LABEL_STUDIO_API_KEY_FILE to a file holding it "
+                          "(Label Studio: Account & Settings > Access Token)")
+    return token
 
 
 def _client(url: str, token: str):
@@ -57,7 +66,7 @@ def _call(what: str, fn, *args, **kwargs):
         detail = ""
         if isinstance(body, dict):
             detail = f": {body.get('validation_errors') or body.get('detail') or ''}"
-        hint = " (check --token; the server needs LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true for legacy tokens)" if status == 401 else ""
+        hint = " (check LABEL_STUDIO_API_KEY; the server needs LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true for legacy tokens)" if status == 401 else ""
         raise LabelStudioError(f"Label Studio could not {what}: {status or e.__class__.__name__}{detail}{hint}") from None
 
 

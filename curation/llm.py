@@ -32,6 +32,7 @@ import openai
 from PIL import Image as PILImage
 
 from curation.errors import ConfigError
+from curation.secrets import read_secret, redact
 from curation.settings import Settings
 from schema.errors import SkinflowError
 
@@ -46,20 +47,7 @@ class LLMError(SkinflowError):
 
 
 def api_key(environ: dict[str, str] | None = None) -> str:
-    env = os.environ if environ is None else environ
-    if env.get("SKINFLOW_LLM_API_KEY"):
-        return env["SKINFLOW_LLM_API_KEY"]
-    if env.get("SKINFLOW_LLM_API_KEY_FILE"):
-        path = Path(env["SKINFLOW_LLM_API_KEY_FILE"])
-        try:
-            return path.read_text(encoding="utf-8").strip()
-        except OSError as e:
-            raise ConfigError(f"cannot read the API key file {path}: {e.strerror}") from None
-    return env.get("OPENAI_API_KEY") or NO_KEY
-
-
-def redact(text: str, key: str) -> str:
-    return text.replace(key, "***") if key and key != NO_KEY and len(key) >= 4 else text
+    return read_secret("SKINFLOW_LLM_API_KEY", environ) or read_secret("OPENAI_API_KEY", environ) or NO_KEY
 
 
 @dataclass(frozen=True)

@@ -131,7 +131,8 @@ class DoctorReport:
         if self.integrity != "ok":
             out.append(f"database integrity check: {self.integrity}")
         if self.revision != self.head:
-            out.append(f"database at migration {self.revision}, code expects {self.head}")
+            out.append(f"database at migration {self.revision}, code expects {self.head}: back it up (`skinflow backup`), "
+                       "then run `skinflow init`, which upgrades it")
         if self.missing_files:
             out.append(f"{len(self.missing_files)} image files missing from the store: copy images/ back from where it was "
                        "backed up, or import the source folder again (files are matched by content, nothing is duplicated)")

@@ -15,7 +15,8 @@ from curation.auth import add_user
 from curation.db import open_workbench
 from curation.drafting import draft_images, draft_version, parse_draft_reply
 from curation.ingest import import_folder
-from curation.llm import LLMConfig, backoff_seconds, extract_json, redact, retry_after_seconds
+from curation.llm import LLMConfig, backoff_seconds, extract_json, retry_after_seconds
+from curation.secrets import redact
 from curation.models import Draft, Image
 from curation.settings import Settings
 from schema import CaptionError, default_taxonomy
@@ -124,7 +125,7 @@ def test_key_file_and_missing_model_are_clear(tmp_path):
 
     with pytest.raises(ConfigError, match="SKINFLOW_LLM_MODEL"):
         LLMConfig.from_settings(Settings.load(environ={}), environ={})
-    with pytest.raises(ConfigError, match="cannot read the API key file"):
+    with pytest.raises(ConfigError, match="cannot read SKINFLOW_LLM_API_KEY_FILE"):
         LLMConfig.from_settings(Settings.load(environ={}, llm_model="m"), environ={"SKINFLOW_LLM_API_KEY_FILE": str(tmp_path / "nope")})
 
 

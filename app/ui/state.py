@@ -9,6 +9,7 @@ import streamlit as st
 from curation.auth import Actor
 from curation.db import Workbench, open_workbench
 from curation.settings import Settings
+from curation.secrets import scrub
 from curation.workflow import get_workflow_settings
 from schema.errors import SkinflowError
 
@@ -61,4 +62,4 @@ def require_role(role: str, what: str) -> Actor:
 
 
 def show_error(error: SkinflowError) -> None:
-    st.error(str(error))
+    st.error(scrub(str(error)))
