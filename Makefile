@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_HOME ?= demo-workbench
 
-.PHONY: demo test test-slow test-integration install clean bench lint
+.PHONY: demo test test-slow test-integration test-postgres install clean bench lint
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(BIN)/python:
 # torch is installed first, pinned, so nothing resolves an unpinned (CUDA, multi-GB) build.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,postgres]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -33,6 +33,13 @@ test-slow: $(STAMP)
 # installs Label Studio in .ls-venv (about 1 GB, a few minutes the first time), starts it, runs -m integration
 test-integration: $(STAMP)
 	bash .ci/labelstudio
+
+# The database-layer tests again, on a throwaway PostgreSQL server (Debian's package, installed if missing):
+# every test gets its own database (SKINFLOW_TEST_DATABASE_URL, tests/conftest.py).
+PG_TESTS := $(addprefix tests/test_,$(addsuffix .py,db annotate auth concurrency queue review_views_insights export \
+            export_formats ingest fetch drafting demo weights suggestions label_issues reader_study evaluate maintenance))
+test-postgres: $(STAMP)
+	bash .ci/postgres $(BIN)/python -m pytest -q $(PG_TESTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check app curation schema trainer tests benchmarks

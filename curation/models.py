@@ -48,7 +48,7 @@ class User(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(String(64), unique=True)
-    display_name: Mapped[str] = mapped_column(String(128), default="")
+    display_name: Mapped[str] = mapped_column(Text, default="")
     role: Mapped[str] = mapped_column(String(16))
     password_hash: Mapped[str] = mapped_column(String(256))
     active: Mapped[bool] = mapped_column(default=True)
@@ -103,8 +103,8 @@ class Draft(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(String(16))
-    producer: Mapped[str] = mapped_column(String(128))  # model name or generator
-    version: Mapped[str] = mapped_column(String(64))  # prompt / model / generator version
+    producer: Mapped[str] = mapped_column(Text)  # model name or generator
+    version: Mapped[str] = mapped_column(Text)  # prompt / model / generator version
     caption: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     diagnoses: Mapped[list[Any]] = mapped_column(default=list)  # [{"key", "text", "score"}], ranked
     raw_reply: Mapped[str | None] = mapped_column(Text)
@@ -166,8 +166,8 @@ class Reasoning(Base):
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
     annotation_id: Mapped[int | None] = mapped_column(ForeignKey("annotations.id"))
     source: Mapped[str] = mapped_column(String(16), default="llm")  # llm (annotator rationales are read from annotations)
-    producer: Mapped[str] = mapped_column(String(128))  # model name or username
-    prompt_version: Mapped[str | None] = mapped_column(String(64))
+    producer: Mapped[str] = mapped_column(Text)  # model name or username
+    prompt_version: Mapped[str | None] = mapped_column(Text)
     text: Mapped[str] = mapped_column(Text)
     fields_mentioned: Mapped[list[Any]] = mapped_column(default=list)
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)  # tokens, ...
@@ -195,7 +195,7 @@ class Export(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     path: Mapped[str] = mapped_column(Text)
-    format: Mapped[str] = mapped_column(String(32))
+    format: Mapped[str] = mapped_column(Text)
     n_records: Mapped[int] = mapped_column(Integer)
     manifest_sha256: Mapped[str] = mapped_column(String(64))
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)

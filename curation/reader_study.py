@@ -62,6 +62,8 @@ def create_study(wb: Workbench, actor: Actor, name: str, source_keys: list[str],
     name = (name or "").strip()
     if not name:
         raise SkinflowError("give the study a name")
+    if len(name) > 200:
+        raise SkinflowError(f"a study name is at most 200 characters (this one has {len(name)}); shorten it")
     if len(set(source_keys)) < 2:
         raise SkinflowError("a reader study compares at least two sources")
     known = {s["key"]: s for s in available_sources(wb)}

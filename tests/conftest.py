@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import os
+import uuid
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -9,12 +12,75 @@ from curation.db import open_workbench
 from curation.settings import Settings
 
 
+# Set (e.g. postgresql+psycopg://skinflow@127.0.0.1:5432/postgres) to run the database tests on a real
+# PostgreSQL server: each test gets its own database, copied from a migrated template. `make test-postgres`.
+TEST_DATABASE_URL = os.environ.get("SKINFLOW_TEST_DATABASE_URL")
+ON_POSTGRES = bool(TEST_DATABASE_URL)
+
+
+def _admin_engine():
+    from sqlalchemy import create_engine
+
+    return create_engine(TEST_DATABASE_URL, isolation_level="AUTOCOMMIT")
+
+
+@pytest.fixture(scope="session")
+def _postgres_template():
+    """A database migrated once to head; every test's database is a copy of it (CREATE DATABASE ... TEMPLATE)."""
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    from curation.db import make_engine, upgrade
+
+    name = f"skinflow_template_{os.getpid()}"
+    admin_engine = _admin_engine()
+    with admin_engine.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    engine = make_engine(make_url(TEST_DATABASE_URL).set(database=name).render_as_string(hide_password=False))
+    upgrade(engine)
+    engine.dispose()
+    yield name
+    with admin_engine.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin_engine.dispose()
+
+
 @pytest.fixture
-def wb(tmp_path: Path):
-    """A fresh workbench on a real SQLite file in a temporary folder."""
-    bench = open_workbench(Settings.load(environ={}, home=tmp_path / "wb"))
+def database_url(request) -> Iterator[str | None]:
+    """None (SQLite under the workbench folder), or the URL of a fresh PostgreSQL database."""
+    if not ON_POSTGRES:
+        yield None
+        return
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    template = request.getfixturevalue("_postgres_template")
+    name = f"skinflow_test_{uuid.uuid4().hex[:12]}"
+    admin_engine = _admin_engine()
+    with admin_engine.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+    yield make_url(TEST_DATABASE_URL).set(database=name).render_as_string(hide_password=False)
+    with admin_engine.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin_engine.dispose()
+
+
+@pytest.fixture
+def wb(tmp_path: Path, database_url):
+    """A fresh workbench: a real SQLite file in a temporary folder, or a real PostgreSQL database."""
+    bench = open_workbench(Settings.load(environ={}, home=tmp_path / "wb", database_url=database_url))
     yield bench
     bench.close()
+
+
+def pytest_collection_modifyitems(config, items):
+    """On PostgreSQL, tests of SQLite's own machinery (the file, WAL, online backup) do not apply."""
+    if not ON_POSTGRES:
+        return
+    for item in items:
+        if item.get_closest_marker("sqlite_only"):
+            item.add_marker(pytest.mark.skip(reason="SQLite-specific (SKINFLOW_TEST_DATABASE_URL is set)"))
 
 
 @pytest.fixture

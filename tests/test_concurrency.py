@@ -1,4 +1,5 @@
-"""8 processes, 1,000 annotation submits and edits, many on the same images, against one SQLite file:
+"""8 processes, 1,000 annotation submits and edits, many on the same images, against one SQLite file
+(or one PostgreSQL database, with SKINFLOW_TEST_DATABASE_URL):
 nothing lost or silently overwritten, no "database is locked" reaching a caller, every write audited."""
 
 import json
@@ -23,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKER = "import json, sys; from tests.test_concurrency import worker; print(json.dumps(worker(*json.loads(sys.argv[1]))))"
 
 
-def worker(home: str, username: str, seed: int, n: int, image_ids: list[int]) -> dict:
+def worker(home: str, database_url: str | None, username: str, seed: int, n: int, image_ids: list[int]) -> dict:
     from sqlalchemy.exc import OperationalError
 
     from curation.annotate import current_annotation, submit_annotation
@@ -32,7 +33,7 @@ def worker(home: str, username: str, seed: int, n: int, image_ids: list[int]) ->
     from curation.errors import ConflictError
     from curation.settings import Settings
 
-    wb = open_workbench(Settings.load(environ={}, home=home))
+    wb = open_workbench(Settings.load(environ={}, home=home, database_url=database_url))
     actor = get_actor(wb, username)
     rng = random.Random(seed)
     done = {"ids": [], "conflicts": 0, "locked": 0, "errors": []}
@@ -68,7 +69,7 @@ def test_eight_writers_lose_nothing(wb, admin):
         image_ids = [r.id for r in rows]
     people = [add_user(wb, admin, f"p{i}", "reviewer" if i % 2 else "annotator")[0].username for i in range(PROCESSES)]
     start = time.monotonic()
-    processes = {name: subprocess.Popen([sys.executable, "-c", WORKER, json.dumps([str(wb.settings.home), name, seed, OPERATIONS // PROCESSES,
+    processes = {name: subprocess.Popen([sys.executable, "-c", WORKER, json.dumps([str(wb.settings.home), wb.settings.database_url, name, seed, OPERATIONS // PROCESSES,
                                                                                   image_ids])],
                                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for seed, name in enumerate(people)}

@@ -19,6 +19,7 @@ def test_models_and_migrations_agree(wb):
     assert diff == []
 
 
+@pytest.mark.sqlite_only
 def test_sqlite_runs_with_wal_foreign_keys_and_busy_timeout(wb):
     with wb.engine.connect() as connection:
         assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
@@ -70,17 +71,18 @@ def test_broken_toml_is_a_clear_error(tmp_path):
         Settings.load(environ={"SKINFLOW_HOME": str(tmp_path)})
 
 
-def test_upgrading_a_version_1_database_keeps_its_data_and_downgrade_works(tmp_path):
+def test_upgrading_a_version_1_database_keeps_its_data_and_downgrade_works(tmp_path, database_url):
     from alembic import command
 
     from curation.db import make_engine
 
-    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    engine = make_engine(database_url or f"sqlite:///{tmp_path / 'old.db'}")
     cfg = alembic_config(engine)
+    command.downgrade(cfg, "base")  # a PostgreSQL test database starts at head: every downgrade runs first
     command.upgrade(cfg, "0001")
     with engine.begin() as connection:
         connection.execute(text("INSERT INTO users (username, display_name, role, password_hash, active, created_at) "
-                                "VALUES ('old', 'old', 'admin', 'x', 1, '2026-01-01')"))
+                                "VALUES ('old', 'old', 'admin', 'x', true, '2026-01-01')"))
     command.upgrade(cfg, "head")
     with engine.connect() as connection:
         assert connection.execute(text("SELECT username FROM users")).scalars().all() == ["old"]

@@ -6,8 +6,10 @@ import pytest
 from curation.demo import build_demo
 from curation.auth import get_actor
 from curation.maintenance import backup, doctor
+from tests.conftest import ON_POSTGRES
 
 
+@pytest.mark.sqlite_only
 def test_backup_is_a_complete_consistent_copy(wb, tmp_path):
     build_demo(wb, None, n=8, seed=0)
     admin = get_actor(wb, "admin")
@@ -60,6 +62,7 @@ def test_doctor_fix_removes_old_orphans_and_dead_temp_files_but_never_a_used_ima
     assert doctor(wb, admin).orphan_files == ["zz/new.jpg"]
 
 
+@pytest.mark.sqlite_only
 def test_backup_and_restore_round_trip(wb, admin, tmp_path):
     from sqlalchemy import func, select
 
@@ -100,3 +103,14 @@ def test_backup_and_restore_round_trip(wb, admin, tmp_path):
         assert "later" in [u["username"] for u in list_users(previous, admin)]  # the replaced state is kept
     finally:
         previous.close()
+
+
+@pytest.mark.skipif(not ON_POSTGRES, reason="needs SKINFLOW_TEST_DATABASE_URL (make test-postgres)")
+def test_on_postgresql_backup_and_restore_point_at_pg_dump(wb, admin, tmp_path):
+    from curation.errors import DatabaseError
+
+    with pytest.raises(DatabaseError, match="pg_dump"):
+        backup(wb, admin, tmp_path / "b.db")
+    assert not (tmp_path / "b.db").exists()
+    report = doctor(wb, admin)
+    assert report.integrity == "ok" and report.revision == report.head and report.problems == []

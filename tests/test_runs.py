@@ -116,19 +116,22 @@ def _alive(pid):
 
 @pytest.mark.slow  # real training processes: tens of seconds each (make test-slow, .ci/run)
 def test_a_killed_training_process_is_marked_failed_with_the_reason(curated, admin):
+    from trainer.train import complete_checkpoints
+
     run_id = start_training(curated, admin, overrides={**FAST, "sft_epochs": 500, "save_steps": 5})
     run = next(r for r in list_runs(curated) if r.id == run_id)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (run_dir(curated, run_id) / "progress.json").exists():
         time.sleep(0.3)
-    while time.monotonic() < deadline and not list((run_dir(curated, run_id) / "stage0").glob("checkpoint-*")):
-        time.sleep(0.3)  # killed after its first checkpoint, so the resume has something to resume from
+    while time.monotonic() < deadline and not complete_checkpoints(run_dir(curated, run_id) / "stage0"):
+        time.sleep(0.3)  # killed after its first whole checkpoint, so the resume has something to resume from
     os.killpg(run_pid(curated, run_id), signal.SIGKILL)
     run = wait_for(curated, run_id, {"failed", "done", "cancelled"}, timeout=30)
     assert run.status == "failed" and "ended without finishing" in run.error
 
-    # resumed: it continues from the last checkpoint instead of starting over
-    checkpoint_step = max(int(p.name.split("-")[-1]) for p in (run_dir(curated, run_id) / "stage0").glob("checkpoint-*"))
+    # resumed: it continues from the last whole checkpoint instead of starting over (a half-written
+    # newer one, if the kill landed mid-save, is skipped)
+    checkpoint_step = int(complete_checkpoints(run_dir(curated, run_id) / "stage0")[-1].name.split("-")[-1])
     logged = len(read_metrics(curated, run_id))
     resume_run(curated, admin, run_id)
     deadline = time.monotonic() + 120

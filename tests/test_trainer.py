@@ -197,3 +197,17 @@ def test_train_refuses_a_bad_export_before_building_anything(tmp_path):
         (tmp_path / "x").mkdir()
         train(TrainConfig.for_preset("tiny", export=str(tmp_path / "x"), output_dir=str(tmp_path / "runs")))
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_half_written_checkpoint_is_skipped_and_removed_on_resume(tmp_path):
+    from trainer.train import _last_checkpoint
+
+    for step, files in ((5, ("config.json", "model.safetensors", "trainer_state.json")), (10, ("config.json",)),
+                        (2, ("config.json", "model.safetensors", "trainer_state.json"))):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        for name in files:
+            (folder / name).write_text("{}")
+    assert _last_checkpoint(tmp_path) == tmp_path / "checkpoint-5"  # step order, not name order; 10 is half-written
+    assert not (tmp_path / "checkpoint-10").exists() and (tmp_path / "checkpoint-2").exists()
+    assert _last_checkpoint(tmp_path / "nothing-here") is None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -140,9 +141,21 @@ def _trainer(config: TrainConfig, data: ExportData, stage: int, model, processor
                        train_dataset=_dataset(grpo_rows(data, stage)), processing_class=processor)
 
 
+def complete_checkpoints(folder: Path) -> list[Path]:
+    """Checkpoints in step order, only whole ones: the Trainer writes trainer_state.json last, so a
+    checkpoint folder without it is one a killed process was halfway through writing."""
+    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    return sorted((p for p in found if (p / "trainer_state.json").is_file()), key=lambda p: int(p.name.split("-")[-1]))
+
+
 def _last_checkpoint(folder: Path) -> Path | None:
-    checkpoints = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
-    return checkpoints[-1] if checkpoints else None
+    """The newest whole checkpoint; half-written ones (a kill mid-save) are deleted so that the
+    resumed run can write that step again cleanly."""
+    whole = set(complete_checkpoints(folder))
+    for partial in folder.glob("checkpoint-*"):
+        if partial not in whole and partial.is_dir():
+            shutil.rmtree(partial)
+    return max(whole, key=lambda p: int(p.name.split("-")[-1])) if whole else None
 
 
 def initial_model(config: TrainConfig, data: ExportData, run_dir: Path) -> Path:
@@ -195,7 +208,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
         model, processor = load(source)
         trainer = _trainer(config, data, stage, model, processor, out)
         trainer.add_callback(log)
-        trainer.train(resume_from_checkpoint=str(_last_checkpoint(out)) if _last_checkpoint(out) else None)
+        last = _last_checkpoint(out)
+        trainer.train(resume_from_checkpoint=str(last) if last else None)
         if log.cancelled:
             log.progress("cancelled", trainer.state.global_step, trainer.state.max_steps)
             return run_dir
