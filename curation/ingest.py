@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import ipaddress
 import os
 import socket
@@ -39,6 +40,7 @@ from curation.storage import read_limited, sanitize_image, sha256_hex, store_ima
 
 Progress = Callable[[int, int], None]  # (done, total)
 FOLDER_BATCH = 200
+CSV_BATCH = 5000  # rows per transaction
 PREPARE_THREADS = 4  # decoding and hashing release the GIL: files are prepared in parallel
 MAX_REPORTED_WARNINGS = 200
 _SKIP_NAMES = {"thumbs.db", "desktop.ini"}
@@ -302,7 +304,10 @@ def _pick(columns: list[str], candidates: tuple[str, ...]) -> str | None:
     return next((c for c in candidates if c in columns), None)
 
 
-def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+def _read_csv(path: Path) -> tuple[list[str], Callable[[], Iterator[dict[str, str]]], int]:
+    """(header, a function giving the rows one at a time, row count). The whole file is decoded and
+    parsed once up front, so a file that is not UTF-8 or not CSV is refused before anything is written;
+    parsed rows are only ever held one batch at a time (a million-row file stays small)."""
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except OSError as e:
@@ -311,18 +316,23 @@ def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         raise IngestError(
             f"{path} is not UTF-8 text (bad byte at position {e.start}); re-save it as UTF-8 CSV and import again"
         ) from None
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""))
     try:
-        header = [(h or "").strip().lower() for h in (reader.fieldnames or [])]
-        reader.fieldnames = header
-        rows = list(reader)
+        header = [(h or "").strip().lower() for h in next(reader, [])]
+        n_rows = sum(1 for row in reader if row)  # blank lines are skipped, as DictReader does
     except csv.Error as e:
-        raise IngestError(f"{path}: malformed CSV at line {reader.line_num}: {e}") from None
+        raise IngestError(f"{path}: malformed CSV at line {reader.line_num}: {e}; nothing was imported") from None
     if not header:
         raise IngestError(f"{path} is empty: expected a header row")
     if len(set(header)) != len(header):
         raise IngestError(f"{path}: duplicate column names in the header: {header}")
-    return header, rows
+
+    def rows() -> Iterator[dict[str, str]]:
+        lines = io.StringIO(text, newline="")
+        next(csv.reader(lines), None)  # past the header (it may span lines when quoted)
+        return csv.DictReader(lines, fieldnames=header)
+
+    return header, rows, n_rows
 
 
 def import_csv(
@@ -337,7 +347,7 @@ def import_csv(
     """
     _start_import(wb, actor, "import images")
     csv_path = Path(csv_path)
-    header, rows = _read_csv(csv_path)
+    header, rows, n_rows = _read_csv(csv_path)
     fitz17k = _FITZ_REQUIRED <= set(header)
     path_col, url_col = _pick(header, _PATH_COLUMNS), _pick(header, _URL_COLUMNS)
     label_col, fitz_col = _pick(header, _LABEL_COLUMNS), _pick(header, _FITZ_COLUMNS)
@@ -358,81 +368,88 @@ def import_csv(
             for image_id, ext, status in session.execute(select(Image.id, Image.external_id, Image.status)).all()
             if ext
         }
-        seen_external: set[str] = set()
-        new_rows: list[Image] = []  # flushed together at the end: one INSERT batch, not one per row
-        for line, row in enumerate(rows, start=2):
-            item = f"{csv_path.name} line {line}"
-            if progress:
-                progress(line - 1, len(rows))
-            values = {k: (v if isinstance(v, str) else "") for k, v in row.items() if k is not None}
-            if None in row:
-                report.failed.append((item, "more cells than header columns; check quoting"))
-                continue
-            for column, value in values.items():
-                if value.startswith(_FORMULA_START) and not _is_number(value):
-                    report.warn(f"{item}: cell {column!r} starts with {value[:1]!r} (spreadsheet formula); stored as plain text")
-            try:
-                fitzpatrick = _parse_fitzpatrick(values.get(fitz_col)) if fitz_col else None
-            except ValueError as e:
-                report.failed.append((item, str(e)))
-                continue
-            external_id = (values.get(id_col) or "").strip() or None if id_col else None
-            url = (values.get(url_col) or "").strip() or None if url_col else None
-            external_id = external_id or url
-            if external_id and external_id in seen_external:
-                report.duplicates.append((item, f"repeats id {external_id!r} from an earlier line"))
-                continue
-            if external_id:
-                seen_external.add(external_id)
-            label = (values.get(label_col) or "").strip() or None if label_col else None
-            diagnosis_key = wb.taxonomy.normalise(label) if label else None
-            if label and diagnosis_key is None:
-                report.warn(f"{item}: label {label!r} is not in the taxonomy; kept as free text (fix it in review)")
-            file_path, explicit_path = None, False
-            if path_col and values.get(path_col, "").strip():
-                file_path, explicit_path = base_dir / values[path_col].strip(), True
-            elif fitz17k and images_dir and external_id:
-                file_path = base_dir / f"{external_id}.jpg"
-            elif url and images_dir:
-                file_path = base_dir / Path(urlsplit(url).path).name
-
-            existing = None
-            if external_id and external_id in by_external:
-                image_id, status = by_external[external_id]
-                if status != "image_missing" or file_path is None or not file_path.exists():
-                    report.already_present += 1
+    seen_external: set[str] = set()
+    # One transaction per batch of rows: memory stays flat on huge files, and a run killed midway keeps
+    # its finished batches; the same command again skips them (rows match by id or url) and goes on.
+    numbered = enumerate(rows(), start=2)
+    while batch := list(itertools.islice(numbered, CSV_BATCH)):
+        with wb.session() as session:
+            new_rows: list[Image] = []  # flushed together: one INSERT batch, not one per row
+            for line, row in batch:
+                item = f"{csv_path.name} line {line}"
+                if progress:
+                    progress(line - 1, n_rows)
+                values = {k: (v if isinstance(v, str) else "") for k, v in row.items() if k is not None}
+                if None in row:
+                    report.failed.append((item, "more cells than header columns; check quoting"))
                     continue
-                existing = session.get(Image, image_id)
-
-            def make_row() -> Image:
-                return Image(
-                    source=source, source_ref=str(file_path or url or ""), url=url, external_id=external_id,
-                    source_label=label, diagnosis_key=diagnosis_key, fitzpatrick=fitzpatrick, status="pending",
-                    meta={k: v for k, v in values.items() if k not in used and v != ""},
-                )
-
-            # A file named in the CSV must exist; one derived from images_dir is used when present.
-            if file_path is not None and (explicit_path or file_path.exists()):
+                for column, value in values.items():
+                    if value.startswith(_FORMULA_START) and not _is_number(value):
+                        report.warn(f"{item}: cell {column!r} starts with {value[:1]!r} (spreadsheet formula); stored as plain text")
                 try:
-                    data, original_sha = _clean_file(wb, file_path)
-                except ImageRejected as e:
-                    report.failed.append((item, f"{file_path}: {e}"))
+                    fitzpatrick = _parse_fitzpatrick(values.get(fitz_col)) if fitz_col else None
+                except ValueError as e:
+                    report.failed.append((item, str(e)))
                     continue
-                row = ingest_bytes(wb, session, known, report, item, data, original_sha, make_row, existing)
-                if row is not None and existing is None:
-                    new_rows.append(row)
-                elif row is not None:
-                    report.image_ids.append(row.id)
-            else:
-                image = make_row()
-                image.status = "image_missing"
-                session.add(image)
-                new_rows.append(image)
-                report.missing_images += 1
-        _flush_new(session, report, new_rows)
+                external_id = (values.get(id_col) or "").strip() or None if id_col else None
+                url = (values.get(url_col) or "").strip() or None if url_col else None
+                external_id = external_id or url
+                if external_id and external_id in seen_external:
+                    report.duplicates.append((item, f"repeats id {external_id!r} from an earlier line"))
+                    continue
+                if external_id:
+                    seen_external.add(external_id)
+                label = (values.get(label_col) or "").strip() or None if label_col else None
+                diagnosis_key = wb.taxonomy.normalise(label) if label else None
+                if label and diagnosis_key is None:
+                    report.warn(f"{item}: label {label!r} is not in the taxonomy; kept as free text (fix it in review)")
+                file_path, explicit_path = None, False
+                if path_col and values.get(path_col, "").strip():
+                    file_path, explicit_path = base_dir / values[path_col].strip(), True
+                elif fitz17k and images_dir and external_id:
+                    file_path = base_dir / f"{external_id}.jpg"
+                elif url and images_dir:
+                    file_path = base_dir / Path(urlsplit(url).path).name
+
+                existing = None
+                if external_id and external_id in by_external:
+                    image_id, status = by_external[external_id]
+                    if status != "image_missing" or file_path is None or not file_path.exists():
+                        report.already_present += 1
+                        continue
+                    existing = session.get(Image, image_id)
+
+                def make_row() -> Image:
+                    return Image(
+                        source=source, source_ref=str(file_path or url or ""), url=url, external_id=external_id,
+                        source_label=label, diagnosis_key=diagnosis_key, fitzpatrick=fitzpatrick, status="pending",
+                        meta={k: v for k, v in values.items() if k not in used and v != ""},
+                    )
+
+                # A file named in the CSV must exist; one derived from images_dir is used when present.
+                if file_path is not None and (explicit_path or file_path.exists()):
+                    try:
+                        data, original_sha = _clean_file(wb, file_path)
+                    except ImageRejected as e:
+                        report.failed.append((item, f"{file_path}: {e}"))
+                        continue
+                    row = ingest_bytes(wb, session, known, report, item, data, original_sha, make_row, existing)
+                    if row is not None and existing is None:
+                        new_rows.append(row)
+                    elif row is not None:
+                        report.image_ids.append(row.id)
+                else:
+                    image = make_row()
+                    image.status = "image_missing"
+                    session.add(image)
+                    new_rows.append(image)
+                    report.missing_images += 1
+            _flush_new(session, report, new_rows)
+            by_external.update((r.external_id, (r.id, r.status)) for r in new_rows if r.external_id)
+    with wb.session() as session:
         audit.record(
             session, actor, "images.import_csv", "image", None,
-            source=str(csv_path), summary=report.summary(), n_rows=len(rows),
+            source=str(csv_path), summary=report.summary(), n_rows=n_rows,
         )
     return report
 
