@@ -519,6 +519,45 @@ def train(
 
 
 @app.command()
+def ablate(
+    export_dir: Path = typer.Option(..., "--export", help="An export folder written with --format grpo."),
+    preset: str = typer.Option("tiny", help="tiny (CPU, from scratch) or qwen2.5-vl-7b (pretrained, GPUs)."),
+    seeds: int = typer.Option(3, min=1, help="Seeds per variant (0, 1, ... N-1)."),
+    variants: str = typer.Option("full,no-fdlinear,no-stage1,baseline", help="Comma-separated: full, no-fdlinear, no-stage1, baseline."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Ablation folder (default: runs/ablation-<time>); rerun to resume."),
+    split: str = typer.Option("test", help="The split every variant is evaluated on."),
+    model: Optional[str] = typer.Option(None, help="Pretrained weights (local folder or hub id) for the 7B preset."),
+    sft_epochs: Optional[float] = typer.Option(None, help="Stage 0 epochs (every variant)."),
+    stage1_steps: Optional[int] = typer.Option(None, help="Stage 1 GRPO steps (variants with stage I)."),
+    stage2_steps: Optional[int] = typer.Option(None, help="Stage 2 GRPO steps (every variant)."),
+    num_generations: Optional[int] = typer.Option(None, help="Completions per prompt (GRPO group size)."),
+    batch_size: Optional[int] = typer.Option(None, help="Completions per step (a multiple of --num-generations)."),
+    save_steps: Optional[int] = typer.Option(None, help="Checkpoint every this many steps (what a resume restarts from)."),
+) -> None:
+    """Test the paper's claims on your data: the recipe with FDLinear and/or stage I removed, same budget and
+    seeds, each evaluated on the same split; one report with paired differences against the full recipe."""
+    import time
+
+    from trainer.ablate import AblationConfig, run_ablation
+
+    overrides = {"model": model, "sft_epochs": sft_epochs, "stage1_steps": stage1_steps, "stage2_steps": stage2_steps,
+                 "num_generations": num_generations, "batch_size": batch_size, "save_steps": save_steps}
+    out_dir = out_dir or Path("runs") / time.strftime("ablation-%Y%m%d-%H%M%S")
+    config = AblationConfig(export=str(export_dir), out=str(out_dir), preset=preset, seeds=tuple(range(seeds)),
+                            variants=tuple(v.strip() for v in variants.split(",") if v.strip()), split=split,
+                            overrides={k: v for k, v in overrides.items() if v is not None})
+    report = run_ablation(config, on_progress=lambda line: out.print(line, markup=False, highlight=False))
+    if report is None:
+        out.print(f"ablation cancelled; run the same command again to resume it ({out_dir})")
+        return
+    for name, variant in report["variants"].items():
+        top1, top6 = variant["metrics"]["top1"], variant["metrics"]["top6"]
+        out.print(f"{name}: top-1 {top1['mean']:.3f} ± {top1['std']:.3f}, top-6 {top6['mean']:.3f} ± {top6['std']:.3f}",
+                  markup=False, highlight=False)
+    out.print(f"report: {out_dir / 'report.md'}")
+
+
+@app.command()
 def predict(
     checkpoint: Path = typer.Option(..., help="A run folder (runs/<id>) or a checkpoint folder."),
     images: Path = typer.Option(..., help="JSONL of {\"image\": path} rows (an export's grpo/stage1.jsonl works) or one path per line."),
@@ -597,11 +636,9 @@ def eval_(
             raise SkinflowError(f"the export has no {split!r} rows; pick --split train, val or test")
         predictions = out_dir / "predictions.jsonl"
         if checkpoint is not None:
-            from trainer.predict import predict_to_file
+            from trainer.predict import predict_split
 
-            manifest = out_dir / "images.jsonl"
-            manifest.write_text("".join(json.dumps({"id": r["id"], "image": str(data.image_path(r))}) + "\n" for r in rows))
-            predict_to_file(checkpoint, manifest, predictions)
+            predict_split(checkpoint, data, split, out_dir)
         else:
             from curation.drafting import predict_with_llm
 

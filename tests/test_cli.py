@@ -25,7 +25,7 @@ def run(home, *args, check=True):
 @pytest.mark.parametrize("command", [[], ["init"], ["import"], ["fetch-images"], ["demo"], ["status"], ["export"],
                                      ["users"], ["users", "add"], ["users", "list"], ["users", "set-role"],
                                      ["users", "set-password"], ["backup"], ["doctor"], ["draft"], ["reasonings"], ["weights"], ["app"],
-                                     ["train"], ["predict"], ["suggest"], ["eval"], ["restore"]])
+                                     ["train"], ["predict"], ["suggest"], ["eval"], ["restore"], ["ablate"]])
 def test_every_command_has_help(tmp_path, command):
     result = run(tmp_path, *command, "--help")
     assert "Usage:" in result.stdout

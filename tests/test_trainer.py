@@ -211,3 +211,64 @@ def test_a_half_written_checkpoint_is_skipped_and_removed_on_resume(tmp_path):
     assert _last_checkpoint(tmp_path) == tmp_path / "checkpoint-5"  # step order, not name order; 10 is half-written
     assert not (tmp_path / "checkpoint-10").exists() and (tmp_path / "checkpoint-2").exists()
     assert _last_checkpoint(tmp_path / "nothing-here") is None
+
+
+TINY_BUDGET = {"sft_epochs": 1.0, "stage1_steps": 2, "stage2_steps": 2, "save_steps": 1, "batch_size": 4, "num_generations": 2,
+               "stage1_max_completion_length": 16, "stage2_max_completion_length": 8}
+
+
+def test_ablation_runs_variants_reports_paired_differences_and_resumes(grpo_export, tmp_path, monkeypatch):
+    import trainer.ablate as ablate
+    from trainer.ablate import AblationConfig, run_ablation
+    from trainer.data import load_export
+    from trainer.evaluate import evaluate, read_predictions
+
+    out = tmp_path / "ablation"
+    with pytest.raises(TrainerError, match="no 'test' rows"):  # refused before any training: this tiny export has none
+        run_ablation(AblationConfig(export=str(grpo_export), out=str(tmp_path / "x"), seeds=(0,), variants=("full", "baseline")))
+    assert not (tmp_path / "x").exists()
+    config = AblationConfig(export=str(grpo_export), out=str(out), seeds=(0,), variants=("full", "no-fdlinear"), split="train",
+                            overrides=TINY_BUDGET)
+    report = run_ablation(config)
+    full, plain = report["variants"]["full"], report["variants"]["no-fdlinear"]
+    assert full["stages"] == plain["stages"] == [0, 1, 2]
+    assert full["parameters"]["vision"] > plain["parameters"]["vision"]  # FDLinear's bases and gates
+    assert full["parameters"]["total"] - full["parameters"]["vision"] == plain["parameters"]["total"] - plain["parameters"]["vision"]
+    data = load_export(grpo_export)
+    for name, variant in report["variants"].items():  # the table is the evaluation of each run's predictions
+        again = evaluate(read_predictions(out / name / "seed-0" / "predictions.jsonl"), data, split="train")
+        assert variant["metrics"]["top1"] == {"mean": again["headline"]["top1"], "std": 0.0}
+        assert variant["metrics"]["caption_reward"]["mean"] == again["captions"]["reward"]
+    paired = plain["vs_reference"]
+    assert paired["n"] == len(data.rows(2, "train")) and "vs_reference" not in full
+    assert paired["top1"]["difference"] == plain["metrics"]["top1"]["mean"] - full["metrics"]["top1"]["mean"]
+    assert "| no-fdlinear |" in (out / "report.md").read_text() and (out / "ablation.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "progress.json").read_text())["status"] == "done"
+
+    # a rerun trains nothing: finished runs are read back, the report is written again
+    (out / "report.md").unlink()
+    monkeypatch.setattr(ablate, "train", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained a finished run")))
+    assert run_ablation(config)["variants"]["full"]["metrics"] == full["metrics"]
+    assert (out / "report.md").exists()
+    with pytest.raises(TrainerError, match="other settings.*seeds"):
+        run_ablation(AblationConfig(export=str(grpo_export), out=str(out), seeds=(0, 1), variants=("full", "no-fdlinear"),
+                                    split="train", overrides=TINY_BUDGET))
+
+
+def test_ablation_variants_and_cancel(grpo_export, tmp_path):
+    from trainer.ablate import AblationConfig, run_ablation, variant_config
+
+    config = AblationConfig(export=str(grpo_export), out=str(tmp_path / "a"), seeds=(0, 1), split="train", overrides=TINY_BUDGET)
+    made = {v: variant_config(config, v, 1) for v in config.variants}
+    assert {v: (c.stages, c.fdlinear, c.seed) for v, c in made.items()} == {
+        "full": ((0, 1, 2), True, 1), "no-fdlinear": ((0, 1, 2), False, 1), "no-stage1": ((0, 2), True, 1), "baseline": ((0, 2), False, 1)}
+    assert made["full"].stage2_steps == 2 and made["baseline"].output_dir == str(tmp_path / "a" / "baseline")
+    with pytest.raises(TrainerError, match="unknown variant"):
+        AblationConfig(export="x", out="y", variants=("full", "bigger"))
+    with pytest.raises(TrainerError, match="set by the ablation"):
+        AblationConfig(export="x", out="y", overrides={"fdlinear": False})
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "cancel").write_text("stop")
+    assert run_ablation(config) is None
+    assert json.loads((tmp_path / "a" / "progress.json").read_text())["status"] == "cancelled"
+    assert not (tmp_path / "a" / "full").exists()

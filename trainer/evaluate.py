@@ -221,8 +221,20 @@ def compare(a: dict[int, dict[str, Any]], b: dict[int, dict[str, Any]], data: Ex
     rows = [r for r in data.rows(2, split) if r["id"] in a and r["id"] in b]
     if not rows:
         raise TrainerError("the two prediction files share no record of this split")
-    items_a, items_b = diagnosis_items(a, rows, data.taxonomy), diagnosis_items(b, rows, data.taxonomy)
-    n = len(rows)
+    return compare_items(diagnosis_items(a, rows, data.taxonomy), diagnosis_items(b, rows, data.taxonomy))
+
+
+def pool_items(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-item columns of several evaluations as one (e.g. the same split scored for each seed)."""
+    pooled = {key: np.concatenate([part[key] for part in parts]) for key in parts[0] if key != "n"}
+    pooled["n"] = np.array(sum(int(part["n"]) for part in parts))
+    return pooled
+
+
+def compare_items(items_a: dict[str, np.ndarray], items_b: dict[str, np.ndarray]) -> dict[str, Any]:
+    """B - A on paired items (row i of A and of B are the same record): differences with bootstrap intervals
+    over the pairs, and McNemar's exact test on top-1."""
+    n = int(items_a["n"])
     out: dict[str, Any] = {"n": n, "mcnemar_top1": mcnemar(items_a["hit1"], items_b["hit1"])}
     for key in ("top1", "top6", "clinical_score", "malignant_miss_rate"):
         def difference(idx, key=key):

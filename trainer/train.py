@@ -47,8 +47,9 @@ def write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
 class RunLog(TrainerCallback):
     """Appends trl's logs to metrics.jsonl and keeps progress.json current."""
 
-    def __init__(self, run_dir: Path, stage: int, stages: tuple[int, ...]):
+    def __init__(self, run_dir: Path, stage: int, stages: tuple[int, ...], cancel_file: Path | None = None):
         self.run_dir, self.stage, self.stages, self.start = run_dir, stage, stages, time.monotonic()
+        self.cancel_files = [run_dir / "cancel", *([cancel_file] if cancel_file else [])]
         self.cancelled = False
 
     def progress(self, status: str, step: int, max_steps: int, **extra: Any) -> None:
@@ -61,8 +62,9 @@ class RunLog(TrainerCallback):
         self.progress("running", state.global_step, state.max_steps)
 
     def on_step_end(self, args, state, control, **kwargs):
-        # The app cancels by writing runs/<id>/cancel: stop at this step boundary with a checkpoint.
-        if (self.run_dir / "cancel").exists():
+        # The app cancels by writing runs/<id>/cancel (an ablation: its own folder's): stop at this step
+        # boundary with a checkpoint.
+        if any(path.exists() for path in self.cancel_files):
             self.cancelled = True
             control.should_save = True
             control.should_training_stop = True
@@ -179,8 +181,9 @@ def initial_model(config: TrainConfig, data: ExportData, run_dir: Path) -> Path:
     return folder
 
 
-def train(config: TrainConfig, *, resume: bool = False) -> Path:
-    """Run the configured stages; returns the run folder. With resume, an existing run_id continues."""
+def train(config: TrainConfig, *, resume: bool = False, cancel_file: Path | None = None) -> Path:
+    """Run the configured stages; returns the run folder. With resume, an existing run_id continues.
+    The run stops (with a checkpoint) when <run folder>/cancel or `cancel_file` appears."""
     import torch
 
     data = load_export(config.export)
@@ -204,7 +207,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
         if (final / "config.json").exists():
             source = final
             continue
-        log = RunLog(run_dir, stage, config.stages)
+        log = RunLog(run_dir, stage, config.stages, cancel_file)
         model, processor = load(source)
         trainer = _trainer(config, data, stage, model, processor, out)
         trainer.add_callback(log)
