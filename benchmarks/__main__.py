@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.app import RECORDED, RESULTS  # noqa: E402
 
-ORDER = ("ingest", "csv_import", "app", "drafting", "export", "fdlinear", "train_tiny", "suggestions", "labelstudio_import")
+ORDER = ("ingest", "csv_import", "app", "drafting", "export", "fdlinear", "train_tiny", "ablation", "suggestions", "labelstudio_import")
 
 
 def cpu_model() -> str:
