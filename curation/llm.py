@@ -19,7 +19,6 @@ import base64
 import email.utils
 import io
 import json
-import os
 import random
 import re
 import time

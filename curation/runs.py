@@ -38,6 +38,8 @@ from curation.workflow import get_workflow_settings, update_workflow_settings
 
 CANCEL_GRACE_S = 60
 PRESETS = ("tiny", "qwen2.5-vl-7b")
+# the variants of `skinflow ablate` (trainer/ablate.py VARIANTS; curation does not import the trainer)
+ABLATION_VARIANTS = ("full", "no-fdlinear", "no-stage1", "baseline")
 OVERRIDES = ("sft_epochs", "stage1_steps", "stage2_steps", "num_generations", "batch_size", "seed", "stages", "save_steps")  # `skinflow train` flags
 _children: dict[int, subprocess.Popen] = {}  # processes this interpreter started (reaped by poll)
 
@@ -62,6 +64,7 @@ class RunView:
     error: str | None
     progress: dict[str, Any]
     active: bool
+    kind: str = "train"  # or "ablation"
 
 
 def runs_dir(wb: Workbench) -> Path:
@@ -136,10 +139,16 @@ def _summary(metrics: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _command(wb: Workbench, run: TrainingRun) -> list[str]:
-    command = [sys.executable, "-m", "app.cli", "train", "--export", run.config["export_path"], "--preset", run.preset,
-               "--runs", str(runs_dir(wb)), "--run-id", f"run-{run.id}"]
-    if run_dir(wb, run.id).exists():
-        command.append("--resume")
+    if run.config.get("kind") == "ablation":  # resumes by itself: finished variants are read back
+        ablation = run.config["ablation"]
+        command = [sys.executable, "-m", "app.cli", "ablate", "--export", run.config["export_path"], "--preset", run.preset,
+                   "--out", str(run_dir(wb, run.id)), "--seeds", str(ablation["seeds"]), "--variants", ",".join(ablation["variants"]),
+                   "--split", ablation["split"]]
+    else:
+        command = [sys.executable, "-m", "app.cli", "train", "--export", run.config["export_path"], "--preset", run.preset,
+                   "--runs", str(runs_dir(wb)), "--run-id", f"run-{run.id}"]
+        if run_dir(wb, run.id).exists():
+            command.append("--resume")
     for key, value in sorted(run.config.get("overrides", {}).items()):
         command += [f"--{key.replace('_', '-')}", str(value)]
     return command
@@ -154,29 +163,62 @@ def _launch(wb: Workbench, run: TrainingRun) -> None:
                                    env={**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"})
     _children[process.pid] = process
     run.pid, run.status, run.log_path = process.pid, "running", str(log_path)
-    run.checkpoint_path = str(run_dir(wb, run.id) / "model")
+    run.checkpoint_path = None if run.config.get("kind") == "ablation" else str(run_dir(wb, run.id) / "model")
 
 
-def start_training(wb: Workbench, actor: Actor, *, preset: str = "tiny", overrides: dict[str, Any] | None = None) -> int:
-    """Snapshot the verified data as a grpo export and queue a run on it; returns the run id."""
+def start_training(wb: Workbench, actor: Actor, *, preset: str = "tiny", overrides: dict[str, Any] | None = None,
+                   ablation: dict[str, Any] | None = None) -> int:
+    """Snapshot the verified data as a grpo export and queue a run on it; returns the run id. With `ablation`
+    ({"seeds": N, "variants": [...], "split": "test"}) the run is `skinflow ablate` instead: the recipe's
+    variants on the same snapshot, one report (ablation_report)."""
     require(actor, "admin", "start training runs")
     if preset not in PRESETS:
         raise RunError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
     unknown = sorted(set(overrides or {}) - set(OVERRIDES))
     if unknown:
         raise RunError(f"unknown training setting(s) {unknown}; use: {', '.join(OVERRIDES)}")
+    config: dict[str, Any] = {"overrides": dict(overrides or {})}
+    if ablation is not None:
+        config.update(kind="ablation", ablation=_check_ablation(ablation))
+        if {"seed", "stages"} & set(config["overrides"]):
+            raise RunError("an ablation sets seeds and stages itself; leave them out")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     result = export_dataset(wb, actor, wb.settings.home / "exports" / f"train-{stamp}-{uuid.uuid4().hex[:6]}", formats=("grpo",))
+    if ablation is not None and not result.by_split.get(config["ablation"]["split"]):
+        raise RunError(f"the export has no verified {config['ablation']['split']!r} records to evaluate the variants on "
+                       f"({dict(result.by_split)}); verify more images or evaluate on another split")
     with wb.session() as s:
         export_id = s.scalar(select(Export.id).where(Export.path == str(result.path.resolve())).order_by(Export.id.desc()).limit(1))
         run = TrainingRun(export_id=export_id, preset=preset, status="queued", created_by=actor.id,
-                          config={"export_path": str(result.path), "overrides": dict(overrides or {})})
+                          config={"export_path": str(result.path), **config})
         s.add(run)
         s.flush()
-        audit.record(s, actor, "run.start", "training_run", run.id, preset=preset, export=str(result.path), records=result.n_records)
+        audit.record(s, actor, "ablation.start" if ablation is not None else "run.start", "training_run", run.id, preset=preset,
+                     export=str(result.path), records=result.n_records)
         run_id = run.id
     refresh_runs(wb)
     return run_id
+
+
+def _check_ablation(ablation: dict[str, Any]) -> dict[str, Any]:
+    seeds, variants = int(ablation.get("seeds", 3)), list(dict.fromkeys(ablation.get("variants") or ABLATION_VARIANTS))
+    unknown = [v for v in variants if v not in ABLATION_VARIANTS]
+    if unknown or len(variants) < 2:
+        raise RunError(f"an ablation needs two or more of {', '.join(ABLATION_VARIANTS)} (got {variants})")
+    if not 1 <= seeds <= 10:
+        raise RunError(f"seeds must be between 1 and 10 (got {seeds})")
+    split = ablation.get("split", "test")
+    if split not in ("train", "val", "test"):
+        raise RunError(f"split must be train, val or test (got {split!r})")
+    return {"seeds": seeds, "variants": variants, "split": split}
+
+
+def ablation_report(wb: Workbench, run_id: int) -> dict[str, Any] | None:
+    """The finished ablation's report (trainer/ablate.py writes it), with the chart's path; None until done."""
+    report = _read_json(run_dir(wb, run_id) / "report.json")
+    if not report:
+        return None
+    return {**report, "chart": str(run_dir(wb, run_id) / "ablation.png"), "markdown": str(run_dir(wb, run_id) / "report.md")}
 
 
 def refresh_runs(wb: Workbench) -> None:
@@ -190,7 +232,7 @@ def refresh_runs(wb: Workbench) -> None:
             if progress.get("status") == "done":
                 run.status, run.finished_at = "done", utcnow()
                 run.metrics = _summary(read_metrics(wb, run.id))
-                run.checkpoint_path = str((folder / "model").resolve())
+                run.checkpoint_path = None if run.config.get("kind") == "ablation" else str((folder / "model").resolve())
             elif progress.get("status") == "cancelled" and not alive:
                 run.status, run.finished_at = "cancelled", utcnow()
                 run.metrics = _summary(read_metrics(wb, run.id))
@@ -263,7 +305,8 @@ def list_runs(wb: Workbench) -> list[RunView]:
         names = dict(s.execute(select(User.id, User.username)).all())
         return [RunView(r.id, r.preset, r.status, names.get(r.created_by), r.created_at, r.finished_at,
                         r.config.get("export_path") or path, str(run_dir(wb, r.id)), r.log_path, r.checkpoint_path,
-                        r.metrics or {}, r.error, _read_json(run_dir(wb, r.id) / "progress.json"), r.id == active)
+                        r.metrics or {}, r.error, _read_json(run_dir(wb, r.id) / "progress.json"), r.id == active,
+                        r.config.get("kind", "train"))
                 for r, path in rows]
 
 
@@ -277,6 +320,8 @@ def activate_run(wb: Workbench, actor: Actor, run_id: int, *, suggest: bool = Tr
             raise NotFound(f"no training run #{run_id}")
         if run.status != "done":
             raise RunError(f"run #{run_id} is {run.status}; only a finished run can be activated")
+        if run.config.get("kind") == "ablation":
+            raise RunError(f"run #{run_id} is an ablation (several models, one report); activate a training run instead")
     update_workflow_settings(wb, actor, active_run_id=run_id)
     if not suggest:
         return None

@@ -171,6 +171,14 @@ def test_bad_requests_are_refused(curated, admin, annotator):
         start_training(curated, admin, overrides={"learning_rate": 1})
     with pytest.raises(Exception, match="admin"):
         start_training(curated, annotator)
+    with pytest.raises(RunError, match="two or more"):
+        start_training(curated, admin, ablation={"variants": ["full"]})
+    with pytest.raises(RunError, match="two or more"):
+        start_training(curated, admin, ablation={"variants": ["full", "wider"]})
+    with pytest.raises(RunError, match="seeds must be"):
+        start_training(curated, admin, ablation={"seeds": 0})
+    with pytest.raises(RunError, match="sets seeds and stages"):
+        start_training(curated, admin, overrides={"seed": 3}, ablation={})
     assert list_runs(curated) == []
 
 
@@ -206,3 +214,30 @@ def test_a_run_started_from_the_page_outlives_the_page_session(curated, admin, m
     assert run.status == "done", run.error
     at, _ = train_page(curated, monkeypatch)
     assert not at.exception and any(b.label == f"Activate run #{run.id}: suggest for the queue" for b in at.button)
+
+
+@pytest.mark.slow
+def test_an_ablation_started_from_the_train_page_shows_its_table_when_done(curated, admin, monkeypatch):
+    at, _ = train_page(curated, monkeypatch)
+    at.multiselect(key=at.multiselect[0].key).set_value(["full", "baseline"])
+    at.number_input(key="ablation-seeds").set_value(1)
+    [b for b in at.button if b.label == "Start ablation"][0].click().run()  # this small set has no test records
+    assert any("no verified 'test' records" in e.value for e in at.error) and list_runs(curated) == []
+    at.selectbox(key="ablation-split").set_value("train")
+    at.number_input(key="ablation-epochs").set_value(1)
+    at.number_input(key="ablation-steps").set_value(2)
+    [b for b in at.button if b.label == "Start ablation"][0].click().run()
+    assert not at.exception and any("Ablation #" in m.value for m in at.success), [e.value for e in at.error]
+    run = list_runs(curated)[0]
+    assert run.kind == "ablation" and run.status == "running" and run.checkpoint_path is None
+    run = wait_for(curated, run.id, {"done", "failed"}, timeout=900)
+    assert run.status == "done", run.error
+    with pytest.raises(RunError, match="is an ablation"):
+        activate_run(curated, admin, run.id)
+    folder = run_dir(curated, run.id)
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["baseline", "full"]
+    at, _ = train_page(curated, monkeypatch)
+    assert not at.exception and at.selectbox[-1].value == run.id  # the newest run is the one shown
+    table = [frame.value for frame in at.dataframe if "variant" in frame.value.columns]
+    assert table and list(table[0]["variant"]) == ["full", "baseline"] and "Δ top1 vs full" in table[0].columns
+    assert not any(b.label.startswith("Activate run") for b in at.button)

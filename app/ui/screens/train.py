@@ -1,5 +1,6 @@
 """Train (admin): "Retrain from curated data", the run's live progress and curves, the runs registry,
-comparing two runs, and activating a model (its suggestions then fill the labelling queue)."""
+comparing two runs, activating a model (its suggestions then fill the labelling queue), and ablations
+(the recipe with FDLinear and/or stage I removed, one report)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import pandas as pd
 import streamlit as st
 
 from app.ui import state
-from curation.runs import PRESETS, activate_run, cancel_run, list_runs, log_tail, read_metrics, resume_run, start_training
+from curation.runs import (ABLATION_VARIANTS, PRESETS, ablation_report, activate_run, cancel_run, list_runs, log_tail, read_metrics,
+                           resume_run, start_training)
 from schema.errors import SkinflowError
 
 
@@ -27,7 +29,17 @@ def _curves(metrics: list[dict]) -> None:
 def _run_details(wb, actor, run_id: int) -> None:
     run = next(r for r in list_runs(wb) if r.id == run_id)
     progress = run.progress
-    if run.status == "running":
+    if run.status == "running" and run.kind == "ablation":
+        done, total = progress.get("done", 0), max(progress.get("total") or 1, 1)
+        st.progress(min(1.0, done / total), text=f"ablation: {done} of {total} runs done; now {progress.get('current', 'starting')}")
+        if st.button("Cancel ablation"):
+            try:
+                cancel_run(wb, actor, run.id)
+            except SkinflowError as e:
+                state.show_error(e)
+            else:
+                st.info("Cancelling: the current variant stops at its next step; resuming skips the finished ones.")
+    elif run.status == "running":
         stages = progress.get("stages") or [0, 1, 2]
         index, step, total = progress.get("stage_index", 0), progress.get("step", 0), max(progress.get("max_steps") or 1, 1)
         st.progress(min(1.0, (index + step / total) / len(stages)),
@@ -50,16 +62,70 @@ def _run_details(wb, actor, run_id: int) -> None:
             state.show_error(e)
         else:
             st.success(f"Run #{run.id} queued again.")
-    _curves(read_metrics(wb, run.id))
+    if run.kind == "ablation":
+        _ablation_table(wb, run.id)
+    else:
+        _curves(read_metrics(wb, run.id))
     with st.expander("Log (last lines)"):
         st.code(log_tail(wb, run.id) or "(empty)", language=None)
-    if run.status == "done" and not run.active and st.button(f"Activate run #{run.id}: suggest for the queue"):
+    if run.status == "done" and run.kind == "train" and not run.active and st.button(f"Activate run #{run.id}: suggest for the queue"):
         try:
             activate_run(wb, actor, run.id)
         except SkinflowError as e:
             state.show_error(e)
         else:
             st.success(f"Run #{run.id} is active; its suggestions are being computed for every image that needs work.")
+
+
+def _ablation_table(wb, run_id: int) -> None:
+    report = ablation_report(wb, run_id)
+    if report is None:
+        st.caption("The table appears here when every variant is trained and evaluated.")
+        return
+    st.markdown(f"**Ablation**: {len(report['seeds'])} seed(s), {report['n_items']} {report['split']} items; mean ± spread over "
+                f"seeds; differences are variant − {report['reference']} with 95% bootstrap intervals.")
+    rows = []
+    for name, variant in report["variants"].items():
+        row = {"variant": name, "what": variant["description"]}
+        for metric in ("top1", "top6", "group9_accuracy", "malignant_miss_rate", "caption_reward"):
+            stat = variant["metrics"][metric]
+            row[metric] = None if stat["mean"] is None else f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+        vs = variant.get("vs_reference")
+        if vs and vs["top1"]["difference"] is not None:
+            low, high = vs["top1"]["difference_ci95"] or (None, None)
+            row["Δ top1 vs full"] = f"{vs['top1']['difference']:+.3f}" + (f" [{low:+.3f}, {high:+.3f}]" if low is not None else "")
+        row["train s"] = round(variant["train_s"]["mean"] or 0)
+        row["parameters"] = (variant["parameters"] or {}).get("total")
+        rows.append(row)
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    st.image(report["chart"])
+    st.caption(f"Full report: {report['markdown']}")
+
+
+def _ablation_form(wb, actor) -> None:
+    with st.expander("Ablation: is FDLinear / stage I worth it on our data?"):
+        st.caption("Trains every chosen variant with the same steps and seeds on one fresh export and evaluates each on the "
+                   "same split (`skinflow ablate`). With the tiny preset, about 2-3 minutes per variant and seed on a CPU.")
+        with st.form("ablation"):
+            preset = st.selectbox("Preset", PRESETS, key="ablation-preset")
+            variants = st.multiselect("Variants", ABLATION_VARIANTS, default=list(ABLATION_VARIANTS))
+            split = st.selectbox("Evaluate on", ("test", "val", "train"), key="ablation-split",
+                                 help="The export split every variant is scored on (test unless it is too small).")
+            seeds = st.number_input("Seeds", min_value=1, max_value=10, value=3, key="ablation-seeds")
+            epochs = st.number_input("Warm-start (SFT) epochs (0: the preset's)", min_value=0, max_value=1000, value=0,
+                                     key="ablation-epochs")
+            steps = st.number_input("GRPO steps per stage (0: the preset's)", min_value=0, max_value=100_000, value=0, key="ablation-steps")
+            if st.form_submit_button("Start ablation"):
+                overrides = {"stage1_steps": int(steps), "stage2_steps": int(steps)} if steps else {}
+                if epochs:
+                    overrides["sft_epochs"] = int(epochs)
+                try:
+                    run_id = start_training(wb, actor, preset=preset, overrides=overrides,
+                                            ablation={"seeds": int(seeds), "variants": variants, "split": split})
+                except SkinflowError as e:
+                    state.show_error(e)
+                else:
+                    st.success(f"Ablation #{run_id} queued.")
 
 
 def render() -> None:
@@ -82,20 +148,21 @@ def render() -> None:
                 state.show_error(e)
             else:
                 st.success(f"Run #{run_id} queued.")
+    _ablation_form(wb, actor)
     runs = list_runs(wb)
     if not runs:
         st.info("No training runs yet.")
         return
     st.subheader("Runs")
-    st.dataframe(pd.DataFrame([{"run": r.id, "status": r.status, "active": r.active, "preset": r.preset, "by": r.created_by,
+    st.dataframe(pd.DataFrame([{"run": r.id, "kind": r.kind, "status": r.status, "active": r.active, "preset": r.preset, "by": r.created_by,
                                 "started": r.created_at, "finished": r.finished_at, "export": r.export_path, "error": r.error}
                                for r in runs]), hide_index=True, width="stretch")
-    chosen = st.selectbox("Run", [r.id for r in runs], format_func=lambda i: next(f"#{r.id} {r.status}" for r in runs if r.id == i))
+    chosen = st.selectbox("Run", [r.id for r in runs], format_func=lambda i: next(f"#{r.id} {r.kind} {r.status}" for r in runs if r.id == i))
     if next(r for r in runs if r.id == chosen).status in ("queued", "running"):
         st.fragment(_run_details, run_every="3s")(wb, actor, chosen)  # polls progress.json while it runs
     else:
         _run_details(wb, actor, chosen)
-    finished = [r for r in runs if r.metrics]
+    finished = [r for r in runs if r.metrics and r.kind == "train"]
     if len(finished) >= 2:
         st.subheader("Compare two runs")
         left, right = st.columns(2)
