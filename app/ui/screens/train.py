@@ -29,28 +29,24 @@ def _curves(metrics: list[dict]) -> None:
 def _run_details(wb, actor, run_id: int) -> None:
     run = next(r for r in list_runs(wb) if r.id == run_id)
     progress = run.progress
-    if run.status == "running" and run.kind == "ablation":
-        done, total = progress.get("done", 0), max(progress.get("total") or 1, 1)
-        st.progress(min(1.0, done / total), text=f"ablation: {done} of {total} runs done; now {progress.get('current', 'starting')}")
-        if st.button("Cancel ablation"):
+    if run.status == "running":
+        if run.kind == "ablation":
+            done, total = progress.get("done", 0), max(progress.get("total") or 1, 1)
+            fraction, text = done / total, f"ablation: {done} of {total} runs done; now {progress.get('current', 'starting')}"
+            stopping = "the current variant stops at its next step; resuming skips the finished ones."
+        else:
+            stages = progress.get("stages") or [0, 1, 2]
+            index, step, total = progress.get("stage_index", 0), progress.get("step", 0), max(progress.get("max_steps") or 1, 1)
+            fraction, text = (index + step / total) / len(stages), f"{progress.get('stage_name', 'starting')}: step {step} of {total}"
+            stopping = "the run stops at its next step and keeps its last checkpoint."
+        st.progress(min(1.0, fraction), text=text)
+        if st.button("Cancel ablation" if run.kind == "ablation" else "Cancel run"):
             try:
                 cancel_run(wb, actor, run.id)
             except SkinflowError as e:
                 state.show_error(e)
             else:
-                st.info("Cancelling: the current variant stops at its next step; resuming skips the finished ones.")
-    elif run.status == "running":
-        stages = progress.get("stages") or [0, 1, 2]
-        index, step, total = progress.get("stage_index", 0), progress.get("step", 0), max(progress.get("max_steps") or 1, 1)
-        st.progress(min(1.0, (index + step / total) / len(stages)),
-                    text=f"{progress.get('stage_name', 'starting')}: step {step} of {total}")
-        if st.button("Cancel run"):
-            try:
-                cancel_run(wb, actor, run.id)
-            except SkinflowError as e:
-                state.show_error(e)
-            else:
-                st.info("Cancelling: the run stops at its next step and keeps its last checkpoint.")
+                st.info(f"Cancelling: {stopping}")
     elif run.status == "queued":
         st.info("Queued: it starts when the running one finishes.")
     if run.error:
