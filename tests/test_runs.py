@@ -19,7 +19,17 @@ FAST = {"sft_epochs": 1, "stage1_steps": 2, "stage2_steps": 2, "num_generations"
 @pytest.fixture
 def curated(wb, admin):
     build_demo(wb, admin, n=20, seed=0, verified_fraction=0.6, annotated_fraction=0.1)
-    return wb
+    yield wb
+    # detached runs outlive a failed test: stop them, or they slow down every test after this one
+    from curation.models import TrainingRun
+
+    with wb.session() as s:
+        pids = [pid for (pid,) in s.execute(select(TrainingRun.pid).where(TrainingRun.pid.is_not(None)))]
+    for pid in pids:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def wait_for(wb, run_id, statuses, timeout=240):
