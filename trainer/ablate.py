@@ -209,8 +209,8 @@ def summarise(config: AblationConfig, data: ExportData, results: list[dict[str, 
             "overrides": config.overrides, "reference": reference, "n_items": len(rows), "variants": variants}
 
 
-def _cell(stat: dict[str, float | None]) -> str:
-    return "n/a" if stat["mean"] is None else f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+def _cell(stat: dict[str, float | None], digits: int = 3) -> str:
+    return "n/a" if stat["mean"] is None else f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
 def _difference(entry: dict[str, Any]) -> str:
@@ -242,7 +242,7 @@ def write_ablation_report(report: dict[str, Any], out: str | Path) -> Path:
         lines.append(f"| {name} ({v['description']}) | {_cell(v['metrics']['top1'])} | {_cell(v['metrics']['top6'])} | "
                      f"{_cell(v['metrics']['group9_accuracy'])} | {_cell(v['metrics']['group3_accuracy'])} | "
                      f"{_cell(v['metrics']['malignant_miss_rate'])} | {_cell(v['metrics']['caption_reward'])} | "
-                     f"{_cell(v['train_s'])} | {params.get('total', 0):,} ({params.get('vision', 0):,}) |")
+                     f"{_cell(v['train_s'], 0)} | {params.get('total', 0):,} ({params.get('vision', 0):,}) |")
     lines += ["", f"Paired differences against `{report['reference']}` (variant - {report['reference']}; items of all seeds "
               "pooled; 95% bootstrap intervals over the pairs; McNemar's exact test on top-1):", "",
               "| variant | pairs | top-1 | top-6 | clinical score | malignant miss | McNemar p |", "|---|---|---|---|---|---|---|"]
