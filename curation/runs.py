@@ -201,10 +201,10 @@ def start_training(wb: Workbench, actor: Actor, *, preset: str = "tiny", overrid
 
 
 def _check_ablation(ablation: dict[str, Any]) -> dict[str, Any]:
-    seeds, variants = int(ablation.get("seeds", 3)), list(dict.fromkeys(ablation.get("variants") or ABLATION_VARIANTS))
-    unknown = [v for v in variants if v not in ABLATION_VARIANTS]
-    if unknown or len(variants) < 2:
-        raise RunError(f"an ablation needs two or more of {', '.join(ABLATION_VARIANTS)} (got {variants})")
+    seeds, given = int(ablation.get("seeds", 3)), list(ablation.get("variants") or ABLATION_VARIANTS)
+    variants = [v for v in ABLATION_VARIANTS if v in given]  # the report's order, reference first
+    if len(variants) < len(set(given)) or len(variants) < 2:
+        raise RunError(f"an ablation needs two or more of {', '.join(ABLATION_VARIANTS)} (got {given})")
     if not 1 <= seeds <= 10:
         raise RunError(f"seeds must be between 1 and 10 (got {seeds})")
     split = ablation.get("split", "test")
@@ -218,7 +218,9 @@ def ablation_report(wb: Workbench, run_id: int) -> dict[str, Any] | None:
     report = _read_json(run_dir(wb, run_id) / "report.json")
     if not report:
         return None
-    return {**report, "chart": str(run_dir(wb, run_id) / "ablation.png"), "markdown": str(run_dir(wb, run_id) / "report.md")}
+    variants = {name: report["variants"][name] for name in report.get("order", report["variants"])}  # the runner's order
+    return {**report, "variants": variants, "chart": str(run_dir(wb, run_id) / "ablation.png"),
+            "markdown": str(run_dir(wb, run_id) / "report.md")}
 
 
 def refresh_runs(wb: Workbench) -> None:

@@ -263,6 +263,7 @@ def test_ablation_variants_and_cancel(grpo_export, tmp_path):
     assert {v: (c.stages, c.fdlinear, c.seed) for v, c in made.items()} == {
         "full": ((0, 1, 2), True, 1), "no-fdlinear": ((0, 1, 2), False, 1), "no-stage1": ((0, 2), True, 1), "baseline": ((0, 2), False, 1)}
     assert made["full"].stage2_steps == 2 and made["baseline"].output_dir == str(tmp_path / "a" / "baseline")
+    assert AblationConfig(export="x", out="y", variants=("baseline", "full", "baseline")).variants == ("full", "baseline")
     with pytest.raises(TrainerError, match="unknown variant"):
         AblationConfig(export="x", out="y", variants=("full", "bigger"))
     with pytest.raises(TrainerError, match="set by the ablation"):

@@ -60,10 +60,11 @@ class AblationConfig:
     overrides: dict[str, Any] = field(default_factory=dict)  # TrainConfig settings for every run (steps, batch...)
 
     def __post_init__(self) -> None:
-        self.seeds, self.variants = tuple(int(s) for s in self.seeds), tuple(dict.fromkeys(self.variants))
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown:
             raise TrainerError(f"unknown variant(s) {unknown}; use: {', '.join(VARIANTS)}")
+        # one order everywhere (reference first), whatever order they were given in
+        self.seeds, self.variants = tuple(int(s) for s in self.seeds), tuple(v for v in VARIANTS if v in self.variants)
         if not self.seeds:
             raise TrainerError("give at least one seed")
         if len(self.variants) < 2:
@@ -205,7 +206,9 @@ def summarise(config: AblationConfig, data: ExportData, results: list[dict[str, 
         if variant != reference and variant in items:
             comparison = compare_items(items[reference], items[variant])
             variants[variant]["vs_reference"] = {k: comparison[k] for k in (*PAIRED, "mcnemar_top1", "n")}
+    # "order": report.json is written with sorted keys, which would put "baseline" before "full"
     return {"export": config.export, "preset": config.preset, "split": config.split, "seeds": list(config.seeds),
+            "order": list(config.variants),
             "overrides": config.overrides, "reference": reference, "n_items": len(rows), "variants": variants}
 
 
@@ -230,7 +233,7 @@ def write_ablation_report(report: dict[str, Any], out: str | Path) -> Path:
     out = Path(out)
     write_json_atomic(out / "report.json", report)
     variants = report["variants"]
-    names = list(variants)
+    names = report["order"]
     lines = [f"# Ablation: {report['preset']} preset, {len(report['seeds'])} seed(s), {report['n_items']} {report['split']} items", "",
              f"Export: `{report['export']}`. Settings for every run: {report['overrides'] or 'the preset defaults'}. "
              "Mean ± standard deviation over seeds.", "",
