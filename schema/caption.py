@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
@@ -45,14 +46,16 @@ def _is_empty(value: str) -> bool:
 def _normalise_multi(field: str, value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
+    # Split after NFKC: a compatibility character such as U+1F101 ("0,") becomes a separator there,
+    # and splitting before it would store a term that the canonical text cannot carry back.
     if isinstance(value, str):
-        parts = _SPLIT.split(value)
+        parts = _SPLIT.split(unicodedata.normalize("NFKC", value))
     elif isinstance(value, (list, tuple, set, frozenset)):
         parts = []
         for item in value:
             if not isinstance(item, str):
                 raise ValueError(f"expected text terms, got {type(item).__name__}")
-            parts.extend(_SPLIT.split(item))
+            parts.extend(_SPLIT.split(unicodedata.normalize("NFKC", item)))
     else:
         raise ValueError(f"expected a list of terms or a comma-separated text, got {type(value).__name__}")
     vocab = default_vocabulary()

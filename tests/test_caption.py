@@ -137,3 +137,10 @@ def test_parse_of_render_is_identity(raw):
 def test_measured_sizes_survive_the_text_round_trip(mm):
     caption = Caption(size_mm=mm, color=["red"])
     assert parse(render(caption)) == caption
+
+
+def test_a_compatibility_character_that_normalises_to_a_separator_round_trips():
+    # U+1F101 is "0," after NFKC: found by the property test above; the term must be split after normalising.
+    caption = validate_caption({"surrounding": ["\U0001f101"]})
+    assert caption.surrounding == ("0",)
+    assert parse(render(caption)) == caption
