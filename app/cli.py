@@ -23,21 +23,21 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from curation.auth import Actor, add_user, count_users, get_actor, list_users, set_password, set_role, sole_admin
-from curation.db import Workbench, open_workbench
-from curation.demo import build_demo
-from curation.drafting import draft_images
-from curation.export import ExportFilter, export_dataset, verify_export
-from curation.ingest import ImportReport, fetch_images, import_path
-from curation.labelstudio import label_studio_token, pull, push
-from curation.maintenance import backup as backup_database
-from curation.maintenance import doctor as run_doctor, fix_store
-from curation.models import ROLES
-from curation.settings import Settings
-from curation.insights import insights
-from curation.secrets import scrub
-from curation.status import workbench_status
-from curation.weights import collect_reasonings, create_weight_set, list_weight_sets
+from curation.store.auth import Actor, add_user, count_users, get_actor, list_users, set_password, set_role, sole_admin
+from curation.store.db import Workbench, open_workbench
+from curation.ingest.demo import build_demo
+from curation.assist.drafting import draft_images
+from curation.export.dataset import ExportFilter, export_dataset, verify_export
+from curation.ingest.importers import ImportReport, fetch_images, import_path
+from curation.export.labelstudio import label_studio_token, pull, push
+from curation.ops.maintenance import backup as backup_database
+from curation.ops.maintenance import doctor as run_doctor, fix_store
+from curation.store.models import ROLES
+from curation.store.settings import Settings
+from curation.ops.insights import insights
+from curation.store.secrets import scrub
+from curation.ops.status import workbench_status
+from curation.assist.weights import collect_reasonings, create_weight_set, list_weight_sets
 from schema.errors import SkinflowError
 
 app = typer.Typer(
@@ -390,15 +390,14 @@ def backup(ctx: typer.Context, out_file: Optional[Path] = typer.Option(None, "--
 @app.command()
 def restore(ctx: typer.Context, backup_file: Path = typer.Argument(..., help="A file written by `skinflow backup`.")) -> None:
     """Replace the database with a backup (stop the app first); the current one is kept beside it."""
-    from curation.maintenance import restore as restore_database
+    from curation.ops.maintenance import restore as restore_database
 
     c = _ctx(ctx)
     settings = Settings.load(**({"home": c.home} if c.home else {}))
     report = restore_database(settings, backup_file)
     wb = open_workbench(settings)  # runs the migrations a backup from an older version needs
     with wb.session() as s:
-        from curation import audit
-
+        from curation.store import audit
         audit.record(s, None, "database.restore", "database", None, source=str(backup_file))
     out.print(f"restored {backup_file}; the previous database is kept as {report.previous_copy}")
     if report.missing_images:
@@ -584,7 +583,7 @@ def suggest(
     import json
     import tempfile
 
-    from curation.suggestions import images_needing_work, import_predictions
+    from curation.assist.suggestions import images_needing_work, import_predictions
 
     if (predictions is None) == (checkpoint is None):
         raise SkinflowError("give either --predictions FILE (from `skinflow predict`) or --checkpoint RUN_FOLDER")
@@ -640,7 +639,7 @@ def eval_(
 
             predict_split(checkpoint, data, split, out_dir)
         else:
-            from curation.drafting import predict_with_llm
+            from curation.assist.drafting import predict_with_llm
 
             c = _ctx(ctx)
             settings = Settings.load(**({"home": c.home} if c.home else {}))

@@ -2,7 +2,7 @@
 
 1. Annotate page server-side round trip (AppTest: render the page, then click Submit and render the
    next image) with 100,000 images in the database. Goal: <= 200 ms.
-2. Next-item queue query (curation.queue.next_item: find the next image and lease it) with
+2. Next-item queue query (curation.labelling.queue.next_item: find the next image and lease it) with
    1,000,000 images and 20 annotators working at once. Goal: p95 <= 5 ms.
 
     .venv/bin/python benchmarks/app.py [--app-images 100000] [--queue-images 1000000]
@@ -24,12 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sqlalchemy import text  # noqa: E402
 
-from curation.auth import add_user, get_actor  # noqa: E402
-from curation.db import open_workbench  # noqa: E402
-from curation.demo import build_demo  # noqa: E402
-from curation.queue import next_item, skip  # noqa: E402
-from curation.settings import Settings  # noqa: E402
-from curation.workflow import update_workflow_settings  # noqa: E402
+from curation.store.auth import add_user, get_actor  # noqa: E402
+from curation.store.db import open_workbench  # noqa: E402
+from curation.ingest.demo import build_demo  # noqa: E402
+from curation.labelling.queue import next_item, skip  # noqa: E402
+from curation.store.settings import Settings  # noqa: E402
+from curation.labelling.workflow import update_workflow_settings  # noqa: E402
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 APP = Path(__file__).resolve().parents[1] / "app" / "ui" / "main.py"

@@ -23,11 +23,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.app import record, write_section  # noqa: E402
-from curation.auth import add_user  # noqa: E402
-from curation.db import open_workbench  # noqa: E402
-from curation.drafting import draft_images  # noqa: E402
-from curation.ingest import import_folder  # noqa: E402
-from curation.settings import Settings  # noqa: E402
+from curation.store.auth import add_user  # noqa: E402
+from curation.store.db import open_workbench  # noqa: E402
+from curation.assist.drafting import draft_images  # noqa: E402
+from curation.ingest.importers import import_folder  # noqa: E402
+from curation.store.settings import Settings  # noqa: E402
 
 GOAL = 0.90
 

@@ -27,11 +27,11 @@ import pyarrow.parquet as pq  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
 from benchmarks.app import record, write_section  # noqa: E402
-from curation.auth import add_user  # noqa: E402
-from curation.db import open_workbench  # noqa: E402
-from curation.export import ExportFilter, _parquet_table, collect_records, export_dataset, write_canonical  # noqa: E402
-from curation.settings import Settings  # noqa: E402
-from curation.storage import store_path  # noqa: E402
+from curation.store.auth import add_user  # noqa: E402
+from curation.store.db import open_workbench  # noqa: E402
+from curation.export.dataset import ExportFilter, _parquet_table, collect_records, export_dataset, write_canonical  # noqa: E402
+from curation.store.settings import Settings  # noqa: E402
+from curation.store.files import store_path  # noqa: E402
 from schema.caption import Caption  # noqa: E402
 from tests.helpers import jpeg_bytes, photo  # noqa: E402
 
@@ -81,7 +81,7 @@ def main() -> None:
         wb = open_workbench(Settings.load(environ={}, home=Path(tmp) / "wb"))
         build(wb, args.n)
         admin = wb.engine.connect().execute(text("SELECT id FROM users WHERE username = 'admin'")).scalar()
-        from curation.auth import get_actor
+        from curation.store.auth import get_actor
 
         actor = get_actor(wb, "admin")
         with wb.session() as s:

@@ -23,13 +23,13 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import select  # noqa: E402
 
 from benchmarks.app import record, write_section  # noqa: E402
-from curation.auth import get_actor  # noqa: E402
-from curation.db import open_workbench  # noqa: E402
-from curation.demo import build_demo  # noqa: E402
-from curation.export import export_dataset  # noqa: E402
-from curation.models import Draft, Image  # noqa: E402
-from curation.settings import Settings  # noqa: E402
-from curation.suggestions import images_needing_work, import_predictions  # noqa: E402
+from curation.store.auth import get_actor  # noqa: E402
+from curation.store.db import open_workbench  # noqa: E402
+from curation.ingest.demo import build_demo  # noqa: E402
+from curation.export.dataset import export_dataset  # noqa: E402
+from curation.store.models import Draft, Image  # noqa: E402
+from curation.store.settings import Settings  # noqa: E402
+from curation.assist.suggestions import images_needing_work, import_predictions  # noqa: E402
 from schema.caption import validate_caption  # noqa: E402
 from schema.compare import caption_scores  # noqa: E402
 from schema.fields import FIELD_KEYS  # noqa: E402
@@ -94,7 +94,7 @@ def main() -> None:
         f"| top-1 | {rows['synthetic']['top1']:.2f} | {rows['model']['top1']:.2f} |",
         f"| top-6 (the draft lists 3) | {rows['synthetic']['top6']:.2f} | {rows['model']['top6']:.2f} |",
         "",
-        "The demo's noisy drafts change about 30% of the true values on purpose (curation/demo.py); the model's numbers are "
+        "The demo's noisy drafts change about 30% of the true values on purpose (curation/ingest/demo.py); the model's numbers are "
         "what one CPU retrain on ~120 images buys.",
     ]
     record("edit rate per field from model suggestions (vs LLM-style drafts)", mean["model"], "share", mean["synthetic"],

@@ -22,11 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.app import record, write_section  # noqa: E402
-from curation.auth import get_actor  # noqa: E402
-from curation.db import open_workbench  # noqa: E402
-from curation.demo import build_demo  # noqa: E402
-from curation.export import export_dataset  # noqa: E402
-from curation.settings import Settings  # noqa: E402
+from curation.store.auth import get_actor  # noqa: E402
+from curation.store.db import open_workbench  # noqa: E402
+from curation.ingest.demo import build_demo  # noqa: E402
+from curation.export.dataset import export_dataset  # noqa: E402
+from curation.store.settings import Settings  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.data import load_export  # noqa: E402
 from trainer.metrics import score  # noqa: E402

@@ -1,1 +1,1 @@
-"""Dataset card template (Jinja2); curation/datacard.py renders it for every export."""
+"""Dataset card template (Jinja2); curation/export/datacard.py renders it for every export."""

@@ -7,9 +7,9 @@ from typing import Iterator
 
 import pytest
 
-from curation.auth import add_user
-from curation.db import open_workbench
-from curation.settings import Settings
+from curation.store.auth import add_user
+from curation.store.db import open_workbench
+from curation.store.settings import Settings
 
 
 # Set (e.g. postgresql+psycopg://skinflow@127.0.0.1:5432/postgres) to run the database tests on a real
@@ -30,7 +30,7 @@ def _postgres_template():
     from sqlalchemy import text
     from sqlalchemy.engine import make_url
 
-    from curation.db import make_engine, upgrade
+    from curation.store.db import make_engine, upgrade
 
     name = f"skinflow_template_{os.getpid()}"
     admin_engine = _admin_engine()

@@ -3,10 +3,10 @@ import threading
 import pytest
 from sqlalchemy import select
 
-from curation.auth import Actor
-from curation.annotate import add_draft, review_annotation, submit_annotation
+from curation.store.auth import Actor
+from curation.labelling.annotate import add_draft, review_annotation, submit_annotation
 from curation.errors import ConflictError, NotFound
-from curation.models import Annotation, AuditEvent, Image
+from curation.store.models import Annotation, AuditEvent, Image
 from schema import Caption, CaptionError
 
 
@@ -118,7 +118,7 @@ def test_image_without_a_picture_cannot_be_annotated(wb, annotator):
 
 
 def test_an_annotator_may_continue_their_own_chain_after_a_reviewer_edit(wb, annotator, reviewer, admin, image_id):
-    from curation.auth import add_user
+    from curation.store.auth import add_user
 
     first = submit_annotation(wb, annotator, image_id, {"color": "red"}, diagnosis=None, diagnosis_status="uncertain")
     second = submit_annotation(wb, reviewer, image_id, {"color": "blue"}, diagnosis=None, diagnosis_status="uncertain", supersedes_id=first)

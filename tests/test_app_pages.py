@@ -9,13 +9,13 @@ import streamlit as st
 from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 
-from curation.annotate import submit_annotation
-from curation.auth import get_actor, set_password
-from curation.db import open_workbench
-from curation.demo import build_demo
-from curation.models import Annotation, Image
-from curation.settings import Settings
-from curation.workflow import update_workflow_settings
+from curation.labelling.annotate import submit_annotation
+from curation.store.auth import get_actor, set_password
+from curation.store.db import open_workbench
+from curation.ingest.demo import build_demo
+from curation.store.models import Annotation, Image
+from curation.store.settings import Settings
+from curation.labelling.workflow import update_workflow_settings
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "ui" / "main.py")
 PASSWORDS = {"admin": "admin-pass-1", "reviewer": "reviewer-pass-1", "annotator": "annotator-pass-1"}
@@ -203,7 +203,7 @@ def test_admin_settings_and_users(demo_home):
     form_inputs = at.number_input
     form_inputs[0].set_value(2)
     [b for b in at.button if b.label == "Save settings"][0].click().run()
-    from curation.workflow import get_workflow_settings
+    from curation.labelling.workflow import get_workflow_settings
 
     assert get_workflow_settings(demo_home).overlap == 2
     at.text_input[0].input("drjones")
@@ -238,7 +238,7 @@ def test_admin_export_takes_formats_and_filters(demo_home, tmp_path):
 
 
 def test_model_suggestions_are_one_click_choices(demo_home):
-    from curation.annotate import add_draft
+    from curation.labelling.annotate import add_draft
 
     admin = get_actor(demo_home, "admin")
     for image_id in range(1, 13):
@@ -270,13 +270,13 @@ def test_drafting_page_tests_the_connection_and_drafts(demo_home, monkeypatch):
         by_label(at.button, "Start drafting").click().run()
         assert any(m.value.startswith("Drafted 12 of 12 images") for m in at.success), [m.value for m in at.success]
     with demo_home.session() as s:
-        from curation.models import Draft
+        from curation.store.models import Draft
 
         assert len(s.scalars(select(Draft).where(Draft.kind == "llm", Draft.error.is_(None))).all()) == 12
 
 
 def test_weights_page_computes_shows_evidence_and_activates(demo_home):
-    from curation.weights import list_weight_sets
+    from curation.assist.weights import list_weight_sets
 
     annotator = get_actor(demo_home, "annotator")
     with demo_home.session() as s:
@@ -298,8 +298,8 @@ def test_weights_page_computes_shows_evidence_and_activates(demo_home):
 
 
 def test_review_lists_suspicious_labels_and_sends_them_back(demo_home):
-    from curation.annotate import add_drafts
-    from curation.models import Image as ImageRow
+    from curation.labelling.annotate import add_drafts
+    from curation.store.models import Image as ImageRow
 
     admin = get_actor(demo_home, "admin")
     with demo_home.session() as s:
@@ -326,7 +326,7 @@ def test_review_lists_suspicious_labels_and_sends_them_back(demo_home):
 
 
 def test_reader_study_page_creates_rates_and_reports(demo_home):
-    from curation.annotate import add_draft
+    from curation.labelling.annotate import add_draft
 
     admin = get_actor(demo_home, "admin")
     with demo_home.session() as s:
@@ -336,7 +336,7 @@ def test_reader_study_page_creates_rates_and_reports(demo_home):
     at = page(demo_home, "reader_study", "admin")
     assert not at.exception
     by_label(at.text_input, "Study name").input("pilot")
-    from curation.reader_study import available_sources
+    from curation.labelling.reader_study import available_sources
 
     by_label(at.multiselect, "Sources").set_value([s["key"] for s in available_sources(demo_home)][:2])
     [b for b in at.button if b.label == "Create study"][0].click().run()
@@ -347,7 +347,7 @@ def test_reader_study_page_creates_rates_and_reports(demo_home):
     sliders[0].set_value(5)
     [b for b in at.button if b.label == "Submit ratings"][0].click().run()
     assert not at.exception
-    from curation.reader_study import list_studies
+    from curation.labelling.reader_study import list_studies
 
     assert list_studies(demo_home, get_actor(demo_home, "reviewer"))[0]["ratings"] == 2
     assert any(b.label == "Submit ratings" for b in at.button) or any("rated every item" in m.value for m in at.success)
@@ -376,7 +376,7 @@ def test_evaluation_page_shows_reports_side_by_side(demo_home, tmp_path):
 
 def test_hostile_text_from_a_csv_or_an_llm_reply_is_shown_as_text(demo_home):
     """A source label or reply with markdown or HTML cannot add markup, links or remote images to a page."""
-    from curation.annotate import add_draft
+    from curation.labelling.annotate import add_draft
 
     hostile = "![pixel](http://127.0.0.1:9/track.png) <img src=x onerror=alert(1)> **bold**"
     admin = get_actor(demo_home, "admin")

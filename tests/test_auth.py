@@ -1,9 +1,20 @@
 import pytest
 from sqlalchemy import select
 
-from curation import annotate, auth, demo, drafting, export, ingest, maintenance, queue, review, views, weights, workflow
+from curation.labelling import annotate
+from curation.store import auth
+from curation.ingest import demo
+from curation.assist import drafting
+from curation.export import dataset as export
+from curation.ingest import importers as ingest
+from curation.ops import maintenance
+from curation.labelling import queue
+from curation.labelling import review
+from curation.labelling import views
+from curation.assist import weights
+from curation.labelling import workflow
 from curation.errors import ConflictError, PermissionDenied
-from curation.models import AuditEvent, User
+from curation.store.models import AuditEvent, User
 from schema import Caption
 
 
@@ -94,7 +105,7 @@ def _calls(wb, tmp_path, image_id):
 
 
 def test_role_matrix_every_mutating_function_checks_the_role(wb, tmp_path, admin, reviewer, annotator):
-    from curation.models import Image
+    from curation.store.models import Image
 
     with wb.session() as s:
         image = Image(source="test", status="pending", sha256="0" * 64)
@@ -123,7 +134,7 @@ def test_failed_logins_are_throttled_per_account_and_audited(wb, admin):
 
     from sqlalchemy import func, select
 
-    from curation.models import AuditEvent, utcnow
+    from curation.store.models import AuditEvent, utcnow
 
     start = utcnow()
     for minute in range(auth.MAX_FAILED_LOGINS):

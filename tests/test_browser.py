@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from curation.auth import get_actor, set_password
-from curation.db import open_workbench
-from curation.demo import build_demo
-from curation.models import Annotation
-from curation.settings import Settings
-from curation.workflow import update_workflow_settings
+from curation.store.auth import get_actor, set_password
+from curation.store.db import open_workbench
+from curation.ingest.demo import build_demo
+from curation.store.models import Annotation
+from curation.store.settings import Settings
+from curation.labelling.workflow import update_workflow_settings
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from curation.auth import add_user
-from curation.models import Annotation, AuditEvent, Image
+from curation.store.auth import add_user
+from curation.store.models import Annotation, AuditEvent, Image
 
 PROCESSES, OPERATIONS, IMAGES = 8, 1000, 12
 COLOURS = ("red", "brown", "white", "violaceous", "yellow")
@@ -27,11 +27,11 @@ WORKER = "import json, sys; from tests.test_concurrency import worker; print(jso
 def worker(home: str, database_url: str | None, username: str, seed: int, n: int, image_ids: list[int]) -> dict:
     from sqlalchemy.exc import OperationalError
 
-    from curation.annotate import current_annotation, submit_annotation
-    from curation.auth import get_actor
-    from curation.db import open_workbench
+    from curation.labelling.annotate import current_annotation, submit_annotation
+    from curation.store.auth import get_actor
+    from curation.store.db import open_workbench
     from curation.errors import ConflictError
-    from curation.settings import Settings
+    from curation.store.settings import Settings
 
     wb = open_workbench(Settings.load(environ={}, home=home, database_url=database_url))
     actor = get_actor(wb, username)

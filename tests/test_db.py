@@ -7,10 +7,10 @@ from sqlalchemy import text
 
 from alembic.script import ScriptDirectory
 
-from curation.db import alembic_config, open_workbench
+from curation.store.db import alembic_config, open_workbench
 from curation.errors import ConfigError, DatabaseError
-from curation.models import Base
-from curation.settings import Settings
+from curation.store.models import Base
+from curation.store.settings import Settings
 
 
 def test_models_and_migrations_agree(wb):
@@ -74,7 +74,7 @@ def test_broken_toml_is_a_clear_error(tmp_path):
 def test_upgrading_a_version_1_database_keeps_its_data_and_downgrade_works(tmp_path, database_url):
     from alembic import command
 
-    from curation.db import make_engine
+    from curation.store.db import make_engine
 
     engine = make_engine(database_url or f"sqlite:///{tmp_path / 'old.db'}")
     cfg = alembic_config(engine)
@@ -110,7 +110,7 @@ def test_processes_opening_a_new_workbench_at_once_all_succeed(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from curation.db import open_workbench; from curation.settings import Settings; "
+    code = ("import sys; from curation.store.db import open_workbench; from curation.store.settings import Settings; "
             "open_workbench(Settings.load(environ={}, home=sys.argv[1])).close()")
     processes = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "new")], stderr=subprocess.PIPE, text=True)
                  for _ in range(4)]

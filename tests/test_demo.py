@@ -5,8 +5,8 @@ import numpy as np
 from PIL import Image
 from sqlalchemy import func, select
 
-from curation.demo import ARCHETYPES, SKIN_RGB, build_demo, generate_cases, noisy_draft
-from curation.models import Annotation, Draft, Image as ImageRow
+from curation.ingest.demo import ARCHETYPES, SKIN_RGB, build_demo, generate_cases, noisy_draft
+from curation.store.models import Annotation, Draft, Image as ImageRow
 from schema import Caption, caption_scores, default_taxonomy
 
 
@@ -71,7 +71,7 @@ def test_build_demo_creates_accounts_images_drafts_and_verified_records_once(wb)
         truth = s.scalar(select(ImageRow).where(ImageRow.status == "verified").limit(1))
         annotation = s.get(Annotation, truth.verified_annotation_id)
         assert Caption.model_validate(annotation.caption) == Caption.model_validate(truth.meta["true_caption"])
-    from curation.auth import get_actor
+    from curation.store.auth import get_actor
 
     again = build_demo(wb, get_actor(wb, "admin"), n=30, seed=0)
     assert again.accounts == {} and again.import_report.imported == 0 and again.import_report.already_present == 30

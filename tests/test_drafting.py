@@ -11,14 +11,14 @@ import pytest
 from PIL import Image as PILImage
 from sqlalchemy import func, select, text
 
-from curation.auth import add_user
-from curation.db import open_workbench
-from curation.drafting import draft_images, draft_version, parse_draft_reply
-from curation.ingest import import_folder
-from curation.llm import LLMConfig, backoff_seconds, extract_json, retry_after_seconds
-from curation.secrets import redact
-from curation.models import Draft, Image
-from curation.settings import Settings
+from curation.store.auth import add_user
+from curation.store.db import open_workbench
+from curation.assist.drafting import draft_images, draft_version, parse_draft_reply
+from curation.ingest.importers import import_folder
+from curation.assist.llm import LLMConfig, backoff_seconds, extract_json, retry_after_seconds
+from curation.store.secrets import redact
+from curation.store.models import Draft, Image
+from curation.store.settings import Settings
 from schema import CaptionError, default_taxonomy
 from tests.fake_llm import FakeLLM, case_colour
 
@@ -68,7 +68,7 @@ def test_faults_end_drafted_once_or_failed_with_a_reason_and_reruns_only_send_wh
         assert server.attempts[3] == 2 and server.attempts[4] == 3  # 500 retried once; a hang tried 1 + 2 retries
         assert _snapshot(wb) == before  # nothing else in the database changed
         with wb.session() as s:  # drafts are written in bulk, and still audited one by one
-            from curation.models import AuditEvent
+            from curation.store.models import AuditEvent
 
             events = s.execute(select(AuditEvent.username, AuditEvent.entity_id).where(AuditEvent.action == "draft.add")).all()
             assert sorted(e[1] for e in events) == sorted(s.scalars(select(Draft.id))) and {e[0] for e in events} == {"admin"}
@@ -156,10 +156,10 @@ def test_retry_after_and_backoff():
 
 
 def test_reasonings_then_weights_then_the_export_carries_the_active_set(tmp_path):
-    from curation.auth import get_actor
-    from curation.demo import build_demo
-    from curation.export import export_dataset
-    from curation.weights import collect_reasonings, create_weight_set, list_weight_sets
+    from curation.store.auth import get_actor
+    from curation.ingest.demo import build_demo
+    from curation.export.dataset import export_dataset
+    from curation.assist.weights import collect_reasonings, create_weight_set, list_weight_sets
 
     with FakeLLM() as server:
         wb = open_workbench(Settings.load(environ={}, home=tmp_path / "wb", llm_base_url=server.url, llm_model="fake-vlm"))

@@ -145,9 +145,9 @@ def test_eval_an_openai_compatible_model_as_a_baseline_through_the_cli(wb, tmp_p
     import sys
     from pathlib import Path
 
-    from curation.auth import get_actor
-    from curation.demo import build_demo
-    from curation.export import export_dataset
+    from curation.store.auth import get_actor
+    from curation.ingest.demo import build_demo
+    from curation.export.dataset import export_dataset
     from tests.fake_llm import FakeLLM
 
     build_demo(wb, None, n=24, seed=1, verified_fraction=1.0, annotated_fraction=0.0)

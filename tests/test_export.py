@@ -6,18 +6,18 @@ import pandas as pd
 import pytest
 from sqlalchemy import select
 
-from curation import export as export_module
-from curation.demo import build_demo
+from curation.export import dataset as export_module
+from curation.ingest.demo import build_demo
 from curation.errors import ExportError
-from curation.export import assign_splits, export_dataset
-from curation.models import Export
+from curation.export.dataset import assign_splits, export_dataset
+from curation.store.models import Export
 from schema import Caption, parse
 
 
 @pytest.fixture
 def demo_wb(wb):
     build_demo(wb, None, n=60, seed=0, verified_fraction=0.6, annotated_fraction=0.2)
-    from curation.auth import get_actor
+    from curation.store.auth import get_actor
 
     return wb, get_actor(wb, "admin")
 

@@ -7,8 +7,8 @@ import pytest
 from sqlalchemy import select
 
 from curation.errors import FetchError
-from curation.ingest import download, fetch_images, import_csv
-from curation.models import Image as ImageRow
+from curation.ingest.importers import download, fetch_images, import_csv
+from curation.store.models import Image as ImageRow
 from tests.helpers import jpeg_bytes, photo
 
 PICTURE = jpeg_bytes(photo(3), gps=True)

@@ -9,9 +9,9 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from curation.errors import IngestError
-from curation.ingest import import_csv, import_folder, import_path
-from curation.models import Image as ImageRow
-from curation.storage import sha256_hex
+from curation.ingest.importers import import_csv, import_folder, import_path
+from curation.store.models import Image as ImageRow
+from curation.store.files import sha256_hex
 from tests.helpers import EXIF_MAKE, EXIF_ORIENTATION, jpeg_bytes, photo, png_bomb, png_bytes, write
 
 
@@ -139,8 +139,8 @@ def test_hostile_files_are_reported_with_a_reason_and_skipped(wb, admin, tmp_pat
 
 
 def test_oversized_file_is_refused_before_reading(tmp_path, admin, wb):
-    from curation.settings import Settings
-    from curation.db import open_workbench
+    from curation.store.settings import Settings
+    from curation.store.db import open_workbench
 
     small = open_workbench(Settings.load(environ={}, home=wb.settings.home, max_image_mb=0.001))
     report = import_path(small, admin, write(tmp_path / "big.png", png_bytes(photo(1, (200, 200)))))
@@ -339,7 +339,7 @@ def test_an_import_clears_temp_files_of_killed_writers_but_not_of_live_ones(wb, 
     import subprocess
     import sys
 
-    from curation.storage import TEMP_MAX_AGE_S, TEMP_PREFIX
+    from curation.store.files import TEMP_MAX_AGE_S, TEMP_PREFIX
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
     host = socket.gethostname()
@@ -361,7 +361,7 @@ def test_an_import_clears_temp_files_of_killed_writers_but_not_of_live_ones(wb, 
 
 
 def test_a_big_csv_goes_in_batches_each_committed_and_a_rerun_after_a_crash_completes_it(wb, admin, tmp_path, monkeypatch):
-    import curation.ingest as ingest
+    import curation.ingest.importers as ingest
 
     monkeypatch.setattr(ingest, "CSV_BATCH", 7)
     lines = ["id,url,label,fitzpatrick"] + [f"r{i},https://example.org/{i}.jpg,psoriasis,{i % 6 + 1}" for i in range(40)]

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from curation.annotate import add_drafts, review_annotation, submit_annotation
-from curation.label_issues import pred_probs_matrix, send_back_for_review, suspicious_labels
-from curation.models import Image
-from curation.review import review_items
+from curation.labelling.annotate import add_drafts, review_annotation, submit_annotation
+from curation.labelling.label_issues import pred_probs_matrix, send_back_for_review, suspicious_labels
+from curation.store.models import Image
+from curation.labelling.review import review_items
 
 LABELS = ("psoriasis", "melanoma", "vitiligo")
 

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from curation.auth import add_user, get_actor
-from curation.db import open_workbench
-from curation.demo import build_demo
+from curation.store.auth import add_user, get_actor
+from curation.store.db import open_workbench
+from curation.ingest.demo import build_demo
 from curation.errors import NotFound
-from curation.labelstudio import LabelStudioError, pull, push
-from curation.models import Annotation, User
-from curation.settings import Settings
+from curation.export.labelstudio import LabelStudioError, pull, push
+from curation.store.models import Annotation, User
+from curation.store.settings import Settings
 
 pytestmark = pytest.mark.integration
 URL, TOKEN, ROOT = (os.environ.get(k) for k in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "LABEL_STUDIO_DOCUMENT_ROOT"))

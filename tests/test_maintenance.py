@@ -3,9 +3,9 @@ import sqlite3
 
 import pytest
 
-from curation.demo import build_demo
-from curation.auth import get_actor
-from curation.maintenance import backup, doctor
+from curation.ingest.demo import build_demo
+from curation.store.auth import get_actor
+from curation.ops.maintenance import backup, doctor
 from tests.conftest import ON_POSTGRES
 
 
@@ -41,7 +41,7 @@ def test_doctor_finds_missing_orphan_and_temp_files(wb, tmp_path):
 def test_doctor_fix_removes_old_orphans_and_dead_temp_files_but_never_a_used_image(wb, tmp_path):
     import os
 
-    from curation.maintenance import ORPHAN_MIN_AGE_S, fix_store
+    from curation.ops.maintenance import ORPHAN_MIN_AGE_S, fix_store
 
     build_demo(wb, None, n=4, seed=0)
     admin = get_actor(wb, "admin")
@@ -66,14 +66,14 @@ def test_doctor_fix_removes_old_orphans_and_dead_temp_files_but_never_a_used_ima
 def test_backup_and_restore_round_trip(wb, admin, tmp_path):
     from sqlalchemy import func, select
 
-    from curation.auth import add_user, list_users
-    from curation.db import open_workbench
+    from curation.store.auth import add_user, list_users
+    from curation.store.db import open_workbench
     from curation.errors import DatabaseError
-    from curation.maintenance import backup, manifest_path, restore
-    from curation.models import Image
+    from curation.ops.maintenance import backup, manifest_path, restore
+    from curation.store.models import Image
     from tests.helpers import jpeg_bytes, photo, write
 
-    from curation.ingest import import_path
+    from curation.ingest.importers import import_path
 
     import_path(wb, admin, write(tmp_path / "in" / "a.jpg", jpeg_bytes(photo(1))))
     saved = backup(wb, admin, tmp_path / "b" / "state.db")

@@ -4,12 +4,12 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from curation.annotate import submit_annotation
-from curation.auth import add_user
+from curation.labelling.annotate import submit_annotation
+from curation.store.auth import add_user
 from curation.errors import SkinflowError
-from curation.models import AuditEvent, Image, Lease, utcnow
-from curation.queue import next_item, remaining, skip
-from curation.workflow import get_workflow_settings, update_workflow_settings
+from curation.store.models import AuditEvent, Image, Lease, utcnow
+from curation.labelling.queue import next_item, remaining, skip
+from curation.labelling.workflow import get_workflow_settings, update_workflow_settings
 
 
 @pytest.fixture
@@ -81,7 +81,7 @@ def test_random_strategy_is_a_permutation_and_differs_from_sequential(wb, admin,
 
 
 def test_gold_items_are_verified_images_served_unannounced_once(wb, admin, annotator, reviewer, images):
-    from curation.annotate import review_annotation
+    from curation.labelling.annotate import review_annotation
 
     other = add_user(wb, admin, "other", "annotator")[0]
     review_annotation(wb, reviewer, _submit(wb, other, images[0]), "verified")
@@ -113,8 +113,8 @@ def _suggest(wb, admin, tmp_path, rows):
     """Import model suggestions the way `skinflow suggest` does (rows: image id, top-1 score, caption)."""
     import json
 
-    from curation.annotate import add_draft
-    from curation.suggestions import import_predictions
+    from curation.labelling.annotate import add_draft
+    from curation.assist.suggestions import import_predictions
 
     for image_id, _, _ in rows:  # the LLM draft each suggestion is compared with
         add_draft(wb, admin, image_id, kind="llm", producer="gpt", version="1", caption={"color": ["red"], "number": "few"})

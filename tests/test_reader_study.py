@@ -2,11 +2,11 @@
 
 import pytest
 
-from curation.annotate import add_draft
-from curation.demo import build_demo
+from curation.labelling.annotate import add_draft
+from curation.ingest.demo import build_demo
 from curation.errors import ConflictError
-from curation.models import Image
-from curation.reader_study import (
+from curation.store.models import Image
+from curation.labelling.reader_study import (
     available_sources,
     create_study,
     next_item,

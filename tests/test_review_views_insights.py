@@ -4,17 +4,17 @@ import zipfile
 import pytest
 from sqlalchemy import select
 
-from curation.annotate import adjudicate, current_annotation, load_work, save_work, submit_annotation
-from curation.auth import add_user
-from curation.demo import build_demo
+from curation.labelling.annotate import adjudicate, current_annotation, load_work, save_work, submit_annotation
+from curation.store.auth import add_user
+from curation.ingest.demo import build_demo
 from curation.errors import IngestError, PermissionDenied
-from curation.ingest import import_path, import_zip
-from curation.insights import cohen_kappa, field_alpha, insights
-from curation.models import Annotation, Image, Review
-from curation.queue import next_item
-from curation.review import review_items
-from curation.views import image_detail, image_history, list_images, thumbnail
-from curation.workflow import update_workflow_settings
+from curation.ingest.importers import import_path, import_zip
+from curation.ops.insights import cohen_kappa, field_alpha, insights
+from curation.store.models import Annotation, Image, Review
+from curation.labelling.queue import next_item
+from curation.labelling.review import review_items
+from curation.labelling.views import image_detail, image_history, list_images, thumbnail
+from curation.labelling.workflow import update_workflow_settings
 from tests.helpers import jpeg_bytes, photo
 
 
@@ -83,8 +83,8 @@ def test_saved_work_round_trips_and_is_cleared_by_submit(wb, annotator, image_id
 
 def test_image_detail_ranks_drafts_marks_disagreements_and_hides_ground_truth(wb):
     build_demo(wb, None, n=3, seed=0)
-    from curation.annotate import add_draft
-    from curation.auth import get_actor
+    from curation.labelling.annotate import add_draft
+    from curation.store.auth import get_actor
 
     admin, annotator = get_actor(wb, "admin"), get_actor(wb, "annotator")
     add_draft(wb, admin, 1, kind="llm", producer="gpt", version="p1", caption={"color": ["yellow"], "number": "single"})
@@ -98,7 +98,7 @@ def test_image_detail_ranks_drafts_marks_disagreements_and_hides_ground_truth(wb
 
 def test_dataset_filters_and_history(wb):
     build_demo(wb, None, n=20, seed=0)
-    from curation.auth import get_actor
+    from curation.store.auth import get_actor
 
     reviewer = get_actor(wb, "reviewer")
     rows, total = list_images(wb, reviewer, status=["verified"], limit=5)
@@ -127,7 +127,7 @@ def test_agreement_statistics():
 
 def test_insights_cover_progress_throughput_agreement_and_gold(wb):
     build_demo(wb, None, n=12, seed=0, verified_fraction=0.5)
-    from curation.auth import get_actor
+    from curation.store.auth import get_actor
 
     admin = get_actor(wb, "admin")
     second = add_user(wb, admin, "second", "annotator")[0]
@@ -189,7 +189,7 @@ def test_hostile_zips_are_refused_whole(wb, admin, tmp_path, entries, symlink, m
 
 
 def test_edit_rates_per_field_compare_what_annotators_started_from(wb, admin, annotator):
-    from curation.annotate import add_draft
+    from curation.labelling.annotate import add_draft
 
     with wb.session() as s:
         rows = [Image(source="test", status="pending", sha256=f"{i:064x}", file_path=f"{i}.jpg") for i in range(1, 5)]

@@ -8,10 +8,10 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from curation.demo import build_demo
-from curation.models import Draft, Image
-from curation.runs import RunError, activate_run, cancel_run, list_runs, read_metrics, refresh_runs, resume_run, run_dir, start_training
-from curation.workflow import get_workflow_settings
+from curation.ingest.demo import build_demo
+from curation.store.models import Draft, Image
+from curation.ops.runs import RunError, activate_run, cancel_run, list_runs, read_metrics, refresh_runs, resume_run, run_dir, start_training
+from curation.labelling.workflow import get_workflow_settings
 
 FAST = {"sft_epochs": 1, "stage1_steps": 2, "stage2_steps": 2, "num_generations": 2, "batch_size": 4}
 
@@ -21,7 +21,7 @@ def curated(wb, admin):
     build_demo(wb, admin, n=20, seed=0, verified_fraction=0.6, annotated_fraction=0.1)
     yield wb
     # detached runs outlive a failed test: stop them, or they slow down every test after this one
-    from curation.models import TrainingRun
+    from curation.store.models import TrainingRun
 
     with wb.session() as s:
         pids = [pid for (pid,) in s.execute(select(TrainingRun.pid).where(TrainingRun.pid.is_not(None)))]
@@ -71,10 +71,10 @@ def test_retrain_runs_in_the_background_and_activation_fills_the_queue(curated, 
     assert needing > 0 and suggested == needing, log
 
     # the queue follows each strategy over the scores the suggestions produced
-    from curation.auth import add_user
-    from curation.models import QueueScore
-    from curation.queue import next_item
-    from curation.workflow import update_workflow_settings
+    from curation.store.auth import add_user
+    from curation.store.models import QueueScore
+    from curation.labelling.queue import next_item
+    from curation.labelling.workflow import update_workflow_settings
 
     update_workflow_settings(curated, admin, gold_rate=0.0)
     with curated.session() as s:
@@ -86,7 +86,7 @@ def test_retrain_runs_in_the_background_and_activation_fills_the_queue(curated, 
         people = [add_user(curated, admin, f"{strategy}{k}", "annotator")[0] for k in range(3)]
         served = [next_item(curated, person, strategy=strategy).image_id for person in people]
         assert served == expected, strategy
-        from curation.queue import release
+        from curation.labelling.queue import release
 
         with curated.session() as s:  # hand the leases back for the next strategy
             for person, image_id in zip(people, served):
@@ -118,7 +118,7 @@ def test_retrain_runs_in_the_background_and_activation_fills_the_queue(curated, 
 
 
 def _alive(pid):
-    from curation.runs import _children
+    from curation.ops.runs import _children
 
     child = _children.get(pid)
     return child is not None and child.poll() is None
@@ -154,7 +154,7 @@ def test_a_killed_training_process_is_marked_failed_with_the_reason(curated, adm
 
 
 def run_pid(wb, run_id):
-    from curation.models import TrainingRun
+    from curation.store.models import TrainingRun
 
     with wb.session() as s:
         return s.get(TrainingRun, run_id).pid
@@ -195,7 +195,7 @@ def test_bad_requests_are_refused(curated, admin, annotator):
 def train_page(wb, monkeypatch):
     import streamlit as st
 
-    from curation.auth import get_actor
+    from curation.store.auth import get_actor
     from tests.test_app_pages import page
 
     monkeypatch.setenv("SKINFLOW_HOME", str(wb.settings.home))

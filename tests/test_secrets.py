@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from curation.errors import ConfigError
-from curation.labelstudio import label_studio_token
-from curation.secrets import read_secret, redact, scrub
+from curation.export.labelstudio import label_studio_token
+from curation.store.secrets import read_secret, redact, scrub
 
 SKINFLOW = str(Path(sys.executable).with_name("skinflow"))
 

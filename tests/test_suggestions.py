@@ -5,11 +5,11 @@ import json
 import pytest
 from sqlalchemy import func, select
 
-from curation.annotate import latest_model_drafts
-from curation.demo import build_demo
-from curation.export import export_dataset
-from curation.models import Draft
-from curation.suggestions import import_predictions
+from curation.labelling.annotate import latest_model_drafts
+from curation.ingest.demo import build_demo
+from curation.export.dataset import export_dataset
+from curation.store.models import Draft
+from curation.assist.suggestions import import_predictions
 from schema.errors import SkinflowError
 
 

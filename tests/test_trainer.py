@@ -92,11 +92,11 @@ def test_presets_config_files_and_overrides(tmp_path):
 # -- a real (small) run ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def grpo_export(tmp_path_factory):
-    from curation.auth import get_actor
-    from curation.db import open_workbench
-    from curation.demo import build_demo
-    from curation.export import export_dataset
-    from curation.settings import Settings
+    from curation.store.auth import get_actor
+    from curation.store.db import open_workbench
+    from curation.ingest.demo import build_demo
+    from curation.export.dataset import export_dataset
+    from curation.store.settings import Settings
 
     home = tmp_path_factory.mktemp("trainer")
     wb = open_workbench(Settings.load(environ={}, home=home / "wb"))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from curation.weights import FIELD_LEXICON, compute_weights, field_mentions, sentences_mentioning
+from curation.assist.weights import FIELD_LEXICON, compute_weights, field_mentions, sentences_mentioning
 from schema.fields import FIELD_KEYS
 
 REASONINGS = [

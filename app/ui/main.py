@@ -9,7 +9,7 @@ import streamlit as st
 
 from app.ui import state
 from app.ui.screens import admin, annotate, dataset, drafting, evaluation, insights, reader_study, review, train, weights
-from curation.auth import InvalidCredentials, authenticate
+from curation.store.auth import InvalidCredentials, authenticate
 
 st.set_page_config(page_title="SkinFlow Workbench", layout="wide")
 

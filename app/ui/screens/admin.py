@@ -11,13 +11,13 @@ import pandas as pd
 import streamlit as st
 
 from app.ui import state
-from curation.auth import add_user, list_users, set_password, set_role
-from curation.export import ExportFilter, export_dataset
-from curation.formats import EXTRA_FORMATS
-from curation.neardup import DEFAULT_MAX_DISTANCE, MAX_SUPPORTED_DISTANCE
-from curation.ingest import import_folder, import_zip
-from curation.models import ROLES
-from curation.workflow import QUEUE_STRATEGIES, get_workflow_settings, update_workflow_settings
+from curation.store.auth import add_user, list_users, set_password, set_role
+from curation.export.dataset import ExportFilter, export_dataset
+from curation.export.formats import EXTRA_FORMATS
+from curation.export.neardup import DEFAULT_MAX_DISTANCE, MAX_SUPPORTED_DISTANCE
+from curation.ingest.importers import import_folder, import_zip
+from curation.store.models import ROLES
+from curation.labelling.workflow import QUEUE_STRATEGIES, get_workflow_settings, update_workflow_settings
 from schema.errors import SkinflowError
 
 

@@ -8,10 +8,10 @@ import streamlit as st
 
 from app.ui import state
 from app.ui.widgets import caption_form, diagnosis_widget
-from curation.annotate import QUALITY_FLAGS, current_annotation, save_work, submit_annotation
+from curation.labelling.annotate import QUALITY_FLAGS, current_annotation, save_work, submit_annotation
 from curation.errors import ConflictError
-from curation.queue import next_item, remaining, skip
-from curation.views import field_disagreements, image_detail
+from curation.labelling.queue import next_item, remaining, skip
+from curation.labelling.views import field_disagreements, image_detail
 from schema.errors import SkinflowError
 
 KEY = "annotate_item"  # {"image_id", "loaded_at", "base_id"}: the image on screen and the version it edits

@@ -8,10 +8,10 @@ import pandas as pd
 import streamlit as st
 
 from app.ui import state
-from curation.annotate import QUALITY_FLAGS
-from curation.models import IMAGE_STATUSES
-from curation.status import workbench_status
-from curation.views import SORTS, image_history, list_images, thumbnail
+from curation.labelling.annotate import QUALITY_FLAGS
+from curation.store.models import IMAGE_STATUSES
+from curation.ops.status import workbench_status
+from curation.labelling.views import SORTS, image_history, list_images, thumbnail
 
 PAGE_SIZE = 50
 

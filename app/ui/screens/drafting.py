@@ -8,8 +8,8 @@ import pandas as pd
 import streamlit as st
 
 from app.ui import state
-from curation.drafting import draft_images, recent_failures
-from curation.llm import NO_KEY, LLMConfig, LLMError, connection_test
+from curation.assist.drafting import draft_images, recent_failures
+from curation.assist.llm import NO_KEY, LLMConfig, LLMError, connection_test
 from schema.errors import SkinflowError
 
 

@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from app.ui import state
-from curation.reports import list_reports, reports_dir
+from curation.ops.reports import list_reports, reports_dir
 
 
 def render() -> None:

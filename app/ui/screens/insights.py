@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from app.ui import state
-from curation.insights import insights
+from curation.ops.insights import insights
 
 
 def _bar(counts: dict, name: str, by_count: bool = True) -> alt.Chart:

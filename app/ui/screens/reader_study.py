@@ -7,7 +7,7 @@ import streamlit as st
 
 from app.ui import state
 from app.ui.widgets import taxonomy_label
-from curation.reader_study import (
+from curation.labelling.reader_study import (
     SCALES,
     available_sources,
     create_study,
@@ -17,7 +17,7 @@ from curation.reader_study import (
     ratings_csv,
     study_results,
 )
-from curation.views import image_detail
+from curation.labelling.views import image_detail
 from schema.caption import Caption
 from schema.caption import render as caption_text
 from schema.errors import SkinflowError

@@ -7,10 +7,10 @@ import streamlit as st
 
 from app.ui import state
 from app.ui.widgets import caption_form, diagnosis_widget, plain, taxonomy_label
-from curation.annotate import adjudicate, review_annotation
-from curation.label_issues import send_back_for_review, suspicious_labels
-from curation.review import review_items
-from curation.views import image_detail
+from curation.labelling.annotate import adjudicate, review_annotation
+from curation.labelling.label_issues import send_back_for_review, suspicious_labels
+from curation.labelling.review import review_items
+from curation.labelling.views import image_detail
 from schema.errors import SkinflowError
 from schema.fields import FIELDS
 

@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from app.ui import state
-from curation.runs import (ABLATION_VARIANTS, PRESETS, ablation_report, activate_run, cancel_run, list_runs, log_tail, read_metrics,
+from curation.ops.runs import (ABLATION_VARIANTS, PRESETS, ablation_report, activate_run, cancel_run, list_runs, log_tail, read_metrics,
                            resume_run, start_training)
 from schema.errors import SkinflowError
 

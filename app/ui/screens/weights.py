@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from app.ui import state
-from curation.weights import DEFAULT_FLOOR, SOURCES, activate_weight_set, create_weight_set, evidence, list_weight_sets
+from curation.assist.weights import DEFAULT_FLOOR, SOURCES, activate_weight_set, create_weight_set, evidence, list_weight_sets
 from schema.errors import SkinflowError
 from schema.fields import FIELD_KEYS
 

@@ -1,0 +1,256 @@
+"""LLM-drafted captions: every image without a draft from this model and prompt version is sent
+(resized, as a data URL) with the versioned caption prompt; the reply is validated with the Caption
+model and stored as a draft of kind `llm`, or as a failed draft with the raw text and the reason.
+
+Cache key: (image sha256, model, prompt version, schema version). A draft's `version` is
+"<prompt>+schema<schema version>", so a rerun sends nothing for finished images, and a new prompt
+or schema drafts everything again. Each result is committed on its own: an interrupted run keeps
+what it had committed and a rerun continues. Database writes run on a worker thread so that they never
+hold up the requests in flight, and in batches (one transaction per batch of up to 64 drafts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from sqlalchemy import exists, select
+
+from curation.store import audit
+from curation.labelling.annotate import add_drafts
+from curation.store.auth import Actor, require
+from curation.store.db import Workbench
+from curation.assist.llm import LLMConfig, Outcome, ask_each, extract_json, image_data_url
+from curation.store.models import Draft, Image
+from curation.assist.prompts import render_prompt
+from curation.store.settings import Settings
+from schema.caption import SCHEMA_VERSION, Caption, json_schema, render, validate_caption
+from schema.errors import CaptionError, SkinflowError
+from schema.fields import FIELDS, ORDINAL_VALUES
+from schema.taxonomy import Taxonomy
+from schema.vocabulary import default_vocabulary
+
+CAPTION_PROMPT = "caption-v1"
+MAX_DIAGNOSES = 6
+RAW_KEPT_CHARS = 20_000  # of a failed reply, for the failure list
+
+
+def draft_version(prompt: str = CAPTION_PROMPT) -> str:
+    return f"{prompt}+schema{SCHEMA_VERSION}"
+
+
+def caption_prompt(prompt: str = CAPTION_PROMPT) -> str:
+    vocab = default_vocabulary()
+    return render_prompt(prompt, fields=FIELDS, vocab=vocab.terms, ordinal=ORDINAL_VALUES, k=MAX_DIAGNOSES)
+
+
+def reply_schema() -> dict[str, Any]:
+    """Structured-output schema of a drafting reply: the caption plus ranked diagnoses."""
+    diagnosis = {
+        "type": "object",
+        "properties": {"diagnosis": {"type": "string"}, "confidence": {"type": "number"}},
+        "required": ["diagnosis", "confidence"],
+        "additionalProperties": False,
+    }
+    return {
+        "type": "object",
+        "properties": {"caption": json_schema(), "diagnoses": {"type": "array", "items": diagnosis}},
+        "required": ["caption", "diagnoses"],
+        "additionalProperties": False,
+    }
+
+
+def parse_draft_reply(text: str, taxonomy: Taxonomy) -> tuple[Caption, list[dict[str, Any]]]:
+    """The caption and ranked diagnoses in a reply; CaptionError saying why when it cannot be used."""
+    try:
+        data = extract_json(text)
+    except ValueError as e:
+        raise CaptionError(str(e)) from None
+    if not isinstance(data, dict):
+        raise CaptionError("the reply JSON is not an object")
+    caption_data = data.get("caption") if "caption" in data else {k: v for k, v in data.items() if k != "diagnoses"}
+    caption = validate_caption(caption_data)
+    diagnoses: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for entry in data.get("diagnoses") or []:
+        name = entry.get("diagnosis") if isinstance(entry, dict) else entry
+        if not isinstance(name, str) or not name.strip():
+            continue
+        key = taxonomy.normalise(name)
+        identity = key or name.strip().lower()
+        if identity in seen:
+            continue
+        seen.add(identity)
+        score = entry.get("confidence") if isinstance(entry, dict) else None
+        score = float(score) if isinstance(score, (int, float)) and 0 <= score <= 1 else None
+        diagnoses.append({"key": key, "text": name.strip()[:200], "score": score})
+        if len(diagnoses) == MAX_DIAGNOSES:
+            break
+    return caption, diagnoses
+
+
+@dataclass
+class RunReport:
+    todo: int = 0
+    done: int = 0
+    failed: list[tuple[int, str]] = field(default_factory=list)  # (image id, reason)
+    requests: int = 0  # attempts, retries included
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    structured_output: bool = True
+
+    def summary(self) -> dict[str, Any]:
+        return {"todo": self.todo, "done": self.done, "failed": len(self.failed), "requests": self.requests,
+                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "seconds": round(self.seconds, 2), "structured_output": self.structured_output}
+
+
+def images_to_draft(wb: Workbench, model: str, version: str, *, redo: bool, limit: int | None) -> list[tuple[int, str, Path]]:
+    """(image id, sha256, file) of images that have no successful draft from this model and version."""
+    with wb.session() as s:
+        query = select(Image.id, Image.sha256, Image.file_path).where(Image.file_path.is_not(None)).order_by(Image.id)
+        if not redo:
+            done = exists().where(Draft.image_id == Image.id, Draft.kind == "llm", Draft.producer == model,
+                                  Draft.version == version, Draft.error.is_(None))
+            query = query.where(~done)
+        rows = s.execute(query.limit(limit) if limit else query).all()
+    return [(image_id, sha, wb.store_dir / path) for image_id, sha, path in rows]
+
+
+WRITE_BATCH = 64
+
+
+async def _draft_all(wb: Workbench, actor: Actor, config: LLMConfig, todo, concurrency: int, report: RunReport,
+                     progress: Callable[[int, int], None] | None, prompt: str) -> None:
+    system = caption_prompt(prompt)
+    version = draft_version(prompt)
+    results: asyncio.Queue = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+    # own threads for image encoding and database writes: the default pool has only cpu+4 threads
+    workers = ThreadPoolExecutor(max_workers=min(concurrency, 32) + 1, thread_name_prefix="drafting")
+
+    def messages(item) -> list[dict]:
+        _image_id, _sha, path = item
+        url = image_data_url(path, config.max_side)
+        return [{"role": "system", "content": system},
+                {"role": "user", "content": [{"type": "text", "text": "Describe this lesion."}, {"type": "image_url", "image_url": {"url": url}}]}]
+
+    async def writer() -> None:
+        """Commit finished drafts in batches: one transaction per batch, not per image."""
+        written = 0
+        while written < len(todo):
+            batch = [await results.get()]
+            while not results.empty() and len(batch) < WRITE_BATCH:
+                batch.append(results.get_nowait())
+            await loop.run_in_executor(workers, add_drafts, wb, actor, batch)
+            written += len(batch)
+            if progress:
+                progress(written, len(todo))
+
+    async def collect(outcome: Outcome) -> None:
+        image_id, sha, _path = outcome.item
+        meta: dict[str, Any] = {"sha256": sha, "prompt": prompt, "schema_version": SCHEMA_VERSION}
+        draft = {"image_id": image_id, "kind": "llm", "producer": config.model, "version": version, "meta": meta}
+        reply = outcome.reply
+        report.requests += reply.attempts if reply is not None else 1
+        if reply is None:
+            report.failed.append((image_id, outcome.error))
+            draft.update(caption=None, error=outcome.error)
+        else:
+            report.prompt_tokens += reply.prompt_tokens
+            report.completion_tokens += reply.completion_tokens
+            meta.update(prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
+                        attempts=reply.attempts, structured_output=reply.structured)
+            draft["raw_reply"] = reply.text[:RAW_KEPT_CHARS]
+            try:
+                if len(reply.text) > config.max_reply_chars:
+                    raise CaptionError(f"reply of {len(reply.text):,} characters is over the {config.max_reply_chars:,} limit")
+                caption, diagnoses = parse_draft_reply(reply.text, wb.taxonomy)
+            except SkinflowError as e:
+                report.failed.append((image_id, str(e)))
+                draft.update(caption=None, error=str(e))
+            else:
+                draft.update(caption=caption, diagnoses=diagnoses)
+                report.done += 1
+        results.put_nowait(draft)
+
+    try:
+        _, report.structured_output = await asyncio.gather(
+            writer(), ask_each(config, todo, messages, collect, concurrency=concurrency, json_schema=reply_schema(),
+                               schema_name="lesion_draft", executor=workers))
+    finally:
+        workers.shutdown(wait=True)
+
+
+def draft_images(
+    wb: Workbench, actor: Actor, *, model: str | None = None, limit: int | None = None, concurrency: int | None = None,
+    redo: bool = False, progress: Callable[[int, int], None] | None = None, prompt: str = CAPTION_PROMPT,
+    environ: dict[str, str] | None = None,
+) -> RunReport:
+    """Draft captions for every image that has none from this model and prompt version."""
+    require(actor, "admin", "run LLM drafting")
+    config = LLMConfig.from_settings(wb.settings, model, environ)
+    concurrency = max(1, min(concurrency or config.concurrency, 256))
+    caption_prompt(prompt)  # an unknown prompt fails before anything is sent
+    todo = images_to_draft(wb, config.model, draft_version(prompt), redo=redo, limit=limit)
+    report = RunReport(todo=len(todo))
+    start = time.perf_counter()
+    if todo:
+        asyncio.run(_draft_all(wb, actor, config, todo, concurrency, report, progress, prompt))
+    report.seconds = time.perf_counter() - start
+    with wb.session() as s:
+        audit.record(s, actor, "draft.run", "draft", None, model=config.model, prompt=prompt, **report.summary())
+    return report
+
+
+def recent_failures(wb: Workbench, actor: Actor, limit: int = 100) -> list[dict[str, Any]]:
+    """Failed LLM drafts, newest first, for the drafting page."""
+    require(actor, "admin", "see drafting failures")
+    with wb.session() as s:
+        rows = s.execute(select(Draft.image_id, Draft.producer, Draft.version, Draft.error, Draft.created_at)
+                         .where(Draft.kind == "llm", Draft.error.is_not(None)).order_by(Draft.id.desc()).limit(limit)).all()
+    return [{"image": r.image_id, "model": r.producer, "prompt": r.version, "reason": r.error, "when": r.created_at} for r in rows]
+
+
+def predict_with_llm(settings: Settings, taxonomy: Taxonomy, items: list[dict[str, Any]], *, model: str | None = None,
+                     concurrency: int | None = None, prompt: str = CAPTION_PROMPT, environ: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Baseline predictions from any OpenAI-compatible model, with the drafting prompt, in the format of
+    `skinflow predict` (so `skinflow eval` scores an LLM like a trained checkpoint). items: {"id", "path"}.
+    Diagnoses the model names outside the taxonomy are dropped; listed ones without a confidence get none (0)."""
+    config = LLMConfig.from_settings(settings, model, environ)
+    system = caption_prompt(prompt)
+    version = f"llm:{config.model}:{draft_version(prompt)}"
+    rows: dict[int, dict[str, Any]] = {}
+
+    def messages(item) -> list[dict]:
+        url = image_data_url(Path(item["path"]), config.max_side)
+        return [{"role": "system", "content": system},
+                {"role": "user", "content": [{"type": "text", "text": "Describe this lesion."}, {"type": "image_url", "image_url": {"url": url}}]}]
+
+    async def collect(outcome: Outcome) -> None:
+        item = outcome.item
+        row: dict[str, Any] = {"id": item["id"], "image": str(item["path"]), "model_version": version, "caption": None,
+                               "caption_text": "", "caption_error": outcome.error, "diagnoses": [], "answer": ""}
+        if outcome.reply is not None:
+            row["answer"] = outcome.reply.text[:RAW_KEPT_CHARS]
+            try:
+                caption, diagnoses = parse_draft_reply(outcome.reply.text, taxonomy)
+            except SkinflowError as e:
+                row["caption_error"] = str(e)
+            else:
+                row.update(caption=caption.to_json(), caption_text=render(caption), caption_error=None,
+                           diagnoses=[{"key": d["key"], "display": taxonomy.label(d["key"]).display, "score": d["score"] or 0.0}
+                                      for d in diagnoses if d["key"]])
+        rows[item["id"]] = row
+
+    async def run() -> None:
+        await ask_each(config, items, messages, collect, concurrency=max(1, concurrency or config.concurrency),
+                       json_schema=reply_schema(), schema_name="lesion_draft")
+
+    asyncio.run(run())
+    return [rows[item["id"]] for item in items]

@@ -1,0 +1,127 @@
+"""Model suggestions back into labelling: a prediction file (`skinflow predict`) becomes model drafts.
+
+Each line names its image by `id` (the workbench image id, as in exports) and/or by an image path whose
+file name is the stored sha256 (export layout). When both are there they must agree, so a prediction
+file made from another workbench's export cannot attach suggestions to the wrong pictures. A draft is
+kind "model", producer "skinflow", version = the prediction's model_version; importing the same file
+twice adds nothing (one suggestion per image and model version).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from curation.labelling.annotate import add_drafts
+from curation.store.auth import Actor, require
+from curation.store.db import Workbench
+from curation.store.models import Draft, Image, QueueScore, utcnow
+from schema.caption import validate_caption
+from schema.compare import caption_scores
+from schema.errors import CaptionError, SkinflowError
+
+PRODUCER = "skinflow"
+_SHA = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass
+class SuggestionReport:
+    added: int = 0
+    already_there: int = 0
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (line, why)
+
+
+def _diagnoses(row: dict[str, Any], taxonomy) -> list[dict[str, Any]]:
+    out = []
+    for entry in row.get("diagnoses") or []:
+        if isinstance(entry, dict) and entry.get("key") in taxonomy.labels:
+            out.append({"key": entry["key"], "score": float(entry.get("score") or 0.0)})
+    return out
+
+
+def import_predictions(wb: Workbench, actor: Actor, path: str | Path) -> SuggestionReport:
+    require(actor, "admin", "import model suggestions")
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SkinflowError(f"cannot read the prediction file {path}: {e}; write one with `skinflow predict`") from None
+    report = SuggestionReport()
+    rows: list[tuple[int, dict[str, Any]]] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SkinflowError(f"{path} line {number} is not JSON ({e.msg}); nothing was imported") from None
+        if not isinstance(row, dict) or not row.get("model_version"):
+            raise SkinflowError(f"{path} line {number} has no model_version; is this a `skinflow predict` file? Nothing was imported")
+        rows.append((number, row))
+    with wb.session() as s:
+        ids = [r.get("id") for _, r in rows if isinstance(r.get("id"), int)]
+        shas = [Path(str(r.get("image", ""))).stem for _, r in rows]
+        by_id = {i.id: i.sha256 for i in s.execute(select(Image.id, Image.sha256).where(Image.id.in_(ids)))}
+        by_sha = {sha: i for i, sha in s.execute(select(Image.id, Image.sha256).where(Image.sha256.in_([x for x in shas if _SHA.match(x)])))}
+        present = set(s.execute(select(Draft.image_id, Draft.version).where(Draft.kind == "model", Draft.producer == PRODUCER)).all())
+    drafts = []
+    for number, row in rows:
+        sha = Path(str(row.get("image", ""))).stem
+        image_id = row.get("id") if isinstance(row.get("id"), int) else by_sha.get(sha)
+        if image_id is None or image_id not in by_id and image_id not in by_sha.values():
+            report.skipped.append((number, "no such image in this workbench"))
+            continue
+        if _SHA.match(sha) and by_id.get(image_id, sha) != sha:
+            report.skipped.append((number, f"id {image_id} names a different picture than {sha[:12]}...: prediction file from another workbench?"))
+            continue
+        if (image_id, row["model_version"]) in present:
+            report.already_there += 1
+            continue
+        caption, error = row.get("caption"), row.get("caption_error")
+        if caption is not None:
+            try:
+                caption = validate_caption(caption).to_json()
+            except CaptionError as e:
+                caption, error = None, str(e)
+        drafts.append({"image_id": image_id, "kind": "model", "producer": PRODUCER, "version": row["model_version"],
+                       "caption": caption, "error": error if caption is None else None, "raw_reply": row.get("caption_text"),
+                       "diagnoses": _diagnoses(row, wb.taxonomy), "meta": {"answer": row.get("answer"), "source": str(path)}})
+        present.add((image_id, row["model_version"]))
+    if drafts:
+        add_drafts(wb, actor, drafts)
+        _score_for_queue(wb, drafts)
+    report.added = len(drafts)
+    return report
+
+
+def _score_for_queue(wb: Workbench, drafts: list[dict[str, Any]]) -> None:
+    """queue_scores for the uncertainty and disagreement strategies, from the newest suggestions."""
+    image_ids = [d["image_id"] for d in drafts]
+    with wb.session() as s:
+        llm = {}
+        for image_id, caption in s.execute(select(Draft.image_id, Draft.caption).where(
+                Draft.image_id.in_(image_ids), Draft.kind.in_(("llm", "synthetic")), Draft.error.is_(None), Draft.caption.is_not(None)).order_by(Draft.id)):
+            llm[image_id] = caption  # the newest wins
+        for d in drafts:
+            top = max((entry["score"] for entry in d["diagnoses"]), default=None)
+            disagreement = None
+            if d["caption"] is not None and d["image_id"] in llm:
+                scores = caption_scores(validate_caption(llm[d["image_id"]]), validate_caption(d["caption"]))
+                disagreement = 1.0 - sum(scores.values()) / len(scores)
+            s.merge(QueueScore(image_id=d["image_id"], uncertainty=None if top is None else 1.0 - top,
+                               disagreement=disagreement, updated_at=utcnow()))
+
+
+def images_needing_work(wb: Workbench, limit: int | None = None) -> list[dict[str, Any]]:
+    """{"id", "image"} for every image still in the labelling queue (pending or annotated, with a picture):
+    the manifest `skinflow predict` reads when suggestions are refreshed."""
+    with wb.session() as s:
+        query = (select(Image.id, Image.file_path).where(Image.status.in_(("pending", "annotated")), Image.file_path.is_not(None))
+                 .order_by(Image.id))
+        rows = s.execute(query.limit(limit) if limit else query).all()
+    return [{"id": image_id, "image": str(wb.store_dir / file_path)} for image_id, file_path in rows]

@@ -1,0 +1,217 @@
+"""Label Studio round trip (label-studio-sdk 2.x, the version the server pins).
+
+push: create the project (or update its labelling config), then upload every image with a picture
+that is not in the project yet, with the LLM draft and model suggestion as predictions. Tasks carry
+`skinflow_id`, which is how a second push knows what is there already (no duplicates).
+Images: `local` (default) points tasks at Label Studio's local-files serving of the workbench's image
+store (start Label Studio with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true and
+LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=<the workbench folder, which holds images/>; push registers
+images/ as the project's local storage: Label Studio refuses the document root itself); `data` embeds each
+image as a data URL (no server set-up, larger tasks).
+
+pull: bring completed annotations back as workbench annotations, each with its origin
+(`labelstudio:<url>/projects/<p>/tasks/<t>/annotations/<a>`, unique in the database, so pulling twice
+adds nothing). Label Studio users map to local accounts by email; a missing one is created as an
+annotator (with a random password an admin can reset).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+
+from curation.store import audit
+from curation.labelling.annotate import latest_model_drafts, submit_annotation, user_chain_head
+from curation.store.auth import Actor, add_user, get_actor, require
+from curation.store.db import Workbench
+from curation.errors import ConfigError, NotFound
+from curation.export.formats import LABEL_STUDIO_IMAGE_PREFIX, label_studio_config, label_studio_result
+from curation.store.models import Annotation, Image, User
+from curation.store.secrets import read_secret
+from schema.errors import SkinflowError
+from schema.fields import FIELDS
+
+IMPORT_BATCH = 500
+
+
+class LabelStudioError(SkinflowError):
+    """Label Studio answered with an error or could not be reached."""
+
+
+def label_studio_token(environ: dict[str, str] | None = None) -> str:
+    token = read_secret("LABEL_STUDIO_API_KEY", environ)
+    if not token:
+        raise ConfigError("no Label Studio token: set LABEL_STUDIO_API_KEY, or LABEL_STUDIO_API_KEY_FILE to a file holding it "
+                          "(Label Studio: Account & Settings > Access Token)")
+    return token
+
+
+def _client(url: str, token: str):
+    from label_studio_sdk import LabelStudio
+
+    return LabelStudio(base_url=url.rstrip("/"), api_key=token)
+
+
+def _call(what: str, fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except Exception as e:  # the SDK raises ApiError, httpx errors ...: one clear message either way
+        status = getattr(e, "status_code", None)
+        body = getattr(e, "body", None)
+        detail = ""
+        if isinstance(body, dict):
+            detail = f": {body.get('validation_errors') or body.get('detail') or ''}"
+        hint = " (check LABEL_STUDIO_API_KEY; the server needs LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true for legacy tokens)" if status == 401 else ""
+        raise LabelStudioError(f"Label Studio could not {what}: {status or e.__class__.__name__}{detail}{hint}") from None
+
+
+def _project(client, title: str, config: str):
+    for project in _call("list projects", client.projects.list):
+        if project.title == title:
+            _call("update the project's labelling config", client.projects.update, id=project.id, label_config=config)
+            return project
+    return _call("create the project", client.projects.create, title=title, label_config=config)
+
+
+@dataclass
+class PushReport:
+    project_id: int
+    created: int = 0
+    already_there: int = 0
+
+
+def push(wb: Workbench, actor: Actor, url: str, token: str, *, project: str = "SkinFlow", image_mode: str = "local",
+         statuses: tuple[str, ...] = ("pending", "annotated", "verified")) -> PushReport:
+    require(actor, "admin", "push to Label Studio")
+    if image_mode not in ("local", "data"):
+        raise SkinflowError("image mode must be 'local' (Label Studio serves the image store) or 'data' (embedded images)")
+    client = _client(url, token)
+    taxonomy = wb.taxonomy
+    ls_project = _project(client, project, label_studio_config(taxonomy))
+    present = {((t.data or {}).get("skinflow_id")) for t in _call("list tasks", client.tasks.list, project=ls_project.id)}
+    if image_mode == "local":
+        storages = _call("list local storages", client.import_storage.local.list, project=ls_project.id)
+        if not any(getattr(s, "path", None) == str(wb.store_dir.resolve()) for s in storages):
+            _call("register the image store as local storage", client.import_storage.local.create, project=ls_project.id,
+                  path=str(wb.store_dir.resolve()), title="SkinFlow image store", use_blob_urls=False)
+    with wb.session() as s:
+        images = s.execute(select(Image.id, Image.file_path, Image.sha256, Image.diagnosis_key)
+                           .where(Image.status.in_(statuses), Image.file_path.is_not(None)).order_by(Image.id)).all()
+        drafts = latest_model_drafts(s, [i.id for i in images])
+    report = PushReport(ls_project.id)
+    tasks = []
+    for image_id, file_path, sha, source_key in images:
+        if image_id in present:
+            report.already_there += 1
+            continue
+        if image_mode == "local":  # relative to the document root: the workbench folder
+            image = LABEL_STUDIO_IMAGE_PREFIX + str((wb.store_dir / file_path).resolve().relative_to(wb.settings.home.resolve()))
+        else:
+            kind = "png" if file_path.endswith(".png") else "jpeg"
+            image = f"data:image/{kind};base64," + base64.b64encode((wb.store_dir / file_path).read_bytes()).decode()
+        predictions = []
+        for draft in drafts.get(image_id, []):
+            top = (draft["diagnoses"] or [{}])[0]
+            predictions.append({"model_version": f"{draft['kind']}:{draft['producer']}:{draft['version']}", "score": top.get("score"),
+                                "result": label_studio_result(draft["caption"], top.get("key"), taxonomy)})
+        tasks.append({"data": {"image": image, "skinflow_id": image_id, "sha256": sha, "source_label": source_key},
+                      "predictions": predictions})
+    for start in range(0, len(tasks), IMPORT_BATCH):
+        _call("import tasks", client.projects.import_tasks, id=ls_project.id, request=tasks[start : start + IMPORT_BATCH],
+              return_task_ids=True)
+        report.created += len(tasks[start : start + IMPORT_BATCH])
+    with wb.session() as s:
+        audit.record(s, actor, "labelstudio.push", "image", None, url=url, project=ls_project.id, created=report.created)
+    return report
+
+
+def caption_from_result(result: list[dict[str, Any]]) -> tuple[dict[str, Any], str | None]:
+    """(raw caption, diagnosis key) from Label Studio result items."""
+    caption: dict[str, Any] = {}
+    diagnosis = None
+    kinds = {f.key: f.kind for f in FIELDS}
+    for item in result or []:
+        name, value = item.get("from_name"), item.get("value") or {}
+        if name == "diagnosis" and value.get("taxonomy"):
+            diagnosis = value["taxonomy"][0][-1]
+        elif name in kinds and kinds[name] == "free":
+            caption[name] = " ".join(value.get("text") or [])
+        elif name in kinds:
+            choices = value.get("choices") or []
+            caption[name] = choices if kinds[name] == "multi" else (choices[0] if choices else None)
+    return caption, diagnosis
+
+
+def _local_user(wb: Workbench, admin: Actor, person: dict[str, Any] | int | None, emails: dict[int, str], report: "PullReport") -> Actor:
+    email = person.get("email") if isinstance(person, dict) else emails.get(person) if isinstance(person, int) else None
+    if not email:
+        raise SkinflowError("a Label Studio annotation names no annotator the token may look up; use an admin token")
+    base = re.sub(r"[^a-z0-9._-]", "-", email.split("@")[0].lower()).strip("-.")[:50] or "labelstudio-user"
+    with wb.session() as s:
+        user = s.scalar(select(User).where(User.display_name == email))  # the account is the email's, by display name
+        taken = set(s.scalars(select(User.username)))
+    if user is not None:
+        return get_actor(wb, user.username)
+    name = base if len(base) >= 2 else f"ls-{base}"
+    suffix = 1
+    while name in taken:  # an existing local account of that name is somebody else: never merge by name
+        suffix += 1
+        name = f"{base}-ls{suffix}"
+    actor, _password = add_user(wb, admin, name, "annotator", display_name=email)
+    report.users_created.append(email)
+    return actor
+
+
+@dataclass
+class PullReport:
+    imported: int = 0
+    already_imported: int = 0
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (task id, why)
+    users_created: list[str] = field(default_factory=list)
+
+
+def pull(wb: Workbench, actor: Actor, url: str, token: str, *, project: str = "SkinFlow") -> PullReport:
+    require(actor, "admin", "pull from Label Studio")
+    client = _client(url, token)
+    match = [p for p in _call("list projects", client.projects.list) if p.title == project]
+    if not match:
+        raise NotFound(f"no Label Studio project titled {project!r}; push first")
+    project_id = match[0].id
+    raw = b"".join(_call("export the project", client.projects.exports.download_sync, project_id, export_type="JSON"))
+    # the JSON export names annotators by id: map ids to emails once
+    emails = {u.id: u.email for u in _call("list users", client.users.list) if getattr(u, "email", None)}
+    report = PullReport()
+    with wb.session() as s:
+        known = set(s.scalars(select(Annotation.origin).where(Annotation.origin.is_not(None))))
+    for task in json.loads(raw or b"[]"):
+        image_id = (task.get("data") or {}).get("skinflow_id")
+        for annotation in task.get("annotations") or []:
+            origin = f"labelstudio:{url.rstrip('/')}/projects/{project_id}/tasks/{task.get('id')}/annotations/{annotation.get('id')}"
+            if origin in known:
+                report.already_imported += 1
+                continue
+            if annotation.get("was_cancelled") or not image_id:
+                report.skipped.append((task.get("id"), "skipped in Label Studio" if image_id else "not a SkinFlow task"))
+                continue
+            try:
+                annotator = _local_user(wb, actor, annotation.get("completed_by"), emails, report)
+                caption, diagnosis = caption_from_result(annotation.get("result"))
+                with wb.session() as s:
+                    source_key = s.get(Image, image_id).diagnosis_key if s.get(Image, image_id) else None
+                    head = user_chain_head(s, image_id, annotator.id)
+                status = "uncertain" if diagnosis is None else ("confirmed" if diagnosis == source_key else "corrected")
+                submit_annotation(wb, annotator, image_id, caption, diagnosis=diagnosis, diagnosis_status=status,
+                                  supersedes_id=head.id if head else None, origin=origin)
+            except SkinflowError as e:
+                report.skipped.append((task.get("id"), str(e)))
+                continue
+            known.add(origin)
+            report.imported += 1
+    with wb.session() as s:
+        audit.record(s, actor, "labelstudio.pull", "annotation", None, url=url, project=project_id, imported=report.imported)
+    return report

@@ -1,0 +1,65 @@
+"""What reviewers look at: items that need a decision, and how annotations of one image differ."""
+
+from __future__ import annotations
+
+from itertools import combinations
+from typing import Any
+
+from sqlalchemy import select
+
+from curation.labelling.annotate import annotation_dict
+from curation.store.auth import Actor, require
+from curation.store.db import Workbench
+from curation.store.models import Annotation, Image
+from curation.labelling.workflow import get_workflow_settings
+from schema.caption import Caption
+from schema.compare import caption_scores
+
+REASONS = ("disagreement", "suspicious label", "uncertain", "flagged", "awaiting verification")  # most urgent first
+
+
+def _heads(annotations: list[Annotation]) -> list[Annotation]:
+    """The newest version of every chain: annotations nothing supersedes."""
+    superseded = {a.supersedes_id for a in annotations if a.supersedes_id}
+    return [a for a in annotations if a.id not in superseded]
+
+
+def compare_heads(heads: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-field scores between every pair of annotation heads, and whether the labels agree."""
+    pairs = []
+    for a, b in combinations(heads, 2):
+        scores = caption_scores(Caption.model_validate(a["caption"]), Caption.model_validate(b["caption"]))
+        same_label = (a["diagnosis_key"] or a["diagnosis_text"]) == (b["diagnosis_key"] or b["diagnosis_text"])
+        pairs.append({"a": a["id"], "b": b["id"], "scores": scores, "same_label": same_label})
+    return {"pairs": pairs}
+
+
+def review_items(wb: Workbench, actor: Actor, *, limit: int = 200) -> list[dict[str, Any]]:
+    """Annotated images that are not verified yet, most urgent first, with the reason."""
+    require(actor, "reviewer", "review")
+    threshold = get_workflow_settings(wb).disagreement_threshold
+    items = []
+    with wb.session() as s:
+        images = s.scalars(select(Image).where(Image.status == "annotated").order_by(Image.id)).all()
+        by_image: dict[int, list[Annotation]] = {i.id: [] for i in images}
+        for a in s.scalars(select(Annotation).where(Annotation.image_id.in_(list(by_image)))):
+            by_image[a.image_id].append(a)
+        for image in images:
+            heads = [annotation_dict(a) for a in _heads(by_image[image.id])]
+            if not heads:
+                continue
+            comparison = compare_heads(heads)
+            disagree = any(not p["same_label"] or min(p["scores"].values()) < threshold for p in comparison["pairs"])
+            if disagree:
+                reason = "disagreement"
+            elif (image.meta or {}).get("label_issue"):
+                reason = "suspicious label"
+            elif any(h["diagnosis_status"] == "uncertain" for h in heads):
+                reason = "uncertain"
+            elif any(h["quality_flags"] for h in heads):
+                reason = "flagged"
+            else:
+                reason = "awaiting verification"
+            items.append({"image_id": image.id, "reason": reason, "heads": heads, "comparison": comparison})
+    items.sort(key=lambda item: (REASONS.index(item["reason"]), item["image_id"]))
+    return items[:limit]

@@ -1,0 +1,208 @@
+"""Read models for the app's pages: what one image looks like to an annotator, the dataset table,
+and an image's full history. Pure reads; the pages call these instead of touching the database."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image as PILImage
+from sqlalchemy import String, cast, exists, func, or_, select
+
+from curation.labelling.annotate import annotation_dict, user_chain_head
+from curation.store.auth import Actor, require
+from curation.store.db import Workbench
+from curation.errors import NotFound
+from curation.store.models import Annotation, AuditEvent, Draft, Image, Review, SavedWork, User
+from curation.store.files import write_atomic
+from schema.caption import Caption
+from schema.compare import caption_scores
+
+DRAFT_PRIORITY = {"model": 0, "llm": 1, "synthetic": 2}  # the best available draft prefills the form
+HIDDEN_META = ("true_caption",)  # synthetic ground truth: never shown to annotators
+SORTS = {"id": Image.id, "status": Image.status, "label": Image.diagnosis_key, "fitzpatrick": Image.fitzpatrick, "source": Image.source}
+
+
+@dataclass
+class ImageDetail:
+    id: int
+    path: Path | None
+    width: int | None
+    height: int | None
+    status: str
+    source: str
+    source_ref: str
+    source_label: str | None
+    diagnosis_key: str | None
+    diagnosis_display: str | None
+    group9: str | None
+    group3: str | None
+    fitzpatrick: int | None
+    meta: dict[str, Any]
+    drafts: list[dict[str, Any]] = field(default_factory=list)  # usable drafts, best first
+    disagreements: list[str] = field(default_factory=list)  # fields where the two best drafts differ
+    current: dict[str, Any] | None = None  # this user's latest annotation version
+    saved_work: dict[str, Any] | None = None
+    # ranked diagnosis keys offered as one-click choices: model suggestion first, then the LLM draft; from
+    # every draft with diagnoses, including a suggestion whose caption could not be read
+    suggested_diagnoses: list[str] = field(default_factory=list)
+
+
+def draft_dict(draft: Draft) -> dict[str, Any]:
+    return {
+        "id": draft.id, "kind": draft.kind, "producer": draft.producer, "version": draft.version,
+        "caption": draft.caption, "diagnoses": list(draft.diagnoses or []), "created_at": draft.created_at,
+        "label": f"{draft.kind}: {draft.producer} {draft.version}",
+    }
+
+
+def rank_drafts(drafts: list[Draft]) -> list[Draft]:
+    """Usable drafts (a caption, no error), best first: model > LLM > synthetic, newest first."""
+    usable = [d for d in drafts if d.caption is not None and not d.error]
+    return sorted(usable, key=lambda d: (DRAFT_PRIORITY.get(d.kind, 9), -d.id))
+
+
+def _suggested_diagnoses(drafts: list[Draft], k: int = 6) -> list[str]:
+    newest: dict[str, Draft] = {}
+    for d in sorted(drafts, key=lambda d: d.id):
+        if d.kind in ("model", "llm") and d.diagnoses:
+            newest[d.kind] = d
+    keys = [entry["key"] for kind in ("model", "llm") if kind in newest for entry in newest[kind].diagnoses[:k] if entry.get("key")]
+    return list(dict.fromkeys(keys))
+
+
+def field_disagreements(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    scores = caption_scores(Caption.model_validate(a), Caption.model_validate(b))
+    return [key for key, score in scores.items() if score < 1.0]
+
+
+def image_detail(wb: Workbench, actor: Actor, image_id: int) -> ImageDetail:
+    require(actor, "annotator", "view images")
+    with wb.session() as s:
+        image = s.get(Image, image_id)
+        if image is None:
+            raise NotFound(f"no image #{image_id}")
+        label = wb.taxonomy.labels.get(image.diagnosis_key) if image.diagnosis_key else None
+        drafts = rank_drafts(list(image.drafts))
+        head = user_chain_head(s, image_id, actor.id)
+        saved = s.get(SavedWork, (actor.id, image_id))
+        detail = ImageDetail(
+            id=image.id, path=(wb.store_dir / image.file_path) if image.file_path else None,
+            width=image.width, height=image.height, status=image.status, source=image.source, source_ref=image.source_ref,
+            source_label=image.source_label, diagnosis_key=image.diagnosis_key,
+            diagnosis_display=label.display if label else None, group9=label.group9 if label else None,
+            group3=label.group3 if label else None, fitzpatrick=image.fitzpatrick,
+            meta={k: v for k, v in (image.meta or {}).items() if k not in HIDDEN_META},
+            drafts=[draft_dict(d) for d in drafts],
+            current=annotation_dict(head) if head is not None else None,
+            saved_work=dict(saved.form) if saved is not None else None,
+            suggested_diagnoses=_suggested_diagnoses(image.drafts),
+        )
+    if len(detail.drafts) >= 2:
+        detail.disagreements = field_disagreements(detail.drafts[0]["caption"], detail.drafts[1]["caption"])
+    return detail
+
+
+def thumbnail(wb: Workbench, image_id: int, size: int = 160) -> bytes | None:
+    """A small JPEG of a stored image, cached on disk next to the store (thumbs/)."""
+    with wb.session() as s:
+        row = s.execute(select(Image.sha256, Image.file_path).where(Image.id == image_id)).first()
+    if row is None or row.file_path is None:
+        return None
+    cached = wb.settings.home / "thumbs" / f"{row.sha256}_{size}.jpg"
+    if cached.exists():
+        return cached.read_bytes()
+    with PILImage.open(wb.store_dir / row.file_path) as img:
+        img.thumbnail((size, size))
+        buffer = io.BytesIO()
+        img.convert("RGB").save(buffer, "JPEG", quality=80)
+    write_atomic(cached, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def list_images(
+    wb: Workbench, actor: Actor, *, status: list[str] | None = None, label: list[str] | None = None,
+    group9: list[str] | None = None, group3: list[str] | None = None, fitzpatrick: list[int] | None = None,
+    annotator: list[str] | None = None, flag: list[str] | None = None, source: list[str] | None = None,
+    sort: str = "id", descending: bool = False, limit: int = 50, offset: int = 0,
+) -> tuple[list[dict[str, Any]], int]:
+    """One page of the dataset table and the total count under the filters."""
+    require(actor, "reviewer", "browse the dataset")
+    taxonomy = wb.taxonomy
+    conditions = []
+    if status:
+        conditions.append(Image.status.in_(status))
+    if label:
+        conditions.append(Image.diagnosis_key.in_(label))
+    groups = set()
+    if group9:
+        groups |= {k for k, l in taxonomy.labels.items() if l.group9 in group9}
+    if group3:
+        in3 = {k for k, l in taxonomy.labels.items() if l.group3 in group3}
+        groups = (groups & in3) if group9 else in3
+    if group9 or group3:
+        conditions.append(Image.diagnosis_key.in_(sorted(groups)))
+    if fitzpatrick:
+        conditions.append(Image.fitzpatrick.in_(fitzpatrick))
+    if source:
+        conditions.append(Image.source.in_(source))
+    if annotator:
+        conditions.append(exists().where(Annotation.image_id == Image.id, Annotation.user_id == User.id, User.username.in_(annotator)))
+    if flag:
+        flagged = [cast(Annotation.quality_flags, String).like(f'%"{f}"%') for f in flag]
+        conditions.append(exists().where(Annotation.image_id == Image.id, or_(*flagged)))
+    order = SORTS.get(sort, Image.id)
+    with wb.session() as s:
+        total = s.scalar(select(func.count(Image.id)).where(*conditions)) or 0
+        images = s.scalars(
+            select(Image).where(*conditions).order_by(order.desc() if descending else order, Image.id).limit(limit).offset(offset)
+        ).all()
+        ids = [i.id for i in images]
+        people: dict[int, set[str]] = {i: set() for i in ids}
+        flags: dict[int, set[str]] = {i: set() for i in ids}
+        for image_id, username, quality in s.execute(
+            select(Annotation.image_id, User.username, Annotation.quality_flags).join(User, User.id == Annotation.user_id)
+            .where(Annotation.image_id.in_(ids))
+        ):
+            people[image_id].add(username)
+            flags[image_id].update(quality or [])
+        rows = []
+        for image in images:
+            known = taxonomy.labels.get(image.diagnosis_key) if image.diagnosis_key else None
+            rows.append({
+                "id": image.id, "status": image.status,
+                "label": known.display if known else (image.source_label or ""), "group9": known.group9 if known else None,
+                "group3": known.group3 if known else None, "fitzpatrick": image.fitzpatrick,
+                "annotators": sorted(people[image.id]), "flags": sorted(flags[image.id]), "source": image.source,
+            })
+    return rows, total
+
+
+def image_history(wb: Workbench, actor: Actor, image_id: int) -> list[dict[str, Any]]:
+    """Every draft, annotation version, review and audit event of an image, oldest first."""
+    require(actor, "reviewer", "see image histories")
+    with wb.session() as s:
+        if s.get(Image, image_id) is None:
+            raise NotFound(f"no image #{image_id}")
+        events: list[dict[str, Any]] = []
+        for d in s.scalars(select(Draft).where(Draft.image_id == image_id)):
+            events.append({"when": d.created_at, "who": d.producer, "what": f"draft ({d.kind})",
+                           "details": d.error or ", ".join(f"{k}" for k, v in (d.caption or {}).items() if v)})
+        annotations = s.scalars(select(Annotation).where(Annotation.image_id == image_id)).all()
+        for a in annotations:
+            events.append({"when": a.created_at, "who": a.user.username, "what": f"annotation v{a.version}",
+                           "details": f"diagnosis {a.diagnosis_key or a.diagnosis_text or '-'} ({a.diagnosis_status})"})
+        annotation_ids = [a.id for a in annotations]
+        for r, reviewer in s.execute(select(Review, User.username).join(User, User.id == Review.reviewer_id)
+                                     .where(Review.annotation_id.in_(annotation_ids))):
+            events.append({"when": r.created_at, "who": reviewer, "what": f"review: {r.decision}",
+                           "details": f"annotation #{r.annotation_id} {r.comment or ''}".strip()})
+        audit = s.scalars(select(AuditEvent).where(
+            or_((AuditEvent.entity == "image") & (AuditEvent.entity_id == image_id),
+                (AuditEvent.entity == "annotation") & AuditEvent.entity_id.in_(annotation_ids)),
+        )).all()
+        for e in audit:
+            events.append({"when": e.created_at, "who": e.username, "what": f"audit: {e.action}", "details": ""})
+    return sorted(events, key=lambda e: (str(e["when"]), e["what"]))

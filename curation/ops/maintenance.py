@@ -1,0 +1,198 @@
+"""Backups and health checks."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import select, text
+
+from curation.store import audit
+from curation.store.auth import Actor, require
+from curation.store.db import Workbench, alembic_config
+from curation.errors import DatabaseError
+from curation.store.models import Image
+from curation.store.files import sweep_store
+
+
+def _sqlite_copy(source: str, destination: Path) -> None:
+    """A consistent copy of a SQLite database (the online backup API), even while others write to it."""
+    src = sqlite3.connect(source, uri=source.startswith("file:"))
+    dst = sqlite3.connect(destination)
+    try:
+        with dst:
+            src.backup(dst)
+    finally:
+        src.close()
+        dst.close()
+
+
+def _sqlite_path(wb: Workbench) -> Path:
+    url = wb.engine.url
+    if url.get_backend_name() != "sqlite" or not url.database:
+        raise DatabaseError("backup works on SQLite databases; for PostgreSQL use pg_dump")
+    return Path(url.database)
+
+
+def backup(wb: Workbench, actor: Actor, out: Path | None = None) -> Path:
+    """A consistent copy of the SQLite database while it is in use (SQLite online backup API).
+    Image files are immutable and content-addressed: copy the images/ folder with rsync."""
+    require(actor, "admin", "back up the database")
+    source = _sqlite_path(wb)
+    if out is None:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        out = wb.settings.backup_dir / f"skinflow-{stamp}.db"
+    out = Path(out)
+    if out.exists():
+        raise DatabaseError(f"{out} exists already; choose another file name")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    _sqlite_copy(str(source), partial)
+    partial.replace(out)
+    with wb.session() as s:  # the image manifest: which stored files this database refers to, and their hashes
+        images = [{"id": i, "file_path": f, "sha256": h} for i, f, h in s.execute(
+            select(Image.id, Image.file_path, Image.sha256).where(Image.file_path.is_not(None)).order_by(Image.id))]
+        audit.record(s, actor, "database.backup", "database", None, path=str(out), images=len(images))
+    manifest_path(out).write_text(json.dumps({"database": out.name, "images": images}, indent=1) + "\n", encoding="utf-8")
+    return out
+
+
+def manifest_path(backup_file: Path) -> Path:
+    return backup_file.with_name(backup_file.name + ".images.json")
+
+
+@dataclass
+class RestoreReport:
+    restored_from: Path
+    previous_copy: Path
+    images: int = 0
+    missing_images: list[str] = field(default_factory=list)
+
+
+def restore(settings, backup_file: Path) -> RestoreReport:
+    """Replace the workbench database with a backup. Stop the app and other skinflow processes first.
+    The backup is checked (SQLite, integrity, a skinflow schema) before anything changes; the current
+    database is kept beside it as <db>.before-restore-<time>; images the backup's manifest lists but the
+    store lacks are reported (copy images/ back from your file backup)."""
+    backup_file = Path(backup_file)
+    if not backup_file.is_file():
+        raise DatabaseError(f"backup file {backup_file} does not exist")
+    try:
+        check = sqlite3.connect(f"file:{backup_file}?mode=ro", uri=True)
+        try:
+            integrity = check.execute("PRAGMA integrity_check").fetchone()[0]
+            revision = check.execute("SELECT version_num FROM alembic_version").fetchone()
+        finally:
+            check.close()
+    except sqlite3.DatabaseError as e:
+        raise DatabaseError(f"{backup_file} is not a skinflow SQLite backup ({e}); nothing was changed") from None
+    if integrity != "ok" or revision is None:
+        raise DatabaseError(f"{backup_file} fails the integrity check ({integrity}); nothing was changed")
+    url = settings.db_url
+    if not url.startswith("sqlite:///"):
+        raise DatabaseError("restore works on SQLite databases; for PostgreSQL use pg_restore")
+    target = Path(url.removeprefix("sqlite:///"))
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    previous = target.with_name(f"{target.name}.before-restore-{stamp}")
+    if target.exists():
+        _sqlite_copy(str(target), previous)  # a consistent copy of the current state, WAL included
+    staging = target.with_name(target.name + ".restoring")
+    _sqlite_copy(f"file:{backup_file}?mode=ro", staging)
+    for suffix in ("-wal", "-shm"):  # the old database's journal must not be replayed onto the restored one
+        target.with_name(target.name + suffix).unlink(missing_ok=True)
+    staging.replace(target)
+    report = RestoreReport(backup_file, previous)
+    if manifest_path(backup_file).exists():
+        listed = json.loads(manifest_path(backup_file).read_text(encoding="utf-8"))["images"]
+        report.images = len(listed)
+        report.missing_images = [i["file_path"] for i in listed if not (settings.store_dir / i["file_path"]).exists()]
+    return report
+
+
+@dataclass
+class DoctorReport:
+    integrity: str = "not checked"
+    revision: str | None = None
+    head: str | None = None
+    images_checked: int = 0
+    missing_files: list[str] = field(default_factory=list)
+    orphan_files: list[str] = field(default_factory=list)
+    leftover_temp_files: list[str] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[str]:
+        out = []
+        if self.integrity != "ok":
+            out.append(f"database integrity check: {self.integrity}")
+        if self.revision != self.head:
+            out.append(f"database at migration {self.revision}, code expects {self.head}: back it up (`skinflow backup`), "
+                       "then run `skinflow init`, which upgrades it")
+        if self.missing_files:
+            out.append(f"{len(self.missing_files)} image files missing from the store: copy images/ back from where it was "
+                       "backed up, or import the source folder again (files are matched by content, nothing is duplicated)")
+        if self.orphan_files:
+            out.append(f"{len(self.orphan_files)} files in the store belong to no image (left by an interrupted import): "
+                       "harmless; `skinflow doctor --fix` removes them")
+        if self.leftover_temp_files:
+            out.append(f"{len(self.leftover_temp_files)} temporary files left by an interrupted write: the next import "
+                       "or `skinflow doctor --fix` removes them")
+        return out
+
+    @property
+    def fixable(self) -> bool:
+        return bool(self.orphan_files or self.leftover_temp_files)
+
+
+# An orphan younger than this may be an import's file whose row is not committed yet: left alone.
+ORPHAN_MIN_AGE_S = 3600
+
+
+def fix_store(wb: Workbench, actor: Actor, report: DoctorReport) -> int:
+    """Delete what `doctor` found in the store that no image uses: temp files of killed writers and
+    orphans older than an hour. Never touches a file an image row points at. Returns how many went."""
+    require(actor, "admin", "clean the image store")
+    removed = sweep_store(wb.store_dir)
+    now = time.time()
+    with wb.session() as s:
+        referenced = {path for (path,) in s.execute(select(Image.file_path).where(Image.file_path.is_not(None)))}
+    for relative in report.orphan_files:
+        path = wb.store_dir / relative
+        if relative in referenced or not path.is_file() or now - path.stat().st_mtime < ORPHAN_MIN_AGE_S:
+            continue
+        path.unlink()
+        removed += 1
+    with wb.session() as s:
+        audit.record(s, actor, "store.fix", "image_store", None, removed=removed)
+    return removed
+
+
+def doctor(wb: Workbench, actor: Actor) -> DoctorReport:
+    require(actor, "admin", "run health checks")
+    report = DoctorReport()
+    with wb.engine.connect() as connection:
+        if wb.engine.url.get_backend_name() == "sqlite":
+            report.integrity = str(connection.execute(text("PRAGMA integrity_check")).scalar())
+        else:
+            report.integrity = "ok"
+        report.revision = MigrationContext.configure(connection).get_current_revision()
+    report.head = ScriptDirectory.from_config(alembic_config(wb.engine)).get_current_head()
+    with wb.session() as s:
+        referenced = {path for (path,) in s.execute(select(Image.file_path).where(Image.file_path.is_not(None)))}
+    report.images_checked = len(referenced)
+    store = wb.store_dir
+    report.missing_files = sorted(p for p in referenced if not (store / p).is_file())
+    for path in sorted(store.rglob("*")) if store.exists() else []:
+        if not path.is_file():
+            continue
+        relative = str(path.relative_to(store))
+        if path.name.startswith(".tmp-"):
+            report.leftover_temp_files.append(relative)
+        elif relative not in referenced:
+            report.orphan_files.append(relative)
+    return report

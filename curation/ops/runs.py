@@ -1,0 +1,337 @@
+"""Training runs launched from the workbench: "Retrain from curated data".
+
+A run is a fresh `grpo` export snapshot (training never reads the live database) plus `skinflow train`
+started as a detached process (its own session: closing the browser or restarting the app does not stop
+it). The `training_runs` row records who, when, the export, the config, the pid, the status
+(queued | running | done | failed | cancelled), the log, the checkpoint and the final metrics. The run
+folder (<home>/runs/run-<id>/) is the trainer's: progress.json and metrics.jsonl are what this module reads.
+
+`refresh_runs` reconciles rows with reality (the app calls it on every poll): a finished run becomes done
+with its metrics; a run whose process died without finishing becomes failed, with the end of its log as the
+reason; queued runs start when a slot is free (one at a time by default: WorkflowSettings.training_slots).
+Cancelling asks the trainer to stop at the next step (a flag file: it saves a checkpoint and exits), and
+terminates the process group if it has not stopped within CANCEL_GRACE_S.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from curation.store import audit
+from curation.store.auth import Actor, require
+from curation.store.db import Workbench
+from curation.errors import NotFound, SkinflowError
+from curation.export.dataset import export_dataset
+from curation.store.models import Export, TrainingRun, User, utcnow
+from curation.labelling.workflow import get_workflow_settings, update_workflow_settings
+
+CANCEL_GRACE_S = 60
+PRESETS = ("tiny", "qwen2.5-vl-7b")
+# the variants of `skinflow ablate` (trainer/ablate.py VARIANTS; curation does not import the trainer)
+ABLATION_VARIANTS = ("full", "no-fdlinear", "no-stage1", "baseline")
+OVERRIDES = ("sft_epochs", "stage1_steps", "stage2_steps", "num_generations", "batch_size", "seed", "stages", "save_steps")  # `skinflow train` flags
+_children: dict[int, subprocess.Popen] = {}  # processes this interpreter started (reaped by poll)
+
+
+class RunError(SkinflowError):
+    """A training run cannot be started, cancelled or activated."""
+
+
+@dataclass(frozen=True)
+class RunView:
+    id: int
+    preset: str
+    status: str
+    created_by: str | None
+    created_at: Any
+    finished_at: Any
+    export_path: str | None
+    run_dir: str
+    log_path: str | None
+    checkpoint_path: str | None
+    metrics: dict[str, Any]
+    error: str | None
+    progress: dict[str, Any]
+    active: bool
+    kind: str = "train"  # or "ablation"
+
+
+def runs_dir(wb: Workbench) -> Path:
+    return wb.settings.home / "runs"
+
+
+def run_dir(wb: Workbench, run_id: int) -> Path:
+    return runs_dir(wb) / f"run-{run_id}"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def read_metrics(wb: Workbench, run_id: int) -> list[dict[str, Any]]:
+    path = run_dir(wb, run_id) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line being written right now
+            continue
+    return rows
+
+
+def log_tail(wb: Workbench, run_id: int, lines: int = 40) -> str:
+    with wb.session() as s:
+        run = s.get(TrainingRun, run_id)
+        path = run.log_path if run else None
+    return "\n".join(log_tail_of(path, lines))
+
+
+def _alive(pid: int | None, marker: str) -> bool:
+    """Is the process still running and still ours (pids are reused)?"""
+    if not pid:
+        return False
+    child = _children.get(pid)
+    if child is not None:
+        if child.poll() is not None:
+            _children.pop(pid, None)
+            return False
+        return True
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if cmdline.exists():
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        return marker in text and stat.split(") ")[-1][:1] != "Z"
+    return True
+
+
+def _summary(metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    """The last logged value of every numeric key, per stage."""
+    out: dict[str, dict[str, float]] = {}
+    for row in metrics:
+        stage = out.setdefault(f"stage{row.get('stage')}", {})
+        for key, value in row.items():
+            if isinstance(value, (int, float)) and key != "stage":
+                stage[key] = value
+    return out
+
+
+def _command(wb: Workbench, run: TrainingRun) -> list[str]:
+    if run.config.get("kind") == "ablation":  # resumes by itself: finished variants are read back
+        ablation = run.config["ablation"]
+        command = [sys.executable, "-m", "app.cli", "ablate", "--export", run.config["export_path"], "--preset", run.preset,
+                   "--out", str(run_dir(wb, run.id)), "--seeds", str(ablation["seeds"]), "--variants", ",".join(ablation["variants"]),
+                   "--split", ablation["split"]]
+    else:
+        command = [sys.executable, "-m", "app.cli", "train", "--export", run.config["export_path"], "--preset", run.preset,
+                   "--runs", str(runs_dir(wb)), "--run-id", f"run-{run.id}"]
+        if run_dir(wb, run.id).exists():
+            command.append("--resume")
+    for key, value in sorted(run.config.get("overrides", {}).items()):
+        command += [f"--{key.replace('_', '-')}", str(value)]
+    return command
+
+
+def _launch(wb: Workbench, run: TrainingRun) -> None:
+    runs_dir(wb).mkdir(parents=True, exist_ok=True)
+    log_path = runs_dir(wb) / f"run-{run.id}.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(_command(wb, run), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True, cwd=str(Path(__file__).resolve().parents[2]),
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"})
+    _children[process.pid] = process
+    run.pid, run.status, run.log_path = process.pid, "running", str(log_path)
+    run.checkpoint_path = None if run.config.get("kind") == "ablation" else str(run_dir(wb, run.id) / "model")
+
+
+def start_training(wb: Workbench, actor: Actor, *, preset: str = "tiny", overrides: dict[str, Any] | None = None,
+                   ablation: dict[str, Any] | None = None) -> int:
+    """Snapshot the verified data as a grpo export and queue a run on it; returns the run id. With `ablation`
+    ({"seeds": N, "variants": [...], "split": "test"}) the run is `skinflow ablate` instead: the recipe's
+    variants on the same snapshot, one report (ablation_report)."""
+    require(actor, "admin", "start training runs")
+    if preset not in PRESETS:
+        raise RunError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
+    unknown = sorted(set(overrides or {}) - set(OVERRIDES))
+    if unknown:
+        raise RunError(f"unknown training setting(s) {unknown}; use: {', '.join(OVERRIDES)}")
+    config: dict[str, Any] = {"overrides": dict(overrides or {})}
+    if ablation is not None:
+        config.update(kind="ablation", ablation=_check_ablation(ablation))
+        if {"seed", "stages"} & set(config["overrides"]):
+            raise RunError("an ablation sets seeds and stages itself; leave them out")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    result = export_dataset(wb, actor, wb.settings.home / "exports" / f"train-{stamp}-{uuid.uuid4().hex[:6]}", formats=("grpo",))
+    if ablation is not None and not result.by_split.get(config["ablation"]["split"]):
+        raise RunError(f"the export has no verified {config['ablation']['split']!r} records to evaluate the variants on "
+                       f"({dict(result.by_split)}); verify more images or evaluate on another split")
+    with wb.session() as s:
+        export_id = s.scalar(select(Export.id).where(Export.path == str(result.path.resolve())).order_by(Export.id.desc()).limit(1))
+        run = TrainingRun(export_id=export_id, preset=preset, status="queued", created_by=actor.id,
+                          config={"export_path": str(result.path), **config})
+        s.add(run)
+        s.flush()
+        audit.record(s, actor, "ablation.start" if ablation is not None else "run.start", "training_run", run.id, preset=preset,
+                     export=str(result.path), records=result.n_records)
+        run_id = run.id
+    refresh_runs(wb)
+    return run_id
+
+
+def _check_ablation(ablation: dict[str, Any]) -> dict[str, Any]:
+    seeds, given = int(ablation.get("seeds", 3)), list(ablation.get("variants") or ABLATION_VARIANTS)
+    variants = [v for v in ABLATION_VARIANTS if v in given]  # the report's order, reference first
+    if len(variants) < len(set(given)) or len(variants) < 2:
+        raise RunError(f"an ablation needs two or more of {', '.join(ABLATION_VARIANTS)} (got {given})")
+    if not 1 <= seeds <= 10:
+        raise RunError(f"seeds must be between 1 and 10 (got {seeds})")
+    split = ablation.get("split", "test")
+    if split not in ("train", "val", "test"):
+        raise RunError(f"split must be train, val or test (got {split!r})")
+    return {"seeds": seeds, "variants": variants, "split": split}
+
+
+def ablation_report(wb: Workbench, run_id: int) -> dict[str, Any] | None:
+    """The finished ablation's report (trainer/ablate.py writes it), with the chart's path; None until done."""
+    report = _read_json(run_dir(wb, run_id) / "report.json")
+    if not report:
+        return None
+    variants = {name: report["variants"][name] for name in report.get("order", report["variants"])}  # the runner's order
+    return {**report, "variants": variants, "chart": str(run_dir(wb, run_id) / "ablation.png"),
+            "markdown": str(run_dir(wb, run_id) / "report.md")}
+
+
+def refresh_runs(wb: Workbench) -> None:
+    """Bring statuses up to date and start queued runs when a slot is free. Safe to call often."""
+    slots = get_workflow_settings(wb).training_slots
+    with wb.session() as s:
+        for run in s.scalars(select(TrainingRun).where(TrainingRun.status == "running")):
+            folder = run_dir(wb, run.id)
+            progress = _read_json(folder / "progress.json")
+            alive = _alive(run.pid, f"run-{run.id}")
+            if progress.get("status") == "done":
+                run.status, run.finished_at = "done", utcnow()
+                run.metrics = _summary(read_metrics(wb, run.id))
+                run.checkpoint_path = None if run.config.get("kind") == "ablation" else str((folder / "model").resolve())
+            elif progress.get("status") == "cancelled" and not alive:
+                run.status, run.finished_at = "cancelled", utcnow()
+                run.metrics = _summary(read_metrics(wb, run.id))
+            elif not alive:
+                tail = log_tail_of(run.log_path)
+                reason = next((line for line in reversed(tail) if line.startswith("error:")), None) or (tail[-1] if tail else "no log")
+                run.status, run.finished_at = "failed", utcnow()
+                run.error = f"the training process ended without finishing: {reason[:500]}"
+            elif (folder / "cancel").exists() and time.time() - (folder / "cancel").stat().st_mtime > CANCEL_GRACE_S:
+                try:
+                    os.killpg(run.pid, signal.SIGTERM)  # did not stop at a step boundary in time
+                except (ProcessLookupError, PermissionError):
+                    pass
+        s.flush()
+        running = len(s.scalars(select(TrainingRun.id).where(TrainingRun.status == "running")).all())
+        for run in s.scalars(select(TrainingRun).where(TrainingRun.status == "queued").order_by(TrainingRun.id).limit(max(slots - running, 0))):
+            _launch(wb, run)
+
+
+def log_tail_of(path: str | None, lines: int = 20) -> list[str]:
+    """The last lines of a log (only its end is read: logs of long runs grow large)."""
+    if not path or not Path(path).exists():
+        return []
+    with Path(path).open("rb") as handle:
+        handle.seek(max(0, Path(path).stat().st_size - 64_000))
+        return handle.read().decode("utf-8", "replace").splitlines()[-lines:]
+
+
+def cancel_run(wb: Workbench, actor: Actor, run_id: int) -> str:
+    """Stop a run gracefully (it keeps its last checkpoint and can be resumed); returns the new status."""
+    require(actor, "admin", "cancel training runs")
+    with wb.session() as s:
+        run = s.get(TrainingRun, run_id)
+        if run is None:
+            raise NotFound(f"no training run #{run_id}")
+        if run.status == "queued":
+            run.status, run.finished_at = "cancelled", utcnow()
+        elif run.status == "running":
+            folder = run_dir(wb, run_id)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "cancel").write_text(f"cancelled by {actor.username}\n", encoding="utf-8")
+        else:
+            raise RunError(f"run #{run_id} is {run.status}; only queued or running runs can be cancelled")
+        audit.record(s, actor, "run.cancel", "training_run", run_id)
+        return run.status
+
+
+def resume_run(wb: Workbench, actor: Actor, run_id: int) -> None:
+    """Continue a failed or cancelled run from its last checkpoint (finished stages are not rerun): it is
+    queued again and starts when a slot is free."""
+    require(actor, "admin", "resume training runs")
+    with wb.session() as s:
+        run = s.get(TrainingRun, run_id)
+        if run is None:
+            raise NotFound(f"no training run #{run_id}")
+        if run.status not in ("failed", "cancelled"):
+            raise RunError(f"run #{run_id} is {run.status}; only a failed or cancelled run can be resumed")
+        run.status, run.error, run.finished_at, run.pid = "queued", None, None, None
+        audit.record(s, actor, "run.resume", "training_run", run_id)
+    (run_dir(wb, run_id) / "cancel").unlink(missing_ok=True)
+    refresh_runs(wb)
+
+
+def list_runs(wb: Workbench) -> list[RunView]:
+    refresh_runs(wb)
+    active = get_workflow_settings(wb).active_run_id
+    with wb.session() as s:
+        rows = s.execute(select(TrainingRun, Export.path).outerjoin(Export, Export.id == TrainingRun.export_id)
+                         .order_by(TrainingRun.id.desc())).all()
+        names = dict(s.execute(select(User.id, User.username)).all())
+        return [RunView(r.id, r.preset, r.status, names.get(r.created_by), r.created_at, r.finished_at,
+                        r.config.get("export_path") or path, str(run_dir(wb, r.id)), r.log_path, r.checkpoint_path,
+                        r.metrics or {}, r.error, _read_json(run_dir(wb, r.id) / "progress.json"), r.id == active,
+                        r.config.get("kind", "train"))
+                for r, path in rows]
+
+
+def activate_run(wb: Workbench, actor: Actor, run_id: int, *, suggest: bool = True) -> int | None:
+    """Make a finished run's model the active one and (by default) start `skinflow suggest` with it in the
+    background: predictions for every image that still needs work, imported as model drafts. Returns the pid."""
+    require(actor, "admin", "activate a model")
+    with wb.session() as s:
+        run = s.get(TrainingRun, run_id)
+        if run is None:
+            raise NotFound(f"no training run #{run_id}")
+        if run.status != "done":
+            raise RunError(f"run #{run_id} is {run.status}; only a finished run can be activated")
+        if run.config.get("kind") == "ablation":
+            raise RunError(f"run #{run_id} is an ablation (several models, one report); activate a training run instead")
+    update_workflow_settings(wb, actor, active_run_id=run_id)
+    if not suggest:
+        return None
+    log_path = runs_dir(wb) / f"run-{run_id}-suggest.log"
+    command = [sys.executable, "-m", "app.cli", "--home", str(wb.settings.home), "--user", actor.username, "suggest",
+               "--checkpoint", str(run_dir(wb, run_id))]
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                   cwd=str(Path(__file__).resolve().parents[2]))
+    _children[process.pid] = process
+    return process.pid

@@ -1,0 +1,198 @@
+"""Accounts and roles. Roles are checked inside each curation function (`require`), not only in the UI.
+
+Roles are ordered: annotator < reviewer < admin; a role may do everything the roles below it may.
+Passwords are hashed with argon2id (argon2-cffi defaults).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+import secrets
+from dataclasses import dataclass
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import func, select
+
+from curation.store import audit
+from curation.errors import ConflictError, NotFound, PermissionDenied, SkinflowError
+from curation.store.models import ROLES, AuditEvent, User, utcnow
+
+ROLE_RANK = {role: rank for rank, role in enumerate(ROLES)}
+MIN_PASSWORD_CHARS = 8
+_USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,63}$")
+_hasher = PasswordHasher()
+
+
+class InvalidCredentials(SkinflowError):
+    """Wrong username or password (deliberately not saying which)."""
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who is acting: passed to every curation function."""
+
+    id: int
+    username: str
+    role: str
+
+    def can(self, role: str) -> bool:
+        return ROLE_RANK[self.role] >= ROLE_RANK[role]
+
+
+def require(actor: Actor, role: str, action: str) -> None:
+    if not actor.can(role):
+        raise PermissionDenied(f"user {actor.username!r} ({actor.role}) cannot {action}: it needs the {role} role; ask an admin")
+
+
+def _check_role(role: str) -> str:
+    if role not in ROLE_RANK:
+        raise SkinflowError(f"unknown role {role!r}; use one of: {', '.join(ROLES)}")
+    return role
+
+
+def _check_username(username: str) -> str:
+    name = username.strip().lower()
+    if not _USERNAME.match(name):
+        raise SkinflowError(
+            f"invalid username {username!r}: use 2-64 characters, lower-case letters, digits, '.', '_' or '-'"
+        )
+    return name
+
+
+def _check_password(password: str) -> str:
+    if len(password) < MIN_PASSWORD_CHARS:
+        raise SkinflowError(f"password too short: use at least {MIN_PASSWORD_CHARS} characters")
+    return password
+
+
+def generate_password() -> str:
+    return secrets.token_urlsafe(12)
+
+
+def _actor(user: User) -> Actor:
+    return Actor(user.id, user.username, user.role)
+
+
+def count_users(wb) -> int:
+    with wb.session() as s:
+        return s.scalar(select(func.count(User.id))) or 0
+
+
+def add_user(wb, actor: Actor | None, username: str, role: str, password: str | None = None, display_name: str = "") -> tuple[Actor, str]:
+    """Create an account; returns it and its password (generated when not given).
+    `actor` may be None only to create the very first account, which must be an admin."""
+    name, role = _check_username(username), _check_role(role)
+    password = _check_password(password) if password is not None else generate_password()
+    with wb.session() as s:
+        if actor is None:
+            if s.scalar(select(func.count(User.id))):
+                raise PermissionDenied("accounts exist already: an admin must create new ones")
+            if role != "admin":
+                raise SkinflowError("the first account must be an admin")
+        else:
+            require(actor, "admin", "create accounts")
+        if s.scalar(select(User.id).where(User.username == name)) is not None:
+            raise ConflictError(f"user {name!r} exists already; pick another name or use `skinflow users set-role`")
+        user = User(username=name, role=role, password_hash=_hasher.hash(password), display_name=display_name or name)
+        s.add(user)
+        s.flush()
+        audit.record(s, actor or _actor(user), "user.add", "user", user.id, username=name, role=role)
+        return _actor(user), password
+
+
+def get_actor(wb, username: str) -> Actor:
+    with wb.session() as s:
+        user = s.scalar(select(User).where(User.username == username.strip().lower()))
+        if user is None or not user.active:
+            raise NotFound(f"no active user {username!r}; see `skinflow users list`")
+        return _actor(user)
+
+
+def sole_admin(wb) -> Actor:
+    """The only active admin: who a local command acts as when nobody is named."""
+    with wb.session() as s:
+        admins = s.scalars(select(User).where(User.role == "admin", User.active).order_by(User.username)).all()
+    if len(admins) != 1:
+        names = ", ".join(a.username for a in admins) or "none"
+        raise SkinflowError(f"cannot tell who acts (admins: {names}): name the account with --user NAME or SKINFLOW_USER")
+    return _actor(admins[0])
+
+
+def list_users(wb, actor: Actor) -> list[dict]:
+    require(actor, "reviewer", "list accounts")
+    with wb.session() as s:
+        return [
+            {"username": u.username, "role": u.role, "active": u.active, "created_at": u.created_at}
+            for u in s.scalars(select(User).order_by(User.username))
+        ]
+
+
+def set_role(wb, actor: Actor, username: str, role: str) -> None:
+    require(actor, "admin", "change roles")
+    _check_role(role)
+    with wb.session() as s:
+        user = s.scalar(select(User).where(User.username == username.strip().lower()))
+        if user is None:
+            raise NotFound(f"no user {username!r}; see `skinflow users list`")
+        if user.role == "admin" and role != "admin":
+            admins = s.scalar(select(func.count(User.id)).where(User.role == "admin", User.active))
+            if admins <= 1:
+                raise ConflictError("this is the last admin: make another admin first")
+        old = user.role
+        user.role = role
+        audit.record(s, actor, "user.set_role", "user", user.id, username=user.username, old=old, new=role)
+
+
+def set_password(wb, actor: Actor, username: str, password: str | None = None) -> str:
+    """Admins set anyone's password; others only their own. Returns the (possibly generated) password."""
+    name = username.strip().lower()
+    if name != actor.username:
+        require(actor, "admin", "set another user's password")
+    password = _check_password(password) if password is not None else generate_password()
+    with wb.session() as s:
+        user = s.scalar(select(User).where(User.username == name))
+        if user is None:
+            raise NotFound(f"no user {username!r}; see `skinflow users list`")
+        user.password_hash = _hasher.hash(password)
+        audit.record(s, actor, "user.set_password", "user", user.id, username=name)
+    return password
+
+
+MAX_FAILED_LOGINS = 5  # per account within FAILED_LOGIN_WINDOW; then logins wait for the window to pass
+FAILED_LOGIN_WINDOW = timedelta(minutes=15)
+
+
+def authenticate(wb, username: str, password: str, *, now: datetime | None = None) -> Actor:
+    """The account for these credentials. Failed attempts are audited (`auth.failed`); after
+    MAX_FAILED_LOGINS of them within FAILED_LOGIN_WINDOW the account refuses logins, even with the right
+    password, until the window has passed (a throttle against password guessing)."""
+    name = username.strip().lower()
+    now = now or utcnow()
+    with wb.session() as s:
+        recent = s.scalars(select(AuditEvent.created_at).where(
+            AuditEvent.action == "auth.failed", AuditEvent.entity == "user", AuditEvent.username == name,
+            AuditEvent.created_at > now - FAILED_LOGIN_WINDOW).order_by(AuditEvent.created_at)).all()
+    if len(recent) >= MAX_FAILED_LOGINS:
+        first = recent[-MAX_FAILED_LOGINS]
+        first = first if first.tzinfo else first.replace(tzinfo=timezone.utc)
+        wait = max(1, int(((first + FAILED_LOGIN_WINDOW) - now).total_seconds() // 60) + 1)
+        raise InvalidCredentials(f"too many failed logins for this account; try again in {wait} minute(s) or ask an admin")
+    with wb.session() as s:
+        user = s.scalar(select(User).where(User.username == name))
+        ok = user is not None and user.active
+        if not ok:
+            _hasher.hash(password)  # same work either way: no timing hint that the name exists
+        else:
+            try:
+                _hasher.verify(user.password_hash, password)
+            except (VerificationError, InvalidHashError):
+                ok = False
+        if not ok:
+            # recorded under the name tried (no user id): a throttle for unknown names too
+            s.add(AuditEvent(user_id=None, username=name[:64], action="auth.failed", entity="user", entity_id=None,
+                             payload={}, created_at=now))
+        else:
+            return _actor(user)
+    raise InvalidCredentials("wrong username or password")
