@@ -220,12 +220,8 @@ def test_generic_csv_with_paths_labels_fitzpatrick_and_extra_metadata(wb, admin,
 def test_fitzpatrick17k_csv_imports_as_is_and_rerun_adds_nothing(wb, admin, tmp_path):
     from pathlib import Path
 
-    source = Path(__file__).resolve().parents[2] / "shared" / "data" / "fitzpatrick17k.csv"
-    if source.exists():
-        lines = source.read_text(encoding="utf-8").splitlines()[:301]
-    else:  # a clone without shared/: the same header and a few rows of the same shape
-        lines = ["md5hash,fitzpatrick_scale,fitzpatrick_centaur,label,nine_partition_label,three_partition_label,qc,url,url_alphanum"]
-        lines += [f"{i:032x},{i % 6 + 1},-1,psoriasis,inflammatory,non-neoplastic,,https://example.org/{i}.jpg,x{i}" for i in range(300)]
+    source = Path(__file__).resolve().parent / "data" / "fitzpatrick17k.csv"  # the real file (docs/datasets.md)
+    lines = source.read_text(encoding="utf-8").splitlines()[:301]
     csv_path = tmp_path / "fitzpatrick17k.csv"
     csv_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     first_md5 = lines[1].split(",")[0]
