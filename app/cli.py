@@ -28,7 +28,9 @@ from curation.store.db import Workbench, open_workbench
 from curation.ingest.demo import build_demo
 from curation.assist.drafting import draft_images
 from curation.export.dataset import ExportFilter, export_dataset, verify_export
-from curation.ingest.importers import ImportReport, fetch_images, import_path
+from curation.ingest.common import ImportReport
+from curation.ingest.fetch import fetch_images
+from curation.ingest import import_path
 from curation.export.labelstudio import label_studio_token, pull, push
 from curation.ops.maintenance import backup as backup_database
 from curation.ops.maintenance import doctor as run_doctor, fix_store

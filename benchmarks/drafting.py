@@ -26,7 +26,7 @@ from benchmarks.app import record, write_section  # noqa: E402
 from curation.store.auth import add_user  # noqa: E402
 from curation.store.db import open_workbench  # noqa: E402
 from curation.assist.drafting import draft_images  # noqa: E402
-from curation.ingest.importers import import_folder  # noqa: E402
+from curation.ingest.folder import import_folder  # noqa: E402
 from curation.store.settings import Settings  # noqa: E402
 
 GOAL = 0.90

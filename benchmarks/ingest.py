@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.app import record, write_section  # noqa: E402
 from curation.store.auth import add_user  # noqa: E402
 from curation.store.db import open_workbench  # noqa: E402
-import curation.ingest.importers as ingest_module  # noqa: E402
-from curation.ingest.importers import import_folder  # noqa: E402
+import curation.ingest.folder as ingest_module  # noqa: E402
+from curation.ingest.folder import import_folder  # noqa: E402
 from curation.store.settings import Settings  # noqa: E402
 
 GOAL = 0.7

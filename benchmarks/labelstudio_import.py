@@ -30,7 +30,7 @@ import httpx  # noqa: E402
 from benchmarks.app import record, write_section  # noqa: E402
 from curation.store.auth import add_user  # noqa: E402
 from curation.store.db import open_workbench  # noqa: E402
-from curation.ingest.importers import import_folder  # noqa: E402
+from curation.ingest.folder import import_folder  # noqa: E402
 from curation.store.settings import Settings  # noqa: E402
 from tests.helpers import jpeg_bytes, photo  # noqa: E402
 

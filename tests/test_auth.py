@@ -6,7 +6,7 @@ from curation.store import auth
 from curation.ingest import demo
 from curation.assist import drafting
 from curation.export import dataset as export
-from curation.ingest import importers as ingest
+from curation.ingest import archive, csv_import, fetch, folder
 from curation.ops import maintenance
 from curation.labelling import queue
 from curation.labelling import review
@@ -83,14 +83,14 @@ def _calls(wb, tmp_path, image_id):
             lambda a: auth.add_user(wb, a, f"u{a.id}x", "annotator"),
             lambda a: auth.set_role(wb, a, "ann", "annotator"),
             lambda a: auth.set_password(wb, a, "admin", "another-pass"),  # self-service is allowed; others need admin
-            lambda a: ingest.import_folder(wb, a, tmp_path),
-            lambda a: ingest.import_csv(wb, a, tmp_path / "none.csv"),
-            lambda a: ingest.fetch_images(wb, a),
+            lambda a: folder.import_folder(wb, a, tmp_path),
+            lambda a: csv_import.import_csv(wb, a, tmp_path / "none.csv"),
+            lambda a: fetch.fetch_images(wb, a),
             lambda a: annotate.add_draft(wb, a, image_id, kind="synthetic", producer="t", version="1", caption=caption),
             lambda a: export.export_dataset(wb, a, tmp_path / "exp"),
             lambda a: maintenance.backup(wb, a, tmp_path / "b.db"),
             lambda a: maintenance.doctor(wb, a),
-            lambda a: ingest.import_zip(wb, a, tmp_path / "none.zip"),
+            lambda a: archive.import_zip(wb, a, tmp_path / "none.zip"),
             lambda a: workflow.update_workflow_settings(wb, a, gold_rate=0.0),
             lambda a: annotate.add_drafts(wb, a, [dict(image_id=image_id, kind="llm", producer="m", version="1", caption=None, error="x")]),
             lambda a: drafting.draft_images(wb, a, model="m"),

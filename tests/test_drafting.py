@@ -14,7 +14,7 @@ from sqlalchemy import func, select, text
 from curation.store.auth import add_user
 from curation.store.db import open_workbench
 from curation.assist.drafting import draft_images, draft_version, parse_draft_reply
-from curation.ingest.importers import import_folder
+from curation.ingest.folder import import_folder
 from curation.assist.llm import LLMConfig, backoff_seconds, extract_json, retry_after_seconds
 from curation.store.secrets import redact
 from curation.store.models import Draft, Image

@@ -16,9 +16,9 @@ from curation.store.auth import add_user, get_actor
 from curation.ingest.demo import build_demo
 from curation.errors import ExportError
 from curation.export.dataset import ExportFilter, export_dataset, verify_export
-from curation.ingest.importers import import_folder
+from curation.ingest.folder import import_folder
 from curation.export.neardup import hamming, near_duplicate_groups
-from curation.store.files import dhash
+from curation.ingest.clean import dhash
 from tests.helpers import jpeg_bytes, photo, write
 
 
@@ -146,7 +146,7 @@ def test_csv_neutralises_formula_cells(wb, admin, tmp_path):
     annotator = add_user(wb, admin, "ann", "annotator", "annotator-pw-1")[0]
     write(tmp_path / "in" / "a.jpg", jpeg_bytes(photo(3)))
     (tmp_path / "in.csv").write_text('path,label\nin/a.jpg,"=HYPERLINK(""http://evil"")"\n')
-    from curation.ingest.importers import import_csv
+    from curation.ingest.csv_import import import_csv
 
     [image_id] = import_csv(wb, admin, tmp_path / "in.csv").image_ids
     aid = submit_annotation(wb, annotator, image_id, {"other": "=1+1 looks odd", "color": "red"}, diagnosis="@SUM(A1)",

@@ -9,7 +9,9 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from curation.errors import IngestError
-from curation.ingest.importers import import_csv, import_folder, import_path
+from curation.ingest.csv_import import import_csv
+from curation.ingest.folder import import_folder
+from curation.ingest import import_path
 from curation.store.models import Image as ImageRow
 from curation.store.files import sha256_hex
 from tests.helpers import EXIF_MAKE, EXIF_ORIENTATION, jpeg_bytes, photo, png_bomb, png_bytes, write
@@ -357,9 +359,9 @@ def test_an_import_clears_temp_files_of_killed_writers_but_not_of_live_ones(wb, 
 
 
 def test_a_big_csv_goes_in_batches_each_committed_and_a_rerun_after_a_crash_completes_it(wb, admin, tmp_path, monkeypatch):
-    import curation.ingest.importers as ingest
+    from curation.ingest import csv_import
 
-    monkeypatch.setattr(ingest, "CSV_BATCH", 7)
+    monkeypatch.setattr(csv_import, "CSV_BATCH", 7)
     lines = ["id,url,label,fitzpatrick"] + [f"r{i},https://example.org/{i}.jpg,psoriasis,{i % 6 + 1}" for i in range(40)]
     lines.insert(30, "r3,https://example.org/again.jpg,psoriasis,2")  # repeats an id from an earlier batch
     lines.insert(12, '"quoted, with a comma",https://example.org/q.jpg,"lichen planus",3')
@@ -367,7 +369,7 @@ def test_a_big_csv_goes_in_batches_each_committed_and_a_rerun_after_a_crash_comp
     csv_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     seen = []
     calls = {"n": 0}
-    real_flush = ingest._flush_new
+    real_flush = csv_import.flush_new
 
     def flush_then_die_in_the_fourth_batch(session, report, rows):
         calls["n"] += 1
@@ -375,12 +377,12 @@ def test_a_big_csv_goes_in_batches_each_committed_and_a_rerun_after_a_crash_comp
             raise RuntimeError("power cut")
         return real_flush(session, report, rows)
 
-    monkeypatch.setattr(ingest, "_flush_new", flush_then_die_in_the_fourth_batch)
+    monkeypatch.setattr(csv_import, "flush_new", flush_then_die_in_the_fourth_batch)
     with pytest.raises(RuntimeError):
         import_csv(wb, admin, csv_path, progress=lambda done, total: seen.append((done, total)))
     assert len(_rows(wb)) == 21  # three whole batches of 7 rows are kept; the fourth rolled back
     assert seen[0] == (1, 42) and all(total == 42 for _, total in seen)
-    monkeypatch.setattr(ingest, "_flush_new", real_flush)
+    monkeypatch.setattr(csv_import, "flush_new", real_flush)
     report = import_csv(wb, admin, csv_path)
     assert report.already_present == 21 and report.missing_images == 20 and len(_rows(wb)) == 41
     assert [why for _, why in report.duplicates] == ["repeats id 'r3' from an earlier line"]

@@ -73,7 +73,7 @@ def test_backup_and_restore_round_trip(wb, admin, tmp_path):
     from curation.store.models import Image
     from tests.helpers import jpeg_bytes, photo, write
 
-    from curation.ingest.importers import import_path
+    from curation.ingest import import_path
 
     import_path(wb, admin, write(tmp_path / "in" / "a.jpg", jpeg_bytes(photo(1))))
     saved = backup(wb, admin, tmp_path / "b" / "state.db")

@@ -8,7 +8,8 @@ from curation.labelling.annotate import adjudicate, current_annotation, load_wor
 from curation.store.auth import add_user
 from curation.ingest.demo import build_demo
 from curation.errors import IngestError, PermissionDenied
-from curation.ingest.importers import import_path, import_zip
+from curation.ingest import import_path
+from curation.ingest.archive import import_zip
 from curation.ops.insights import cohen_kappa, field_alpha, insights
 from curation.store.models import Annotation, Image, Review
 from curation.labelling.queue import next_item

@@ -1,4 +1,4 @@
-"""Reading a `grpo` export folder (curation/formats.py writes it): everything training needs, and
+"""Reading a `grpo` export folder (curation/export/formats.py writes it): everything training needs, and
 nothing from the database.
 
     <export>/grpo/stage1.jsonl  image + caption instruction -> verified caption (dict and canonical text)

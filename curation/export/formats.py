@@ -21,7 +21,8 @@ CAPTION_INSTRUCTION = ("Describe the skin lesion in this image with the 11-field
                        "Surrounding and Other; write 'none' when a field does not apply.")
 DIAGNOSIS_INSTRUCTION = "List up to 6 diagnoses for the skin lesion in this image, most likely first, one per line."
 LABEL_STUDIO_IMAGE_PREFIX = "/data/local-files/?d="  # Label Studio local storage, document root = the export folder
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# Spreadsheet programs run a cell that starts with one of these: imports warn, CSV writers quote it.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -171,7 +172,7 @@ def write_labelstudio(staging: Path, records: list[dict[str, Any]], taxonomy: Ta
 
 def neutralise_formula(value: Any) -> Any:
     """Spreadsheet programs run cells that start with = + - @ (and tab/CR); a leading quote keeps them text."""
-    return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_START) else value
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_START) else value
 
 
 def write_csv(staging: Path, records: list[dict[str, Any]], **_) -> None:

@@ -1,0 +1,41 @@
+"""Getting images and their metadata into the workbench.
+
+- `import_path`: the front door (`skinflow import`): a folder, a CSV file, a zip archive or one image;
+- folder.py: folders and single files; csv_import.py: CSV files (generic and Fitzpatrick17k);
+  archive.py: zip uploads; fetch.py: downloads of URL-only rows; demo.py: the synthetic demo set;
+- clean.py: what a stored image is (sniffed format, EXIF orientation applied, metadata removed);
+- common.py: the report and the prepare / add-row halves every importer uses.
+
+Rules: content-addressed (the same bytes are never stored twice; re-running an import adds nothing); the
+format is sniffed from the content, never the extension; a bad file or row is reported with its reason
+and skipped while the rest goes on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from curation.errors import IngestError
+from curation.ingest.archive import import_zip
+from curation.ingest.common import ImportReport
+from curation.ingest.csv_import import import_csv
+from curation.ingest.folder import import_folder, import_image
+from curation.store.auth import Actor
+from curation.store.db import Workbench
+
+
+def import_path(wb: Workbench, actor: Actor, path: Path, **options) -> ImportReport:
+    """A folder, a CSV file, or a single image file."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        options.pop("images_dir", None)
+        return import_folder(wb, actor, path, **options)
+    if not path.exists():
+        raise IngestError(f"{path} does not exist")
+    if path.suffix.lower() == ".zip":
+        options.pop("images_dir", None)
+        return import_zip(wb, actor, path, **options)
+    if path.suffix.lower() in (".csv", ".tsv", ".txt"):
+        options.pop("label_from_folder", None)
+        return import_csv(wb, actor, path, **options)
+    return import_image(wb, actor, path)

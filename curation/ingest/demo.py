@@ -28,7 +28,7 @@ from curation.labelling.annotate import add_draft, review_annotation, submit_ann
 from curation.store.auth import Actor, add_user, count_users, get_actor, require
 from curation.store.db import Workbench
 from curation.errors import NotFound, PermissionDenied
-from curation.ingest.importers import ImportReport, KnownContent, ingest_bytes
+from curation.ingest.common import ImportReport, KnownContent, ingest_bytes
 from curation.store.models import Image
 from curation.store.files import sha256_hex
 from schema.caption import Caption

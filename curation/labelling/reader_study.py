@@ -32,6 +32,7 @@ from curation.store import audit
 from curation.store.auth import Actor, require
 from curation.store.db import Workbench
 from curation.errors import ConflictError, NotFound, SkinflowError
+from curation.export.formats import neutralise_formula
 from curation.store.models import Draft, Image, ReaderRating, ReaderStudy, ReaderStudyItem, User
 
 SCALES = ("correctness", "usefulness", "trust")
@@ -239,6 +240,5 @@ def ratings_csv(wb: Workbench, actor: Actor, study_id: int) -> str:
     writer = csv.DictWriter(buffer, fieldnames=["image_id", "item_id", "rater", "source", *SCALES, "comment"])
     writer.writeheader()
     for row in rows:  # a comment is free text: neutralise spreadsheet formulas as the CSV export does
-        comment = row["comment"]
-        writer.writerow({**row, "comment": "'" + comment if comment[:1] in ("=", "+", "-", "@") else comment})
+        writer.writerow({**row, "comment": neutralise_formula(row["comment"])})
     return buffer.getvalue()

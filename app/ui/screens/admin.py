@@ -15,7 +15,8 @@ from curation.store.auth import add_user, list_users, set_password, set_role
 from curation.export.dataset import ExportFilter, export_dataset
 from curation.export.formats import EXTRA_FORMATS
 from curation.export.neardup import DEFAULT_MAX_DISTANCE, MAX_SUPPORTED_DISTANCE
-from curation.ingest.importers import import_folder, import_zip
+from curation.ingest.folder import import_folder
+from curation.ingest.archive import import_zip
 from curation.store.models import ROLES
 from curation.labelling.workflow import QUEUE_STRATEGIES, get_workflow_settings, update_workflow_settings
 from schema.errors import SkinflowError

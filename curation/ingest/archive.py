@@ -1,0 +1,60 @@
+"""Import the images inside a zip archive (an upload from the Admin page). Every entry is checked before
+anything is extracted; paths that escape the archive (zip-slip), links, too many entries and entries that
+inflate implausibly (zip bomb) refuse the whole archive."""
+
+from __future__ import annotations
+
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from curation.errors import IngestError
+from curation.ingest.common import ImportReport, Progress, start_import
+from curation.ingest.folder import import_folder
+from curation.store.auth import Actor
+from curation.store.db import Workbench
+
+MAX_ZIP_ENTRIES = 100_000
+MAX_ZIP_RATIO = 200  # a member that inflates more than this is a bomb, not a photo
+
+
+def _safe_member_path(name: str) -> PurePosixPath:
+    path = PurePosixPath(name.replace("\\", "/"))
+    if path.is_absolute() or ".." in path.parts or (path.parts and path.parts[0].endswith(":")):
+        raise IngestError(f"refused: the archive entry {name!r} points outside the archive (zip-slip); nothing was imported")
+    return path
+
+
+def import_zip(wb: Workbench, actor: Actor, archive: Path, *, label_from_folder: bool = False, progress: Progress | None = None) -> ImportReport:
+    """Import the images inside a zip (an upload from the app). Every entry is checked before
+    anything is extracted: paths that escape the archive (zip-slip), links, too many entries and
+    entries that inflate implausibly (zip bomb) refuse the whole archive."""
+    start_import(wb, actor, "import images")
+    max_bytes = int(wb.settings.max_image_mb * 1e6)
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            members = [m for m in bundle.infolist() if not m.is_dir()]
+            if len(members) > MAX_ZIP_ENTRIES:
+                raise IngestError(f"refused: the archive has {len(members)} files, over {MAX_ZIP_ENTRIES}; split it")
+            for member in members:
+                _safe_member_path(member.filename)
+                if (member.external_attr >> 16) & 0o170000 == 0o120000:
+                    raise IngestError(f"refused: the archive entry {member.filename!r} is a symbolic link; nothing was imported")
+                if member.file_size > max_bytes or member.file_size > max(member.compress_size, 1) * MAX_ZIP_RATIO:
+                    raise IngestError(f"refused: the archive entry {member.filename!r} inflates to {member.file_size / 1e6:.0f} MB "
+                                      "(zip-bomb guard); nothing was imported")
+            with tempfile.TemporaryDirectory(prefix="skinflow-zip-") as folder:
+                root = Path(folder)
+                for member in members:
+                    target = root / _safe_member_path(member.filename)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with bundle.open(member) as source, target.open("wb") as sink:
+                        copied = 0
+                        for block in iter(lambda: source.read(1 << 20), b""):
+                            copied += len(block)
+                            if copied > max_bytes:  # sizes in the directory can lie
+                                raise IngestError(f"refused: {member.filename!r} is larger than its archive entry says; nothing was imported")
+                            sink.write(block)
+                return import_folder(wb, actor, root, label_from_folder=label_from_folder, progress=progress)
+    except zipfile.BadZipFile:
+        raise IngestError(f"{Path(archive).name} is not a readable zip archive") from None

@@ -1,0 +1,182 @@
+"""What every importer shares: the report, the index of content already stored, and the two halves of
+adding one image: `prepare` (read, check, clean, store the file: no database, safe on threads) and
+`add_prepared` (the row). The importers (folder, csv_import, fetch, archive) are built from these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from curation.errors import ImageRejected
+from curation.ingest.clean import sanitize_image
+from curation.store.auth import Actor, require
+from curation.store.db import Workbench
+from curation.store.files import read_limited, sha256_hex, store_image, sweep_store
+from curation.store.models import Image
+
+Progress = Callable[[int, int], None]  # (done, total)
+MAX_REPORTED_WARNINGS = 200
+
+
+@dataclass
+class ImportReport:
+    imported: int = 0
+    missing_images: int = 0  # rows stored as image_missing (URL only)
+    already_present: int = 0  # rows or files imported by an earlier run
+    duplicates: list[tuple[str, str]] = field(default_factory=list)  # (item, why)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (item, reason)
+    warnings: list[str] = field(default_factory=list)
+    image_ids: list[int] = field(default_factory=list)
+
+    def warn(self, message: str) -> None:
+        if len(self.warnings) < MAX_REPORTED_WARNINGS:
+            self.warnings.append(message)
+        elif len(self.warnings) == MAX_REPORTED_WARNINGS:
+            self.warnings.append("... more warnings not shown")
+
+    def summary(self) -> dict:
+        return {
+            "imported": self.imported,
+            "missing_images": self.missing_images,
+            "already_present": self.already_present,
+            "duplicates": len(self.duplicates),
+            "failed": len(self.failed),
+            "warnings": len(self.warnings),
+        }
+
+
+class KnownContent:
+    """Hashes already stored, loaded once per run so each file costs one lookup in memory.
+    Values say where the content is: "image #12" for stored rows, the item for this run's files."""
+
+    def __init__(self, session: Session):
+        self.original: dict[str, str] = {}
+        self.stored: dict[str, str] = {}
+        for image_id, original, stored in session.execute(select(Image.id, Image.original_sha256, Image.sha256)):
+            if original:
+                self.original[original] = f"image #{image_id}"
+            if stored:
+                self.stored[stored] = f"image #{image_id}"
+
+    def snapshot(self) -> "KnownContent":
+        """A frozen copy for the preparing threads: the live index changes while they run, and a file
+        must be judged against one state (the sequential step then checks the live index)."""
+        frozen = object.__new__(KnownContent)
+        frozen.original, frozen.stored = dict(self.original), dict(self.stored)
+        return frozen
+
+    def add(self, image: Image, where: str) -> None:
+        self.original[image.original_sha256] = where
+        self.stored[image.sha256] = where
+
+
+def start_import(wb: Workbench, actor: Actor, what: str) -> None:
+    """Every import checks the role, then clears temp files a killed import left in the store."""
+    require(actor, "admin", what)
+    sweep_store(wb.store_dir)
+
+
+def read_image_file(wb: Workbench, path: Path) -> tuple[bytes, str]:
+    """(bytes, original sha256) of a file, with the size cap; raises ImageRejected with the reason."""
+    try:
+        data = read_limited(path, int(wb.settings.max_image_mb * 1e6))
+    except ImageRejected:
+        raise
+    except OSError as e:
+        if e.errno == 40:  # ELOOP
+            raise ImageRejected("symlink loop") from None
+        if not path.exists():
+            raise ImageRejected("file not found (or a broken symlink)") from None
+        raise ImageRejected(f"cannot read file: {e.strerror}") from None
+    return data, sha256_hex(data)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One file, checked, cleaned and written to the store (or the reason it was skipped).
+    Holds no pixel data, so a batch of them costs no memory worth mentioning."""
+
+    item: str
+    skip: tuple[str, str] | None = None  # ("failed" | "duplicate", reason)
+    original_sha: str = ""
+    sha256: str = ""
+    relative: str = ""
+    width: int = 0
+    height: int = 0
+    format: str = ""
+    n_bytes: int = 0
+    dhash: str = ""
+
+
+def prepare(wb: Workbench, known: KnownContent, item: str, data: bytes, original_sha: str) -> Prepared:
+    """Everything per file that needs no database: safe to run on several threads at once
+    (decoding and hashing release the GIL; the store is content-addressed, writes are atomic)."""
+    if original_sha in known.original:
+        return Prepared(item, ("duplicate", f"same file as {known.original[original_sha]}"))
+    try:
+        clean = sanitize_image(data, max_pixels=int(wb.settings.max_image_megapixels * 1e6))
+    except ImageRejected as e:
+        return Prepared(item, ("failed", str(e)))
+    digest = sha256_hex(clean.data)
+    if digest in known.stored:
+        return Prepared(item, ("duplicate", f"same picture as {known.stored[digest]} (differs only in metadata)"))
+    digest, relative = store_image(wb.store_dir, clean, digest)
+    return Prepared(item, None, original_sha, digest, relative, clean.width, clean.height, clean.format, len(clean.data), clean.dhash)
+
+
+def prepare_path(wb: Workbench, known: KnownContent, path: Path) -> Prepared:
+    try:
+        data, original_sha = read_image_file(wb, path)
+    except ImageRejected as e:
+        return Prepared(str(path), ("failed", str(e)))
+    return prepare(wb, known, str(path), data, original_sha)
+
+
+def add_prepared(
+    session: Session, known: KnownContent, report: ImportReport, prepared: Prepared,
+    make_row: Callable[[], Image], existing: Image | None = None,
+) -> Image | None:
+    """The database half: a new row (or `existing` completed) for a prepared file; None when skipped.
+    New rows are added unflushed: callers flush once per batch (one INSERT batch)."""
+    item = prepared.item
+    if prepared.skip is not None:
+        kind, reason = prepared.skip
+        (report.failed if kind == "failed" else report.duplicates).append((item, reason))
+        return None
+    # files prepared in parallel can repeat each other: the first one added wins
+    if prepared.original_sha in known.original:
+        report.duplicates.append((item, f"same file as {known.original[prepared.original_sha]}"))
+        return None
+    if prepared.sha256 in known.stored:
+        report.duplicates.append((item, f"same picture as {known.stored[prepared.sha256]} (differs only in metadata)"))
+        return None
+    image = existing or make_row()
+    image.sha256, image.original_sha256, image.file_path = prepared.sha256, prepared.original_sha, prepared.relative
+    image.width, image.height, image.format, image.n_bytes = prepared.width, prepared.height, prepared.format, prepared.n_bytes
+    image.dhash = prepared.dhash
+    if image.status == "image_missing":
+        image.status = "pending"
+    if existing is None:
+        session.add(image)
+    known.add(image, f"image #{existing.id}" if existing is not None else item)
+    report.imported += 1
+    return image
+
+
+def ingest_bytes(
+    wb: Workbench, session: Session, known: KnownContent, report: ImportReport, item: str,
+    data: bytes, original_sha: str, make_row: Callable[[], Image], existing: Image | None = None,
+) -> Image | None:
+    """prepare + add_prepared for one image, for callers that have its bytes in hand."""
+    return add_prepared(session, known, report, prepare(wb, known, item, data, original_sha), make_row, existing)
+
+
+def flush_new(session: Session, report: ImportReport, rows: list[Image]) -> list[int]:
+    session.flush()
+    ids = [row.id for row in rows]
+    report.image_ids.extend(ids)
+    return ids

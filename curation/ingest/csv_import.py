@@ -1,0 +1,213 @@
+"""Import a CSV of images and metadata: generic columns (`path` and/or `url`, `label`, `fitzpatrick`, `id`;
+every other column kept as metadata) or the Fitzpatrick17k CSV as it is.
+
+The whole file is decoded and parsed once before anything is written (a file that is not UTF-8 or not
+CSV is refused whole); rows are then read lazily and committed every CSV_BATCH rows, so memory stays
+flat on a million-row file and a run killed midway keeps its finished batches: the same command again
+skips them (rows match by id or url) and goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+from pathlib import Path
+from typing import Callable, Iterator
+from urllib.parse import urlsplit
+
+from sqlalchemy import select
+
+from curation.errors import ImageRejected, IngestError
+from curation.export.formats import FORMULA_START
+from curation.ingest.common import ImportReport, KnownContent, Progress, flush_new, ingest_bytes, read_image_file, start_import
+from curation.store import audit
+from curation.store.auth import Actor
+from curation.store.db import Workbench
+from curation.store.models import Image
+
+CSV_BATCH = 5000  # rows per transaction
+_PATH_COLUMNS = ("path", "image", "image_path", "file", "filename", "file_path")
+_URL_COLUMNS = ("url", "image_url")
+_LABEL_COLUMNS = ("label", "diagnosis", "diagnosis_label")
+_FITZ_COLUMNS = ("fitzpatrick", "fitzpatrick_scale", "fitzpatrick_type", "skin_type")
+_FITZ_REQUIRED = {"md5hash", "label", "fitzpatrick_scale", "url"}
+_ROMAN = {"i": 1, "ii": 2, "iii": 3, "iv": 4, "v": 5, "vi": 6}
+
+
+def parse_fitzpatrick(raw: str | None) -> int | None:
+    """1..6, or None for unknown ('', -1, 'unknown', 'nan'); ValueError otherwise."""
+    text = (raw or "").strip().lower()
+    if text in ("", "-1", "unknown", "nan", "na", "n/a", "none"):
+        return None
+    if text in _ROMAN:
+        return _ROMAN[text]
+    try:
+        number = float(text)
+    except ValueError:
+        number = float("nan")
+    if number.is_integer() and 1 <= number <= 6:
+        return int(number)
+    raise ValueError(f"Fitzpatrick type must be 1-6 (or I-VI; empty or -1 for unknown), got {raw!r}")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _pick(columns: list[str], candidates: tuple[str, ...]) -> str | None:
+    return next((c for c in candidates if c in columns), None)
+
+
+def read_csv_rows(path: Path) -> tuple[list[str], Callable[[], Iterator[dict[str, str]]], int]:
+    """(header, a function giving the rows one at a time, row count). The whole file is decoded and
+    parsed once up front, so a file that is not UTF-8 or not CSV is refused before anything is written;
+    parsed rows are only ever held one batch at a time (a million-row file stays small)."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as e:
+        raise IngestError(f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise IngestError(
+            f"{path} is not UTF-8 text (bad byte at position {e.start}); re-save it as UTF-8 CSV and import again"
+        ) from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [(h or "").strip().lower() for h in next(reader, [])]
+        n_rows = sum(1 for row in reader if row)  # blank lines are skipped, as DictReader does
+    except csv.Error as e:
+        raise IngestError(f"{path}: malformed CSV at line {reader.line_num}: {e}; nothing was imported") from None
+    if not header:
+        raise IngestError(f"{path} is empty: expected a header row")
+    if len(set(header)) != len(header):
+        raise IngestError(f"{path}: duplicate column names in the header: {header}")
+
+    def rows() -> Iterator[dict[str, str]]:
+        lines = io.StringIO(text, newline="")
+        next(csv.reader(lines), None)  # past the header (it may span lines when quoted)
+        return csv.DictReader(lines, fieldnames=header)
+
+    return header, rows, n_rows
+
+
+def import_csv(
+    wb: Workbench, actor: Actor, csv_path: Path, *, images_dir: Path | None = None, progress: Progress | None = None
+) -> ImportReport:
+    """Import a CSV of images and metadata, committed every CSV_BATCH rows (see the module docstring).
+
+    Generic columns: `path` (relative to the CSV's folder or images_dir) and/or `url`; optional
+    `label`, `fitzpatrick`, `id`; every other column is kept as metadata. The Fitzpatrick17k CSV
+    (md5hash, url, label, fitzpatrick_scale, qc, ...) imports as is: rows whose image is not in
+    images_dir (as <md5hash>.jpg) are stored as image_missing, for `fetch_images` later.
+    """
+    start_import(wb, actor, "import images")
+    csv_path = Path(csv_path)
+    header, rows, n_rows = read_csv_rows(csv_path)
+    fitz17k = _FITZ_REQUIRED <= set(header)
+    path_col, url_col = _pick(header, _PATH_COLUMNS), _pick(header, _URL_COLUMNS)
+    label_col, fitz_col = _pick(header, _LABEL_COLUMNS), _pick(header, _FITZ_COLUMNS)
+    id_col = "md5hash" if fitz17k else _pick(header, ("id", "image_id"))
+    if not (path_col or url_col):
+        raise IngestError(
+            f"{csv_path.name}: no image column. Found columns {header}; need 'path' (file relative to the CSV) "
+            "or 'url', plus optional 'label', 'fitzpatrick', 'id'. Nothing was imported."
+        )
+    base_dir = Path(images_dir) if images_dir else csv_path.parent
+    used = {c for c in (path_col, url_col, label_col, fitz_col) if c}
+    source = "fitzpatrick17k" if fitz17k else "csv"
+    report = ImportReport()
+    with wb.session() as session:
+        known = KnownContent(session)
+        by_external = {
+            ext: (image_id, status)
+            for image_id, ext, status in session.execute(select(Image.id, Image.external_id, Image.status)).all()
+            if ext
+        }
+    seen_external: set[str] = set()
+    # One transaction per batch of rows: memory stays flat on huge files, and a run killed midway keeps
+    # its finished batches; the same command again skips them (rows match by id or url) and goes on.
+    numbered = enumerate(rows(), start=2)
+    while batch := list(itertools.islice(numbered, CSV_BATCH)):
+        with wb.session() as session:
+            new_rows: list[Image] = []  # flushed together: one INSERT batch, not one per row
+            for line, row in batch:
+                item = f"{csv_path.name} line {line}"
+                if progress:
+                    progress(line - 1, n_rows)
+                values = {k: (v if isinstance(v, str) else "") for k, v in row.items() if k is not None}
+                if None in row:
+                    report.failed.append((item, "more cells than header columns; check quoting"))
+                    continue
+                for column, value in values.items():
+                    if value.startswith(FORMULA_START) and not _is_number(value):
+                        report.warn(f"{item}: cell {column!r} starts with {value[:1]!r} (spreadsheet formula); stored as plain text")
+                try:
+                    fitzpatrick = parse_fitzpatrick(values.get(fitz_col)) if fitz_col else None
+                except ValueError as e:
+                    report.failed.append((item, str(e)))
+                    continue
+                external_id = (values.get(id_col) or "").strip() or None if id_col else None
+                url = (values.get(url_col) or "").strip() or None if url_col else None
+                external_id = external_id or url
+                if external_id and external_id in seen_external:
+                    report.duplicates.append((item, f"repeats id {external_id!r} from an earlier line"))
+                    continue
+                if external_id:
+                    seen_external.add(external_id)
+                label = (values.get(label_col) or "").strip() or None if label_col else None
+                diagnosis_key = wb.taxonomy.normalise(label) if label else None
+                if label and diagnosis_key is None:
+                    report.warn(f"{item}: label {label!r} is not in the taxonomy; kept as free text (fix it in review)")
+                file_path, explicit_path = None, False
+                if path_col and values.get(path_col, "").strip():
+                    file_path, explicit_path = base_dir / values[path_col].strip(), True
+                elif fitz17k and images_dir and external_id:
+                    file_path = base_dir / f"{external_id}.jpg"
+                elif url and images_dir:
+                    file_path = base_dir / Path(urlsplit(url).path).name
+
+                existing = None
+                if external_id and external_id in by_external:
+                    image_id, status = by_external[external_id]
+                    if status != "image_missing" or file_path is None or not file_path.exists():
+                        report.already_present += 1
+                        continue
+                    existing = session.get(Image, image_id)
+
+                def make_row() -> Image:
+                    return Image(
+                        source=source, source_ref=str(file_path or url or ""), url=url, external_id=external_id,
+                        source_label=label, diagnosis_key=diagnosis_key, fitzpatrick=fitzpatrick, status="pending",
+                        meta={k: v for k, v in values.items() if k not in used and v != ""},
+                    )
+
+                # A file named in the CSV must exist; one derived from images_dir is used when present.
+                if file_path is not None and (explicit_path or file_path.exists()):
+                    try:
+                        data, original_sha = read_image_file(wb, file_path)
+                    except ImageRejected as e:
+                        report.failed.append((item, f"{file_path}: {e}"))
+                        continue
+                    row = ingest_bytes(wb, session, known, report, item, data, original_sha, make_row, existing)
+                    if row is not None and existing is None:
+                        new_rows.append(row)
+                    elif row is not None:
+                        report.image_ids.append(row.id)
+                else:
+                    image = make_row()
+                    image.status = "image_missing"
+                    session.add(image)
+                    new_rows.append(image)
+                    report.missing_images += 1
+            flush_new(session, report, new_rows)
+            by_external.update((r.external_id, (r.id, r.status)) for r in new_rows if r.external_id)
+    with wb.session() as session:
+        audit.record(
+            session, actor, "images.import_csv", "image", None,
+            source=str(csv_path), summary=report.summary(), n_rows=n_rows,
+        )
+    return report
