@@ -337,7 +337,8 @@ def test_an_import_clears_temp_files_of_killed_writers_but_not_of_live_ones(wb, 
     import subprocess
     import sys
 
-    from curation.store.files import TEMP_MAX_AGE_S, TEMP_PREFIX
+    from curation.store.files import TEMP_MAX_AGE_S
+    from schema.files import TEMP_PREFIX
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
     host = socket.gethostname()

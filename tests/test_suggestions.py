@@ -59,7 +59,7 @@ def test_predictions_become_model_drafts_once(wb, admin, exported, tmp_path):
 def test_a_malformed_prediction_file_imports_nothing(wb, admin, exported, tmp_path, annotator):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(prediction(exported[0])) + "\n{broken\n")
-    with pytest.raises(SkinflowError, match="line 2 is not JSON"):
+    with pytest.raises(SkinflowError, match="line 2 is not valid JSON"):
         import_predictions(wb, admin, path)
     path.write_text(json.dumps({"id": exported[0]["id"]}) + "\n")
     with pytest.raises(SkinflowError, match="no model_version"):

@@ -32,11 +32,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from schema.files import write_json_atomic
 from trainer.config import TrainConfig
 from trainer.data import ExportData, load_export
 from trainer.errors import TrainerError
 from trainer.evaluate import compare_items, diagnosis_items, evaluate, pool_items, read_predictions
-from trainer.train import train, write_json_atomic
+from trainer.train import train
 
 VARIANTS: dict[str, str] = {
     "full": "FDLinear + stage I + stage II",

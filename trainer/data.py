@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from schema.errors import SkinflowError
+from schema.files import read_jsonl
 from schema.taxonomy import Taxonomy, load_taxonomy
 from trainer.errors import TrainerError
 from trainer.rewards import normalised_weights
@@ -45,27 +46,9 @@ class ExportData:
         return [*self.instructions.values(), *(r["caption_text"] for r in self.stage1), *names]
 
 
-def read_jsonl(path: Path, check, problem: str) -> list[dict[str, Any]]:
-    """The JSON objects of a JSONL file (blank lines skipped); TrainerError naming the line when a line is
-    not JSON or fails check(row), with `problem` saying what is wrong and what to do."""
-    rows = []
-    with Path(path).open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TrainerError(f"{path} line {number} is not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict) or not check(row):
-                raise TrainerError(f"{path} line {number} {problem}")
-            rows.append(row)
-    return rows
-
-
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return read_jsonl(path, lambda row: "image" in row and "split" in row,
-                      "lacks 'image' or 'split'; re-export with `skinflow export --format grpo`")
+    return read_jsonl(path, check=lambda row: "image" in row and "split" in row, error=TrainerError,
+                      problem="lacks 'image' or 'split'; re-export with `skinflow export --format grpo`")
 
 
 def load_export(folder: str | Path) -> ExportData:

@@ -30,7 +30,8 @@ from typing import Any, Callable
 import numpy as np
 
 from schema.taxonomy import Relevance, Taxonomy
-from trainer.data import ExportData, read_jsonl
+from schema.files import read_jsonl
+from trainer.data import ExportData
 from trainer.errors import TrainerError
 from trainer.rewards import caption_reward
 
@@ -155,8 +156,8 @@ def read_predictions(path: str | Path) -> dict[int, dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise TrainerError(f"prediction file {path} does not exist; make one with `skinflow predict`")
-    rows = read_jsonl(path, lambda row: isinstance(row.get("id"), int),
-                      "has no integer 'id' (the export record id); predict from the export's grpo/*.jsonl")
+    rows = read_jsonl(path, check=lambda row: isinstance(row.get("id"), int), error=TrainerError,
+                      problem="has no integer 'id' (the export record id); predict from the export's grpo/*.jsonl")
     return {row["id"]: row for row in rows}
 
 

@@ -23,6 +23,7 @@ from PIL import Image
 
 from schema.caption import parse
 from schema.errors import CaptionError
+from schema.files import iter_jsonl
 from schema.taxonomy import Taxonomy, load_taxonomy
 from trainer.errors import TrainerError
 from trainer.model import load
@@ -38,20 +39,14 @@ def read_manifest(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise TrainerError(f"image manifest {path} does not exist; give a JSONL of {{\"image\": path}} rows or a list of paths")
     base = path.parent.parent if path.parent.name == "grpo" else path.parent
+    lines = [(number, line.strip()) for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+    if lines and lines[0][1].startswith("{"):
+        rows = iter_jsonl(path, check=lambda row: "image" in row, problem="has no 'image'", error=TrainerError)
+        listed = [(number, {"image": row["image"], "id": row.get("id")}) for number, row in rows]
+    else:
+        listed = [(number, {"image": line, "id": None}) for number, line in lines]
     items = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        if line.lstrip().startswith("{"):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TrainerError(f"{path} line {number} is not valid JSON ({e.msg})") from None
-            if "image" not in row:
-                raise TrainerError(f"{path} line {number} has no 'image'")
-            item = {"image": row["image"], "id": row.get("id")}
-        else:
-            item = {"image": line.strip(), "id": None}
+    for number, item in listed:
         full = Path(item["image"]) if Path(item["image"]).is_absolute() else base / item["image"]
         if not full.is_file():
             raise TrainerError(f"{path} line {number}: image {full} does not exist")

@@ -25,6 +25,7 @@ from typing import Any, Callable
 import transformers
 from transformers import TrainerCallback
 
+from schema.files import write_json_atomic
 from trainer.config import TrainConfig
 from trainer.data import ExportData, load_export
 from trainer.errors import TrainerError
@@ -36,12 +37,6 @@ from trainer.rewards import bind, caption_format_reward, caption_reward, diagnos
 setattr(transformers, SkinflowQwen2_5_VL.__name__, SkinflowQwen2_5_VL)
 
 STAGE_NAMES = {0: "SFT warm start", 1: "GRPO stage I (caption reward)", 2: "GRPO stage II (diagnosis reward)"}
-
-
-def write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class RunLog(TrainerCallback):

@@ -9,7 +9,6 @@ twice adds nothing (one suggestion per image and model version).
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from sqlalchemy import select
 from curation.labelling.annotate import add_drafts
 from curation.store.auth import Actor, require
 from curation.store.db import Workbench
+from schema.files import iter_jsonl
 from curation.store.models import Draft, Image, QueueScore, utcnow
 from schema.caption import validate_caption
 from schema.compare import caption_scores
@@ -48,21 +48,11 @@ def import_predictions(wb: Workbench, actor: Actor, path: str | Path) -> Suggest
     require(actor, "admin", "import model suggestions")
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise SkinflowError(f"cannot read the prediction file {path}: {e}; write one with `skinflow predict`") from None
+        rows = list(iter_jsonl(path, check=lambda row: bool(row.get("model_version")),
+                               problem="has no model_version; is this a `skinflow predict` file?"))
+    except SkinflowError as e:
+        raise SkinflowError(f"{e}; nothing was imported") from None
     report = SuggestionReport()
-    rows: list[tuple[int, dict[str, Any]]] = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise SkinflowError(f"{path} line {number} is not JSON ({e.msg}); nothing was imported") from None
-        if not isinstance(row, dict) or not row.get("model_version"):
-            raise SkinflowError(f"{path} line {number} has no model_version; is this a `skinflow predict` file? Nothing was imported")
-        rows.append((number, row))
     with wb.session() as s:
         ids = [r.get("id") for _, r in rows if isinstance(r.get("id"), int)]
         shas = [Path(str(r.get("image", ""))).stem for _, r in rows]

@@ -39,7 +39,8 @@ from curation.ops.insights import insights
 from curation.store.models import Annotation, Export, Image, Review, User, WeightSet
 from curation.export.neardup import DEFAULT_MAX_DISTANCE, MAX_SUPPORTED_DISTANCE, near_duplicate_groups
 from curation.ingest.clean import dhash
-from curation.store.files import sweep_leftovers, temp_owner_tag
+from curation.store.files import sweep_leftovers
+from schema.files import temp_owner_tag
 from schema.caption import SCHEMA_VERSION, Caption, render
 from schema.fields import FIELDS
 from schema.vocabulary import default_vocabulary

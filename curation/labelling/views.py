@@ -16,7 +16,7 @@ from curation.store.auth import Actor, require
 from curation.store.db import Workbench
 from curation.errors import NotFound
 from curation.store.models import Annotation, AuditEvent, Draft, Image, Review, SavedWork, User
-from curation.store.files import write_atomic
+from schema.files import write_atomic
 from schema.caption import Caption
 from schema.compare import caption_scores
 

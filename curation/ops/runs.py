@@ -31,6 +31,7 @@ from sqlalchemy import select
 from curation.store import audit
 from curation.store.auth import Actor, require
 from curation.store.db import Workbench
+from schema.files import read_jsonl
 from curation.errors import NotFound, SkinflowError
 from curation.export.dataset import export_dataset
 from curation.store.models import Export, TrainingRun, User, utcnow
@@ -84,15 +85,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def read_metrics(wb: Workbench, run_id: int) -> list[dict[str, Any]]:
     path = run_dir(wb, run_id) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line being written right now
-            continue
-    return rows
+    # the trainer appends while we read: a half-written last line is skipped, not an error
+    return read_jsonl(path, skip_bad_lines=True) if path.exists() else []
 
 
 def log_tail(wb: Workbench, run_id: int, lines: int = 40) -> str:

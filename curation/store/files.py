@@ -13,12 +13,12 @@ import os
 import re
 import shutil
 import socket
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from curation.errors import ImageRejected
+from schema.files import TEMP_PREFIX, write_atomic
 
 if TYPE_CHECKING:
     from curation.ingest.clean import CleanImage
@@ -43,15 +43,9 @@ def store_path(sha256: str, ext: str) -> str:
     return f"{sha256[:2]}/{sha256}.{ext}"
 
 
-TEMP_PREFIX = ".tmp-"
 # A leftover whose writer we cannot check (another host sharing the store) is removed after this long.
 TEMP_MAX_AGE_S = 24 * 3600
 _TEMP_OWNER = re.compile(r"^(?P<host>.+)-(?P<pid>\d+)-[^-]*$")
-
-
-def temp_owner_tag() -> str:
-    """Put into every temp name: a later run can tell a killed writer's leftovers from a live writer's."""
-    return f"{socket.gethostname()}-{os.getpid()}-"
 
 
 def _writer_is_gone(path: Path, prefix: str) -> bool:
@@ -89,21 +83,6 @@ def sweep_leftovers(paths, prefix: str) -> int:
 def sweep_store(store_dir: Path) -> int:
     """Temp files left in the image store by a killed import (called when an import starts)."""
     return sweep_leftovers(store_dir.glob(f"*/{TEMP_PREFIX}*"), TEMP_PREFIX) if store_dir.is_dir() else 0
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder and rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX + temp_owner_tag(), suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def store_image(store_dir: Path, image: CleanImage, digest: str | None = None) -> tuple[str, str]:

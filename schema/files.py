@@ -1,0 +1,83 @@
+"""The two file primitives every layer shares: reading JSONL records and writing a file atomically.
+
+They live in schema/ because schema/ is the bottom of the dependency graph (curation and the trainer both
+read JSONL: exports, prediction files, metrics; both write files that other processes poll).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from schema.errors import SkinflowError
+
+TEMP_PREFIX = ".tmp-"
+
+
+def temp_owner_tag() -> str:
+    """Put into every temp name: a later run can tell a killed writer's leftovers from a live writer's."""
+    return f"{socket.gethostname()}-{os.getpid()}-"
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write via a temp file in the same folder and rename: readers never see half a file, and a killed
+    writer leaves only a `.tmp-<host>-<pid>-*` file that the store sweep (or `skinflow doctor --fix`) removes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX + temp_owner_tag(), suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, doc: Any) -> None:
+    """A JSON document (sorted keys, one-space indent), written atomically."""
+    write_atomic(path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
+
+
+def read_jsonl(path: str | Path, **options: Any) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL file, blank lines skipped (options: see iter_jsonl)."""
+    return [row for _, row in iter_jsonl(path, **options)]
+
+
+def iter_jsonl(path: str | Path, *, check: Callable[[dict[str, Any]], bool] | None = None, problem: str = "is not a record",
+               error: type[SkinflowError] = SkinflowError, skip_bad_lines: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each record of a JSONL file, blank lines skipped.
+
+    A line that is not a JSON object, or fails `check(row)`, raises `error` naming the file and line, with
+    `problem` saying what is wrong and what to do. `skip_bad_lines` drops such lines instead: for a file
+    another process is appending to (the last line may be half written).
+    """
+    path = Path(path)
+    try:
+        handle = path.open(encoding="utf-8")
+    except OSError as e:
+        raise error(f"cannot read {path}: {e.strerror}") from None
+    with handle:
+        try:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    if skip_bad_lines:
+                        continue
+                    raise error(f"{path} line {number} is not valid JSON ({e.msg})") from None
+                if not isinstance(row, dict) or (check is not None and not check(row)):
+                    if skip_bad_lines:
+                        continue
+                    raise error(f"{path} line {number} {problem}")
+                yield number, row
+        except UnicodeDecodeError:
+            raise error(f"{path} is not UTF-8 text; is it a JSONL file?") from None
