@@ -28,6 +28,7 @@ from curation.store.db import Workbench, open_workbench
 from curation.ingest.demo import build_demo
 from curation.assist.drafting import draft_images
 from curation.export.dataset import ExportFilter, export_dataset, verify_export
+from curation.export.formats import EXTRA_FORMATS
 from curation.ingest.common import ImportReport
 from curation.ingest.fetch import fetch_images
 from curation.ingest import import_path
@@ -41,6 +42,9 @@ from curation.store.secrets import scrub
 from curation.ops.status import workbench_status
 from curation.assist.weights import collect_reasonings, create_weight_set, list_weight_sets
 from schema.errors import SkinflowError
+from trainer.config import ABLATION_VARIANTS, PRESET_NOTES
+
+PRESET_HELP = "; ".join(f"{name}: {note}" for name, note in PRESET_NOTES.items()) + "."
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -58,10 +62,12 @@ class _Context:
     username: Optional[str]
     _wb: Optional[Workbench] = None
 
+    def settings(self) -> Settings:
+        return Settings.load(**({"home": self.home} if self.home else {}))
+
     def workbench(self) -> Workbench:
         if self._wb is None:
-            overrides = {"home": self.home} if self.home else {}
-            self._wb = open_workbench(Settings.load(**overrides))
+            self._wb = open_workbench(self.settings())
         return self._wb
 
     def actor(self) -> Actor:
@@ -228,7 +234,7 @@ def _split_option(values: list[str]) -> tuple[str, ...]:
 def export(
     ctx: typer.Context,
     out_dir: Optional[Path] = typer.Option(None, "--out", help="New folder for this export version, e.g. exports/v1."),
-    formats: list[str] = typer.Option([], "--format", help="Extra formats: hf, grpo, sharegpt, labelstudio, csv (repeat or comma-separate)."),
+    formats: list[str] = typer.Option([], "--format", help=f"Extra formats: {', '.join(EXTRA_FORMATS)} (repeat or comma-separate)."),
     include_unverified: bool = typer.Option(False, help="Also export annotated but not yet verified records."),
     label: list[str] = typer.Option([], help="Only these labels (taxonomy keys or names; repeat or comma-separate)."),
     group: list[str] = typer.Option([], help="Only these nine- or three-partition groups, e.g. malignant."),
@@ -394,8 +400,7 @@ def restore(ctx: typer.Context, backup_file: Path = typer.Argument(..., help="A 
     """Replace the database with a backup (stop the app first); the current one is kept beside it."""
     from curation.ops.maintenance import restore as restore_database
 
-    c = _ctx(ctx)
-    settings = Settings.load(**({"home": c.home} if c.home else {}))
+    settings = _ctx(ctx).settings()
     report = restore_database(settings, backup_file)
     wb = open_workbench(settings)  # runs the migrations a backup from an older version needs
     with wb.session() as s:
@@ -484,7 +489,7 @@ def users_set_password(
 @app.command()
 def train(
     export_dir: Path = typer.Option(..., "--export", help="An export folder written with --format grpo."),
-    preset: Optional[str] = typer.Option(None, help="tiny (CPU, from scratch) or qwen2.5-vl-7b (pretrained, GPUs)."),
+    preset: Optional[str] = typer.Option(None, help=PRESET_HELP),
     config_file: Optional[Path] = typer.Option(None, "--config", help="A TOML file with TrainConfig settings; flags override it."),
     stages: Optional[str] = typer.Option(None, help="Comma-separated stages: 0 SFT warm start, 1 caption GRPO, 2 diagnosis GRPO."),
     model: Optional[str] = typer.Option(None, help="Pretrained weights (local folder or hub id) for the 7B preset."),
@@ -522,9 +527,9 @@ def train(
 @app.command()
 def ablate(
     export_dir: Path = typer.Option(..., "--export", help="An export folder written with --format grpo."),
-    preset: str = typer.Option("tiny", help="tiny (CPU, from scratch) or qwen2.5-vl-7b (pretrained, GPUs)."),
+    preset: str = typer.Option("tiny", help=PRESET_HELP),
     seeds: int = typer.Option(3, min=1, help="Seeds per variant (0, 1, ... N-1)."),
-    variants: str = typer.Option("full,no-fdlinear,no-stage1,baseline", help="Comma-separated: full, no-fdlinear, no-stage1, baseline."),
+    variants: str = typer.Option(",".join(ABLATION_VARIANTS), help=f"Comma-separated: {', '.join(ABLATION_VARIANTS)}."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Ablation folder (default: runs/ablation-<time>); rerun to resume."),
     split: str = typer.Option("test", help="The split every variant is evaluated on."),
     model: Optional[str] = typer.Option(None, help="Pretrained weights (local folder or hub id) for the 7B preset."),
@@ -582,10 +587,7 @@ def suggest(
     batch_size: int = typer.Option(8, min=1),
 ) -> None:
     """Model suggestions (model drafts) for the labelling queue, shown beside the LLM draft when annotating."""
-    import json
-    import tempfile
-
-    from curation.assist.suggestions import images_needing_work, import_predictions
+    from curation.assist.suggestions import import_predictions, suggest_with_model
 
     if (predictions is None) == (checkpoint is None):
         raise SkinflowError("give either --predictions FILE (from `skinflow predict`) or --checkpoint RUN_FOLDER")
@@ -594,16 +596,15 @@ def suggest(
     if checkpoint is not None:
         from trainer.predict import predict_to_file
 
-        items = images_needing_work(wb, limit)
-        if not items:
+        made = suggest_with_model(wb, actor, lambda manifest, out_file: predict_to_file(checkpoint, manifest, out_file, batch_size=batch_size),
+                                  limit=limit)
+        if made is None:
             out.print("no image needs work: nothing to suggest")
             return
-        folder = Path(tempfile.mkdtemp(prefix="suggest-", dir=wb.settings.home))
-        manifest, predictions = folder / "images.jsonl", folder / "predictions.jsonl"
-        manifest.write_text("".join(json.dumps(item) + "\n" for item in items), encoding="utf-8")
-        count = predict_to_file(checkpoint, manifest, predictions, batch_size=batch_size)
-        out.print(f"predicted {count} images with {checkpoint}")
-    report = import_predictions(wb, actor, predictions)
+        out.print(f"predicted {made.predicted} images with {checkpoint}")
+        report = made.report
+    else:
+        report = import_predictions(wb, actor, predictions)
     out.print(f"{report.added} suggestions added, {report.already_there} already there, {len(report.skipped)} skipped")
     for line, why in report.skipped[:20]:
         out.print(f"line {line}: {why}", markup=False, highlight=False)
@@ -622,31 +623,22 @@ def eval_(
 ) -> None:
     """Clinically grounded evaluation: top-1/3/6, group levels, clinical score, malignant misses, fairness,
     calibration, long tail, captions, with bootstrap CIs."""
-    import json
-
     from trainer.data import load_export
     from trainer.evaluate import evaluate_files
 
     if sum(x is not None for x in (predictions, checkpoint, llm)) != 1:
         raise SkinflowError("give exactly one of --predictions FILE, --checkpoint RUN or --llm MODEL")
     out_dir.mkdir(parents=True, exist_ok=True)
-    if predictions is None:
+    if checkpoint is not None:
+        from trainer.predict import predict_split
+
+        predictions = predict_split(checkpoint, load_export(export_dir), split, out_dir)
+    elif llm is not None:
+        from curation.assist.drafting import write_llm_predictions
+
         data = load_export(export_dir)
-        rows = data.rows(2, split) or data.rows(1, split)
-        if not rows:
-            raise SkinflowError(f"the export has no {split!r} rows; pick --split train, val or test")
-        predictions = out_dir / "predictions.jsonl"
-        if checkpoint is not None:
-            from trainer.predict import predict_split
-
-            predict_split(checkpoint, data, split, out_dir)
-        else:
-            from curation.assist.drafting import predict_with_llm
-
-            c = _ctx(ctx)
-            settings = Settings.load(**({"home": c.home} if c.home else {}))
-            made = predict_with_llm(settings, data.taxonomy, [{"id": r["id"], "path": data.image_path(r)} for r in rows], model=llm)
-            predictions.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in made), encoding="utf-8")
+        predictions = write_llm_predictions(_ctx(ctx).settings(), data.taxonomy, data.split_images(split),
+                                            out_dir / "predictions.jsonl", model=llm)
     report = evaluate_files(export_dir, predictions, out_dir, split=split, baseline=baseline)
     h = report["headline"]
     shown = ", ".join(f"{k} {v:.3f}" for k, v in h.items() if v is not None)

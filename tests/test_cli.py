@@ -22,10 +22,14 @@ def run(home, *args, check=True):
     return result
 
 
-@pytest.mark.parametrize("command", [[], ["init"], ["import"], ["fetch-images"], ["demo"], ["status"], ["export"],
-                                     ["users"], ["users", "add"], ["users", "list"], ["users", "set-role"],
-                                     ["users", "set-password"], ["backup"], ["doctor"], ["draft"], ["reasonings"], ["weights"], ["app"],
-                                     ["train"], ["predict"], ["suggest"], ["eval"], ["restore"], ["ablate"]])
+# every command and group; tests/test_single_source.py checks that this list is the CLI's whole tree
+HELP_COMMANDS = [[], ["init"], ["import"], ["fetch-images"], ["demo"], ["status"], ["export"], ["export", "verify"],
+                 ["users"], ["users", "add"], ["users", "list"], ["users", "set-role"], ["users", "set-password"],
+                 ["ls"], ["ls", "push"], ["ls", "pull"], ["backup"], ["doctor"], ["draft"], ["reasonings"], ["weights"], ["app"],
+                 ["train"], ["predict"], ["suggest"], ["eval"], ["restore"], ["ablate"]]
+
+
+@pytest.mark.parametrize("command", HELP_COMMANDS)
 def test_every_command_has_help(tmp_path, command):
     result = run(tmp_path, *command, "--help")
     assert "Usage:" in result.stdout

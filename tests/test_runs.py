@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from curation.ingest.demo import build_demo
 from curation.store.models import Draft, Image
-from curation.ops.runs import RunError, activate_run, cancel_run, list_runs, read_metrics, refresh_runs, resume_run, run_dir, start_training
+from curation.ops.runs import AblationRequest, RunError, activate_run, cancel_run, list_runs, read_metrics, refresh_runs, resume_run, run_dir, start_training
 from curation.labelling.workflow import get_workflow_settings
 
 FAST = {"sft_epochs": 1, "stage1_steps": 2, "stage2_steps": 2, "num_generations": 2, "batch_size": 4}
@@ -182,13 +182,13 @@ def test_bad_requests_are_refused(curated, admin, annotator):
     with pytest.raises(Exception, match="admin"):
         start_training(curated, annotator)
     with pytest.raises(RunError, match="two or more"):
-        start_training(curated, admin, ablation={"variants": ["full"]})
+        start_training(curated, admin, ablation=AblationRequest(variants=("full",)))
     with pytest.raises(RunError, match="two or more"):
-        start_training(curated, admin, ablation={"variants": ["full", "wider"]})
+        start_training(curated, admin, ablation=AblationRequest(variants=("full", "wider")))
     with pytest.raises(RunError, match="seeds must be"):
-        start_training(curated, admin, ablation={"seeds": 0})
+        start_training(curated, admin, ablation=AblationRequest(seeds=0))
     with pytest.raises(RunError, match="sets seeds and stages"):
-        start_training(curated, admin, overrides={"seed": 3}, ablation={})
+        start_training(curated, admin, overrides={"seed": 3}, ablation=AblationRequest())
     assert list_runs(curated) == []
 
 

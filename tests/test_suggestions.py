@@ -69,3 +69,26 @@ def test_a_malformed_prediction_file_imports_nothing(wb, admin, exported, tmp_pa
     with pytest.raises(SkinflowError):
         import_predictions(wb, annotator, path)  # admins only
     assert count_model_drafts(wb) == 0
+
+
+def test_suggest_with_model_predicts_what_needs_work_imports_it_and_removes_its_folder(wb, admin, annotator, exported):
+    from curation.assist.suggestions import suggest_with_model
+    from curation.store.models import NEEDS_WORK_STATUSES, Image
+
+    seen = {}
+
+    def predict(manifest, out_file):  # what the trainer's predict_to_file does, minus the model
+        items = [json.loads(line) for line in manifest.read_text().splitlines()]
+        seen["folder"], seen["ids"] = manifest.parent, [item["id"] for item in items]
+        out_file.write_text("".join(json.dumps({"id": item["id"], "image": item["image"], "model_version": "m:1",
+                                                "caption": {"color": ["brown"]}, "diagnoses": []}) + "\n" for item in items))
+        return len(items)
+
+    with pytest.raises(SkinflowError, match="admin"):
+        suggest_with_model(wb, annotator, predict)
+    made = suggest_with_model(wb, admin, predict)
+    with wb.session() as s:
+        needing = s.scalars(select(Image.id).where(Image.status.in_(NEEDS_WORK_STATUSES)).order_by(Image.id)).all()
+    assert seen["ids"] == needing and made.predicted == len(needing) == made.report.added
+    assert not seen["folder"].exists() and seen["folder"].parent == wb.settings.home
+    assert suggest_with_model(wb, admin, predict, limit=2).report.already_there == 2

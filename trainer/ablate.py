@@ -33,18 +33,12 @@ from typing import Any, Callable
 import numpy as np
 
 from schema.files import write_json_atomic
-from trainer.config import TrainConfig
+from trainer.config import ABLATION_VARIANTS, TrainConfig
 from trainer.data import ExportData, load_export
 from trainer.errors import TrainerError
 from trainer.evaluate import compare_items, diagnosis_items, evaluate, pool_items, read_predictions
 from trainer.train import train
 
-VARIANTS: dict[str, str] = {
-    "full": "FDLinear + stage I + stage II",
-    "no-fdlinear": "plain linears, same stages",
-    "no-stage1": "FDLinear, without stage I",
-    "baseline": "plain linears, without stage I",
-}
 REFERENCE = "full"
 METRICS = ("top1", "top6", "group9_accuracy", "group3_accuracy", "clinical_score", "malignant_miss_rate", "caption_reward")
 PAIRED = ("top1", "top6", "clinical_score", "malignant_miss_rate")
@@ -56,16 +50,16 @@ class AblationConfig:
     out: str
     preset: str = "tiny"
     seeds: tuple[int, ...] = (0, 1, 2)
-    variants: tuple[str, ...] = tuple(VARIANTS)
+    variants: tuple[str, ...] = tuple(ABLATION_VARIANTS)
     split: str = "test"
     overrides: dict[str, Any] = field(default_factory=dict)  # TrainConfig settings for every run (steps, batch...)
 
     def __post_init__(self) -> None:
-        unknown = [v for v in self.variants if v not in VARIANTS]
+        unknown = [v for v in self.variants if v not in ABLATION_VARIANTS]
         if unknown:
-            raise TrainerError(f"unknown variant(s) {unknown}; use: {', '.join(VARIANTS)}")
+            raise TrainerError(f"unknown variant(s) {unknown}; use: {', '.join(ABLATION_VARIANTS)}")
         # one order everywhere (reference first), whatever order they were given in
-        self.seeds, self.variants = tuple(int(s) for s in self.seeds), tuple(v for v in VARIANTS if v in self.variants)
+        self.seeds, self.variants = tuple(int(s) for s in self.seeds), tuple(v for v in ABLATION_VARIANTS if v in self.variants)
         if not self.seeds:
             raise TrainerError("give at least one seed")
         if len(self.variants) < 2:
@@ -198,7 +192,7 @@ def summarise(config: AblationConfig, data: ExportData, results: list[dict[str, 
     for variant in config.variants:
         runs = by_variant.get(variant, [])
         variants[variant] = {
-            "description": VARIANTS[variant], "seeds": [r["seed"] for r in runs],
+            "description": ABLATION_VARIANTS[variant], "seeds": [r["seed"] for r in runs],
             "metrics": {m: _mean_spread([r["metrics"].get(m) for r in runs]) for m in METRICS},
             "train_s": _mean_spread([r["train_s"] for r in runs]),
             "parameters": runs[0]["parameters"] if runs else None,

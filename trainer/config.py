@@ -13,7 +13,19 @@ from pathlib import Path
 from typing import Any
 
 from trainer.errors import TrainerError
-from trainer.model import MLP_TARGETS
+
+# Light on purpose (no torch): the CLI builds its help from these lists, and curation/ops/runs.py keeps
+# copies that tests/test_single_source.py checks against them.
+MLP_TARGETS = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+# `skinflow ablate` variants, reference first (trainer/ablate.py runs them)
+ABLATION_VARIANTS: dict[str, str] = {
+    "full": "FDLinear + stage I + stage II",
+    "no-fdlinear": "plain linears, same stages",
+    "no-stage1": "FDLinear, without stage I",
+    "baseline": "plain linears, without stage I",
+}
+# what each preset is for, in a few words (the CLI's and the Train page's help)
+PRESET_NOTES: dict[str, str] = {"tiny": "CPU, from scratch, minutes", "qwen2.5-vl-7b": "pretrained weights, several GPUs"}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {

@@ -40,6 +40,13 @@ class ExportData:
     def image_path(self, row: dict[str, Any]) -> Path:
         return self.folder / row["image"]
 
+    def split_images(self, split: str) -> list[dict[str, Any]]:
+        """{"id", "path"} of every record of a split (what predict and an LLM baseline are asked about)."""
+        rows = self.rows(2, split) or self.rows(1, split)
+        if not rows:
+            raise TrainerError(f"the export has no {split!r} rows; pick --split train, val or test")
+        return [{"id": r["id"], "path": self.image_path(r)} for r in rows]
+
     def texts(self) -> list[str]:
         """All the text a tiny tokenizer should know: instructions, captions, label names."""
         names = [label.display for label in self.taxonomy.labels.values()] + list(self.taxonomy.labels)

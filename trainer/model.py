@@ -25,10 +25,10 @@ from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProce
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.processing_utils import ProcessorMixin
 
+from trainer.config import MLP_TARGETS
 from trainer.fdlinear import FDLinear, patch_vision_tower
 
 FD_KEY = "skinflow_fdlinear"
-MLP_TARGETS = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
                   "<|video_pad|>")
 # Qwen2-VL's chat layout, reduced to what the trainer sends: text and image parts, generation prompt.

@@ -163,13 +163,11 @@ def predict_to_file(checkpoint: str | Path, manifest: str | Path, out: str | Pat
 def predict_split(checkpoint: str | Path, data, split: str, out_dir: str | Path) -> Path:
     """Predict every record of an export split (ExportData) with a checkpoint; returns out_dir/predictions.jsonl
     (its manifest, images.jsonl, is written beside it)."""
-    rows = data.rows(2, split) or data.rows(1, split)
-    if not rows:
-        raise TrainerError(f"the export has no {split!r} rows; pick --split train, val or test")
+    items = data.split_images(split)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = out_dir / "images.jsonl"
-    manifest.write_text("".join(json.dumps({"id": r["id"], "image": str(data.image_path(r))}) + "\n" for r in rows), encoding="utf-8")
+    manifest.write_text("".join(json.dumps({"id": item["id"], "image": str(item["path"])}) + "\n" for item in items), encoding="utf-8")
     predictions = out_dir / "predictions.jsonl"
     predict_to_file(checkpoint, manifest, predictions)
     return predictions

@@ -12,6 +12,7 @@ hold up the requests in flight, and in batches (one transaction per batch of up 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from curation.store.models import Draft, Image
 from curation.assist.prompts import render_prompt
 from curation.store.settings import Settings
 from schema.caption import SCHEMA_VERSION, Caption, json_schema, render, validate_caption
+from schema.files import write_atomic
 from schema.errors import CaptionError, SkinflowError
 from schema.fields import FIELDS, ORDINAL_VALUES
 from schema.taxonomy import Taxonomy
@@ -254,3 +256,11 @@ def predict_with_llm(settings: Settings, taxonomy: Taxonomy, items: list[dict[st
 
     asyncio.run(run())
     return [rows[item["id"]] for item in items]
+
+
+def write_llm_predictions(settings: Settings, taxonomy: Taxonomy, items: list[dict[str, Any]], out_file: Path, *,
+                          model: str | None = None) -> Path:
+    """predict_with_llm, written as a prediction file (`skinflow eval --llm`); returns its path."""
+    rows = predict_with_llm(settings, taxonomy, items, model=model)
+    write_atomic(out_file, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
+    return out_file

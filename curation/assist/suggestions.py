@@ -9,18 +9,20 @@ twice adds nothing (one suggestion per image and model version).
 
 from __future__ import annotations
 
+import json
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import select
 
 from curation.labelling.annotate import add_drafts
 from curation.store.auth import Actor, require
 from curation.store.db import Workbench
-from schema.files import iter_jsonl
-from curation.store.models import Draft, Image, QueueScore, utcnow
+from schema.files import TEMP_PREFIX, iter_jsonl, temp_owner_tag
+from curation.store.models import NEEDS_WORK_STATUSES, Draft, Image, QueueScore, utcnow
 from schema.caption import validate_caption
 from schema.compare import caption_scores
 from schema.errors import CaptionError, SkinflowError
@@ -111,7 +113,31 @@ def images_needing_work(wb: Workbench, limit: int | None = None) -> list[dict[st
     """{"id", "image"} for every image still in the labelling queue (pending or annotated, with a picture):
     the manifest `skinflow predict` reads when suggestions are refreshed."""
     with wb.session() as s:
-        query = (select(Image.id, Image.file_path).where(Image.status.in_(("pending", "annotated")), Image.file_path.is_not(None))
+        query = (select(Image.id, Image.file_path).where(Image.status.in_(NEEDS_WORK_STATUSES), Image.file_path.is_not(None))
                  .order_by(Image.id))
         rows = s.execute(query.limit(limit) if limit else query).all()
     return [{"id": image_id, "image": str(wb.store_dir / file_path)} for image_id, file_path in rows]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSuggestions:
+    predicted: int  # images the model predicted
+    report: SuggestionReport
+
+
+def suggest_with_model(wb: Workbench, actor: Actor, predict: Callable[[Path, Path], int], *,
+                       limit: int | None = None) -> ModelSuggestions | None:
+    """Suggestions for every image that still needs work: `predict(manifest, out_file)` (the trainer's
+    predict_to_file with a checkpoint bound; curation does not import the trainer) writes a prediction file
+    for the manifest, which is then imported. None when no image needs work. The working folder is
+    removed afterwards; it is named like every temp file (host and pid), so a killed run's folder can be told
+    from a live one's."""
+    require(actor, "admin", "import model suggestions")
+    items = images_needing_work(wb, limit)
+    if not items:
+        return None
+    with tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{temp_owner_tag()}suggest", dir=wb.settings.home) as folder:
+        manifest, predictions = Path(folder) / "images.jsonl", Path(folder) / "predictions.jsonl"
+        manifest.write_text("".join(json.dumps(item) + "\n" for item in items), encoding="utf-8")
+        predicted = predict(manifest, predictions)
+        return ModelSuggestions(predicted=predicted, report=import_predictions(wb, actor, predictions))

@@ -50,6 +50,34 @@ class ImageDetail:
     suggested_diagnoses: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True, kw_only=True)
+class PrefillSource:
+    """One thing the Annotate form can start from. `token` names it in widget keys, so a form never keeps
+    values that came from another source; `form` is a whole earlier form (saved work or a submitted version)."""
+
+    label: str
+    token: str
+    caption: dict[str, Any] | None = None
+    draft_id: int | None = None
+    form: dict[str, Any] | None = None
+
+
+def prefill_sources(detail: ImageDetail) -> list[PrefillSource]:
+    """What the form can be prefilled from, best first: the user's saved work, their submitted version, the
+    usable drafts (model suggestion, LLM, synthetic), empty."""
+    sources = []
+    if detail.saved_work:
+        sources.append(PrefillSource(label="your saved draft", token="saved", caption=detail.saved_work.get("caption"),
+                                     draft_id=detail.saved_work.get("draft_id"), form=detail.saved_work))
+    if detail.current:
+        # a stable token: if someone edits the annotation meanwhile, the open form must keep the user's edits
+        sources.append(PrefillSource(label=f"your submitted version {detail.current['version']}", token="current",
+                                     caption=detail.current["caption"], form=detail.current))
+    sources += [PrefillSource(label=d["label"], token=f"d{d['id']}", caption=d["caption"], draft_id=d["id"]) for d in detail.drafts]
+    sources.append(PrefillSource(label="empty", token="empty"))
+    return sources
+
+
 def draft_dict(draft: Draft) -> dict[str, Any]:
     return {
         "id": draft.id, "kind": draft.kind, "producer": draft.producer, "version": draft.version,

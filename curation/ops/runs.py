@@ -15,6 +15,7 @@ terminates the process group if it has not stopped within CANCEL_GRACE_S.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -33,7 +34,7 @@ from curation.store.auth import Actor, require
 from curation.store.db import Workbench
 from schema.files import read_jsonl
 from curation.errors import NotFound, SkinflowError
-from curation.export.dataset import export_dataset
+from curation.export.dataset import SPLITS, export_dataset
 from curation.store.models import Export, TrainingRun, User, utcnow
 from curation.labelling.workflow import get_workflow_settings, update_workflow_settings
 
@@ -50,6 +51,23 @@ class RunError(SkinflowError):
 
 
 @dataclass(frozen=True)
+class AblationRequest:
+    """What a background `skinflow ablate` runs: the variants (two or more), seeds 0..N-1, the split scored."""
+
+    seeds: int = 3
+    variants: tuple[str, ...] = ABLATION_VARIANTS
+    split: str = "test"
+
+
+def budget_overrides(sft_epochs: int = 0, grpo_steps: int = 0) -> dict[str, int]:
+    """The Train page's budget fields as `skinflow train` settings; 0 keeps the preset's value."""
+    overrides = {"stage1_steps": grpo_steps, "stage2_steps": grpo_steps} if grpo_steps else {}
+    if sft_epochs:
+        overrides["sft_epochs"] = sft_epochs
+    return overrides
+
+
+@dataclass(frozen=True, kw_only=True)
 class RunView:
     id: int
     preset: str
@@ -161,10 +179,10 @@ def _launch(wb: Workbench, run: TrainingRun) -> None:
 
 
 def start_training(wb: Workbench, actor: Actor, *, preset: str = "tiny", overrides: dict[str, Any] | None = None,
-                   ablation: dict[str, Any] | None = None) -> int:
+                   ablation: AblationRequest | None = None) -> int:
     """Snapshot the verified data as a grpo export and queue a run on it; returns the run id. With `ablation`
-    ({"seeds": N, "variants": [...], "split": "test"}) the run is `skinflow ablate` instead: the recipe's
-    variants on the same snapshot, one report (ablation_report)."""
+    the run is `skinflow ablate` instead: the recipe's variants on the same snapshot, one report
+    (ablation_report)."""
     require(actor, "admin", "start training runs")
     if preset not in PRESETS:
         raise RunError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
@@ -173,7 +191,7 @@ def start_training(wb: Workbench, actor: Actor, *, preset: str = "tiny", overrid
         raise RunError(f"unknown training setting(s) {unknown}; use: {', '.join(OVERRIDES)}")
     config: dict[str, Any] = {"overrides": dict(overrides or {})}
     if ablation is not None:
-        config.update(kind="ablation", ablation=_check_ablation(ablation))
+        config.update(kind="ablation", ablation=dataclasses.asdict(_check_ablation(ablation)))
         if {"seed", "stages"} & set(config["overrides"]):
             raise RunError("an ablation sets seeds and stages itself; leave them out")
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -194,17 +212,15 @@ def start_training(wb: Workbench, actor: Actor, *, preset: str = "tiny", overrid
     return run_id
 
 
-def _check_ablation(ablation: dict[str, Any]) -> dict[str, Any]:
-    seeds, given = int(ablation.get("seeds", 3)), list(ablation.get("variants") or ABLATION_VARIANTS)
-    variants = [v for v in ABLATION_VARIANTS if v in given]  # the report's order, reference first
-    if len(variants) < len(set(given)) or len(variants) < 2:
-        raise RunError(f"an ablation needs two or more of {', '.join(ABLATION_VARIANTS)} (got {given})")
-    if not 1 <= seeds <= 10:
-        raise RunError(f"seeds must be between 1 and 10 (got {seeds})")
-    split = ablation.get("split", "test")
-    if split not in ("train", "val", "test"):
-        raise RunError(f"split must be train, val or test (got {split!r})")
-    return {"seeds": seeds, "variants": variants, "split": split}
+def _check_ablation(request: AblationRequest) -> AblationRequest:
+    variants = tuple(v for v in ABLATION_VARIANTS if v in request.variants)  # the report's order, reference first
+    if len(variants) < len(set(request.variants)) or len(variants) < 2:
+        raise RunError(f"an ablation needs two or more of {', '.join(ABLATION_VARIANTS)} (got {list(request.variants)})")
+    if not 1 <= request.seeds <= 10:
+        raise RunError(f"seeds must be between 1 and 10 (got {request.seeds})")
+    if request.split not in SPLITS:
+        raise RunError(f"split must be {', '.join(SPLITS)} (got {request.split!r})")
+    return dataclasses.replace(request, variants=variants)
 
 
 def ablation_report(wb: Workbench, run_id: int) -> dict[str, Any] | None:
@@ -299,10 +315,11 @@ def list_runs(wb: Workbench) -> list[RunView]:
         rows = s.execute(select(TrainingRun, Export.path).outerjoin(Export, Export.id == TrainingRun.export_id)
                          .order_by(TrainingRun.id.desc())).all()
         names = dict(s.execute(select(User.id, User.username)).all())
-        return [RunView(r.id, r.preset, r.status, names.get(r.created_by), r.created_at, r.finished_at,
-                        r.config.get("export_path") or path, str(run_dir(wb, r.id)), r.log_path, r.checkpoint_path,
-                        r.metrics or {}, r.error, _read_json(run_dir(wb, r.id) / "progress.json"), r.id == active,
-                        r.config.get("kind", "train"))
+        return [RunView(id=r.id, preset=r.preset, status=r.status, created_by=names.get(r.created_by), created_at=r.created_at,
+                        finished_at=r.finished_at, export_path=r.config.get("export_path") or path, run_dir=str(run_dir(wb, r.id)),
+                        log_path=r.log_path, checkpoint_path=r.checkpoint_path, metrics=r.metrics or {}, error=r.error,
+                        progress=_read_json(run_dir(wb, r.id) / "progress.json"), active=r.id == active,
+                        kind=r.config.get("kind", "train"))
                 for r, path in rows]
 
 

@@ -19,6 +19,8 @@ DRAFT_KINDS = ("llm", "model", "synthetic")
 DIAGNOSIS_STATUSES = ("confirmed", "corrected", "uncertain")
 REVIEW_DECISIONS = ("verified", "rejected")
 RUN_STATUSES = ("queued", "running", "done", "failed", "cancelled")
+UNFINISHED_RUN_STATUSES = RUN_STATUSES[:2]  # a process is (or will be) working on it
+NEEDS_WORK_STATUSES = ("pending", "annotated")  # images a suggestion or a labeller can still help
 
 
 def utcnow() -> datetime:

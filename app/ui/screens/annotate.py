@@ -11,7 +11,7 @@ from app.ui.widgets import caption_form, diagnosis_widget
 from curation.labelling.annotate import QUALITY_FLAGS, current_annotation, save_work, submit_annotation
 from curation.errors import ConflictError
 from curation.labelling.queue import next_item, remaining, skip
-from curation.labelling.views import field_disagreements, image_detail
+from curation.labelling.views import field_disagreements, image_detail, prefill_sources
 from schema.errors import SkinflowError
 
 KEY = "annotate_item"  # {"image_id", "loaded_at", "base_id"}: the image on screen and the version it edits
@@ -27,21 +27,6 @@ def _load_item(wb, actor) -> dict | None:
         item = {"image_id": queued.image_id, "loaded_at": time.time(), "base_id": mine["id"] if mine else None}
         st.session_state[KEY] = item
     return item
-
-
-def _prefill_sources(detail) -> list[tuple[str, str, dict | None, int | None, dict | None]]:
-    """(label, token, caption, draft id, form) choices for prefilling, best first. The token names the
-    source in widget keys, so a form never keeps values that came from another source."""
-    sources = []
-    if detail.saved_work:
-        sources.append(("your saved draft", "saved", detail.saved_work.get("caption"), detail.saved_work.get("draft_id"), detail.saved_work))
-    if detail.current:
-        # a stable token: if someone edits the annotation meanwhile, the open form must keep the user's edits
-        sources.append((f"your submitted version {detail.current['version']}", "current",
-                        detail.current["caption"], None, detail.current))
-    sources += [(d["label"], f"d{d['id']}", d["caption"], d["id"], None) for d in detail.drafts]
-    sources.append(("empty", "empty", None, None, None))
-    return sources
 
 
 def _finish(message: str) -> None:
@@ -116,12 +101,11 @@ def render() -> None:
                 st.json(detail.meta)
 
     with form_column:
-        sources = _prefill_sources(detail)
-        tokens = [source[1] for source in sources]
-        token = st.selectbox("Prefill from", tokens, format_func=lambda t: sources[tokens.index(t)][0], key=f"src-{detail.id}")
-        if token not in tokens:  # the remembered source is gone (e.g. the saved draft was submitted)
-            token = tokens[0]
-        _label, _token, caption, draft_id, form = sources[tokens.index(token)]
+        sources = {source.token: source for source in prefill_sources(detail)}
+        token = st.selectbox("Prefill from", list(sources), format_func=lambda t: sources[t].label, key=f"src-{detail.id}")
+        # the remembered source may be gone (e.g. the saved draft was submitted): take the best one
+        source = sources.get(token) or next(iter(sources.values()))
+        token, caption, draft_id, form = source.token, source.caption, source.draft_id, source.form
         prefix = f"a-{detail.id}-{token}-"
         values = caption_form(prefix, caption, detail.disagreements if form is None else [])
         diagnosis, status = diagnosis_widget(prefix, wb.taxonomy, detail.diagnosis_key, detail.source_label,

@@ -9,7 +9,9 @@ import pandas as pd
 import streamlit as st
 
 from app.ui import state
-from curation.ops.runs import (ABLATION_VARIANTS, PRESETS, ablation_report, activate_run, cancel_run, list_runs, log_tail, read_metrics,
+from curation.export.dataset import SPLITS
+from curation.store.models import UNFINISHED_RUN_STATUSES
+from curation.ops.runs import (ABLATION_VARIANTS, PRESETS, AblationRequest, budget_overrides, ablation_report, activate_run, cancel_run, list_runs, log_tail, read_metrics,
                            resume_run, start_training)
 from schema.errors import SkinflowError
 
@@ -105,19 +107,16 @@ def _ablation_form(wb, actor) -> None:
         with st.form("ablation"):
             preset = st.selectbox("Preset", PRESETS, key="ablation-preset")
             variants = st.multiselect("Variants", ABLATION_VARIANTS, default=list(ABLATION_VARIANTS))
-            split = st.selectbox("Evaluate on", ("test", "val", "train"), key="ablation-split",
+            split = st.selectbox("Evaluate on", SPLITS[::-1], key="ablation-split",
                                  help="The export split every variant is scored on (test unless it is too small).")
             seeds = st.number_input("Seeds", min_value=1, max_value=10, value=3, key="ablation-seeds")
             epochs = st.number_input("Warm-start (SFT) epochs (0: the preset's)", min_value=0, max_value=1000, value=0,
                                      key="ablation-epochs")
             steps = st.number_input("GRPO steps per stage (0: the preset's)", min_value=0, max_value=100_000, value=0, key="ablation-steps")
             if st.form_submit_button("Start ablation"):
-                overrides = {"stage1_steps": int(steps), "stage2_steps": int(steps)} if steps else {}
-                if epochs:
-                    overrides["sft_epochs"] = int(epochs)
                 try:
-                    run_id = start_training(wb, actor, preset=preset, overrides=overrides,
-                                            ablation={"seeds": int(seeds), "variants": variants, "split": split})
+                    run_id = start_training(wb, actor, preset=preset, overrides=budget_overrides(int(epochs), int(steps)),
+                                            ablation=AblationRequest(seeds=int(seeds), variants=tuple(variants), split=split))
                 except SkinflowError as e:
                     state.show_error(e)
                 else:
@@ -135,11 +134,8 @@ def render() -> None:
         epochs = st.number_input("Warm-start (SFT) epochs (0: the preset's)", min_value=0, max_value=1000, value=0)
         steps = st.number_input("GRPO steps per stage (0: the preset's)", min_value=0, max_value=100_000, value=0)
         if st.form_submit_button("Retrain from curated data"):
-            overrides = {"stage1_steps": int(steps), "stage2_steps": int(steps)} if steps else {}
-            if epochs:
-                overrides["sft_epochs"] = int(epochs)
             try:
-                run_id = start_training(wb, actor, preset=preset, overrides=overrides)
+                run_id = start_training(wb, actor, preset=preset, overrides=budget_overrides(int(epochs), int(steps)))
             except SkinflowError as e:
                 state.show_error(e)
             else:
@@ -154,7 +150,7 @@ def render() -> None:
                                 "started": r.created_at, "finished": r.finished_at, "export": r.export_path, "error": r.error}
                                for r in runs]), hide_index=True, width="stretch")
     chosen = st.selectbox("Run", [r.id for r in runs], format_func=lambda i: next(f"#{r.id} {r.kind} {r.status}" for r in runs if r.id == i))
-    if next(r for r in runs if r.id == chosen).status in ("queued", "running"):
+    if next(r for r in runs if r.id == chosen).status in UNFINISHED_RUN_STATUSES:
         st.fragment(_run_details, run_every="3s")(wb, actor, chosen)  # polls progress.json while it runs
     else:
         _run_details(wb, actor, chosen)
