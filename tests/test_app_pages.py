@@ -180,6 +180,25 @@ def test_navigation_shows_only_pages_the_role_may_use(demo_home):
     assert "actor" not in at.session_state and at.info and "logged out" in at.info[0].value
 
 
+def test_pages_are_registered_by_url_path_per_role_and_open_there(demo_home):
+    """The sidebar's pages are each screen's render(), told apart by url_path alone (no wrapper functions)."""
+
+    def registered(at):  # AppTest's registry of the pages st.navigation declared in this run
+        return {info["url_pathname"]: page_hash for page_hash, info in at._registered_pages.items()}
+
+    assert set(registered(login("annotator"))) == {""}  # Annotate is the default page: it lives at the root
+    assert set(registered(login("reviewer"))) == {"", "review", "reader-study", "dataset", "insights", "weights",
+                                                  "evaluation"}
+    admin = login("admin")
+    pages = registered(admin)
+    assert set(pages) == {"", "review", "reader-study", "dataset", "insights", "weights", "drafting", "evaluation",
+                          "train", "admin"}
+    for url_path, title in (("train", "Train"), ("reader-study", "Reader study"), ("admin", "Admin")):
+        admin._page_hash = pages[url_path]  # what the browser does when it opens /<url_path>
+        admin.run()
+        assert not admin.exception and [t.value for t in admin.title][:1] == [title]
+
+
 def test_session_expires(demo_home):
     at = login("annotator")
     update_workflow_settings(demo_home, get_actor(demo_home, "admin"), session_minutes=5)

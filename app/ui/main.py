@@ -36,52 +36,27 @@ actor = state.current_actor()
 if actor is None:
     login_page()  # no navigation before login: the default page is served once logged in
 else:
-    # Streamlit identifies a callable page by its function name, so each page gets its own.
-    def annotate_page() -> None:
-        annotate.render()
-
-    def review_page() -> None:
-        review.render()
-
-    def dataset_page() -> None:
-        dataset.render()
-
-    def insights_page() -> None:
-        insights.render()
-
-    def admin_page() -> None:
-        admin.render()
-
-    def drafting_page() -> None:
-        drafting.render()
-
-    def weights_page() -> None:
-        weights.render()
-
-    def train_page() -> None:
-        train.render()
-
-    def evaluation_page() -> None:
-        evaluation.render()
-
-    def reader_study_page() -> None:
-        reader_study.render()
-
-    pages = [st.Page(annotate_page, title="Annotate", url_path="annotate", default=True)]
-    if actor.can("reviewer"):
-        pages += [st.Page(review_page, title="Review", url_path="review"),
-                  st.Page(dataset_page, title="Dataset", url_path="dataset"),
-                  st.Page(insights_page, title="Insights", url_path="insights"),
-                  st.Page(weights_page, title="Weights", url_path="weights"),
-                  st.Page(evaluation_page, title="Evaluation", url_path="evaluation"),
-                  st.Page(reader_study_page, title="Reader study", url_path="reader-study")]
-    if actor.can("admin"):
-        pages += [st.Page(drafting_page, title="Drafting", url_path="drafting"),
-                  st.Page(train_page, title="Train", url_path="train"),
-                  st.Page(admin_page, title="Admin", url_path="admin")]
+    # Pages grouped by what people do. A page's identity is its url_path, so each screen's render() is the page.
+    # (role, section, screen, title, url_path), in sidebar order; a section shows only the pages the role may open.
+    layout = [
+        ("annotator", "Label", annotate, "Annotate", "annotate"),
+        ("reviewer", "Label", review, "Review", "review"),
+        ("reviewer", "Label", reader_study, "Reader study", "reader-study"),
+        ("reviewer", "Curate", dataset, "Dataset", "dataset"),
+        ("reviewer", "Curate", insights, "Insights", "insights"),
+        ("reviewer", "Curate", weights, "Weights", "weights"),
+        ("admin", "Curate", drafting, "Drafting", "drafting"),
+        ("reviewer", "Model", evaluation, "Evaluation", "evaluation"),
+        ("admin", "Model", train, "Train", "train"),
+        ("admin", "Admin", admin, "Admin", "admin"),
+    ]
+    sections: dict[str, list] = {}
+    for role, section, screen, title, url_path in layout:
+        if actor.can(role):
+            sections.setdefault(section, []).append(st.Page(screen.render, title=title, url_path=url_path, default=url_path == "annotate"))
     with st.sidebar:
         st.caption(f"Logged in as **{actor.username}** ({actor.role})")
         if st.button("Log out"):
             state.log_out("You are logged out.")
             st.rerun()
-    st.navigation(pages).run()
+    st.navigation(sections).run()
