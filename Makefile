@@ -41,8 +41,11 @@ PG_TESTS := $(addprefix tests/test_,$(addsuffix .py,db annotate auth concurrency
 test-postgres: $(STAMP)
 	bash .ci/postgres $(BIN)/python -m pytest -q $(PG_TESTS)
 
+# ruff: pyflakes, bugbear, import order, line length (pyproject.toml), and the formatter's layout
+LINTED := app curation schema trainer tests benchmarks
 lint: $(STAMP)
-	$(BIN)/ruff check app curation schema trainer tests benchmarks
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

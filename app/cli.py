@@ -23,31 +23,34 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from curation.store.auth import Actor, add_user, count_users, get_actor, list_users, set_password, set_role, sole_admin
-from curation.store.db import Workbench, open_workbench
-from curation.ingest.demo import build_demo
 from curation.assist.drafting import draft_images
+from curation.assist.weights import collect_reasonings, create_weight_set, list_weight_sets
 from curation.export.dataset import ExportFilter, export_dataset, verify_export
 from curation.export.formats import EXTRA_FORMATS
-from curation.ingest.common import ImportReport
-from curation.ingest.fetch import fetch_images
-from curation.ingest import import_path
 from curation.export.labelstudio import label_studio_token, pull, push
-from curation.ops.maintenance import backup as backup_database
-from curation.ops.maintenance import doctor as run_doctor, fix_store
-from curation.store.models import ROLES
-from curation.store.settings import Settings
+from curation.ingest import import_path
+from curation.ingest.common import ImportReport
+from curation.ingest.demo import build_demo
+from curation.ingest.fetch import fetch_images
 from curation.ops.insights import insights
-from curation.store.secrets import scrub
+from curation.ops.maintenance import backup as backup_database
+from curation.ops.maintenance import doctor as run_doctor
+from curation.ops.maintenance import fix_store
 from curation.ops.status import workbench_status
-from curation.assist.weights import collect_reasonings, create_weight_set, list_weight_sets
+from curation.store.auth import Actor, add_user, count_users, get_actor, list_users, set_password, set_role, sole_admin
+from curation.store.db import Workbench, open_workbench
+from curation.store.models import ROLES
+from curation.store.secrets import scrub
+from curation.store.settings import Settings
 from schema.errors import SkinflowError
 from trainer.config import ABLATION_VARIANTS, PRESET_NOTES
 
 PRESET_HELP = "; ".join(f"{name}: {note}" for name, note in PRESET_NOTES.items()) + "."
 
 app = typer.Typer(
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
     help="SkinFlow Workbench: dermatology annotation, curation, export and training.",
 )
 users_app = typer.Typer(no_args_is_help=True, help="Manage accounts (admin).")
@@ -99,7 +102,12 @@ def _print_new_accounts(accounts: dict[str, str]) -> None:
 @contextmanager
 def _progress(description: str) -> Iterator:
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err, transient=True,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
         disable=not err.is_terminal,  # no bar (and no stray newlines) in logs and pipes
     ) as progress:
         task = progress.add_task(description, total=None)
@@ -121,8 +129,18 @@ def _print_import_report(report: ImportReport, report_file: Optional[Path], show
     for warning in report.warnings[:shown]:
         out.print(f"warning {warning}", markup=False, highlight=False, soft_wrap=True)
     if report_file:
-        report_file.write_text(json.dumps({**summary, "failed_items": report.failed, "duplicate_items": report.duplicates,
-                                           "warning_items": report.warnings}, indent=2), encoding="utf-8")
+        report_file.write_text(
+            json.dumps(
+                {
+                    **summary,
+                    "failed_items": report.failed,
+                    "duplicate_items": report.duplicates,
+                    "warning_items": report.warnings,
+                },
+                indent=2,
+            ),
+            encoding="utf-8",
+        )
 
 
 @app.callback()
@@ -190,14 +208,23 @@ def demo(
     wb = c.workbench()
     actor = c.actor() if count_users(wb) else None  # a new workbench gets all three demo accounts at once
     with _progress("building demo") as progress:
-        result = build_demo(wb, actor, n=n, seed=seed, verified_fraction=verified_fraction,
-                            annotated_fraction=min(0.1, 1.0 - verified_fraction), progress=progress)
+        result = build_demo(
+            wb,
+            actor,
+            n=n,
+            seed=seed,
+            verified_fraction=verified_fraction,
+            annotated_fraction=min(0.1, 1.0 - verified_fraction),
+            progress=progress,
+        )
     _print_new_accounts(result.accounts)
     if not result.accounts:
         out.print("demo accounts exist already (admin, reviewer, annotator); reset a password with `skinflow users set-password`")
     r = result.import_report
-    out.print(f"demo at {wb.settings.home.resolve()}: {r.imported} new images ({r.already_present} already there), "
-              f"{result.drafts} drafts, {result.annotated} annotated, {result.verified} verified")
+    out.print(
+        f"demo at {wb.settings.home.resolve()}: {r.imported} new images ({r.already_present} already there), "
+        f"{result.drafts} drafts, {result.annotated} annotated, {result.verified} verified"
+    )
 
 
 @app.command()
@@ -208,9 +235,16 @@ def status(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", hel
     if as_json:  # every number of the app's Insights page is here too
         out.print_json(json.dumps({**info, "insights": insights(wb)}, default=str))
         return
-    out.print(f"[bold]{info['images']}[/bold] images, {info['annotations']} annotations, drafts {info['drafts'] or 0}, users {info['users']}")
-    for title, key, limit in (("State", "by_status", None), ("Source", "by_source", None),
-                              ("Fitzpatrick type", "by_fitzpatrick", None), ("Label (top 25)", "by_label", 25)):
+    out.print(
+        f"[bold]{info['images']}[/bold] images, {info['annotations']} annotations, drafts {info['drafts'] or 0}, users "
+        f"{info['users']}"
+    )
+    for title, key, limit in (
+        ("State", "by_status", None),
+        ("Source", "by_source", None),
+        ("Fitzpatrick type", "by_fitzpatrick", None),
+        ("Label (top 25)", "by_label", 25),
+    ):
         table = Table(title=title)
         table.add_column(title.split(" (")[0])
         table.add_column("images", justify="right")
@@ -221,8 +255,11 @@ def status(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", hel
         out.print(f"{info['free_text_labels']} images carry a label outside the taxonomy (counted as 'unknown')")
 
 
-export_app = typer.Typer(invoke_without_command=True, no_args_is_help=False,
-                         help="Export curated records (canonical JSONL + Parquet + card + manifest, extra formats); `export verify DIR`.")
+export_app = typer.Typer(
+    invoke_without_command=True,
+    no_args_is_help=False,
+    help="Export curated records (canonical JSONL + Parquet + card + manifest, extra formats); `export verify DIR`.",
+)
 app.add_typer(export_app, name="export")
 
 
@@ -234,14 +271,18 @@ def _split_option(values: list[str]) -> tuple[str, ...]:
 def export(
     ctx: typer.Context,
     out_dir: Optional[Path] = typer.Option(None, "--out", help="New folder for this export version, e.g. exports/v1."),
-    formats: list[str] = typer.Option([], "--format", help=f"Extra formats: {', '.join(EXTRA_FORMATS)} (repeat or comma-separate)."),
+    formats: list[str] = typer.Option(
+        [], "--format", help=f"Extra formats: {', '.join(EXTRA_FORMATS)} (repeat or comma-separate)."
+    ),
     include_unverified: bool = typer.Option(False, help="Also export annotated but not yet verified records."),
     label: list[str] = typer.Option([], help="Only these labels (taxonomy keys or names; repeat or comma-separate)."),
     group: list[str] = typer.Option([], help="Only these nine- or three-partition groups, e.g. malignant."),
     fitzpatrick: list[int] = typer.Option([], help="Only these Fitzpatrick types (repeat)."),
     source: list[str] = typer.Option([], help="Only these sources: folder, csv, fitzpatrick17k, synthetic."),
     holdout_labels: list[str] = typer.Option([], help="Put these whole classes only in test (zero-shot split)."),
-    dup_distance: int = typer.Option(6, help="Near-duplicates: perceptual hashes at most this many bits apart share a split (0-7)."),
+    dup_distance: int = typer.Option(
+        6, help="Near-duplicates: perceptual hashes at most this many bits apart share a split (0-7)."
+    ),
     no_dedup: bool = typer.Option(False, help="Switch near-duplicate grouping off."),
     overwrite: bool = typer.Option(False, help="Replace an existing export folder."),
 ) -> None:
@@ -251,15 +292,24 @@ def export(
         raise SkinflowError("say where to write the export: skinflow export --out exports/v1 (or `skinflow export verify DIR`)")
     c = _ctx(ctx)
     wb, actor = c.workbench(), c.actor()
-    selection = ExportFilter(include_unverified=include_unverified, labels=_split_option(label), groups=_split_option(group),
-                             fitzpatrick=tuple(fitzpatrick), sources=_split_option(source), holdout_labels=_split_option(holdout_labels),
-                             max_hash_distance=None if no_dedup else dup_distance)
+    selection = ExportFilter(
+        include_unverified=include_unverified,
+        labels=_split_option(label),
+        groups=_split_option(group),
+        fitzpatrick=tuple(fitzpatrick),
+        sources=_split_option(source),
+        holdout_labels=_split_option(holdout_labels),
+        max_hash_distance=None if no_dedup else dup_distance,
+    )
     with _progress("exporting") as progress:
-        result = export_dataset(wb, actor, out_dir, selection=selection, formats=_split_option(formats), overwrite=overwrite,
-                                progress=progress)
-    out.print(f"exported {result.n_records} records to {result.path} (train {result.by_split['train']}, "
-              f"val {result.by_split['val']}, test {result.by_split['test']}; {result.duplicate_groups} near-duplicate groups); "
-              f"manifest sha256 {result.manifest_sha256[:12]}")
+        result = export_dataset(
+            wb, actor, out_dir, selection=selection, formats=_split_option(formats), overwrite=overwrite, progress=progress
+        )
+    out.print(
+        f"exported {result.n_records} records to {result.path} (train {result.by_split['train']}, "
+        f"val {result.by_split['val']}, test {result.by_split['test']}; {result.duplicate_groups} near-duplicate groups); "
+        f"manifest sha256 {result.manifest_sha256[:12]}"
+    )
 
 
 @export_app.command("verify")
@@ -302,8 +352,10 @@ def ls_pull(
     The API token comes from LABEL_STUDIO_API_KEY or the file named by LABEL_STUDIO_API_KEY_FILE."""
     c = _ctx(ctx)
     report = pull(c.workbench(), c.actor(), url, label_studio_token(), project=project)
-    out.print(f"imported {report.imported} annotations, {report.already_imported} already imported, {len(report.skipped)} skipped"
-              + (f"; new accounts for {', '.join(report.users_created)}" if report.users_created else ""))
+    out.print(
+        f"imported {report.imported} annotations, {report.already_imported} already imported, {len(report.skipped)} skipped"
+        + (f"; new accounts for {', '.join(report.users_created)}" if report.users_created else "")
+    )
     for task_id, why in report.skipped[:20]:
         out.print(f"skipped task {task_id}: {why}", markup=False, highlight=False)
 
@@ -321,9 +373,11 @@ def draft(
     wb, actor = c.workbench(), c.actor()
     with _progress("drafting") as progress:
         report = draft_images(wb, actor, model=model, limit=limit, concurrency=concurrency, redo=redo, progress=progress)
-    out.print(f"drafted {report.done} of {report.todo} images in {report.seconds:.1f} s; failed {len(report.failed)}; "
-              f"tokens {report.prompt_tokens} in, {report.completion_tokens} out"
-              + ("" if report.structured_output else "; the server has no structured output: JSON was read from the text"))
+    out.print(
+        f"drafted {report.done} of {report.todo} images in {report.seconds:.1f} s; failed {len(report.failed)}; "
+        f"tokens {report.prompt_tokens} in, {report.completion_tokens} out"
+        + ("" if report.structured_output else "; the server has no structured output: JSON was read from the text")
+    )
     for image_id, reason in report.failed[:20]:
         out.print(f"failed image #{image_id}: {reason}", markup=False, highlight=False)
 
@@ -350,7 +404,9 @@ def weights(
     ctx: typer.Context,
     source: str = typer.Option("all", help="Which reasonings count: llm, annotator or all."),
     floor: float = typer.Option(0.01, help="Minimum weight of every field."),
-    activate: Optional[bool] = typer.Option(None, "--activate/--no-activate", help="Make the new set active (default: only if none is)."),
+    activate: Optional[bool] = typer.Option(
+        None, "--activate/--no-activate", help="Make the new set active (default: only if none is)."
+    ),
     list_only: bool = typer.Option(False, "--list", help="Only list the weight sets."),
 ) -> None:
     """Attribute weights from reasoning frequency: a new versioned weight set."""
@@ -365,14 +421,21 @@ def weights(
             table.add_row(key, str(info.counts[key]), f"{weight:.4f}")
         out.print(table)
     for ws in list_weight_sets(wb):
-        out.print(f"#{ws.id} {ws.name}{' (active)' if ws.active else ''}: {ws.n_reasonings} reasonings, source {ws.params.get('source')}, "
-                  f"floor {ws.floor}", markup=False, highlight=False)
+        out.print(
+            f"#{ws.id} {ws.name}{' (active)' if ws.active else ''}: {ws.n_reasonings} reasonings, source "
+            f"{ws.params.get('source')}, "
+            f"floor {ws.floor}",
+            markup=False,
+            highlight=False,
+        )
 
 
 @app.command("app")
 def app_(
     ctx: typer.Context,
-    host: str = typer.Option("127.0.0.1", help="Address to listen on. Keep 127.0.0.1 unless a TLS reverse proxy is in front (README)."),
+    host: str = typer.Option(
+        "127.0.0.1", help="Address to listen on. Keep 127.0.0.1 unless a TLS reverse proxy is in front (README)."
+    ),
     port: int = typer.Option(8501, help="Port."),
 ) -> None:
     """Start the web app (Streamlit), after upgrading the database."""
@@ -381,14 +444,32 @@ def app_(
     env = {**os.environ, "SKINFLOW_HOME": str(wb.settings.home.resolve())}
     script = Path(__file__).with_name("ui") / "main.py"
     out.print(f"SkinFlow Workbench on http://{host}:{port} (workbench {wb.settings.home.resolve()}); Ctrl-C stops it")
-    command = [sys.executable, "-m", "streamlit", "run", str(script), "--server.address", host, "--server.port", str(port),
-               "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
-               "--client.toolbarMode", "minimal"]
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(script),
+        "--server.address",
+        host,
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--server.fileWatcherType",
+        "none",
+        "--client.toolbarMode",
+        "minimal",
+    ]
     raise typer.Exit(subprocess.call(command, env=env))
 
 
 @app.command()
-def backup(ctx: typer.Context, out_file: Optional[Path] = typer.Option(None, "--out", help="Backup file (default under backups/).")) -> None:
+def backup(
+    ctx: typer.Context, out_file: Optional[Path] = typer.Option(None, "--out", help="Backup file (default under backups/).")
+) -> None:
     """Consistent copy of the SQLite database, safe while the app is running."""
     c = _ctx(ctx)
     path = backup_database(c.workbench(), c.actor(), out_file)
@@ -405,11 +486,16 @@ def restore(ctx: typer.Context, backup_file: Path = typer.Argument(..., help="A 
     wb = open_workbench(settings)  # runs the migrations a backup from an older version needs
     with wb.session() as s:
         from curation.store import audit
+
         audit.record(s, None, "database.restore", "database", None, source=str(backup_file))
     out.print(f"restored {backup_file}; the previous database is kept as {report.previous_copy}")
     if report.missing_images:
-        out.print(f"{len(report.missing_images)} of {report.images} images are missing from the store (copy images/ back): "
-                  + ", ".join(report.missing_images[:10]), markup=False, highlight=False)
+        out.print(
+            f"{len(report.missing_images)} of {report.images} images are missing from the store (copy images/ back): "
+            + ", ".join(report.missing_images[:10]),
+            markup=False,
+            highlight=False,
+        )
 
 
 @app.command()
@@ -424,8 +510,10 @@ def doctor(
     if fix and report.fixable:
         out.print(f"removed {fix_store(wb, actor, report)} unused files from the store")
         report = run_doctor(wb, actor)
-    out.print(f"integrity: {report.integrity}; migration {report.revision} (head {report.head}); "
-              f"{report.images_checked} image files referenced")
+    out.print(
+        f"integrity: {report.integrity}; migration {report.revision} (head {report.head}); "
+        f"{report.images_checked} image files referenced"
+    )
     for path in report.missing_files[:20]:
         out.print(f"missing {path}")
     for path in report.orphan_files[:20]:
@@ -439,7 +527,8 @@ def doctor(
 
 @users_app.command("add")
 def users_add(
-    ctx: typer.Context, username: str,
+    ctx: typer.Context,
+    username: str,
     role: str = typer.Option("annotator", help=f"One of: {', '.join(ROLES)}."),
     password: Optional[str] = typer.Option(None, help="Default: a generated password, printed once."),
 ) -> None:
@@ -474,7 +563,8 @@ def users_set_role(ctx: typer.Context, username: str, role: str) -> None:
 
 @users_app.command("set-password")
 def users_set_password(
-    ctx: typer.Context, username: str,
+    ctx: typer.Context,
+    username: str,
     password: Optional[str] = typer.Option(None, help="Default: a generated password, printed once."),
 ) -> None:
     """Set an account's password."""
@@ -490,8 +580,12 @@ def users_set_password(
 def train(
     export_dir: Path = typer.Option(..., "--export", help="An export folder written with --format grpo."),
     preset: Optional[str] = typer.Option(None, help=PRESET_HELP),
-    config_file: Optional[Path] = typer.Option(None, "--config", help="A TOML file with TrainConfig settings; flags override it."),
-    stages: Optional[str] = typer.Option(None, help="Comma-separated stages: 0 SFT warm start, 1 caption GRPO, 2 diagnosis GRPO."),
+    config_file: Optional[Path] = typer.Option(
+        None, "--config", help="A TOML file with TrainConfig settings; flags override it."
+    ),
+    stages: Optional[str] = typer.Option(
+        None, help="Comma-separated stages: 0 SFT warm start, 1 caption GRPO, 2 diagnosis GRPO."
+    ),
     model: Optional[str] = typer.Option(None, help="Pretrained weights (local folder or hub id) for the 7B preset."),
     output_dir: Optional[str] = typer.Option(None, "--runs", help="Where run folders go (default: runs)."),
     run_id: Optional[str] = typer.Option(None, help="Name of the run folder (default: time + random)."),
@@ -510,11 +604,22 @@ def train(
     from trainer.config import TrainConfig
     from trainer.train import train as run_training
 
-    overrides = {"export": str(export_dir), "model": model, "output_dir": output_dir, "run_id": run_id, "seed": seed,
-                 "sft_epochs": sft_epochs, "stage1_steps": stage1_steps, "stage2_steps": stage2_steps,
-                 "num_generations": num_generations, "batch_size": batch_size, "save_steps": save_steps,
-                 "stages": tuple(int(s) for s in stages.split(",") if s.strip()) if stages else None,
-                 "fdlinear": False if no_fdlinear else None, "use_vllm": True if use_vllm else None}
+    overrides = {
+        "export": str(export_dir),
+        "model": model,
+        "output_dir": output_dir,
+        "run_id": run_id,
+        "seed": seed,
+        "sft_epochs": sft_epochs,
+        "stage1_steps": stage1_steps,
+        "stage2_steps": stage2_steps,
+        "num_generations": num_generations,
+        "batch_size": batch_size,
+        "save_steps": save_steps,
+        "stages": tuple(int(s) for s in stages.split(",") if s.strip()) if stages else None,
+        "fdlinear": False if no_fdlinear else None,
+        "use_vllm": True if use_vllm else None,
+    }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if config_file is not None:
         config = TrainConfig.from_toml(config_file, **({"preset": preset} if preset else {}), **overrides)
@@ -530,7 +635,9 @@ def ablate(
     preset: str = typer.Option("tiny", help=PRESET_HELP),
     seeds: int = typer.Option(3, min=1, help="Seeds per variant (0, 1, ... N-1)."),
     variants: str = typer.Option(",".join(ABLATION_VARIANTS), help=f"Comma-separated: {', '.join(ABLATION_VARIANTS)}."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Ablation folder (default: runs/ablation-<time>); rerun to resume."),
+    out_dir: Optional[Path] = typer.Option(
+        None, "--out", help="Ablation folder (default: runs/ablation-<time>); rerun to resume."
+    ),
     split: str = typer.Option("test", help="The split every variant is evaluated on."),
     model: Optional[str] = typer.Option(None, help="Pretrained weights (local folder or hub id) for the 7B preset."),
     sft_epochs: Optional[float] = typer.Option(None, help="Stage 0 epochs (every variant)."),
@@ -546,27 +653,45 @@ def ablate(
 
     from trainer.ablate import AblationConfig, run_ablation
 
-    overrides = {"model": model, "sft_epochs": sft_epochs, "stage1_steps": stage1_steps, "stage2_steps": stage2_steps,
-                 "num_generations": num_generations, "batch_size": batch_size, "save_steps": save_steps}
+    overrides = {
+        "model": model,
+        "sft_epochs": sft_epochs,
+        "stage1_steps": stage1_steps,
+        "stage2_steps": stage2_steps,
+        "num_generations": num_generations,
+        "batch_size": batch_size,
+        "save_steps": save_steps,
+    }
     out_dir = out_dir or Path("runs") / time.strftime("ablation-%Y%m%d-%H%M%S")
-    config = AblationConfig(export=str(export_dir), out=str(out_dir), preset=preset, seeds=tuple(range(seeds)),
-                            variants=tuple(v.strip() for v in variants.split(",") if v.strip()), split=split,
-                            overrides={k: v for k, v in overrides.items() if v is not None})
+    config = AblationConfig(
+        export=str(export_dir),
+        out=str(out_dir),
+        preset=preset,
+        seeds=tuple(range(seeds)),
+        variants=tuple(v.strip() for v in variants.split(",") if v.strip()),
+        split=split,
+        overrides={k: v for k, v in overrides.items() if v is not None},
+    )
     report = run_ablation(config, on_progress=lambda line: out.print(line, markup=False, highlight=False))
     if report is None:
         out.print(f"ablation cancelled; run the same command again to resume it ({out_dir})")
         return
     for name, variant in report["variants"].items():
         top1, top6 = variant["metrics"]["top1"], variant["metrics"]["top6"]
-        out.print(f"{name}: top-1 {top1['mean']:.3f} ± {top1['std']:.3f}, top-6 {top6['mean']:.3f} ± {top6['std']:.3f}",
-                  markup=False, highlight=False)
+        out.print(
+            f"{name}: top-1 {top1['mean']:.3f} ± {top1['std']:.3f}, top-6 {top6['mean']:.3f} ± {top6['std']:.3f}",
+            markup=False,
+            highlight=False,
+        )
     out.print(f"report: {out_dir / 'report.md'}")
 
 
 @app.command()
 def predict(
     checkpoint: Path = typer.Option(..., help="A run folder (runs/<id>) or a checkpoint folder."),
-    images: Path = typer.Option(..., help="JSONL of {\"image\": path} rows (an export's grpo/stage1.jsonl works) or one path per line."),
+    images: Path = typer.Option(
+        ..., help='JSONL of {"image": path} rows (an export\'s grpo/stage1.jsonl works) or one path per line.'
+    ),
     out_file: Path = typer.Option(..., "--out", help="Where to write the predictions (JSONL)."),
     batch_size: int = typer.Option(8, min=1),
     k: int = typer.Option(6, min=1, help="Diagnoses per image."),
@@ -582,7 +707,9 @@ def predict(
 def suggest(
     ctx: typer.Context,
     predictions: Optional[Path] = typer.Option(None, help="A prediction file from `skinflow predict` (JSONL) to import."),
-    checkpoint: Optional[Path] = typer.Option(None, help="Or: a run folder; predict every image that still needs work, then import."),
+    checkpoint: Optional[Path] = typer.Option(
+        None, help="Or: a run folder; predict every image that still needs work, then import."
+    ),
     limit: Optional[int] = typer.Option(None, help="With --checkpoint: at most this many images."),
     batch_size: int = typer.Option(8, min=1),
 ) -> None:
@@ -596,8 +723,12 @@ def suggest(
     if checkpoint is not None:
         from trainer.predict import predict_to_file
 
-        made = suggest_with_model(wb, actor, lambda manifest, out_file: predict_to_file(checkpoint, manifest, out_file, batch_size=batch_size),
-                                  limit=limit)
+        made = suggest_with_model(
+            wb,
+            actor,
+            lambda manifest, out_file: predict_to_file(checkpoint, manifest, out_file, batch_size=batch_size),
+            limit=limit,
+        )
         if made is None:
             out.print("no image needs work: nothing to suggest")
             return
@@ -617,9 +748,13 @@ def eval_(
     out_dir: Path = typer.Option(..., "--out", help="Report folder: report.md, report.json, PNG charts (and predictions.jsonl)."),
     predictions: Optional[Path] = typer.Option(None, help="A prediction file from `skinflow predict`."),
     checkpoint: Optional[Path] = typer.Option(None, help="Or: a run folder or checkpoint to predict with first."),
-    llm: Optional[str] = typer.Option(None, help="Or: an OpenAI-compatible model (SKINFLOW_LLM_BASE_URL), same prompt as drafting."),
+    llm: Optional[str] = typer.Option(
+        None, help="Or: an OpenAI-compatible model (SKINFLOW_LLM_BASE_URL), same prompt as drafting."
+    ),
     split: str = typer.Option("test", help="train, val or test."),
-    baseline: Optional[Path] = typer.Option(None, help="A second prediction file: paired comparison (difference with CI, McNemar)."),
+    baseline: Optional[Path] = typer.Option(
+        None, help="A second prediction file: paired comparison (difference with CI, McNemar)."
+    ),
 ) -> None:
     """Clinically grounded evaluation: top-1/3/6, group levels, clinical score, malignant misses, fairness,
     calibration, long tail, captions, with bootstrap CIs."""
@@ -637,8 +772,9 @@ def eval_(
         from curation.assist.drafting import write_llm_predictions
 
         data = load_export(export_dir)
-        predictions = write_llm_predictions(_ctx(ctx).settings(), data.taxonomy, data.split_images(split),
-                                            out_dir / "predictions.jsonl", model=llm)
+        predictions = write_llm_predictions(
+            _ctx(ctx).settings(), data.taxonomy, data.split_images(split), out_dir / "predictions.jsonl", model=llm
+        )
     report = evaluate_files(export_dir, predictions, out_dir, split=split, baseline=baseline)
     h = report["headline"]
     shown = ", ".join(f"{k} {v:.3f}" for k, v in h.items() if v is not None)

@@ -24,7 +24,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.app import RECORDED, RESULTS  # noqa: E402
 
-ORDER = ("ingest", "csv_import", "app", "drafting", "export", "fdlinear", "train_tiny", "ablation", "suggestions", "labelstudio_import")
+ORDER = (
+    "ingest",
+    "csv_import",
+    "app",
+    "drafting",
+    "export",
+    "fdlinear",
+    "train_tiny",
+    "ablation",
+    "suggestions",
+    "labelstudio_import",
+)
 
 
 def cpu_model() -> str:
@@ -59,15 +70,34 @@ def main() -> None:
         except Exception as e:  # noqa: BLE001 - one broken benchmark must not hide the others' numbers
             traceback.print_exc()
             failures.append(name)
-            RECORDED.append({"measure": f"{name}: FAILED ({type(e).__name__})", "value": None, "unit": "", "reference": None,
-                             "ratio": None, "goal": "", "met": False})
+            RECORDED.append(
+                {
+                    "measure": f"{name}: FAILED ({type(e).__name__})",
+                    "value": None,
+                    "unit": "",
+                    "reference": None,
+                    "ratio": None,
+                    "goal": "",
+                    "met": False,
+                }
+            )
         finally:
             sys.argv = argv
         print(f"== {name} took {time.perf_counter() - start:.0f} s", flush=True)
 
     header = ["measure", "value", "unit", "floor or peer", "ratio", "goal", "met"]
-    rows = [[r["measure"], _number(r["value"]), r["unit"], _number(r["reference"]), _number(r["ratio"]), r["goal"],
-             "" if r["met"] is None else ("yes" if r["met"] else "NO")] for r in RECORDED]
+    rows = [
+        [
+            r["measure"],
+            _number(r["value"]),
+            r["unit"],
+            _number(r["reference"]),
+            _number(r["ratio"]),
+            r["goal"],
+            "" if r["met"] is None else ("yes" if r["met"] else "NO"),
+        ]
+        for r in RECORDED
+    ]
     try:
         from rich.console import Console
         from rich.table import Table
@@ -79,15 +109,19 @@ def main() -> None:
     except ImportError:
         for row in rows:
             print(" | ".join(row))
-    lines = [f"Run of `python -m benchmarks` ({', '.join(chosen)}) on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; "
-             f"{os.cpu_count()} cores, {cpu_model()}, Python {platform.python_version()}. Details in the sections below.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [
+        f"Run of `python -m benchmarks` ({', '.join(chosen)}) on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; "
+        f"{os.cpu_count()} cores, {cpu_model()}, Python {platform.python_version()}. Details in the sections below.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
     start = text.find("## Summary")
     if start >= 0:
         end = text.find("\n## ", start + 1)
-        text = text[:start] + text[end + 1 if end >= 0 else len(text):]
+        text = text[:start] + text[end + 1 if end >= 0 else len(text) :]
     head, _, rest = text.partition("\n## ")
     summary = "\n".join(["## Summary (python -m benchmarks)", "", *lines, ""])
     RESULTS.write_text(head.rstrip() + "\n\n" + summary + ("\n## " + rest if rest else ""))

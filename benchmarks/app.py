@@ -24,12 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sqlalchemy import text  # noqa: E402
 
-from curation.store.auth import add_user, get_actor  # noqa: E402
-from curation.store.db import open_workbench  # noqa: E402
 from curation.ingest.demo import build_demo  # noqa: E402
 from curation.labelling.queue import next_item, skip  # noqa: E402
-from curation.store.settings import Settings  # noqa: E402
 from curation.labelling.workflow import update_workflow_settings  # noqa: E402
+from curation.store.auth import add_user, get_actor  # noqa: E402
+from curation.store.db import open_workbench  # noqa: E402
+from curation.store.settings import Settings  # noqa: E402
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 APP = Path(__file__).resolve().parents[1] / "app" / "ui" / "main.py"
@@ -51,9 +51,14 @@ def bulk_images(wb, n: int, template_path: str) -> None:
 
 
 def _insert(connection, batch) -> None:
-    connection.execute(text(
-        "INSERT INTO images (id, sha256, file_path, source, source_ref, meta, status, created_at, diagnosis_key, fitzpatrick, width, height) "
-        "VALUES (:id, :sha, :path, 'bench', '', '{}', 'pending', :now, 'psoriasis', 3, 256, 256)"), batch)
+    connection.execute(
+        text(
+            "INSERT INTO images (id, sha256, file_path, source, source_ref, meta, status, created_at, diagnosis_key, "
+            "fitzpatrick, width, height) "
+            "VALUES (:id, :sha, :path, 'bench', '', '{}', 'pending', :now, 'psoriasis', 3, 256, 256)"
+        ),
+        batch,
+    )
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -89,8 +94,11 @@ def bench_app(n_images: int, rounds: int) -> dict:
             submit.append(time.perf_counter() - start)
             assert at.session_state["annotate_item"]["image_id"] != image_id, "submit did not move on"
         wb.close()
-    return {"render_p50": statistics.median(render), "submit_p50": statistics.median(submit),
-            "submit_p95": percentile(submit, 0.95)}
+    return {
+        "render_p50": statistics.median(render),
+        "submit_p50": statistics.median(submit),
+        "submit_p95": percentile(submit, 0.95),
+    }
 
 
 def bench_queue(n_images: int, annotators: int, rounds: int) -> dict:
@@ -111,17 +119,24 @@ def bench_queue(n_images: int, annotators: int, rounds: int) -> dict:
                     values.append(time.perf_counter() - begin)
                     skip(wb, person, item.image_id)
         wb.close()
-    return {"load_s": load_s, **{f"{k}_p50": statistics.median(v) for k, v in timings.items()},
-            **{f"{k}_p95": percentile(v, 0.95) for k, v in timings.items()}}
+    return {
+        "load_s": load_s,
+        **{f"{k}_p50": statistics.median(v) for k, v in timings.items()},
+        **{f"{k}_p95": percentile(v, 0.95) for k, v in timings.items()},
+    }
 
 
 RECORDED: list[dict] = []  # rows for the one table `python -m benchmarks` prints
 
 
-def record(measure: str, value: float, unit: str, reference: float | None, ratio: float | None, goal: str, met: bool | None) -> None:
+def record(
+    measure: str, value: float, unit: str, reference: float | None, ratio: float | None, goal: str, met: bool | None
+) -> None:
     """One row of the suite's table: the measured value, its floor or peer, their ratio, the goal, met or not
     (None: for information)."""
-    RECORDED.append({"measure": measure, "value": value, "unit": unit, "reference": reference, "ratio": ratio, "goal": goal, "met": met})
+    RECORDED.append(
+        {"measure": measure, "value": value, "unit": unit, "reference": reference, "ratio": ratio, "goal": goal, "met": met}
+    )
 
 
 def write_section(title: str, lines: list[str]) -> None:
@@ -129,7 +144,7 @@ def write_section(title: str, lines: list[str]) -> None:
     start = text_.find(f"## {title}")
     if start >= 0:
         end = text_.find("\n## ", start + 1)
-        text_ = text_[:start] + text_[end + 1 if end >= 0 else len(text_):]
+        text_ = text_[:start] + text_[end + 1 if end >= 0 else len(text_) :]
     RESULTS.write_text(text_.rstrip() + "\n\n" + "\n".join([f"## {title}", "", *lines, ""]))
 
 
@@ -142,19 +157,32 @@ def main() -> None:
 
     app = bench_app(args.app_images, args.rounds)
     ratio = 0.200 / app["submit_p95"]
-    print(f"annotate round trip at {args.app_images:,} images: render p50 {app['render_p50'] * 1000:.0f} ms, "
-          f"submit+next p50 {app['submit_p50'] * 1000:.0f} ms, p95 {app['submit_p95'] * 1000:.0f} ms; "
-          f"goal 200 ms -> ratio goal/measured {ratio:.2f} ({'meets' if ratio >= 1 else 'misses'})")
-    record(f"annotate round trip p95 at {args.app_images:,} images", app["submit_p95"] * 1000, "ms", 200, ratio,
-           "<= 200 ms (goal/measured >= 1)", ratio >= 1)
-    write_section("Annotate page round trip (benchmarks/app.py)", [
-        f"{args.app_images:,} images; AppTest, logged-in annotator, {args.rounds} rounds; server side only (no browser).",
-        "",
-        "| measure | p50 ms | p95 ms | goal | goal/measured |",
-        "|---|---|---|---|---|",
-        f"| render the page | {app['render_p50'] * 1000:.0f} | | | |",
-        f"| click Submit, store, render the next image | {app['submit_p50'] * 1000:.0f} | {app['submit_p95'] * 1000:.0f} | <= 200 | {ratio:.2f} |",
-    ])
+    print(
+        f"annotate round trip at {args.app_images:,} images: render p50 {app['render_p50'] * 1000:.0f} ms, "
+        f"submit+next p50 {app['submit_p50'] * 1000:.0f} ms, p95 {app['submit_p95'] * 1000:.0f} ms; "
+        f"goal 200 ms -> ratio goal/measured {ratio:.2f} ({'meets' if ratio >= 1 else 'misses'})"
+    )
+    record(
+        f"annotate round trip p95 at {args.app_images:,} images",
+        app["submit_p95"] * 1000,
+        "ms",
+        200,
+        ratio,
+        "<= 200 ms (goal/measured >= 1)",
+        ratio >= 1,
+    )
+    write_section(
+        "Annotate page round trip (benchmarks/app.py)",
+        [
+            f"{args.app_images:,} images; AppTest, logged-in annotator, {args.rounds} rounds; server side only (no browser).",
+            "",
+            "| measure | p50 ms | p95 ms | goal | goal/measured |",
+            "|---|---|---|---|---|",
+            f"| render the page | {app['render_p50'] * 1000:.0f} | | | |",
+            f"| click Submit, store, render the next image | {app['submit_p50'] * 1000:.0f} | {app['submit_p95'] * 1000:.0f} "
+            f"| <= 200 | {ratio:.2f} |",
+        ],
+    )
 
     queue = bench_queue(args.queue_images, 20, 5)
     rows = []
@@ -162,18 +190,31 @@ def main() -> None:
         p95 = queue[f"{strategy}_p95"]
         r = 0.005 / p95
         rows.append(f"| {strategy} | {queue[f'{strategy}_p50'] * 1000:.2f} | {p95 * 1000:.2f} | <= 5 | {r:.2f} |")
-        record(f"next item ({strategy}) p95 at {args.queue_images:,} images", p95 * 1000, "ms", 5, r, "<= 5 ms (goal/measured >= 1)", r >= 1)
-        print(f"next item ({strategy}) at {args.queue_images:,} images: p50 {queue[f'{strategy}_p50'] * 1000:.2f} ms, "
-              f"p95 {p95 * 1000:.2f} ms; goal 5 ms -> ratio {r:.2f} ({'meets' if r >= 1 else 'misses'})")
-    write_section("Next-item queue query (benchmarks/app.py)", [
-        f"{args.queue_images:,} pending images (loaded in {queue['load_s']:.0f} s), 20 annotators each holding a lease, "
-        "5 rounds of next_item + skip per annotator and strategy. next_item = find the next image and lease it "
-        "(one transaction, including the write).",
-        "",
-        "| strategy | p50 ms | p95 ms | goal | goal/measured |",
-        "|---|---|---|---|---|",
-        *rows,
-    ])
+        record(
+            f"next item ({strategy}) p95 at {args.queue_images:,} images",
+            p95 * 1000,
+            "ms",
+            5,
+            r,
+            "<= 5 ms (goal/measured >= 1)",
+            r >= 1,
+        )
+        print(
+            f"next item ({strategy}) at {args.queue_images:,} images: p50 {queue[f'{strategy}_p50'] * 1000:.2f} ms, "
+            f"p95 {p95 * 1000:.2f} ms; goal 5 ms -> ratio {r:.2f} ({'meets' if r >= 1 else 'misses'})"
+        )
+    write_section(
+        "Next-item queue query (benchmarks/app.py)",
+        [
+            f"{args.queue_images:,} pending images (loaded in {queue['load_s']:.0f} s), 20 annotators each holding a lease, "
+            "5 rounds of next_item + skip per annotator and strategy. next_item = find the next image and lease it "
+            "(one transaction, including the write).",
+            "",
+            "| strategy | p50 ms | p95 ms | goal | goal/measured |",
+            "|---|---|---|---|---|",
+            *rows,
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -42,13 +42,17 @@ def write_csv(path: Path, rows: int) -> None:
         writer = csv.writer(handle)
         writer.writerow(["id", "url", "label", "fitzpatrick", "site"])
         for i in range(rows):
-            writer.writerow([f"img{i:07d}", f"https://example.org/img/{i:07d}.jpg", LABELS[i % len(LABELS)], 1 + i % 6, "clinic-a"])
+            writer.writerow(
+                [f"img{i:07d}", f"https://example.org/img/{i:07d}.jpg", LABELS[i % len(LABELS)], 1 + i % 6, "clinic-a"]
+            )
 
 
 # A fresh wrapper per measurement: RUSAGE_CHILDREN is the maximum over all children of a process,
 # so measuring both in this process would report the larger one twice.
-MEASURE = "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); " \
-          "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+MEASURE = (
+    "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+)
 
 
 def run_measured(command: list[str], env: dict[str, str]) -> tuple[float, float]:
@@ -72,23 +76,44 @@ def main() -> None:
         ours_s, ours_mb = run_measured([skinflow, "import", str(source)], env)
     rate, peer_rate = args.rows / ours_s, args.rows / peer_s
     met = ours_mb <= MEMORY_GOAL_MB
-    print(f"{args.rows} rows: ours {ours_s:.1f} s ({rate:,.0f} rows/s), peak {ours_mb:.0f} MB; "
-          f"pandas peer {peer_s:.1f} s, peak {peer_mb:.0f} MB")
-    record(f"csv import: {args.rows:,} rows, peak memory", round(ours_mb), "MB", round(peer_mb), round(ours_mb / peer_mb, 2),
-           f"<= {MEMORY_GOAL_MB} MB", met)
-    record(f"csv import: {args.rows:,} rows, time", round(ours_s, 1), "s", round(peer_s, 1), round(ours_s / peer_s, 1),
-           "for information", None)
-    write_section("CSV import (benchmarks/csv_import.py)", [
-        f"{args.rows:,} URL-only rows (id, url, label, fitzpatrick, site); one process each; peak RSS from getrusage.",
-        "",
-        "| | time s | rows/s | peak MB |",
-        "|---|---|---|---|",
-        f"| `skinflow import rows.csv` (validated, taxonomy-normalised, audited, committed per 5,000 rows) | {ours_s:.1f} | {rate:,.0f} | {ours_mb:.0f} |",
-        f"| peer: `pandas.read_csv` + `to_sql` into SQLite (no checks) | {peer_s:.1f} | {peer_rate:,.0f} | {peer_mb:.0f} |",
-        "",
-        f"Goal: peak memory <= {MEMORY_GOAL_MB} MB: {'met' if met else 'NOT met'}. Before batching (one transaction, all rows "
-        "parsed up front) the same import took 2 min 56 s and peaked at 5,648 MB.",
-    ])
+    print(
+        f"{args.rows} rows: ours {ours_s:.1f} s ({rate:,.0f} rows/s), peak {ours_mb:.0f} MB; "
+        f"pandas peer {peer_s:.1f} s, peak {peer_mb:.0f} MB"
+    )
+    record(
+        f"csv import: {args.rows:,} rows, peak memory",
+        round(ours_mb),
+        "MB",
+        round(peer_mb),
+        round(ours_mb / peer_mb, 2),
+        f"<= {MEMORY_GOAL_MB} MB",
+        met,
+    )
+    record(
+        f"csv import: {args.rows:,} rows, time",
+        round(ours_s, 1),
+        "s",
+        round(peer_s, 1),
+        round(ours_s / peer_s, 1),
+        "for information",
+        None,
+    )
+    write_section(
+        "CSV import (benchmarks/csv_import.py)",
+        [
+            f"{args.rows:,} URL-only rows (id, url, label, fitzpatrick, site); one process each; peak RSS from getrusage.",
+            "",
+            "| | time s | rows/s | peak MB |",
+            "|---|---|---|---|",
+            f"| `skinflow import rows.csv` (validated, taxonomy-normalised, audited, committed per 5,000 rows) | {ours_s:.1f} "
+            f"| {rate:,.0f} | {ours_mb:.0f} |",
+            f"| peer: `pandas.read_csv` + `to_sql` into SQLite (no checks) | {peer_s:.1f} | {peer_rate:,.0f} | {peer_mb:.0f} |",
+            "",
+            f"Goal: peak memory <= {MEMORY_GOAL_MB} MB: {'met' if met else 'NOT met'}. Before batching (one transaction, all "
+            "rows "
+            "parsed up front) the same import took 2 min 56 s and peaked at 5,648 MB.",
+        ],
+    )
 
 
 if __name__ == "__main__":

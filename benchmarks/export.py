@@ -27,11 +27,11 @@ import pyarrow.parquet as pq  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
 from benchmarks.app import record, write_section  # noqa: E402
+from curation.export.dataset import ExportFilter, _parquet_table, collect_records, export_dataset, write_canonical  # noqa: E402
 from curation.store.auth import add_user  # noqa: E402
 from curation.store.db import open_workbench  # noqa: E402
-from curation.export.dataset import ExportFilter, _parquet_table, collect_records, export_dataset, write_canonical  # noqa: E402
-from curation.store.settings import Settings  # noqa: E402
 from curation.store.files import store_path  # noqa: E402
+from curation.store.settings import Settings  # noqa: E402
 from schema.caption import Caption  # noqa: E402
 from tests.helpers import jpeg_bytes, photo  # noqa: E402
 
@@ -59,17 +59,41 @@ def build(wb, n: int) -> None:
                 template = wb.store_dir / f"template{i}.jpg"
                 template.write_bytes(picture)
             os.link(template, target)
-            images.append({"id": i, "sha": sha, "path": relative, "label": LABELS[i % len(LABELS)], "fitz": i % 6 + 1, "dhash": f"{rng.getrandbits(64):016x}"})
+            images.append(
+                {
+                    "id": i,
+                    "sha": sha,
+                    "path": relative,
+                    "label": LABELS[i % len(LABELS)],
+                    "fitz": i % 6 + 1,
+                    "dhash": f"{rng.getrandbits(64):016x}",
+                }
+            )
             annotations.append({"id": i, "image": i, "user": annotator.id, "caption": caption, "label": LABELS[i % len(LABELS)]})
             reviews.append({"id": i, "annotation": i, "reviewer": reviewer.id})
-        c.execute(text("INSERT INTO images (id, sha256, file_path, source, source_ref, meta, status, created_at, diagnosis_key, "
-                       "fitzpatrick, width, height, dhash) VALUES (:id, :sha, :path, 'bench', '', '{}', 'verified', '" + now +
-                       "', :label, :fitz, 256, 256, :dhash)"), images)
-        c.execute(text("INSERT INTO annotations (id, image_id, user_id, version, caption, diagnosis_key, diagnosis_status, "
-                       "quality_flags, created_at) VALUES (:id, :image, :user, 1, :caption, :label, 'confirmed', '[]', '" + now + "')"),
-                  annotations)
-        c.execute(text("INSERT INTO reviews (id, annotation_id, reviewer_id, decision, created_at) "
-                       "VALUES (:id, :annotation, :reviewer, 'verified', '" + now + "')"), reviews)
+        c.execute(
+            text(
+                "INSERT INTO images (id, sha256, file_path, source, source_ref, meta, status, created_at, diagnosis_key, "
+                "fitzpatrick, width, height, dhash) VALUES (:id, :sha, :path, 'bench', '', '{}', 'verified', '"
+                + now
+                + "', :label, :fitz, 256, 256, :dhash)"
+            ),
+            images,
+        )
+        c.execute(
+            text(
+                "INSERT INTO annotations (id, image_id, user_id, version, caption, diagnosis_key, diagnosis_status, "
+                "quality_flags, created_at) VALUES (:id, :image, :user, 1, :caption, :label, 'confirmed', '[]', '" + now + "')"
+            ),
+            annotations,
+        )
+        c.execute(
+            text(
+                "INSERT INTO reviews (id, annotation_id, reviewer_id, decision, created_at) "
+                "VALUES (:id, :annotation, :reviewer, 'verified', '" + now + "')"
+            ),
+            reviews,
+        )
         c.execute(text("UPDATE images SET verified_annotation_id = id"))
 
 
@@ -107,28 +131,39 @@ def main() -> None:
         assert result.n_records == args.n and admin
         wb.close()
     ratio = ours / floor
-    print(f"{args.n:,} records: JSONL + Parquet {ours:.2f} s vs raw pyarrow write {floor:.2f} s -> {ratio:.2f}x "
-          f"({'meets' if ratio <= GOAL else 'misses'} goal <= {GOAL}x); pyarrow from_pylist + write {peer:.2f} s "
-          f"-> {ours / peer:.2f}x; whole export {whole:.1f} s")
-    record(f"export JSONL + Parquet, {args.n:,} records, vs raw pyarrow write", ours, "s", floor, ratio, f"<= {GOAL}x", ratio <= GOAL)
+    print(
+        f"{args.n:,} records: JSONL + Parquet {ours:.2f} s vs raw pyarrow write {floor:.2f} s -> {ratio:.2f}x "
+        f"({'meets' if ratio <= GOAL else 'misses'} goal <= {GOAL}x); pyarrow from_pylist + write {peer:.2f} s "
+        f"-> {ours / peer:.2f}x; whole export {whole:.1f} s"
+    )
+    record(
+        f"export JSONL + Parquet, {args.n:,} records, vs raw pyarrow write", ours, "s", floor, ratio, f"<= {GOAL}x", ratio <= GOAL
+    )
     record("export JSONL + Parquet vs pyarrow from_pylist + write (peer)", ours, "s", peer, ours / peer, "for information", None)
-    write_section("Export (benchmarks/export.py)", [
-        f"{args.n:,} verified records.",
-        "",
-        "| step | seconds | ratio to raw pyarrow write | goal |",
-        "|---|---|---|---|",
-        f"| raw pyarrow write of the built table | {floor:.2f} | 1.00 | |",
-        f"| building our table from the records (Python dicts to Arrow columns) | {build_table:.2f} | {build_table / floor:.2f} | |",
-        f"| pyarrow's generic Table.from_pylist(records) + write (peer paying the same conversion) | {peer:.2f} | {peer / floor:.2f} | |",
-        f"| our JSONL + Parquet (building the table included) | {ours:.2f} | {ratio:.2f} | <= {GOAL} ({'met' if ratio <= GOAL else 'NOT met'}) |",
-        "",
-        "The goal compares two formats written from Python records against one columnar write of a table that already",
-        "exists. Converting 100k Python dicts to Arrow alone costs several times the raw write (pyarrow's own",
-        "from_pylist row above), and pyarrow has no JSON writer, so the JSONL lines are serialised in Python (orjson).",
-        f"Against the peer that pays the same conversion the ratio is {ours / peer:.2f}x.",
-        f"| the whole export (database, grouping, {args.n:,} image links, card, manifest hashes) | {whole:.1f} | {whole / floor:.1f} | "
-        "for information |",
-    ])
+    write_section(
+        "Export (benchmarks/export.py)",
+        [
+            f"{args.n:,} verified records.",
+            "",
+            "| step | seconds | ratio to raw pyarrow write | goal |",
+            "|---|---|---|---|",
+            f"| raw pyarrow write of the built table | {floor:.2f} | 1.00 | |",
+            f"| building our table from the records (Python dicts to Arrow columns) | {build_table:.2f} | "
+            f"{build_table / floor:.2f} | |",
+            f"| pyarrow's generic Table.from_pylist(records) + write (peer paying the same conversion) | {peer:.2f} | "
+            f"{peer / floor:.2f} | |",
+            f"| our JSONL + Parquet (building the table included) | {ours:.2f} | {ratio:.2f} | <= {GOAL} "
+            f"({'met' if ratio <= GOAL else 'NOT met'}) |",
+            "",
+            "The goal compares two formats written from Python records against one columnar write of a table that already",
+            "exists. Converting 100k Python dicts to Arrow alone costs several times the raw write (pyarrow's own",
+            "from_pylist row above), and pyarrow has no JSON writer, so the JSONL lines are serialised in Python (orjson).",
+            f"Against the peer that pays the same conversion the ratio is {ours / peer:.2f}x.",
+            f"| the whole export (database, grouping, {args.n:,} image links, card, manifest hashes) | {whole:.1f} | "
+            f"{whole / floor:.1f} | "
+            "for information |",
+        ],
+    )
 
 
 if __name__ == "__main__":

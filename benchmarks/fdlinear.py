@@ -72,33 +72,51 @@ def main() -> None:
                 module.zero_grad(set_to_none=True)
                 module(x).sum().backward()
 
-            plain_train, ours_train = paired_seconds(lambda: train_step(linear), lambda: train_step(layer), max(3, args.repeats // 3))
+            plain_train, ours_train = paired_seconds(
+                lambda: train_step(linear), lambda: train_step(layer), max(3, args.repeats // 3)
+            )
             rows.append((fan_in, fan_out, batch, plain, ours, plain_train, ours_train))
-            record(f"FDLinear forward {fan_in}->{fan_out}, {batch} image(s)", ours * 1000, "ms", plain * 1000, ours / plain,
-                   f"<= {GOAL}x nn.Linear", ours / plain <= GOAL)
-            print(f"{fan_in}->{fan_out} batch {batch}: forward {ours / plain:.2f}x ({plain * 1e3:.1f} -> {ours * 1e3:.1f} ms); "
-                  f"forward+backward {ours_train / plain_train:.2f}x")
+            record(
+                f"FDLinear forward {fan_in}->{fan_out}, {batch} image(s)",
+                ours * 1000,
+                "ms",
+                plain * 1000,
+                ours / plain,
+                f"<= {GOAL}x nn.Linear",
+                ours / plain <= GOAL,
+            )
+            print(
+                f"{fan_in}->{fan_out} batch {batch}: forward {ours / plain:.2f}x ({plain * 1e3:.1f} -> {ours * 1e3:.1f} ms); "
+                f"forward+backward {ours_train / plain_train:.2f}x"
+            )
     per_block = 2 * overhead[(1280, 3420)][0] + overhead[(3420, 1280)][0]
     tower = VISION_BLOCKS * per_block
     worst = max(r[4] / r[3] for r in rows)
     lines = [
         f"fp32, CPU, {os.cpu_count()} cores, torch {torch.__version__}, N = {TOKENS} tokens per image, K = 4, reduction 1/16; "
-        f"median of {args.repeats}, the two layers alternated run by run. Inference: no gradients, bases cached until the spectrum changes.",
+        f"median of {args.repeats}, the two layers alternated run by run. Inference: no gradients, bases cached until the "
+        "spectrum changes.",
         "",
         "| layer | images | nn.Linear forward ms | FDLinear forward ms | ratio (goal <= 1.10) | forward+backward ratio |",
         "|---|---|---|---|---|---|",
     ]
     for fan_in, fan_out, batch, plain, ours, plain_train, ours_train in rows:
-        lines.append(f"| {fan_in} -> {fan_out} | {batch} | {plain * 1e3:.1f} | {ours * 1e3:.1f} | {ours / plain:.2f} | {ours_train / plain_train:.2f} |")
+        lines.append(
+            f"| {fan_in} -> {fan_out} | {batch} | {plain * 1e3:.1f} | {ours * 1e3:.1f} | {ours / plain:.2f} | "
+            f"{ours_train / plain_train:.2f} |"
+        )
     lines += [
         "",
         f"Worst inference ratio {worst:.2f}: goal {'met' if worst <= GOAL else 'NOT met'}.",
         "",
-        "| parameters | extra | of the plain layer | cost model (FDLINEAR.md) |",
+        "| parameters | extra | of the plain layer | cost model (docs/fdlinear.md) |",
         "|---|---|---|---|",
-        f"| 1280 -> 3420 layer | {overhead[(1280, 3420)][0]:,} | {overhead[(1280, 3420)][0] / overhead[(1280, 3420)][1]:.1%} | ~11% |",
-        f"| 3420 -> 1280 layer | {overhead[(3420, 1280)][0]:,} | {overhead[(3420, 1280)][0] / overhead[(3420, 1280)][1]:.1%} | ~40% |",
-        f"| all 96 MLP linears of the 7B vision tower | {tower / 1e6:.1f}M | {tower / WHOLE_MODEL:.2%} of the 8.3B model | ~+87M, ~1% |",
+        f"| 1280 -> 3420 layer | {overhead[(1280, 3420)][0]:,} | {overhead[(1280, 3420)][0] / overhead[(1280, 3420)][1]:.1%} "
+        "| ~11% |",
+        f"| 3420 -> 1280 layer | {overhead[(3420, 1280)][0]:,} | {overhead[(3420, 1280)][0] / overhead[(3420, 1280)][1]:.1%} "
+        "| ~40% |",
+        f"| all 96 MLP linears of the 7B vision tower | {tower / 1e6:.1f}M | {tower / WHOLE_MODEL:.2%} of the 8.3B model | "
+        "~+87M, ~1% |",
     ]
     write_section("FDLinear speed and size (benchmarks/fdlinear.py)", lines)
 

@@ -27,11 +27,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import curation.ingest.folder as ingest_module  # noqa: E402
 from benchmarks.app import record, write_section  # noqa: E402
+from curation.ingest.folder import import_folder  # noqa: E402
 from curation.store.auth import add_user  # noqa: E402
 from curation.store.db import open_workbench  # noqa: E402
-import curation.ingest.folder as ingest_module  # noqa: E402
-from curation.ingest.folder import import_folder  # noqa: E402
 from curation.store.settings import Settings  # noqa: E402
 
 GOAL = 0.7
@@ -90,8 +90,10 @@ def main() -> None:
     size = tuple(int(v) for v in args.size.split("x"))
     rows = []
     default_threads = ingest_module.PREPARE_THREADS
-    for case, orientation in (("upright JPEG with EXIF (metadata stripped losslessly)", None),
-                              ("rotated JPEG (orientation 6: decoded, rotated, re-encoded)", 6)):
+    for case, orientation in (
+        ("upright JPEG with EXIF (metadata stripped losslessly)", None),
+        ("rotated JPEG (orientation 6: decoded, rotated, re-encoded)", 6),
+    ):
         folder = Path(tempfile.mkdtemp(prefix="skinflow-bench-"))
         try:
             make_photos(folder, args.n, size, orientation)
@@ -104,27 +106,38 @@ def main() -> None:
                 rows.append((label, floor, ours, ratio))
                 verdict = "meets" if ratio >= GOAL else "below"
                 upright = orientation is None
-                record(f"ingest: {label}", ours, "img/s", floor, ratio, f">= {GOAL} of read+sha256+decode" if upright else "for information",
-                       ratio >= GOAL if upright else None)
+                record(
+                    f"ingest: {label}",
+                    ours,
+                    "img/s",
+                    floor,
+                    ratio,
+                    f">= {GOAL} of read+sha256+decode" if upright else "for information",
+                    ratio >= GOAL if upright else None,
+                )
                 print(f"{label}: floor {floor:.1f} img/s, ours {ours:.1f} img/s, ratio {ratio:.2f} ({verdict} goal {GOAL})")
         finally:
             ingest_module.PREPARE_THREADS = default_threads
             shutil.rmtree(folder)
-    write_section("Ingest (benchmarks/ingest.py)", [
-        f"{args.n} photo-like {args.size} JPEGs with camera EXIF; best of {args.repeats}; "
-        f"{platform.machine()}, {platform.python_version()}. Floor = read + sha256 + full decode.",
-        "",
-        "| case | floor img/s | ours img/s | ratio | goal |",
-        "|---|---|---|---|---|",
-        *[f"| {c} | {f:.1f} | {o:.1f} | {r:.2f} | >= {GOAL} |" for c, f, o, r in rows],
-        "",
-        "The floor runs on one thread. The importer prepares files (read, hash, decode, strip, store) on",
-        f"up to {default_threads} threads, because decoding and hashing release the GIL, and writes rows on one:",
-        "both single-thread and default rows are shown. The goal applies to the upright case, the common",
-        "one. Rotated JPEGs have to be re-encoded (a rotation cannot be applied to JPEG data losslessly",
-        "here), so those rows are for information.",
-        f"Machine: {os.cpu_count()} cores; timings on a shared machine vary by about 10% between runs.",
-    ])
+    write_section(
+        "Ingest (benchmarks/ingest.py)",
+        [
+            f"{args.n} photo-like {args.size} JPEGs with camera EXIF; best of {args.repeats}; "
+            f"{platform.machine()}, {platform.python_version()}. Floor = read + sha256 + full decode.",
+            "",
+            "| case | floor img/s | ours img/s | ratio | goal |",
+            "|---|---|---|---|---|",
+            *[f"| {c} | {f:.1f} | {o:.1f} | {r:.2f} | >= {GOAL} |" for c, f, o, r in rows],
+            "",
+            "The floor runs on one thread. The importer prepares files (read, hash, decode, strip, store) on",
+            f"up to {default_threads} threads, because decoding and hashing release the GIL, and writes rows on one:",
+            "both single-thread and default rows are shown. The goal applies to the upright case, the common",
+            "one. Rotated JPEGs have to be re-encoded (a rotation cannot be applied to JPEG data losslessly",
+            "here), so those rows are for information.",
+            f"Machine: {os.cpu_count()} cores; timings on a shared machine vary by about 10% between runs.",
+        ],
+    )
+
 
 if __name__ == "__main__":
     main()

@@ -28,9 +28,9 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from benchmarks.app import record, write_section  # noqa: E402
+from curation.ingest.folder import import_folder  # noqa: E402
 from curation.store.auth import add_user  # noqa: E402
 from curation.store.db import open_workbench  # noqa: E402
-from curation.ingest.folder import import_folder  # noqa: E402
 from curation.store.settings import Settings  # noqa: E402
 from tests.helpers import jpeg_bytes, photo  # noqa: E402
 
@@ -67,8 +67,10 @@ def main() -> None:
     args = parser.parse_args()
     url, token = os.environ.get("LABEL_STUDIO_URL"), os.environ.get("LABEL_STUDIO_API_KEY")
     if not url or not token:
-        sys.exit("set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY, or run through: bash .ci/labelstudio .venv/bin/python "
-                 "benchmarks/labelstudio_import.py")
+        sys.exit(
+            "set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY, or run through: bash .ci/labelstudio .venv/bin/python "
+            "benchmarks/labelstudio_import.py"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_images(Path(tmp) / "images", args.n)
 
@@ -99,19 +101,29 @@ def main() -> None:
         task_json = time.perf_counter() - start
         assert task_count(client, project) == args.n
 
-    print(f"{args.n:,} images: ours {ours:.1f} s ({args.n / ours:.0f}/s); Label Studio file upload {upload:.1f} s "
-          f"({args.n / upload:.0f}/s, ours is {upload / ours:.2f}x faster); Label Studio task JSON {task_json:.1f} s")
-    record(f"import {args.n:,} images: Label Studio file upload / ours", upload, "s", ours, upload / ours, "for information", None)
-    write_section("Label Studio import (benchmarks/labelstudio_import.py)", [
-        f"{args.n:,} JPEGs 256x256 with camera EXIF; Label Studio on the same machine (127.0.0.1), {os.cpu_count()} cores.",
-        "",
-        "| import | seconds | images per second | Label Studio time / ours |",
-        "|---|---|---|---|",
-        f"| ours: `skinflow import FOLDER` (sanitise, sha256, dHash, store, rows) | {ours:.1f} | {args.n / ours:.0f} | 1.00 |",
-        f"| Label Studio: file upload, {UPLOAD_BATCH} files per request | {upload:.1f} | {args.n / upload:.0f} | {upload / ours:.2f} |",
-        f"| Label Studio: task JSON with image URLs, 1,000 per request (no bytes move) | {task_json:.1f} | {args.n / task_json:.0f} | "
-        f"{task_json / ours:.2f} |",
-    ])
+    print(
+        f"{args.n:,} images: ours {ours:.1f} s ({args.n / ours:.0f}/s); Label Studio file upload {upload:.1f} s "
+        f"({args.n / upload:.0f}/s, ours is {upload / ours:.2f}x faster); Label Studio task JSON {task_json:.1f} s"
+    )
+    record(
+        f"import {args.n:,} images: Label Studio file upload / ours", upload, "s", ours, upload / ours, "for information", None
+    )
+    write_section(
+        "Label Studio import (benchmarks/labelstudio_import.py)",
+        [
+            f"{args.n:,} JPEGs 256x256 with camera EXIF; Label Studio on the same machine (127.0.0.1), {os.cpu_count()} cores.",
+            "",
+            "| import | seconds | images per second | Label Studio time / ours |",
+            "|---|---|---|---|",
+            f"| ours: `skinflow import FOLDER` (sanitise, sha256, dHash, store, rows) | {ours:.1f} | {args.n / ours:.0f} | "
+            "1.00 |",
+            f"| Label Studio: file upload, {UPLOAD_BATCH} files per request | {upload:.1f} | {args.n / upload:.0f} | "
+            f"{upload / ours:.2f} |",
+            f"| Label Studio: task JSON with image URLs, 1,000 per request (no bytes move) | {task_json:.1f} | "
+            f"{args.n / task_json:.0f} | "
+            f"{task_json / ours:.2f} |",
+        ],
+    )
 
 
 if __name__ == "__main__":

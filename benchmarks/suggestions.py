@@ -23,13 +23,13 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import select  # noqa: E402
 
 from benchmarks.app import record, write_section  # noqa: E402
+from curation.assist.suggestions import images_needing_work, import_predictions  # noqa: E402
+from curation.export.dataset import export_dataset  # noqa: E402
+from curation.ingest.demo import build_demo  # noqa: E402
 from curation.store.auth import get_actor  # noqa: E402
 from curation.store.db import open_workbench  # noqa: E402
-from curation.ingest.demo import build_demo  # noqa: E402
-from curation.export.dataset import export_dataset  # noqa: E402
 from curation.store.models import Draft, Image  # noqa: E402
 from curation.store.settings import Settings  # noqa: E402
-from curation.assist.suggestions import images_needing_work, import_predictions  # noqa: E402
 from schema.caption import validate_caption  # noqa: E402
 from schema.compare import caption_scores  # noqa: E402
 from schema.fields import FIELD_KEYS  # noqa: E402
@@ -56,9 +56,14 @@ def main() -> None:
         predicted = time.perf_counter() - start
         import_predictions(wb, admin, tmp / "predictions.jsonl")
         with wb.session() as s:
-            truth = {i.id: (i.meta["true_caption"], i.diagnosis_key) for i in s.scalars(select(Image).where(Image.id.in_([x["id"] for x in items])))}
+            truth = {
+                i.id: (i.meta["true_caption"], i.diagnosis_key)
+                for i in s.scalars(select(Image).where(Image.id.in_([x["id"] for x in items])))
+            }
             drafts: dict[str, dict[int, Draft]] = {"synthetic": {}, "model": {}}
-            for d in s.scalars(select(Draft).where(Draft.image_id.in_(list(truth)), Draft.kind.in_(("synthetic", "model"))).order_by(Draft.id)):
+            for d in s.scalars(
+                select(Draft).where(Draft.image_id.in_(list(truth)), Draft.kind.in_(("synthetic", "model"))).order_by(Draft.id)
+            ):
                 drafts[d.kind][d.image_id] = d
         wb.close()
     rows = {}
@@ -94,11 +99,19 @@ def main() -> None:
         f"| top-1 | {rows['synthetic']['top1']:.2f} | {rows['model']['top1']:.2f} |",
         f"| top-6 (the draft lists 3) | {rows['synthetic']['top6']:.2f} | {rows['model']['top6']:.2f} |",
         "",
-        "The demo's noisy drafts change about 30% of the true values on purpose (curation/ingest/demo.py); the model's numbers are "
+        "The demo's noisy drafts change about 30% of the true values on purpose (curation/ingest/demo.py); the model's "
+        "numbers are "
         "what one CPU retrain on ~120 images buys.",
     ]
-    record("edit rate per field from model suggestions (vs LLM-style drafts)", mean["model"], "share", mean["synthetic"],
-           mean["model"] / mean["synthetic"] if mean["synthetic"] else None, "for information (lower is better)", None)
+    record(
+        "edit rate per field from model suggestions (vs LLM-style drafts)",
+        mean["model"],
+        "share",
+        mean["synthetic"],
+        mean["model"] / mean["synthetic"] if mean["synthetic"] else None,
+        "for information (lower is better)",
+        None,
+    )
     write_section("Model suggestions vs LLM-style drafts (benchmarks/suggestions.py)", lines)
 
 

@@ -22,10 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.app import record, write_section  # noqa: E402
+from curation.export.dataset import export_dataset  # noqa: E402
+from curation.ingest.demo import build_demo  # noqa: E402
 from curation.store.auth import get_actor  # noqa: E402
 from curation.store.db import open_workbench  # noqa: E402
-from curation.ingest.demo import build_demo  # noqa: E402
-from curation.export.dataset import export_dataset  # noqa: E402
 from curation.store.settings import Settings  # noqa: E402
 from trainer.config import TrainConfig  # noqa: E402
 from trainer.data import load_export  # noqa: E402
@@ -58,23 +58,36 @@ def main() -> None:
         held_out = [r for r in data.stage1 if r["split"] in ("val", "test")]
         manifest = tmp / "held_out.jsonl"
         manifest.write_text("".join(json.dumps({"image": str(data.image_path(r)), "id": r["id"]}) + "\n" for r in held_out))
-        config = TrainConfig.for_preset("tiny", export=str(tmp / "export"), output_dir=str(tmp / "runs"), run_id="bench",
-                                        stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps)
+        config = TrainConfig.for_preset(
+            "tiny",
+            export=str(tmp / "export"),
+            output_dir=str(tmp / "runs"),
+            run_id="bench",
+            stage1_steps=args.stage1_steps,
+            stage2_steps=args.stage2_steps,
+        )
         start = time.perf_counter()
         run = train(config)
         wall = time.perf_counter() - start
         metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         stage_seconds = {s: max(r["seconds"] for r in metrics if r["stage"] == s) for s in config.stages}
         grpo_steps = {s: max(r["step"] for r in metrics if r["stage"] == s) for s in (1, 2)}
-        results = {name: evaluate(run / folder, data, manifest) for name, folder in
-                   (("(a) untrained", "initial"), ("(b) after stage 0 (SFT)", "stage0/final"),
-                    ("(c) after stages 1 and 2 (GRPO)", "stage2/final"), ("(stage 1 only, for reference)", "stage1/final"))}
+        results = {
+            name: evaluate(run / folder, data, manifest)
+            for name, folder in (
+                ("(a) untrained", "initial"),
+                ("(b) after stage 0 (SFT)", "stage0/final"),
+                ("(c) after stages 1 and 2 (GRPO)", "stage2/final"),
+                ("(stage 1 only, for reference)", "stage1/final"),
+            )
+        }
     n_train = len(data.rows(1, "train"))
     labels = len({r["diagnosis_key"] for r in data.stage2})
     print(json.dumps({"wall_s": wall, "stage_seconds": stage_seconds, "results": results}, indent=1))
     a, c = results["(a) untrained"], results["(c) after stages 1 and 2 (GRPO)"]
     lines = [
-        f"Demo set: {args.n} synthetic images, {len(data.stage1)} verified ({n_train} train, {len(held_out)} held out: val + test), "
+        f"Demo set: {args.n} synthetic images, {len(data.stage1)} verified ({n_train} train, {len(held_out)} held out: val + "
+        "test), "
         f"{labels} labels. Preset `tiny` defaults (FDLinear on all vision MLP linears), seed 0; "
         f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}.",
         "",
@@ -83,7 +96,10 @@ def main() -> None:
     ]
     for name, r in results.items():
         field_mean = sum(r["field_accuracy"].values()) / len(r["field_accuracy"])
-        lines.append(f"| {name} | {r['caption_reward']:.3f} | {r['caption_parse_rate']:.2f} | {field_mean:.3f} | {r['top1']:.3f} | {r['top6']:.3f} |")
+        lines.append(
+            f"| {name} | {r['caption_reward']:.3f} | {r['caption_parse_rate']:.2f} | {field_mean:.3f} | {r['top1']:.3f} | "
+            f"{r['top6']:.3f} |"
+        )
     lines += [
         "",
         "| stage | wall seconds | steps | seconds per step |",
@@ -93,15 +109,34 @@ def main() -> None:
         steps = max(r["step"] for r in metrics if r["stage"] == s)
         lines.append(f"| {s} | {stage_seconds[s]:.0f} | {steps} | {stage_seconds[s] / max(steps, 1):.2f} |")
     gain = c["caption_reward"] - a["caption_reward"], c["top1"] - a["top1"]
-    lines += ["", f"Whole training run: {wall / 60:.1f} min (goal <= {GOAL_MINUTES} min: {'met' if wall / 60 <= GOAL_MINUTES else 'NOT met'}). "
-              f"Gain of (c) over (a): caption reward {gain[0]:+.3f}, top-1 {gain[1]:+.3f}. GRPO steps: stage 1 {grpo_steps[1]}, stage 2 {grpo_steps[2]}.",
-              "Per-field exact rates of (c): " + ", ".join(f"{k} {v:.2f}" for k, v in c["field_accuracy"].items()) + ".",
-              f"With {len(held_out)} held-out images one image is {1 / len(held_out):.3f} of top-1: a difference of one or two "
-              "images between (b) and (c) is within run-to-run noise (CPU training is not bit-reproducible across runs)."]
-    record("tiny preset: stages 0-2 on the demo set", wall / 60, "min", GOAL_MINUTES, wall / 60 / GOAL_MINUTES,
-           f"<= {GOAL_MINUTES} min", wall / 60 <= GOAL_MINUTES)
-    record("tiny preset: held-out top-1 gain over untrained", c["top1"] - a["top1"], "top-1", a["top1"], None, "a clear gain (> 0)",
-           c["top1"] - a["top1"] > 0)
+    lines += [
+        "",
+        f"Whole training run: {wall / 60:.1f} min (goal <= {GOAL_MINUTES} min: "
+        f"{'met' if wall / 60 <= GOAL_MINUTES else 'NOT met'}). "
+        f"Gain of (c) over (a): caption reward {gain[0]:+.3f}, top-1 {gain[1]:+.3f}. GRPO steps: stage 1 {grpo_steps[1]}, "
+        f"stage 2 {grpo_steps[2]}.",
+        "Per-field exact rates of (c): " + ", ".join(f"{k} {v:.2f}" for k, v in c["field_accuracy"].items()) + ".",
+        f"With {len(held_out)} held-out images one image is {1 / len(held_out):.3f} of top-1: a difference of one or two "
+        "images between (b) and (c) is within run-to-run noise (CPU training is not bit-reproducible across runs).",
+    ]
+    record(
+        "tiny preset: stages 0-2 on the demo set",
+        wall / 60,
+        "min",
+        GOAL_MINUTES,
+        wall / 60 / GOAL_MINUTES,
+        f"<= {GOAL_MINUTES} min",
+        wall / 60 <= GOAL_MINUTES,
+    )
+    record(
+        "tiny preset: held-out top-1 gain over untrained",
+        c["top1"] - a["top1"],
+        "top-1",
+        a["top1"],
+        None,
+        "a clear gain (> 0)",
+        c["top1"] - a["top1"] > 0,
+    )
     write_section("Tiny preset learns (benchmarks/train_tiny.py)", lines)
 
 

@@ -276,9 +276,7 @@ def parse(text: str) -> Caption:
                     data["size_mm"] = float(with_mm.group(2))
             data[field] = value
         if not data:
-            raise CaptionParseError(
-                "no caption field found; expected lines like 'Color: erythematous' with the 11 schema fields"
-            )
+            raise CaptionParseError("no caption field found; expected lines like 'Color: erythematous' with the 11 schema fields")
     try:
         return validate_caption(data)
     except CaptionError as e:

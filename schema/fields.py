@@ -1,4 +1,4 @@
-"""The 11 fields of a lesion caption (DESIGN.md), in their canonical order.
+"""The 11 fields of a lesion caption (docs/schema.md), in their canonical order.
 
 Three kinds:
 - multi: a set of controlled vocabulary terms (new terms allowed, flagged for review);

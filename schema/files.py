@@ -50,8 +50,14 @@ def read_jsonl(path: str | Path, **options: Any) -> list[dict[str, Any]]:
     return [row for _, row in iter_jsonl(path, **options)]
 
 
-def iter_jsonl(path: str | Path, *, check: Callable[[dict[str, Any]], bool] | None = None, problem: str = "is not a record",
-               error: type[SkinflowError] = SkinflowError, skip_bad_lines: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
+def iter_jsonl(
+    path: str | Path,
+    *,
+    check: Callable[[dict[str, Any]], bool] | None = None,
+    problem: str = "is not a record",
+    error: type[SkinflowError] = SkinflowError,
+    skip_bad_lines: bool = False,
+) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each record of a JSONL file, blank lines skipped.
 
     A line that is not a JSON object, or fails `check(row)`, raises `error` naming the file and line, with

@@ -34,8 +34,15 @@ FUZZY_MIN_CHARS = 5
 
 # Token rewrites applied before matching (spelling variants and common abbreviations).
 _TOKEN_REWRITES = {
-    "ca": "carcinoma", "carc": "carcinoma", "naevus": "nevus", "naevi": "nevi", "seborrhoeic": "seborrheic",
-    "haemangioma": "hemangioma", "oedema": "edema", "tumour": "tumor", "melanocytic naevus": "melanocytic nevus",
+    "ca": "carcinoma",
+    "carc": "carcinoma",
+    "naevus": "nevus",
+    "naevi": "nevi",
+    "seborrhoeic": "seborrheic",
+    "haemangioma": "hemangioma",
+    "oedema": "edema",
+    "tumour": "tumor",
+    "melanocytic naevus": "melanocytic nevus",
 }
 
 
@@ -91,9 +98,7 @@ class Taxonomy:
                     synonyms=tuple(entry.get("synonyms", ())),
                 )
             except (KeyError, TypeError, AttributeError, ValueError):
-                raise TaxonomyError(
-                    f"taxonomy label {key!r} needs 'nine_partition' and 'three_partition' text fields"
-                ) from None
+                raise TaxonomyError(f"taxonomy label {key!r} needs 'nine_partition' and 'three_partition' text fields") from None
             self.labels[key] = label
         # name (cleaned) -> key. Keys and display names win over synonyms on a clash.
         self._names: dict[str, str] = {}

@@ -11,7 +11,6 @@ from curation.store.auth import add_user
 from curation.store.db import open_workbench
 from curation.store.settings import Settings
 
-
 # Set (e.g. postgresql+psycopg://skinflow@127.0.0.1:5432/postgres) to run the database tests on a real
 # PostgreSQL server: each test gets its own database, copied from a migrated template. `make test-postgres`.
 TEST_DATABASE_URL = os.environ.get("SKINFLOW_TEST_DATABASE_URL")
@@ -98,8 +97,13 @@ def annotator(wb, admin):
     return add_user(wb, admin, "ann", "annotator", "annotator-password")[0]
 
 
-TINY_TEXTS = ["Color: erythematous\nLocation: face\nShape: round\nLesion type: papule\nNumber: few", "Melanoma", "Psoriasis",
-              "Describe the skin lesion", "List up to 6 diagnoses"] * 4
+TINY_TEXTS = [
+    "Color: erythematous\nLocation: face\nShape: round\nLesion type: papule\nNumber: few",
+    "Melanoma",
+    "Psoriasis",
+    "Describe the skin lesion",
+    "List up to 6 diagnoses",
+] * 4
 
 
 @pytest.fixture

@@ -16,14 +16,30 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from PIL import Image
 
 GOOD_REPLY = {
-    "caption": {"color": ["red", "brown"], "location": ["back"], "shape": ["round"], "lesion_type": ["papules"],
-                "number": "few", "size": "5-10 mm", "size_mm": None, "texture": [], "border_surface": ["sharp"],
-                "distribution": ["scattered"], "surrounding": [], "other": ""},
-    "diagnoses": [{"diagnosis": "BCC", "confidence": 0.6}, {"diagnosis": "nevus", "confidence": 0.3},
-                  {"diagnosis": "basal cell carcinoma", "confidence": 0.1}],
+    "caption": {
+        "color": ["red", "brown"],
+        "location": ["back"],
+        "shape": ["round"],
+        "lesion_type": ["papules"],
+        "number": "few",
+        "size": "5-10 mm",
+        "size_mm": None,
+        "texture": [],
+        "border_surface": ["sharp"],
+        "distribution": ["scattered"],
+        "surrounding": [],
+        "other": "",
+    },
+    "diagnoses": [
+        {"diagnosis": "BCC", "confidence": 0.6},
+        {"diagnosis": "nevus", "confidence": 0.3},
+        {"diagnosis": "basal cell carcinoma", "confidence": 0.1},
+    ],
 }
-REASONING = ("The lesion is a solitary pearly papule with a raised, rolled border and fine telangiectasia on the face. "
-             "Its shiny surface and the arborising vessels point to basal cell carcinoma rather than a nevus.")
+REASONING = (
+    "The lesion is a solitary pearly papule with a raised, rolled border and fine telangiectasia on the face. "
+    "Its shiny surface and the arborising vessels point to basal cell carcinoma rather than a nevus."
+)
 MODES = ("ok", "429", "500", "hang", "malformed", "wrong_enum", "truncated", "huge", "echo_key")
 
 
@@ -143,11 +159,18 @@ class FakeLLM:
                 content = json.dumps({"caption": {"other": "x" * 5_000_000}, "diagnoses": []})
             if not self.structured and mode == "ok":
                 content = f"Here is my description.\n```json\n{content}\n```\nHope this helps."
-        self._send(request, 200, {
-            "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": body.get("model", "fake"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 120, "completion_tokens": 40, "total_tokens": 160},
-        })
+        self._send(
+            request,
+            200,
+            {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model", "fake"),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 120, "completion_tokens": 40, "total_tokens": 160},
+            },
+        )
 
     @staticmethod
     def _send(request: BaseHTTPRequestHandler, code: int, payload: dict, headers: dict | None = None) -> None:

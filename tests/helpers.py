@@ -46,6 +46,7 @@ def write(path: Path, data: bytes) -> Path:
 
 def png_bomb(width: int = 40_000, height: int = 40_000) -> bytes:
     """A tiny PNG whose header claims a huge picture (a decompression bomb)."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 

@@ -3,9 +3,9 @@ import threading
 import pytest
 from sqlalchemy import select
 
-from curation.store.auth import Actor
-from curation.labelling.annotate import add_draft, review_annotation, submit_annotation
 from curation.errors import ConflictError, NotFound
+from curation.labelling.annotate import add_draft, review_annotation, submit_annotation
+from curation.store.auth import Actor
 from curation.store.models import Annotation, AuditEvent, Image
 from schema import Caption, CaptionError
 
@@ -27,7 +27,9 @@ def _status(wb, image_id):
 
 def test_annotations_are_append_only_versions(wb, annotator, image_id):
     first = submit_annotation(wb, annotator, image_id, {"color": "red"}, diagnosis="BCC", diagnosis_status="confirmed")
-    second = submit_annotation(wb, annotator, image_id, {"color": "brown"}, diagnosis="psoriasis", diagnosis_status="corrected", supersedes_id=first)
+    second = submit_annotation(
+        wb, annotator, image_id, {"color": "brown"}, diagnosis="psoriasis", diagnosis_status="corrected", supersedes_id=first
+    )
     with wb.session() as s:
         rows = s.scalars(select(Annotation).order_by(Annotation.id)).all()
         assert [(r.id, r.version, r.supersedes_id) for r in rows] == [(first, 1, None), (second, 2, first)]
@@ -44,9 +46,13 @@ def test_free_text_diagnosis_is_kept(wb, annotator, image_id):
 
 def test_two_edits_of_the_same_version_cannot_both_win(wb, annotator, reviewer, image_id):
     first = submit_annotation(wb, annotator, image_id, {"color": "red"}, diagnosis=None, diagnosis_status="uncertain")
-    submit_annotation(wb, annotator, image_id, {"color": "black"}, diagnosis=None, diagnosis_status="uncertain", supersedes_id=first)
+    submit_annotation(
+        wb, annotator, image_id, {"color": "black"}, diagnosis=None, diagnosis_status="uncertain", supersedes_id=first
+    )
     with pytest.raises(ConflictError, match="edited by someone else meanwhile"):
-        submit_annotation(wb, reviewer, image_id, {"color": "blue"}, diagnosis=None, diagnosis_status="uncertain", supersedes_id=first)
+        submit_annotation(
+            wb, reviewer, image_id, {"color": "blue"}, diagnosis=None, diagnosis_status="uncertain", supersedes_id=first
+        )
 
 
 def test_concurrent_edits_from_threads_leave_exactly_one_winner(wb, annotator, reviewer, admin, image_id):
@@ -55,12 +61,17 @@ def test_concurrent_edits_from_threads_leave_exactly_one_winner(wb, annotator, r
 
     def edit(actor, colour):
         try:
-            submit_annotation(wb, actor, image_id, {"color": colour}, diagnosis=None, diagnosis_status="uncertain", supersedes_id=first)
+            submit_annotation(
+                wb, actor, image_id, {"color": colour}, diagnosis=None, diagnosis_status="uncertain", supersedes_id=first
+            )
             outcomes.append("ok")
         except ConflictError:
             outcomes.append("conflict")
 
-    threads = [threading.Thread(target=edit, args=(actor, colour)) for actor, colour in ((reviewer, "blue"), (admin, "black"), (annotator, "brown"))]
+    threads = [
+        threading.Thread(target=edit, args=(actor, colour))
+        for actor, colour in ((reviewer, "blue"), (admin, "black"), (annotator, "brown"))
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -78,12 +89,16 @@ def test_verify_requires_another_person_and_the_latest_version(wb, annotator, re
     first = submit_annotation(wb, annotator, image_id, {"color": "red"}, diagnosis="psoriasis", diagnosis_status="confirmed")
     with pytest.raises(ConflictError, match="own annotation"):
         review_annotation(wb, Actor(annotator.id, annotator.username, "reviewer"), first, "verified")  # promoted author
-    second = submit_annotation(wb, annotator, image_id, {"color": "brown"}, diagnosis="psoriasis", diagnosis_status="confirmed", supersedes_id=first)
+    second = submit_annotation(
+        wb, annotator, image_id, {"color": "brown"}, diagnosis="psoriasis", diagnosis_status="confirmed", supersedes_id=first
+    )
     with pytest.raises(ConflictError, match="newer version"):
         review_annotation(wb, reviewer, first, "verified")
     review_annotation(wb, reviewer, second, "verified")
     assert _status(wb, image_id) == ("verified", second)
-    third = submit_annotation(wb, reviewer, image_id, {"color": "black"}, diagnosis="melanoma", diagnosis_status="corrected", supersedes_id=second)
+    third = submit_annotation(
+        wb, reviewer, image_id, {"color": "black"}, diagnosis="melanoma", diagnosis_status="corrected", supersedes_id=second
+    )
     assert _status(wb, image_id) == ("annotated", None)  # the verified version changed: back to review
     with wb.session() as s:
         actions = s.scalars(select(AuditEvent.action).where(AuditEvent.entity == "annotation")).all()
@@ -121,8 +136,12 @@ def test_an_annotator_may_continue_their_own_chain_after_a_reviewer_edit(wb, ann
     from curation.store.auth import add_user
 
     first = submit_annotation(wb, annotator, image_id, {"color": "red"}, diagnosis=None, diagnosis_status="uncertain")
-    second = submit_annotation(wb, reviewer, image_id, {"color": "blue"}, diagnosis=None, diagnosis_status="uncertain", supersedes_id=first)
-    third = submit_annotation(wb, annotator, image_id, {"color": "black"}, diagnosis=None, diagnosis_status="uncertain", supersedes_id=second)
+    second = submit_annotation(
+        wb, reviewer, image_id, {"color": "blue"}, diagnosis=None, diagnosis_status="uncertain", supersedes_id=first
+    )
+    third = submit_annotation(
+        wb, annotator, image_id, {"color": "black"}, diagnosis=None, diagnosis_status="uncertain", supersedes_id=second
+    )
     assert third > second
     stranger = add_user(wb, admin, "stranger", "annotator")[0]
     from curation.errors import PermissionDenied

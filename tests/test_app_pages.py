@@ -9,13 +9,13 @@ import streamlit as st
 from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 
+from curation.ingest.demo import build_demo
 from curation.labelling.annotate import submit_annotation
+from curation.labelling.workflow import update_workflow_settings
 from curation.store.auth import get_actor, set_password
 from curation.store.db import open_workbench
-from curation.ingest.demo import build_demo
 from curation.store.models import Annotation, Image
 from curation.store.settings import Settings
-from curation.labelling.workflow import update_workflow_settings
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "ui" / "main.py")
 PASSWORDS = {"admin": "admin-pass-1", "reviewer": "reviewer-pass-1", "annotator": "annotator-pass-1"}
@@ -101,8 +101,15 @@ def test_conflict_shows_both_versions_and_overwrites_nothing(demo_home):
         v1 = s.scalar(select(Annotation.id).where(Annotation.image_id == image_id, Annotation.user_id == annotator.id))
     at.session_state["annotate_item"] = {"image_id": image_id, "loaded_at": 0.0, "base_id": v1}
     at.run()
-    submit_annotation(demo_home, reviewer, image_id, {"color": ["violaceous"]}, diagnosis="melanoma",
-                      diagnosis_status="corrected", supersedes_id=v1)
+    submit_annotation(
+        demo_home,
+        reviewer,
+        image_id,
+        {"color": ["violaceous"]},
+        diagnosis="melanoma",
+        diagnosis_status="corrected",
+        supersedes_id=v1,
+    )
     assert at.selectbox(key=f"src-{image_id}").value == "current"  # editing starts from the submitted version
     by_label(at.multiselect, "Color").set_value(["yellow"])
     by_label(at.button, "Submit").click().run()
@@ -163,8 +170,10 @@ def test_pages_render_for_their_role(demo_home, name, title):
     assert [t.value for t in at.title] == [title]
 
 
-@pytest.mark.parametrize("name,username", [("review", "annotator"), ("dataset", "annotator"), ("insights", "annotator"),
-                                           ("admin", "annotator"), ("admin", "reviewer")])
+@pytest.mark.parametrize(
+    "name,username",
+    [("review", "annotator"), ("dataset", "annotator"), ("insights", "annotator"), ("admin", "annotator"), ("admin", "reviewer")],
+)
 def test_role_denied_for_each_page(demo_home, name, username):
     at = page(demo_home, name, username)
     assert at.error and "needs the" in at.error[0].value and not at.title
@@ -187,12 +196,21 @@ def test_pages_are_registered_by_url_path_per_role_and_open_there(demo_home):
         return {info["url_pathname"]: page_hash for page_hash, info in at._registered_pages.items()}
 
     assert set(registered(login("annotator"))) == {""}  # Annotate is the default page: it lives at the root
-    assert set(registered(login("reviewer"))) == {"", "review", "reader-study", "dataset", "insights", "weights",
-                                                  "evaluation"}
+    assert set(registered(login("reviewer"))) == {"", "review", "reader-study", "dataset", "insights", "weights", "evaluation"}
     admin = login("admin")
     pages = registered(admin)
-    assert set(pages) == {"", "review", "reader-study", "dataset", "insights", "weights", "drafting", "evaluation",
-                          "train", "admin"}
+    assert set(pages) == {
+        "",
+        "review",
+        "reader-study",
+        "dataset",
+        "insights",
+        "weights",
+        "drafting",
+        "evaluation",
+        "train",
+        "admin",
+    }
     for url_path, title in (("train", "Train"), ("reader-study", "Reader study"), ("admin", "Admin")):
         admin._page_hash = pages[url_path]  # what the browser does when it opens /<url_path>
         admin.run()
@@ -261,8 +279,16 @@ def test_model_suggestions_are_one_click_choices(demo_home):
 
     admin = get_actor(demo_home, "admin")
     for image_id in range(1, 13):
-        add_draft(demo_home, admin, image_id, kind="model", producer="skinflow-tiny", version="run-1",
-                  caption={"color": ["brown"]}, diagnoses=[{"key": "seborrheic keratosis", "score": 0.7}, {"key": "melanoma", "score": 0.2}])
+        add_draft(
+            demo_home,
+            admin,
+            image_id,
+            kind="model",
+            producer="skinflow-tiny",
+            version="run-1",
+            caption={"color": ["brown"]},
+            diagnoses=[{"key": "seborrheic keratosis", "score": 0.7}, {"key": "melanoma", "score": 0.2}],
+        )
     at = login("annotator")
     image_id = at.session_state["annotate_item"]["image_id"]
     source = at.selectbox(key=f"src-{image_id}")
@@ -271,7 +297,9 @@ def test_model_suggestions_are_one_click_choices(demo_home):
     by_label(at.button_group, "Suggested diagnoses").set_value("melanoma").run()
     by_label(at.button, "Submit").click().run()
     with demo_home.session() as s:
-        row = s.scalar(select(Annotation).where(Annotation.image_id == image_id, Annotation.user_id == get_actor(demo_home, "annotator").id))
+        row = s.scalar(
+            select(Annotation).where(Annotation.image_id == image_id, Annotation.user_id == get_actor(demo_home, "annotator").id)
+        )
         expected = "confirmed" if s.get(Image, image_id).diagnosis_key == "melanoma" else "corrected"
         assert (row.diagnosis_key, row.diagnosis_status) == ("melanoma", expected) and row.caption["color"] == ["brown"]
 
@@ -300,8 +328,15 @@ def test_weights_page_computes_shows_evidence_and_activates(demo_home):
     annotator = get_actor(demo_home, "annotator")
     with demo_home.session() as s:
         pending = s.scalars(select(Image.id).where(Image.status == "pending")).all()
-    submit_annotation(demo_home, annotator, pending[0], {"color": "red"}, diagnosis="psoriasis", diagnosis_status="confirmed",
-                      rationale="Red plaques with silvery scale on the elbows.")
+    submit_annotation(
+        demo_home,
+        annotator,
+        pending[0],
+        {"color": "red"},
+        diagnosis="psoriasis",
+        diagnosis_status="confirmed",
+        rationale="Red plaques with silvery scale on the elbows.",
+    )
     at = page(demo_home, "weights", "admin")
     by_label(at.button, "Compute").click().run()
     assert any("Created weights-v1 from 1 reasonings (active)" in m.value for m in at.success)
@@ -330,8 +365,16 @@ def test_review_lists_suspicious_labels_and_sends_them_back(demo_home):
     for image_id, key in labelled:  # the model agrees with every label but the first image's
         other = next(k for k in keys if k != key)
         best, second = (other, key) if image_id == wrong else (key, other)
-        drafts.append({"image_id": image_id, "kind": "model", "producer": "skinflow", "version": "run-9:stage2", "caption": None,
-                       "diagnoses": [{"key": best, "score": 0.97}, {"key": second, "score": 0.02}]})
+        drafts.append(
+            {
+                "image_id": image_id,
+                "kind": "model",
+                "producer": "skinflow",
+                "version": "run-9:stage2",
+                "caption": None,
+                "diagnoses": [{"key": best, "score": 0.97}, {"key": second, "score": 0.02}],
+            }
+        )
     add_drafts(demo_home, admin, drafts)
     at = page(demo_home, "review", "reviewer")
     assert not at.exception
@@ -376,15 +419,19 @@ def test_reader_study_page_creates_rates_and_reports(demo_home):
 
 
 def test_evaluation_page_shows_reports_side_by_side(demo_home, tmp_path):
+    from schema.fields import FIELD_KEYS
+    from schema.taxonomy import default_taxonomy
     from tests.test_evaluate import PREDICTIONS
     from trainer.data import ExportData
     from trainer.evaluate import evaluate, write_report
-    from schema.fields import FIELD_KEYS
-    from schema.taxonomy import default_taxonomy
 
-    rows2 = [{"id": i, "image": f"{i}.jpg", "split": "test", "diagnosis_key": k, "fitzpatrick": 1}
-             for i, k in ((1, "psoriasis"), (2, "melanoma"), (3, "melanoma"), (4, "psoriasis"), (5, "dermatofibroma"))]
-    data = ExportData(tmp_path, [], rows2, {k: 1 / 11 for k in FIELD_KEYS}, "u", default_taxonomy(), {"caption": "", "diagnosis": ""})
+    rows2 = [
+        {"id": i, "image": f"{i}.jpg", "split": "test", "diagnosis_key": k, "fitzpatrick": 1}
+        for i, k in ((1, "psoriasis"), (2, "melanoma"), (3, "melanoma"), (4, "psoriasis"), (5, "dermatofibroma"))
+    ]
+    data = ExportData(
+        tmp_path, [], rows2, {k: 1 / 11 for k in FIELD_KEYS}, "u", default_taxonomy(), {"caption": "", "diagnosis": ""}
+    )
     for name in ("run-a", "run-b"):
         write_report(evaluate(PREDICTIONS, data), demo_home.settings.home / "reports" / name, title=name)
     at = page(demo_home, "evaluation", "reviewer")

@@ -1,19 +1,13 @@
 import pytest
 from sqlalchemy import select
 
-from curation.labelling import annotate
-from curation.store import auth
-from curation.ingest import demo
-from curation.assist import drafting
-from curation.export import dataset as export
-from curation.ingest import archive, csv_import, fetch, folder
-from curation.ops import maintenance
-from curation.labelling import queue
-from curation.labelling import review
-from curation.labelling import views
-from curation.assist import weights
-from curation.labelling import workflow
+from curation.assist import drafting, weights
 from curation.errors import ConflictError, PermissionDenied
+from curation.export import dataset as export
+from curation.ingest import archive, csv_import, demo, fetch, folder
+from curation.labelling import annotate, queue, review, views, workflow
+from curation.ops import maintenance
+from curation.store import auth
 from curation.store.models import AuditEvent, User
 from schema import Caption
 
@@ -92,7 +86,9 @@ def _calls(wb, tmp_path, image_id):
             lambda a: maintenance.doctor(wb, a),
             lambda a: archive.import_zip(wb, a, tmp_path / "none.zip"),
             lambda a: workflow.update_workflow_settings(wb, a, gold_rate=0.0),
-            lambda a: annotate.add_drafts(wb, a, [dict(image_id=image_id, kind="llm", producer="m", version="1", caption=None, error="x")]),
+            lambda a: annotate.add_drafts(
+                wb, a, [dict(image_id=image_id, kind="llm", producer="m", version="1", caption=None, error="x")]
+            ),
             lambda a: drafting.draft_images(wb, a, model="m"),
             lambda a: drafting.recent_failures(wb, a),
             lambda a: weights.collect_reasonings(wb, a, model="m"),
@@ -144,8 +140,14 @@ def test_failed_logins_are_throttled_per_account_and_audited(wb, admin):
     with pytest.raises(auth.InvalidCredentials, match="too many failed logins"):
         auth.authenticate(wb, "admin", "admin-password", now=later)  # even the right password waits
     with wb.session() as s:
-        assert s.scalar(select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "auth.failed")) == auth.MAX_FAILED_LOGINS
-    assert auth.authenticate(wb, "admin", "admin-password", now=start + auth.FAILED_LOGIN_WINDOW + timedelta(minutes=1)).role == "admin"
+        assert (
+            s.scalar(select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "auth.failed"))
+            == auth.MAX_FAILED_LOGINS
+        )
+    assert (
+        auth.authenticate(wb, "admin", "admin-password", now=start + auth.FAILED_LOGIN_WINDOW + timedelta(minutes=1)).role
+        == "admin"
+    )
     for _ in range(auth.MAX_FAILED_LOGINS):  # unknown names are throttled too, without revealing anything
         with pytest.raises(auth.InvalidCredentials, match="wrong username or password"):
             auth.authenticate(wb, "ghost", "whatever-pw", now=later)

@@ -16,16 +16,25 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from curation.ingest.demo import build_demo
+from curation.labelling.workflow import update_workflow_settings
 from curation.store.auth import get_actor, set_password
 from curation.store.db import open_workbench
-from curation.ingest.demo import build_demo
 from curation.store.models import Annotation
 from curation.store.settings import Settings
-from curation.labelling.workflow import update_workflow_settings
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium (apt-get install chromium)")
 
 
@@ -45,8 +54,13 @@ def running_app(tmp_path):
     port = _free_port()
     env = {**os.environ, "SKINFLOW_HOME": str(home)}
     skinflow = str(Path(sys.executable).with_name("skinflow"))
-    process = subprocess.Popen([skinflow, "app", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        [skinflow, "app", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(120):

@@ -33,7 +33,9 @@ def test_empty_markers_mean_not_applicable():
     assert c.is_empty()
 
 
-@pytest.mark.parametrize("raw,expected", [("solitary", "single"), ("Several", "few"), ("innumerable", "numerous"), ("many", "multiple")])
+@pytest.mark.parametrize(
+    "raw,expected", [("solitary", "single"), ("Several", "few"), ("innumerable", "numerous"), ("many", "multiple")]
+)
 def test_number_synonyms(raw, expected):
     assert Caption(number=raw).number == expected
 

@@ -23,10 +23,36 @@ def run(home, *args, check=True):
 
 
 # every command and group; tests/test_single_source.py checks that this list is the CLI's whole tree
-HELP_COMMANDS = [[], ["init"], ["import"], ["fetch-images"], ["demo"], ["status"], ["export"], ["export", "verify"],
-                 ["users"], ["users", "add"], ["users", "list"], ["users", "set-role"], ["users", "set-password"],
-                 ["ls"], ["ls", "push"], ["ls", "pull"], ["backup"], ["doctor"], ["draft"], ["reasonings"], ["weights"], ["app"],
-                 ["train"], ["predict"], ["suggest"], ["eval"], ["restore"], ["ablate"]]
+HELP_COMMANDS = [
+    [],
+    ["init"],
+    ["import"],
+    ["fetch-images"],
+    ["demo"],
+    ["status"],
+    ["export"],
+    ["export", "verify"],
+    ["users"],
+    ["users", "add"],
+    ["users", "list"],
+    ["users", "set-role"],
+    ["users", "set-password"],
+    ["ls"],
+    ["ls", "push"],
+    ["ls", "pull"],
+    ["backup"],
+    ["doctor"],
+    ["draft"],
+    ["reasonings"],
+    ["weights"],
+    ["app"],
+    ["train"],
+    ["predict"],
+    ["suggest"],
+    ["eval"],
+    ["restore"],
+    ["ablate"],
+]
 
 
 @pytest.mark.parametrize("command", HELP_COMMANDS)
@@ -79,8 +105,13 @@ def test_demo_then_export_then_errors_are_one_line(tmp_path):
 
 def test_bad_settings_are_one_line_errors(tmp_path):
     env_home = tmp_path / "h"
-    result = subprocess.run([SKINFLOW, "status"], capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "SKINFLOW_HOME": str(env_home), "SKINFLOW_MAX_IMAGE_MB": "many"})
+    result = subprocess.run(
+        [SKINFLOW, "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SKINFLOW_HOME": str(env_home), "SKINFLOW_MAX_IMAGE_MB": "many"},
+    )
     assert result.returncode == 2 and result.stderr.startswith("error: invalid settings") and "Traceback" not in result.stderr
 
 
@@ -90,8 +121,13 @@ def test_draft_reasonings_and_weights_commands(tmp_path):
     home = tmp_path / "wb"
     run(home, "demo", "--n", "8")
     with FakeLLM() as server:
-        env = {**os.environ, "SKINFLOW_HOME": str(home), "SKINFLOW_LLM_BASE_URL": server.url, "SKINFLOW_LLM_MODEL": "fake-vlm",
-               "SKINFLOW_LLM_API_KEY": "sk-cli-secret-value"}
+        env = {
+            **os.environ,
+            "SKINFLOW_HOME": str(home),
+            "SKINFLOW_LLM_BASE_URL": server.url,
+            "SKINFLOW_LLM_MODEL": "fake-vlm",
+            "SKINFLOW_LLM_API_KEY": "sk-cli-secret-value",
+        }
         drafted = subprocess.run([SKINFLOW, "draft", "--concurrency", "4"], capture_output=True, text=True, env=env, timeout=120)
         assert drafted.returncode == 0 and "drafted 8 of 8 images" in drafted.stdout, drafted.stderr
         again = subprocess.run([SKINFLOW, "draft"], capture_output=True, text=True, env=env, timeout=120)
@@ -108,8 +144,20 @@ def test_draft_reasonings_and_weights_commands(tmp_path):
 def test_export_formats_filters_and_verify(tmp_path):
     home = tmp_path / "wb"
     run(home, "demo", "--n", "30")
-    done = run(home, "export", "--out", str(tmp_path / "v1"), "--format", "grpo,csv", "--format", "sharegpt",
-               "--holdout-labels", "melanoma", "--group", "malignant,benign")
+    done = run(
+        home,
+        "export",
+        "--out",
+        str(tmp_path / "v1"),
+        "--format",
+        "grpo,csv",
+        "--format",
+        "sharegpt",
+        "--holdout-labels",
+        "melanoma",
+        "--group",
+        "malignant,benign",
+    )
     assert "exported" in done.stdout and (tmp_path / "v1" / "grpo" / "stage1.jsonl").exists()
     assert (tmp_path / "v1" / "records.csv").exists() and (tmp_path / "v1" / "sharegpt.json").exists()
     assert "every file matches" in run(home, "export", "verify", str(tmp_path / "v1")).stdout
@@ -129,6 +177,8 @@ def test_train_and_predict_refuse_bad_input_in_one_line(tmp_path):
     assert "is not a grpo export" in result.stderr and "--format grpo" in result.stderr
     result = run(tmp_path, "train", "--export", str(tmp_path / "plain"), "--preset", "huge", check=False)
     assert result.returncode == 2 and "unknown preset 'huge'" in result.stderr
-    result = run(tmp_path, "predict", "--checkpoint", str(tmp_path / "plain"), "--images", "x.jsonl", "--out", "p.jsonl", check=False)
+    result = run(
+        tmp_path, "predict", "--checkpoint", str(tmp_path / "plain"), "--images", "x.jsonl", "--out", "p.jsonl", check=False
+    )
     assert result.returncode == 2 and "not a checkpoint folder" in result.stderr
     assert not (tmp_path / "runs").exists()

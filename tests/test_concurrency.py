@@ -27,10 +27,10 @@ WORKER = "import json, sys; from tests.test_concurrency import worker; print(jso
 def worker(home: str, database_url: str | None, username: str, seed: int, n: int, image_ids: list[int]) -> dict:
     from sqlalchemy.exc import OperationalError
 
+    from curation.errors import ConflictError
     from curation.labelling.annotate import current_annotation, submit_annotation
     from curation.store.auth import get_actor
     from curation.store.db import open_workbench
-    from curation.errors import ConflictError
     from curation.store.settings import Settings
 
     wb = open_workbench(Settings.load(environ={}, home=home, database_url=database_url))
@@ -46,8 +46,17 @@ def worker(home: str, database_url: str | None, username: str, seed: int, n: int
             mine = current_annotation(wb, actor, image_id)
             supersedes = mine["id"] if mine else None
         try:
-            done["ids"].append(submit_annotation(wb, actor, image_id, {"color": [rng.choice(COLOURS)]}, diagnosis="psoriasis",
-                                                 diagnosis_status="confirmed", supersedes_id=supersedes))
+            done["ids"].append(
+                submit_annotation(
+                    wb,
+                    actor,
+                    image_id,
+                    {"color": [rng.choice(COLOURS)]},
+                    diagnosis="psoriasis",
+                    diagnosis_status="confirmed",
+                    supersedes_id=supersedes,
+                )
+            )
         except ConflictError:
             done["conflicts"] += 1
         except OperationalError as e:
@@ -69,10 +78,21 @@ def test_eight_writers_lose_nothing(wb, admin):
         image_ids = [r.id for r in rows]
     people = [add_user(wb, admin, f"p{i}", "reviewer" if i % 2 else "annotator")[0].username for i in range(PROCESSES)]
     start = time.monotonic()
-    processes = {name: subprocess.Popen([sys.executable, "-c", WORKER, json.dumps([str(wb.settings.home), wb.settings.database_url, name, seed, OPERATIONS // PROCESSES,
-                                                                                  image_ids])],
-                                        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for seed, name in enumerate(people)}
+    processes = {
+        name: subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                WORKER,
+                json.dumps([str(wb.settings.home), wb.settings.database_url, name, seed, OPERATIONS // PROCESSES, image_ids]),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed, name in enumerate(people)
+    }
     outcomes = {}
     for name, process in processes.items():
         stdout, stderr = process.communicate(timeout=300)
@@ -89,7 +109,10 @@ def test_eight_writers_lose_nothing(wb, admin):
         stored = set(s.scalars(select(Annotation.id)))
         submits = s.scalar(select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "annotation.submit"))
         superseded = [x for x in s.scalars(select(Annotation.supersedes_id).where(Annotation.supersedes_id.is_not(None)))]
-    assert stored == set(written)                       # every success is stored, nothing else is
-    assert submits == len(written)                      # and audited once
-    assert len(superseded) == len(set(superseded))      # no version was edited twice: no silent overwrite
-    print(f"{OPERATIONS} operations by {PROCESSES} processes in {elapsed:.1f} s: {len(written)} stored, {conflicts} conflicts reported")
+    assert stored == set(written)  # every success is stored, nothing else is
+    assert submits == len(written)  # and audited once
+    assert len(superseded) == len(set(superseded))  # no version was edited twice: no silent overwrite
+    print(
+        f"{OPERATIONS} operations by {PROCESSES} processes in {elapsed:.1f} s: {len(written)} stored, {conflicts} conflicts "
+        "reported"
+    )

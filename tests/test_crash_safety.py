@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from tests.helpers import jpeg_bytes, photo
 
 SKINFLOW = str(Path(sys.executable).with_name("skinflow"))
@@ -71,7 +72,9 @@ def test_an_export_killed_midway_completes_on_rerun(tmp_path):
     assert demo.wait(timeout=300) == 0, demo.stdout.read().decode()
     out = tmp_path / "exports" / "v1"
     first = start(home, "export", "--out", str(out), "--format", "hf,grpo")
-    killed = kill_when(first, lambda: any(p.name.startswith(".v1.tmp-") for p in out.parent.glob(".*")) if out.parent.exists() else False)
+    killed = kill_when(
+        first, lambda: any(p.name.startswith(".v1.tmp-") for p in out.parent.glob(".*")) if out.parent.exists() else False
+    )
     assert killed, "the export finished before it could be interrupted"
     assert not out.exists()  # nothing half-written under the real name
     rerun = start(home, "export", "--out", str(out), "--format", "hf,grpo")

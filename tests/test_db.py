@@ -3,12 +3,11 @@ import sqlite3
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
-from alembic.script import ScriptDirectory
-
-from curation.store.db import alembic_config, open_workbench
 from curation.errors import ConfigError, DatabaseError
+from curation.store.db import alembic_config, open_workbench
 from curation.store.models import Base
 from curation.store.settings import Settings
 
@@ -55,11 +54,14 @@ def test_toml_config_and_env_precedence(tmp_path):
     assert settings.max_image_mb == 5 and settings.split_seed == 9
 
 
-@pytest.mark.parametrize("environ,match", [
-    ({"SKINFLOW_MAX_IMAGE_MB": "lots"}, "max_image_mb"),
-    ({"SKINFLOW_SPLIT_FRACTIONS": "0.5,0.5,0.5"}, "sum to 1"),
-    ({"SKINFLOW_CONFIG": "/nonexistent/skinflow.toml"}, "does not exist"),
-])
+@pytest.mark.parametrize(
+    "environ,match",
+    [
+        ({"SKINFLOW_MAX_IMAGE_MB": "lots"}, "max_image_mb"),
+        ({"SKINFLOW_SPLIT_FRACTIONS": "0.5,0.5,0.5"}, "sum to 1"),
+        ({"SKINFLOW_CONFIG": "/nonexistent/skinflow.toml"}, "does not exist"),
+    ],
+)
 def test_bad_settings_are_clear_errors(environ, match):
     with pytest.raises(ConfigError, match=match):
         Settings.load(environ=environ)
@@ -81,8 +83,12 @@ def test_upgrading_a_version_1_database_keeps_its_data_and_downgrade_works(tmp_p
     command.downgrade(cfg, "base")  # a PostgreSQL test database starts at head: every downgrade runs first
     command.upgrade(cfg, "0001")
     with engine.begin() as connection:
-        connection.execute(text("INSERT INTO users (username, display_name, role, password_hash, active, created_at) "
-                                "VALUES ('old', 'old', 'admin', 'x', true, '2026-01-01')"))
+        connection.execute(
+            text(
+                "INSERT INTO users (username, display_name, role, password_hash, active, created_at) "
+                "VALUES ('old', 'old', 'admin', 'x', true, '2026-01-01')"
+            )
+        )
     command.upgrade(cfg, "head")
     with engine.connect() as connection:
         assert connection.execute(text("SELECT username FROM users")).scalars().all() == ["old"]
@@ -110,9 +116,12 @@ def test_processes_opening_a_new_workbench_at_once_all_succeed(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from curation.store.db import open_workbench; from curation.store.settings import Settings; "
-            "open_workbench(Settings.load(environ={}, home=sys.argv[1])).close()")
-    processes = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "new")], stderr=subprocess.PIPE, text=True)
-                 for _ in range(4)]
+    code = (
+        "import sys; from curation.store.db import open_workbench; from curation.store.settings import Settings; "
+        "open_workbench(Settings.load(environ={}, home=sys.argv[1])).close()"
+    )
+    processes = [
+        subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "new")], stderr=subprocess.PIPE, text=True) for _ in range(4)
+    ]
     errors = [p.communicate(timeout=120)[1] for p in processes]
     assert [p.returncode for p in processes] == [0, 0, 0, 0], errors

@@ -11,13 +11,13 @@ import pytest
 from PIL import Image as PILImage
 from sqlalchemy import func, select, text
 
+from curation.assist.drafting import draft_images, draft_version, parse_draft_reply
+from curation.assist.llm import LLMConfig, backoff_seconds, extract_json, retry_after_seconds
+from curation.ingest.folder import import_folder
 from curation.store.auth import add_user
 from curation.store.db import open_workbench
-from curation.assist.drafting import draft_images, draft_version, parse_draft_reply
-from curation.ingest.folder import import_folder
-from curation.assist.llm import LLMConfig, backoff_seconds, extract_json, retry_after_seconds
-from curation.store.secrets import redact
 from curation.store.models import Draft, Image
+from curation.store.secrets import redact
 from curation.store.settings import Settings
 from schema import CaptionError, default_taxonomy
 from tests.fake_llm import FakeLLM, case_colour
@@ -31,7 +31,9 @@ def _bench(tmp_path, server: FakeLLM, n: int, **settings):
     folder.mkdir()
     for case in range(n):
         PILImage.new("RGB", (64, 48), case_colour(case)).save(folder / f"case{case:02d}.jpg", quality=95)
-    wb = open_workbench(Settings.load(environ={}, home=tmp_path / "wb", llm_base_url=server.url, llm_model="fake-vlm", **settings))
+    wb = open_workbench(
+        Settings.load(environ={}, home=tmp_path / "wb", llm_base_url=server.url, llm_model="fake-vlm", **settings)
+    )
     admin, _ = add_user(wb, None, "admin", "admin", "admin-password")
     import_folder(wb, admin, folder)
     return wb, admin
@@ -119,21 +121,31 @@ def test_api_keys_are_never_stored_or_logged(tmp_path, monkeypatch):
 def test_key_file_and_missing_model_are_clear(tmp_path):
     key_file = tmp_path / "key"
     key_file.write_text("sk-from-file\n")
-    config = LLMConfig.from_settings(Settings.load(environ={}, llm_model="m"), environ={"SKINFLOW_LLM_API_KEY_FILE": str(key_file)})
+    config = LLMConfig.from_settings(
+        Settings.load(environ={}, llm_model="m"), environ={"SKINFLOW_LLM_API_KEY_FILE": str(key_file)}
+    )
     assert config.key == "sk-from-file"
     from curation.errors import ConfigError
 
     with pytest.raises(ConfigError, match="SKINFLOW_LLM_MODEL"):
         LLMConfig.from_settings(Settings.load(environ={}), environ={})
     with pytest.raises(ConfigError, match="cannot read SKINFLOW_LLM_API_KEY_FILE"):
-        LLMConfig.from_settings(Settings.load(environ={}, llm_model="m"), environ={"SKINFLOW_LLM_API_KEY_FILE": str(tmp_path / "nope")})
+        LLMConfig.from_settings(
+            Settings.load(environ={}, llm_model="m"), environ={"SKINFLOW_LLM_API_KEY_FILE": str(tmp_path / "nope")}
+        )
 
 
 def test_reply_parsing_normalises_and_explains():
-    caption, diagnoses = parse_draft_reply('Sure! {"caption": {"colour": "Red", "number": "solitary"}, '
-                                           '"diagnoses": ["melanoma", {"diagnosis": "mole", "confidence": 2}]}', default_taxonomy())
+    caption, diagnoses = parse_draft_reply(
+        'Sure! {"caption": {"colour": "Red", "number": "solitary"}, '
+        '"diagnoses": ["melanoma", {"diagnosis": "mole", "confidence": 2}]}',
+        default_taxonomy(),
+    )
     assert caption.color == ("erythematous",) and caption.number == "single"
-    assert diagnoses == [{"key": "melanoma", "text": "melanoma", "score": None}, {"key": "nevocytic nevus", "text": "mole", "score": None}]
+    assert diagnoses == [
+        {"key": "melanoma", "text": "melanoma", "score": None},
+        {"key": "nevocytic nevus", "text": "mole", "score": None},
+    ]
     with pytest.raises(CaptionError, match="number"):
         parse_draft_reply('{"caption": {"number": "tons"}}', default_taxonomy())
     with pytest.raises(CaptionError, match="not an object"):
@@ -156,10 +168,10 @@ def test_retry_after_and_backoff():
 
 
 def test_reasonings_then_weights_then_the_export_carries_the_active_set(tmp_path):
-    from curation.store.auth import get_actor
-    from curation.ingest.demo import build_demo
-    from curation.export.dataset import export_dataset
     from curation.assist.weights import collect_reasonings, create_weight_set, list_weight_sets
+    from curation.export.dataset import export_dataset
+    from curation.ingest.demo import build_demo
+    from curation.store.auth import get_actor
 
     with FakeLLM() as server:
         wb = open_workbench(Settings.load(environ={}, home=tmp_path / "wb", llm_base_url=server.url, llm_model="fake-vlm"))

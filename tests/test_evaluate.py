@@ -29,25 +29,36 @@ def stage2(i, key, fitz, split="test"):
 
 @pytest.fixture
 def data(tmp_path):
-    rows2 = [stage2(1, "psoriasis", 1), stage2(2, "melanoma", 1), stage2(3, "melanoma", 2), stage2(4, "psoriasis", 2),
-             stage2(5, "dermatofibroma", 3),
-             stage2(11, "psoriasis", 1, "train"), stage2(12, "psoriasis", 4, "train"), stage2(13, "melanoma", 5, "train")]
+    rows2 = [
+        stage2(1, "psoriasis", 1),
+        stage2(2, "melanoma", 1),
+        stage2(3, "melanoma", 2),
+        stage2(4, "psoriasis", 2),
+        stage2(5, "dermatofibroma", 3),
+        stage2(11, "psoriasis", 1, "train"),
+        stage2(12, "psoriasis", 4, "train"),
+        stage2(13, "melanoma", 5, "train"),
+    ]
     rows1 = [{"id": i, "image": f"images/{i}.jpg", "split": "test", "caption": TRUTH_CAPTION, "fitzpatrick": 1} for i in (1, 2)]
-    return ExportData(tmp_path, rows1, rows2, {k: 1 / 11 for k in FIELD_KEYS}, "uniform", default_taxonomy(),
-                      {"caption": "c", "diagnosis": "d"})
+    return ExportData(
+        tmp_path, rows1, rows2, {k: 1 / 11 for k in FIELD_KEYS}, "uniform", default_taxonomy(), {"caption": "c", "diagnosis": "d"}
+    )
 
 
 def pred(i, keys, score, caption_text=""):
-    return {"id": i, "diagnoses": [{"key": k, "score": score if n == 0 else 0.01} for n, k in enumerate(keys)],
-            "caption_text": caption_text}
+    return {
+        "id": i,
+        "diagnoses": [{"key": k, "score": score if n == 0 else 0.01} for n, k in enumerate(keys)],
+        "caption_text": caption_text,
+    }
 
 
 PREDICTIONS = {
     1: pred(1, ["psoriasis", "eczema"], 0.9, render(Caption.model_validate(TRUTH_CAPTION))),  # right
     2: pred(2, ["dermatofibroma", "vitiligo", "melanoma"], 0.8, "no caption here"),  # rank 3; benign first: a miss
-    3: pred(3, ["basal cell carcinoma"], 0.6),                      # same three-group (malignant) only
+    3: pred(3, ["basal cell carcinoma"], 0.6),  # same three-group (malignant) only
     4: pred(4, ["acne", "melanoma", "vitiligo", "urticaria", "scabies", "rosacea", "psoriasis"], 0.4),  # same nine-group; rank 7
-    5: pred(5, ["melanoma"], 0.7),                                  # benign truth, malignant answer: false alarm
+    5: pred(5, ["melanoma"], 0.7),  # benign truth, malignant answer: false alarm
 }
 
 
@@ -100,7 +111,7 @@ def test_mcnemar_exact_golden():
     assert mcnemar(a, b) == {"b": 1, "c": 3, "p_value": pytest.approx(0.625)}
     assert mcnemar(a, a)["p_value"] == 1.0
     many = np.ones(12, dtype=bool)
-    assert mcnemar(~many, many)["p_value"] == pytest.approx(2 / 2 ** 12)
+    assert mcnemar(~many, many)["p_value"] == pytest.approx(2 / 2**12)
 
 
 def test_bootstrap_is_deterministic_and_brackets_the_mean():
@@ -145,9 +156,9 @@ def test_eval_an_openai_compatible_model_as_a_baseline_through_the_cli(wb, tmp_p
     import sys
     from pathlib import Path
 
-    from curation.store.auth import get_actor
-    from curation.ingest.demo import build_demo
     from curation.export.dataset import export_dataset
+    from curation.ingest.demo import build_demo
+    from curation.store.auth import get_actor
     from tests.fake_llm import FakeLLM
 
     build_demo(wb, None, n=24, seed=1, verified_fraction=1.0, annotated_fraction=0.0)
@@ -157,21 +168,61 @@ def test_eval_an_openai_compatible_model_as_a_baseline_through_the_cli(wb, tmp_p
     expected_top1 = sum(r["diagnosis_key"] == "basal cell carcinoma" for r in train) / len(train)
     skinflow = str(Path(sys.executable).with_name("skinflow"))
     with FakeLLM() as server:
-        env = {**os.environ, "SKINFLOW_HOME": str(tmp_path / "elsewhere"), "SKINFLOW_LLM_BASE_URL": server.url,
-               "SKINFLOW_LLM_MODEL": "fake-vlm", "SKINFLOW_LLM_API_KEY": "test-key"}
-        result = subprocess.run([skinflow, "eval", "--export", str(tmp_path / "export"), "--llm", "fake-vlm", "--split", "train",
-                                 "--out", str(tmp_path / "llm")], capture_output=True, text=True, env=env, timeout=120)
+        env = {
+            **os.environ,
+            "SKINFLOW_HOME": str(tmp_path / "elsewhere"),
+            "SKINFLOW_LLM_BASE_URL": server.url,
+            "SKINFLOW_LLM_MODEL": "fake-vlm",
+            "SKINFLOW_LLM_API_KEY": "test-key",
+        }
+        result = subprocess.run(
+            [
+                skinflow,
+                "eval",
+                "--export",
+                str(tmp_path / "export"),
+                "--llm",
+                "fake-vlm",
+                "--split",
+                "train",
+                "--out",
+                str(tmp_path / "llm"),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "llm" / "report.json").read_text())
     assert report["n_diagnosis"] == len(train)
     assert report["headline"]["top1"] == pytest.approx(expected_top1)
     assert report["captions"]["n"] == len(train) and report["captions"]["reward"] > 0
     predictions = [json.loads(line) for line in (tmp_path / "llm" / "predictions.jsonl").read_text().splitlines()]
-    assert all(p["model_version"].startswith("llm:fake-vlm:") and p["diagnoses"][0]["key"] == "basal cell carcinoma" for p in predictions)
+    assert all(
+        p["model_version"].startswith("llm:fake-vlm:") and p["diagnoses"][0]["key"] == "basal cell carcinoma" for p in predictions
+    )
     # the same file against itself: no difference, McNemar p = 1
-    result = subprocess.run([skinflow, "eval", "--export", str(tmp_path / "export"), "--predictions", str(tmp_path / "llm" / "predictions.jsonl"),
-                             "--baseline", str(tmp_path / "llm" / "predictions.jsonl"), "--split", "train", "--out", str(tmp_path / "same")],
-                            capture_output=True, text=True, env=env, timeout=120)
+    result = subprocess.run(
+        [
+            skinflow,
+            "eval",
+            "--export",
+            str(tmp_path / "export"),
+            "--predictions",
+            str(tmp_path / "llm" / "predictions.jsonl"),
+            "--baseline",
+            str(tmp_path / "llm" / "predictions.jsonl"),
+            "--split",
+            "train",
+            "--out",
+            str(tmp_path / "same"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     comparison = json.loads((tmp_path / "same" / "report.json").read_text())["comparison"]
     assert comparison["top1"]["difference"] == 0 and comparison["mcnemar_top1"]["p_value"] == 1.0

@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 from sqlalchemy import select
 
-from curation.export import dataset as export_module
-from curation.ingest.demo import build_demo
 from curation.errors import ExportError
+from curation.export import dataset as export_module
 from curation.export.dataset import assign_splits, export_dataset
+from curation.ingest.demo import build_demo
 from curation.store.models import Export
 from schema import Caption, parse
 
@@ -43,7 +43,12 @@ def test_records_manifest_and_parquet_agree(demo_wb, tmp_path):
     assert all(r["verified"] for r in records)  # verified only by default
     for name, digest in manifest["files"].items():
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
-    assert set(manifest["files"]) == {r["image"] for r in records} | {"records.jsonl", "records.parquet", "README.md", "fitzpatrick.png"}
+    assert set(manifest["files"]) == {r["image"] for r in records} | {
+        "records.jsonl",
+        "records.parquet",
+        "README.md",
+        "fitzpatrick.png",
+    }
     assert manifest["synthetic"] is True and {r["source"] for r in records} == {"synthetic"}
     assert manifest["schema_version"] == "1" and manifest["taxonomy"]["name"] == "fitzpatrick17k"
     for r in records:

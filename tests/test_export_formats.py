@@ -11,14 +11,14 @@ import pytest
 import yaml
 from PIL import Image as PILImage
 
-from curation.labelling.annotate import add_draft, review_annotation, submit_annotation
-from curation.store.auth import add_user, get_actor
-from curation.ingest.demo import build_demo
 from curation.errors import ExportError
 from curation.export.dataset import ExportFilter, export_dataset, verify_export
-from curation.ingest.folder import import_folder
 from curation.export.neardup import hamming, near_duplicate_groups
 from curation.ingest.clean import dhash
+from curation.ingest.demo import build_demo
+from curation.ingest.folder import import_folder
+from curation.labelling.annotate import add_draft, review_annotation, submit_annotation
+from curation.store.auth import add_user, get_actor
 from tests.helpers import jpeg_bytes, photo, write
 
 
@@ -98,8 +98,16 @@ def test_holdout_labels_go_only_to_test_and_filters_select(demo, tmp_path):
 
 def test_every_format_is_written_and_readable(demo, tmp_path):
     wb, admin = demo
-    add_draft(wb, admin, 1, kind="llm", producer="gpt-x", version="caption-v1+schema1",
-              caption={"color": ["brown"], "number": "single"}, diagnoses=[{"key": "melanoma", "text": "melanoma", "score": 0.8}])
+    add_draft(
+        wb,
+        admin,
+        1,
+        kind="llm",
+        producer="gpt-x",
+        version="caption-v1+schema1",
+        caption={"color": ["brown"], "number": "single"},
+        diagnoses=[{"key": "melanoma", "text": "melanoma", "score": 0.8}],
+    )
     result = export_dataset(wb, admin, tmp_path / "all", formats=("hf", "grpo", "sharegpt", "labelstudio", "csv"))
     out = result.path
     from datasets import load_from_disk
@@ -107,9 +115,16 @@ def test_every_format_is_written_and_readable(demo, tmp_path):
     hf = load_from_disk(str(out / "hf"))
     assert sum(len(hf[s]) for s in ("train", "val", "test")) == result.n_records
     row = hf["train"][0]
-    assert hf["train"].features["diagnosis"].int2str(row["diagnosis"]) in {"melanoma", "psoriasis", "acne vulgaris", "vitiligo",
-                                                                              "urticaria", "nevocytic nevus", "basal cell carcinoma",
-                                                                              "seborrheic keratosis"}
+    assert hf["train"].features["diagnosis"].int2str(row["diagnosis"]) in {
+        "melanoma",
+        "psoriasis",
+        "acne vulgaris",
+        "vitiligo",
+        "urticaria",
+        "nevocytic nevus",
+        "basal cell carcinoma",
+        "seborrheic keratosis",
+    }
     assert row["image"].size == (256, 256) and isinstance(row["color"], list)
 
     stage1 = [json.loads(line) for line in (out / "grpo" / "stage1.jsonl").read_text().splitlines()]
@@ -149,8 +164,9 @@ def test_csv_neutralises_formula_cells(wb, admin, tmp_path):
     from curation.ingest.csv_import import import_csv
 
     [image_id] = import_csv(wb, admin, tmp_path / "in.csv").image_ids
-    aid = submit_annotation(wb, annotator, image_id, {"other": "=1+1 looks odd", "color": "red"}, diagnosis="@SUM(A1)",
-                            diagnosis_status="uncertain")
+    aid = submit_annotation(
+        wb, annotator, image_id, {"other": "=1+1 looks odd", "color": "red"}, diagnosis="@SUM(A1)", diagnosis_status="uncertain"
+    )
     review_annotation(wb, reviewer, aid, "verified")
     export_dataset(wb, admin, tmp_path / "out", formats=("csv",))
     [row] = list(csv.DictReader((tmp_path / "out" / "records.csv").open(encoding="utf-8")))
@@ -164,7 +180,14 @@ def test_dataset_card_has_header_sections_limitations_and_chart(demo, tmp_path):
     card = (result.path / "README.md").read_text()
     header = yaml.safe_load(card.split("---")[1])
     assert header["license"] == "cc0-1.0" and "synthetic" in header["tags"] and header["size_categories"] == ["n<1K"]
-    for section in ("## Motivation", "## Composition", "## Collection", "## Preprocessing", "## Known limitations", "## Licenses"):
+    for section in (
+        "## Motivation",
+        "## Composition",
+        "## Collection",
+        "## Preprocessing",
+        "## Known limitations",
+        "## Licenses",
+    ):
         assert section in card
     assert "No records of Fitzpatrick type(s) 3, 4, 5, 6" in card  # computed from the data
     assert "**Every record is synthetic**" in card
@@ -186,12 +209,15 @@ def test_verify_finds_changed_missing_and_extra_files(demo, tmp_path):
         verify_export(tmp_path)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"formats": ("xlsx",)}, "unknown format"),
-    ({"selection": ExportFilter(labels=("not a disease",))}, "not in the taxonomy"),
-    ({"selection": ExportFilter(groups=("scary",))}, "unknown group"),
-    ({"selection": ExportFilter(fitzpatrick=(9,))}, "1-6"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"formats": ("xlsx",)}, "unknown format"),
+        ({"selection": ExportFilter(labels=("not a disease",))}, "not in the taxonomy"),
+        ({"selection": ExportFilter(groups=("scary",))}, "unknown group"),
+        ({"selection": ExportFilter(fitzpatrick=(9,))}, "1-6"),
+    ],
+)
 def test_bad_export_requests_are_clear_and_write_nothing(demo, tmp_path, kwargs, match):
     wb, admin = demo
     with pytest.raises(ExportError, match=match):
@@ -202,10 +228,12 @@ def test_bad_export_requests_are_clear_and_write_nothing(demo, tmp_path, kwargs,
 def test_label_studio_results_map_back_to_a_caption():
     from curation.export.labelstudio import caption_from_result
 
-    caption, diagnosis = caption_from_result([
-        {"from_name": "shape", "value": {"choices": ["round", "oval"]}},
-        {"from_name": "size", "value": {"choices": ["1-2 cm"]}},
-        {"from_name": "other", "value": {"text": ["a", "b"]}},
-        {"from_name": "diagnosis", "value": {"taxonomy": [["benign", "benign melanocyte", "halo nevus"]]}},
-    ])
+    caption, diagnosis = caption_from_result(
+        [
+            {"from_name": "shape", "value": {"choices": ["round", "oval"]}},
+            {"from_name": "size", "value": {"choices": ["1-2 cm"]}},
+            {"from_name": "other", "value": {"text": ["a", "b"]}},
+            {"from_name": "diagnosis", "value": {"taxonomy": [["benign", "benign melanocyte", "halo nevus"]]}},
+        ]
+    )
     assert caption == {"shape": ["round", "oval"], "size": "1-2 cm", "other": "a b"} and diagnosis == "halo nevus"

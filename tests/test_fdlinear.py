@@ -1,4 +1,4 @@
-"""FDLinear (shared/FDLINEAR.md) and its place in a Qwen2.5-VL vision tower."""
+"""FDLinear (docs/fdlinear.md) and its place in a Qwen2.5-VL vision tower."""
 
 import math
 
@@ -154,8 +154,11 @@ def test_patcher_swaps_chosen_vision_linears_and_feeds_image_boundaries(tiny_mod
     from PIL import Image
 
     images = [Image.new("RGB", (112, 112), (200, 90, 80)), Image.new("RGB", (112, 112), (90, 60, 40))]
-    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "x"}]}],
-                                         add_generation_prompt=True, tokenize=False)
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "x"}]}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
     batch = processor(text=[text, text], images=images, return_tensors="pt", padding=True)
     with torch.no_grad():
         model(**batch)

@@ -7,8 +7,8 @@ import pytest
 from sqlalchemy import select
 
 from curation.errors import FetchError
-from curation.ingest.fetch import download, fetch_images
 from curation.ingest.csv_import import import_csv
+from curation.ingest.fetch import download, fetch_images
 from curation.store.models import Image as ImageRow
 from tests.helpers import jpeg_bytes, photo
 

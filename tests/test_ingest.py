@@ -9,11 +9,11 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from curation.errors import IngestError
+from curation.ingest import import_path
 from curation.ingest.csv_import import import_csv
 from curation.ingest.folder import import_folder
-from curation.ingest import import_path
-from curation.store.models import Image as ImageRow
 from curation.store.files import sha256_hex
+from curation.store.models import Image as ImageRow
 from tests.helpers import EXIF_MAKE, EXIF_ORIENTATION, jpeg_bytes, photo, png_bomb, png_bytes, write
 
 
@@ -135,14 +135,15 @@ def test_hostile_files_are_reported_with_a_reason_and_skipped(wb, admin, tmp_pat
     assert report.imported == 1  # good2.png: the import went on
     assert [item.rsplit("/", 1)[-1] for item, _ in report.failed] == [name]
     import re
+
     assert re.search(reason, report.failed[0][1]), report.failed[0][1]
     after = _rows(wb)
     assert {k: after[k] for k in before} == before  # nothing stored before was changed
 
 
 def test_oversized_file_is_refused_before_reading(tmp_path, admin, wb):
-    from curation.store.settings import Settings
     from curation.store.db import open_workbench
+    from curation.store.settings import Settings
 
     small = open_workbench(Settings.load(environ={}, home=wb.settings.home, max_image_mb=0.001))
     report = import_path(small, admin, write(tmp_path / "big.png", png_bytes(photo(1, (200, 200)))))

@@ -5,8 +5,8 @@ import pytest
 
 from curation.labelling.annotate import add_drafts, review_annotation, submit_annotation
 from curation.labelling.label_issues import pred_probs_matrix, send_back_for_review, suspicious_labels
-from curation.store.models import Image
 from curation.labelling.review import review_items
+from curation.store.models import Image
 
 LABELS = ("psoriasis", "melanoma", "vitiligo")
 
@@ -22,7 +22,11 @@ def noisy_set(wb, admin):
         for i in range(60):
             truth = LABELS[i % 3]
             given = LABELS[(i + 1) % 3] if i in flipped else truth
-            rows.append(Image(source="fitzpatrick17k", status="pending", sha256=f"{i + 1:064x}", file_path=f"{i}.jpg", diagnosis_key=given))
+            rows.append(
+                Image(
+                    source="fitzpatrick17k", status="pending", sha256=f"{i + 1:064x}", file_path=f"{i}.jpg", diagnosis_key=given
+                )
+            )
         s.add_all(rows)
         s.flush()
         ids = [r.id for r in rows]
@@ -32,9 +36,20 @@ def noisy_set(wb, admin):
         top = float(rng.uniform(0.55, 0.95))
         others = [k for k in LABELS if k != truth]
         share = float(rng.uniform(0.3, 0.7))
-        drafts.append({"image_id": image_id, "kind": "model", "producer": "skinflow", "version": "run-1:stage2", "caption": None,
-                       "diagnoses": [{"key": truth, "score": top}, {"key": others[0], "score": (1 - top) * share},
-                                     {"key": others[1], "score": (1 - top) * (1 - share)}]})
+        drafts.append(
+            {
+                "image_id": image_id,
+                "kind": "model",
+                "producer": "skinflow",
+                "version": "run-1:stage2",
+                "caption": None,
+                "diagnoses": [
+                    {"key": truth, "score": top},
+                    {"key": others[0], "score": (1 - top) * share},
+                    {"key": others[1], "score": (1 - top) * (1 - share)},
+                ],
+            }
+        )
     add_drafts(wb, admin, drafts)
     return ids, {ids[i] for i in flipped}
 
@@ -57,7 +72,9 @@ def test_pred_probs_spread_the_unlisted_mass():
 def test_a_verified_label_sent_back_is_reviewed_again(wb, admin, annotator, reviewer, noisy_set):
     ids, _ = noisy_set
     image_id = ids[0]
-    annotation = submit_annotation(wb, annotator, image_id, {"color": ["red"]}, diagnosis="psoriasis", diagnosis_status="confirmed")
+    annotation = submit_annotation(
+        wb, annotator, image_id, {"color": ["red"]}, diagnosis="psoriasis", diagnosis_status="confirmed"
+    )
     review_annotation(wb, reviewer, annotation, "verified")
     assert send_back_for_review(wb, reviewer, [image_id], note={"suggested": "melanoma"}) == 1
     with wb.session() as s:

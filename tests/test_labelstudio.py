@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from curation.store.auth import add_user, get_actor
-from curation.store.db import open_workbench
-from curation.ingest.demo import build_demo
 from curation.errors import NotFound
 from curation.export.labelstudio import LabelStudioError, pull, push
+from curation.ingest.demo import build_demo
+from curation.store.auth import add_user, get_actor
+from curation.store.db import open_workbench
 from curation.store.models import Annotation, User
 from curation.store.settings import Settings
 
@@ -53,13 +53,20 @@ def test_push_twice_annotate_in_label_studio_pull_twice(setup):
     task = next(t for t in tasks if t.data["skinflow_id"] == 1)
     image = urllib.request.urlopen(urllib.request.Request(URL + task.data["image"], headers={"Authorization": f"Token {TOKEN}"}))
     assert image.read()[:2] == b"\xff\xd8"  # Label Studio serves the stored JPEG
-    client.annotations.create(id=task.id, result=[
-        {"from_name": "color", "to_name": "image", "type": "choices", "value": {"choices": ["violaceous", "brown"]}},
-        {"from_name": "number", "to_name": "image", "type": "choices", "value": {"choices": ["few"]}},
-        {"from_name": "other", "to_name": "image", "type": "textarea", "value": {"text": ["central crust"]}},
-        {"from_name": "diagnosis", "to_name": "image", "type": "taxonomy",
-         "value": {"taxonomy": [["malignant", "malignant dermal", "kaposi sarcoma"]]}},
-    ])
+    client.annotations.create(
+        id=task.id,
+        result=[
+            {"from_name": "color", "to_name": "image", "type": "choices", "value": {"choices": ["violaceous", "brown"]}},
+            {"from_name": "number", "to_name": "image", "type": "choices", "value": {"choices": ["few"]}},
+            {"from_name": "other", "to_name": "image", "type": "textarea", "value": {"text": ["central crust"]}},
+            {
+                "from_name": "diagnosis",
+                "to_name": "image",
+                "type": "taxonomy",
+                "value": {"taxonomy": [["malignant", "malignant dermal", "kaposi sarcoma"]]},
+            },
+        ],
+    )
     pulled = pull(wb, admin, URL, TOKEN, project=project)
     assert pulled.imported == 1 and not pulled.skipped
     assert pull(wb, admin, URL, TOKEN, project=project).already_imported == 1  # idempotent

@@ -4,8 +4,8 @@ import sqlite3
 import pytest
 
 from curation.ingest.demo import build_demo
-from curation.store.auth import get_actor
 from curation.ops.maintenance import backup, doctor
+from curation.store.auth import get_actor
 from tests.conftest import ON_POSTGRES
 
 
@@ -17,7 +17,9 @@ def test_backup_is_a_complete_consistent_copy(wb, tmp_path):
     copy = sqlite3.connect(path)
     live = sqlite3.connect(wb.engine.url.database)
     for table in ("images", "drafts", "annotations", "users"):
-        assert copy.execute(f"SELECT count(*) FROM {table}").fetchone() == live.execute(f"SELECT count(*) FROM {table}").fetchone()
+        assert (
+            copy.execute(f"SELECT count(*) FROM {table}").fetchone() == live.execute(f"SELECT count(*) FROM {table}").fetchone()
+        )
     assert copy.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     assert not (tmp_path / "b.db.partial").exists()
 
@@ -66,14 +68,13 @@ def test_doctor_fix_removes_old_orphans_and_dead_temp_files_but_never_a_used_ima
 def test_backup_and_restore_round_trip(wb, admin, tmp_path):
     from sqlalchemy import func, select
 
+    from curation.errors import DatabaseError
+    from curation.ingest import import_path
+    from curation.ops.maintenance import backup, manifest_path, restore
     from curation.store.auth import add_user, list_users
     from curation.store.db import open_workbench
-    from curation.errors import DatabaseError
-    from curation.ops.maintenance import backup, manifest_path, restore
     from curation.store.models import Image
     from tests.helpers import jpeg_bytes, photo, write
-
-    from curation.ingest import import_path
 
     import_path(wb, admin, write(tmp_path / "in" / "a.jpg", jpeg_bytes(photo(1))))
     saved = backup(wb, admin, tmp_path / "b" / "state.db")
@@ -98,7 +99,9 @@ def test_backup_and_restore_round_trip(wb, admin, tmp_path):
             assert s.scalar(select(func.count(Image.id))) == 1
     finally:
         again.close()
-    previous = open_workbench(type(settings).load(environ={}, home=tmp_path / "peek", database_url=f"sqlite:///{report.previous_copy}"))
+    previous = open_workbench(
+        type(settings).load(environ={}, home=tmp_path / "peek", database_url=f"sqlite:///{report.previous_copy}")
+    )
     try:
         assert "later" in [u["username"] for u in list_users(previous, admin)]  # the replaced state is kept
     finally:

@@ -4,12 +4,12 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from curation.labelling.annotate import submit_annotation
-from curation.store.auth import add_user
 from curation.errors import SkinflowError
-from curation.store.models import AuditEvent, Image, Lease, utcnow
+from curation.labelling.annotate import submit_annotation
 from curation.labelling.queue import next_item, remaining, skip
 from curation.labelling.workflow import get_workflow_settings, update_workflow_settings
+from curation.store.auth import add_user
+from curation.store.models import AuditEvent, Image, Lease, utcnow
 
 
 @pytest.fixture
@@ -113,16 +113,27 @@ def _suggest(wb, admin, tmp_path, rows):
     """Import model suggestions the way `skinflow suggest` does (rows: image id, top-1 score, caption)."""
     import json
 
-    from curation.labelling.annotate import add_draft
     from curation.assist.suggestions import import_predictions
+    from curation.labelling.annotate import add_draft
 
     for image_id, _, _ in rows:  # the LLM draft each suggestion is compared with
         add_draft(wb, admin, image_id, kind="llm", producer="gpt", version="1", caption={"color": ["red"], "number": "few"})
     path = tmp_path / "predictions.jsonl"
-    path.write_text("".join(json.dumps({
-        "id": image_id, "image": f"{image_id}.jpg", "model_version": "run-1:stage2", "caption": caption,
-        "diagnoses": [{"key": "psoriasis", "score": top}, {"key": "eczema", "score": (1 - top) / 2}]}) + "\n"
-        for image_id, top, caption in rows))
+    path.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": image_id,
+                    "image": f"{image_id}.jpg",
+                    "model_version": "run-1:stage2",
+                    "caption": caption,
+                    "diagnoses": [{"key": "psoriasis", "score": top}, {"key": "eczema", "score": (1 - top) / 2}],
+                }
+            )
+            + "\n"
+            for image_id, top, caption in rows
+        )
+    )
     assert import_predictions(wb, admin, path).added == len(rows)
 
 
@@ -141,9 +152,16 @@ def test_uncertainty_serves_the_least_sure_suggestion_first(wb, admin, images, t
 
 def test_disagreement_serves_the_largest_draft_suggestion_distance_first(wb, admin, images, tmp_path):
     update_workflow_settings(wb, admin, gold_rate=0.0)
-    _suggest(wb, admin, tmp_path, [(images[0], 0.5, {"color": ["red"], "number": "few"}),          # agrees
-                                   (images[2], 0.5, {"color": ["brown"], "number": "numerous"}),   # two fields differ
-                                   (images[5], 0.5, {"color": ["brown"], "number": "few"})])       # one field differs
+    _suggest(
+        wb,
+        admin,
+        tmp_path,
+        [
+            (images[0], 0.5, {"color": ["red"], "number": "few"}),  # agrees
+            (images[2], 0.5, {"color": ["brown"], "number": "numerous"}),  # two fields differ
+            (images[5], 0.5, {"color": ["brown"], "number": "few"}),
+        ],
+    )  # one field differs
     people = [add_user(wb, admin, f"u{i}", "annotator")[0] for i in range(4)]
     assert _order(wb, people, "disagreement") == [images[2], images[5], images[0], images[1]]
 
@@ -153,8 +171,10 @@ def test_fitzpatrick_balance_serves_the_least_represented_skin_type_first(wb, ad
     with wb.session() as s:
         for image_id, skin_type in zip(images, (1, 1, 2, 5, 6, None)):
             s.get(Image, image_id).fitzpatrick = skin_type
-        extra = [Image(source="test", status="annotated", sha256=f"{100 + i:064x}", file_path=f"x{i}.jpg", fitzpatrick=t)
-                 for i, t in enumerate((1, 1, 2, 3, 4, 6))]  # already labelled: type 1 twice, 2, 3, 4, 6 once; 5 never
+        extra = [
+            Image(source="test", status="annotated", sha256=f"{100 + i:064x}", file_path=f"x{i}.jpg", fitzpatrick=t)
+            for i, t in enumerate((1, 1, 2, 3, 4, 6))
+        ]  # already labelled: type 1 twice, 2, 3, 4, 6 once; 5 never
         s.add_all(extra)
     people = [add_user(wb, admin, f"u{i}", "annotator")[0] for i in range(6)]
     # need: 5 (0 done) first, then 2 and 6 (1 done, lower type first), then 1 (2 done), then unknown type

@@ -2,10 +2,9 @@
 
 import pytest
 
-from curation.labelling.annotate import add_draft
-from curation.ingest.demo import build_demo
 from curation.errors import ConflictError
-from curation.store.models import Image
+from curation.ingest.demo import build_demo
+from curation.labelling.annotate import add_draft
 from curation.labelling.reader_study import (
     available_sources,
     create_study,
@@ -15,6 +14,7 @@ from curation.labelling.reader_study import (
     study_results,
     summarise,
 )
+from curation.store.models import Image
 from schema.errors import SkinflowError
 
 
@@ -25,16 +25,20 @@ def rows(scale_values: dict[str, dict[str, list[list[int]]]]):
         for source, by_rater in by_source.items():
             for rater, values in enumerate(by_rater):
                 for item, value in enumerate(values):
-                    out.setdefault((item, f"r{rater}", source), {"item_id": item, "rater": f"r{rater}", "source": source, "comment": ""})[scale] = value
+                    out.setdefault(
+                        (item, f"r{rater}", source), {"item_id": item, "rater": f"r{rater}", "source": source, "comment": ""}
+                    )[scale] = value
     return list(out.values())
 
 
 def test_statistics_golden():
-    ratings = rows({
-        "correctness": {"A": [[2, 2, 3, 3, 1]] * 2, "B": [[4, 4, 5, 5, 3]] * 2},
-        "usefulness": {"A": [[3] * 5] * 2, "B": [[3] * 5] * 2},
-        "trust": {"A": [[1, 2, 3, 4, 5], [1, 2, 3, 4, 5]], "B": [[5, 4, 3, 2, 1], [5, 4, 3, 2, 2]]},
-    })
+    ratings = rows(
+        {
+            "correctness": {"A": [[2, 2, 3, 3, 1]] * 2, "B": [[4, 4, 5, 5, 3]] * 2},
+            "usefulness": {"A": [[3] * 5] * 2, "B": [[3] * 5] * 2},
+            "trust": {"A": [[1, 2, 3, 4, 5], [1, 2, 3, 4, 5]], "B": [[5, 4, 3, 2, 1], [5, 4, 3, 2, 2]]},
+        }
+    )
     result = summarise(ratings, ["A", "B"])
     assert result["items"] == 5 and result["raters"] == ["r0", "r1"]
     assert result["means"]["correctness"]["A"]["mean"] == pytest.approx(2.2)
@@ -45,7 +49,9 @@ def test_statistics_golden():
     assert result["krippendorff_alpha"]["usefulness"] is None  # no variation: undefined
     tests = {t["scale"]: t for t in result["wilcoxon"]}
     # five paired differences, all +2: exact two-sided p = 2 / 2^5
-    assert tests["correctness"]["p_value"] == pytest.approx(0.0625) and tests["correctness"]["mean_difference"] == pytest.approx(2.0)
+    assert tests["correctness"]["p_value"] == pytest.approx(0.0625) and tests["correctness"]["mean_difference"] == pytest.approx(
+        2.0
+    )
     assert tests["usefulness"]["p_value"] == 1.0
     assert 0 < result["krippendorff_alpha"]["trust"] < 1
 
@@ -56,8 +62,16 @@ def study_wb(wb, admin):
     with wb.session() as s:
         verified = [i.id for i in s.query(Image).filter(Image.status == "verified")]
     for image_id in verified:
-        add_draft(wb, admin, image_id, kind="llm", producer="gpt-x", version="p1", caption={"color": ["red"]},
-                  diagnoses=[{"key": "psoriasis", "score": 0.5}])
+        add_draft(
+            wb,
+            admin,
+            image_id,
+            kind="llm",
+            producer="gpt-x",
+            version="p1",
+            caption={"color": ["red"]},
+            diagnoses=[{"key": "psoriasis", "score": 0.5}],
+        )
     return wb, verified
 
 
@@ -82,12 +96,21 @@ def test_create_rate_and_report(study_wb, admin, reviewer):
             assert next_item(wb, rater, study).outputs == item.outputs  # stable across reloads
             orders.append(tuple(key for _, key, _ in item.outputs))
             assert all(out["caption"]["color"] != ["white"] for _, _, out in item.outputs)
-            rate_item(wb, rater, item.item_id, {key: {"correctness": 4 if key.startswith("llm") else 2, "usefulness": 3,
-                                                      "trust": 3, "comment": "=SUM(A1)"} for _, key, _ in item.outputs})
+            rate_item(
+                wb,
+                rater,
+                item.item_id,
+                {
+                    key: {"correctness": 4 if key.startswith("llm") else 2, "usefulness": 3, "trust": 3, "comment": "=SUM(A1)"}
+                    for _, key, _ in item.outputs
+                },
+            )
         assert next_item(wb, rater, study) is None
     assert len(set(orders)) == 2  # both orders occur: the names say nothing about the source
     with pytest.raises(ConflictError):
-        rate_item(wb, reviewer, item.item_id, {key: {"correctness": 1, "usefulness": 1, "trust": 1} for _, key, _ in item.outputs})
+        rate_item(
+            wb, reviewer, item.item_id, {key: {"correctness": 1, "usefulness": 1, "trust": 1} for _, key, _ in item.outputs}
+        )
     with pytest.raises(SkinflowError, match="1 to 5"):
         rate_item(wb, admin, item.item_id, {key: {"correctness": 9, "usefulness": 1, "trust": 1} for _, key, _ in item.outputs})
     results = study_results(wb, reviewer, study)

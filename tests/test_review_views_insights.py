@@ -4,25 +4,28 @@ import zipfile
 import pytest
 from sqlalchemy import select
 
-from curation.labelling.annotate import adjudicate, current_annotation, load_work, save_work, submit_annotation
-from curation.store.auth import add_user
-from curation.ingest.demo import build_demo
 from curation.errors import IngestError, PermissionDenied
 from curation.ingest import import_path
 from curation.ingest.archive import import_zip
-from curation.ops.insights import cohen_kappa, field_alpha, insights
-from curation.store.models import Annotation, Image, Review
+from curation.ingest.demo import build_demo
+from curation.labelling.annotate import adjudicate, current_annotation, load_work, save_work, submit_annotation
 from curation.labelling.queue import next_item
 from curation.labelling.review import review_items
 from curation.labelling.views import image_detail, image_history, list_images, thumbnail
 from curation.labelling.workflow import update_workflow_settings
+from curation.ops.insights import cohen_kappa, field_alpha, insights
+from curation.store.auth import add_user
+from curation.store.models import Annotation, Image, Review
 from tests.helpers import jpeg_bytes, photo
 
 
 @pytest.fixture
 def image_ids(wb):
     with wb.session() as s:
-        rows = [Image(source="test", status="pending", sha256=f"{i:064x}", file_path=f"{i}.jpg", diagnosis_key="psoriasis") for i in range(4)]
+        rows = [
+            Image(source="test", status="pending", sha256=f"{i:064x}", file_path=f"{i}.jpg", diagnosis_key="psoriasis")
+            for i in range(4)
+        ]
         s.add_all(rows)
         s.flush()
         return [r.id for r in rows]
@@ -41,7 +44,10 @@ def test_review_items_are_ranked_by_reason(wb, admin, annotator, reviewer, image
     _annotate(wb, annotator, image_ids[3], {"color": "red"})
     items = review_items(wb, reviewer)
     assert [(i["image_id"], i["reason"]) for i in items] == [
-        (image_ids[0], "disagreement"), (image_ids[1], "uncertain"), (image_ids[2], "flagged"), (image_ids[3], "awaiting verification"),
+        (image_ids[0], "disagreement"),
+        (image_ids[1], "uncertain"),
+        (image_ids[2], "flagged"),
+        (image_ids[3], "awaiting verification"),
     ]
     assert items[0]["comparison"]["pairs"][0]["same_label"] is False
     with pytest.raises(PermissionDenied):
@@ -143,7 +149,10 @@ def test_insights_cover_progress_throughput_agreement_and_gold(wb):
         submit_annotation(wb, second, item.image_id, {"color": "red"}, diagnosis="psoriasis", diagnosis_status="confirmed")
     numbers = insights(wb)
     assert numbers["throughput"]["annotator"]["annotations"] >= 6
-    assert sum(day["annotations"] for day in numbers["progress_by_day"].values()) == numbers["throughput"]["annotator"]["annotations"] + numbers["throughput"]["second"]["annotations"]
+    assert (
+        sum(day["annotations"] for day in numbers["progress_by_day"].values())
+        == numbers["throughput"]["annotator"]["annotations"] + numbers["throughput"]["second"]["annotations"]
+    )
     assert numbers["agreement"]["items_with_2_or_more_annotators"] >= 1
     assert set(numbers["agreement"]["krippendorff_alpha"]) >= {"color", "number", "other"}
     assert "second" in numbers["gold_accuracy"] and numbers["gold_accuracy"]["second"]["items"] >= 1
@@ -170,12 +179,15 @@ def test_zip_upload_imports_images(wb, admin, tmp_path):
     assert report.imported == 2
 
 
-@pytest.mark.parametrize("entries,symlink,match", [
-    ({"../../evil.jpg": b"x"}, None, "zip-slip"),
-    ({"/etc/cron.d/evil": b"x"}, None, "zip-slip"),
-    ({"ok.jpg": b"x"}, "link.jpg", "symbolic link"),
-    ({"bomb.jpg": b"\0" * 5_000_000}, None, "zip-bomb guard"),
-])
+@pytest.mark.parametrize(
+    "entries,symlink,match",
+    [
+        ({"../../evil.jpg": b"x"}, None, "zip-slip"),
+        ({"/etc/cron.d/evil": b"x"}, None, "zip-slip"),
+        ({"ok.jpg": b"x"}, "link.jpg", "symbolic link"),
+        ({"bomb.jpg": b"\0" * 5_000_000}, None, "zip-bomb guard"),
+    ],
+)
 def test_hostile_zips_are_refused_whole(wb, admin, tmp_path, entries, symlink, match):
     archive = tmp_path / "bad.zip"
     archive.write_bytes(_zip({"fine.jpg": jpeg_bytes(photo(3)), **entries}, symlink))
@@ -198,18 +210,49 @@ def test_edit_rates_per_field_compare_what_annotators_started_from(wb, admin, an
         s.flush()
         ids = [r.id for r in rows]
     base = {"color": ["red"], "number": "few", "texture": ["scaly"]}
-    model = [add_draft(wb, admin, i, kind="model", producer="skinflow", version="run-1:stage2", caption=base,
-                       diagnoses=[{"key": "psoriasis", "score": 0.9}]) for i in ids[:2]]
-    llm = [add_draft(wb, admin, i, kind="llm", producer="gpt", version="1", caption=base,
-                     diagnoses=[{"key": "eczema", "score": 0.5}]) for i in ids[2:]]
+    model = [
+        add_draft(
+            wb,
+            admin,
+            i,
+            kind="model",
+            producer="skinflow",
+            version="run-1:stage2",
+            caption=base,
+            diagnoses=[{"key": "psoriasis", "score": 0.9}],
+        )
+        for i in ids[:2]
+    ]
+    llm = [
+        add_draft(
+            wb, admin, i, kind="llm", producer="gpt", version="1", caption=base, diagnoses=[{"key": "eczema", "score": 0.5}]
+        )
+        for i in ids[2:]
+    ]
     # from the suggestion: one of two annotators changes the colour; both keep psoriasis
-    submit_annotation(wb, annotator, ids[0], {**base, "color": ["brown"]}, diagnosis="psoriasis", diagnosis_status="confirmed",
-                      based_on_draft_id=model[0])
-    submit_annotation(wb, annotator, ids[1], base, diagnosis="psoriasis", diagnosis_status="confirmed", based_on_draft_id=model[1])
+    submit_annotation(
+        wb,
+        annotator,
+        ids[0],
+        {**base, "color": ["brown"]},
+        diagnosis="psoriasis",
+        diagnosis_status="confirmed",
+        based_on_draft_id=model[0],
+    )
+    submit_annotation(
+        wb, annotator, ids[1], base, diagnosis="psoriasis", diagnosis_status="confirmed", based_on_draft_id=model[1]
+    )
     # from the LLM draft: both change colour and number, and the diagnosis
     for image_id, draft in zip(ids[2:], llm):
-        submit_annotation(wb, annotator, image_id, {**base, "color": ["white"], "number": "single"}, diagnosis="psoriasis",
-                          diagnosis_status="confirmed", based_on_draft_id=draft)
+        submit_annotation(
+            wb,
+            annotator,
+            image_id,
+            {**base, "color": ["white"], "number": "single"},
+            diagnosis="psoriasis",
+            diagnosis_status="confirmed",
+            based_on_draft_id=draft,
+        )
     rates = insights(wb)["edit_rates"]
     assert rates["model"]["annotations"] == 2 and rates["model"]["fields"]["color"] == 0.5
     assert rates["model"]["fields"]["number"] == 0.0 and rates["model"]["diagnosis"] == 0.0

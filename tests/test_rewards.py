@@ -1,4 +1,4 @@
-"""Golden values for the stage I and stage II rewards, computed by hand from FDLINEAR.md."""
+"""Golden values for the stage I and stage II rewards, computed by hand from docs/fdlinear.md."""
 
 import pytest
 
@@ -66,21 +66,24 @@ def test_positional_weights_run_from_one_to_one_over_k():
     assert [positional_weight(r, 3) for r in (1, 2, 3)] == pytest.approx([1, 2 / 3, 1 / 3])
 
 
-@pytest.mark.parametrize("answer, truth, expected", [
-    ("psoriasis", "psoriasis", 1.0),                                   # exact at rank 1
-    ("1. Kaposi sarcoma\n2. Psoriasis", "psoriasis", 5 / 6),           # numbering, display names, rank 2
-    ("eczema\npsoriasis", "psoriasis", 5 / 6),                         # exact at 2 (5/6) beats same group at 1 (0.5)
-    ("acne\nkaposi sarcoma", "psoriasis", 0.5),                        # same nine-group at rank 1: half credit
-    ("kaposi sarcoma\ndermatofibroma\nacne", "psoriasis", 0.5 * 4 / 6),  # same group at rank 3
-    ("kaposi sarcoma\ndermatofibroma", "psoriasis", 0.0),              # nothing related
-    ("dermatofibroma\nmelanoma", "melanoma", 5 / 6 - 0.5),             # malignant truth, benign first: penalty
-    ("basal cell carcinoma\nlupus erythematosus\nmelanoma", "melanoma", 4 / 6),  # malignant first: no penalty
-    ("a\nb\nc\nd\ne\nf\npsoriasis", "psoriasis", 0.0),                 # beyond K = 6
-    ('["kaposi sarcoma", "psoriasis"]', "psoriasis", 5 / 6),           # a JSON list
-    ("kaposi sarcoma, psoriasis", "psoriasis", 5 / 6),                 # one comma-separated line
-    ("", "psoriasis", 0.0),
-    ("unintelligible text", "melanoma", 0.0),                          # unrecognised first entry: no penalty
-])
+@pytest.mark.parametrize(
+    "answer, truth, expected",
+    [
+        ("psoriasis", "psoriasis", 1.0),  # exact at rank 1
+        ("1. Kaposi sarcoma\n2. Psoriasis", "psoriasis", 5 / 6),  # numbering, display names, rank 2
+        ("eczema\npsoriasis", "psoriasis", 5 / 6),  # exact at 2 (5/6) beats same group at 1 (0.5)
+        ("acne\nkaposi sarcoma", "psoriasis", 0.5),  # same nine-group at rank 1: half credit
+        ("kaposi sarcoma\ndermatofibroma\nacne", "psoriasis", 0.5 * 4 / 6),  # same group at rank 3
+        ("kaposi sarcoma\ndermatofibroma", "psoriasis", 0.0),  # nothing related
+        ("dermatofibroma\nmelanoma", "melanoma", 5 / 6 - 0.5),  # malignant truth, benign first: penalty
+        ("basal cell carcinoma\nlupus erythematosus\nmelanoma", "melanoma", 4 / 6),  # malignant first: no penalty
+        ("a\nb\nc\nd\ne\nf\npsoriasis", "psoriasis", 0.0),  # beyond K = 6
+        ('["kaposi sarcoma", "psoriasis"]', "psoriasis", 5 / 6),  # a JSON list
+        ("kaposi sarcoma, psoriasis", "psoriasis", 5 / 6),  # one comma-separated line
+        ("", "psoriasis", 0.0),
+        ("unintelligible text", "melanoma", 0.0),  # unrecognised first entry: no penalty
+    ],
+)
 def test_diagnosis_reward_golden(answer, truth, expected):
     assert diagnosis_reward([chat(answer)], [truth]) == [pytest.approx(expected)]
 
@@ -93,15 +96,18 @@ def test_diagnosis_reward_settings():
     assert diagnosis_reward(["acne"], ["psoriasis"], group_credit=0.25) == [pytest.approx(0.25)]
 
 
-@pytest.mark.parametrize("answer, expected", [
-    ("psoriasis\nmelanoma", 1.0),
-    ("", 0.0),
-    ("psoriasis\npsoriasis", 0.5),                 # repeated entry
-    ("melanoma\nMelanoma", 0.5),                   # repeated after normalisation
-    ("psoriasis\nzzqx unheard of", 0.75),          # one entry not in the taxonomy
-    ("acne\neczema\npsoriasis\nmelanoma\nvitiligo\nscabies\nrosacea", 0.5),  # 7 > K entries
-    ("qq\nqq", 0.0),                               # unknown twice and repeated: 1 - 0.5 - 0.5 -> 0
-])
+@pytest.mark.parametrize(
+    "answer, expected",
+    [
+        ("psoriasis\nmelanoma", 1.0),
+        ("", 0.0),
+        ("psoriasis\npsoriasis", 0.5),  # repeated entry
+        ("melanoma\nMelanoma", 0.5),  # repeated after normalisation
+        ("psoriasis\nzzqx unheard of", 0.75),  # one entry not in the taxonomy
+        ("acne\neczema\npsoriasis\nmelanoma\nvitiligo\nscabies\nrosacea", 0.5),  # 7 > K entries
+        ("qq\nqq", 0.0),  # unknown twice and repeated: 1 - 0.5 - 0.5 -> 0
+    ],
+)
 def test_diagnosis_format_reward_golden(answer, expected):
     assert diagnosis_format_reward([chat(answer)]) == [pytest.approx(expected)]
 

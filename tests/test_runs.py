@@ -9,9 +9,20 @@ import pytest
 from sqlalchemy import func, select
 
 from curation.ingest.demo import build_demo
-from curation.store.models import Draft, Image
-from curation.ops.runs import AblationRequest, RunError, activate_run, cancel_run, list_runs, read_metrics, refresh_runs, resume_run, run_dir, start_training
 from curation.labelling.workflow import get_workflow_settings
+from curation.ops.runs import (
+    AblationRequest,
+    RunError,
+    activate_run,
+    cancel_run,
+    list_runs,
+    read_metrics,
+    refresh_runs,
+    resume_run,
+    run_dir,
+    start_training,
+)
+from curation.store.models import Draft, Image
 
 FAST = {"sft_epochs": 1, "stage1_steps": 2, "stage2_steps": 2, "num_generations": 2, "batch_size": 4}
 
@@ -66,22 +77,28 @@ def test_retrain_runs_in_the_background_and_activation_fills_the_queue(curated, 
         time.sleep(0.5)
     with curated.session() as s:
         needing = s.scalar(select(func.count()).select_from(Image).where(Image.status.in_(("pending", "annotated"))))
-        suggested = s.scalar(select(func.count(func.distinct(Draft.image_id))).where(Draft.kind == "model", Draft.version == f"run-{run_id}:stage2"))
+        suggested = s.scalar(
+            select(func.count(func.distinct(Draft.image_id))).where(
+                Draft.kind == "model", Draft.version == f"run-{run_id}:stage2"
+            )
+        )
     log = (run_dir(curated, run_id).parent / f"run-{run_id}-suggest.log").read_text()
     assert needing > 0 and suggested == needing, log
 
     # the queue follows each strategy over the scores the suggestions produced
-    from curation.store.auth import add_user
-    from curation.store.models import QueueScore
     from curation.labelling.queue import next_item
     from curation.labelling.workflow import update_workflow_settings
+    from curation.store.auth import add_user
+    from curation.store.models import QueueScore
 
     update_workflow_settings(curated, admin, gold_rate=0.0)
     with curated.session() as s:
         pending = {i for (i,) in s.execute(select(Image.id).where(Image.status == "pending"))}
         scores = {q.image_id: q for q in s.scalars(select(QueueScore))}
     for strategy in ("uncertainty", "disagreement"):
-        scored = sorted((i for i in pending if getattr(scores[i], strategy) is not None), key=lambda i: (-getattr(scores[i], strategy), i))
+        scored = sorted(
+            (i for i in pending if getattr(scores[i], strategy) is not None), key=lambda i: (-getattr(scores[i], strategy), i)
+        )
         expected = (scored + sorted(pending - set(scored)))[:3]  # unscored ones (no parseable caption) follow by id
         people = [add_user(curated, admin, f"{strategy}{k}", "annotator")[0] for k in range(3)]
         served = [next_item(curated, person, strategy=strategy).image_id for person in people]

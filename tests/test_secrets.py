@@ -17,7 +17,10 @@ SKINFLOW = str(Path(sys.executable).with_name("skinflow"))
 def test_a_key_comes_from_the_variable_else_from_its_file(tmp_path):
     key_file = tmp_path / "key"
     key_file.write_text("  ls-token-from-file\n")
-    assert read_secret("LABEL_STUDIO_API_KEY", {"LABEL_STUDIO_API_KEY": "direct", "LABEL_STUDIO_API_KEY_FILE": str(key_file)}) == "direct"
+    assert (
+        read_secret("LABEL_STUDIO_API_KEY", {"LABEL_STUDIO_API_KEY": "direct", "LABEL_STUDIO_API_KEY_FILE": str(key_file)})
+        == "direct"
+    )
     assert read_secret("LABEL_STUDIO_API_KEY", {"LABEL_STUDIO_API_KEY_FILE": str(key_file)}) == "ls-token-from-file"
     assert read_secret("LABEL_STUDIO_API_KEY", {}) is None
     (tmp_path / "empty").write_text("\n")
@@ -44,9 +47,16 @@ def test_the_cli_has_no_token_flag_and_scrubs_keys_from_errors(tmp_path):
     result = subprocess.run([SKINFLOW, "import", str(missing)], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 2 and "does not exist" in result.stderr
     assert secret not in result.stderr + result.stdout and "folder-named-***" in result.stderr
-    flag = subprocess.run([SKINFLOW, "ls", "push", "--url", "http://127.0.0.1:9", "--token", secret],
-                          capture_output=True, text=True, env=env, timeout=120)
+    flag = subprocess.run(
+        [SKINFLOW, "ls", "push", "--url", "http://127.0.0.1:9", "--token", secret],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert flag.returncode != 0 and "No such option" in flag.stderr + flag.stdout
     env.pop("LABEL_STUDIO_API_KEY")
-    no_key = subprocess.run([SKINFLOW, "ls", "push", "--url", "http://127.0.0.1:9"], capture_output=True, text=True, env=env, timeout=120)
+    no_key = subprocess.run(
+        [SKINFLOW, "ls", "push", "--url", "http://127.0.0.1:9"], capture_output=True, text=True, env=env, timeout=120
+    )
     assert no_key.returncode == 2 and "set LABEL_STUDIO_API_KEY" in no_key.stderr

@@ -5,11 +5,11 @@ import json
 import pytest
 from sqlalchemy import func, select
 
-from curation.labelling.annotate import latest_model_drafts
-from curation.ingest.demo import build_demo
-from curation.export.dataset import export_dataset
-from curation.store.models import Draft
 from curation.assist.suggestions import import_predictions
+from curation.export.dataset import export_dataset
+from curation.ingest.demo import build_demo
+from curation.labelling.annotate import latest_model_drafts
+from curation.store.models import Draft
 from schema.errors import SkinflowError
 
 
@@ -21,10 +21,16 @@ def exported(wb, admin, tmp_path):
 
 
 def prediction(record, **changes):
-    row = {"id": record["id"], "image": record["image"], "model_version": "run-1:stage2",
-           "caption": {"color": ["brown"], "number": "single"}, "caption_text": "Color: brown\nNumber: single",
-           "caption_error": None, "answer": "Melanoma",
-           "diagnoses": [{"key": "melanoma", "display": "Melanoma", "score": 0.6}, {"key": "not-a-label", "score": 0.3}]}
+    row = {
+        "id": record["id"],
+        "image": record["image"],
+        "model_version": "run-1:stage2",
+        "caption": {"color": ["brown"], "number": "single"},
+        "caption_text": "Color: brown\nNumber: single",
+        "caption_error": None,
+        "answer": "Melanoma",
+        "diagnoses": [{"key": "melanoma", "display": "Melanoma", "score": 0.6}, {"key": "not-a-label", "score": 0.3}],
+    }
     return {**row, **changes}
 
 
@@ -35,10 +41,13 @@ def count_model_drafts(wb):
 
 def test_predictions_become_model_drafts_once(wb, admin, exported, tmp_path):
     a, b, c = exported[:3]
-    rows = [prediction(a), prediction(b, caption={"number": "lots and lots"}),
-            prediction(c, id=None),                               # matched by the file name (sha256)
-            prediction(a, id=b["id"]),                            # id and picture disagree: refused
-            prediction(a, id=999_999, image="images/x/y.jpg")]    # unknown image
+    rows = [
+        prediction(a),
+        prediction(b, caption={"number": "lots and lots"}),
+        prediction(c, id=None),  # matched by the file name (sha256)
+        prediction(a, id=b["id"]),  # id and picture disagree: refused
+        prediction(a, id=999_999, image="images/x/y.jpg"),
+    ]  # unknown image
     path = tmp_path / "predictions.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     report = import_predictions(wb, admin, path)
@@ -80,8 +89,21 @@ def test_suggest_with_model_predicts_what_needs_work_imports_it_and_removes_its_
     def predict(manifest, out_file):  # what the trainer's predict_to_file does, minus the model
         items = [json.loads(line) for line in manifest.read_text().splitlines()]
         seen["folder"], seen["ids"] = manifest.parent, [item["id"] for item in items]
-        out_file.write_text("".join(json.dumps({"id": item["id"], "image": item["image"], "model_version": "m:1",
-                                                "caption": {"color": ["brown"]}, "diagnoses": []}) + "\n" for item in items))
+        out_file.write_text(
+            "".join(
+                json.dumps(
+                    {
+                        "id": item["id"],
+                        "image": item["image"],
+                        "model_version": "m:1",
+                        "caption": {"color": ["brown"]},
+                        "diagnoses": [],
+                    }
+                )
+                + "\n"
+                for item in items
+            )
+        )
         return len(items)
 
     with pytest.raises(SkinflowError, match="admin"):

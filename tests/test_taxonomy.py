@@ -33,10 +33,17 @@ def test_concatenated_source_strings_get_readable_display_names():
 @pytest.mark.parametrize(
     "text,key",
     [
-        ("BCC", "basal cell carcinoma"), ("basal cell ca", "basal cell carcinoma"), ("Basal-cell carcinoma", "basal cell carcinoma"),
-        ("basal cell carcinoma", "basal cell carcinoma"), ("Melanomma", "melanoma"), ("Behçet's disease", "behcets disease"),
-        ("herpes gestationis", "acquired autoimmune bullous diseaseherpes gestationis"), ("mole", "nevocytic nevus"),
-        ("Seborrhoeic keratosis", "seborrheic keratosis"), ("psoriasis vulgaris", "psoriasis"), ("  PSORIASIS. ", "psoriasis"),
+        ("BCC", "basal cell carcinoma"),
+        ("basal cell ca", "basal cell carcinoma"),
+        ("Basal-cell carcinoma", "basal cell carcinoma"),
+        ("basal cell carcinoma", "basal cell carcinoma"),
+        ("Melanomma", "melanoma"),
+        ("Behçet's disease", "behcets disease"),
+        ("herpes gestationis", "acquired autoimmune bullous diseaseherpes gestationis"),
+        ("mole", "nevocytic nevus"),
+        ("Seborrhoeic keratosis", "seborrheic keratosis"),
+        ("psoriasis vulgaris", "psoriasis"),
+        ("  PSORIASIS. ", "psoriasis"),
     ],
 )
 def test_normalise_diagnosis_finds_the_key(text, key):
@@ -68,13 +75,17 @@ def test_safety_error_is_a_non_malignant_answer_to_a_malignant_truth():
 
 def test_a_team_can_load_its_own_taxonomy(tmp_path):
     path = tmp_path / "tax.json"
-    path.write_text(json.dumps({
-        "_meta": {"name": "clinic", "malignant_groups": ["cancer"]},
-        "labels": {
-            "mel": {"nine_partition": "melanocytic", "three_partition": "cancer", "synonyms": ["melanoma"]},
-            "nev": {"nine_partition": "melanocytic", "three_partition": "benign", "display": "Nevus"},
-        },
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "_meta": {"name": "clinic", "malignant_groups": ["cancer"]},
+                "labels": {
+                    "mel": {"nine_partition": "melanocytic", "three_partition": "cancer", "synonyms": ["melanoma"]},
+                    "nev": {"nine_partition": "melanocytic", "three_partition": "benign", "display": "Nevus"},
+                },
+            }
+        )
+    )
     tax = load_taxonomy(path)
     assert tax.normalise("Melanoma") == "mel" and tax.normalise("nevus") == "nev"
     assert tax.relevance("nev", "mel") is Relevance.SAME_GROUP9
@@ -82,10 +93,15 @@ def test_a_team_can_load_its_own_taxonomy(tmp_path):
     assert tax.version.startswith("clinic-")
 
 
-@pytest.mark.parametrize("content,match", [
-    ("not json", "not valid UTF-8 JSON"), ("[]", "JSON object"), ('{"labels": {}}', "no 'labels'"),
-    ('{"labels": {"a": {"nine_partition": "x"}}}', "needs 'nine_partition' and 'three_partition'"),
-])
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        ("not json", "not valid UTF-8 JSON"),
+        ("[]", "JSON object"),
+        ('{"labels": {}}', "no 'labels'"),
+        ('{"labels": {"a": {"nine_partition": "x"}}}', "needs 'nine_partition' and 'three_partition'"),
+    ],
+)
 def test_malformed_taxonomy_files_are_clear_errors(tmp_path, content, match):
     path = tmp_path / "bad.json"
     path.write_text(content)

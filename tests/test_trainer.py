@@ -15,8 +15,11 @@ from trainer.model import SkinflowQwen2_5_VL, fd_settings, load
 
 
 def chat_batch(processor, n=2):
-    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe"}]}],
-                                         add_generation_prompt=True, tokenize=False)
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe"}]}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
     images = [Image.new("RGB", (112, 112), (200 - 40 * i, 90, 80)) for i in range(n)]
     return processor(text=[text] * n, images=images, return_tensors="pt", padding=True)
 
@@ -78,7 +81,7 @@ def test_presets_config_files_and_overrides(tmp_path):
     toml.write_text('[train]\npreset = "tiny"\nstage1_steps = 7\nk = 3\nfd_layers = [1]\n')
     config = TrainConfig.from_toml(toml, stage1_steps=9)
     assert (config.stage1_steps, config.k, config.fd_layers) == (9, 3, (1,))
-    toml.write_text('stage1_stepz = 7\n')
+    toml.write_text("stage1_stepz = 7\n")
     with pytest.raises(TrainerError, match="unknown setting"):
         TrainConfig.from_toml(toml)
     with pytest.raises(TrainerError, match="unknown preset"):
@@ -92,10 +95,10 @@ def test_presets_config_files_and_overrides(tmp_path):
 # -- a real (small) run ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def grpo_export(tmp_path_factory):
+    from curation.export.dataset import export_dataset
+    from curation.ingest.demo import build_demo
     from curation.store.auth import get_actor
     from curation.store.db import open_workbench
-    from curation.ingest.demo import build_demo
-    from curation.export.dataset import export_dataset
     from curation.store.settings import Settings
 
     home = tmp_path_factory.mktemp("trainer")
@@ -128,9 +131,20 @@ def test_missing_or_malformed_exports_are_refused_clearly(tmp_path, grpo_export)
 def test_tiny_end_to_end_train_resume_and_predict(grpo_export, tmp_path):
     from trainer.train import train
 
-    config = TrainConfig.for_preset("tiny", export=str(grpo_export), output_dir=str(tmp_path / "runs"), run_id="e2e",
-                                    sft_epochs=1.0, stage1_steps=2, stage2_steps=2, save_steps=1, batch_size=4,
-                                    num_generations=2, stage1_max_completion_length=16, stage2_max_completion_length=8)
+    config = TrainConfig.for_preset(
+        "tiny",
+        export=str(grpo_export),
+        output_dir=str(tmp_path / "runs"),
+        run_id="e2e",
+        sft_epochs=1.0,
+        stage1_steps=2,
+        stage2_steps=2,
+        save_steps=1,
+        batch_size=4,
+        num_generations=2,
+        stage1_max_completion_length=16,
+        stage2_max_completion_length=8,
+    )
     run = train(config)
     assert (run / "model").resolve() == (run / "stage2" / "final").resolve()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -157,14 +171,18 @@ def test_tiny_end_to_end_train_resume_and_predict(grpo_export, tmp_path):
     train(config, resume=True)
     assert (run / "stage2" / "final" / "config.json").exists()
     assert (run / "stage1" / "final" / "config.json").stat().st_mtime == stage1_mtime
-    resumed = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][len(rows):]
+    resumed = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][len(rows) :]
     assert resumed and {r["stage"] for r in resumed} == {2} and min(r["step"] for r in resumed) == 2
 
     from trainer.predict import predict_to_file
 
     manifest = tmp_path / "four.jsonl"
-    manifest.write_text("".join(json.dumps({"image": str(grpo_export / r["image"]), "id": r["id"]}) + "\n" for r in
-                                [json.loads(line) for line in (grpo_export / "grpo" / "stage1.jsonl").read_text().splitlines()][:4]))
+    manifest.write_text(
+        "".join(
+            json.dumps({"image": str(grpo_export / r["image"]), "id": r["id"]}) + "\n"
+            for r in [json.loads(line) for line in (grpo_export / "grpo" / "stage1.jsonl").read_text().splitlines()][:4]
+        )
+    )
     out = tmp_path / "predictions.jsonl"
     assert predict_to_file(run, manifest, out, batch_size=2) == 4
     predictions = [json.loads(line) for line in out.read_text().splitlines()]
@@ -180,12 +198,17 @@ def test_tiny_end_to_end_train_resume_and_predict(grpo_export, tmp_path):
 
     from app.cli import app
 
-    result = CliRunner().invoke(app, ["eval", "--export", str(grpo_export), "--checkpoint", str(run), "--split", "train",
-                                      "--out", str(tmp_path / "report")])
+    result = CliRunner().invoke(
+        app,
+        ["eval", "--export", str(grpo_export), "--checkpoint", str(run), "--split", "train", "--out", str(tmp_path / "report")],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "report" / "report.json").read_text())
-    train_rows = [r for r in (json.loads(line) for line in (grpo_export / "grpo" / "stage2.jsonl").read_text().splitlines())
-                  if r["split"] == "train"]
+    train_rows = [
+        r
+        for r in (json.loads(line) for line in (grpo_export / "grpo" / "stage2.jsonl").read_text().splitlines())
+        if r["split"] == "train"
+    ]
     assert report["n_diagnosis"] == len(train_rows) and 0 <= report["headline"]["top6"] <= 1
     assert (tmp_path / "report" / "reliability.png").exists()
 
@@ -202,8 +225,11 @@ def test_train_refuses_a_bad_export_before_building_anything(tmp_path):
 def test_a_half_written_checkpoint_is_skipped_and_removed_on_resume(tmp_path):
     from trainer.train import _last_checkpoint
 
-    for step, files in ((5, ("config.json", "model.safetensors", "trainer_state.json")), (10, ("config.json",)),
-                        (2, ("config.json", "model.safetensors", "trainer_state.json"))):
+    for step, files in (
+        (5, ("config.json", "model.safetensors", "trainer_state.json")),
+        (10, ("config.json",)),
+        (2, ("config.json", "model.safetensors", "trainer_state.json")),
+    ):
         folder = tmp_path / f"checkpoint-{step}"
         folder.mkdir()
         for name in files:
@@ -213,8 +239,16 @@ def test_a_half_written_checkpoint_is_skipped_and_removed_on_resume(tmp_path):
     assert _last_checkpoint(tmp_path / "nothing-here") is None
 
 
-TINY_BUDGET = {"sft_epochs": 1.0, "stage1_steps": 2, "stage2_steps": 2, "save_steps": 1, "batch_size": 4, "num_generations": 2,
-               "stage1_max_completion_length": 16, "stage2_max_completion_length": 8}
+TINY_BUDGET = {
+    "sft_epochs": 1.0,
+    "stage1_steps": 2,
+    "stage2_steps": 2,
+    "save_steps": 1,
+    "batch_size": 4,
+    "num_generations": 2,
+    "stage1_max_completion_length": 16,
+    "stage2_max_completion_length": 8,
+}
 
 
 def test_ablation_runs_variants_reports_paired_differences_and_resumes(grpo_export, tmp_path, monkeypatch):
@@ -227,13 +261,16 @@ def test_ablation_runs_variants_reports_paired_differences_and_resumes(grpo_expo
     with pytest.raises(TrainerError, match="no 'test' rows"):  # refused before any training: this tiny export has none
         run_ablation(AblationConfig(export=str(grpo_export), out=str(tmp_path / "x"), seeds=(0,), variants=("full", "baseline")))
     assert not (tmp_path / "x").exists()
-    config = AblationConfig(export=str(grpo_export), out=str(out), seeds=(0,), variants=("full", "no-fdlinear"), split="train",
-                            overrides=TINY_BUDGET)
+    config = AblationConfig(
+        export=str(grpo_export), out=str(out), seeds=(0,), variants=("full", "no-fdlinear"), split="train", overrides=TINY_BUDGET
+    )
     report = run_ablation(config)
     full, plain = report["variants"]["full"], report["variants"]["no-fdlinear"]
     assert full["stages"] == plain["stages"] == [0, 1, 2]
     assert full["parameters"]["vision"] > plain["parameters"]["vision"]  # FDLinear's bases and gates
-    assert full["parameters"]["total"] - full["parameters"]["vision"] == plain["parameters"]["total"] - plain["parameters"]["vision"]
+    assert (
+        full["parameters"]["total"] - full["parameters"]["vision"] == plain["parameters"]["total"] - plain["parameters"]["vision"]
+    )
     data = load_export(grpo_export)
     for name, variant in report["variants"].items():  # the table is the evaluation of each run's predictions
         again = evaluate(read_predictions(out / name / "seed-0" / "predictions.jsonl"), data, split="train")
@@ -251,8 +288,16 @@ def test_ablation_runs_variants_reports_paired_differences_and_resumes(grpo_expo
     assert run_ablation(config)["variants"]["full"]["metrics"] == full["metrics"]
     assert (out / "report.md").exists()
     with pytest.raises(TrainerError, match="other settings.*seeds"):
-        run_ablation(AblationConfig(export=str(grpo_export), out=str(out), seeds=(0, 1), variants=("full", "no-fdlinear"),
-                                    split="train", overrides=TINY_BUDGET))
+        run_ablation(
+            AblationConfig(
+                export=str(grpo_export),
+                out=str(out),
+                seeds=(0, 1),
+                variants=("full", "no-fdlinear"),
+                split="train",
+                overrides=TINY_BUDGET,
+            )
+        )
 
 
 def test_ablation_variants_and_cancel(grpo_export, tmp_path):
@@ -261,7 +306,11 @@ def test_ablation_variants_and_cancel(grpo_export, tmp_path):
     config = AblationConfig(export=str(grpo_export), out=str(tmp_path / "a"), seeds=(0, 1), split="train", overrides=TINY_BUDGET)
     made = {v: variant_config(config, v, 1) for v in config.variants}
     assert {v: (c.stages, c.fdlinear, c.seed) for v, c in made.items()} == {
-        "full": ((0, 1, 2), True, 1), "no-fdlinear": ((0, 1, 2), False, 1), "no-stage1": ((0, 2), True, 1), "baseline": ((0, 2), False, 1)}
+        "full": ((0, 1, 2), True, 1),
+        "no-fdlinear": ((0, 1, 2), False, 1),
+        "no-stage1": ((0, 2), True, 1),
+        "baseline": ((0, 2), False, 1),
+    }
     assert made["full"].stage2_steps == 2 and made["baseline"].output_dir == str(tmp_path / "a" / "baseline")
     assert AblationConfig(export="x", out="y", variants=("baseline", "full", "baseline")).variants == ("full", "baseline")
     with pytest.raises(TrainerError, match="unknown variant"):

@@ -6,16 +6,19 @@ from curation.assist.weights import FIELD_LEXICON, compute_weights, field_mentio
 from schema.fields import FIELD_KEYS
 
 REASONINGS = [
-    "A brown macule.",                                   # color, lesion_type
-    "Red plaques with silvery scale.",                   # color, lesion_type, texture
-    "The distribution is symmetric over both elbows.",   # distribution, location
-    "Nothing else to add.",                              # nothing
+    "A brown macule.",  # color, lesion_type
+    "Red plaques with silvery scale.",  # color, lesion_type, texture
+    "The distribution is symmetric over both elbows.",  # distribution, location
+    "Nothing else to add.",  # nothing
 ]
 
 
 def test_each_reasoning_mentions_the_expected_fields():
     assert [field_mentions(r) for r in REASONINGS] == [
-        ["color", "lesion_type"], ["color", "lesion_type", "texture"], ["location", "distribution"], [],
+        ["color", "lesion_type"],
+        ["color", "lesion_type", "texture"],
+        ["location", "distribution"],
+        [],
     ]
 
 

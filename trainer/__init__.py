@@ -1,2 +1,3 @@
-"""The embedded trainer (FDLinear + GRPO stages over trl). Reads export folders; never touches the
-database. Built in the trainer issue; the package exists now so the distribution's layout is fixed."""
+"""The embedded trainer: FDLinear (fdlinear.py), the rewards (rewards.py), presets (config.py), the model
+builder and loader (model.py), GRPO stages over trl (train.py), prediction, evaluation and ablations.
+Reads export folders and writes run folders; never touches the database (docs/fdlinear.md, docs/guide/training.md)."""

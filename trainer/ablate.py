@@ -82,8 +82,13 @@ def variant_config(config: AblationConfig, variant: str, seed: int) -> TrainConf
             raise TrainerError("the preset's stages have no stage II to keep")
     if 1 not in base.stages and variant in ("full", "no-fdlinear"):
         raise TrainerError(f"the preset's stages {base.stages} have no stage I to ablate; include stage 1")
-    return dataclasses.replace(base, stages=stages, fdlinear=variant in ("full", "no-stage1"),
-                               output_dir=str(Path(config.out) / variant), run_id=f"seed-{seed}")
+    return dataclasses.replace(
+        base,
+        stages=stages,
+        fdlinear=variant in ("full", "no-stage1"),
+        output_dir=str(Path(config.out) / variant),
+        run_id=f"seed-{seed}",
+    )
 
 
 def count_parameters(model_dir: Path) -> dict[str, int]:
@@ -120,24 +125,34 @@ def run_one(config: AblationConfig, data: ExportData, variant: str, seed: int, c
     predictions = predict_split(folder / "model", data, config.split, folder)
     report = evaluate(read_predictions(predictions), data, split=config.split)
     write_json_atomic(folder / "eval.json", report)
-    result = {"variant": variant, "seed": seed, "train_s": round(trained_s, 1), "stages": list(train_config.stages),
-              "fdlinear": train_config.fdlinear, "parameters": count_parameters((folder / "model").resolve()),
-              "metrics": {**report["headline"], "caption_reward": report["captions"]["reward"]}}
+    result = {
+        "variant": variant,
+        "seed": seed,
+        "train_s": round(trained_s, 1),
+        "stages": list(train_config.stages),
+        "fdlinear": train_config.fdlinear,
+        "parameters": count_parameters((folder / "model").resolve()),
+        "metrics": {**report["headline"], "caption_reward": report["captions"]["reward"]},
+    }
     write_json_atomic(folder / "result.json", result)
     return result
 
 
 def _progress(out: Path, status: str, done: int, total: int, **extra: Any) -> None:
-    write_json_atomic(out / "progress.json", {"status": status, "done": done, "total": total, "pid": os.getpid(),
-                                              "updated": time.time(), **extra})
+    write_json_atomic(
+        out / "progress.json",
+        {"status": status, "done": done, "total": total, "pid": os.getpid(), "updated": time.time(), **extra},
+    )
 
 
 def run_ablation(config: AblationConfig, *, on_progress: Callable[[str], None] | None = None) -> dict[str, Any] | None:
     """Every (variant, seed), then the report; returns it (None when cancelled through <out>/cancel)."""
     data = load_export(config.export)
     if not data.rows(2, config.split):
-        raise TrainerError(f"the export has no {config.split!r} rows with a diagnosis to evaluate on; pick another --split "
-                           "or export more verified data")
+        raise TrainerError(
+            f"the export has no {config.split!r} rows with a diagnosis to evaluate on; pick another --split "
+            "or export more verified data"
+        )
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     plan_file = out / "ablation.json"
@@ -145,8 +160,10 @@ def run_ablation(config: AblationConfig, *, on_progress: Callable[[str], None] |
         earlier = json.loads(plan_file.read_text(encoding="utf-8"))
         if earlier != json.loads(json.dumps(config.to_dict())):
             changed = sorted(k for k in earlier if earlier.get(k) != json.loads(json.dumps(config.to_dict())).get(k))
-            raise TrainerError(f"{out} holds an ablation with other settings ({', '.join(changed)} differ); "
-                               "rerun with the same settings to resume it, or choose another --out")
+            raise TrainerError(
+                f"{out} holds an ablation with other settings ({', '.join(changed)} differ); "
+                "rerun with the same settings to resume it, or choose another --out"
+            )
     else:
         write_json_atomic(plan_file, config.to_dict())
     cancel_file = out / "cancel"
@@ -186,13 +203,16 @@ def summarise(config: AblationConfig, data: ExportData, results: list[dict[str, 
     items: dict[str, dict[str, np.ndarray]] = {}
     for variant, runs in by_variant.items():
         folders = [Path(config.out) / variant / f"seed-{r['seed']}" for r in sorted(runs, key=lambda r: r["seed"])]
-        items[variant] = pool_items([diagnosis_items(read_predictions(f / "predictions.jsonl"), rows, data.taxonomy) for f in folders])
+        items[variant] = pool_items(
+            [diagnosis_items(read_predictions(f / "predictions.jsonl"), rows, data.taxonomy) for f in folders]
+        )
     reference = REFERENCE if REFERENCE in by_variant else config.variants[0]
     variants = {}
     for variant in config.variants:
         runs = by_variant.get(variant, [])
         variants[variant] = {
-            "description": ABLATION_VARIANTS[variant], "seeds": [r["seed"] for r in runs],
+            "description": ABLATION_VARIANTS[variant],
+            "seeds": [r["seed"] for r in runs],
             "metrics": {m: _mean_spread([r["metrics"].get(m) for r in runs]) for m in METRICS},
             "train_s": _mean_spread([r["train_s"] for r in runs]),
             "parameters": runs[0]["parameters"] if runs else None,
@@ -202,9 +222,17 @@ def summarise(config: AblationConfig, data: ExportData, results: list[dict[str, 
             comparison = compare_items(items[reference], items[variant])
             variants[variant]["vs_reference"] = {k: comparison[k] for k in (*PAIRED, "mcnemar_top1", "n")}
     # "order": report.json is written with sorted keys, which would put "baseline" before "full"
-    return {"export": config.export, "preset": config.preset, "split": config.split, "seeds": list(config.seeds),
-            "order": list(config.variants),
-            "overrides": config.overrides, "reference": reference, "n_items": len(rows), "variants": variants}
+    return {
+        "export": config.export,
+        "preset": config.preset,
+        "split": config.split,
+        "seeds": list(config.seeds),
+        "order": list(config.variants),
+        "overrides": config.overrides,
+        "reference": reference,
+        "n_items": len(rows),
+        "variants": variants,
+    }
 
 
 def _cell(stat: dict[str, float | None], digits: int = 3) -> str:
@@ -229,27 +257,41 @@ def write_ablation_report(report: dict[str, Any], out: str | Path) -> Path:
     write_json_atomic(out / "report.json", report)
     variants = report["variants"]
     names = report["order"]
-    lines = [f"# Ablation: {report['preset']} preset, {len(report['seeds'])} seed(s), {report['n_items']} {report['split']} items", "",
-             f"Export: `{report['export']}`. Settings for every run: {report['overrides'] or 'the preset defaults'}. "
-             "Mean ± standard deviation over seeds.", "",
-             "| variant | top-1 | top-6 | group-9 acc | group-3 acc | malignant miss | caption reward | train s | parameters (vision) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Ablation: {report['preset']} preset, {len(report['seeds'])} seed(s), {report['n_items']} {report['split']} items",
+        "",
+        f"Export: `{report['export']}`. Settings for every run: {report['overrides'] or 'the preset defaults'}. "
+        "Mean ± standard deviation over seeds.",
+        "",
+        "| variant | top-1 | top-6 | group-9 acc | group-3 acc | malignant miss | caption reward | train s | parameters "
+        "(vision) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name in names:
         v = variants[name]
         params = v["parameters"] or {}
-        lines.append(f"| {name} ({v['description']}) | {_cell(v['metrics']['top1'])} | {_cell(v['metrics']['top6'])} | "
-                     f"{_cell(v['metrics']['group9_accuracy'])} | {_cell(v['metrics']['group3_accuracy'])} | "
-                     f"{_cell(v['metrics']['malignant_miss_rate'])} | {_cell(v['metrics']['caption_reward'])} | "
-                     f"{_cell(v['train_s'], 0)} | {params.get('total', 0):,} ({params.get('vision', 0):,}) |")
-    lines += ["", f"Paired differences against `{report['reference']}` (variant - {report['reference']}; items of all seeds "
-              "pooled; 95% bootstrap intervals over the pairs; McNemar's exact test on top-1):", "",
-              "| variant | pairs | top-1 | top-6 | clinical score | malignant miss | McNemar p |", "|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {name} ({v['description']}) | {_cell(v['metrics']['top1'])} | {_cell(v['metrics']['top6'])} | "
+            f"{_cell(v['metrics']['group9_accuracy'])} | {_cell(v['metrics']['group3_accuracy'])} | "
+            f"{_cell(v['metrics']['malignant_miss_rate'])} | {_cell(v['metrics']['caption_reward'])} | "
+            f"{_cell(v['train_s'], 0)} | {params.get('total', 0):,} ({params.get('vision', 0):,}) |"
+        )
+    lines += [
+        "",
+        f"Paired differences against `{report['reference']}` (variant - {report['reference']}; items of all seeds "
+        "pooled; 95% bootstrap intervals over the pairs; McNemar's exact test on top-1):",
+        "",
+        "| variant | pairs | top-1 | top-6 | clinical score | malignant miss | McNemar p |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name in names:
         vs = variants[name].get("vs_reference")
         if vs:
-            lines.append(f"| {name} | {vs['n']} | {_difference(vs['top1'])} | {_difference(vs['top6'])} | "
-                         f"{_difference(vs['clinical_score'])} | {_difference(vs['malignant_miss_rate'])} | "
-                         f"{vs['mcnemar_top1']['p_value']:.3g} |")
+            lines.append(
+                f"| {name} | {vs['n']} | {_difference(vs['top1'])} | {_difference(vs['top6'])} | "
+                f"{_difference(vs['clinical_score'])} | {_difference(vs['malignant_miss_rate'])} | "
+                f"{vs['mcnemar_top1']['p_value']:.3g} |"
+            )
     lines += ["", "![ablation](ablation.png)", ""]
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
 

@@ -29,19 +29,44 @@ PRESET_NOTES: dict[str, str] = {"tiny": "CPU, from scratch, minutes", "qwen2.5-v
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
-        "stages": (0, 1, 2), "model": None, "image_size": 112, "bf16": False, "fd_layers": None,
-        "sft_learning_rate": 3e-3, "stage1_learning_rate": 1e-4, "stage2_learning_rate": 1e-4,
-        "sft_epochs": 30.0, "stage1_steps": 40, "stage2_steps": 40, "batch_size": 8, "num_generations": 4,
-        "stage1_max_completion_length": 64, "stage2_max_completion_length": 24, "temperature": 1.0,
-        "gradient_checkpointing": False, "use_cpu": True,
+        "stages": (0, 1, 2),
+        "model": None,
+        "image_size": 112,
+        "bf16": False,
+        "fd_layers": None,
+        "sft_learning_rate": 3e-3,
+        "stage1_learning_rate": 1e-4,
+        "stage2_learning_rate": 1e-4,
+        "sft_epochs": 30.0,
+        "stage1_steps": 40,
+        "stage2_steps": 40,
+        "batch_size": 8,
+        "num_generations": 4,
+        "stage1_max_completion_length": 64,
+        "stage2_max_completion_length": 24,
+        "temperature": 1.0,
+        "gradient_checkpointing": False,
+        "use_cpu": True,
     },
     "qwen2.5-vl-7b": {
-        "stages": (1, 2), "model": "Qwen/Qwen2.5-VL-7B-Instruct", "image_size": 448, "bf16": True,
+        "stages": (1, 2),
+        "model": "Qwen/Qwen2.5-VL-7B-Instruct",
+        "image_size": 448,
+        "bf16": True,
         "fd_layers": (-8, -7, -6, -5, -4, -3, -2, -1),  # the MLP linears of the last 8 vision blocks
-        "sft_learning_rate": 1e-5, "stage1_learning_rate": 1e-6, "stage2_learning_rate": 5e-7,  # the paper's rates
-        "sft_epochs": 1.0, "stage1_steps": 500, "stage2_steps": 500, "batch_size": 8, "num_generations": 8,
-        "stage1_max_completion_length": 256, "stage2_max_completion_length": 96, "temperature": 1.0,
-        "gradient_checkpointing": True, "use_cpu": False,
+        "sft_learning_rate": 1e-5,
+        "stage1_learning_rate": 1e-6,
+        "stage2_learning_rate": 5e-7,  # the paper's rates
+        "sft_epochs": 1.0,
+        "stage1_steps": 500,
+        "stage2_steps": 500,
+        "batch_size": 8,
+        "num_generations": 8,
+        "stage1_max_completion_length": 256,
+        "stage2_max_completion_length": 96,
+        "temperature": 1.0,
+        "gradient_checkpointing": True,
+        "use_cpu": False,
     },
 }
 
@@ -49,13 +74,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 @dataclass
 class TrainConfig:
     preset: str = "tiny"
-    export: str = ""                       # an export folder written with --format grpo
-    output_dir: str = "runs"               # runs/<run_id>/
+    export: str = ""  # an export folder written with --format grpo
+    output_dir: str = "runs"  # runs/<run_id>/
     run_id: str | None = None
-    stages: tuple[int, ...] = (0, 1, 2)    # 0: SFT warm start, 1: GRPO caption reward, 2: GRPO diagnosis reward
-    model: str | None = None               # local path or hub id (7B preset); None: build the tiny model
+    stages: tuple[int, ...] = (0, 1, 2)  # 0: SFT warm start, 1: GRPO caption reward, 2: GRPO diagnosis reward
+    model: str | None = None  # local path or hub id (7B preset); None: build the tiny model
     seed: int = 0
-    image_size: int = 112                  # pixels per side the processor resizes to
+    image_size: int = 112  # pixels per side the processor resizes to
     # FDLinear in the vision tower
     fdlinear: bool = True
     fd_layers: tuple[int, ...] | None = None  # vision block indices (negative from the end); None: all
@@ -69,13 +94,13 @@ class TrainConfig:
     sft_epochs: float = 30.0
     stage1_steps: int = 40
     stage2_steps: int = 40
-    batch_size: int = 8                    # completions per optimiser step (GRPO: prompts x num_generations)
+    batch_size: int = 8  # completions per optimiser step (GRPO: prompts x num_generations)
     gradient_accumulation_steps: int = 1
     num_generations: int = 4
     stage1_max_completion_length: int = 64
     stage2_max_completion_length: int = 24
     temperature: float = 1.0
-    beta: float = 0.04                     # KL to the reference policy
+    beta: float = 0.04  # KL to the reference policy
     # stage II reward
     k: int = 6
     partial_credit: bool = True

@@ -54,19 +54,27 @@ class ExportData:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return read_jsonl(path, check=lambda row: "image" in row and "split" in row, error=TrainerError,
-                      problem="lacks 'image' or 'split'; re-export with `skinflow export --format grpo`")
+    return read_jsonl(
+        path,
+        check=lambda row: "image" in row and "split" in row,
+        error=TrainerError,
+        problem="lacks 'image' or 'split'; re-export with `skinflow export --format grpo`",
+    )
 
 
 def load_export(folder: str | Path) -> ExportData:
     folder = Path(folder)
     grpo = folder / "grpo"
     if not folder.is_dir():
-        raise TrainerError(f"export folder {folder} does not exist; create one with `skinflow export --format grpo --out {folder}`")
+        raise TrainerError(
+            f"export folder {folder} does not exist; create one with `skinflow export --format grpo --out {folder}`"
+        )
     missing = [name for name in NEEDED if not (grpo / name).is_file()]
     if missing:
-        raise TrainerError(f"{folder} is not a grpo export (missing {', '.join('grpo/' + m for m in missing)}); "
-                           f"export with `skinflow export --format grpo --out NEW_FOLDER`")
+        raise TrainerError(
+            f"{folder} is not a grpo export (missing {', '.join('grpo/' + m for m in missing)}); "
+            f"export with `skinflow export --format grpo --out NEW_FOLDER`"
+        )
     stage1, stage2 = _read_jsonl(grpo / "stage1.jsonl"), _read_jsonl(grpo / "stage2.jsonl")
     for stage, rows, column in ((1, stage1, "caption"), (2, stage2, "diagnosis_key")):
         bad = [r.get("id") for r in rows if column not in r]
@@ -84,8 +92,10 @@ def load_export(folder: str | Path) -> ExportData:
         raise TrainerError(f"stage 2 labels {unknown[:5]} are not in the export's taxonomy; re-export the dataset")
     missing_images = [r["image"] for r in stage1 + stage2 if not (folder / r["image"]).is_file()]
     if missing_images:
-        raise TrainerError(f"{len(missing_images)} image(s) the export lists are missing, e.g. {missing_images[0]}; "
-                           f"check the folder with `skinflow export verify {folder}`")
+        raise TrainerError(
+            f"{len(missing_images)} image(s) the export lists are missing, e.g. {missing_images[0]}; "
+            f"check the folder with `skinflow export verify {folder}`"
+        )
     if not any(r["split"] == "train" for r in stage1 + stage2):
         raise TrainerError(f"{folder} has no training rows (split 'train'); export more verified images")
     return ExportData(folder, stage1, stage2, weights, weight_doc.get("name", ""), taxonomy, instructions)

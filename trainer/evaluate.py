@@ -29,8 +29,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from schema.taxonomy import Relevance, Taxonomy
 from schema.files import read_jsonl
+from schema.taxonomy import Relevance, Taxonomy
 from trainer.data import ExportData
 from trainer.errors import TrainerError
 from trainer.rewards import caption_reward
@@ -41,7 +41,9 @@ BOOTSTRAP = 1000
 
 
 # -- per-item arrays -----------------------------------------------------------------------------------
-def diagnosis_items(predictions: dict[int, dict[str, Any]], rows: list[dict[str, Any]], taxonomy: Taxonomy) -> dict[str, np.ndarray]:
+def diagnosis_items(
+    predictions: dict[int, dict[str, Any]], rows: list[dict[str, Any]], taxonomy: Taxonomy
+) -> dict[str, np.ndarray]:
     """Per-item columns for the rows that have a prediction."""
     truth, ranked, confidence, skin = [], [], [], []
     for row in rows:
@@ -59,15 +61,19 @@ def diagnosis_items(predictions: dict[int, dict[str, Any]], rows: list[dict[str,
     malignant_truth = np.array([taxonomy.is_malignant(t) for t in truth], dtype=bool)
     malignant_answer = np.array([t is not None and taxonomy.is_malignant(t) for t in top], dtype=bool)
     return {
-        "truth": np.array(truth, dtype=object), "top1_key": np.array(top, dtype=object),
+        "truth": np.array(truth, dtype=object),
+        "top1_key": np.array(top, dtype=object),
         "hit1": np.array([r[:1] == [t] for r, t in zip(ranked, truth)], dtype=bool),
         "hit3": np.array([t in r[:3] for r, t in zip(ranked, truth)], dtype=bool),
         "hit6": np.array([t in r[:6] for r, t in zip(ranked, truth)], dtype=bool),
         "group9": np.array([rel in (Relevance.EXACT, Relevance.SAME_GROUP9) for rel in relevance], dtype=bool),
         "group3": np.array([rel != Relevance.UNRELATED for rel in relevance], dtype=bool),
         "clinical": np.array([CLINICAL_WEIGHTS[rel] for rel in relevance], dtype=float),
-        "malignant_truth": malignant_truth, "malignant_answer": malignant_answer,
-        "confidence": np.array(confidence, dtype=float), "fitzpatrick": np.array(skin, dtype=object), "n": np.array(n),
+        "malignant_truth": malignant_truth,
+        "malignant_answer": malignant_answer,
+        "confidence": np.array(confidence, dtype=float),
+        "fitzpatrick": np.array(skin, dtype=object),
+        "n": np.array(n),
     }
 
 
@@ -86,7 +92,9 @@ def false_alarm_rate(items: dict[str, np.ndarray]) -> float | None:
     return rate(items["malignant_answer"], ~items["malignant_truth"])
 
 
-def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> tuple[float | None, list[dict]]:
+def expected_calibration_error(
+    confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS
+) -> tuple[float | None, list[dict]]:
     """ECE over equal-width bins of confidence (a score of exactly 1 falls in the last bin), and the bins."""
     if confidence.size == 0:
         return None, []
@@ -98,8 +106,16 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
             continue
         accuracy, mean_confidence = float(correct[inside].mean()), float(confidence[inside].mean())
         total += inside.sum() / confidence.size * abs(accuracy - mean_confidence)
-        table.append({"bin": b, "low": b / bins, "high": (b + 1) / bins, "n": int(inside.sum()), "accuracy": accuracy,
-                      "confidence": mean_confidence})
+        table.append(
+            {
+                "bin": b,
+                "low": b / bins,
+                "high": (b + 1) / bins,
+                "n": int(inside.sum()),
+                "accuracy": accuracy,
+                "confidence": mean_confidence,
+            }
+        )
     return float(total), table
 
 
@@ -115,18 +131,26 @@ def per_fitzpatrick(items: dict[str, np.ndarray]) -> tuple[dict[str, dict[str, A
 
 def headline(items: dict[str, np.ndarray]) -> dict[str, float | None]:
     ece, _ = expected_calibration_error(items["confidence"], items["hit1"])
-    return {"top1": rate(items["hit1"]), "top3": rate(items["hit3"]), "top6": rate(items["hit6"]),
-            "group9_accuracy": rate(items["group9"]), "group3_accuracy": rate(items["group3"]),
-            "clinical_score": float(items["clinical"].mean()) if items["clinical"].size else None,
-            "malignant_miss_rate": malignant_miss_rate(items), "false_alarm_rate": false_alarm_rate(items), "ece": ece}
+    return {
+        "top1": rate(items["hit1"]),
+        "top3": rate(items["hit3"]),
+        "top6": rate(items["hit6"]),
+        "group9_accuracy": rate(items["group9"]),
+        "group3_accuracy": rate(items["group3"]),
+        "clinical_score": float(items["clinical"].mean()) if items["clinical"].size else None,
+        "malignant_miss_rate": malignant_miss_rate(items),
+        "false_alarm_rate": false_alarm_rate(items),
+        "ece": ece,
+    }
 
 
 def subset(items: dict[str, np.ndarray], index: np.ndarray) -> dict[str, np.ndarray]:
     return {k: (v[index] if k != "n" else np.array(len(index))) for k, v in items.items()}
 
 
-def bootstrap_ci(statistic: Callable[[np.ndarray], float | None], n: int, *, resamples: int = BOOTSTRAP, seed: int = 0,
-                 level: float = 0.95) -> tuple[float, float] | None:
+def bootstrap_ci(
+    statistic: Callable[[np.ndarray], float | None], n: int, *, resamples: int = BOOTSTRAP, seed: int = 0, level: float = 0.95
+) -> tuple[float, float] | None:
     """Percentile interval of statistic(index) over item resamples with replacement."""
     if n == 0:
         return None
@@ -147,7 +171,7 @@ def mcnemar(a_correct: np.ndarray, b_correct: np.ndarray) -> dict[str, Any]:
     m = b + c
     if m == 0:
         return {"b": 0, "c": 0, "p_value": 1.0}
-    tail = sum(math.comb(m, i) for i in range(min(b, c) + 1)) / 2 ** m
+    tail = sum(math.comb(m, i) for i in range(min(b, c) + 1)) / 2**m
     return {"b": b, "c": c, "p_value": min(1.0, 2 * tail)}
 
 
@@ -156,8 +180,12 @@ def read_predictions(path: str | Path) -> dict[int, dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise TrainerError(f"prediction file {path} does not exist; make one with `skinflow predict`")
-    rows = read_jsonl(path, check=lambda row: isinstance(row.get("id"), int), error=TrainerError,
-                      problem="has no integer 'id' (the export record id); predict from the export's grpo/*.jsonl")
+    rows = read_jsonl(
+        path,
+        check=lambda row: isinstance(row.get("id"), int),
+        error=TrainerError,
+        problem="has no integer 'id' (the export record id); predict from the export's grpo/*.jsonl",
+    )
     return {row["id"]: row for row in rows}
 
 
@@ -169,8 +197,9 @@ def evaluate(predictions: dict[int, dict[str, Any]], data: ExportData, *, split:
     items = diagnosis_items(predictions, rows2, data.taxonomy)
     n = int(items["n"])
     if n == 0:
-        raise TrainerError(f"no prediction matches a {split!r} record of the export (ids differ?): predict on "
-                           f"{data.folder}/grpo/stage2.jsonl")
+        raise TrainerError(
+            f"no prediction matches a {split!r} record of the export (ids differ?): predict on {data.folder}/grpo/stage2.jsonl"
+        )
     numbers = headline(items)
     intervals = {key: bootstrap_ci(lambda idx, key=key: headline(subset(items, idx))[key], n) for key in numbers}
     fitz, gap = per_fitzpatrick(items)
@@ -179,22 +208,36 @@ def evaluate(predictions: dict[int, dict[str, Any]], data: ExportData, *, split:
     per_label = []
     for label in sorted(set(items["truth"])):
         inside = items["truth"] == label
-        per_label.append({"label": label, "train_count": train_counts.get(label, 0), "n": int(inside.sum()),
-                          "top1": rate(items["hit1"], inside)})
+        per_label.append(
+            {
+                "label": label,
+                "train_count": train_counts.get(label, 0),
+                "n": int(inside.sum()),
+                "top1": rate(items["hit1"], inside),
+            }
+        )
     seen = np.array([train_counts.get(t, 0) > 0 for t in items["truth"]], dtype=bool)
     captions = caption_report(predictions, rows1, data.weights)
     return {
-        "split": split, "n_diagnosis": n, "n_caption": captions["n"], "headline": numbers, "ci95": intervals,
+        "split": split,
+        "n_diagnosis": n,
+        "n_caption": captions["n"],
+        "headline": numbers,
+        "ci95": intervals,
         "fitzpatrick": {"per_type": fitz, "largest_gap": gap},
         "calibration": {"ece": ece, "bins": bins},
         "per_label": per_label,
-        "seen_vs_unseen": {"seen": {"n": int(seen.sum()), "top1": rate(items["hit1"], seen), "top6": rate(items["hit6"], seen)},
-                           "unseen": {"n": int((~seen).sum()), "top1": rate(items["hit1"], ~seen), "top6": rate(items["hit6"], ~seen)}},
+        "seen_vs_unseen": {
+            "seen": {"n": int(seen.sum()), "top1": rate(items["hit1"], seen), "top6": rate(items["hit6"], seen)},
+            "unseen": {"n": int((~seen).sum()), "top1": rate(items["hit1"], ~seen), "top6": rate(items["hit6"], ~seen)},
+        },
         "captions": captions,
     }
 
 
-def caption_report(predictions: dict[int, dict[str, Any]], rows: list[dict[str, Any]], weights: dict[str, float]) -> dict[str, Any]:
+def caption_report(
+    predictions: dict[int, dict[str, Any]], rows: list[dict[str, Any]], weights: dict[str, float]
+) -> dict[str, Any]:
     from schema.caption import parse, validate_caption
     from schema.compare import caption_scores
     from schema.errors import CaptionError
@@ -212,12 +255,17 @@ def caption_report(predictions: dict[int, dict[str, Any]], rows: list[dict[str, 
             scores = {key: 0.0 for key in FIELD_KEYS}
         for key, value in scores.items():
             fields[key].append(value)
-    return {"n": len(pairs), "reward": float(rewards.mean()),
-            "reward_ci95": bootstrap_ci(lambda idx: float(rewards[idx].mean()), len(rewards)),
-            "fields": {key: float(np.mean(v)) for key, v in fields.items()}}
+    return {
+        "n": len(pairs),
+        "reward": float(rewards.mean()),
+        "reward_ci95": bootstrap_ci(lambda idx: float(rewards[idx].mean()), len(rewards)),
+        "fields": {key: float(np.mean(v)) for key, v in fields.items()},
+    }
 
 
-def compare(a: dict[int, dict[str, Any]], b: dict[int, dict[str, Any]], data: ExportData, *, split: str = "test") -> dict[str, Any]:
+def compare(
+    a: dict[int, dict[str, Any]], b: dict[int, dict[str, Any]], data: ExportData, *, split: str = "test"
+) -> dict[str, Any]:
     """Paired comparison of two prediction files on the items both cover."""
     rows = [r for r in data.rows(2, split) if r["id"] in a and r["id"] in b]
     if not rows:
@@ -238,11 +286,17 @@ def compare_items(items_a: dict[str, np.ndarray], items_b: dict[str, np.ndarray]
     n = int(items_a["n"])
     out: dict[str, Any] = {"n": n, "mcnemar_top1": mcnemar(items_a["hit1"], items_b["hit1"])}
     for key in ("top1", "top6", "clinical_score", "malignant_miss_rate"):
+
         def difference(idx, key=key):
             x, y = headline(subset(items_b, idx))[key], headline(subset(items_a, idx))[key]
             return None if x is None or y is None else x - y
-        out[key] = {"a": headline(items_a)[key], "b": headline(items_b)[key], "difference": difference(np.arange(n)),
-                    "difference_ci95": bootstrap_ci(difference, n)}
+
+        out[key] = {
+            "a": headline(items_a)[key],
+            "b": headline(items_b)[key],
+            "difference": difference(np.arange(n)),
+            "difference_ci95": bootstrap_ci(difference, n),
+        }
     return out
 
 
@@ -259,13 +313,20 @@ def write_report(report: dict[str, Any], out: str | Path, *, title: str = "Evalu
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps({**report, "comparison": comparison}, indent=1, sort_keys=True, default=str) + "\n")
+    (out / "report.json").write_text(
+        json.dumps({**report, "comparison": comparison}, indent=1, sort_keys=True, default=str) + "\n"
+    )
     bins = report["calibration"]["bins"]
     figure, axis = plt.subplots(figsize=(4, 4))
     axis.plot([0, 1], [0, 1], "--", color="grey")
     axis.bar([b["low"] for b in bins], [b["accuracy"] for b in bins], width=1 / ECE_BINS, align="edge", alpha=0.7)
-    axis.set(xlabel="top-1 confidence", ylabel="accuracy", title=f"reliability (ECE {_fmt(report['calibration']['ece'])})",
-             xlim=(0, 1), ylim=(0, 1))
+    axis.set(
+        xlabel="top-1 confidence",
+        ylabel="accuracy",
+        title=f"reliability (ECE {_fmt(report['calibration']['ece'])})",
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
     figure.tight_layout()
     figure.savefig(out / "reliability.png", dpi=100)
     plt.close(figure)
@@ -278,41 +339,73 @@ def write_report(report: dict[str, Any], out: str | Path, *, title: str = "Evalu
     plt.close(figure)
 
     h, ci = report["headline"], report["ci95"]
-    lines = [f"# {title}", "", f"Split `{report['split']}`: {report['n_diagnosis']} diagnoses, {report['n_caption']} captions. "
-             "95% bootstrap intervals (1,000 resamples of the items).", "", "| measure | value | 95% CI |", "|---|---|---|"]
+    lines = [
+        f"# {title}",
+        "",
+        f"Split `{report['split']}`: {report['n_diagnosis']} diagnoses, {report['n_caption']} captions. "
+        "95% bootstrap intervals (1,000 resamples of the items).",
+        "",
+        "| measure | value | 95% CI |",
+        "|---|---|---|",
+    ]
     for key, value in h.items():
         interval = ci.get(key)
         lines.append(f"| {key} | {_fmt(value)} | {'n/a' if not interval else f'{interval[0]:.3f} - {interval[1]:.3f}'} |")
-    lines += ["", f"Largest top-1 gap between Fitzpatrick types: {_fmt(report['fitzpatrick']['largest_gap'])}", "",
-              "| type | n | top-1 |", "|---|---|---|"]
+    lines += [
+        "",
+        f"Largest top-1 gap between Fitzpatrick types: {_fmt(report['fitzpatrick']['largest_gap'])}",
+        "",
+        "| type | n | top-1 |",
+        "|---|---|---|",
+    ]
     lines += [f"| {t} | {v['n']} | {_fmt(v['top1'])} |" for t, v in per_type.items()]
     sv = report["seen_vs_unseen"]
-    lines += ["", "| labels | n | top-1 | top-6 |", "|---|---|---|---|",
-              f"| seen in training | {sv['seen']['n']} | {_fmt(sv['seen']['top1'])} | {_fmt(sv['seen']['top6'])} |",
-              f"| unseen (zero-shot) | {sv['unseen']['n']} | {_fmt(sv['unseen']['top1'])} | {_fmt(sv['unseen']['top6'])} |",
-              "", "| label | train count | n | top-1 |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "| labels | n | top-1 | top-6 |",
+        "|---|---|---|---|",
+        f"| seen in training | {sv['seen']['n']} | {_fmt(sv['seen']['top1'])} | {_fmt(sv['seen']['top6'])} |",
+        f"| unseen (zero-shot) | {sv['unseen']['n']} | {_fmt(sv['unseen']['top1'])} | {_fmt(sv['unseen']['top6'])} |",
+        "",
+        "| label | train count | n | top-1 |",
+        "|---|---|---|---|",
+    ]
     lines += [f"| {r['label']} | {r['train_count']} | {r['n']} | {_fmt(r['top1'])} |" for r in report["per_label"]]
     captions = report["captions"]
     if captions["n"]:
-        lines += ["", f"Caption reward (export weights): {_fmt(captions['reward'])} over {captions['n']} captions.", "",
-                  "| field | mean s_i |", "|---|---|"]
+        lines += [
+            "",
+            f"Caption reward (export weights): {_fmt(captions['reward'])} over {captions['n']} captions.",
+            "",
+            "| field | mean s_i |",
+            "|---|---|",
+        ]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in captions["fields"].items()]
     if comparison:
         m = comparison["mcnemar_top1"]
-        lines += ["", f"## Paired comparison (B - A, {comparison['n']} items)", "", "| measure | A | B | B - A | 95% CI |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## Paired comparison (B - A, {comparison['n']} items)",
+            "",
+            "| measure | A | B | B - A | 95% CI |",
+            "|---|---|---|---|---|",
+        ]
         for key in ("top1", "top6", "clinical_score", "malignant_miss_rate"):
             c = comparison[key]
             interval = c["difference_ci95"]
-            lines.append(f"| {key} | {_fmt(c['a'])} | {_fmt(c['b'])} | {_fmt(c['difference'])} | "
-                         f"{'n/a' if not interval else f'{interval[0]:.3f} - {interval[1]:.3f}'} |")
+            lines.append(
+                f"| {key} | {_fmt(c['a'])} | {_fmt(c['b'])} | {_fmt(c['difference'])} | "
+                f"{'n/a' if not interval else f'{interval[0]:.3f} - {interval[1]:.3f}'} |"
+            )
         lines += ["", f"McNemar (top-1): A right B wrong {m['b']}, A wrong B right {m['c']}, exact p = {m['p_value']:.4f}."]
     lines += ["", "![reliability](reliability.png) ![fitzpatrick](fitzpatrick.png)", ""]
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
     return out
 
 
-def evaluate_files(export: str | Path, prediction_file: str | Path, out: str | Path, *, split: str = "test",
-                   baseline: str | Path | None = None) -> dict[str, Any]:
+def evaluate_files(
+    export: str | Path, prediction_file: str | Path, out: str | Path, *, split: str = "test", baseline: str | Path | None = None
+) -> dict[str, Any]:
     from trainer.data import load_export
 
     data = load_export(export)
@@ -321,4 +414,3 @@ def evaluate_files(export: str | Path, prediction_file: str | Path, out: str | P
     comparison = compare(read_predictions(baseline), predictions, data, split=split) if baseline else None
     write_report(report, out, comparison=comparison)
     return report
-

@@ -1,4 +1,4 @@
-"""FDLinear: a frequency-dynamic drop-in for nn.Linear (shared/FDLINEAR.md), and the patcher that puts it
+"""FDLinear: a frequency-dynamic drop-in for nn.Linear (docs/fdlinear.md), and the patcher that puts it
 into a Qwen2.5-VL vision tower.
 
 The weight W (out x in) is kept only as its learnable half-spectrum S = rfft2(W), stored as real + imag
@@ -56,8 +56,17 @@ class FDLinear(nn.Module):
     """Frequency-dynamic linear layer. Input: (tokens, in) with optional per-image `boundaries`
     (cumulative token counts, B+1 values), or (batch, tokens, in) with an optional (batch, tokens) mask."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, num_bases: int = 4,
-                 reduction: float = 1 / 16, device=None, dtype=None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        num_bases: int = 4,
+        reduction: float = 1 / 16,
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
         if num_bases < 1:
             raise ValueError("num_bases must be at least 1")
@@ -86,8 +95,15 @@ class FDLinear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, *, num_bases: int = 4, reduction: float = 1 / 16) -> "FDLinear":
-        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, num_bases=num_bases,
-                    reduction=reduction, device=linear.weight.device, dtype=linear.weight.dtype)
+        layer = cls(
+            linear.in_features,
+            linear.out_features,
+            linear.bias is not None,
+            num_bases=num_bases,
+            reduction=reduction,
+            device=linear.weight.device,
+            dtype=linear.weight.dtype,
+        )
         layer.set_weight(linear.weight)
         if linear.bias is not None:
             layer.bias.data.copy_(linear.bias.detach())
@@ -188,8 +204,10 @@ class FDLinear(nn.Module):
         return out if self.bias is None else out.add_(self.bias)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"num_bases={self.num_bases}, reduction={self.reduction}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+            f"num_bases={self.num_bases}, reduction={self.reduction}"
+        )
 
 
 # -- Qwen2.5-VL vision tower -------------------------------------------------------------------------
@@ -208,9 +226,14 @@ class ImageBoundaries:
             self.boundaries = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
 
 
-def patch_vision_tower(visual: nn.Module, *, layers: Iterable[int] | None = None,
-                       targets: Iterable[str] = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
-                       num_bases: int = 4, reduction: float = 1 / 16) -> list[str]:
+def patch_vision_tower(
+    visual: nn.Module,
+    *,
+    layers: Iterable[int] | None = None,
+    targets: Iterable[str] = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
+    num_bases: int = 4,
+    reduction: float = 1 / 16,
+) -> list[str]:
     """Swap the chosen linears of a Qwen2.5-VL vision tower (`visual.blocks[i]`) for FDLinear copies of
     themselves, and feed them per-image boundaries. layers=None: every block. Returns the patched names."""
     blocks = visual.blocks

@@ -18,7 +18,9 @@ def score(predictions: Iterable[dict[str, Any]], data: ExportData, splits: tuple
     by_id = {p["id"]: p for p in predictions}
     captions = [r for r in data.stage1 if r["split"] in splits and r["id"] in by_id]
     diagnoses = [r for r in data.stage2 if r["split"] in splits and r["id"] in by_id]
-    rewards = caption_reward([by_id[r["id"]]["caption_text"] for r in captions], [r["caption"] for r in captions], weights=data.weights)
+    rewards = caption_reward(
+        [by_id[r["id"]]["caption_text"] for r in captions], [r["caption"] for r in captions], weights=data.weights
+    )
     exact = {key: 0 for key in FIELD_KEYS}
     for r in captions:
         predicted = by_id[r["id"]]["caption"]
@@ -29,7 +31,8 @@ def score(predictions: Iterable[dict[str, Any]], data: ExportData, splits: tuple
     ranks = [[d["key"] for d in by_id[r["id"]]["diagnoses"]] for r in diagnoses]
     n_c, n_d = max(len(captions), 1), max(len(diagnoses), 1)
     return {
-        "n_captions": len(captions), "n_diagnoses": len(diagnoses),
+        "n_captions": len(captions),
+        "n_diagnoses": len(diagnoses),
         "caption_reward": sum(rewards) / n_c,
         "caption_parse_rate": sum(by_id[r["id"]]["caption"] is not None for r in captions) / n_c,
         "field_accuracy": {key: exact[key] / n_c for key in FIELD_KEYS},

@@ -29,8 +29,15 @@ from trainer.config import MLP_TARGETS
 from trainer.fdlinear import FDLinear, patch_vision_tower
 
 FD_KEY = "skinflow_fdlinear"
-SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
-                  "<|video_pad|>")
+SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
 # Qwen2-VL's chat layout, reduced to what the trainer sends: text and image parts, generation prompt.
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
@@ -60,15 +67,21 @@ class SkinflowQwen2_5_VL(Qwen2_5_VLForConditionalGeneration):
 
 
 # Without this, a subclass defined outside transformers silently loses the language model's weights on
-# reload: the checkpoint's key layout is registered per class name (shared/TESTING.md).
+# reload: the checkpoint's key layout is registered per class name (docs/testing.md).
 register_checkpoint_conversion_mapping(
-    SkinflowQwen2_5_VL.__name__, get_checkpoint_conversion_mapping("Qwen2_5_VLForConditionalGeneration") or [], overwrite=True)
+    SkinflowQwen2_5_VL.__name__, get_checkpoint_conversion_mapping("Qwen2_5_VLForConditionalGeneration") or [], overwrite=True
+)
 
 
-def fd_settings(layers: Iterable[int] | None, targets: Iterable[str] = MLP_TARGETS, num_bases: int = 4,
-                reduction: float = 1 / 16) -> dict[str, Any]:
-    return {"layers": None if layers is None else list(layers), "targets": list(targets), "num_bases": num_bases,
-            "reduction": reduction}
+def fd_settings(
+    layers: Iterable[int] | None, targets: Iterable[str] = MLP_TARGETS, num_bases: int = 4, reduction: float = 1 / 16
+) -> dict[str, Any]:
+    return {
+        "layers": None if layers is None else list(layers),
+        "targets": list(targets),
+        "num_bases": num_bases,
+        "reduction": reduction,
+    }
 
 
 def add_fdlinear(model: Qwen2_5_VLForConditionalGeneration, settings: dict[str, Any]) -> SkinflowQwen2_5_VL:
@@ -103,11 +116,20 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2000) -> PreTrainedT
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tokenizer.train_from_iterator(list(texts), trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   chat_template=CHAT_TEMPLATE, padding_side="left")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        chat_template=CHAT_TEMPLATE,
+        padding_side="left",
+    )
 
 
 def tiny_processor(tokenizer: PreTrainedTokenizerFast, image_size: int = 112) -> SkinflowProcessor:
@@ -116,29 +138,63 @@ def tiny_processor(tokenizer: PreTrainedTokenizerFast, image_size: int = 112) ->
     return SkinflowProcessor(image_processor, tokenizer, chat_template=CHAT_TEMPLATE)
 
 
-def tiny_config(tokenizer: PreTrainedTokenizerFast, fd: dict[str, Any] | None, *, text_hidden: int = 128, text_layers: int = 2,
-                vision_depth: int = 2, vision_hidden: int = 64) -> Qwen2_5_VLConfig:
-    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in (
-        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
-        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
+def tiny_config(
+    tokenizer: PreTrainedTokenizerFast,
+    fd: dict[str, Any] | None,
+    *,
+    text_hidden: int = 128,
+    text_layers: int = 2,
+    vision_depth: int = 2,
+    vision_hidden: int = 64,
+) -> Qwen2_5_VLConfig:
+    ids = {
+        name: tokenizer.convert_tokens_to_ids(token)
+        for name, token in (
+            ("image_token_id", "<|image_pad|>"),
+            ("video_token_id", "<|video_pad|>"),
+            ("vision_start_token_id", "<|vision_start|>"),
+            ("vision_end_token_id", "<|vision_end|>"),
+        )
+    }
     special = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, "bos_token_id": None}
     head_dim = 32
     config = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=text_hidden, intermediate_size=2 * text_hidden,
-                         num_hidden_layers=text_layers, num_attention_heads=text_hidden // head_dim, num_key_value_heads=2,
-                         max_position_embeddings=2048, tie_word_embeddings=True,
-                         rope_scaling={"type": "mrope", "mrope_section": [4, 6, 6]}, **special),  # sums to head_dim / 2
-        vision_config=dict(depth=vision_depth, hidden_size=vision_hidden, intermediate_size=2 * vision_hidden, num_heads=2,
-                           out_hidden_size=text_hidden, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
-                           window_size=56, fullatt_block_indexes=[vision_depth - 1]),
-        tie_word_embeddings=True, **ids, **special)
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=text_hidden,
+            intermediate_size=2 * text_hidden,
+            num_hidden_layers=text_layers,
+            num_attention_heads=text_hidden // head_dim,
+            num_key_value_heads=2,
+            max_position_embeddings=2048,
+            tie_word_embeddings=True,
+            rope_scaling={"type": "mrope", "mrope_section": [4, 6, 6]},
+            **special,
+        ),  # sums to head_dim / 2
+        vision_config=dict(
+            depth=vision_depth,
+            hidden_size=vision_hidden,
+            intermediate_size=2 * vision_hidden,
+            num_heads=2,
+            out_hidden_size=text_hidden,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=56,
+            fullatt_block_indexes=[vision_depth - 1],
+        ),
+        tie_word_embeddings=True,
+        **ids,
+        **special,
+    )
     if fd:
         setattr(config.vision_config, FD_KEY, fd)
     return config
 
 
-def build_tiny(texts: Iterable[str], *, seed: int, fd: dict[str, Any] | None, image_size: int = 112,
-               vocab_size: int = 2000) -> tuple[SkinflowQwen2_5_VL, SkinflowProcessor]:
+def build_tiny(
+    texts: Iterable[str], *, seed: int, fd: dict[str, Any] | None, image_size: int = 112, vocab_size: int = 2000
+) -> tuple[SkinflowQwen2_5_VL, SkinflowProcessor]:
     """A randomly initialised tiny model and its processor, the same for the same texts and seed."""
     tokenizer = train_tokenizer(texts, vocab_size=vocab_size)
     processor = tiny_processor(tokenizer, image_size)
@@ -150,8 +206,9 @@ def build_tiny(texts: Iterable[str], *, seed: int, fd: dict[str, Any] | None, im
     return model, processor
 
 
-def load(path: str | Path, *, dtype: torch.dtype = torch.float32, fd: dict[str, Any] | None = None,
-         **kwargs) -> tuple[SkinflowQwen2_5_VL, Any]:
+def load(
+    path: str | Path, *, dtype: torch.dtype = torch.float32, fd: dict[str, Any] | None = None, **kwargs
+) -> tuple[SkinflowQwen2_5_VL, Any]:
     """A checkpoint folder or hub id: our own (FDLinear layers restored from its config) or a plain
     Qwen2.5-VL (patched with `fd` if given; the spectrum starts from the pretrained weights)."""
     path = str(path)

@@ -37,9 +37,11 @@ def read_manifest(path: str | Path) -> list[dict[str, Any]]:
     grpo/*.jsonl file, to the export folder)."""
     path = Path(path)
     if not path.is_file():
-        raise TrainerError(f"image manifest {path} does not exist; give a JSONL of {{\"image\": path}} rows or a list of paths")
+        raise TrainerError(f'image manifest {path} does not exist; give a JSONL of {{"image": path}} rows or a list of paths')
     base = path.parent.parent if path.parent.name == "grpo" else path.parent
-    lines = [(number, line.strip()) for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+    lines = [
+        (number, line.strip()) for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()
+    ]
     if lines and lines[0][1].startswith("{"):
         rows = iter_jsonl(path, check=lambda row: "image" in row, problem="has no 'image'", error=TrainerError)
         listed = [(number, {"image": row["image"], "id": row.get("id")}) for number, row in rows]
@@ -64,13 +66,22 @@ def _batches(items: list, size: int) -> Iterator[list]:
 class Predictor:
     """A loaded checkpoint with the instructions and taxonomy it was trained with."""
 
-    def __init__(self, checkpoint: str | Path, *, taxonomy: Taxonomy | None = None, instructions: dict[str, str] | None = None,
-                 device: str | None = None, max_new_tokens: int = 96):
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        *,
+        taxonomy: Taxonomy | None = None,
+        instructions: dict[str, str] | None = None,
+        device: str | None = None,
+        max_new_tokens: int = 96,
+    ):
         checkpoint = Path(checkpoint)
         if checkpoint.is_dir() and (checkpoint / "model").exists():
             checkpoint = (checkpoint / "model").resolve()  # a run folder: its final model
         if not (checkpoint / "config.json").is_file():
-            raise TrainerError(f"{checkpoint} is not a checkpoint folder (no config.json); pass runs/<id> or runs/<id>/stage2/final")
+            raise TrainerError(
+                f"{checkpoint} is not a checkpoint folder (no config.json); pass runs/<id> or runs/<id>/stage2/final"
+            )
         run_config = self._run_config(checkpoint)
         export = Path(run_config["export"]) if run_config.get("export") else None
         if taxonomy is None:
@@ -105,7 +116,7 @@ class Predictor:
         prompt = self._prompt(instruction)
         batch = self.processor(text=[prompt] * len(images), images=images, return_tensors="pt", padding=True).to(self.device)
         out = self.model.generate(**batch, max_new_tokens=self.max_new_tokens, do_sample=False)
-        return self.processor.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        return self.processor.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
 
     @torch.no_grad()
     def label_log_probs(self, image: Image.Image, chunk: int = 64) -> torch.Tensor:
@@ -121,7 +132,9 @@ class Predictor:
             token_lp = torch.log_softmax(logits, -1).gather(-1, targets[..., None])[..., 0]
             for row, key in enumerate(keys):
                 # left padding: a row's answer tokens are its last ones (the prompt is the same for every row)
-                answer_len = len(tokenizer(self.taxonomy.label(key).display + "<|im_end|>", add_special_tokens=False)["input_ids"])
+                answer_len = len(
+                    tokenizer(self.taxonomy.label(key).display + "<|im_end|>", add_special_tokens=False)["input_ids"]
+                )
                 scores.append(token_lp[row, -answer_len:].sum())
         return torch.stack(scores)
 
@@ -137,11 +150,23 @@ class Predictor:
                     caption, error = parse(caption_text).to_json(), None
                 except CaptionError as e:
                     caption, error = None, str(e)
-                yield {"image": str(item["image"]), "id": item.get("id"), "model_version": self.model_version,
-                       "caption": caption, "caption_text": caption_text, "caption_error": error,
-                       "diagnoses": [{"key": self.keys[i], "display": self.taxonomy.label(self.keys[i]).display,
-                                      "score": round(float(probs[i]), 6)} for i in top.indices.tolist()],
-                       "answer": answer}
+                yield {
+                    "image": str(item["image"]),
+                    "id": item.get("id"),
+                    "model_version": self.model_version,
+                    "caption": caption,
+                    "caption_text": caption_text,
+                    "caption_error": error,
+                    "diagnoses": [
+                        {
+                            "key": self.keys[i],
+                            "display": self.taxonomy.label(self.keys[i]).display,
+                            "score": round(float(probs[i]), 6),
+                        }
+                        for i in top.indices.tolist()
+                    ],
+                    "answer": answer,
+                }
 
 
 def predict_to_file(checkpoint: str | Path, manifest: str | Path, out: str | Path, *, batch_size: int = 8, k: int = 6) -> int:
@@ -167,7 +192,9 @@ def predict_split(checkpoint: str | Path, data, split: str, out_dir: str | Path)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = out_dir / "images.jsonl"
-    manifest.write_text("".join(json.dumps({"id": item["id"], "image": str(item["path"])}) + "\n" for item in items), encoding="utf-8")
+    manifest.write_text(
+        "".join(json.dumps({"id": item["id"], "image": str(item["path"])}) + "\n" for item in items), encoding="utf-8"
+    )
     predictions = out_dir / "predictions.jsonl"
     predict_to_file(checkpoint, manifest, predictions)
     return predictions

@@ -1,4 +1,4 @@
-"""Rewards for the two GRPO stages (shared/FDLINEAR.md), as trl reward functions:
+"""Rewards for the two GRPO stages (docs/fdlinear.md), as trl reward functions:
 `f(completions, **columns) -> list[float]`, one float per completion. A completion is a string or trl's
 conversational form `[{"role": "assistant", "content": str}]`. Dataset columns arrive by name:
 `caption` (the verified caption, a dict) for stage I, `diagnosis_key` for stage II.
@@ -63,8 +63,9 @@ def _caption_or_none(text: str) -> Caption | None:
         return None
 
 
-def caption_reward(completions: Sequence[Any], caption: Sequence[Any], *, weights: dict[str, float] | None = None,
-                   **_) -> list[float]:
+def caption_reward(
+    completions: Sequence[Any], caption: Sequence[Any], *, weights: dict[str, float] | None = None, **_
+) -> list[float]:
     """sum_i alpha_i * s_i against the verified caption; an unparseable completion scores 0."""
     alpha = normalised_weights(weights)
     rewards = []
@@ -73,8 +74,11 @@ def caption_reward(completions: Sequence[Any], caption: Sequence[Any], *, weight
         if predicted is None:
             rewards.append(0.0)
             continue
-        truth = reference if isinstance(reference, Caption) else validate_caption(
-            json.loads(reference) if isinstance(reference, str) else reference)
+        truth = (
+            reference
+            if isinstance(reference, Caption)
+            else validate_caption(json.loads(reference) if isinstance(reference, str) else reference)
+        )
         scores = caption_scores(predicted, truth)
         rewards.append(sum(alpha[key] * scores[key] for key in FIELD_KEYS))
     return rewards
@@ -111,9 +115,17 @@ def positional_weight(rank: int, k: int = K) -> float:
     return 1.0 if k == 1 else 1.0 - (rank - 1) * (1.0 - 1.0 / k) / (k - 1)
 
 
-def diagnosis_reward(completions: Sequence[Any], diagnosis_key: Sequence[str], *, taxonomy: Taxonomy | None = None,
-                     k: int = K, partial_credit: bool = True, group_credit: float = 0.5, safety_penalty: float = 0.5,
-                     **_) -> list[float]:
+def diagnosis_reward(
+    completions: Sequence[Any],
+    diagnosis_key: Sequence[str],
+    *,
+    taxonomy: Taxonomy | None = None,
+    k: int = K,
+    partial_credit: bool = True,
+    group_credit: float = 0.5,
+    safety_penalty: float = 0.5,
+    **_,
+) -> list[float]:
     """Best of positional_weight(rank) * credit over the first k entries, credit 1 for the true label and
     (with partial_credit) group_credit for a label of the same nine-partition group; minus safety_penalty
     when the truth is malignant and the first entry names a label that is not (partial_credit only)."""
@@ -133,8 +145,13 @@ def diagnosis_reward(completions: Sequence[Any], diagnosis_key: Sequence[str], *
             else:
                 continue
             best = max(best, positional_weight(rank, k) * credit)
-        if (partial_credit and keys and keys[0] is not None and taxonomy.is_malignant(truth_label.key)
-                and not taxonomy.is_malignant(keys[0])):
+        if (
+            partial_credit
+            and keys
+            and keys[0] is not None
+            and taxonomy.is_malignant(truth_label.key)
+            and not taxonomy.is_malignant(keys[0])
+        ):
             best -= safety_penalty
         rewards.append(best)
     return rewards

@@ -48,10 +48,21 @@ class RunLog(TrainerCallback):
         self.cancelled = False
 
     def progress(self, status: str, step: int, max_steps: int, **extra: Any) -> None:
-        write_json_atomic(self.run_dir / "progress.json", {
-            "status": status, "stage": self.stage, "stage_name": STAGE_NAMES[self.stage], "stages": list(self.stages),
-            "stage_index": self.stages.index(self.stage), "step": step, "max_steps": max_steps, "pid": os.getpid(),
-            "updated": time.time(), **extra})
+        write_json_atomic(
+            self.run_dir / "progress.json",
+            {
+                "status": status,
+                "stage": self.stage,
+                "stage_name": STAGE_NAMES[self.stage],
+                "stages": list(self.stages),
+                "stage_index": self.stages.index(self.stage),
+                "step": step,
+                "max_steps": max_steps,
+                "pid": os.getpid(),
+                "updated": time.time(),
+                **extra,
+            },
+        )
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.progress("running", state.global_step, state.max_steps)
@@ -88,54 +99,105 @@ def diagnosis_answer(data: ExportData, key: str) -> str:
 def sft_rows(data: ExportData, split: str = "train") -> list[dict[str, Any]]:
     rows = []
     for r in data.rows(1, split):
-        rows.append({"image": str(data.image_path(r)), "prompt": r["prompt"],
-                     "completion": [{"role": "assistant", "content": r["caption_text"]}]})
+        rows.append(
+            {
+                "image": str(data.image_path(r)),
+                "prompt": r["prompt"],
+                "completion": [{"role": "assistant", "content": r["caption_text"]}],
+            }
+        )
     for r in data.rows(2, split):
-        rows.append({"image": str(data.image_path(r)), "prompt": r["prompt"],
-                     "completion": [{"role": "assistant", "content": diagnosis_answer(data, r["diagnosis_key"])}]})
+        rows.append(
+            {
+                "image": str(data.image_path(r)),
+                "prompt": r["prompt"],
+                "completion": [{"role": "assistant", "content": diagnosis_answer(data, r["diagnosis_key"])}],
+            }
+        )
     return rows
 
 
 def grpo_rows(data: ExportData, stage: int, split: str = "train") -> list[dict[str, Any]]:
     column = "caption" if stage == 1 else "diagnosis_key"
-    return [{"image": str(data.image_path(r)), "prompt": r["prompt"],
-             column: json.dumps(r[column], sort_keys=True) if stage == 1 else r[column]} for r in data.rows(stage, split)]
+    return [
+        {
+            "image": str(data.image_path(r)),
+            "prompt": r["prompt"],
+            column: json.dumps(r[column], sort_keys=True) if stage == 1 else r[column],
+        }
+        for r in data.rows(stage, split)
+    ]
 
 
 def stage_rewards(config: TrainConfig, data: ExportData, stage: int) -> list[Callable]:
     if stage == 1:
         return [bind(caption_reward, weights=data.weights), caption_format_reward]
     settings = {"taxonomy": data.taxonomy, "k": config.k}
-    return [bind(diagnosis_reward, partial_credit=config.partial_credit, group_credit=config.group_credit,
-                 safety_penalty=config.safety_penalty, **settings), bind(diagnosis_format_reward, **settings)]
+    return [
+        bind(
+            diagnosis_reward,
+            partial_credit=config.partial_credit,
+            group_credit=config.group_credit,
+            safety_penalty=config.safety_penalty,
+            **settings,
+        ),
+        bind(diagnosis_format_reward, **settings),
+    ]
 
 
 # -- stages -----------------------------------------------------------------------------------------
 def _common_args(config: TrainConfig, out: Path, learning_rate: float) -> dict[str, Any]:
-    return {"output_dir": str(out), "learning_rate": learning_rate, "seed": config.seed, "report_to": "none",
-            "logging_steps": config.logging_steps, "save_steps": config.save_steps, "save_total_limit": 2,
-            "use_cpu": config.use_cpu, "bf16": config.bf16, "gradient_checkpointing": config.gradient_checkpointing,
-            "gradient_accumulation_steps": config.gradient_accumulation_steps, "dataloader_num_workers": 0,
-            "disable_tqdm": True, **config.extra}
+    return {
+        "output_dir": str(out),
+        "learning_rate": learning_rate,
+        "seed": config.seed,
+        "report_to": "none",
+        "logging_steps": config.logging_steps,
+        "save_steps": config.save_steps,
+        "save_total_limit": 2,
+        "use_cpu": config.use_cpu,
+        "bf16": config.bf16,
+        "gradient_checkpointing": config.gradient_checkpointing,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+        **config.extra,
+    }
 
 
 def _trainer(config: TrainConfig, data: ExportData, stage: int, model, processor, out: Path):
     if stage == 0:
         from trl import SFTConfig, SFTTrainer
 
-        args = SFTConfig(**_common_args(config, out, config.sft_learning_rate), num_train_epochs=config.sft_epochs,
-                         per_device_train_batch_size=config.batch_size, max_length=None, lr_scheduler_type="cosine")
+        args = SFTConfig(
+            **_common_args(config, out, config.sft_learning_rate),
+            num_train_epochs=config.sft_epochs,
+            per_device_train_batch_size=config.batch_size,
+            max_length=None,
+            lr_scheduler_type="cosine",
+        )
         return SFTTrainer(model=model, args=args, train_dataset=_dataset(sft_rows(data)), processing_class=processor)
     from trl import GRPOConfig, GRPOTrainer
 
     args = GRPOConfig(
         **_common_args(config, out, config.stage1_learning_rate if stage == 1 else config.stage2_learning_rate),
-        max_steps=config.stage1_steps if stage == 1 else config.stage2_steps, per_device_train_batch_size=config.batch_size,
-        num_generations=config.num_generations, beta=config.beta, temperature=config.temperature,
+        max_steps=config.stage1_steps if stage == 1 else config.stage2_steps,
+        per_device_train_batch_size=config.batch_size,
+        num_generations=config.num_generations,
+        beta=config.beta,
+        temperature=config.temperature,
         max_completion_length=config.stage1_max_completion_length if stage == 1 else config.stage2_max_completion_length,
-        use_vllm=config.use_vllm, lr_scheduler_type="constant", log_completions=False)
-    return GRPOTrainer(model=model, args=args, reward_funcs=stage_rewards(config, data, stage),
-                       train_dataset=_dataset(grpo_rows(data, stage)), processing_class=processor)
+        use_vllm=config.use_vllm,
+        lr_scheduler_type="constant",
+        log_completions=False,
+    )
+    return GRPOTrainer(
+        model=model,
+        args=args,
+        reward_funcs=stage_rewards(config, data, stage),
+        train_dataset=_dataset(grpo_rows(data, stage)),
+        processing_class=processor,
+    )
 
 
 def complete_checkpoints(folder: Path) -> list[Path]:
@@ -219,6 +281,8 @@ def train(config: TrainConfig, *, resume: bool = False, cancel_file: Path | None
         source = final
     (run_dir / "model").unlink(missing_ok=True)
     (run_dir / "model").symlink_to(source.relative_to(run_dir))
-    write_json_atomic(run_dir / "progress.json", {"status": "done", "stages": list(config.stages), "model": str(source),
-                                                  "pid": os.getpid(), "updated": time.time()})
+    write_json_atomic(
+        run_dir / "progress.json",
+        {"status": "done", "stages": list(config.stages), "model": str(source), "pid": os.getpid(), "updated": time.time()},
+    )
     return run_dir

@@ -53,7 +53,9 @@ else:
     sections: dict[str, list] = {}
     for role, section, screen, title, url_path in layout:
         if actor.can(role):
-            sections.setdefault(section, []).append(st.Page(screen.render, title=title, url_path=url_path, default=url_path == "annotate"))
+            sections.setdefault(section, []).append(
+                st.Page(screen.render, title=title, url_path=url_path, default=url_path == "annotate")
+            )
     with st.sidebar:
         st.caption(f"Logged in as **{actor.username}** ({actor.role})")
         if st.button("Log out"):

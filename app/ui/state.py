@@ -6,11 +6,11 @@ import time
 
 import streamlit as st
 
+from curation.labelling.workflow import get_workflow_settings
 from curation.store.auth import Actor
 from curation.store.db import Workbench, open_workbench
-from curation.store.settings import Settings
 from curation.store.secrets import scrub
-from curation.labelling.workflow import get_workflow_settings
+from curation.store.settings import Settings
 from schema.errors import SkinflowError
 
 

@@ -41,23 +41,38 @@ def caption_form(prefix: str, initial: dict[str, Any] | None, disagreements: lis
             if field.kind == "multi":
                 options = list(vocab.terms[field.key]) + [t for t in current if t not in vocab.terms[field.key]]
                 values[field.key] = st.multiselect(
-                    field.label + mark, options, default=list(current), format_func=_term_label(field.key),
-                    accept_new_options=True, key=f"{prefix}{field.key}",
-                    help="Type to search terms and synonyms; press Enter to add a new term (it is flagged for vocabulary review).",
+                    field.label + mark,
+                    options,
+                    default=list(current),
+                    format_func=_term_label(field.key),
+                    accept_new_options=True,
+                    key=f"{prefix}{field.key}",
+                    help="Type to search terms and synonyms; press Enter to add a new term "
+                    "(it is flagged for vocabulary review).",
                 )
             elif field.kind == "ordinal":
                 options = [NOT_APPLICABLE, *ORDINAL_VALUES[field.key]]
                 values[field.key] = st.radio(
-                    field.label + mark, options, index=options.index(current) if current else 0, horizontal=True,
+                    field.label + mark,
+                    options,
+                    index=options.index(current) if current else 0,
+                    horizontal=True,
                     key=f"{prefix}{field.key}",
                 )
                 if values[field.key] == NOT_APPLICABLE:
                     values[field.key] = None
                 if field.key == "size":
-                    values["size_mm"] = st.number_input(
-                        "Measured size (mm, optional)", min_value=0.0, max_value=1000.0, value=caption.size_mm,
-                        step=0.5, key=f"{prefix}size_mm",
-                    ) or None
+                    values["size_mm"] = (
+                        st.number_input(
+                            "Measured size (mm, optional)",
+                            min_value=0.0,
+                            max_value=1000.0,
+                            value=caption.size_mm,
+                            step=0.5,
+                            key=f"{prefix}size_mm",
+                        )
+                        or None
+                    )
             else:
                 values[field.key] = st.text_area(field.label + mark, value=current, key=f"{prefix}{field.key}", height=80)
     return values
@@ -77,8 +92,14 @@ def taxonomy_label(taxonomy: Taxonomy, key: str) -> str:
     return f"{label.display} — {label.group9} / {label.group3}" if label else key
 
 
-def diagnosis_widget(prefix: str, taxonomy: Taxonomy, source_key: str | None, source_label: str | None,
-                     suggestions: list[str], initial: dict[str, Any] | None = None) -> tuple[str | None, str]:
+def diagnosis_widget(
+    prefix: str,
+    taxonomy: Taxonomy,
+    source_key: str | None,
+    source_label: str | None,
+    suggestions: list[str],
+    initial: dict[str, Any] | None = None,
+) -> tuple[str | None, str]:
     """Confirm the source label, correct it (search the taxonomy, or free text), or mark it uncertain.
     Returns (diagnosis key or free text, diagnosis status)."""
     initial = initial or {}
@@ -89,8 +110,13 @@ def diagnosis_widget(prefix: str, taxonomy: Taxonomy, source_key: str | None, so
     else:
         st.markdown("**Source label:** none")
     if suggestions:  # one click takes a suggestion; clicking it again clears it
-        picked = st.pills("Suggested diagnoses (one click)", suggestions, format_func=lambda k: taxonomy_label(taxonomy, k),
-                          selection_mode="single", key=f"{prefix}dx_pill")
+        picked = st.pills(
+            "Suggested diagnoses (one click)",
+            suggestions,
+            format_func=lambda k: taxonomy_label(taxonomy, k),
+            selection_mode="single",
+            key=f"{prefix}dx_pill",
+        )
         if picked:
             st.caption(f"Diagnosis: {taxonomy_label(taxonomy, picked)}")
             return picked, ("confirmed" if picked == source_key else "corrected")
@@ -105,9 +131,13 @@ def diagnosis_widget(prefix: str, taxonomy: Taxonomy, source_key: str | None, so
     if suggestions:
         st.caption("Suggested: " + "; ".join(taxonomy_label(taxonomy, k) for k in suggestions))
     picked = st.selectbox(
-        "Diagnosis (search the taxonomy, or type free text)", keys, index=keys.index(default) if default in keys else None,
+        "Diagnosis (search the taxonomy, or type free text)",
+        keys,
+        index=keys.index(default) if default in keys else None,
         format_func=lambda k: ("suggested: " if k in suggestions else "") + taxonomy_label(taxonomy, k),
-        accept_new_options=True, placeholder="Type to search", key=f"{prefix}dx_pick",
+        accept_new_options=True,
+        placeholder="Type to search",
+        key=f"{prefix}dx_pick",
     )
     if picked and picked not in taxonomy.labels:
         match = taxonomy.normalise(picked)

@@ -21,18 +21,18 @@ from typing import Any, Callable
 
 from sqlalchemy import exists, select
 
-from curation.store import audit
+from curation.assist.llm import LLMConfig, Outcome, ask_each, extract_json, image_data_url
+from curation.assist.prompts import render_prompt
 from curation.labelling.annotate import add_drafts
+from curation.store import audit
 from curation.store.auth import Actor, require
 from curation.store.db import Workbench
-from curation.assist.llm import LLMConfig, Outcome, ask_each, extract_json, image_data_url
 from curation.store.models import Draft, Image
-from curation.assist.prompts import render_prompt
 from curation.store.settings import Settings
 from schema.caption import SCHEMA_VERSION, Caption, json_schema, render, validate_caption
-from schema.files import write_atomic
 from schema.errors import CaptionError, SkinflowError
 from schema.fields import FIELDS, ORDINAL_VALUES
+from schema.files import write_atomic
 from schema.taxonomy import Taxonomy
 from schema.vocabulary import default_vocabulary
 
@@ -107,9 +107,16 @@ class RunReport:
     structured_output: bool = True
 
     def summary(self) -> dict[str, Any]:
-        return {"todo": self.todo, "done": self.done, "failed": len(self.failed), "requests": self.requests,
-                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "seconds": round(self.seconds, 2), "structured_output": self.structured_output}
+        return {
+            "todo": self.todo,
+            "done": self.done,
+            "failed": len(self.failed),
+            "requests": self.requests,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "seconds": round(self.seconds, 2),
+            "structured_output": self.structured_output,
+        }
 
 
 def images_to_draft(wb: Workbench, model: str, version: str, *, redo: bool, limit: int | None) -> list[tuple[int, str, Path]]:
@@ -117,8 +124,13 @@ def images_to_draft(wb: Workbench, model: str, version: str, *, redo: bool, limi
     with wb.session() as s:
         query = select(Image.id, Image.sha256, Image.file_path).where(Image.file_path.is_not(None)).order_by(Image.id)
         if not redo:
-            done = exists().where(Draft.image_id == Image.id, Draft.kind == "llm", Draft.producer == model,
-                                  Draft.version == version, Draft.error.is_(None))
+            done = exists().where(
+                Draft.image_id == Image.id,
+                Draft.kind == "llm",
+                Draft.producer == model,
+                Draft.version == version,
+                Draft.error.is_(None),
+            )
             query = query.where(~done)
         rows = s.execute(query.limit(limit) if limit else query).all()
     return [(image_id, sha, wb.store_dir / path) for image_id, sha, path in rows]
@@ -127,8 +139,16 @@ def images_to_draft(wb: Workbench, model: str, version: str, *, redo: bool, limi
 WRITE_BATCH = 64
 
 
-async def _draft_all(wb: Workbench, actor: Actor, config: LLMConfig, todo, concurrency: int, report: RunReport,
-                     progress: Callable[[int, int], None] | None, prompt: str) -> None:
+async def _draft_all(
+    wb: Workbench,
+    actor: Actor,
+    config: LLMConfig,
+    todo,
+    concurrency: int,
+    report: RunReport,
+    progress: Callable[[int, int], None] | None,
+    prompt: str,
+) -> None:
     system = caption_prompt(prompt)
     version = draft_version(prompt)
     results: asyncio.Queue = asyncio.Queue()
@@ -139,8 +159,13 @@ async def _draft_all(wb: Workbench, actor: Actor, config: LLMConfig, todo, concu
     def messages(item) -> list[dict]:
         _image_id, _sha, path = item
         url = image_data_url(path, config.max_side)
-        return [{"role": "system", "content": system},
-                {"role": "user", "content": [{"type": "text", "text": "Describe this lesion."}, {"type": "image_url", "image_url": {"url": url}}]}]
+        return [
+            {"role": "system", "content": system},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "Describe this lesion."}, {"type": "image_url", "image_url": {"url": url}}],
+            },
+        ]
 
     async def writer() -> None:
         """Commit finished drafts in batches: one transaction per batch, not per image."""
@@ -166,8 +191,12 @@ async def _draft_all(wb: Workbench, actor: Actor, config: LLMConfig, todo, concu
         else:
             report.prompt_tokens += reply.prompt_tokens
             report.completion_tokens += reply.completion_tokens
-            meta.update(prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
-                        attempts=reply.attempts, structured_output=reply.structured)
+            meta.update(
+                prompt_tokens=reply.prompt_tokens,
+                completion_tokens=reply.completion_tokens,
+                attempts=reply.attempts,
+                structured_output=reply.structured,
+            )
             draft["raw_reply"] = reply.text[:RAW_KEPT_CHARS]
             try:
                 if len(reply.text) > config.max_reply_chars:
@@ -183,15 +212,32 @@ async def _draft_all(wb: Workbench, actor: Actor, config: LLMConfig, todo, concu
 
     try:
         _, report.structured_output = await asyncio.gather(
-            writer(), ask_each(config, todo, messages, collect, concurrency=concurrency, json_schema=reply_schema(),
-                               schema_name="lesion_draft", executor=workers))
+            writer(),
+            ask_each(
+                config,
+                todo,
+                messages,
+                collect,
+                concurrency=concurrency,
+                json_schema=reply_schema(),
+                schema_name="lesion_draft",
+                executor=workers,
+            ),
+        )
     finally:
         workers.shutdown(wait=True)
 
 
 def draft_images(
-    wb: Workbench, actor: Actor, *, model: str | None = None, limit: int | None = None, concurrency: int | None = None,
-    redo: bool = False, progress: Callable[[int, int], None] | None = None, prompt: str = CAPTION_PROMPT,
+    wb: Workbench,
+    actor: Actor,
+    *,
+    model: str | None = None,
+    limit: int | None = None,
+    concurrency: int | None = None,
+    redo: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    prompt: str = CAPTION_PROMPT,
     environ: dict[str, str] | None = None,
 ) -> RunReport:
     """Draft captions for every image that has none from this model and prompt version."""
@@ -214,13 +260,27 @@ def recent_failures(wb: Workbench, actor: Actor, limit: int = 100) -> list[dict[
     """Failed LLM drafts, newest first, for the drafting page."""
     require(actor, "admin", "see drafting failures")
     with wb.session() as s:
-        rows = s.execute(select(Draft.image_id, Draft.producer, Draft.version, Draft.error, Draft.created_at)
-                         .where(Draft.kind == "llm", Draft.error.is_not(None)).order_by(Draft.id.desc()).limit(limit)).all()
-    return [{"image": r.image_id, "model": r.producer, "prompt": r.version, "reason": r.error, "when": r.created_at} for r in rows]
+        rows = s.execute(
+            select(Draft.image_id, Draft.producer, Draft.version, Draft.error, Draft.created_at)
+            .where(Draft.kind == "llm", Draft.error.is_not(None))
+            .order_by(Draft.id.desc())
+            .limit(limit)
+        ).all()
+    return [
+        {"image": r.image_id, "model": r.producer, "prompt": r.version, "reason": r.error, "when": r.created_at} for r in rows
+    ]
 
 
-def predict_with_llm(settings: Settings, taxonomy: Taxonomy, items: list[dict[str, Any]], *, model: str | None = None,
-                     concurrency: int | None = None, prompt: str = CAPTION_PROMPT, environ: dict[str, str] | None = None) -> list[dict[str, Any]]:
+def predict_with_llm(
+    settings: Settings,
+    taxonomy: Taxonomy,
+    items: list[dict[str, Any]],
+    *,
+    model: str | None = None,
+    concurrency: int | None = None,
+    prompt: str = CAPTION_PROMPT,
+    environ: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
     """Baseline predictions from any OpenAI-compatible model, with the drafting prompt, in the format of
     `skinflow predict` (so `skinflow eval` scores an LLM like a trained checkpoint). items: {"id", "path"}.
     Diagnoses the model names outside the taxonomy are dropped; listed ones without a confidence get none (0)."""
@@ -231,13 +291,26 @@ def predict_with_llm(settings: Settings, taxonomy: Taxonomy, items: list[dict[st
 
     def messages(item) -> list[dict]:
         url = image_data_url(Path(item["path"]), config.max_side)
-        return [{"role": "system", "content": system},
-                {"role": "user", "content": [{"type": "text", "text": "Describe this lesion."}, {"type": "image_url", "image_url": {"url": url}}]}]
+        return [
+            {"role": "system", "content": system},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "Describe this lesion."}, {"type": "image_url", "image_url": {"url": url}}],
+            },
+        ]
 
     async def collect(outcome: Outcome) -> None:
         item = outcome.item
-        row: dict[str, Any] = {"id": item["id"], "image": str(item["path"]), "model_version": version, "caption": None,
-                               "caption_text": "", "caption_error": outcome.error, "diagnoses": [], "answer": ""}
+        row: dict[str, Any] = {
+            "id": item["id"],
+            "image": str(item["path"]),
+            "model_version": version,
+            "caption": None,
+            "caption_text": "",
+            "caption_error": outcome.error,
+            "diagnoses": [],
+            "answer": "",
+        }
         if outcome.reply is not None:
             row["answer"] = outcome.reply.text[:RAW_KEPT_CHARS]
             try:
@@ -245,21 +318,36 @@ def predict_with_llm(settings: Settings, taxonomy: Taxonomy, items: list[dict[st
             except SkinflowError as e:
                 row["caption_error"] = str(e)
             else:
-                row.update(caption=caption.to_json(), caption_text=render(caption), caption_error=None,
-                           diagnoses=[{"key": d["key"], "display": taxonomy.label(d["key"]).display, "score": d["score"] or 0.0}
-                                      for d in diagnoses if d["key"]])
+                row.update(
+                    caption=caption.to_json(),
+                    caption_text=render(caption),
+                    caption_error=None,
+                    diagnoses=[
+                        {"key": d["key"], "display": taxonomy.label(d["key"]).display, "score": d["score"] or 0.0}
+                        for d in diagnoses
+                        if d["key"]
+                    ],
+                )
         rows[item["id"]] = row
 
     async def run() -> None:
-        await ask_each(config, items, messages, collect, concurrency=max(1, concurrency or config.concurrency),
-                       json_schema=reply_schema(), schema_name="lesion_draft")
+        await ask_each(
+            config,
+            items,
+            messages,
+            collect,
+            concurrency=max(1, concurrency or config.concurrency),
+            json_schema=reply_schema(),
+            schema_name="lesion_draft",
+        )
 
     asyncio.run(run())
     return [rows[item["id"]] for item in items]
 
 
-def write_llm_predictions(settings: Settings, taxonomy: Taxonomy, items: list[dict[str, Any]], out_file: Path, *,
-                          model: str | None = None) -> Path:
+def write_llm_predictions(
+    settings: Settings, taxonomy: Taxonomy, items: list[dict[str, Any]], out_file: Path, *, model: str | None = None
+) -> Path:
     """predict_with_llm, written as a prediction file (`skinflow eval --llm`); returns its path."""
     rows = predict_with_llm(settings, taxonomy, items, model=model)
     write_atomic(out_file, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))

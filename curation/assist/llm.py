@@ -64,10 +64,19 @@ class LLMConfig:
     def from_settings(cls, settings: Settings, model: str | None = None, environ: dict[str, str] | None = None) -> "LLMConfig":
         model = model or settings.llm_model
         if not model:
-            raise ConfigError("no model: set SKINFLOW_LLM_MODEL (and SKINFLOW_LLM_BASE_URL for a non-OpenAI server) or pass --model")
-        return cls(model=model, base_url=settings.llm_base_url, key=api_key(environ), timeout_s=settings.llm_timeout_s,
-                   max_retries=settings.llm_max_retries, max_side=settings.llm_max_side, concurrency=settings.llm_concurrency,
-                   max_reply_chars=settings.llm_max_reply_chars)
+            raise ConfigError(
+                "no model: set SKINFLOW_LLM_MODEL (and SKINFLOW_LLM_BASE_URL for a non-OpenAI server) or pass --model"
+            )
+        return cls(
+            model=model,
+            base_url=settings.llm_base_url,
+            key=api_key(environ),
+            timeout_s=settings.llm_timeout_s,
+            max_retries=settings.llm_max_retries,
+            max_side=settings.llm_max_side,
+            concurrency=settings.llm_concurrency,
+            max_reply_chars=settings.llm_max_reply_chars,
+        )
 
 
 def make_client(config: LLMConfig) -> openai.AsyncOpenAI:
@@ -120,8 +129,12 @@ def _is_response_format_rejection(error: openai.BadRequestError) -> bool:
     return any(word in message for word in ("response_format", "json_schema", "structured", "guided"))
 
 
-async def with_retries(call: Callable[[], Awaitable[Any]], config: LLMConfig, rng: random.Random,
-                       sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> tuple[Any, int]:
+async def with_retries(
+    call: Callable[[], Awaitable[Any]],
+    config: LLMConfig,
+    rng: random.Random,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> tuple[Any, int]:
     """(result, attempts) of `call`, retried on 429, 5xx, timeouts and connection errors."""
     attempt = 0
     while True:
@@ -145,8 +158,16 @@ async def with_retries(call: Callable[[], Awaitable[Any]], config: LLMConfig, rn
         await sleep(delay if delay is not None else backoff_seconds(attempt - 1, rng))
 
 
-async def chat(client: openai.AsyncOpenAI, config: LLMConfig, messages: list[dict], *, json_schema: dict | None,
-               schema_name: str, rng: random.Random, structured: list[bool] | None = None) -> Reply:
+async def chat(
+    client: openai.AsyncOpenAI,
+    config: LLMConfig,
+    messages: list[dict],
+    *,
+    json_schema: dict | None,
+    schema_name: str,
+    rng: random.Random,
+    structured: list[bool] | None = None,
+) -> Reply:
     """One chat completion. `structured` is a one-element list shared by a run: once a server rejects
     response_format, later requests do not ask for it again."""
     structured = structured if structured is not None else [json_schema is not None]
@@ -154,7 +175,10 @@ async def chat(client: openai.AsyncOpenAI, config: LLMConfig, messages: list[dic
     async def call(use_schema: bool):
         body: dict[str, Any] = {"model": config.model, "messages": messages, "temperature": 0}
         if use_schema and json_schema is not None:
-            body["response_format"] = {"type": "json_schema", "json_schema": {"name": schema_name, "schema": json_schema, "strict": True}}
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": schema_name, "schema": json_schema, "strict": True},
+            }
         # The SDK's low-level post: the same HTTP handling and typed errors as chat.completions.create, but
         # without re-walking the typed parameters (the schema and a base64 image) and building pydantic
         # response models on every call: together about 4 ms of CPU per request, which capped drafting
@@ -180,8 +204,13 @@ async def chat(client: openai.AsyncOpenAI, config: LLMConfig, messages: list[dic
         raise LLMError("the server's answer is not a chat completion (not JSON of the expected shape)") from None
     if not isinstance(text, str):
         raise LLMError("the server's answer has no text content")
-    return Reply(text=text, prompt_tokens=int(usage.get("prompt_tokens") or 0), completion_tokens=int(usage.get("completion_tokens") or 0),
-                 attempts=attempts, structured=structured[0])
+    return Reply(
+        text=text,
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or 0),
+        attempts=attempts,
+        structured=structured[0],
+    )
 
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
@@ -227,8 +256,17 @@ class Outcome:
     error: str | None
 
 
-async def ask_each(config: LLMConfig, items: list, prepare: Callable[[Any], list[dict]], on_outcome: Callable[[Outcome], Awaitable[None]],
-                   *, concurrency: int, json_schema: dict | None = None, schema_name: str = "reply", executor=None) -> bool:
+async def ask_each(
+    config: LLMConfig,
+    items: list,
+    prepare: Callable[[Any], list[dict]],
+    on_outcome: Callable[[Outcome], Awaitable[None]],
+    *,
+    concurrency: int,
+    json_schema: dict | None = None,
+    schema_name: str = "reply",
+    executor=None,
+) -> bool:
     """One chat request per item, at most `concurrency` in flight. `prepare(item)` builds the messages
     and runs on `executor` (it reads and encodes an image); `on_outcome` is awaited for each item as it
     finishes. Returns whether structured output stayed on for the whole run."""
@@ -241,8 +279,19 @@ async def ask_each(config: LLMConfig, items: list, prepare: Callable[[Any], list
         async with gate:
             try:
                 messages = await loop.run_in_executor(executor, prepare, item)
-                outcome = Outcome(item, await chat(client, config, messages, json_schema=json_schema, schema_name=schema_name,
-                                                   rng=random.Random(index), structured=structured), None)
+                outcome = Outcome(
+                    item,
+                    await chat(
+                        client,
+                        config,
+                        messages,
+                        json_schema=json_schema,
+                        schema_name=schema_name,
+                        rng=random.Random(index),
+                        structured=structured,
+                    ),
+                    None,
+                )
             except LLMError as e:
                 outcome = Outcome(item, None, str(e))
             except OSError as e:
@@ -260,8 +309,14 @@ async def connection_test(config: LLMConfig) -> str:
     """A one-line answer from the server, or LLMError saying what is wrong (for the drafting page)."""
     client = make_client(config)
     try:
-        reply = await chat(client, config, [{"role": "user", "content": "Reply with the single word: ok"}],
-                           json_schema=None, schema_name="ping", rng=random.Random(0))
+        reply = await chat(
+            client,
+            config,
+            [{"role": "user", "content": "Reply with the single word: ok"}],
+            json_schema=None,
+            schema_name="ping",
+            rng=random.Random(0),
+        )
     finally:
         await client.close()
     return reply.text.strip()[:200]

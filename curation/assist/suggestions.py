@@ -21,11 +21,11 @@ from sqlalchemy import select
 from curation.labelling.annotate import add_drafts
 from curation.store.auth import Actor, require
 from curation.store.db import Workbench
-from schema.files import TEMP_PREFIX, iter_jsonl, temp_owner_tag
 from curation.store.models import NEEDS_WORK_STATUSES, Draft, Image, QueueScore, utcnow
 from schema.caption import validate_caption
 from schema.compare import caption_scores
 from schema.errors import CaptionError, SkinflowError
+from schema.files import TEMP_PREFIX, iter_jsonl, temp_owner_tag
 
 PRODUCER = "skinflow"
 _SHA = re.compile(r"^[0-9a-f]{64}$")
@@ -50,8 +50,13 @@ def import_predictions(wb: Workbench, actor: Actor, path: str | Path) -> Suggest
     require(actor, "admin", "import model suggestions")
     path = Path(path)
     try:
-        rows = list(iter_jsonl(path, check=lambda row: bool(row.get("model_version")),
-                               problem="has no model_version; is this a `skinflow predict` file?"))
+        rows = list(
+            iter_jsonl(
+                path,
+                check=lambda row: bool(row.get("model_version")),
+                problem="has no model_version; is this a `skinflow predict` file?",
+            )
+        )
     except SkinflowError as e:
         raise SkinflowError(f"{e}; nothing was imported") from None
     report = SuggestionReport()
@@ -59,8 +64,13 @@ def import_predictions(wb: Workbench, actor: Actor, path: str | Path) -> Suggest
         ids = [r.get("id") for _, r in rows if isinstance(r.get("id"), int)]
         shas = [Path(str(r.get("image", ""))).stem for _, r in rows]
         by_id = {i.id: i.sha256 for i in s.execute(select(Image.id, Image.sha256).where(Image.id.in_(ids)))}
-        by_sha = {sha: i for i, sha in s.execute(select(Image.id, Image.sha256).where(Image.sha256.in_([x for x in shas if _SHA.match(x)])))}
-        present = set(s.execute(select(Draft.image_id, Draft.version).where(Draft.kind == "model", Draft.producer == PRODUCER)).all())
+        by_sha = {
+            sha: i
+            for i, sha in s.execute(select(Image.id, Image.sha256).where(Image.sha256.in_([x for x in shas if _SHA.match(x)])))
+        }
+        present = set(
+            s.execute(select(Draft.image_id, Draft.version).where(Draft.kind == "model", Draft.producer == PRODUCER)).all()
+        )
     drafts = []
     for number, row in rows:
         sha = Path(str(row.get("image", ""))).stem
@@ -69,7 +79,9 @@ def import_predictions(wb: Workbench, actor: Actor, path: str | Path) -> Suggest
             report.skipped.append((number, "no such image in this workbench"))
             continue
         if _SHA.match(sha) and by_id.get(image_id, sha) != sha:
-            report.skipped.append((number, f"id {image_id} names a different picture than {sha[:12]}...: prediction file from another workbench?"))
+            report.skipped.append(
+                (number, f"id {image_id} names a different picture than {sha[:12]}...: prediction file from another workbench?")
+            )
             continue
         if (image_id, row["model_version"]) in present:
             report.already_there += 1
@@ -80,9 +92,19 @@ def import_predictions(wb: Workbench, actor: Actor, path: str | Path) -> Suggest
                 caption = validate_caption(caption).to_json()
             except CaptionError as e:
                 caption, error = None, str(e)
-        drafts.append({"image_id": image_id, "kind": "model", "producer": PRODUCER, "version": row["model_version"],
-                       "caption": caption, "error": error if caption is None else None, "raw_reply": row.get("caption_text"),
-                       "diagnoses": _diagnoses(row, wb.taxonomy), "meta": {"answer": row.get("answer"), "source": str(path)}})
+        drafts.append(
+            {
+                "image_id": image_id,
+                "kind": "model",
+                "producer": PRODUCER,
+                "version": row["model_version"],
+                "caption": caption,
+                "error": error if caption is None else None,
+                "raw_reply": row.get("caption_text"),
+                "diagnoses": _diagnoses(row, wb.taxonomy),
+                "meta": {"answer": row.get("answer"), "source": str(path)},
+            }
+        )
         present.add((image_id, row["model_version"]))
     if drafts:
         add_drafts(wb, actor, drafts)
@@ -96,8 +118,16 @@ def _score_for_queue(wb: Workbench, drafts: list[dict[str, Any]]) -> None:
     image_ids = [d["image_id"] for d in drafts]
     with wb.session() as s:
         llm = {}
-        for image_id, caption in s.execute(select(Draft.image_id, Draft.caption).where(
-                Draft.image_id.in_(image_ids), Draft.kind.in_(("llm", "synthetic")), Draft.error.is_(None), Draft.caption.is_not(None)).order_by(Draft.id)):
+        for image_id, caption in s.execute(
+            select(Draft.image_id, Draft.caption)
+            .where(
+                Draft.image_id.in_(image_ids),
+                Draft.kind.in_(("llm", "synthetic")),
+                Draft.error.is_(None),
+                Draft.caption.is_not(None),
+            )
+            .order_by(Draft.id)
+        ):
             llm[image_id] = caption  # the newest wins
         for d in drafts:
             top = max((entry["score"] for entry in d["diagnoses"]), default=None)
@@ -105,16 +135,25 @@ def _score_for_queue(wb: Workbench, drafts: list[dict[str, Any]]) -> None:
             if d["caption"] is not None and d["image_id"] in llm:
                 scores = caption_scores(validate_caption(llm[d["image_id"]]), validate_caption(d["caption"]))
                 disagreement = 1.0 - sum(scores.values()) / len(scores)
-            s.merge(QueueScore(image_id=d["image_id"], uncertainty=None if top is None else 1.0 - top,
-                               disagreement=disagreement, updated_at=utcnow()))
+            s.merge(
+                QueueScore(
+                    image_id=d["image_id"],
+                    uncertainty=None if top is None else 1.0 - top,
+                    disagreement=disagreement,
+                    updated_at=utcnow(),
+                )
+            )
 
 
 def images_needing_work(wb: Workbench, limit: int | None = None) -> list[dict[str, Any]]:
     """{"id", "image"} for every image still in the labelling queue (pending or annotated, with a picture):
     the manifest `skinflow predict` reads when suggestions are refreshed."""
     with wb.session() as s:
-        query = (select(Image.id, Image.file_path).where(Image.status.in_(NEEDS_WORK_STATUSES), Image.file_path.is_not(None))
-                 .order_by(Image.id))
+        query = (
+            select(Image.id, Image.file_path)
+            .where(Image.status.in_(NEEDS_WORK_STATUSES), Image.file_path.is_not(None))
+            .order_by(Image.id)
+        )
         rows = s.execute(query.limit(limit) if limit else query).all()
     return [{"id": image_id, "image": str(wb.store_dir / file_path)} for image_id, file_path in rows]
 
@@ -125,8 +164,9 @@ class ModelSuggestions:
     report: SuggestionReport
 
 
-def suggest_with_model(wb: Workbench, actor: Actor, predict: Callable[[Path, Path], int], *,
-                       limit: int | None = None) -> ModelSuggestions | None:
+def suggest_with_model(
+    wb: Workbench, actor: Actor, predict: Callable[[Path, Path], int], *, limit: int | None = None
+) -> ModelSuggestions | None:
     """Suggestions for every image that still needs work: `predict(manifest, out_file)` (the trainer's
     predict_to_file with a checkpoint bound; curation does not import the trainer) writes a prediction file
     for the manifest, which is then imported. None when no image needs work. The working folder is

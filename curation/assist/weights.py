@@ -24,13 +24,13 @@ from typing import Any, Callable
 
 from sqlalchemy import exists, select, update
 
+from curation.assist.llm import LLMConfig, Outcome, ask_each, image_data_url
+from curation.assist.prompts import render_prompt
+from curation.errors import NotFound
 from curation.store import audit
 from curation.store.auth import Actor, require
 from curation.store.db import Workbench
-from curation.errors import NotFound
-from curation.assist.llm import LLMConfig, Outcome, ask_each, image_data_url
 from curation.store.models import Annotation, Image, Reasoning, WeightSet
-from curation.assist.prompts import render_prompt
 from schema.errors import SkinflowError
 from schema.fields import FIELD_KEYS, FIELDS
 from schema.vocabulary import clean_text, default_vocabulary
@@ -65,8 +65,12 @@ def _lexicon() -> dict[str, list[str]]:
 FIELD_LEXICON: dict[str, list[str]] = _lexicon()
 _PATTERNS = {
     # plurals count too: "papules", "plaques", "borders"
-    key: re.compile(r"(?<![\w])(?:" + "|".join(re.escape(p) for p in phrases) + (f"|{_MEASUREMENT}" if key == "size" else "")
-                    + r")(?:e?s)?(?![\w])")
+    key: re.compile(
+        r"(?<![\w])(?:"
+        + "|".join(re.escape(p) for p in phrases)
+        + (f"|{_MEASUREMENT}" if key == "size" else "")
+        + r")(?:e?s)?(?![\w])"
+    )
     for key, phrases in FIELD_LEXICON.items()
 }
 
@@ -125,8 +129,11 @@ def gather_reasonings(wb: Workbench, source: str = "all") -> list[ReasoningText]
                 out.append(ReasoningText("llm", r.producer, r.prompt_version, r.text))
         if source in ("annotator", "all"):
             superseded = select(Annotation.supersedes_id).where(Annotation.supersedes_id.is_not(None))
-            rows = s.scalars(select(Annotation).where(Annotation.rationale.is_not(None), Annotation.id.not_in(superseded))
-                             .order_by(Annotation.id))
+            rows = s.scalars(
+                select(Annotation)
+                .where(Annotation.rationale.is_not(None), Annotation.id.not_in(superseded))
+                .order_by(Annotation.id)
+            )
             for a in rows:
                 out.append(ReasoningText("annotator", a.user.username, None, a.rationale))
     return out
@@ -147,20 +154,34 @@ class WeightSetInfo:
 
 
 def _info(ws: WeightSet) -> WeightSetInfo:
-    return WeightSetInfo(ws.id, ws.name, ws.weights, ws.counts, ws.n_reasonings, ws.floor, ws.params, ws.active, ws.created_at,
-                         ws.params.get("created_by"))
+    return WeightSetInfo(
+        ws.id,
+        ws.name,
+        ws.weights,
+        ws.counts,
+        ws.n_reasonings,
+        ws.floor,
+        ws.params,
+        ws.active,
+        ws.created_at,
+        ws.params.get("created_by"),
+    )
 
 
-def create_weight_set(wb: Workbench, actor: Actor, *, source: str = "all", floor: float = DEFAULT_FLOOR,
-                      activate: bool | None = None) -> WeightSetInfo:
+def create_weight_set(
+    wb: Workbench, actor: Actor, *, source: str = "all", floor: float = DEFAULT_FLOOR, activate: bool | None = None
+) -> WeightSetInfo:
     """Compute and store a new weight set. The first one becomes active; later ones when asked."""
     require(actor, "admin", "compute attribute weights")
     reasonings = gather_reasonings(wb, source)
     if not reasonings:
-        raise SkinflowError(f"no reasonings from source {source!r} yet: run `skinflow reasonings` or add rationales when annotating")
+        raise SkinflowError(
+            f"no reasonings from source {source!r} yet: run `skinflow reasonings` or add rationales when annotating"
+        )
     weights, counts = compute_weights([r.text for r in reasonings], floor)
     params = {
-        "source": source, "created_by": actor.username,
+        "source": source,
+        "created_by": actor.username,
         "sources": dict(sorted({r.source: sum(1 for x in reasonings if x.source == r.source) for r in reasonings}.items())),
         "producers": sorted({f"{r.source}:{r.producer}" for r in reasonings}),
         "prompt_versions": sorted({r.prompt_version for r in reasonings if r.prompt_version}),
@@ -172,8 +193,17 @@ def create_weight_set(wb: Workbench, actor: Actor, *, source: str = "all", floor
         make_active = (not any_active) if activate is None else activate
         if make_active:
             s.execute(update(WeightSet).values(active=False))
-        ws = WeightSet(name=f"weights-v{number}", weights=weights, method="reasoning-frequency", n_reasonings=len(reasonings),
-                       counts=counts, floor=floor, params=params, active=make_active, created_by=actor.id)
+        ws = WeightSet(
+            name=f"weights-v{number}",
+            weights=weights,
+            method="reasoning-frequency",
+            n_reasonings=len(reasonings),
+            counts=counts,
+            floor=floor,
+            params=params,
+            active=make_active,
+            created_by=actor.id,
+        )
         s.add(ws)
         s.flush()
         audit.record(s, actor, "weights.create", "weight_set", ws.id, name=ws.name, active=make_active, n=len(reasonings))
@@ -212,11 +242,18 @@ def reasoning_targets(wb: Workbench, model: str, prompt: str, limit: int | None)
     reasoning from this model and prompt."""
     taxonomy = wb.taxonomy
     with wb.session() as s:
-        done = exists().where(Reasoning.image_id == Image.id, Reasoning.source == "llm", Reasoning.producer == model,
-                              Reasoning.prompt_version == prompt)
-        query = (select(Image.id, Image.verified_annotation_id, Image.file_path, Annotation.diagnosis_key, Annotation.diagnosis_text)
-                 .join(Annotation, Annotation.id == Image.verified_annotation_id)
-                 .where(Image.status == "verified", Image.file_path.is_not(None), ~done).order_by(Image.id))
+        done = exists().where(
+            Reasoning.image_id == Image.id,
+            Reasoning.source == "llm",
+            Reasoning.producer == model,
+            Reasoning.prompt_version == prompt,
+        )
+        query = (
+            select(Image.id, Image.verified_annotation_id, Image.file_path, Annotation.diagnosis_key, Annotation.diagnosis_text)
+            .join(Annotation, Annotation.id == Image.verified_annotation_id)
+            .where(Image.status == "verified", Image.file_path.is_not(None), ~done)
+            .order_by(Image.id)
+        )
         rows = s.execute(query.limit(limit) if limit else query).all()
     out = []
     for image_id, annotation_id, path, key, text in rows:
@@ -226,13 +263,30 @@ def reasoning_targets(wb: Workbench, model: str, prompt: str, limit: int | None)
     return out
 
 
-def add_reasoning(wb: Workbench, actor: Actor, image_id: int, *, text: str, producer: str, prompt_version: str,
-                  annotation_id: int | None = None, meta: dict | None = None) -> int:
+def add_reasoning(
+    wb: Workbench,
+    actor: Actor,
+    image_id: int,
+    *,
+    text: str,
+    producer: str,
+    prompt_version: str,
+    annotation_id: int | None = None,
+    meta: dict | None = None,
+) -> int:
     require(actor, "admin", "store reasonings")
     text = clean_text(text)[:MAX_REASONING_CHARS]
     with wb.session() as s:
-        row = Reasoning(image_id=image_id, annotation_id=annotation_id, source="llm", producer=producer, prompt_version=prompt_version,
-                        text=text, fields_mentioned=field_mentions(text), meta=dict(meta or {}))
+        row = Reasoning(
+            image_id=image_id,
+            annotation_id=annotation_id,
+            source="llm",
+            producer=producer,
+            prompt_version=prompt_version,
+            text=text,
+            fields_mentioned=field_mentions(text),
+            meta=dict(meta or {}),
+        )
         s.add(row)
         s.flush()
         audit.record(s, actor, "reasoning.add", "image", image_id, reasoning_id=row.id, producer=producer)
@@ -250,8 +304,15 @@ class ReasoningReport:
 
 
 def collect_reasonings(
-    wb: Workbench, actor: Actor, *, model: str | None = None, limit: int | None = None, concurrency: int | None = None,
-    progress: Callable[[int, int], None] | None = None, prompt: str = REASONING_PROMPT, environ: dict[str, str] | None = None,
+    wb: Workbench,
+    actor: Actor,
+    *,
+    model: str | None = None,
+    limit: int | None = None,
+    concurrency: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    prompt: str = REASONING_PROMPT,
+    environ: dict[str, str] | None = None,
 ) -> ReasoningReport:
     """Ask the LLM, for each verified record, for the reasoning from the image to its confirmed diagnosis."""
     require(actor, "admin", "collect reasonings")
@@ -263,8 +324,15 @@ def collect_reasonings(
 
     def messages(item) -> list[dict]:
         _image_id, _annotation_id, diagnosis, path = item
-        return [{"role": "user", "content": [{"type": "text", "text": render_prompt(prompt, diagnosis=diagnosis)},
-                                             {"type": "image_url", "image_url": {"url": image_data_url(path, config.max_side)}}]}]
+        return [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": render_prompt(prompt, diagnosis=diagnosis)},
+                    {"type": "image_url", "image_url": {"url": image_data_url(path, config.max_side)}},
+                ],
+            }
+        ]
 
     finished = 0
 
@@ -277,9 +345,17 @@ def collect_reasonings(
         elif not reply.text.strip() or len(reply.text) > config.max_reply_chars:
             report.failed.append((image_id, "empty reply" if not reply.text.strip() else "reply over the length limit"))
         else:
-            await asyncio.to_thread(add_reasoning, wb, actor, image_id, text=reply.text, producer=config.model, prompt_version=prompt,
-                                    annotation_id=annotation_id,
-                                    meta={"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens})
+            await asyncio.to_thread(
+                add_reasoning,
+                wb,
+                actor,
+                image_id,
+                text=reply.text,
+                producer=config.model,
+                prompt_version=prompt,
+                annotation_id=annotation_id,
+                meta={"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens},
+            )
             report.done += 1
             report.prompt_tokens += reply.prompt_tokens
             report.completion_tokens += reply.completion_tokens

@@ -17,7 +17,7 @@ from schema.fields import FIELDS
 SOURCE_LICENSES = {
     "synthetic": "synthetic: images drawn by SkinFlow Workbench's demo generator; free to use, no clinical meaning.",
     "fitzpatrick17k": "fitzpatrick17k: metadata and labels CC BY-NC-SA 3.0 (Groh et al., CVPR Workshops 2021, "
-                      "github.com/mattgroh/fitzpatrick17k); the images belong to their original atlas sites.",
+    "github.com/mattgroh/fitzpatrick17k); the images belong to their original atlas sites.",
 }
 
 
@@ -78,21 +78,43 @@ def fitzpatrick_chart(records: list[dict[str, Any]]) -> bytes:
     return buffer.getvalue()
 
 
-def render_card(records: list[dict[str, Any]], manifest: dict[str, Any], *, name: str, agreement: dict[str, float | None],
-                duplicate_groups: int, drafting: str | None) -> str:
+def render_card(
+    records: list[dict[str, Any]],
+    manifest: dict[str, Any],
+    *,
+    name: str,
+    agreement: dict[str, float | None],
+    duplicate_groups: int,
+    drafting: str | None,
+) -> str:
     n = len(records)
     fill = {f.key: sum(1 for r in records if r["caption"][f.key]) / n for f in FIELDS}
     sources = sorted(manifest["counts"]["by_source"])
-    licenses = [SOURCE_LICENSES.get(s, f"{s}: images imported by your team; state their license here before sharing.") for s in sources]
+    licenses = [
+        SOURCE_LICENSES.get(s, f"{s}: images imported by your team; state their license here before sharing.") for s in sources
+    ]
     licenses.append(f"Diagnosis taxonomy: {manifest['licenses']['taxonomy']}.")
     license_id = "cc-by-nc-sa-3.0" if "fitzpatrick17k" in sources else ("other" if set(sources) - {"synthetic"} else "cc0-1.0")
     template_text = (Path(data_cards.__file__).parent / "template.md.j2").read_text(encoding="utf-8")
-    template = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True).from_string(template_text)
+    template = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True).from_string(
+        template_text
+    )
     synthetic = sum(1 for r in records if r["source"] == "synthetic") / n
     return template.render(
-        name=name, manifest=manifest, n=n, verified=sum(1 for r in records if r["verified"]),
-        annotators=len({a for r in records for a in r["annotators"]}), duplicate_groups=duplicate_groups,
+        name=name,
+        manifest=manifest,
+        n=n,
+        verified=sum(1 for r in records if r["verified"]),
+        annotators=len({a for r in records for a in r["annotators"]}),
+        duplicate_groups=duplicate_groups,
         top_labels=Counter(r["diagnosis_display"] or r["diagnosis_text"] or "none" for r in records).most_common(20),
-        fill_rates=fill, agreement=agreement, drafting=drafting, limitations=limitations(records), licenses=licenses,
-        license_id=license_id, size_category=_size_category(n), synthetic_share=synthetic, pct=lambda x: f"{x:.0%}",
+        fill_rates=fill,
+        agreement=agreement,
+        drafting=drafting,
+        limitations=limitations(records),
+        licenses=licenses,
+        license_id=license_id,
+        size_category=_size_category(n),
+        synthetic_share=synthetic,
+        pct=lambda x: f"{x:.0%}",
     )

@@ -23,26 +23,26 @@ from typing import Any, Callable
 
 import orjson
 import pyarrow as pa
-from PIL import Image as PILImage
 import pyarrow.parquet as pq
+from PIL import Image as PILImage
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from curation.store import audit
-from curation.labelling.annotate import latest_model_drafts
-from curation.store.auth import Actor, require
-from curation.store.db import Workbench
 from curation.errors import ExportError
 from curation.export.datacard import fitzpatrick_chart, render_card
 from curation.export.formats import EXTRA_FORMATS, WRITERS
-from curation.ops.insights import insights
-from curation.store.models import Annotation, Export, Image, Review, User, WeightSet
 from curation.export.neardup import DEFAULT_MAX_DISTANCE, MAX_SUPPORTED_DISTANCE, near_duplicate_groups
 from curation.ingest.clean import dhash
+from curation.labelling.annotate import latest_model_drafts
+from curation.ops.insights import insights
+from curation.store import audit
+from curation.store.auth import Actor, require
+from curation.store.db import Workbench
 from curation.store.files import sweep_leftovers
-from schema.files import temp_owner_tag
+from curation.store.models import Annotation, Export, Image, Review, User, WeightSet
 from schema.caption import SCHEMA_VERSION, Caption, render
 from schema.fields import FIELDS
+from schema.files import temp_owner_tag
 from schema.vocabulary import default_vocabulary
 
 FORMAT_VERSION = 1
@@ -58,8 +58,9 @@ class ExportResult:
     duplicate_groups: int = 0
 
 
-def assign_splits(items: list[tuple[str, str, str]], seed: int, fractions: tuple[float, float, float],
-                  holdout: frozenset[str] = frozenset()) -> dict[str, str]:
+def assign_splits(
+    items: list[tuple[str, str, str]], seed: int, fractions: tuple[float, float, float], holdout: frozenset[str] = frozenset()
+) -> dict[str, str]:
     """{item: split} for (item, stratum, group) triples. Whole groups (near-duplicates) go to one split;
     groups are stratified by their stratum (label) and ordered by sha256(seed:group), deterministic
     by seed. Strata in `holdout` go entirely to test (a zero-shot split)."""
@@ -81,7 +82,15 @@ def assign_splits(items: list[tuple[str, str, str]], seed: int, fractions: tuple
         n = len(ordered)
         for rank, group in enumerate(ordered):
             position = (rank + 0.5) / n
-            split = "test" if group in held_out_groups else "train" if position < train_end else "val" if position < val_end else "test"
+            split = (
+                "test"
+                if group in held_out_groups
+                else "train"
+                if position < train_end
+                else "val"
+                if position < val_end
+                else "test"
+            )
             for item in members[group]:
                 out[item] = split
     return out
@@ -118,10 +127,12 @@ class ExportFilter:
     max_hash_distance: int | None = DEFAULT_MAX_DISTANCE  # near-duplicates: hashes at most this many bits apart; None: off
 
     def keeps(self, record: dict[str, Any]) -> bool:
-        return ((not self.labels or record["diagnosis_key"] in self.labels)
-                and (not self.groups or record["group9"] in self.groups or record["group3"] in self.groups)
-                and (not self.fitzpatrick or record["fitzpatrick"] in self.fitzpatrick)
-                and (not self.sources or record["source"] in self.sources))
+        return (
+            (not self.labels or record["diagnosis_key"] in self.labels)
+            and (not self.groups or record["group9"] in self.groups or record["group3"] in self.groups)
+            and (not self.fitzpatrick or record["fitzpatrick"] in self.fitzpatrick)
+            and (not self.sources or record["source"] in self.sources)
+        )
 
     def describe(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -138,7 +149,9 @@ def _stored_dhash(wb: Workbench, image: Image) -> str | None:
         return None
 
 
-def collect_records(wb: Workbench, session: Session, *, seed: int, selection: ExportFilter = ExportFilter()) -> tuple[list[dict[str, Any]], int]:
+def collect_records(
+    wb: Workbench, session: Session, *, seed: int, selection: ExportFilter = ExportFilter()
+) -> tuple[list[dict[str, Any]], int]:
     """(records with their split, number of near-duplicate groups of two or more images)."""
     statuses = ("verified", "annotated") if selection.include_unverified else ("verified",)
     images = list(session.scalars(select(Image).where(Image.status.in_(statuses), Image.sha256.is_not(None)).order_by(Image.id)))
@@ -147,7 +160,12 @@ def collect_records(wb: Workbench, session: Session, *, seed: int, selection: Ex
     image_ids = [i.id for i in images]
     by_id: dict[int, Annotation] = {}
     for start in range(0, len(image_ids), 10_000):
-        by_id.update({a.id: a for a in session.scalars(select(Annotation).where(Annotation.image_id.in_(image_ids[start : start + 10_000])))})
+        by_id.update(
+            {
+                a.id: a
+                for a in session.scalars(select(Annotation).where(Annotation.image_id.in_(image_ids[start : start + 10_000])))
+            }
+        )
     usernames = dict(session.execute(select(User.id, User.username)).all())
     reviewers: dict[int, str] = {}
     for annotation_id, reviewer_id in session.execute(
@@ -193,8 +211,12 @@ def collect_records(wb: Workbench, session: Session, *, seed: int, selection: Ex
     else:
         groups = near_duplicate_groups(hashes, selection.max_hash_distance)
     holdout = frozenset(selection.holdout_labels)
-    splits = assign_splits([(r["sha256"], r["diagnosis_key"] or "__free_text__", groups[r["sha256"]]) for r in records],
-                           seed, wb.settings.split_fractions, holdout)
+    splits = assign_splits(
+        [(r["sha256"], r["diagnosis_key"] or "__free_text__", groups[r["sha256"]]) for r in records],
+        seed,
+        wb.settings.split_fractions,
+        holdout,
+    )
     for record in records:
         record["split"] = splits[record["sha256"]]
         record["duplicate_group"] = groups[record["sha256"]][:12]
@@ -212,18 +234,32 @@ def _parquet_table(records: list[dict[str, Any]]) -> pa.Table:
         "caption_text": [r["caption_text"] for r in records],
     }
     types: dict[str, pa.DataType] = {
-        "id": pa.int64(), "image": pa.string(), "sha256": pa.string(), "split": pa.string(),
-        "caption_json": pa.string(), "caption_text": pa.string(),
+        "id": pa.int64(),
+        "image": pa.string(),
+        "sha256": pa.string(),
+        "split": pa.string(),
+        "caption_json": pa.string(),
+        "caption_text": pa.string(),
     }
     for f in FIELDS:  # one column per caption field, for filtering in pandas / SQL engines
         columns[f.key] = [r["caption"][f.key] for r in records]
         types[f.key] = pa.list_(pa.string()) if f.kind == "multi" else pa.string()
     columns["size_mm"], types["size_mm"] = [r["caption"]["size_mm"] for r in records], pa.float64()
     for key, kind in (
-        ("diagnosis_key", pa.string()), ("diagnosis_display", pa.string()), ("diagnosis_text", pa.string()),
-        ("group9", pa.string()), ("group3", pa.string()), ("diagnosis_status", pa.string()), ("fitzpatrick", pa.int64()),
-        ("annotators", pa.list_(pa.string())), ("reviewer", pa.string()), ("verified", pa.bool_()),
-        ("source", pa.string()), ("source_label", pa.string()), ("width", pa.int64()), ("height", pa.int64()),
+        ("diagnosis_key", pa.string()),
+        ("diagnosis_display", pa.string()),
+        ("diagnosis_text", pa.string()),
+        ("group9", pa.string()),
+        ("group3", pa.string()),
+        ("diagnosis_status", pa.string()),
+        ("fitzpatrick", pa.int64()),
+        ("annotators", pa.list_(pa.string())),
+        ("reviewer", pa.string()),
+        ("verified", pa.bool_()),
+        ("source", pa.string()),
+        ("source_label", pa.string()),
+        ("width", pa.int64()),
+        ("height", pa.int64()),
     ):
         columns[key], types[key] = [r[key] for r in records], kind
     schema = pa.schema([(name, types[name]) for name in columns])
@@ -274,7 +310,9 @@ def _check_selection(wb: Workbench, selection: ExportFilter, formats: tuple[str,
         for value in values:
             key = taxonomy.normalise(value)
             if key is None:
-                raise ExportError(f"{what} {value!r} is not in the taxonomy; use a label such as 'melanoma' (see `skinflow status`)")
+                raise ExportError(
+                    f"{what} {value!r} is not in the taxonomy; use a label such as 'melanoma' (see `skinflow status`)"
+                )
             found.append(key)
         return tuple(found)
 
@@ -287,19 +325,33 @@ def _check_selection(wb: Workbench, selection: ExportFilter, formats: tuple[str,
     bad_types = [t for t in selection.fitzpatrick if t not in range(1, 7)]
     if bad_types:
         raise ExportError(f"Fitzpatrick types are 1-6, not {bad_types}")
-    return ExportFilter(**{**selection.__dict__, "labels": keys(selection.labels, "label"),
-                           "holdout_labels": keys(selection.holdout_labels, "held-out label")})
+    return ExportFilter(
+        **{
+            **selection.__dict__,
+            "labels": keys(selection.labels, "label"),
+            "holdout_labels": keys(selection.holdout_labels, "held-out label"),
+        }
+    )
 
 
 def export_dataset(
-    wb: Workbench, actor: Actor, out: Path, *, include_unverified: bool = False, selection: ExportFilter | None = None,
-    formats: tuple[str, ...] = (), overwrite: bool = False, progress: Callable[[int, int], None] | None = None,
+    wb: Workbench,
+    actor: Actor,
+    out: Path,
+    *,
+    include_unverified: bool = False,
+    selection: ExportFilter | None = None,
+    formats: tuple[str, ...] = (),
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ExportResult:
     """Write an export: canonical JSONL + Parquet + images + dataset card + manifest, and any extra formats."""
     require(actor, "admin", "export datasets")
     out = Path(out)
     if out.exists() and not overwrite:
-        raise ExportError(f"{out} exists already: exports are versioned, so pick a new folder (e.g. exports/v2) or pass --overwrite")
+        raise ExportError(
+            f"{out} exists already: exports are versioned, so pick a new folder (e.g. exports/v2) or pass --overwrite"
+        )
     selection = _check_selection(wb, selection or ExportFilter(include_unverified=include_unverified), tuple(formats))
     extras = [f for f in dict.fromkeys(formats) if f in EXTRA_FORMATS]
     seed = wb.settings.split_seed
@@ -308,8 +360,10 @@ def export_dataset(
         weight_set = _active_weight_set(session)
         drafts = latest_model_drafts(session, [r["id"] for r in records]) if records else {}
     if not records:
-        raise ExportError("nothing to export: no verified records match (verify annotations in review, "
-                          "pass --include-unverified, or loosen the filters)")
+        raise ExportError(
+            "nothing to export: no verified records match (verify annotations in review, "
+            "pass --include-unverified, or loosen the filters)"
+        )
     agreement = insights(wb)["agreement"]["krippendorff_alpha"]
     out.parent.mkdir(parents=True, exist_ok=True)
     sweep_leftovers(out.parent.glob(f".{out.name}.tmp-*"), f".{out.name}.tmp-")  # from a killed run
@@ -318,7 +372,9 @@ def export_dataset(
         for index, record in enumerate(records, 1):
             source = wb.store_dir / record["image"].removeprefix("images/")
             if not source.exists():
-                raise ExportError(f"image file of record #{record['id']} is missing from the store ({source}); run `skinflow doctor`")
+                raise ExportError(
+                    f"image file of record #{record['id']} is missing from the store ({source}); run `skinflow doctor`"
+                )
             _link_or_copy(source, staging / record["image"])
             if progress:
                 progress(index, len(records))
@@ -334,8 +390,11 @@ def export_dataset(
             "taxonomy": {"name": wb.taxonomy.name, "version": wb.taxonomy.version},
             "weight_set": weight_set,
             "filters": selection.describe(),
-            "split": {"method": "near-duplicate groups stratified by diagnosis_key, ordered by sha256(seed:group)", "seed": seed,
-                      "fractions": list(wb.settings.split_fractions)},
+            "split": {
+                "method": "near-duplicate groups stratified by diagnosis_key, ordered by sha256(seed:group)",
+                "seed": seed,
+                "fractions": list(wb.settings.split_fractions),
+            },
             "duplicate_groups": duplicate_groups,
             "counts": {
                 "records": len(records),
@@ -354,9 +413,17 @@ def export_dataset(
         producers = sorted({f"{d['producer']} ({d['version']})" for ds in drafts.values() for d in ds if d["kind"] == "llm"})
         (staging / "fitzpatrick.png").write_bytes(fitzpatrick_chart(records))
         # the card names no folder or date: the same database state must give the same bytes
-        (staging / "README.md").write_text(render_card(records, manifest, name="SkinFlow Workbench dataset", agreement=agreement,
-                                                       duplicate_groups=duplicate_groups, drafting=", ".join(producers) or None),
-                                           encoding="utf-8")
+        (staging / "README.md").write_text(
+            render_card(
+                records,
+                manifest,
+                name="SkinFlow Workbench dataset",
+                agreement=agreement,
+                duplicate_groups=duplicate_groups,
+                drafting=", ".join(producers) or None,
+            ),
+            encoding="utf-8",
+        )
         # Stored images are content-addressed: their sha256 is known and need not be read again.
         files = {record["image"]: record["sha256"] for record in records}
         for path in staging.rglob("*"):
@@ -379,11 +446,19 @@ def export_dataset(
         raise
     by_split = manifest["counts"]["by_split"]
     with wb.session() as session:
-        row = Export(path=str(out.resolve()), format="+".join(manifest["formats"]), n_records=len(records), manifest_sha256=manifest_sha,
-                     params={"filters": selection.describe(), "seed": seed}, created_by=actor.id)
+        row = Export(
+            path=str(out.resolve()),
+            format="+".join(manifest["formats"]),
+            n_records=len(records),
+            manifest_sha256=manifest_sha,
+            params={"filters": selection.describe(), "seed": seed},
+            created_by=actor.id,
+        )
         session.add(row)
         session.flush()
-        audit.record(session, actor, "export.create", "export", row.id, path=str(out), n_records=len(records), formats=manifest["formats"])
+        audit.record(
+            session, actor, "export.create", "export", row.id, path=str(out), n_records=len(records), formats=manifest["formats"]
+        )
     return ExportResult(out, len(records), by_split, manifest_sha, duplicate_groups)
 
 
@@ -403,6 +478,9 @@ def verify_export(folder: Path) -> list[str]:
         elif _file_sha256(path) != digest:
             problems.append(f"changed: {name}")
     listed = set(files) | {"manifest.json"}
-    problems += [f"not in the manifest: {p.relative_to(folder)}" for p in sorted(folder.rglob("*"))
-                 if p.is_file() and str(p.relative_to(folder)) not in listed]
+    problems += [
+        f"not in the manifest: {p.relative_to(folder)}"
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and str(p.relative_to(folder)) not in listed
+    ]
     return problems

@@ -16,9 +16,11 @@ from schema.taxonomy import Taxonomy
 from schema.vocabulary import default_vocabulary
 
 EXTRA_FORMATS = ("hf", "grpo", "sharegpt", "labelstudio", "csv")
-CAPTION_INSTRUCTION = ("Describe the skin lesion in this image with the 11-field caption schema: one 'Field: values' line for "
-                       "each of Color, Location, Shape, Lesion type, Number, Size, Texture, Border/surface, Distribution, "
-                       "Surrounding and Other; write 'none' when a field does not apply.")
+CAPTION_INSTRUCTION = (
+    "Describe the skin lesion in this image with the 11-field caption schema: one 'Field: values' line for "
+    "each of Color, Location, Shape, Lesion type, Number, Size, Texture, Border/surface, Distribution, "
+    "Surrounding and Other; write 'none' when a field does not apply."
+)
 DIAGNOSIS_INSTRUCTION = "List up to 6 diagnoses for the skin lesion in this image, most likely first, one per line."
 LABEL_STUDIO_IMAGE_PREFIX = "/data/local-files/?d="  # Label Studio local storage, document root = the export folder
 # Spreadsheet programs run a cell that starts with one of these: imports warn, CSV writers quote it.
@@ -39,9 +41,17 @@ def write_hf(staging: Path, records: list[dict[str, Any]], taxonomy: Taxonomy, *
     from datasets import Image as HFImage
 
     labels = sorted(taxonomy.labels)
-    columns: dict[str, Any] = {"image": HFImage(), "id": Value("int64"), "diagnosis": ClassLabel(names=labels),
-                               "diagnosis_text": Value("string"), "group9": Value("string"), "group3": Value("string"),
-                               "fitzpatrick": Value("int64"), "caption_text": Value("string"), "source": Value("string")}
+    columns: dict[str, Any] = {
+        "image": HFImage(),
+        "id": Value("int64"),
+        "diagnosis": ClassLabel(names=labels),
+        "diagnosis_text": Value("string"),
+        "group9": Value("string"),
+        "group3": Value("string"),
+        "fitzpatrick": Value("int64"),
+        "caption_text": Value("string"),
+        "source": Value("string"),
+    }
     for f in FIELDS:
         columns[f.key] = Sequence(Value("string")) if f.kind == "multi" else Value("string")
     columns["size_mm"] = Value("float64")
@@ -70,28 +80,50 @@ def write_grpo(staging: Path, records: list[dict[str, Any]], taxonomy: Taxonomy,
     stage1, stage2 = [], []
     for r in records:
         image = {"id": r["id"], "image": r["image"], "split": r["split"], "fitzpatrick": r["fitzpatrick"]}
-        stage1.append({**image, "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": CAPTION_INSTRUCTION}]}],
-                       "caption": r["caption"], "caption_text": r["caption_text"]})
+        stage1.append(
+            {
+                **image,
+                "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": CAPTION_INSTRUCTION}]}],
+                "caption": r["caption"],
+                "caption_text": r["caption_text"],
+            }
+        )
         if r["diagnosis_key"]:
-            stage2.append({**image, "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": DIAGNOSIS_INSTRUCTION}]}],
-                           "diagnosis_key": r["diagnosis_key"], "group9": r["group9"], "group3": r["group3"]})
+            stage2.append(
+                {
+                    **image,
+                    "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": DIAGNOSIS_INSTRUCTION}]}],
+                    "diagnosis_key": r["diagnosis_key"],
+                    "group9": r["group9"],
+                    "group3": r["group3"],
+                }
+            )
     _write_jsonl(folder / "stage1.jsonl", stage1)
     _write_jsonl(folder / "stage2.jsonl", stage2)
     fields = [f.key for f in FIELDS]
     weights = weight_set or {"name": "uniform (no active weight set)", "weights": {k: 1 / len(fields) for k in fields}}
     (folder / "weights.json").write_text(json.dumps(weights, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     vocab = default_vocabulary()
-    schema = {"schema_version": SCHEMA_VERSION, "vocabulary_version": vocab.version, "json_schema": json_schema(),
-              "fields": [{"key": f.key, "label": f.label, "kind": f.kind} for f in FIELDS],
-              "ordinal_values": {k: list(v) for k, v in ORDINAL_VALUES.items()},
-              "vocabulary": {k: {t: list(vocab.synonyms[k][t]) for t in vocab.terms[k]} for k in vocab.terms}}
+    schema = {
+        "schema_version": SCHEMA_VERSION,
+        "vocabulary_version": vocab.version,
+        "json_schema": json_schema(),
+        "fields": [{"key": f.key, "label": f.label, "kind": f.kind} for f in FIELDS],
+        "ordinal_values": {k: list(v) for k, v in ORDINAL_VALUES.items()},
+        "vocabulary": {k: {t: list(vocab.synonyms[k][t]) for t in vocab.terms[k]} for k in vocab.terms},
+    }
     (folder / "schema.json").write_text(json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-    doc = {"_meta": {**taxonomy.meta, "version": taxonomy.version},
-           "labels": {k: {"display": l.display, "nine_partition": l.group9, "three_partition": l.group3, "synonyms": list(l.synonyms)}
-                      for k, l in sorted(taxonomy.labels.items())}}
+    doc = {
+        "_meta": {**taxonomy.meta, "version": taxonomy.version},
+        "labels": {
+            k: {"display": l.display, "nine_partition": l.group9, "three_partition": l.group3, "synonyms": list(l.synonyms)}
+            for k, l in sorted(taxonomy.labels.items())
+        },
+    }
     (folder / "taxonomy.json").write_text(json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-    (folder / "instructions.json").write_text(json.dumps({"caption": CAPTION_INSTRUCTION, "diagnosis": DIAGNOSIS_INSTRUCTION},
-                                                         indent=2) + "\n", encoding="utf-8")
+    (folder / "instructions.json").write_text(
+        json.dumps({"caption": CAPTION_INSTRUCTION, "diagnosis": DIAGNOSIS_INSTRUCTION}, indent=2) + "\n", encoding="utf-8"
+    )
 
 
 def write_sharegpt(staging: Path, records: list[dict[str, Any]], **_) -> None:
@@ -110,9 +142,9 @@ def label_studio_config(taxonomy: Taxonomy) -> str:
     """The Label Studio labelling config for the schema: an Image, a Choices per controlled or ordinal
     field, a TextArea for `other`, and the diagnosis as a searchable Taxonomy (group3 > group9 > label)."""
     vocab = default_vocabulary()
-    lines = ['<View>', '  <Image name="image" value="$image" zoom="true"/>']
+    lines = ["<View>", '  <Image name="image" value="$image" zoom="true"/>']
     for f in FIELDS:
-        lines.append(f'  <Header value={quoteattr(f.label)}/>')
+        lines.append(f"  <Header value={quoteattr(f.label)}/>")
         if f.kind == "free":
             lines.append(f'  <TextArea name="{f.key}" toName="image" rows="2" maxSubmissions="1"/>')
             continue
@@ -143,16 +175,30 @@ def label_studio_result(caption: dict[str, Any], diagnosis_key: str | None, taxo
             if value:
                 result.append({"from_name": f.key, "to_name": "image", "type": "textarea", "value": {"text": [value]}})
         elif value:
-            result.append({"from_name": f.key, "to_name": "image", "type": "choices",
-                           "value": {"choices": list(value) if f.kind == "multi" else [value]}})
+            result.append(
+                {
+                    "from_name": f.key,
+                    "to_name": "image",
+                    "type": "choices",
+                    "value": {"choices": list(value) if f.kind == "multi" else [value]},
+                }
+            )
     if diagnosis_key in taxonomy.labels:
         label = taxonomy.labels[diagnosis_key]
-        result.append({"from_name": "diagnosis", "to_name": "image", "type": "taxonomy",
-                       "value": {"taxonomy": [[label.group3, label.group9, diagnosis_key]]}})
+        result.append(
+            {
+                "from_name": "diagnosis",
+                "to_name": "image",
+                "type": "taxonomy",
+                "value": {"taxonomy": [[label.group3, label.group9, diagnosis_key]]},
+            }
+        )
     return result
 
 
-def write_labelstudio(staging: Path, records: list[dict[str, Any]], taxonomy: Taxonomy, drafts: dict[int, list[dict]], **_) -> None:
+def write_labelstudio(
+    staging: Path, records: list[dict[str, Any]], taxonomy: Taxonomy, drafts: dict[int, list[dict]], **_
+) -> None:
     """tasks.json (image via Label Studio local storage; the LLM draft and the model suggestion as
     separate predictions with model_version and score) and label_config.xml."""
     folder = staging / "labelstudio"
@@ -162,10 +208,24 @@ def write_labelstudio(staging: Path, records: list[dict[str, Any]], taxonomy: Ta
         predictions = []
         for draft in drafts.get(r["id"], []):
             top = (draft["diagnoses"] or [{}])[0]
-            predictions.append({"model_version": f"{draft['kind']}:{draft['producer']}:{draft['version']}", "score": top.get("score"),
-                                "result": label_studio_result(draft["caption"], top.get("key"), taxonomy)})
-        tasks.append({"data": {"image": LABEL_STUDIO_IMAGE_PREFIX + r["image"], "skinflow_id": r["id"], "sha256": r["sha256"],
-                               "split": r["split"]}, "predictions": predictions})
+            predictions.append(
+                {
+                    "model_version": f"{draft['kind']}:{draft['producer']}:{draft['version']}",
+                    "score": top.get("score"),
+                    "result": label_studio_result(draft["caption"], top.get("key"), taxonomy),
+                }
+            )
+        tasks.append(
+            {
+                "data": {
+                    "image": LABEL_STUDIO_IMAGE_PREFIX + r["image"],
+                    "skinflow_id": r["id"],
+                    "sha256": r["sha256"],
+                    "split": r["split"],
+                },
+                "predictions": predictions,
+            }
+        )
     (folder / "tasks.json").write_text(json.dumps(tasks, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     (folder / "label_config.xml").write_text(label_studio_config(taxonomy), encoding="utf-8")
 
@@ -176,15 +236,37 @@ def neutralise_formula(value: Any) -> Any:
 
 
 def write_csv(staging: Path, records: list[dict[str, Any]], **_) -> None:
-    columns = ["id", "image", "sha256", "split", "diagnosis_key", "diagnosis_display", "diagnosis_text", "group9", "group3",
-               "diagnosis_status", "fitzpatrick", "verified", "annotators", "reviewer", "source", "source_label",
-               *[f.key for f in FIELDS], "size_mm", "caption_text"]
+    columns = [
+        "id",
+        "image",
+        "sha256",
+        "split",
+        "diagnosis_key",
+        "diagnosis_display",
+        "diagnosis_text",
+        "group9",
+        "group3",
+        "diagnosis_status",
+        "fitzpatrick",
+        "verified",
+        "annotators",
+        "reviewer",
+        "source",
+        "source_label",
+        *[f.key for f in FIELDS],
+        "size_mm",
+        "caption_text",
+    ]
     with (staging / "records.csv").open("w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(columns)
         for r in records:
-            flat = {**r, **{f.key: "; ".join(r["caption"][f.key]) if f.kind == "multi" else r["caption"][f.key] for f in FIELDS},
-                    "size_mm": r["caption"]["size_mm"], "annotators": "; ".join(r["annotators"])}
+            flat = {
+                **r,
+                **{f.key: "; ".join(r["caption"][f.key]) if f.kind == "multi" else r["caption"][f.key] for f in FIELDS},
+                "size_mm": r["caption"]["size_mm"],
+                "annotators": "; ".join(r["annotators"]),
+            }
             writer.writerow([neutralise_formula(flat[c]) for c in columns])
 
 

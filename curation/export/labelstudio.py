@@ -25,12 +25,12 @@ from typing import Any
 
 from sqlalchemy import select
 
-from curation.store import audit
-from curation.labelling.annotate import latest_model_drafts, submit_annotation, user_chain_head
-from curation.store.auth import Actor, add_user, get_actor, require
-from curation.store.db import Workbench
 from curation.errors import ConfigError, NotFound
 from curation.export.formats import LABEL_STUDIO_IMAGE_PREFIX, label_studio_config, label_studio_result
+from curation.labelling.annotate import latest_model_drafts, submit_annotation, user_chain_head
+from curation.store import audit
+from curation.store.auth import Actor, add_user, get_actor, require
+from curation.store.db import Workbench
 from curation.store.models import Annotation, Image, User
 from curation.store.secrets import read_secret
 from schema.errors import SkinflowError
@@ -46,8 +46,10 @@ class LabelStudioError(SkinflowError):
 def label_studio_token(environ: dict[str, str] | None = None) -> str:
     token = read_secret("LABEL_STUDIO_API_KEY", environ)
     if not token:
-        raise ConfigError("no Label Studio token: set LABEL_STUDIO_API_KEY, or LABEL_STUDIO_API_KEY_FILE to a file holding it "
-                          "(Label Studio: Account & Settings > Access Token)")
+        raise ConfigError(
+            "no Label Studio token: set LABEL_STUDIO_API_KEY, or LABEL_STUDIO_API_KEY_FILE to a file holding it "
+            "(Label Studio: Account & Settings > Access Token)"
+        )
     return token
 
 
@@ -66,7 +68,11 @@ def _call(what: str, fn, *args, **kwargs):
         detail = ""
         if isinstance(body, dict):
             detail = f": {body.get('validation_errors') or body.get('detail') or ''}"
-        hint = " (check LABEL_STUDIO_API_KEY; the server needs LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true for legacy tokens)" if status == 401 else ""
+        hint = (
+            " (check LABEL_STUDIO_API_KEY; the server needs LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true for legacy tokens)"
+            if status == 401
+            else ""
+        )
         raise LabelStudioError(f"Label Studio could not {what}: {status or e.__class__.__name__}{detail}{hint}") from None
 
 
@@ -85,8 +91,16 @@ class PushReport:
     already_there: int = 0
 
 
-def push(wb: Workbench, actor: Actor, url: str, token: str, *, project: str = "SkinFlow", image_mode: str = "local",
-         statuses: tuple[str, ...] = ("pending", "annotated", "verified")) -> PushReport:
+def push(
+    wb: Workbench,
+    actor: Actor,
+    url: str,
+    token: str,
+    *,
+    project: str = "SkinFlow",
+    image_mode: str = "local",
+    statuses: tuple[str, ...] = ("pending", "annotated", "verified"),
+) -> PushReport:
     require(actor, "admin", "push to Label Studio")
     if image_mode not in ("local", "data"):
         raise SkinflowError("image mode must be 'local' (Label Studio serves the image store) or 'data' (embedded images)")
@@ -97,11 +111,20 @@ def push(wb: Workbench, actor: Actor, url: str, token: str, *, project: str = "S
     if image_mode == "local":
         storages = _call("list local storages", client.import_storage.local.list, project=ls_project.id)
         if not any(getattr(s, "path", None) == str(wb.store_dir.resolve()) for s in storages):
-            _call("register the image store as local storage", client.import_storage.local.create, project=ls_project.id,
-                  path=str(wb.store_dir.resolve()), title="SkinFlow image store", use_blob_urls=False)
+            _call(
+                "register the image store as local storage",
+                client.import_storage.local.create,
+                project=ls_project.id,
+                path=str(wb.store_dir.resolve()),
+                title="SkinFlow image store",
+                use_blob_urls=False,
+            )
     with wb.session() as s:
-        images = s.execute(select(Image.id, Image.file_path, Image.sha256, Image.diagnosis_key)
-                           .where(Image.status.in_(statuses), Image.file_path.is_not(None)).order_by(Image.id)).all()
+        images = s.execute(
+            select(Image.id, Image.file_path, Image.sha256, Image.diagnosis_key)
+            .where(Image.status.in_(statuses), Image.file_path.is_not(None))
+            .order_by(Image.id)
+        ).all()
         drafts = latest_model_drafts(s, [i.id for i in images])
     report = PushReport(ls_project.id)
     tasks = []
@@ -117,13 +140,27 @@ def push(wb: Workbench, actor: Actor, url: str, token: str, *, project: str = "S
         predictions = []
         for draft in drafts.get(image_id, []):
             top = (draft["diagnoses"] or [{}])[0]
-            predictions.append({"model_version": f"{draft['kind']}:{draft['producer']}:{draft['version']}", "score": top.get("score"),
-                                "result": label_studio_result(draft["caption"], top.get("key"), taxonomy)})
-        tasks.append({"data": {"image": image, "skinflow_id": image_id, "sha256": sha, "source_label": source_key},
-                      "predictions": predictions})
+            predictions.append(
+                {
+                    "model_version": f"{draft['kind']}:{draft['producer']}:{draft['version']}",
+                    "score": top.get("score"),
+                    "result": label_studio_result(draft["caption"], top.get("key"), taxonomy),
+                }
+            )
+        tasks.append(
+            {
+                "data": {"image": image, "skinflow_id": image_id, "sha256": sha, "source_label": source_key},
+                "predictions": predictions,
+            }
+        )
     for start in range(0, len(tasks), IMPORT_BATCH):
-        _call("import tasks", client.projects.import_tasks, id=ls_project.id, request=tasks[start : start + IMPORT_BATCH],
-              return_task_ids=True)
+        _call(
+            "import tasks",
+            client.projects.import_tasks,
+            id=ls_project.id,
+            request=tasks[start : start + IMPORT_BATCH],
+            return_task_ids=True,
+        )
         report.created += len(tasks[start : start + IMPORT_BATCH])
     with wb.session() as s:
         audit.record(s, actor, "labelstudio.push", "image", None, url=url, project=ls_project.id, created=report.created)
@@ -147,7 +184,9 @@ def caption_from_result(result: list[dict[str, Any]]) -> tuple[dict[str, Any], s
     return caption, diagnosis
 
 
-def _local_user(wb: Workbench, admin: Actor, person: dict[str, Any] | int | None, emails: dict[int, str], report: "PullReport") -> Actor:
+def _local_user(
+    wb: Workbench, admin: Actor, person: dict[str, Any] | int | None, emails: dict[int, str], report: "PullReport"
+) -> Actor:
     email = person.get("email") if isinstance(person, dict) else emails.get(person) if isinstance(person, int) else None
     if not email:
         raise SkinflowError("a Label Studio annotation names no annotator the token may look up; use an admin token")
@@ -191,7 +230,9 @@ def pull(wb: Workbench, actor: Actor, url: str, token: str, *, project: str = "S
     for task in json.loads(raw or b"[]"):
         image_id = (task.get("data") or {}).get("skinflow_id")
         for annotation in task.get("annotations") or []:
-            origin = f"labelstudio:{url.rstrip('/')}/projects/{project_id}/tasks/{task.get('id')}/annotations/{annotation.get('id')}"
+            origin = (
+                f"labelstudio:{url.rstrip('/')}/projects/{project_id}/tasks/{task.get('id')}/annotations/{annotation.get('id')}"
+            )
             if origin in known:
                 report.already_imported += 1
                 continue
@@ -205,8 +246,16 @@ def pull(wb: Workbench, actor: Actor, url: str, token: str, *, project: str = "S
                     source_key = s.get(Image, image_id).diagnosis_key if s.get(Image, image_id) else None
                     head = user_chain_head(s, image_id, annotator.id)
                 status = "uncertain" if diagnosis is None else ("confirmed" if diagnosis == source_key else "corrected")
-                submit_annotation(wb, annotator, image_id, caption, diagnosis=diagnosis, diagnosis_status=status,
-                                  supersedes_id=head.id if head else None, origin=origin)
+                submit_annotation(
+                    wb,
+                    annotator,
+                    image_id,
+                    caption,
+                    diagnosis=diagnosis,
+                    diagnosis_status=status,
+                    supersedes_id=head.id if head else None,
+                    origin=origin,
+                )
             except SkinflowError as e:
                 report.skipped.append((task.get("id"), str(e)))
                 continue

@@ -25,7 +25,9 @@ def _safe_member_path(name: str) -> PurePosixPath:
     return path
 
 
-def import_zip(wb: Workbench, actor: Actor, archive: Path, *, label_from_folder: bool = False, progress: Progress | None = None) -> ImportReport:
+def import_zip(
+    wb: Workbench, actor: Actor, archive: Path, *, label_from_folder: bool = False, progress: Progress | None = None
+) -> ImportReport:
     """Import the images inside a zip (an upload from the app). Every entry is checked before
     anything is extracted: paths that escape the archive (zip-slip), links, too many entries and
     entries that inflate implausibly (zip bomb) refuse the whole archive."""
@@ -41,8 +43,10 @@ def import_zip(wb: Workbench, actor: Actor, archive: Path, *, label_from_folder:
                 if (member.external_attr >> 16) & 0o170000 == 0o120000:
                     raise IngestError(f"refused: the archive entry {member.filename!r} is a symbolic link; nothing was imported")
                 if member.file_size > max_bytes or member.file_size > max(member.compress_size, 1) * MAX_ZIP_RATIO:
-                    raise IngestError(f"refused: the archive entry {member.filename!r} inflates to {member.file_size / 1e6:.0f} MB "
-                                      "(zip-bomb guard); nothing was imported")
+                    raise IngestError(
+                        f"refused: the archive entry {member.filename!r} inflates to {member.file_size / 1e6:.0f} MB "
+                        "(zip-bomb guard); nothing was imported"
+                    )
             with tempfile.TemporaryDirectory(prefix="skinflow-zip-") as folder:
                 root = Path(folder)
                 for member in members:
@@ -53,7 +57,9 @@ def import_zip(wb: Workbench, actor: Actor, archive: Path, *, label_from_folder:
                         for block in iter(lambda: source.read(1 << 20), b""):
                             copied += len(block)
                             if copied > max_bytes:  # sizes in the directory can lie
-                                raise IngestError(f"refused: {member.filename!r} is larger than its archive entry says; nothing was imported")
+                                raise IngestError(
+                                    f"refused: {member.filename!r} is larger than its archive entry says; nothing was imported"
+                                )
                             sink.write(block)
                 return import_folder(wb, actor, root, label_from_folder=label_from_folder, progress=progress)
     except zipfile.BadZipFile:

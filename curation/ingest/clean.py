@@ -87,8 +87,10 @@ def _strip_jpeg(data: bytes) -> bytes | None:
             return None
         segment = data[pos:end]
         is_app = 0xE0 <= marker <= 0xEF
-        keep = (not is_app and marker != 0xFE) or marker in (_APP0, _APP14) or (
-            marker == _APP2 and segment[4:16] == b"ICC_PROFILE\x00"
+        keep = (
+            (not is_app and marker != 0xFE)
+            or marker in (_APP0, _APP14)
+            or (marker == _APP2 and segment[4:16] == b"ICC_PROFILE\x00")
         )
         if keep:
             out.append(segment)

@@ -125,7 +125,9 @@ def prepare(wb: Workbench, known: KnownContent, item: str, data: bytes, original
     if digest in known.stored:
         return Prepared(item, ("duplicate", f"same picture as {known.stored[digest]} (differs only in metadata)"))
     digest, relative = store_image(wb.store_dir, clean, digest)
-    return Prepared(item, None, original_sha, digest, relative, clean.width, clean.height, clean.format, len(clean.data), clean.dhash)
+    return Prepared(
+        item, None, original_sha, digest, relative, clean.width, clean.height, clean.format, len(clean.data), clean.dhash
+    )
 
 
 def prepare_path(wb: Workbench, known: KnownContent, path: Path) -> Prepared:
@@ -137,8 +139,12 @@ def prepare_path(wb: Workbench, known: KnownContent, path: Path) -> Prepared:
 
 
 def add_prepared(
-    session: Session, known: KnownContent, report: ImportReport, prepared: Prepared,
-    make_row: Callable[[], Image], existing: Image | None = None,
+    session: Session,
+    known: KnownContent,
+    report: ImportReport,
+    prepared: Prepared,
+    make_row: Callable[[], Image],
+    existing: Image | None = None,
 ) -> Image | None:
     """The database half: a new row (or `existing` completed) for a prepared file; None when skipped.
     New rows are added unflushed: callers flush once per batch (one INSERT batch)."""
@@ -168,8 +174,15 @@ def add_prepared(
 
 
 def ingest_bytes(
-    wb: Workbench, session: Session, known: KnownContent, report: ImportReport, item: str,
-    data: bytes, original_sha: str, make_row: Callable[[], Image], existing: Image | None = None,
+    wb: Workbench,
+    session: Session,
+    known: KnownContent,
+    report: ImportReport,
+    item: str,
+    data: bytes,
+    original_sha: str,
+    make_row: Callable[[], Image],
+    existing: Image | None = None,
 ) -> Image | None:
     """prepare + add_prepared for one image, for callers that have its bytes in hand."""
     return add_prepared(session, known, report, prepare(wb, known, item, data, original_sha), make_row, existing)

@@ -144,7 +144,9 @@ def import_csv(
                     continue
                 for column, value in values.items():
                     if value.startswith(FORMULA_START) and not _is_number(value):
-                        report.warn(f"{item}: cell {column!r} starts with {value[:1]!r} (spreadsheet formula); stored as plain text")
+                        report.warn(
+                            f"{item}: cell {column!r} starts with {value[:1]!r} (spreadsheet formula); stored as plain text"
+                        )
                 try:
                     fitzpatrick = parse_fitzpatrick(values.get(fitz_col)) if fitz_col else None
                 except ValueError as e:
@@ -180,8 +182,14 @@ def import_csv(
 
                 def make_row() -> Image:
                     return Image(
-                        source=source, source_ref=str(file_path or url or ""), url=url, external_id=external_id,
-                        source_label=label, diagnosis_key=diagnosis_key, fitzpatrick=fitzpatrick, status="pending",
+                        source=source,
+                        source_ref=str(file_path or url or ""),
+                        url=url,
+                        external_id=external_id,
+                        source_label=label,
+                        diagnosis_key=diagnosis_key,
+                        fitzpatrick=fitzpatrick,
+                        status="pending",
                         meta={k: v for k, v in values.items() if k not in used and v != ""},
                     )
 
@@ -207,7 +215,13 @@ def import_csv(
             by_external.update((r.external_id, (r.id, r.status)) for r in new_rows if r.external_id)
     with wb.session() as session:
         audit.record(
-            session, actor, "images.import_csv", "image", None,
-            source=str(csv_path), summary=report.summary(), n_rows=n_rows,
+            session,
+            actor,
+            "images.import_csv",
+            "image",
+            None,
+            source=str(csv_path),
+            summary=report.summary(),
+            n_rows=n_rows,
         )
     return report

@@ -23,14 +23,14 @@ import numpy as np
 from PIL import Image as PILImage
 from PIL import ImageDraw, ImageFilter
 
-from curation.store import audit
-from curation.labelling.annotate import add_draft, review_annotation, submit_annotation
-from curation.store.auth import Actor, add_user, count_users, get_actor, require
-from curation.store.db import Workbench
 from curation.errors import NotFound, PermissionDenied
 from curation.ingest.common import ImportReport, KnownContent, ingest_bytes
-from curation.store.models import Image
+from curation.labelling.annotate import add_draft, review_annotation, submit_annotation
+from curation.store import audit
+from curation.store.auth import Actor, add_user, count_users, get_actor, require
+from curation.store.db import Workbench
 from curation.store.files import sha256_hex
+from curation.store.models import Image
 from schema.caption import Caption
 from schema.fields import NUMBER_VALUES, SIZE_VALUES
 from schema.vocabulary import default_vocabulary
@@ -44,9 +44,15 @@ DEMO_ACCOUNTS = (("admin", "admin"), ("reviewer", "reviewer"), ("annotator", "an
 
 SKIN_RGB = {1: (246, 224, 207), 2: (234, 200, 172), 3: (212, 168, 130), 4: (175, 125, 85), 5: (126, 84, 56), 6: (82, 54, 38)}
 COLOR_RGB = {
-    "erythematous": (196, 62, 62), "brown": (112, 66, 38), "black": (32, 24, 22), "blue-gray": (92, 104, 124),
-    "depigmented": (246, 240, 234), "white/hypopigmented": (236, 226, 214), "translucent/pearly": (236, 214, 208),
-    "violaceous": (120, 60, 112), "yellow": (214, 184, 92),
+    "erythematous": (196, 62, 62),
+    "brown": (112, 66, 38),
+    "black": (32, 24, 22),
+    "blue-gray": (92, 104, 124),
+    "depigmented": (246, 240, 234),
+    "white/hypopigmented": (236, 226, 214),
+    "translucent/pearly": (236, 214, 208),
+    "violaceous": (120, 60, 112),
+    "yellow": (214, 184, 92),
 }
 SIZE_MM_RANGE = {"<5 mm": (2.0, 4.5), "5-10 mm": (5.5, 9.5), "1-2 cm": (11.0, 19.0), "2-5 cm": (21.0, 38.0)}
 NUMBER_RANGE = {"single": (1, 1), "few": (2, 5), "multiple": (6, 20), "numerous": (21, 40)}
@@ -69,30 +75,112 @@ class Archetype:
 
 
 ARCHETYPES: tuple[Archetype, ...] = (
-    Archetype("melanoma", (("black", "brown", "blue-gray", "variegated"), ("black", "brown", "variegated")), (("irregular",),),
-              (("macule",), ("plaque",)), ("single",), ("5-10 mm", "1-2 cm"), ((),), (("ill-defined", "irregular"),),
-              (("localized",),), (("normal",),), ("back", "lower extremity", "trunk", "face"), ("asymmetric pigmentation", "")),
-    Archetype("nevocytic nevus", (("brown",),), (("round",), ("oval",)), (("macule",), ("papule",)), ("single",),
-              ("<5 mm", "5-10 mm"), (("smooth",),), (("well-defined", "regular"),), (("localized",),), (("normal",),),
-              ("back", "trunk", "upper extremity", "face")),
-    Archetype("acne vulgaris", (("erythematous",),), (("round",),), (("papule",), ("papule", "pustule")), ("multiple", "numerous"),
-              ("<5 mm",), ((),), (("well-defined",),), (("scattered",),), (("normal",), ("erythematous halo",)),
-              ("face", "back", "chest")),
-    Archetype("psoriasis", (("erythematous",),), (("oval",), ("nummular",)), (("plaque",),), ("few", "multiple"),
-              ("1-2 cm", "2-5 cm"), (("scaly",),), (("well-defined",),), (("symmetric", "extensor"), ("scattered",)),
-              (("normal",),), ("upper extremity", "lower extremity", "scalp", "back")),
-    Archetype("basal cell carcinoma", (("translucent/pearly",), ("translucent/pearly", "erythematous")), (("round",), ("dome-shaped",)),
-              (("nodule",), ("papule",)), ("single",), ("5-10 mm", "1-2 cm"), (("smooth",),),
-              (("well-defined", "raised edge", "shiny"),), (("localized",),), (("telangiectasia",),), ("face", "ear", "neck")),
-    Archetype("vitiligo", (("depigmented",),), (("irregular",),), (("patch",), ("macule",)), ("few", "multiple"),
-              ("1-2 cm", "2-5 cm"), ((),), (("well-defined",),), (("symmetric",), ("scattered",)), (("normal",),),
-              ("hand", "face", "genital")),
-    Archetype("seborrheic keratosis", (("brown",), ("brown", "black")), (("oval",), ("round",)), (("plaque",), ("papule",)),
-              ("single", "few"), ("5-10 mm", "1-2 cm"), (("verrucous",), ("verrucous", "keratotic")), (("well-defined",),),
-              (("localized",), ("scattered",)), (("normal",),), ("back", "trunk", "face"), ("stuck-on appearance", "")),
-    Archetype("urticaria", (("erythematous",),), (("round",), ("annular",), ("irregular",)), (("wheal",),), ("multiple",),
-              ("1-2 cm", "2-5 cm"), (("smooth",),), (("well-defined",),), (("scattered",), ("generalized",)), (("edema",),),
-              ("trunk", "upper extremity", "lower extremity")),
+    Archetype(
+        "melanoma",
+        (("black", "brown", "blue-gray", "variegated"), ("black", "brown", "variegated")),
+        (("irregular",),),
+        (("macule",), ("plaque",)),
+        ("single",),
+        ("5-10 mm", "1-2 cm"),
+        ((),),
+        (("ill-defined", "irregular"),),
+        (("localized",),),
+        (("normal",),),
+        ("back", "lower extremity", "trunk", "face"),
+        ("asymmetric pigmentation", ""),
+    ),
+    Archetype(
+        "nevocytic nevus",
+        (("brown",),),
+        (("round",), ("oval",)),
+        (("macule",), ("papule",)),
+        ("single",),
+        ("<5 mm", "5-10 mm"),
+        (("smooth",),),
+        (("well-defined", "regular"),),
+        (("localized",),),
+        (("normal",),),
+        ("back", "trunk", "upper extremity", "face"),
+    ),
+    Archetype(
+        "acne vulgaris",
+        (("erythematous",),),
+        (("round",),),
+        (("papule",), ("papule", "pustule")),
+        ("multiple", "numerous"),
+        ("<5 mm",),
+        ((),),
+        (("well-defined",),),
+        (("scattered",),),
+        (("normal",), ("erythematous halo",)),
+        ("face", "back", "chest"),
+    ),
+    Archetype(
+        "psoriasis",
+        (("erythematous",),),
+        (("oval",), ("nummular",)),
+        (("plaque",),),
+        ("few", "multiple"),
+        ("1-2 cm", "2-5 cm"),
+        (("scaly",),),
+        (("well-defined",),),
+        (("symmetric", "extensor"), ("scattered",)),
+        (("normal",),),
+        ("upper extremity", "lower extremity", "scalp", "back"),
+    ),
+    Archetype(
+        "basal cell carcinoma",
+        (("translucent/pearly",), ("translucent/pearly", "erythematous")),
+        (("round",), ("dome-shaped",)),
+        (("nodule",), ("papule",)),
+        ("single",),
+        ("5-10 mm", "1-2 cm"),
+        (("smooth",),),
+        (("well-defined", "raised edge", "shiny"),),
+        (("localized",),),
+        (("telangiectasia",),),
+        ("face", "ear", "neck"),
+    ),
+    Archetype(
+        "vitiligo",
+        (("depigmented",),),
+        (("irregular",),),
+        (("patch",), ("macule",)),
+        ("few", "multiple"),
+        ("1-2 cm", "2-5 cm"),
+        ((),),
+        (("well-defined",),),
+        (("symmetric",), ("scattered",)),
+        (("normal",),),
+        ("hand", "face", "genital"),
+    ),
+    Archetype(
+        "seborrheic keratosis",
+        (("brown",), ("brown", "black")),
+        (("oval",), ("round",)),
+        (("plaque",), ("papule",)),
+        ("single", "few"),
+        ("5-10 mm", "1-2 cm"),
+        (("verrucous",), ("verrucous", "keratotic")),
+        (("well-defined",),),
+        (("localized",), ("scattered",)),
+        (("normal",),),
+        ("back", "trunk", "face"),
+        ("stuck-on appearance", ""),
+    ),
+    Archetype(
+        "urticaria",
+        (("erythematous",),),
+        (("round",), ("annular",), ("irregular",)),
+        (("wheal",),),
+        ("multiple",),
+        ("1-2 cm", "2-5 cm"),
+        (("smooth",),),
+        (("well-defined",),),
+        (("scattered",), ("generalized",)),
+        (("edema",),),
+        ("trunk", "upper extremity", "lower extremity"),
+    ),
 )
 
 
@@ -108,10 +196,17 @@ class DemoCase:
 def _true_caption(rng: Random, a: Archetype) -> Caption:
     number = rng.choice(a.number)
     return Caption(
-        color=rng.choice(a.color), location=[rng.choice(a.location)], shape=rng.choice(a.shape),
-        lesion_type=rng.choice(a.lesion_type), number=number, size=rng.choice(a.size), texture=rng.choice(a.texture),
-        border_surface=rng.choice(a.border), distribution=("localized",) if number == "single" else rng.choice(a.distribution),
-        surrounding=rng.choice(a.surrounding), other=rng.choice(a.other),
+        color=rng.choice(a.color),
+        location=[rng.choice(a.location)],
+        shape=rng.choice(a.shape),
+        lesion_type=rng.choice(a.lesion_type),
+        number=number,
+        size=rng.choice(a.size),
+        texture=rng.choice(a.texture),
+        border_surface=rng.choice(a.border),
+        distribution=("localized",) if number == "single" else rng.choice(a.distribution),
+        surrounding=rng.choice(a.surrounding),
+        other=rng.choice(a.other),
     )
 
 
@@ -135,7 +230,9 @@ def _shape_polygon(rng: Random, shape: str, cx: float, cy: float, r: float) -> l
         t = 2 * math.pi * k / n
         wobble = 1 + jitter * sum(math.sin((j + 2) * t + p) / (j + 1) for j, p in enumerate(phases))
         x, y = r * wobble * math.cos(t), r * aspect * wobble * math.sin(t)
-        points.append((cx + x * math.cos(rotation) - y * math.sin(rotation), cy + x * math.sin(rotation) + y * math.cos(rotation)))
+        points.append(
+            (cx + x * math.cos(rotation) - y * math.sin(rotation), cy + x * math.sin(rotation) + y * math.cos(rotation))
+        )
     return points
 
 
@@ -182,7 +279,10 @@ def render_case(rng: Random, caption: Caption, fitzpatrick: int) -> PILImage.Ima
 
     out = skin.copy()
     if "erythematous halo" in caption.surrounding or "edema" in caption.surrounding:
-        halo = np.asarray(mask.filter(ImageFilter.MaxFilter(9)).filter(ImageFilter.GaussianBlur(6)), dtype=np.float32)[..., None] / 255.0
+        halo = (
+            np.asarray(mask.filter(ImageFilter.MaxFilter(9)).filter(ImageFilter.GaussianBlur(6)), dtype=np.float32)[..., None]
+            / 255.0
+        )
         out = out * (1 - 0.45 * halo) + np.array(COLOR_RGB["erythematous"]) * 0.45 * halo
     colours = [c for c in caption.color if c in COLOR_RGB] or ["brown"]
     if len(colours) == 1:
@@ -199,7 +299,9 @@ def render_case(rng: Random, caption: Caption, fitzpatrick: int) -> PILImage.Ima
     img = PILImage.fromarray(out.clip(0, 255).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(img)
     detail_rng = Random(rng.getrandbits(32))
-    boxes = [(min(p[0] for p in poly), min(p[1] for p in poly), max(p[0] for p in poly), max(p[1] for p in poly)) for poly in polygons]
+    boxes = [
+        (min(p[0] for p in poly), min(p[1] for p in poly), max(p[0] for p in poly), max(p[1] for p in poly)) for poly in polygons
+    ]
     if "scaly" in caption.texture or "keratotic" in caption.texture or "verrucous" in caption.texture:
         fleck = (238, 234, 228) if "scaly" in caption.texture else (90, 60, 40)
         for x0, y0, x1, y1 in boxes:
@@ -288,7 +390,13 @@ def _demo_actors(wb: Workbench, actor: Actor | None, report: DemoReport) -> dict
 
 
 def build_demo(
-    wb: Workbench, actor: Actor | None, *, n: int = 300, seed: int = 0, verified_fraction: float = 0.5, annotated_fraction: float = 0.1,
+    wb: Workbench,
+    actor: Actor | None,
+    *,
+    n: int = 300,
+    seed: int = 0,
+    verified_fraction: float = 0.5,
+    annotated_fraction: float = 0.1,
     progress: Callable[[int, int], None] | None = None,
 ) -> DemoReport:
     """Create the demo accounts (admin, reviewer, annotator) if missing, import n synthetic images
@@ -312,15 +420,25 @@ def build_demo(
 
             def make_row(case=case, external_id=external_id) -> Image:
                 return Image(
-                    source="synthetic", source_ref=f"{GENERATOR} v{GENERATOR_VERSION} seed {seed} case {case.index}",
-                    external_id=external_id, source_label=case.archetype.label, diagnosis_key=case.archetype.label,
-                    fitzpatrick=case.fitzpatrick, status="pending",
-                    meta={"generator": GENERATOR, "generator_version": GENERATOR_VERSION, "seed": seed,
-                          "case": case.index, "true_caption": case.caption.to_json()},
+                    source="synthetic",
+                    source_ref=f"{GENERATOR} v{GENERATOR_VERSION} seed {seed} case {case.index}",
+                    external_id=external_id,
+                    source_label=case.archetype.label,
+                    diagnosis_key=case.archetype.label,
+                    fitzpatrick=case.fitzpatrick,
+                    status="pending",
+                    meta={
+                        "generator": GENERATOR,
+                        "generator_version": GENERATOR_VERSION,
+                        "seed": seed,
+                        "case": case.index,
+                        "true_caption": case.caption.to_json(),
+                    },
                 )
 
-            image = ingest_bytes(wb, session, known, report.import_report, external_id, case.image_bytes,
-                                 sha256_hex(case.image_bytes), make_row)
+            image = ingest_bytes(
+                wb, session, known, report.import_report, external_id, case.image_bytes, sha256_hex(case.image_bytes), make_row
+            )
             if image is not None:
                 new_rows.append((case, image))
         session.flush()
@@ -336,15 +454,27 @@ def build_demo(
         rng.shuffle(others)
         ranked = [case.archetype.label, *others[:2]] if rng.random() < 0.6 else [*others[:2], case.archetype.label]
         draft_id = add_draft(
-            wb, admin, image_id, kind="synthetic", producer=GENERATOR, version=GENERATOR_VERSION, caption=draft,
+            wb,
+            admin,
+            image_id,
+            kind="synthetic",
+            producer=GENERATOR,
+            version=GENERATOR_VERSION,
+            caption=draft,
             diagnoses=[{"key": key, "score": round(0.6 / (rank + 1), 3)} for rank, key in enumerate(ranked)],
         )
         report.drafts += 1
         roll = rng.random()
         if roll < verified_fraction + annotated_fraction:
             annotation_id = submit_annotation(
-                wb, annotator, image_id, case.caption, diagnosis=case.archetype.label, diagnosis_status="confirmed",
-                based_on_draft_id=draft_id, seconds_spent=round(rng.uniform(20, 90), 1),
+                wb,
+                annotator,
+                image_id,
+                case.caption,
+                diagnosis=case.archetype.label,
+                diagnosis_status="confirmed",
+                based_on_draft_id=draft_id,
+                seconds_spent=round(rng.uniform(20, 90), 1),
             )
             report.annotated += 1
             if roll < verified_fraction:
@@ -353,4 +483,3 @@ def build_demo(
         if progress:
             progress(done, total)
     return report
-

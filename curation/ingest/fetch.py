@@ -36,8 +36,12 @@ def _check_address(url: str, allow_private: bool) -> None:
     for info in infos:
         address = ipaddress.ip_address(info[4][0])
         if (
-            address.is_private or address.is_loopback or address.is_link_local or address.is_multicast
-            or address.is_reserved or address.is_unspecified
+            address.is_private
+            or address.is_loopback
+            or address.is_link_local
+            or address.is_multicast
+            or address.is_reserved
+            or address.is_unspecified
         ):
             raise FetchError(
                 f"refused: {parts.hostname} resolves to a private, loopback or link-local address ({address}); "
@@ -78,7 +82,11 @@ def download(url: str, *, timeout_s: float, max_bytes: int, allow_private: bool,
 
 
 def fetch_images(
-    wb: Workbench, actor: Actor, *, limit: int | None = None, allow_private: bool | None = None,
+    wb: Workbench,
+    actor: Actor,
+    *,
+    limit: int | None = None,
+    allow_private: bool | None = None,
     progress: Progress | None = None,
 ) -> ImportReport:
     """Download images of rows stored as image_missing. Each image commits on its own, so an

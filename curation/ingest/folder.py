@@ -14,8 +14,17 @@ from pathlib import Path
 from typing import Iterator
 
 from curation.errors import ImageRejected, IngestError
-from curation.ingest.common import (ImportReport, KnownContent, Progress, add_prepared, flush_new, ingest_bytes, prepare_path,
-                                    read_image_file, start_import)
+from curation.ingest.common import (
+    ImportReport,
+    KnownContent,
+    Progress,
+    add_prepared,
+    flush_new,
+    ingest_bytes,
+    prepare_path,
+    read_image_file,
+    start_import,
+)
 from curation.store import audit
 from curation.store.auth import Actor
 from curation.store.db import Workbench
@@ -67,8 +76,11 @@ def import_folder(
 
                     def make_row(path=path, label=label) -> Image:
                         return Image(
-                            source="folder", source_ref=str(path.resolve()), status="pending",
-                            source_label=label, diagnosis_key=wb.taxonomy.normalise(label) if label else None,
+                            source="folder",
+                            source_ref=str(path.resolve()),
+                            status="pending",
+                            source_label=label,
+                            diagnosis_key=wb.taxonomy.normalise(label) if label else None,
                             meta={"filename": path.name},
                         )
 
@@ -99,7 +111,13 @@ def import_image(wb: Workbench, actor: Actor, path: Path) -> ImportReport:
             report.failed.append((str(path), str(e)))
             return report
         row = ingest_bytes(
-            wb, session, known, report, str(path), data, original_sha,
+            wb,
+            session,
+            known,
+            report,
+            str(path),
+            data,
+            original_sha,
             lambda: Image(source="folder", source_ref=str(path.resolve()), status="pending", meta={"filename": path.name}),
         )
         if row is not None and flush_new(session, report, [row]):

@@ -16,13 +16,22 @@ from typing import Any
 from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
+from curation.errors import ConflictError, NotFound, SkinflowError
+from curation.labelling.queue import release
 from curation.store import audit
 from curation.store.auth import Actor, require
 from curation.store.db import Workbench
-from curation.errors import ConflictError, NotFound, SkinflowError
-from curation.labelling.queue import release
 from curation.store.models import (
-    DIAGNOSIS_STATUSES, DRAFT_KINDS, REVIEW_DECISIONS, Annotation, AuditEvent, Draft, Image, Review, SavedWork, utcnow,
+    DIAGNOSIS_STATUSES,
+    DRAFT_KINDS,
+    REVIEW_DECISIONS,
+    Annotation,
+    AuditEvent,
+    Draft,
+    Image,
+    Review,
+    SavedWork,
+    utcnow,
 )
 from schema.caption import Caption, validate_caption
 from schema.fields import MAX_OTHER_CHARS
@@ -47,9 +56,18 @@ def _diagnosis(wb: Workbench, diagnosis: str | None) -> tuple[str | None, str | 
 
 
 def add_draft(
-    wb: Workbench, actor: Actor, image_id: int, *, kind: str, producer: str, version: str,
-    caption: Caption | dict | None, diagnoses: list[dict[str, Any]] | None = None,
-    raw_reply: str | None = None, error: str | None = None, meta: dict | None = None,
+    wb: Workbench,
+    actor: Actor,
+    image_id: int,
+    *,
+    kind: str,
+    producer: str,
+    version: str,
+    caption: Caption | dict | None,
+    diagnoses: list[dict[str, Any]] | None = None,
+    raw_reply: str | None = None,
+    error: str | None = None,
+    meta: dict | None = None,
 ) -> int:
     """Store a draft caption (LLM, model or synthetic) for an image; returns the draft id."""
     require(actor, "admin", "add drafts")
@@ -59,8 +77,15 @@ def add_draft(
     with wb.session() as s:
         _image(s, image_id)
         draft = Draft(
-            image_id=image_id, kind=kind, producer=producer, version=version, caption=caption_json,
-            diagnoses=list(diagnoses or []), raw_reply=raw_reply, error=error, meta=dict(meta or {}),
+            image_id=image_id,
+            kind=kind,
+            producer=producer,
+            version=version,
+            caption=caption_json,
+            diagnoses=list(diagnoses or []),
+            raw_reply=raw_reply,
+            error=error,
+            meta=dict(meta or {}),
         )
         s.add(draft)
         s.flush()
@@ -87,18 +112,26 @@ def chain_root(s, annotation: Annotation) -> Annotation:
 def user_chain_head(s, image_id: int, user_id: int) -> Annotation | None:
     """The newest version of the chain a user started on an image, or None."""
     root = s.scalar(
-        select(Annotation).where(Annotation.image_id == image_id, Annotation.user_id == user_id, Annotation.supersedes_id.is_(None))
-        .order_by(Annotation.id).limit(1)
+        select(Annotation)
+        .where(Annotation.image_id == image_id, Annotation.user_id == user_id, Annotation.supersedes_id.is_(None))
+        .order_by(Annotation.id)
+        .limit(1)
     )
     return chain_head(s, root) if root is not None else None
 
 
 def annotation_dict(annotation: Annotation) -> dict[str, Any]:
     return {
-        "id": annotation.id, "version": annotation.version, "user": annotation.user.username,
-        "caption": annotation.caption, "diagnosis_key": annotation.diagnosis_key, "diagnosis_text": annotation.diagnosis_text,
-        "diagnosis_status": annotation.diagnosis_status, "quality_flags": list(annotation.quality_flags or []),
-        "rationale": annotation.rationale, "created_at": annotation.created_at,
+        "id": annotation.id,
+        "version": annotation.version,
+        "user": annotation.user.username,
+        "caption": annotation.caption,
+        "diagnosis_key": annotation.diagnosis_key,
+        "diagnosis_text": annotation.diagnosis_text,
+        "diagnosis_status": annotation.diagnosis_status,
+        "quality_flags": list(annotation.quality_flags or []),
+        "rationale": annotation.rationale,
+        "created_at": annotation.created_at,
     }
 
 
@@ -125,8 +158,19 @@ def _check_inputs(caption, diagnosis_status: str, quality_flags, rationale: str 
 
 
 def _insert_annotation(
-    s, wb: Workbench, actor: Actor, image: Image, caption: Caption, *, diagnosis: str | None, diagnosis_status: str,
-    supersedes_id: int | None, quality_flags, rationale: str | None, seconds_spent: float | None, based_on_draft_id: int | None,
+    s,
+    wb: Workbench,
+    actor: Actor,
+    image: Image,
+    caption: Caption,
+    *,
+    diagnosis: str | None,
+    diagnosis_status: str,
+    supersedes_id: int | None,
+    quality_flags,
+    rationale: str | None,
+    seconds_spent: float | None,
+    based_on_draft_id: int | None,
     origin: str | None = None,
 ) -> Annotation:
     if image.status == "image_missing":
@@ -146,15 +190,26 @@ def _insert_annotation(
     else:
         mine = s.scalar(select(Annotation.id).where(Annotation.image_id == image.id, Annotation.user_id == actor.id).limit(1))
         if mine is not None:
-            raise ConflictError(f"you annotated image #{image.id} already: edit your latest version instead of starting a new one")
+            raise ConflictError(
+                f"you annotated image #{image.id} already: edit your latest version instead of starting a new one"
+            )
     if based_on_draft_id is not None and s.get(Draft, based_on_draft_id) is None:
         raise NotFound(f"no draft #{based_on_draft_id}")
     key, free_text = _diagnosis(wb, diagnosis)
     annotation = Annotation(
-        image_id=image.id, user_id=actor.id, version=version, supersedes_id=supersedes_id,
-        caption=caption.to_json(), diagnosis_key=key, diagnosis_text=free_text,
-        diagnosis_status=diagnosis_status, quality_flags=list(quality_flags), rationale=rationale,
-        seconds_spent=seconds_spent, based_on_draft_id=based_on_draft_id, origin=origin,
+        image_id=image.id,
+        user_id=actor.id,
+        version=version,
+        supersedes_id=supersedes_id,
+        caption=caption.to_json(),
+        diagnosis_key=key,
+        diagnosis_text=free_text,
+        diagnosis_status=diagnosis_status,
+        quality_flags=list(quality_flags),
+        rationale=rationale,
+        seconds_spent=seconds_spent,
+        based_on_draft_id=based_on_draft_id,
+        origin=origin,
     )
     s.add(annotation)
     s.flush()
@@ -166,8 +221,16 @@ def _insert_annotation(
     release(s, actor.id, image.id)
     s.execute(delete(SavedWork).where(SavedWork.image_id == image.id, SavedWork.user_id == actor.id))
     audit.record(
-        s, actor, "annotation.submit", "annotation", annotation.id, image_id=image.id, version=version,
-        supersedes_id=supersedes_id, diagnosis_key=key, diagnosis_status=diagnosis_status,
+        s,
+        actor,
+        "annotation.submit",
+        "annotation",
+        annotation.id,
+        image_id=image.id,
+        version=version,
+        supersedes_id=supersedes_id,
+        diagnosis_key=key,
+        diagnosis_status=diagnosis_status,
     )
     return annotation
 
@@ -175,10 +238,18 @@ def _insert_annotation(
 def latest_model_drafts(s, image_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
     """The newest usable LLM draft and model suggestion of each image (Label Studio predictions)."""
     out: dict[int, dict[str, dict]] = {}
-    for d in s.scalars(select(Draft).where(Draft.image_id.in_(image_ids), Draft.kind.in_(("llm", "model")),
-                                            Draft.error.is_(None)).order_by(Draft.id)):
-        out.setdefault(d.image_id, {})[d.kind] = {"kind": d.kind, "producer": d.producer, "version": d.version,
-                                                  "caption": d.caption, "diagnoses": d.diagnoses or []}
+    for d in s.scalars(
+        select(Draft)
+        .where(Draft.image_id.in_(image_ids), Draft.kind.in_(("llm", "model")), Draft.error.is_(None))
+        .order_by(Draft.id)
+    ):
+        out.setdefault(d.image_id, {})[d.kind] = {
+            "kind": d.kind,
+            "producer": d.producer,
+            "version": d.version,
+            "caption": d.caption,
+            "diagnoses": d.diagnoses or [],
+        }
     return {image_id: [kinds[k] for k in sorted(kinds)] for image_id, kinds in out.items()}
 
 
@@ -192,26 +263,53 @@ def add_drafts(wb: Workbench, actor: Actor, drafts: list[dict[str, Any]]) -> lis
         if item["kind"] not in DRAFT_KINDS:
             raise SkinflowError(f"unknown draft kind {item['kind']!r}; use one of {', '.join(DRAFT_KINDS)}")
         caption = item.get("caption")
-        rows.append({
-            "image_id": item["image_id"], "kind": item["kind"], "producer": item["producer"], "version": item["version"],
-            "caption": validate_caption(caption).to_json() if caption is not None else None,
-            "diagnoses": list(item.get("diagnoses") or []), "raw_reply": item.get("raw_reply"), "error": item.get("error"),
-            "meta": dict(item.get("meta") or {}), "created_at": utcnow(),
-        })
+        rows.append(
+            {
+                "image_id": item["image_id"],
+                "kind": item["kind"],
+                "producer": item["producer"],
+                "version": item["version"],
+                "caption": validate_caption(caption).to_json() if caption is not None else None,
+                "diagnoses": list(item.get("diagnoses") or []),
+                "raw_reply": item.get("raw_reply"),
+                "error": item.get("error"),
+                "meta": dict(item.get("meta") or {}),
+                "created_at": utcnow(),
+            }
+        )
     with wb.session() as s:
         ids = list(s.scalars(insert(Draft).returning(Draft.id, sort_by_parameter_order=True), rows))
-        s.execute(insert(AuditEvent), [
-            {"user_id": actor.id, "username": actor.username, "action": "draft.add", "entity": "draft", "entity_id": draft_id,
-             "payload": {"image_id": row["image_id"], "kind": row["kind"], "producer": row["producer"]}, "created_at": row["created_at"]}
-            for draft_id, row in zip(ids, rows)
-        ])
+        s.execute(
+            insert(AuditEvent),
+            [
+                {
+                    "user_id": actor.id,
+                    "username": actor.username,
+                    "action": "draft.add",
+                    "entity": "draft",
+                    "entity_id": draft_id,
+                    "payload": {"image_id": row["image_id"], "kind": row["kind"], "producer": row["producer"]},
+                    "created_at": row["created_at"],
+                }
+                for draft_id, row in zip(ids, rows)
+            ],
+        )
         return ids
 
 
 def submit_annotation(
-    wb: Workbench, actor: Actor, image_id: int, caption: Caption | dict, *, diagnosis: str | None,
-    diagnosis_status: str, supersedes_id: int | None = None, quality_flags: list[str] | tuple[str, ...] = (),
-    rationale: str | None = None, seconds_spent: float | None = None, based_on_draft_id: int | None = None,
+    wb: Workbench,
+    actor: Actor,
+    image_id: int,
+    caption: Caption | dict,
+    *,
+    diagnosis: str | None,
+    diagnosis_status: str,
+    supersedes_id: int | None = None,
+    quality_flags: list[str] | tuple[str, ...] = (),
+    rationale: str | None = None,
+    seconds_spent: float | None = None,
+    based_on_draft_id: int | None = None,
     origin: str | None = None,
 ) -> int:
     """Store a new annotation version; returns its id. To edit, pass the id of the version you edited:
@@ -221,9 +319,19 @@ def submit_annotation(
     try:
         with wb.session() as s:
             annotation = _insert_annotation(
-                s, wb, actor, _image(s, image_id), caption, diagnosis=diagnosis, diagnosis_status=diagnosis_status,
-                supersedes_id=supersedes_id, quality_flags=quality_flags, rationale=rationale,
-                seconds_spent=seconds_spent, based_on_draft_id=based_on_draft_id, origin=origin,
+                s,
+                wb,
+                actor,
+                _image(s, image_id),
+                caption,
+                diagnosis=diagnosis,
+                diagnosis_status=diagnosis_status,
+                supersedes_id=supersedes_id,
+                quality_flags=quality_flags,
+                rationale=rationale,
+                seconds_spent=seconds_spent,
+                based_on_draft_id=based_on_draft_id,
+                origin=origin,
             )
             return annotation.id
     except IntegrityError:
@@ -233,8 +341,15 @@ def submit_annotation(
 
 
 def adjudicate(
-    wb: Workbench, actor: Actor, image_id: int, caption: Caption | dict, *, diagnosis: str | None,
-    diagnosis_status: str = "confirmed", quality_flags: list[str] | tuple[str, ...] = (), rationale: str | None = None,
+    wb: Workbench,
+    actor: Actor,
+    image_id: int,
+    caption: Caption | dict,
+    *,
+    diagnosis: str | None,
+    diagnosis_status: str = "confirmed",
+    quality_flags: list[str] | tuple[str, ...] = (),
+    rationale: str | None = None,
     seconds_spent: float | None = None,
 ) -> int:
     """A reviewer's final word: their own annotation, verified in the same transaction. Returns its id."""
@@ -245,9 +360,18 @@ def adjudicate(
             image = _image(s, image_id)
             head = user_chain_head(s, image_id, actor.id)
             annotation = _insert_annotation(
-                s, wb, actor, image, caption, diagnosis=diagnosis, diagnosis_status=diagnosis_status,
-                supersedes_id=head.id if head is not None else None, quality_flags=quality_flags, rationale=rationale,
-                seconds_spent=seconds_spent, based_on_draft_id=None,
+                s,
+                wb,
+                actor,
+                image,
+                caption,
+                diagnosis=diagnosis,
+                diagnosis_status=diagnosis_status,
+                supersedes_id=head.id if head is not None else None,
+                quality_flags=quality_flags,
+                rationale=rationale,
+                seconds_spent=seconds_spent,
+                based_on_draft_id=None,
             )
             review = Review(annotation_id=annotation.id, reviewer_id=actor.id, decision="verified", comment="adjudicated")
             s.add(review)

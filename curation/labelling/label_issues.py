@@ -18,33 +18,37 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
+from curation.errors import NotFound
 from curation.store import audit
 from curation.store.auth import Actor, require
 from curation.store.db import Workbench
-from curation.errors import NotFound
 from curation.store.models import Annotation, Draft, Image
 
 
 @dataclass(frozen=True)
 class SuspiciousLabel:
     image_id: int
-    label: str               # taxonomy key
-    label_source: str        # "verified" or "source"
-    suggested: str           # the model's most likely class among the labels present
-    label_quality: float     # cleanlab's self-confidence: the model's probability of the given label
+    label: str  # taxonomy key
+    label_source: str  # "verified" or "source"
+    suggested: str  # the model's most likely class among the labels present
+    label_quality: float  # cleanlab's self-confidence: the model's probability of the given label
     status: str
 
 
 def _labels_and_scores(wb: Workbench) -> tuple[list[int], list[str], list[str], list[str], list[dict[str, float]]]:
     with wb.session() as s:
         suggestions: dict[int, dict[str, float]] = {}
-        for image_id, diagnoses in s.execute(select(Draft.image_id, Draft.diagnoses).where(Draft.kind == "model").order_by(Draft.id)):
+        for image_id, diagnoses in s.execute(
+            select(Draft.image_id, Draft.diagnoses).where(Draft.kind == "model").order_by(Draft.id)
+        ):
             scores = {d["key"]: float(d.get("score") or 0.0) for d in diagnoses or [] if d.get("key")}
             if scores:
                 suggestions[image_id] = scores  # the newest wins
-        rows = s.execute(select(Image.id, Image.status, Image.diagnosis_key, Annotation.diagnosis_key)
-                         .outerjoin(Annotation, Annotation.id == Image.verified_annotation_id)
-                         .where(Image.id.in_(list(suggestions)))).all()
+        rows = s.execute(
+            select(Image.id, Image.status, Image.diagnosis_key, Annotation.diagnosis_key)
+            .outerjoin(Annotation, Annotation.id == Image.verified_annotation_id)
+            .where(Image.id.in_(list(suggestions)))
+        ).all()
     ids, labels, sources, statuses, scores = [], [], [], [], []
     for image_id, status, source_key, verified_key in rows:
         label = verified_key if status == "verified" and verified_key else source_key
@@ -87,8 +91,10 @@ def suspicious_labels(wb: Workbench, actor: Actor, *, limit: int = 50) -> list[S
     probs = pred_probs_matrix(scores, classes)
     given = np.array([classes.index(label) for label in labels])
     ranked = find_label_issues(given, probs, return_indices_ranked_by="self_confidence")
-    return [SuspiciousLabel(ids[i], labels[i], sources[i], classes[int(probs[i].argmax())], float(probs[i, given[i]]), statuses[i])
-            for i in ranked[:limit]]
+    return [
+        SuspiciousLabel(ids[i], labels[i], sources[i], classes[int(probs[i].argmax())], float(probs[i, given[i]]), statuses[i])
+        for i in ranked[:limit]
+    ]
 
 
 def send_back_for_review(wb: Workbench, actor: Actor, image_ids: list[int], *, note: dict[str, Any] | None = None) -> int:

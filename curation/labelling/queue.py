@@ -27,12 +27,12 @@ from sqlalchemy import and_, delete, exists, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from curation.errors import NotFound, SkinflowError
+from curation.labelling.workflow import QUEUE_STRATEGIES, WorkflowSettings, get_workflow_settings
 from curation.store import audit
 from curation.store.auth import Actor, require
 from curation.store.db import Workbench
-from curation.errors import NotFound, SkinflowError
 from curation.store.models import Annotation, GoldAssignment, Image, Lease, QueueScore, Skip, utcnow
-from curation.labelling.workflow import QUEUE_STRATEGIES, WorkflowSettings, get_workflow_settings
 
 LEASE_RETRIES = 5
 
@@ -58,8 +58,16 @@ def _needs_more(overlap: int):
     return and_(Image.status == "annotated", annotators < overlap)
 
 
-def _candidate(s: Session, user_id: int, settings: WorkflowSettings, now: datetime, include_skipped: bool, pivot: int | None,
-               strategy: str = "sequential", skin_types: tuple[int, ...] = ()) -> int | None:
+def _candidate(
+    s: Session,
+    user_id: int,
+    settings: WorkflowSettings,
+    now: datetime,
+    include_skipped: bool,
+    pivot: int | None,
+    strategy: str = "sequential",
+    skin_types: tuple[int, ...] = (),
+) -> int | None:
     mine = exists().where(Annotation.image_id == Image.id, Annotation.user_id == user_id)
     passes = [[Image.status == "pending"]]  # nobody annotated these: the cheap, common case
     if settings.overlap > 1:
@@ -68,8 +76,13 @@ def _candidate(s: Session, user_id: int, settings: WorkflowSettings, now: dateti
         where = [*conditions, *_available(user_id, now, include_skipped)]
         if strategy in ("uncertainty", "disagreement"):
             score = getattr(QueueScore, strategy)
-            found = s.scalar(select(Image.id).join(QueueScore, QueueScore.image_id == Image.id)
-                             .where(*where, score.is_not(None)).order_by(score.desc(), Image.id).limit(1))
+            found = s.scalar(
+                select(Image.id)
+                .join(QueueScore, QueueScore.image_id == Image.id)
+                .where(*where, score.is_not(None))
+                .order_by(score.desc(), Image.id)
+                .limit(1)
+            )
             if found is not None:
                 return found
         for skin_type in skin_types:
@@ -88,8 +101,13 @@ def _candidate(s: Session, user_id: int, settings: WorkflowSettings, now: dateti
 
 def _skin_types_by_need(s: Session) -> tuple[int, ...]:
     """Fitzpatrick types 1-6, the fewest annotated or verified images first."""
-    done = dict(s.execute(select(Image.fitzpatrick, func.count()).where(Image.status.in_(("annotated", "verified")),
-                                                                       Image.fitzpatrick.is_not(None)).group_by(Image.fitzpatrick)).all())
+    done = dict(
+        s.execute(
+            select(Image.fitzpatrick, func.count())
+            .where(Image.status.in_(("annotated", "verified")), Image.fitzpatrick.is_not(None))
+            .group_by(Image.fitzpatrick)
+        ).all()
+    )
     return tuple(sorted(range(1, 7), key=lambda t: (done.get(t, 0), t)))
 
 
@@ -132,9 +150,13 @@ def next_item(
             with wb.session() as s:
                 held = s.execute(
                     select(Lease.image_id, Lease.gold)
-                    .where(Lease.user_id == actor.id, Lease.expires_at > now,
-                           ~exists().where(Annotation.image_id == Lease.image_id, Annotation.user_id == actor.id))
-                    .order_by(Lease.image_id).limit(1)
+                    .where(
+                        Lease.user_id == actor.id,
+                        Lease.expires_at > now,
+                        ~exists().where(Annotation.image_id == Lease.image_id, Annotation.user_id == actor.id),
+                    )
+                    .order_by(Lease.image_id)
+                    .limit(1)
                 ).first()
                 if held is not None:  # a reload or a second tab: keep working on the same image
                     return QueueItem(held.image_id, held.gold)
@@ -148,8 +170,9 @@ def next_item(
                     top = s.scalar(select(func.max(Image.id))) or 0
                     pivot = rng.randint(1, max(top, 1))
                 skin_types = _skin_types_by_need(s) if strategy == "fitzpatrick_balance" else ()
-                image_id = (_candidate(s, actor.id, settings, now, False, pivot, strategy, skin_types)
-                            or _candidate(s, actor.id, settings, now, True, pivot, strategy, skin_types))
+                image_id = _candidate(s, actor.id, settings, now, False, pivot, strategy, skin_types) or _candidate(
+                    s, actor.id, settings, now, True, pivot, strategy, skin_types
+                )
                 if image_id is None:
                     return None
                 _lease(s, image_id, actor.id, now, settings.lease_minutes, gold=False)

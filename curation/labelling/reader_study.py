@@ -28,11 +28,11 @@ from scipy.stats import wilcoxon
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from curation.errors import ConflictError, NotFound, SkinflowError
+from curation.export.formats import neutralise_formula
 from curation.store import audit
 from curation.store.auth import Actor, require
 from curation.store.db import Workbench
-from curation.errors import ConflictError, NotFound, SkinflowError
-from curation.export.formats import neutralise_formula
 from curation.store.models import Draft, Image, ReaderRating, ReaderStudy, ReaderStudyItem, User
 
 SCALES = ("correctness", "usefulness", "trust")
@@ -50,12 +50,17 @@ class StudyItem:
 def available_sources(wb: Workbench) -> list[dict[str, Any]]:
     """Draft sources with outputs on verified images: {"key", "kind", "producer", "version", "images"}."""
     with wb.session() as s:
-        rows = s.execute(select(Draft.kind, Draft.producer, Draft.version, func.count(func.distinct(Draft.image_id)))
-                         .join(Image, Image.id == Draft.image_id)
-                         .where(Image.status == "verified", Draft.error.is_(None), Draft.kind.in_(("llm", "model", "synthetic")))
-                         .group_by(Draft.kind, Draft.producer, Draft.version).order_by(Draft.kind, Draft.producer, Draft.version)).all()
-    return [{"key": f"{kind}:{producer}:{version}", "kind": kind, "producer": producer, "version": version, "images": n}
-            for kind, producer, version, n in rows]
+        rows = s.execute(
+            select(Draft.kind, Draft.producer, Draft.version, func.count(func.distinct(Draft.image_id)))
+            .join(Image, Image.id == Draft.image_id)
+            .where(Image.status == "verified", Draft.error.is_(None), Draft.kind.in_(("llm", "model", "synthetic")))
+            .group_by(Draft.kind, Draft.producer, Draft.version)
+            .order_by(Draft.kind, Draft.producer, Draft.version)
+        ).all()
+    return [
+        {"key": f"{kind}:{producer}:{version}", "kind": kind, "producer": producer, "version": version, "images": n}
+        for kind, producer, version, n in rows
+    ]
 
 
 def create_study(wb: Workbench, actor: Actor, name: str, source_keys: list[str], n_items: int, *, seed: int = 0) -> int:
@@ -75,8 +80,12 @@ def create_study(wb: Workbench, actor: Actor, name: str, source_keys: list[str],
         if s.scalar(select(ReaderStudy.id).where(ReaderStudy.name == name)) is not None:
             raise ConflictError(f"a reader study named {name!r} exists; choose another name")
         newest: dict[int, dict[str, Draft]] = {}
-        for d in s.scalars(select(Draft).join(Image, Image.id == Draft.image_id)
-                           .where(Image.status == "verified", Draft.error.is_(None)).order_by(Draft.id)):
+        for d in s.scalars(
+            select(Draft)
+            .join(Image, Image.id == Draft.image_id)
+            .where(Image.status == "verified", Draft.error.is_(None))
+            .order_by(Draft.id)
+        ):
             key = f"{d.kind}:{d.producer}:{d.version}"
             if key in source_keys:
                 newest.setdefault(d.image_id, {})[key] = d
@@ -100,10 +109,19 @@ def list_studies(wb: Workbench, actor: Actor) -> list[dict[str, Any]]:
         out = []
         for study in s.scalars(select(ReaderStudy).order_by(ReaderStudy.id.desc())):
             items = s.scalar(select(func.count()).select_from(ReaderStudyItem).where(ReaderStudyItem.study_id == study.id))
-            ratings = s.scalar(select(func.count()).select_from(ReaderRating).join(ReaderStudyItem)
-                               .where(ReaderStudyItem.study_id == study.id))
-            out.append({"id": study.id, "name": study.name, "sources": [x["key"] for x in study.sources], "items": items,
-                        "ratings": ratings, "created_at": study.created_at})
+            ratings = s.scalar(
+                select(func.count()).select_from(ReaderRating).join(ReaderStudyItem).where(ReaderStudyItem.study_id == study.id)
+            )
+            out.append(
+                {
+                    "id": study.id,
+                    "name": study.name,
+                    "sources": [x["key"] for x in study.sources],
+                    "items": items,
+                    "ratings": ratings,
+                    "created_at": study.created_at,
+                }
+            )
         return out
 
 
@@ -123,15 +141,27 @@ def next_item(wb: Workbench, actor: Actor, study_id: int) -> StudyItem | None:
         if study is None:
             raise NotFound(f"no reader study #{study_id}")
         keys = [x["key"] for x in study.sources]
-        done = {item_id for item_id, n in s.execute(
-            select(ReaderRating.item_id, func.count()).join(ReaderStudyItem)
-            .where(ReaderStudyItem.study_id == study_id, ReaderRating.user_id == actor.id).group_by(ReaderRating.item_id))
-            if n >= len(keys)}
-        for item in s.scalars(select(ReaderStudyItem).where(ReaderStudyItem.study_id == study_id).order_by(ReaderStudyItem.position)):
+        done = {
+            item_id
+            for item_id, n in s.execute(
+                select(ReaderRating.item_id, func.count())
+                .join(ReaderStudyItem)
+                .where(ReaderStudyItem.study_id == study_id, ReaderRating.user_id == actor.id)
+                .group_by(ReaderRating.item_id)
+            )
+            if n >= len(keys)
+        }
+        for item in s.scalars(
+            select(ReaderStudyItem).where(ReaderStudyItem.study_id == study_id).order_by(ReaderStudyItem.position)
+        ):
             if item.id not in done:
                 order = _order(study_id, item.id, actor.id, keys)
-                return StudyItem(item.id, item.image_id, item.position,
-                                 [(f"Output {n}", key, item.outputs[key]) for n, key in enumerate(order, 1)])
+                return StudyItem(
+                    item.id,
+                    item.image_id,
+                    item.position,
+                    [(f"Output {n}", key, item.outputs[key]) for n, key in enumerate(order, 1)],
+                )
     return None
 
 
@@ -150,8 +180,15 @@ def rate_item(wb: Workbench, actor: Actor, item_id: int, ratings: dict[str, dict
                 if not isinstance(value, int) or not 1 <= value <= 5:
                     raise SkinflowError(f"{scale} must be a whole number from 1 to 5")
             comment = (values.get("comment") or "").strip()[:2000] or None
-            s.add(ReaderRating(item_id=item_id, user_id=actor.id, source_key=key, comment=comment,
-                               **{scale: values[scale] for scale in SCALES}))
+            s.add(
+                ReaderRating(
+                    item_id=item_id,
+                    user_id=actor.id,
+                    source_key=key,
+                    comment=comment,
+                    **{scale: values[scale] for scale in SCALES},
+                )
+            )
         try:
             s.flush()
         except IntegrityError:
@@ -162,11 +199,24 @@ def rate_item(wb: Workbench, actor: Actor, item_id: int, ratings: dict[str, dict
 def ratings_table(wb: Workbench, actor: Actor, study_id: int) -> list[dict[str, Any]]:
     require(actor, "reviewer", "see reader-study results")
     with wb.session() as s:
-        rows = s.execute(select(ReaderStudyItem.image_id, ReaderStudyItem.id, User.username, ReaderRating)
-                         .join(ReaderRating, ReaderRating.item_id == ReaderStudyItem.id).join(User, User.id == ReaderRating.user_id)
-                         .where(ReaderStudyItem.study_id == study_id).order_by(ReaderStudyItem.position, User.username)).all()
-        return [{"image_id": image_id, "item_id": item_id, "rater": rater, "source": r.source_key,
-                 **{scale: getattr(r, scale) for scale in SCALES}, "comment": r.comment or ""} for image_id, item_id, rater, r in rows]
+        rows = s.execute(
+            select(ReaderStudyItem.image_id, ReaderStudyItem.id, User.username, ReaderRating)
+            .join(ReaderRating, ReaderRating.item_id == ReaderStudyItem.id)
+            .join(User, User.id == ReaderRating.user_id)
+            .where(ReaderStudyItem.study_id == study_id)
+            .order_by(ReaderStudyItem.position, User.username)
+        ).all()
+        return [
+            {
+                "image_id": image_id,
+                "item_id": item_id,
+                "rater": rater,
+                "source": r.source_key,
+                **{scale: getattr(r, scale) for scale in SCALES},
+                "comment": r.comment or "",
+            }
+            for image_id, item_id, rater, r in rows
+        ]
 
 
 def summarise(ratings: list[dict[str, Any]], sources: list[str], *, seed: int = 0) -> dict[str, Any]:
@@ -193,8 +243,11 @@ def summarise(ratings: list[dict[str, Any]], sources: list[str], *, seed: int = 
                 means[scale][source] = {"mean": None, "ci95": None, "n_items": 0}
                 continue
             boot = [float(x[rng.integers(0, x.size, x.size)].mean()) for _ in range(BOOTSTRAP)]
-            means[scale][source] = {"mean": float(x.mean()), "ci95": (float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))),
-                                    "n_items": int(x.size)}
+            means[scale][source] = {
+                "mean": float(x.mean()),
+                "ci95": (float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))),
+                "n_items": int(x.size),
+            }
     agreement = {}
     for scale in SCALES:
         units = [(item, source) for item in items for source in sources]
@@ -218,9 +271,17 @@ def summarise(ratings: list[dict[str, Any]], sources: list[str], *, seed: int = 
             else:
                 result = wilcoxon(x[both], y[both], zero_method="wilcox", alternative="two-sided")
                 p, statistic = float(result.pvalue), float(result.statistic)
-            tests.append({"a": a, "b": b, "scale": scale, "n_items": int(both.sum()),
-                          "mean_difference": float(differences.mean()) if differences.size else None,
-                          "wilcoxon_statistic": statistic, "p_value": p})
+            tests.append(
+                {
+                    "a": a,
+                    "b": b,
+                    "scale": scale,
+                    "n_items": int(both.sum()),
+                    "mean_difference": float(differences.mean()) if differences.size else None,
+                    "wilcoxon_statistic": statistic,
+                    "p_value": p,
+                }
+            )
     return {"items": len(items), "raters": raters, "means": means, "krippendorff_alpha": agreement, "wilcoxon": tests}
 
 

@@ -11,18 +11,24 @@ from typing import Any
 from PIL import Image as PILImage
 from sqlalchemy import String, cast, exists, func, or_, select
 
+from curation.errors import NotFound
 from curation.labelling.annotate import annotation_dict, user_chain_head
 from curation.store.auth import Actor, require
 from curation.store.db import Workbench
-from curation.errors import NotFound
 from curation.store.models import Annotation, AuditEvent, Draft, Image, Review, SavedWork, User
-from schema.files import write_atomic
 from schema.caption import Caption
 from schema.compare import caption_scores
+from schema.files import write_atomic
 
 DRAFT_PRIORITY = {"model": 0, "llm": 1, "synthetic": 2}  # the best available draft prefills the form
 HIDDEN_META = ("true_caption",)  # synthetic ground truth: never shown to annotators
-SORTS = {"id": Image.id, "status": Image.status, "label": Image.diagnosis_key, "fitzpatrick": Image.fitzpatrick, "source": Image.source}
+SORTS = {
+    "id": Image.id,
+    "status": Image.status,
+    "label": Image.diagnosis_key,
+    "fitzpatrick": Image.fitzpatrick,
+    "source": Image.source,
+}
 
 
 @dataclass
@@ -67,21 +73,41 @@ def prefill_sources(detail: ImageDetail) -> list[PrefillSource]:
     usable drafts (model suggestion, LLM, synthetic), empty."""
     sources = []
     if detail.saved_work:
-        sources.append(PrefillSource(label="your saved draft", token="saved", caption=detail.saved_work.get("caption"),
-                                     draft_id=detail.saved_work.get("draft_id"), form=detail.saved_work))
+        sources.append(
+            PrefillSource(
+                label="your saved draft",
+                token="saved",
+                caption=detail.saved_work.get("caption"),
+                draft_id=detail.saved_work.get("draft_id"),
+                form=detail.saved_work,
+            )
+        )
     if detail.current:
         # a stable token: if someone edits the annotation meanwhile, the open form must keep the user's edits
-        sources.append(PrefillSource(label=f"your submitted version {detail.current['version']}", token="current",
-                                     caption=detail.current["caption"], form=detail.current))
-    sources += [PrefillSource(label=d["label"], token=f"d{d['id']}", caption=d["caption"], draft_id=d["id"]) for d in detail.drafts]
+        sources.append(
+            PrefillSource(
+                label=f"your submitted version {detail.current['version']}",
+                token="current",
+                caption=detail.current["caption"],
+                form=detail.current,
+            )
+        )
+    sources += [
+        PrefillSource(label=d["label"], token=f"d{d['id']}", caption=d["caption"], draft_id=d["id"]) for d in detail.drafts
+    ]
     sources.append(PrefillSource(label="empty", token="empty"))
     return sources
 
 
 def draft_dict(draft: Draft) -> dict[str, Any]:
     return {
-        "id": draft.id, "kind": draft.kind, "producer": draft.producer, "version": draft.version,
-        "caption": draft.caption, "diagnoses": list(draft.diagnoses or []), "created_at": draft.created_at,
+        "id": draft.id,
+        "kind": draft.kind,
+        "producer": draft.producer,
+        "version": draft.version,
+        "caption": draft.caption,
+        "diagnoses": list(draft.diagnoses or []),
+        "created_at": draft.created_at,
         "label": f"{draft.kind}: {draft.producer} {draft.version}",
     }
 
@@ -97,7 +123,9 @@ def _suggested_diagnoses(drafts: list[Draft], k: int = 6) -> list[str]:
     for d in sorted(drafts, key=lambda d: d.id):
         if d.kind in ("model", "llm") and d.diagnoses:
             newest[d.kind] = d
-    keys = [entry["key"] for kind in ("model", "llm") if kind in newest for entry in newest[kind].diagnoses[:k] if entry.get("key")]
+    keys = [
+        entry["key"] for kind in ("model", "llm") if kind in newest for entry in newest[kind].diagnoses[:k] if entry.get("key")
+    ]
     return list(dict.fromkeys(keys))
 
 
@@ -117,11 +145,19 @@ def image_detail(wb: Workbench, actor: Actor, image_id: int) -> ImageDetail:
         head = user_chain_head(s, image_id, actor.id)
         saved = s.get(SavedWork, (actor.id, image_id))
         detail = ImageDetail(
-            id=image.id, path=(wb.store_dir / image.file_path) if image.file_path else None,
-            width=image.width, height=image.height, status=image.status, source=image.source, source_ref=image.source_ref,
-            source_label=image.source_label, diagnosis_key=image.diagnosis_key,
-            diagnosis_display=label.display if label else None, group9=label.group9 if label else None,
-            group3=label.group3 if label else None, fitzpatrick=image.fitzpatrick,
+            id=image.id,
+            path=(wb.store_dir / image.file_path) if image.file_path else None,
+            width=image.width,
+            height=image.height,
+            status=image.status,
+            source=image.source,
+            source_ref=image.source_ref,
+            source_label=image.source_label,
+            diagnosis_key=image.diagnosis_key,
+            diagnosis_display=label.display if label else None,
+            group9=label.group9 if label else None,
+            group3=label.group3 if label else None,
+            fitzpatrick=image.fitzpatrick,
             meta={k: v for k, v in (image.meta or {}).items() if k not in HIDDEN_META},
             drafts=[draft_dict(d) for d in drafts],
             current=annotation_dict(head) if head is not None else None,
@@ -151,10 +187,21 @@ def thumbnail(wb: Workbench, image_id: int, size: int = 160) -> bytes | None:
 
 
 def list_images(
-    wb: Workbench, actor: Actor, *, status: list[str] | None = None, label: list[str] | None = None,
-    group9: list[str] | None = None, group3: list[str] | None = None, fitzpatrick: list[int] | None = None,
-    annotator: list[str] | None = None, flag: list[str] | None = None, source: list[str] | None = None,
-    sort: str = "id", descending: bool = False, limit: int = 50, offset: int = 0,
+    wb: Workbench,
+    actor: Actor,
+    *,
+    status: list[str] | None = None,
+    label: list[str] | None = None,
+    group9: list[str] | None = None,
+    group3: list[str] | None = None,
+    fitzpatrick: list[int] | None = None,
+    annotator: list[str] | None = None,
+    flag: list[str] | None = None,
+    source: list[str] | None = None,
+    sort: str = "id",
+    descending: bool = False,
+    limit: int = 50,
+    offset: int = 0,
 ) -> tuple[list[dict[str, Any]], int]:
     """One page of the dataset table and the total count under the filters."""
     require(actor, "reviewer", "browse the dataset")
@@ -177,7 +224,9 @@ def list_images(
     if source:
         conditions.append(Image.source.in_(source))
     if annotator:
-        conditions.append(exists().where(Annotation.image_id == Image.id, Annotation.user_id == User.id, User.username.in_(annotator)))
+        conditions.append(
+            exists().where(Annotation.image_id == Image.id, Annotation.user_id == User.id, User.username.in_(annotator))
+        )
     if flag:
         flagged = [cast(Annotation.quality_flags, String).like(f'%"{f}"%') for f in flag]
         conditions.append(exists().where(Annotation.image_id == Image.id, or_(*flagged)))
@@ -191,7 +240,8 @@ def list_images(
         people: dict[int, set[str]] = {i: set() for i in ids}
         flags: dict[int, set[str]] = {i: set() for i in ids}
         for image_id, username, quality in s.execute(
-            select(Annotation.image_id, User.username, Annotation.quality_flags).join(User, User.id == Annotation.user_id)
+            select(Annotation.image_id, User.username, Annotation.quality_flags)
+            .join(User, User.id == Annotation.user_id)
             .where(Annotation.image_id.in_(ids))
         ):
             people[image_id].add(username)
@@ -199,12 +249,19 @@ def list_images(
         rows = []
         for image in images:
             known = taxonomy.labels.get(image.diagnosis_key) if image.diagnosis_key else None
-            rows.append({
-                "id": image.id, "status": image.status,
-                "label": known.display if known else (image.source_label or ""), "group9": known.group9 if known else None,
-                "group3": known.group3 if known else None, "fitzpatrick": image.fitzpatrick,
-                "annotators": sorted(people[image.id]), "flags": sorted(flags[image.id]), "source": image.source,
-            })
+            rows.append(
+                {
+                    "id": image.id,
+                    "status": image.status,
+                    "label": known.display if known else (image.source_label or ""),
+                    "group9": known.group9 if known else None,
+                    "group3": known.group3 if known else None,
+                    "fitzpatrick": image.fitzpatrick,
+                    "annotators": sorted(people[image.id]),
+                    "flags": sorted(flags[image.id]),
+                    "source": image.source,
+                }
+            )
     return rows, total
 
 
@@ -216,21 +273,46 @@ def image_history(wb: Workbench, actor: Actor, image_id: int) -> list[dict[str, 
             raise NotFound(f"no image #{image_id}")
         events: list[dict[str, Any]] = []
         for d in s.scalars(select(Draft).where(Draft.image_id == image_id)):
-            events.append({"when": d.created_at, "who": d.producer, "what": f"draft ({d.kind})",
-                           "details": d.error or ", ".join(f"{k}" for k, v in (d.caption or {}).items() if v)})
+            events.append(
+                {
+                    "when": d.created_at,
+                    "who": d.producer,
+                    "what": f"draft ({d.kind})",
+                    "details": d.error or ", ".join(f"{k}" for k, v in (d.caption or {}).items() if v),
+                }
+            )
         annotations = s.scalars(select(Annotation).where(Annotation.image_id == image_id)).all()
         for a in annotations:
-            events.append({"when": a.created_at, "who": a.user.username, "what": f"annotation v{a.version}",
-                           "details": f"diagnosis {a.diagnosis_key or a.diagnosis_text or '-'} ({a.diagnosis_status})"})
+            events.append(
+                {
+                    "when": a.created_at,
+                    "who": a.user.username,
+                    "what": f"annotation v{a.version}",
+                    "details": f"diagnosis {a.diagnosis_key or a.diagnosis_text or '-'} ({a.diagnosis_status})",
+                }
+            )
         annotation_ids = [a.id for a in annotations]
-        for r, reviewer in s.execute(select(Review, User.username).join(User, User.id == Review.reviewer_id)
-                                     .where(Review.annotation_id.in_(annotation_ids))):
-            events.append({"when": r.created_at, "who": reviewer, "what": f"review: {r.decision}",
-                           "details": f"annotation #{r.annotation_id} {r.comment or ''}".strip()})
-        audit = s.scalars(select(AuditEvent).where(
-            or_((AuditEvent.entity == "image") & (AuditEvent.entity_id == image_id),
-                (AuditEvent.entity == "annotation") & AuditEvent.entity_id.in_(annotation_ids)),
-        )).all()
+        for r, reviewer in s.execute(
+            select(Review, User.username)
+            .join(User, User.id == Review.reviewer_id)
+            .where(Review.annotation_id.in_(annotation_ids))
+        ):
+            events.append(
+                {
+                    "when": r.created_at,
+                    "who": reviewer,
+                    "what": f"review: {r.decision}",
+                    "details": f"annotation #{r.annotation_id} {r.comment or ''}".strip(),
+                }
+            )
+        audit = s.scalars(
+            select(AuditEvent).where(
+                or_(
+                    (AuditEvent.entity == "image") & (AuditEvent.entity_id == image_id),
+                    (AuditEvent.entity == "annotation") & AuditEvent.entity_id.in_(annotation_ids),
+                ),
+            )
+        ).all()
         for e in audit:
             events.append({"when": e.created_at, "who": e.username, "what": f"audit: {e.action}", "details": ""})
     return sorted(events, key=lambda e: (str(e["when"]), e["what"]))

@@ -9,10 +9,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
 
+from curation.errors import SkinflowError
 from curation.store import audit
 from curation.store.auth import Actor, require
 from curation.store.db import Workbench
-from curation.errors import SkinflowError
 from curation.store.models import Setting, utcnow
 
 QUEUE_STRATEGIES = ("sequential", "random", "uncertainty", "disagreement", "fitzpatrick_balance")
@@ -22,10 +22,16 @@ class WorkflowSettings(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     overlap: int = Field(1, ge=1, le=10, description="annotators per image")
-    lease_minutes: int = Field(30, ge=1, le=24 * 60, description="how long an image stays reserved for the annotator it was served to")
+    lease_minutes: int = Field(
+        30, ge=1, le=24 * 60, description="how long an image stays reserved for the annotator it was served to"
+    )
     queue_strategy: Literal["sequential", "random", "uncertainty", "disagreement", "fitzpatrick_balance"] = "sequential"
-    gold_rate: float = Field(0.05, ge=0.0, le=0.5, description="share of served items that are verified records (gold), unannounced")
-    disagreement_threshold: float = Field(0.8, ge=0.0, le=1.0, description="a field score below this between two annotators sends the item to review")
+    gold_rate: float = Field(
+        0.05, ge=0.0, le=0.5, description="share of served items that are verified records (gold), unannounced"
+    )
+    disagreement_threshold: float = Field(
+        0.8, ge=0.0, le=1.0, description="a field score below this between two annotators sends the item to review"
+    )
     session_minutes: int = Field(8 * 60, ge=5, le=7 * 24 * 60, description="a login expires after this long")
     training_slots: int = Field(1, ge=1, le=8, description="training runs at once; more wait in the queue")
     active_run_id: int | None = Field(None, description="the training run whose model makes the suggestions")

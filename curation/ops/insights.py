@@ -66,9 +66,14 @@ def edit_rates(annotations: list, prefills: dict[int, Any]) -> dict[str, Any]:
     A falling rate for `model` means the model is helping."""
     out: dict[str, Any] = {}
     for kind in ("model", "llm", "synthetic"):
-        rows = [(a, prefills[a.based_on_draft_id]) for a in annotations
-                if a.supersedes_id is None and a.based_on_draft_id in prefills and prefills[a.based_on_draft_id].kind == kind
-                and prefills[a.based_on_draft_id].caption is not None]
+        rows = [
+            (a, prefills[a.based_on_draft_id])
+            for a in annotations
+            if a.supersedes_id is None
+            and a.based_on_draft_id in prefills
+            and prefills[a.based_on_draft_id].kind == kind
+            and prefills[a.based_on_draft_id].caption is not None
+        ]
         if not rows:
             continue
         changed = Counter()
@@ -78,8 +83,11 @@ def edit_rates(annotations: list, prefills: dict[int, Any]) -> dict[str, Any]:
             changed.update(key for key, score in scores.items() if score < 1.0)
             top = (draft.diagnoses or [{}])[0].get("key")
             diagnosis_changed += top is not None and top != annotation.diagnosis_key
-        out[kind] = {"annotations": len(rows), "fields": {key: round(changed[key] / len(rows), 3) for key in FIELD_KEYS},
-                     "diagnosis": round(diagnosis_changed / len(rows), 3)}
+        out[kind] = {
+            "annotations": len(rows),
+            "fields": {key: round(changed[key] / len(rows), 3) for key in FIELD_KEYS},
+            "diagnosis": round(diagnosis_changed / len(rows), 3),
+        }
     return out
 
 
@@ -87,13 +95,25 @@ def insights(wb: Workbench) -> dict[str, Any]:
     taxonomy = wb.taxonomy
     with wb.session() as s:
         users = dict(s.execute(select(User.id, User.username)).all())
-        annotations = s.execute(select(
-            Annotation.id, Annotation.image_id, Annotation.user_id, Annotation.supersedes_id, Annotation.caption,
-            Annotation.diagnosis_key, Annotation.diagnosis_text, Annotation.seconds_spent, Annotation.created_at,
-            Annotation.based_on_draft_id,
-        )).all()
+        annotations = s.execute(
+            select(
+                Annotation.id,
+                Annotation.image_id,
+                Annotation.user_id,
+                Annotation.supersedes_id,
+                Annotation.caption,
+                Annotation.diagnosis_key,
+                Annotation.diagnosis_text,
+                Annotation.seconds_spent,
+                Annotation.created_at,
+                Annotation.based_on_draft_id,
+            )
+        ).all()
         draft_ids = {a.based_on_draft_id for a in annotations if a.based_on_draft_id}
-        prefills = {d.id: d for d in s.execute(select(Draft.id, Draft.kind, Draft.caption, Draft.diagnoses).where(Draft.id.in_(draft_ids)))}
+        prefills = {
+            d.id: d
+            for d in s.execute(select(Draft.id, Draft.kind, Draft.caption, Draft.diagnoses).where(Draft.id.in_(draft_ids)))
+        }
         reviews = s.execute(select(Review.created_at).where(Review.decision == "verified")).all()
         verified = dict(s.execute(select(Image.id, Image.verified_annotation_id).where(Image.status == "verified")).all())
         labels = s.execute(select(Image.diagnosis_key, Image.fitzpatrick, Image.status)).all()
@@ -113,7 +133,8 @@ def insights(wb: Workbench) -> dict[str, Any]:
     for user_id, rows in sorted(by_user.items()):
         seconds = [r.seconds_spent for r in rows if r.seconds_spent]
         throughput[users[user_id]] = {
-            "annotations": len(rows), "images": len({r.image_id for r in rows}),
+            "annotations": len(rows),
+            "images": len({r.image_id for r in rows}),
             "median_seconds": round(statistics.median(seconds), 1) if seconds else None,
         }
 
@@ -135,7 +156,9 @@ def insights(wb: Workbench) -> dict[str, Any]:
     for key in FIELD_KEYS:
         units = [{who: _field_value(a.caption, key) for who, a in people.items()} for people in shared.values()]
         agreement[key] = field_alpha(units, key)
-    diagnosis_units = [{who: (a.diagnosis_key or a.diagnosis_text or "") for who, a in people.items()} for people in shared.values()]
+    diagnosis_units = [
+        {who: (a.diagnosis_key or a.diagnosis_text or "") for who, a in people.items()} for people in shared.values()
+    ]
     kappas = {}
     raters = sorted({who for people in shared.values() for who in people})
     for r1, r2 in combinations(raters, 2):
@@ -152,13 +175,19 @@ def insights(wb: Workbench) -> dict[str, Any]:
         truth = by_id.get(verified.get(image_id))
         if mine is None or truth is None or mine.id == truth.id:
             continue
-        gold_scores[users[user_id]]["label"].append((mine.diagnosis_key or mine.diagnosis_text) == (truth.diagnosis_key or truth.diagnosis_text))
+        gold_scores[users[user_id]]["label"].append(
+            (mine.diagnosis_key or mine.diagnosis_text) == (truth.diagnosis_key or truth.diagnosis_text)
+        )
         scores = caption_scores(Caption.model_validate(mine.caption), Caption.model_validate(truth.caption))
         gold_scores[users[user_id]]["caption"].append(sum(scores.values()) / len(scores))
     gold_accuracy = {
-        who: {"items": len(v["label"]), "label_accuracy": round(sum(v["label"]) / len(v["label"]), 3),
-              "mean_field_score": round(sum(v["caption"]) / len(v["caption"]), 3)}
-        for who, v in sorted(gold_scores.items()) if v["label"]
+        who: {
+            "items": len(v["label"]),
+            "label_accuracy": round(sum(v["label"]) / len(v["label"]), 3),
+            "mean_field_score": round(sum(v["caption"]) / len(v["caption"]), 3),
+        }
+        for who, v in sorted(gold_scores.items())
+        if v["label"]
     }
     return {
         "edit_rates": edit_rates(annotations, prefills),
@@ -167,6 +196,10 @@ def insights(wb: Workbench) -> dict[str, Any]:
         "progress_by_day": dict(sorted(per_day.items())),
         "throughput": throughput,
         "distributions": {k: dict(v.most_common()) for k, v in distributions.items()},
-        "agreement": {"items_with_2_or_more_annotators": len(shared), "krippendorff_alpha": agreement, "cohen_kappa_diagnosis": kappas},
+        "agreement": {
+            "items_with_2_or_more_annotators": len(shared),
+            "krippendorff_alpha": agreement,
+            "cohen_kappa_diagnosis": kappas,
+        },
         "gold_accuracy": gold_accuracy,
     }

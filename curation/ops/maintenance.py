@@ -13,12 +13,12 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import select, text
 
+from curation.errors import DatabaseError
 from curation.store import audit
 from curation.store.auth import Actor, require
 from curation.store.db import Workbench, alembic_config
-from curation.errors import DatabaseError
-from curation.store.models import Image
 from curation.store.files import sweep_store
+from curation.store.models import Image
 
 
 def _sqlite_copy(source: str, destination: Path) -> None:
@@ -56,8 +56,12 @@ def backup(wb: Workbench, actor: Actor, out: Path | None = None) -> Path:
     _sqlite_copy(str(source), partial)
     partial.replace(out)
     with wb.session() as s:  # the image manifest: which stored files this database refers to, and their hashes
-        images = [{"id": i, "file_path": f, "sha256": h} for i, f, h in s.execute(
-            select(Image.id, Image.file_path, Image.sha256).where(Image.file_path.is_not(None)).order_by(Image.id))]
+        images = [
+            {"id": i, "file_path": f, "sha256": h}
+            for i, f, h in s.execute(
+                select(Image.id, Image.file_path, Image.sha256).where(Image.file_path.is_not(None)).order_by(Image.id)
+            )
+        ]
         audit.record(s, actor, "database.backup", "database", None, path=str(out), images=len(images))
     manifest_path(out).write_text(json.dumps({"database": out.name, "images": images}, indent=1) + "\n", encoding="utf-8")
     return out
@@ -131,17 +135,25 @@ class DoctorReport:
         if self.integrity != "ok":
             out.append(f"database integrity check: {self.integrity}")
         if self.revision != self.head:
-            out.append(f"database at migration {self.revision}, code expects {self.head}: back it up (`skinflow backup`), "
-                       "then run `skinflow init`, which upgrades it")
+            out.append(
+                f"database at migration {self.revision}, code expects {self.head}: back it up (`skinflow backup`), "
+                "then run `skinflow init`, which upgrades it"
+            )
         if self.missing_files:
-            out.append(f"{len(self.missing_files)} image files missing from the store: copy images/ back from where it was "
-                       "backed up, or import the source folder again (files are matched by content, nothing is duplicated)")
+            out.append(
+                f"{len(self.missing_files)} image files missing from the store: copy images/ back from where it was "
+                "backed up, or import the source folder again (files are matched by content, nothing is duplicated)"
+            )
         if self.orphan_files:
-            out.append(f"{len(self.orphan_files)} files in the store belong to no image (left by an interrupted import): "
-                       "harmless; `skinflow doctor --fix` removes them")
+            out.append(
+                f"{len(self.orphan_files)} files in the store belong to no image (left by an interrupted import): "
+                "harmless; `skinflow doctor --fix` removes them"
+            )
         if self.leftover_temp_files:
-            out.append(f"{len(self.leftover_temp_files)} temporary files left by an interrupted write: the next import "
-                       "or `skinflow doctor --fix` removes them")
+            out.append(
+                f"{len(self.leftover_temp_files)} temporary files left by an interrupted write: the next import "
+                "or `skinflow doctor --fix` removes them"
+            )
         return out
 
     @property

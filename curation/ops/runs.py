@@ -29,20 +29,29 @@ from typing import Any
 
 from sqlalchemy import select
 
+from curation.errors import NotFound, SkinflowError
+from curation.export.dataset import SPLITS, export_dataset
+from curation.labelling.workflow import get_workflow_settings, update_workflow_settings
 from curation.store import audit
 from curation.store.auth import Actor, require
 from curation.store.db import Workbench
-from schema.files import read_jsonl
-from curation.errors import NotFound, SkinflowError
-from curation.export.dataset import SPLITS, export_dataset
 from curation.store.models import Export, TrainingRun, User, utcnow
-from curation.labelling.workflow import get_workflow_settings, update_workflow_settings
+from schema.files import read_jsonl
 
 CANCEL_GRACE_S = 60
 PRESETS = ("tiny", "qwen2.5-vl-7b")
 # the variants of `skinflow ablate` (trainer/ablate.py VARIANTS; curation does not import the trainer)
 ABLATION_VARIANTS = ("full", "no-fdlinear", "no-stage1", "baseline")
-OVERRIDES = ("sft_epochs", "stage1_steps", "stage2_steps", "num_generations", "batch_size", "seed", "stages", "save_steps")  # `skinflow train` flags
+OVERRIDES = (
+    "sft_epochs",
+    "stage1_steps",
+    "stage2_steps",
+    "num_generations",
+    "batch_size",
+    "seed",
+    "stages",
+    "save_steps",
+)  # `skinflow train` flags
 _children: dict[int, subprocess.Popen] = {}  # processes this interpreter started (reaped by poll)
 
 
@@ -153,12 +162,39 @@ def _summary(metrics: list[dict[str, Any]]) -> dict[str, Any]:
 def _command(wb: Workbench, run: TrainingRun) -> list[str]:
     if run.config.get("kind") == "ablation":  # resumes by itself: finished variants are read back
         ablation = run.config["ablation"]
-        command = [sys.executable, "-m", "app.cli", "ablate", "--export", run.config["export_path"], "--preset", run.preset,
-                   "--out", str(run_dir(wb, run.id)), "--seeds", str(ablation["seeds"]), "--variants", ",".join(ablation["variants"]),
-                   "--split", ablation["split"]]
+        command = [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "ablate",
+            "--export",
+            run.config["export_path"],
+            "--preset",
+            run.preset,
+            "--out",
+            str(run_dir(wb, run.id)),
+            "--seeds",
+            str(ablation["seeds"]),
+            "--variants",
+            ",".join(ablation["variants"]),
+            "--split",
+            ablation["split"],
+        ]
     else:
-        command = [sys.executable, "-m", "app.cli", "train", "--export", run.config["export_path"], "--preset", run.preset,
-                   "--runs", str(runs_dir(wb)), "--run-id", f"run-{run.id}"]
+        command = [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "train",
+            "--export",
+            run.config["export_path"],
+            "--preset",
+            run.preset,
+            "--runs",
+            str(runs_dir(wb)),
+            "--run-id",
+            f"run-{run.id}",
+        ]
         if run_dir(wb, run.id).exists():
             command.append("--resume")
     for key, value in sorted(run.config.get("overrides", {}).items()):
@@ -170,16 +206,28 @@ def _launch(wb: Workbench, run: TrainingRun) -> None:
     runs_dir(wb).mkdir(parents=True, exist_ok=True)
     log_path = runs_dir(wb) / f"run-{run.id}.log"
     with log_path.open("ab") as log:
-        process = subprocess.Popen(_command(wb, run), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True, cwd=str(Path(__file__).resolve().parents[2]),
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"})
+        process = subprocess.Popen(
+            _command(wb, run),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=str(Path(__file__).resolve().parents[2]),
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"},
+        )
     _children[process.pid] = process
     run.pid, run.status, run.log_path = process.pid, "running", str(log_path)
     run.checkpoint_path = None if run.config.get("kind") == "ablation" else str(run_dir(wb, run.id) / "model")
 
 
-def start_training(wb: Workbench, actor: Actor, *, preset: str = "tiny", overrides: dict[str, Any] | None = None,
-                   ablation: AblationRequest | None = None) -> int:
+def start_training(
+    wb: Workbench,
+    actor: Actor,
+    *,
+    preset: str = "tiny",
+    overrides: dict[str, Any] | None = None,
+    ablation: AblationRequest | None = None,
+) -> int:
     """Snapshot the verified data as a grpo export and queue a run on it; returns the run id. With `ablation`
     the run is `skinflow ablate` instead: the recipe's variants on the same snapshot, one report
     (ablation_report)."""
@@ -197,16 +245,33 @@ def start_training(wb: Workbench, actor: Actor, *, preset: str = "tiny", overrid
     stamp = time.strftime("%Y%m%d-%H%M%S")
     result = export_dataset(wb, actor, wb.settings.home / "exports" / f"train-{stamp}-{uuid.uuid4().hex[:6]}", formats=("grpo",))
     if ablation is not None and not result.by_split.get(config["ablation"]["split"]):
-        raise RunError(f"the export has no verified {config['ablation']['split']!r} records to evaluate the variants on "
-                       f"({dict(result.by_split)}); verify more images or evaluate on another split")
+        raise RunError(
+            f"the export has no verified {config['ablation']['split']!r} records to evaluate the variants on "
+            f"({dict(result.by_split)}); verify more images or evaluate on another split"
+        )
     with wb.session() as s:
-        export_id = s.scalar(select(Export.id).where(Export.path == str(result.path.resolve())).order_by(Export.id.desc()).limit(1))
-        run = TrainingRun(export_id=export_id, preset=preset, status="queued", created_by=actor.id,
-                          config={"export_path": str(result.path), **config})
+        export_id = s.scalar(
+            select(Export.id).where(Export.path == str(result.path.resolve())).order_by(Export.id.desc()).limit(1)
+        )
+        run = TrainingRun(
+            export_id=export_id,
+            preset=preset,
+            status="queued",
+            created_by=actor.id,
+            config={"export_path": str(result.path), **config},
+        )
         s.add(run)
         s.flush()
-        audit.record(s, actor, "ablation.start" if ablation is not None else "run.start", "training_run", run.id, preset=preset,
-                     export=str(result.path), records=result.n_records)
+        audit.record(
+            s,
+            actor,
+            "ablation.start" if ablation is not None else "run.start",
+            "training_run",
+            run.id,
+            preset=preset,
+            export=str(result.path),
+            records=result.n_records,
+        )
         run_id = run.id
     refresh_runs(wb)
     return run_id
@@ -229,8 +294,12 @@ def ablation_report(wb: Workbench, run_id: int) -> dict[str, Any] | None:
     if not report:
         return None
     variants = {name: report["variants"][name] for name in report.get("order", report["variants"])}  # the runner's order
-    return {**report, "variants": variants, "chart": str(run_dir(wb, run_id) / "ablation.png"),
-            "markdown": str(run_dir(wb, run_id) / "report.md")}
+    return {
+        **report,
+        "variants": variants,
+        "chart": str(run_dir(wb, run_id) / "ablation.png"),
+        "markdown": str(run_dir(wb, run_id) / "report.md"),
+    }
 
 
 def refresh_runs(wb: Workbench) -> None:
@@ -250,7 +319,9 @@ def refresh_runs(wb: Workbench) -> None:
                 run.metrics = _summary(read_metrics(wb, run.id))
             elif not alive:
                 tail = log_tail_of(run.log_path)
-                reason = next((line for line in reversed(tail) if line.startswith("error:")), None) or (tail[-1] if tail else "no log")
+                reason = next((line for line in reversed(tail) if line.startswith("error:")), None) or (
+                    tail[-1] if tail else "no log"
+                )
                 run.status, run.finished_at = "failed", utcnow()
                 run.error = f"the training process ended without finishing: {reason[:500]}"
             elif (folder / "cancel").exists() and time.time() - (folder / "cancel").stat().st_mtime > CANCEL_GRACE_S:
@@ -260,7 +331,9 @@ def refresh_runs(wb: Workbench) -> None:
                     pass
         s.flush()
         running = len(s.scalars(select(TrainingRun.id).where(TrainingRun.status == "running")).all())
-        for run in s.scalars(select(TrainingRun).where(TrainingRun.status == "queued").order_by(TrainingRun.id).limit(max(slots - running, 0))):
+        for run in s.scalars(
+            select(TrainingRun).where(TrainingRun.status == "queued").order_by(TrainingRun.id).limit(max(slots - running, 0))
+        ):
             _launch(wb, run)
 
 
@@ -312,15 +385,30 @@ def list_runs(wb: Workbench) -> list[RunView]:
     refresh_runs(wb)
     active = get_workflow_settings(wb).active_run_id
     with wb.session() as s:
-        rows = s.execute(select(TrainingRun, Export.path).outerjoin(Export, Export.id == TrainingRun.export_id)
-                         .order_by(TrainingRun.id.desc())).all()
+        rows = s.execute(
+            select(TrainingRun, Export.path).outerjoin(Export, Export.id == TrainingRun.export_id).order_by(TrainingRun.id.desc())
+        ).all()
         names = dict(s.execute(select(User.id, User.username)).all())
-        return [RunView(id=r.id, preset=r.preset, status=r.status, created_by=names.get(r.created_by), created_at=r.created_at,
-                        finished_at=r.finished_at, export_path=r.config.get("export_path") or path, run_dir=str(run_dir(wb, r.id)),
-                        log_path=r.log_path, checkpoint_path=r.checkpoint_path, metrics=r.metrics or {}, error=r.error,
-                        progress=_read_json(run_dir(wb, r.id) / "progress.json"), active=r.id == active,
-                        kind=r.config.get("kind", "train"))
-                for r, path in rows]
+        return [
+            RunView(
+                id=r.id,
+                preset=r.preset,
+                status=r.status,
+                created_by=names.get(r.created_by),
+                created_at=r.created_at,
+                finished_at=r.finished_at,
+                export_path=r.config.get("export_path") or path,
+                run_dir=str(run_dir(wb, r.id)),
+                log_path=r.log_path,
+                checkpoint_path=r.checkpoint_path,
+                metrics=r.metrics or {},
+                error=r.error,
+                progress=_read_json(run_dir(wb, r.id) / "progress.json"),
+                active=r.id == active,
+                kind=r.config.get("kind", "train"),
+            )
+            for r, path in rows
+        ]
 
 
 def activate_run(wb: Workbench, actor: Actor, run_id: int, *, suggest: bool = True) -> int | None:
@@ -339,10 +427,26 @@ def activate_run(wb: Workbench, actor: Actor, run_id: int, *, suggest: bool = Tr
     if not suggest:
         return None
     log_path = runs_dir(wb) / f"run-{run_id}-suggest.log"
-    command = [sys.executable, "-m", "app.cli", "--home", str(wb.settings.home), "--user", actor.username, "suggest",
-               "--checkpoint", str(run_dir(wb, run_id))]
+    command = [
+        sys.executable,
+        "-m",
+        "app.cli",
+        "--home",
+        str(wb.settings.home),
+        "--user",
+        actor.username,
+        "suggest",
+        "--checkpoint",
+        str(run_dir(wb, run_id)),
+    ]
     with log_path.open("ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                                   cwd=str(Path(__file__).resolve().parents[2]))
+        process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=str(Path(__file__).resolve().parents[2]),
+        )
     _children[process.pid] = process
     return process.pid

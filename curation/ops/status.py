@@ -10,14 +10,13 @@ from curation.store.models import Annotation, Draft, Image, User
 
 def workbench_status(wb: Workbench) -> dict:
     with wb.session() as s:
+
         def grouped(column) -> dict:
             rows = s.execute(select(column, func.count(Image.id)).group_by(column)).all()
             return {("unknown" if key is None else key): count for key, count in sorted(rows, key=lambda r: -r[1])}
 
         by_label_key = grouped(Image.diagnosis_key)
-        free_text = s.scalar(
-            select(func.count(Image.id)).where(Image.diagnosis_key.is_(None), Image.source_label.is_not(None))
-        )
+        free_text = s.scalar(select(func.count(Image.id)).where(Image.diagnosis_key.is_(None), Image.source_label.is_not(None)))
         return {
             "images": s.scalar(select(func.count(Image.id))) or 0,
             "by_status": grouped(Image.status),

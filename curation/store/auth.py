@@ -7,16 +7,16 @@ Passwords are hashed with argon2id (argon2-cffi defaults).
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
 import secrets
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import func, select
 
-from curation.store import audit
 from curation.errors import ConflictError, NotFound, PermissionDenied, SkinflowError
+from curation.store import audit
 from curation.store.models import ROLES, AuditEvent, User, utcnow
 
 ROLE_RANK = {role: rank for rank, role in enumerate(ROLES)}
@@ -55,9 +55,7 @@ def _check_role(role: str) -> str:
 def _check_username(username: str) -> str:
     name = username.strip().lower()
     if not _USERNAME.match(name):
-        raise SkinflowError(
-            f"invalid username {username!r}: use 2-64 characters, lower-case letters, digits, '.', '_' or '-'"
-        )
+        raise SkinflowError(f"invalid username {username!r}: use 2-64 characters, lower-case letters, digits, '.', '_' or '-'")
     return name
 
 
@@ -80,7 +78,9 @@ def count_users(wb) -> int:
         return s.scalar(select(func.count(User.id))) or 0
 
 
-def add_user(wb, actor: Actor | None, username: str, role: str, password: str | None = None, display_name: str = "") -> tuple[Actor, str]:
+def add_user(
+    wb, actor: Actor | None, username: str, role: str, password: str | None = None, display_name: str = ""
+) -> tuple[Actor, str]:
     """Create an account; returns it and its password (generated when not given).
     `actor` may be None only to create the very first account, which must be an admin."""
     name, role = _check_username(username), _check_role(role)
@@ -171,9 +171,16 @@ def authenticate(wb, username: str, password: str, *, now: datetime | None = Non
     name = username.strip().lower()
     now = now or utcnow()
     with wb.session() as s:
-        recent = s.scalars(select(AuditEvent.created_at).where(
-            AuditEvent.action == "auth.failed", AuditEvent.entity == "user", AuditEvent.username == name,
-            AuditEvent.created_at > now - FAILED_LOGIN_WINDOW).order_by(AuditEvent.created_at)).all()
+        recent = s.scalars(
+            select(AuditEvent.created_at)
+            .where(
+                AuditEvent.action == "auth.failed",
+                AuditEvent.entity == "user",
+                AuditEvent.username == name,
+                AuditEvent.created_at > now - FAILED_LOGIN_WINDOW,
+            )
+            .order_by(AuditEvent.created_at)
+        ).all()
     if len(recent) >= MAX_FAILED_LOGINS:
         first = recent[-MAX_FAILED_LOGINS]
         first = first if first.tzinfo else first.replace(tzinfo=timezone.utc)
@@ -191,8 +198,17 @@ def authenticate(wb, username: str, password: str, *, now: datetime | None = Non
                 ok = False
         if not ok:
             # recorded under the name tried (no user id): a throttle for unknown names too
-            s.add(AuditEvent(user_id=None, username=name[:64], action="auth.failed", entity="user", entity_id=None,
-                             payload={}, created_at=now))
+            s.add(
+                AuditEvent(
+                    user_id=None,
+                    username=name[:64],
+                    action="auth.failed",
+                    entity="user",
+                    entity_id=None,
+                    payload={},
+                    created_at=now,
+                )
+            )
         else:
             return _actor(user)
     raise InvalidCredentials("wrong username or password")

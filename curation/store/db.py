@@ -8,7 +8,6 @@ concurrent writers wait instead of failing with "database is locked".
 from __future__ import annotations
 
 import fcntl
-
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
@@ -63,12 +62,15 @@ def upgrade(engine: Engine) -> None:
         if current is not None and current not in known:
             raise DatabaseError(
                 f"the database at {engine.url.render_as_string(hide_password=True)} is at migration {current!r}, which this "
-                "version of SkinFlow does not know: it was written by a newer SkinFlow. Update the code (git pull && make install) "
+                "version of SkinFlow does not know: it was written by a newer SkinFlow. Update the code (git pull && make "
+                "install) "
                 "or point SKINFLOW_HOME / SKINFLOW_DATABASE_URL at another workbench; nothing was changed."
             )
         command.upgrade(config, "head")
     except SQLAlchemyError as e:
-        raise DatabaseError(f"cannot upgrade the database at {engine.url!r}: {e.__class__.__name__}: {e.args[0] if e.args else e}") from None
+        raise DatabaseError(
+            f"cannot upgrade the database at {engine.url!r}: {e.__class__.__name__}: {e.args[0] if e.args else e}"
+        ) from None
 
 
 @dataclass
@@ -107,7 +109,9 @@ def open_workbench(settings: Settings | None = None) -> Workbench:
         settings.home.mkdir(parents=True, exist_ok=True)
         settings.store_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise DatabaseError(f"cannot create the workbench folder {settings.home}: {e.strerror}; set SKINFLOW_HOME to a writable folder") from None
+        raise DatabaseError(
+            f"cannot create the workbench folder {settings.home}: {e.strerror}; set SKINFLOW_HOME to a writable folder"
+        ) from None
     engine = make_engine(settings.db_url)
     # Two processes opening a new workbench at once (the app and a CLI command) would both run the
     # migrations; a lock file in the workbench folder makes the second wait and find them done.

@@ -24,8 +24,10 @@ def read_secret(name: str, environ: dict[str, str] | None = None) -> str | None:
     try:
         secret = Path(file_name).read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read {name}_FILE={file_name}: {getattr(e, 'strerror', None) or e}; "
-                          "point it at a readable text file that holds only the key") from None
+        raise ConfigError(
+            f"cannot read {name}_FILE={file_name}: {getattr(e, 'strerror', None) or e}; "
+            "point it at a readable text file that holds only the key"
+        ) from None
     if not secret:
         raise ConfigError(f"{name}_FILE={file_name} is empty; put the key in it")
     return secret

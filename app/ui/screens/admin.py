@@ -11,20 +11,22 @@ import pandas as pd
 import streamlit as st
 
 from app.ui import state
-from curation.store.auth import add_user, list_users, set_password, set_role
 from curation.export.dataset import ExportFilter, export_dataset
 from curation.export.formats import EXTRA_FORMATS
 from curation.export.neardup import DEFAULT_MAX_DISTANCE, MAX_SUPPORTED_DISTANCE
-from curation.ingest.folder import import_folder
 from curation.ingest.archive import import_zip
-from curation.store.models import ROLES
+from curation.ingest.folder import import_folder
 from curation.labelling.workflow import QUEUE_STRATEGIES, get_workflow_settings, update_workflow_settings
+from curation.store.auth import add_user, list_users, set_password, set_role
+from curation.store.models import ROLES
 from schema.errors import SkinflowError
 
 
 def _report(report) -> None:
-    st.success(f"imported {report.imported}, already present {report.already_present}, "
-               f"duplicates {len(report.duplicates)}, failed {len(report.failed)}")
+    st.success(
+        f"imported {report.imported}, already present {report.already_present}, "
+        f"duplicates {len(report.duplicates)}, failed {len(report.failed)}"
+    )
     if report.failed:
         st.dataframe(pd.DataFrame(report.failed, columns=["item", "reason"]), hide_index=True, width="stretch")
 
@@ -91,8 +93,11 @@ def _export(wb, actor) -> None:
     names = {label.display: key for key, label in sorted(taxonomy.labels.items(), key=lambda kv: kv[1].display)}
     with st.form("export"):
         out = st.text_input("Export folder (a new one per version)", value=str(wb.settings.home / "exports" / "v1"))
-        formats = st.multiselect("Extra formats (JSONL + Parquet are always written)", EXTRA_FORMATS,
-                                 help="grpo is what `skinflow train` reads; hf: datasets.load_from_disk; labelstudio: tasks + config")
+        formats = st.multiselect(
+            "Extra formats (JSONL + Parquet are always written)",
+            EXTRA_FORMATS,
+            help="grpo is what `skinflow train` reads; hf: datasets.load_from_disk; labelstudio: tasks + config",
+        )
         include_unverified = st.checkbox("Include annotated but unverified records")
         labels = st.multiselect("Only these labels (empty: all)", list(names))
         groups = st.multiselect("Only these groups (empty: all)", taxonomy.groups3() + taxonomy.groups9())
@@ -103,9 +108,15 @@ def _export(wb, actor) -> None:
         distance = st.slider("Near-duplicate distance (perceptual hash bits)", 0, MAX_SUPPORTED_DISTANCE, DEFAULT_MAX_DISTANCE)
         submitted = st.form_submit_button("Export")
     if submitted:
-        selection = ExportFilter(include_unverified=include_unverified, labels=tuple(names[n] for n in labels), groups=tuple(groups),
-                                 fitzpatrick=tuple(fitzpatrick), sources=tuple(sources),
-                                 holdout_labels=tuple(names[n] for n in holdout), max_hash_distance=distance if dedup else None)
+        selection = ExportFilter(
+            include_unverified=include_unverified,
+            labels=tuple(names[n] for n in labels),
+            groups=tuple(groups),
+            fitzpatrick=tuple(fitzpatrick),
+            sources=tuple(sources),
+            holdout_labels=tuple(names[n] for n in holdout),
+            max_hash_distance=distance if dedup else None,
+        )
         try:
             result = export_dataset(wb, actor, Path(out), selection=selection, formats=tuple(formats))
         except SkinflowError as e:
@@ -115,8 +126,9 @@ def _export(wb, actor) -> None:
             st.success(f"Exported {result.n_records} records to {result.path} ({result.by_split}).")
     last = st.session_state.get("last_export")
     if last and Path(last).exists():
-        st.download_button("Download the export (zip)", _zip_folder(Path(last)), file_name=f"{Path(last).name}.zip",
-                           mime="application/zip")
+        st.download_button(
+            "Download the export (zip)", _zip_folder(Path(last)), file_name=f"{Path(last).name}.zip", mime="application/zip"
+        )
 
 
 def _settings(wb, actor) -> None:
@@ -130,8 +142,16 @@ def _settings(wb, actor) -> None:
         session = st.number_input("Session length (minutes)", 5, 7 * 24 * 60, current.session_minutes)
         if st.form_submit_button("Save settings"):
             try:
-                update_workflow_settings(wb, actor, overlap=int(overlap), lease_minutes=int(lease), queue_strategy=strategy,
-                                         gold_rate=float(gold), disagreement_threshold=float(threshold), session_minutes=int(session))
+                update_workflow_settings(
+                    wb,
+                    actor,
+                    overlap=int(overlap),
+                    lease_minutes=int(lease),
+                    queue_strategy=strategy,
+                    gold_rate=float(gold),
+                    disagreement_threshold=float(threshold),
+                    session_minutes=int(session),
+                )
             except SkinflowError as e:
                 state.show_error(e)
             else:

@@ -8,8 +8,8 @@ import streamlit as st
 
 from app.ui import state
 from app.ui.widgets import caption_form, diagnosis_widget
-from curation.labelling.annotate import QUALITY_FLAGS, current_annotation, save_work, submit_annotation
 from curation.errors import ConflictError
+from curation.labelling.annotate import QUALITY_FLAGS, current_annotation, save_work, submit_annotation
 from curation.labelling.queue import next_item, remaining, skip
 from curation.labelling.views import field_disagreements, image_detail, prefill_sources
 from schema.errors import SkinflowError
@@ -54,10 +54,19 @@ def _conflict(wb, actor, item, mine: dict) -> None:
     keep_mine, keep_theirs = st.columns(2)
     if keep_mine.button("Submit mine on top of the current version", type="primary"):
         try:
-            submit_annotation(wb, actor, item["image_id"], mine["caption"], diagnosis=mine["diagnosis"],
-                              diagnosis_status=mine["diagnosis_status"], supersedes_id=theirs["id"],
-                              quality_flags=mine["quality_flags"], rationale=mine["rationale"],
-                              seconds_spent=mine["seconds"], based_on_draft_id=mine["draft_id"])
+            submit_annotation(
+                wb,
+                actor,
+                item["image_id"],
+                mine["caption"],
+                diagnosis=mine["diagnosis"],
+                diagnosis_status=mine["diagnosis_status"],
+                supersedes_id=theirs["id"],
+                quality_flags=mine["quality_flags"],
+                rationale=mine["rationale"],
+                seconds_spent=mine["seconds"],
+                based_on_draft_id=mine["draft_id"],
+            )
         except SkinflowError as e:
             state.show_error(e)
         else:
@@ -108,20 +117,47 @@ def render() -> None:
         token, caption, draft_id, form = source.token, source.caption, source.draft_id, source.form
         prefix = f"a-{detail.id}-{token}-"
         values = caption_form(prefix, caption, detail.disagreements if form is None else [])
-        diagnosis, status = diagnosis_widget(prefix, wb.taxonomy, detail.diagnosis_key, detail.source_label,
-                                             detail.suggested_diagnoses, form)
-        flags = st.multiselect("Quality flags", QUALITY_FLAGS, default=(form or {}).get("quality_flags", []),
-                               format_func=lambda f: f.replace("_", " "), key=f"{prefix}flags")
-        rationale = st.text_area("Why this diagnosis? (optional)", value=(form or {}).get("rationale") or "", key=f"{prefix}why",
-                                 help="Your reasoning: it feeds the attribute weights used in training.")
-        mine = {"caption": values, "diagnosis": diagnosis, "diagnosis_status": status, "quality_flags": flags,
-                "rationale": rationale or None, "draft_id": draft_id, "seconds": round(time.time() - item["loaded_at"], 1)}
+        diagnosis, status = diagnosis_widget(
+            prefix, wb.taxonomy, detail.diagnosis_key, detail.source_label, detail.suggested_diagnoses, form
+        )
+        flags = st.multiselect(
+            "Quality flags",
+            QUALITY_FLAGS,
+            default=(form or {}).get("quality_flags", []),
+            format_func=lambda f: f.replace("_", " "),
+            key=f"{prefix}flags",
+        )
+        rationale = st.text_area(
+            "Why this diagnosis? (optional)",
+            value=(form or {}).get("rationale") or "",
+            key=f"{prefix}why",
+            help="Your reasoning: it feeds the attribute weights used in training.",
+        )
+        mine = {
+            "caption": values,
+            "diagnosis": diagnosis,
+            "diagnosis_status": status,
+            "quality_flags": flags,
+            "rationale": rationale or None,
+            "draft_id": draft_id,
+            "seconds": round(time.time() - item["loaded_at"], 1),
+        }
         submit_col, save_col, skip_col = st.columns(3)
         if submit_col.button("Submit", type="primary", key=f"{prefix}submit"):
             try:
-                submit_annotation(wb, actor, detail.id, values, diagnosis=diagnosis, diagnosis_status=status,
-                                  supersedes_id=item["base_id"], quality_flags=flags, rationale=rationale or None,
-                                  seconds_spent=mine["seconds"], based_on_draft_id=draft_id)
+                submit_annotation(
+                    wb,
+                    actor,
+                    detail.id,
+                    values,
+                    diagnosis=diagnosis,
+                    diagnosis_status=status,
+                    supersedes_id=item["base_id"],
+                    quality_flags=flags,
+                    rationale=rationale or None,
+                    seconds_spent=mine["seconds"],
+                    based_on_draft_id=draft_id,
+                )
             except ConflictError:
                 st.session_state["annotate_conflict"] = mine
                 st.rerun()

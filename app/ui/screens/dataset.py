@@ -9,9 +9,9 @@ import streamlit as st
 
 from app.ui import state
 from curation.labelling.annotate import QUALITY_FLAGS
-from curation.store.models import IMAGE_STATUSES
-from curation.ops.status import workbench_status
 from curation.labelling.views import SORTS, image_history, list_images, thumbnail
+from curation.ops.status import workbench_status
+from curation.store.models import IMAGE_STATUSES
 
 PAGE_SIZE = 50
 
@@ -35,26 +35,57 @@ def render() -> None:
         s1, s2, s3 = st.columns(3)
         sort = s1.selectbox("Sort by", list(SORTS))
         descending = s2.toggle("Descending")
-    rows, total = list_images(wb, actor, status=status, label=label, group9=group9, group3=group3, fitzpatrick=fitzpatrick,
-                              annotator=annotator, flag=flag, source=source, sort=sort, descending=descending,
-                              limit=PAGE_SIZE, offset=0)
+    rows, total = list_images(
+        wb,
+        actor,
+        status=status,
+        label=label,
+        group9=group9,
+        group3=group3,
+        fitzpatrick=fitzpatrick,
+        annotator=annotator,
+        flag=flag,
+        source=source,
+        sort=sort,
+        descending=descending,
+        limit=PAGE_SIZE,
+        offset=0,
+    )
     pages = max(1, -(-total // PAGE_SIZE))
     page = s3.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1)
     if page > 1:
-        rows, total = list_images(wb, actor, status=status, label=label, group9=group9, group3=group3, fitzpatrick=fitzpatrick,
-                                  annotator=annotator, flag=flag, source=source, sort=sort, descending=descending,
-                                  limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
+        rows, total = list_images(
+            wb,
+            actor,
+            status=status,
+            label=label,
+            group9=group9,
+            group3=group3,
+            fitzpatrick=fitzpatrick,
+            annotator=annotator,
+            flag=flag,
+            source=source,
+            sort=sort,
+            descending=descending,
+            limit=PAGE_SIZE,
+            offset=(page - 1) * PAGE_SIZE,
+        )
     st.caption(f"{total} images match")
     frame = pd.DataFrame(rows)
     if not frame.empty:
-        frame.insert(1, "thumbnail", [
-            "data:image/jpeg;base64," + base64.b64encode(data).decode() if (data := thumbnail(wb, r["id"], 96)) else None
-            for r in rows
-        ])
+        frame.insert(
+            1,
+            "thumbnail",
+            [
+                "data:image/jpeg;base64," + base64.b64encode(data).decode() if (data := thumbnail(wb, r["id"], 96)) else None
+                for r in rows
+            ],
+        )
         frame["annotators"] = frame["annotators"].map(", ".join)
         frame["flags"] = frame["flags"].map(", ".join)
-    st.dataframe(frame, hide_index=True, width="stretch",
-                 column_config={"thumbnail": st.column_config.ImageColumn("image", width="small")})
+    st.dataframe(
+        frame, hide_index=True, width="stretch", column_config={"thumbnail": st.column_config.ImageColumn("image", width="small")}
+    )
     st.subheader("History of one image")
     image_id = st.number_input("Image id", min_value=1, step=1, value=rows[0]["id"] if rows else 1)
     try:

@@ -19,8 +19,10 @@ def render() -> None:
     st.title("LLM drafting")
     settings = wb.settings
     model = st.text_input("Model", value=settings.llm_model or "", help="SKINFLOW_LLM_MODEL; any OpenAI-compatible vision model")
-    st.caption(f"Server: {settings.llm_base_url or 'OpenAI (api.openai.com)'} · set SKINFLOW_LLM_BASE_URL to change it. "
-               "The API key comes from SKINFLOW_LLM_API_KEY, OPENAI_API_KEY or SKINFLOW_LLM_API_KEY_FILE and is never shown.")
+    st.caption(
+        f"Server: {settings.llm_base_url or 'OpenAI (api.openai.com)'} · set SKINFLOW_LLM_BASE_URL to change it. "
+        "The API key comes from SKINFLOW_LLM_API_KEY, OPENAI_API_KEY or SKINFLOW_LLM_API_KEY_FILE and is never shown."
+    )
     try:
         config = LLMConfig.from_settings(settings, model or None)
     except SkinflowError as e:
@@ -45,14 +47,23 @@ def render() -> None:
             bar.progress(done / max(total, 1), text=f"{done} of {total} images")
 
         try:
-            report = draft_images(wb, actor, model=model or None, limit=int(limit) or None, concurrency=int(concurrency),
-                                  redo=redo, progress=progress)
+            report = draft_images(
+                wb,
+                actor,
+                model=model or None,
+                limit=int(limit) or None,
+                concurrency=int(concurrency),
+                redo=redo,
+                progress=progress,
+            )
         except SkinflowError as e:
             state.show_error(e)
         else:
             bar.progress(1.0, text="done")
-            st.success(f"Drafted {report.done} of {report.todo} images in {report.seconds:.1f} s; failed {len(report.failed)}; "
-                       f"tokens {report.prompt_tokens} in / {report.completion_tokens} out.")
+            st.success(
+                f"Drafted {report.done} of {report.todo} images in {report.seconds:.1f} s; failed {len(report.failed)}; "
+                f"tokens {report.prompt_tokens} in / {report.completion_tokens} out."
+            )
     st.subheader("Failures")
     failures = recent_failures(wb, actor)
     if failures:

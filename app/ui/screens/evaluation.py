@@ -16,8 +16,10 @@ def render() -> None:
     st.title("Evaluation")
     reports = list_reports(wb, actor)
     if not reports:
-        st.info(f"No reports yet. Write one with `skinflow eval --export EXPORT --checkpoint RUN --out {reports_dir(wb)}/NAME` "
-                "(or --predictions FILE, or --llm MODEL for a baseline).")
+        st.info(
+            f"No reports yet. Write one with `skinflow eval --export EXPORT --checkpoint RUN --out {reports_dir(wb)}/NAME` "
+            "(or --predictions FILE, or --llm MODEL for a baseline)."
+        )
         return
     names = [r.name for r in reports]
     chosen = st.selectbox("Report", names)

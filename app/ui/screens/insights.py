@@ -21,14 +21,16 @@ def render() -> None:
     wb = state.workbench()
     st.title("Insights")
     numbers = insights(wb)
-    st.caption("The same numbers: `skinflow status --json` (key \"insights\").")
+    st.caption('The same numbers: `skinflow status --json` (key "insights").')
     a, b, c = st.columns(3)
     a.metric("Images", numbers["images"])
     b.metric("Verified", numbers["verified"])
     c.metric("Items with 2+ annotators", numbers["agreement"]["items_with_2_or_more_annotators"])
 
     st.subheader("Progress")
-    progress = pd.DataFrame([{"day": day, "kind": kind, "count": n} for day, v in numbers["progress_by_day"].items() for kind, n in v.items()])
+    progress = pd.DataFrame(
+        [{"day": day, "kind": kind, "count": n} for day, v in numbers["progress_by_day"].items() for kind, n in v.items()]
+    )
     if not progress.empty:
         st.altair_chart(alt.Chart(progress).mark_line(point=True).encode(x="day:T", y="count:Q", color="kind:N"), width="stretch")
 
@@ -55,12 +57,21 @@ def render() -> None:
     st.subheader("Edit rate per field")
     rates = numbers["edit_rates"]
     if rates:
-        st.caption("How often annotators change the draft they prefilled from: the share of first versions whose field "
-                   "differs. A model suggestion with lower rates than the LLM draft is saving work.")
-        frame = pd.DataFrame([{"source": kind, "field": field, "edit rate": rate} for kind, v in rates.items()
-                              for field, rate in {**v["fields"], "diagnosis": v["diagnosis"]}.items()])
-        st.altair_chart(alt.Chart(frame).mark_bar().encode(x="edit rate:Q", y="field:N", color="source:N", yOffset="source:N"),
-                        width="stretch")
+        st.caption(
+            "How often annotators change the draft they prefilled from: the share of first versions whose field "
+            "differs. A model suggestion with lower rates than the LLM draft is saving work."
+        )
+        frame = pd.DataFrame(
+            [
+                {"source": kind, "field": field, "edit rate": rate}
+                for kind, v in rates.items()
+                for field, rate in {**v["fields"], "diagnosis": v["diagnosis"]}.items()
+            ]
+        )
+        st.altair_chart(
+            alt.Chart(frame).mark_bar().encode(x="edit rate:Q", y="field:N", color="source:N", yOffset="source:N"),
+            width="stretch",
+        )
         st.dataframe(frame.pivot(index="field", columns="source", values="edit rate"), width="stretch")
     else:
         st.caption("No annotation started from a draft yet.")

@@ -33,8 +33,11 @@ def _create(wb, actor) -> None:
             return
         with st.form("new-study"):
             name = st.text_input("Study name")
-            chosen = st.multiselect("Sources", [s["key"] for s in sources],
-                                    format_func=lambda k: next(f"{s['key']} ({s['images']} verified images)" for s in sources if s["key"] == k))
+            chosen = st.multiselect(
+                "Sources",
+                [s["key"] for s in sources],
+                format_func=lambda k: next(f"{s['key']} ({s['images']} verified images)" for s in sources if s["key"] == k),
+            )
             n = st.number_input("Images", min_value=1, max_value=10_000, value=30)
             if st.form_submit_button("Create study"):
                 try:
@@ -63,8 +66,16 @@ def _rate(wb, actor, study_id: int) -> None:
             st.text(caption_text(Caption.model_validate(caption)) if caption else "(no caption)")
             diagnoses = [taxonomy_label(wb.taxonomy, d["key"]) for d in output.get("diagnoses") or [] if d.get("key")]
             st.text("Diagnoses: " + ("; ".join(diagnoses[:6]) if diagnoses else "none"))
-            values = {scale: st.select_slider(f"{name}: {scale}", options=list(LIKERT), value=3, format_func=LIKERT.get,
-                                              key=f"{item.item_id}-{name}-{scale}") for scale in SCALES}
+            values = {
+                scale: st.select_slider(
+                    f"{name}: {scale}",
+                    options=list(LIKERT),
+                    value=3,
+                    format_func=LIKERT.get,
+                    key=f"{item.item_id}-{name}-{scale}",
+                )
+                for scale in SCALES
+            }
             values["comment"] = st.text_input(f"{name}: comment (optional)", key=f"{item.item_id}-{name}-comment")
             answers[key] = values
         if st.form_submit_button("Submit ratings"):
@@ -83,15 +94,23 @@ def _results(wb, actor, study_id: int) -> None:
     for scale, by_source in results["means"].items():
         for source, value in by_source.items():
             ci = value["ci95"]
-            rows.append({"scale": scale, "source": source, "mean": value["mean"], "items": value["n_items"],
-                         "95% CI": f"{ci[0]:.2f} - {ci[1]:.2f}" if ci else ""})
+            rows.append(
+                {
+                    "scale": scale,
+                    "source": source,
+                    "mean": value["mean"],
+                    "items": value["n_items"],
+                    "95% CI": f"{ci[0]:.2f} - {ci[1]:.2f}" if ci else "",
+                }
+            )
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
     st.markdown("Inter-rater agreement (Krippendorff's alpha, ordinal)")
     st.dataframe(pd.DataFrame([results["krippendorff_alpha"]]), hide_index=True, width="stretch")
     st.markdown("Paired Wilcoxon signed-rank tests (per-item means over raters)")
     st.dataframe(pd.DataFrame(results["wilcoxon"]), hide_index=True, width="stretch")
-    st.download_button("Download ratings (CSV)", ratings_csv(wb, actor, study_id), file_name=f"reader-study-{study_id}.csv",
-                       mime="text/csv")
+    st.download_button(
+        "Download ratings (CSV)", ratings_csv(wb, actor, study_id), file_name=f"reader-study-{study_id}.csv", mime="text/csv"
+    )
 
 
 def render() -> None:
@@ -104,11 +123,13 @@ def render() -> None:
     if not studies:
         st.info("No reader study yet." + (" Create one above." if actor.can("admin") else " An admin creates them."))
         return
-    study_id = st.selectbox("Study", [s["id"] for s in studies],
-                            format_func=lambda i: next(f"{s['name']} ({s['items']} images, {s['ratings']} ratings)" for s in studies if s["id"] == i))
+    study_id = st.selectbox(
+        "Study",
+        [s["id"] for s in studies],
+        format_func=lambda i: next(f"{s['name']} ({s['items']} images, {s['ratings']} ratings)" for s in studies if s["id"] == i),
+    )
     rate, results = st.tabs(["Rate", "Results"])
     with rate:
         _rate(wb, actor, study_id)
     with results:
         _results(wb, actor, study_id)
-

@@ -27,18 +27,37 @@ def _suspicious(wb, actor) -> None:
         if not issues:
             st.caption("None found. This needs model suggestions (Train page: activate a run) and at least two labels.")
             return
-        st.caption("Ranked by cleanlab from the active model's diagnosis scores: the model gives these labels the least "
-                   "probability. Source labels of web-scraped sets are the usual suspects.")
-        st.dataframe(pd.DataFrame([{"image": i.image_id, "label": taxonomy_label(wb.taxonomy, i.label), "from": i.label_source,
-                                    "model suggests": taxonomy_label(wb.taxonomy, i.suggested),
-                                    "model's probability of the label": round(i.label_quality, 3), "status": i.status}
-                                   for i in issues]), hide_index=True, width="stretch")
+        st.caption(
+            "Ranked by cleanlab from the active model's diagnosis scores: the model gives these labels the least "
+            "probability. Source labels of web-scraped sets are the usual suspects."
+        )
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {
+                        "image": i.image_id,
+                        "label": taxonomy_label(wb.taxonomy, i.label),
+                        "from": i.label_source,
+                        "model suggests": taxonomy_label(wb.taxonomy, i.suggested),
+                        "model's probability of the label": round(i.label_quality, 3),
+                        "status": i.status,
+                    }
+                    for i in issues
+                ]
+            ),
+            hide_index=True,
+            width="stretch",
+        )
         chosen = st.multiselect("Send back for review", [i.image_id for i in issues], format_func=lambda i: f"image #{i}")
         if chosen and st.button("Send back"):
             by_id = {i.image_id: i for i in issues}
             for image_id in chosen:
-                send_back_for_review(wb, actor, [image_id], note={"suggested": by_id[image_id].suggested,
-                                                                  "label_quality": round(by_id[image_id].label_quality, 4)})
+                send_back_for_review(
+                    wb,
+                    actor,
+                    [image_id],
+                    note={"suggested": by_id[image_id].suggested, "label_quality": round(by_id[image_id].label_quality, 4)},
+                )
             st.session_state["review_notice"] = f"Sent {len(chosen)} image(s) back for review."
             st.rerun()
 
@@ -65,10 +84,16 @@ def render() -> None:
     with image_column:
         if detail.path is not None:
             st.image(str(detail.path), width="stretch")
-        st.markdown(f"**Source label:** {taxonomy_label(wb.taxonomy, detail.diagnosis_key) if detail.diagnosis_key else plain(detail.source_label or 'none')}")
+        if detail.diagnosis_key:
+            source_label = taxonomy_label(wb.taxonomy, detail.diagnosis_key)
+        else:
+            source_label = plain(detail.source_label or "none")
+        st.markdown(f"**Source label:** {source_label}")
     with table_column:
         rows = {f.label: [_value(h["caption"], f.key) for h in heads] for f in FIELDS}
-        rows["Diagnosis"] = [taxonomy_label(wb.taxonomy, h["diagnosis_key"]) if h["diagnosis_key"] else (h["diagnosis_text"] or "—") for h in heads]
+        rows["Diagnosis"] = [
+            taxonomy_label(wb.taxonomy, h["diagnosis_key"]) if h["diagnosis_key"] else (h["diagnosis_text"] or "—") for h in heads
+        ]
         rows["Status"] = [h["diagnosis_status"] for h in heads]
         rows["Flags"] = [", ".join(h["quality_flags"]) or "—" for h in heads]
         rows["Rationale"] = [h["rationale"] or "—" for h in heads]
@@ -76,8 +101,10 @@ def render() -> None:
         st.dataframe(table, width="stretch")
         for pair in item["comparison"]["pairs"]:
             low = {k: round(v, 2) for k, v in pair["scores"].items() if v < 1}
-            st.caption(f"#{pair['a']} vs #{pair['b']}: label {'agrees' if pair['same_label'] else 'differs'}; "
-                       f"fields that differ: {low or 'none'}")
+            st.caption(
+                f"#{pair['a']} vs #{pair['b']}: label {'agrees' if pair['same_label'] else 'differs'}; "
+                f"fields that differ: {low or 'none'}"
+            )
         for head in heads:
             if head["user"] == actor.username and actor.role != "admin":
                 continue
@@ -91,16 +118,26 @@ def render() -> None:
                     st.rerun()
     st.subheader("Adjudicate")
     st.caption("Write the final record: it is stored as your annotation and verified.")
-    start = st.selectbox("Start from", range(len(heads)), format_func=lambda i: f"{heads[i]['user']} v{heads[i]['version']}",
-                         key=f"adj-start-{item['image_id']}")
+    start = st.selectbox(
+        "Start from",
+        range(len(heads)),
+        format_func=lambda i: f"{heads[i]['user']} v{heads[i]['version']}",
+        key=f"adj-start-{item['image_id']}",
+    )
     base = heads[start]
     prefix = f"adj-{item['image_id']}-{start}-"
     values = caption_form(prefix, base["caption"])
     diagnosis, status = diagnosis_widget(prefix, wb.taxonomy, detail.diagnosis_key, detail.source_label, [], base)
     if st.button("Adjudicate and verify", type="primary", key=f"{prefix}go"):
         try:
-            adjudicate(wb, actor, item["image_id"], values, diagnosis=diagnosis,
-                       diagnosis_status="corrected" if status == "corrected" else "confirmed")
+            adjudicate(
+                wb,
+                actor,
+                item["image_id"],
+                values,
+                diagnosis=diagnosis,
+                diagnosis_status="corrected" if status == "corrected" else "confirmed",
+            )
         except SkinflowError as e:
             state.show_error(e)
         else:

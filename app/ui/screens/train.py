@@ -10,9 +10,21 @@ import streamlit as st
 
 from app.ui import state
 from curation.export.dataset import SPLITS
+from curation.ops.runs import (
+    ABLATION_VARIANTS,
+    PRESETS,
+    AblationRequest,
+    ablation_report,
+    activate_run,
+    budget_overrides,
+    cancel_run,
+    list_runs,
+    log_tail,
+    read_metrics,
+    resume_run,
+    start_training,
+)
 from curation.store.models import UNFINISHED_RUN_STATUSES
-from curation.ops.runs import (ABLATION_VARIANTS, PRESETS, AblationRequest, budget_overrides, ablation_report, activate_run, cancel_run, list_runs, log_tail, read_metrics,
-                           resume_run, start_training)
 from schema.errors import SkinflowError
 
 
@@ -21,8 +33,9 @@ def _curves(metrics: list[dict]) -> None:
     if frame.empty:
         st.caption("No metrics logged yet.")
         return
-    keys = [k for k in frame.columns if k.startswith("reward/") and k.endswith("/mean")] + \
-        [k for k in ("loss", "kl") if k in frame.columns]
+    keys = [k for k in frame.columns if k.startswith("reward/") and k.endswith("/mean")] + [
+        k for k in ("loss", "kl") if k in frame.columns
+    ]
     long = frame.melt(id_vars=["stage", "step"], value_vars=keys, var_name="measure").dropna()
     chart = alt.Chart(long).mark_line(point=True).encode(x="step:Q", y="value:Q", color="stage:N").properties(height=140)
     st.altair_chart(chart.facet(facet="measure:N", columns=3).resolve_scale(y="independent"))
@@ -39,7 +52,10 @@ def _run_details(wb, actor, run_id: int) -> None:
         else:
             stages = progress.get("stages") or [0, 1, 2]
             index, step, total = progress.get("stage_index", 0), progress.get("step", 0), max(progress.get("max_steps") or 1, 1)
-            fraction, text = (index + step / total) / len(stages), f"{progress.get('stage_name', 'starting')}: step {step} of {total}"
+            fraction, text = (
+                (index + step / total) / len(stages),
+                f"{progress.get('stage_name', 'starting')}: step {step} of {total}",
+            )
             stopping = "the run stops at its next step and keeps its last checkpoint."
         st.progress(min(1.0, fraction), text=text)
         if st.button("Cancel ablation" if run.kind == "ablation" else "Cancel run"):
@@ -66,7 +82,12 @@ def _run_details(wb, actor, run_id: int) -> None:
         _curves(read_metrics(wb, run.id))
     with st.expander("Log (last lines)"):
         st.code(log_tail(wb, run.id) or "(empty)", language=None)
-    if run.status == "done" and run.kind == "train" and not run.active and st.button(f"Activate run #{run.id}: suggest for the queue"):
+    if (
+        run.status == "done"
+        and run.kind == "train"
+        and not run.active
+        and st.button(f"Activate run #{run.id}: suggest for the queue")
+    ):
         try:
             activate_run(wb, actor, run.id)
         except SkinflowError as e:
@@ -80,8 +101,10 @@ def _ablation_table(wb, run_id: int) -> None:
     if report is None:
         st.caption("The table appears here when every variant is trained and evaluated.")
         return
-    st.markdown(f"**Ablation**: {len(report['seeds'])} seed(s), {report['n_items']} {report['split']} items; mean ± spread over "
-                f"seeds; differences are variant − {report['reference']} with 95% bootstrap intervals.")
+    st.markdown(
+        f"**Ablation**: {len(report['seeds'])} seed(s), {report['n_items']} {report['split']} items; mean ± spread over "
+        f"seeds; differences are variant − {report['reference']} with 95% bootstrap intervals."
+    )
     rows = []
     for name, variant in report["variants"].items():
         row = {"variant": name, "what": variant["description"]}
@@ -91,7 +114,9 @@ def _ablation_table(wb, run_id: int) -> None:
         vs = variant.get("vs_reference")
         if vs and vs["top1"]["difference"] is not None:
             low, high = vs["top1"]["difference_ci95"] or (None, None)
-            row["Δ top1 vs full"] = f"{vs['top1']['difference']:+.3f}" + (f" [{low:+.3f}, {high:+.3f}]" if low is not None else "")
+            row["Δ top1 vs full"] = f"{vs['top1']['difference']:+.3f}" + (
+                f" [{low:+.3f}, {high:+.3f}]" if low is not None else ""
+            )
         row["train s"] = round(variant["train_s"]["mean"] or 0)
         row["parameters"] = (variant["parameters"] or {}).get("total")
         rows.append(row)
@@ -102,21 +127,35 @@ def _ablation_table(wb, run_id: int) -> None:
 
 def _ablation_form(wb, actor) -> None:
     with st.expander("Ablation: is FDLinear / stage I worth it on our data?"):
-        st.caption("Trains every chosen variant with the same steps and seeds on one fresh export and evaluates each on the "
-                   "same split (`skinflow ablate`). With the tiny preset, about 2-3 minutes per variant and seed on a CPU.")
+        st.caption(
+            "Trains every chosen variant with the same steps and seeds on one fresh export and evaluates each on the "
+            "same split (`skinflow ablate`). With the tiny preset, about 2-3 minutes per variant and seed on a CPU."
+        )
         with st.form("ablation"):
             preset = st.selectbox("Preset", PRESETS, key="ablation-preset")
             variants = st.multiselect("Variants", ABLATION_VARIANTS, default=list(ABLATION_VARIANTS))
-            split = st.selectbox("Evaluate on", SPLITS[::-1], key="ablation-split",
-                                 help="The export split every variant is scored on (test unless it is too small).")
+            split = st.selectbox(
+                "Evaluate on",
+                SPLITS[::-1],
+                key="ablation-split",
+                help="The export split every variant is scored on (test unless it is too small).",
+            )
             seeds = st.number_input("Seeds", min_value=1, max_value=10, value=3, key="ablation-seeds")
-            epochs = st.number_input("Warm-start (SFT) epochs (0: the preset's)", min_value=0, max_value=1000, value=0,
-                                     key="ablation-epochs")
-            steps = st.number_input("GRPO steps per stage (0: the preset's)", min_value=0, max_value=100_000, value=0, key="ablation-steps")
+            epochs = st.number_input(
+                "Warm-start (SFT) epochs (0: the preset's)", min_value=0, max_value=1000, value=0, key="ablation-epochs"
+            )
+            steps = st.number_input(
+                "GRPO steps per stage (0: the preset's)", min_value=0, max_value=100_000, value=0, key="ablation-steps"
+            )
             if st.form_submit_button("Start ablation"):
                 try:
-                    run_id = start_training(wb, actor, preset=preset, overrides=budget_overrides(int(epochs), int(steps)),
-                                            ablation=AblationRequest(seeds=int(seeds), variants=tuple(variants), split=split))
+                    run_id = start_training(
+                        wb,
+                        actor,
+                        preset=preset,
+                        overrides=budget_overrides(int(epochs), int(steps)),
+                        ablation=AblationRequest(seeds=int(seeds), variants=tuple(variants), split=split),
+                    )
                 except SkinflowError as e:
                     state.show_error(e)
                 else:
@@ -127,8 +166,10 @@ def render() -> None:
     actor = state.require_role("admin", "The train page")
     wb = state.workbench()
     st.title("Train")
-    st.caption("Retraining takes a fresh export of the verified data (training never reads the live database) and runs "
-               "`skinflow train` in the background: closing the browser does not stop it.")
+    st.caption(
+        "Retraining takes a fresh export of the verified data (training never reads the live database) and runs "
+        "`skinflow train` in the background: closing the browser does not stop it."
+    )
     with st.form("retrain"):
         preset = st.selectbox("Preset", PRESETS, help="tiny: CPU, minutes. qwen2.5-vl-7b: GPUs and pretrained weights.")
         epochs = st.number_input("Warm-start (SFT) epochs (0: the preset's)", min_value=0, max_value=1000, value=0)
@@ -146,10 +187,30 @@ def render() -> None:
         st.info("No training runs yet.")
         return
     st.subheader("Runs")
-    st.dataframe(pd.DataFrame([{"run": r.id, "kind": r.kind, "status": r.status, "active": r.active, "preset": r.preset, "by": r.created_by,
-                                "started": r.created_at, "finished": r.finished_at, "export": r.export_path, "error": r.error}
-                               for r in runs]), hide_index=True, width="stretch")
-    chosen = st.selectbox("Run", [r.id for r in runs], format_func=lambda i: next(f"#{r.id} {r.kind} {r.status}" for r in runs if r.id == i))
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "run": r.id,
+                    "kind": r.kind,
+                    "status": r.status,
+                    "active": r.active,
+                    "preset": r.preset,
+                    "by": r.created_by,
+                    "started": r.created_at,
+                    "finished": r.finished_at,
+                    "export": r.export_path,
+                    "error": r.error,
+                }
+                for r in runs
+            ]
+        ),
+        hide_index=True,
+        width="stretch",
+    )
+    chosen = st.selectbox(
+        "Run", [r.id for r in runs], format_func=lambda i: next(f"#{r.id} {r.kind} {r.status}" for r in runs if r.id == i)
+    )
     if next(r for r in runs if r.id == chosen).status in UNFINISHED_RUN_STATUSES:
         st.fragment(_run_details, run_every="3s")(wb, actor, chosen)  # polls progress.json while it runs
     else:

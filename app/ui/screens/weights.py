@@ -16,8 +16,10 @@ def render() -> None:
     actor = state.require_role("reviewer", "The weights page")
     wb = state.workbench()
     st.title("Attribute weights")
-    st.caption("Each field's weight is how often diagnostic reasonings mention it (LLM reasonings and annotators' rationales), "
-               "normalised to sum 1 with a floor. The active set goes into every export and the stage I reward.")
+    st.caption(
+        "Each field's weight is how often diagnostic reasonings mention it (LLM reasonings and annotators' rationales), "
+        "normalised to sum 1 with a floor. The active set goes into every export and the stage I reward."
+    )
     sets = list_weight_sets(wb)
     if actor.can("admin"):
         with st.expander("Compute a new weight set", expanded=not sets):
@@ -29,20 +31,35 @@ def render() -> None:
                 except SkinflowError as e:
                     state.show_error(e)
                 else:
-                    st.success(f"Created {info.name} from {info.n_reasonings} reasonings" + (" (active)." if info.active else "."))
+                    st.success(
+                        f"Created {info.name} from {info.n_reasonings} reasonings" + (" (active)." if info.active else ".")
+                    )
                     sets = list_weight_sets(wb)
     if not sets:
         st.info("No weight sets yet. Run `skinflow reasonings`, or add rationales when annotating, then compute one.")
         return
-    chosen = st.selectbox("Weight set", [w.id for w in sets], format_func=lambda i: next(
-        f"{w.name}{' (active)' if w.active else ''}: {w.n_reasonings} reasonings" for w in sets if w.id == i))
+    chosen = st.selectbox(
+        "Weight set",
+        [w.id for w in sets],
+        format_func=lambda i: next(
+            f"{w.name}{' (active)' if w.active else ''}: {w.n_reasonings} reasonings" for w in sets if w.id == i
+        ),
+    )
     current = next(w for w in sets if w.id == chosen)
-    frame = pd.DataFrame({"field": FIELD_KEYS, "weight": [current.weights[k] for k in FIELD_KEYS],
-                          "mentions": [current.counts.get(k, 0) for k in FIELD_KEYS]})
+    frame = pd.DataFrame(
+        {
+            "field": FIELD_KEYS,
+            "weight": [current.weights[k] for k in FIELD_KEYS],
+            "mentions": [current.counts.get(k, 0) for k in FIELD_KEYS],
+        }
+    )
     left, right = st.columns(2)
-    left.altair_chart(alt.Chart(frame).mark_bar().encode(x="weight:Q", y=alt.Y("field:N", sort=list(FIELD_KEYS))), width="stretch")
-    right.altair_chart(alt.Chart(frame).mark_bar(color="#999").encode(x="mentions:Q", y=alt.Y("field:N", sort=list(FIELD_KEYS))),
-                       width="stretch")
+    left.altair_chart(
+        alt.Chart(frame).mark_bar().encode(x="weight:Q", y=alt.Y("field:N", sort=list(FIELD_KEYS))), width="stretch"
+    )
+    right.altair_chart(
+        alt.Chart(frame).mark_bar(color="#999").encode(x="mentions:Q", y=alt.Y("field:N", sort=list(FIELD_KEYS))), width="stretch"
+    )
     st.dataframe(frame, hide_index=True, width="stretch")
     st.subheader("Evidence")
     for key in FIELD_KEYS:
@@ -50,9 +67,25 @@ def render() -> None:
             sentences = evidence(wb, key, current.params.get("source", "all"))
             st.write("\n".join(f"- {s}" for s in sentences) if sentences else "No sentence mentions this field.")
     st.subheader("History")
-    st.dataframe(pd.DataFrame([{"id": w.id, "name": w.name, "active": w.active, "reasonings": w.n_reasonings, "floor": w.floor,
-                                "source": w.params.get("source"), "created by": w.created_by, "created": w.created_at} for w in sets]),
-                 hide_index=True, width="stretch")
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "id": w.id,
+                    "name": w.name,
+                    "active": w.active,
+                    "reasonings": w.n_reasonings,
+                    "floor": w.floor,
+                    "source": w.params.get("source"),
+                    "created by": w.created_by,
+                    "created": w.created_at,
+                }
+                for w in sets
+            ]
+        ),
+        hide_index=True,
+        width="stretch",
+    )
     if actor.can("admin") and not current.active and st.button(f"Make {current.name} active"):
         try:
             activate_weight_set(wb, actor, current.id)

@@ -19,7 +19,9 @@ def _template(version: str) -> jinja2.Template:
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in FOLDER.glob("*.j2")))
         raise ConfigError(f"no prompt {version!r}; known prompts: {known}")
-    return jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True).from_string(path.read_text(encoding="utf-8"))
+    return jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True).from_string(
+        path.read_text(encoding="utf-8")
+    )
 
 
 def render_prompt(version: str, **values) -> str:

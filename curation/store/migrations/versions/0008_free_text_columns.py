@@ -7,21 +7,21 @@ Revision ID: 0008
 Revises: 0007
 Create Date: 2026-11-22
 """
-from alembic import op
+
 import sqlalchemy as sa
+from alembic import op
 
-
-revision = '0008'
-down_revision = '0007'
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
 # table -> [(column, old length)]
 WIDENED = {
-    'exports': [('format', 32)],
-    'drafts': [('producer', 128), ('version', 64)],
-    'reasonings': [('producer', 128), ('prompt_version', 64)],
-    'users': [('display_name', 128)],
+    "exports": [("format", 32)],
+    "drafts": [("producer", 128), ("version", 64)],
+    "reasonings": [("producer", 128), ("prompt_version", 64)],
+    "users": [("display_name", 128)],
 }
 
 
