@@ -1,1 +1,1 @@
-"""What people touch: the CLI (app/cli.py) and the Streamlit app (app/ui/main.py, pages in app/ui/screens/)."""
+"""What people touch: the CLI (app/cli/) and the Streamlit app (app/ui/main.py, pages in app/ui/screens/)."""

@@ -27,7 +27,8 @@ import pyarrow.parquet as pq  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
 from benchmarks.app import record, write_section  # noqa: E402
-from curation.export.dataset import ExportFilter, _parquet_table, collect_records, export_dataset, write_canonical  # noqa: E402
+from curation.export.canonical import parquet_table, write_canonical  # noqa: E402
+from curation.export.dataset import ExportFilter, collect_records, export_dataset  # noqa: E402
 from curation.store.auth import add_user  # noqa: E402
 from curation.store.db import open_workbench  # noqa: E402
 from curation.store.files import store_path  # noqa: E402
@@ -116,7 +117,7 @@ def main() -> None:
         write_canonical(records, out)
         ours = time.perf_counter() - start
         start = time.perf_counter()
-        table = _parquet_table(records)
+        table = parquet_table(records)
         build_table = time.perf_counter() - start
         start = time.perf_counter()
         pq.write_table(table, out / "raw.parquet")

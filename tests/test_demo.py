@@ -5,7 +5,8 @@ import numpy as np
 from PIL import Image
 from sqlalchemy import func, select
 
-from curation.ingest.demo import ARCHETYPES, SKIN_RGB, build_demo, generate_cases, noisy_draft
+from curation.ingest.demo import build_demo
+from curation.ingest.demo_cases import ARCHETYPES, SKIN_RGB, generate_cases, noisy_draft
 from curation.store.models import Annotation, Draft
 from curation.store.models import Image as ImageRow
 from schema import Caption, caption_scores, default_taxonomy

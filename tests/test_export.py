@@ -7,8 +7,9 @@ import pytest
 from sqlalchemy import select
 
 from curation.errors import ExportError
-from curation.export import dataset as export_module
-from curation.export.dataset import assign_splits, export_dataset
+from curation.export import canonical as canonical_module
+from curation.export.dataset import export_dataset
+from curation.export.splits import assign_splits
 from curation.ingest.demo import build_demo
 from curation.store.models import Export
 from schema import Caption, parse
@@ -107,7 +108,7 @@ def test_an_interrupted_export_leaves_nothing_half_written(demo_wb, tmp_path, mo
     def crash(*args, **kwargs):
         raise KeyboardInterrupt  # as if the user pressed Ctrl-C while the parquet file was written
 
-    monkeypatch.setattr(export_module.pq, "write_table", crash)
+    monkeypatch.setattr(canonical_module.pq, "write_table", crash)
     with pytest.raises(KeyboardInterrupt):
         export_dataset(wb, admin, tmp_path / "v2")
     with pytest.raises(KeyboardInterrupt):

@@ -12,7 +12,8 @@ import yaml
 from PIL import Image as PILImage
 
 from curation.errors import ExportError
-from curation.export.dataset import ExportFilter, export_dataset, verify_export
+from curation.export.canonical import verify_export
+from curation.export.dataset import ExportFilter, export_dataset
 from curation.export.neardup import hamming, near_duplicate_groups
 from curation.ingest.clean import dhash
 from curation.ingest.demo import build_demo

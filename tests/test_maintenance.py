@@ -73,7 +73,7 @@ def test_backup_and_restore_round_trip(wb, admin, tmp_path):
     from curation.ops.maintenance import backup, manifest_path, restore
     from curation.store.auth import add_user, list_users
     from curation.store.db import open_workbench
-    from curation.store.models import Image
+    from curation.store.models import AuditEvent, Image
     from tests.helpers import jpeg_bytes, photo, write
 
     import_path(wb, admin, write(tmp_path / "in" / "a.jpg", jpeg_bytes(photo(1))))
@@ -97,6 +97,8 @@ def test_backup_and_restore_round_trip(wb, admin, tmp_path):
         assert "later" not in [u["username"] for u in list_users(again, admin)]
         with again.session() as s:
             assert s.scalar(select(func.count(Image.id))) == 1
+            restored = s.scalars(select(AuditEvent).where(AuditEvent.action == "database.restore")).all()
+            assert [e.payload["source"] for e in restored] == [str(saved)]  # audited in the database it restored
     finally:
         again.close()
     previous = open_workbench(

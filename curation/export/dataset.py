@@ -16,22 +16,21 @@ import json
 import os
 import shutil
 import tempfile
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import orjson
-import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image as PILImage
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from curation.errors import ExportError
+from curation.export.canonical import file_sha256, write_canonical
 from curation.export.datacard import fitzpatrick_chart, render_card
 from curation.export.formats import EXTRA_FORMATS, WRITERS
 from curation.export.neardup import DEFAULT_MAX_DISTANCE, MAX_SUPPORTED_DISTANCE, near_duplicate_groups
+from curation.export.splits import SPLITS, assign_splits
 from curation.ingest.clean import dhash
 from curation.labelling.annotate import latest_model_drafts
 from curation.ops.insights import insights
@@ -41,12 +40,10 @@ from curation.store.db import Workbench
 from curation.store.files import sweep_leftovers
 from curation.store.models import Annotation, Export, Image, Review, User, WeightSet
 from schema.caption import SCHEMA_VERSION, Caption, render
-from schema.fields import FIELDS
 from schema.files import temp_owner_tag
 from schema.vocabulary import default_vocabulary
 
 FORMAT_VERSION = 1
-SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -56,44 +53,6 @@ class ExportResult:
     by_split: dict[str, int]
     manifest_sha256: str
     duplicate_groups: int = 0
-
-
-def assign_splits(
-    items: list[tuple[str, str, str]], seed: int, fractions: tuple[float, float, float], holdout: frozenset[str] = frozenset()
-) -> dict[str, str]:
-    """{item: split} for (item, stratum, group) triples. Whole groups (near-duplicates) go to one split;
-    groups are stratified by their stratum (label) and ordered by sha256(seed:group), deterministic
-    by seed. Strata in `holdout` go entirely to test (a zero-shot split)."""
-    group_stratum: dict[str, str] = {}
-    members: dict[str, list[str]] = defaultdict(list)
-    held_out_groups: set[str] = set()
-    for item, stratum, group in items:
-        group_stratum.setdefault(group, stratum)
-        members[group].append(item)
-        if stratum in holdout:  # a group touching a held-out class goes to test whole: the class stays unseen
-            held_out_groups.add(group)
-    by_stratum: dict[str, list[str]] = defaultdict(list)
-    for group, stratum in group_stratum.items():
-        by_stratum[stratum].append(group)
-    out = {}
-    train_end, val_end = fractions[0], fractions[0] + fractions[1]
-    for groups in by_stratum.values():
-        ordered = sorted(groups, key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
-        n = len(ordered)
-        for rank, group in enumerate(ordered):
-            position = (rank + 0.5) / n
-            split = (
-                "test"
-                if group in held_out_groups
-                else "train"
-                if position < train_end
-                else "val"
-                if position < val_end
-                else "test"
-            )
-            for item in members[group]:
-                out[item] = split
-    return out
 
 
 def _chain_authors(annotation: Annotation, by_id: dict[int, Annotation], usernames: dict[int, str]) -> list[str]:
@@ -222,64 +181,6 @@ def collect_records(
         record["duplicate_group"] = groups[record["sha256"]][:12]
     sizes = Counter(groups.values())
     return records, sum(1 for n in sizes.values() if n > 1)
-
-
-def _parquet_table(records: list[dict[str, Any]]) -> pa.Table:
-    columns: dict[str, list] = {
-        "id": [r["id"] for r in records],
-        "image": [r["image"] for r in records],
-        "sha256": [r["sha256"] for r in records],
-        "split": [r["split"] for r in records],
-        "caption_json": [orjson.dumps(r["caption"], option=orjson.OPT_SORT_KEYS).decode() for r in records],
-        "caption_text": [r["caption_text"] for r in records],
-    }
-    types: dict[str, pa.DataType] = {
-        "id": pa.int64(),
-        "image": pa.string(),
-        "sha256": pa.string(),
-        "split": pa.string(),
-        "caption_json": pa.string(),
-        "caption_text": pa.string(),
-    }
-    for f in FIELDS:  # one column per caption field, for filtering in pandas / SQL engines
-        columns[f.key] = [r["caption"][f.key] for r in records]
-        types[f.key] = pa.list_(pa.string()) if f.kind == "multi" else pa.string()
-    columns["size_mm"], types["size_mm"] = [r["caption"]["size_mm"] for r in records], pa.float64()
-    for key, kind in (
-        ("diagnosis_key", pa.string()),
-        ("diagnosis_display", pa.string()),
-        ("diagnosis_text", pa.string()),
-        ("group9", pa.string()),
-        ("group3", pa.string()),
-        ("diagnosis_status", pa.string()),
-        ("fitzpatrick", pa.int64()),
-        ("annotators", pa.list_(pa.string())),
-        ("reviewer", pa.string()),
-        ("verified", pa.bool_()),
-        ("source", pa.string()),
-        ("source_label", pa.string()),
-        ("width", pa.int64()),
-        ("height", pa.int64()),
-    ):
-        columns[key], types[key] = [r[key] for r in records], kind
-    schema = pa.schema([(name, types[name]) for name in columns])
-    return pa.table(columns, schema=schema)
-
-
-def write_canonical(records: list[dict[str, Any]], folder: Path) -> None:
-    """records.jsonl (one record per line, keys sorted, UTF-8) and records.parquet (zstd) into folder."""
-    # orjson: ~3x faster than json.dumps here, which was most of the time of this step at 100k records
-    with (folder / "records.jsonl").open("wb") as handle:
-        handle.writelines(orjson.dumps(record, option=orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE) for record in records)
-    pq.write_table(_parquet_table(records), folder / "records.parquet", compression="zstd")
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -429,7 +330,7 @@ def export_dataset(
         for path in staging.rglob("*"):
             relative = str(path.relative_to(staging))
             if path.is_file() and relative not in files:
-                files[relative] = _file_sha256(path)
+                files[relative] = file_sha256(path)
         manifest["files"] = dict(sorted(files.items()))
         manifest_text = json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
         (staging / "manifest.json").write_text(manifest_text, encoding="utf-8")
@@ -460,27 +361,3 @@ def export_dataset(
             session, actor, "export.create", "export", row.id, path=str(out), n_records=len(records), formats=manifest["formats"]
         )
     return ExportResult(out, len(records), by_split, manifest_sha, duplicate_groups)
-
-
-def verify_export(folder: Path) -> list[str]:
-    """Re-hash every file of an export against its manifest; the problems found (empty: all good)."""
-    folder = Path(folder)
-    try:
-        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-        files = manifest["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise ExportError(f"{folder} has no readable manifest.json: is it a SkinFlow export folder?") from None
-    problems = []
-    for name, digest in files.items():
-        path = folder / name
-        if not path.is_file():
-            problems.append(f"missing: {name}")
-        elif _file_sha256(path) != digest:
-            problems.append(f"changed: {name}")
-    listed = set(files) | {"manifest.json"}
-    problems += [
-        f"not in the manifest: {p.relative_to(folder)}"
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and str(p.relative_to(folder)) not in listed
-    ]
-    return problems

@@ -6,6 +6,10 @@
 - An image is `annotated` once it has an annotation and `verified` once a reviewer (not the
   author) verifies its latest annotation. Superseding a verified annotation sends the image
   back to review.
+
+One module (~430 lines) on purpose: these rules hold together (a submit, an edit, a review and a draft each
+touch the same version chain and image status in one transaction); split, a reader would have to hold
+several files in mind to check one invariant.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from sqlalchemy import select, text
 from curation.errors import DatabaseError
 from curation.store import audit
 from curation.store.auth import Actor, require
-from curation.store.db import Workbench, alembic_config
+from curation.store.db import Workbench, alembic_config, open_workbench
 from curation.store.files import sweep_store
 from curation.store.models import Image
 
@@ -83,7 +83,8 @@ def restore(settings, backup_file: Path) -> RestoreReport:
     """Replace the workbench database with a backup. Stop the app and other skinflow processes first.
     The backup is checked (SQLite, integrity, a skinflow schema) before anything changes; the current
     database is kept beside it as <db>.before-restore-<time>; images the backup's manifest lists but the
-    store lacks are reported (copy images/ back from your file backup)."""
+    store lacks are reported (copy images/ back from your file backup). The restored database is migrated to
+    this version and the restore is audited in it."""
     backup_file = Path(backup_file)
     if not backup_file.is_file():
         raise DatabaseError(f"backup file {backup_file} does not exist")
@@ -112,6 +113,12 @@ def restore(settings, backup_file: Path) -> RestoreReport:
         target.with_name(target.name + suffix).unlink(missing_ok=True)
     staging.replace(target)
     report = RestoreReport(backup_file, previous)
+    wb = open_workbench(settings)  # runs the migrations a backup from an older version needs
+    try:
+        with wb.session() as session:
+            audit.record(session, None, "database.restore", "database", None, source=str(backup_file))
+    finally:
+        wb.close()
     if manifest_path(backup_file).exists():
         listed = json.loads(manifest_path(backup_file).read_text(encoding="utf-8"))["images"]
         report.images = len(listed)

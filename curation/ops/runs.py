@@ -11,6 +11,9 @@ with its metrics; a run whose process died without finishing becomes failed, wit
 reason; queued runs start when a slot is free (one at a time by default: WorkflowSettings.training_slots).
 Cancelling asks the trainer to stop at the next step (a flag file: it saves a checkpoint and exits), and
 terminates the process group if it has not stopped within CANCEL_GRACE_S.
+
+One module (~450 lines) on purpose: it is one lifecycle (queue, launch, reconcile, cancel, resume, activate)
+over one table and one run folder; every function reads the statuses the others write.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from typing import Any
 from sqlalchemy import select
 
 from curation.errors import NotFound, SkinflowError
-from curation.export.dataset import SPLITS, export_dataset
+from curation.export.dataset import export_dataset
+from curation.export.splits import SPLITS
 from curation.labelling.workflow import get_workflow_settings, update_workflow_settings
 from curation.store import audit
 from curation.store.auth import Actor, require

@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from app.ui import state
-from curation.export.dataset import SPLITS
+from curation.export.splits import SPLITS
 from curation.ops.runs import (
     ABLATION_VARIANTS,
     PRESETS,

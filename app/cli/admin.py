@@ -1,0 +1,162 @@
+"""Commands that keep a workbench running: the web app, backup and restore, the doctor, accounts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from app.cli.common import app, context, err, out, print_new_accounts
+from curation.ops.maintenance import backup as backup_database
+from curation.ops.maintenance import doctor as run_doctor
+from curation.ops.maintenance import fix_store
+from curation.store.auth import add_user, list_users, set_password, set_role
+from curation.store.models import ROLES
+
+users_app = typer.Typer(no_args_is_help=True, help="Manage accounts (admin).")
+app.add_typer(users_app, name="users")
+
+
+@app.command("app")
+def app_(
+    ctx: typer.Context,
+    host: str = typer.Option(
+        "127.0.0.1", help="Address to listen on. Keep 127.0.0.1 unless a TLS reverse proxy is in front (README)."
+    ),
+    port: int = typer.Option(8501, help="Port."),
+) -> None:
+    """Start the web app (Streamlit), after upgrading the database."""
+    c = context(ctx)
+    wb = c.workbench()  # creates and upgrades the database before the app starts
+    env = {**os.environ, "SKINFLOW_HOME": str(wb.settings.home.resolve())}
+    script = Path(__file__).resolve().parents[1] / "ui" / "main.py"
+    out.print(f"SkinFlow Workbench on http://{host}:{port} (workbench {wb.settings.home.resolve()}); Ctrl-C stops it")
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(script),
+        "--server.address",
+        host,
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--server.fileWatcherType",
+        "none",
+        "--client.toolbarMode",
+        "minimal",
+    ]
+    raise typer.Exit(subprocess.call(command, env=env))
+
+
+@app.command()
+def backup(
+    ctx: typer.Context, out_file: Optional[Path] = typer.Option(None, "--out", help="Backup file (default under backups/).")
+) -> None:
+    """Consistent copy of the SQLite database, safe while the app is running."""
+    c = context(ctx)
+    path = backup_database(c.workbench(), c.actor(), out_file)
+    out.print(f"backup written to {path}")
+
+
+@app.command()
+def restore(ctx: typer.Context, backup_file: Path = typer.Argument(..., help="A file written by `skinflow backup`.")) -> None:
+    """Replace the database with a backup (stop the app first); the current one is kept beside it."""
+    from curation.ops.maintenance import restore as restore_database
+
+    report = restore_database(context(ctx).settings(), backup_file)
+    out.print(f"restored {backup_file}; the previous database is kept as {report.previous_copy}")
+    if report.missing_images:
+        out.print(
+            f"{len(report.missing_images)} of {report.images} images are missing from the store (copy images/ back): "
+            + ", ".join(report.missing_images[:10]),
+            markup=False,
+            highlight=False,
+        )
+
+
+@app.command()
+def doctor(
+    ctx: typer.Context,
+    fix: bool = typer.Option(False, "--fix", help="Remove orphan files (older than an hour) and temp files of killed writers."),
+) -> None:
+    """Integrity check, migration state, image files missing on disk, orphan and temp files."""
+    c = context(ctx)
+    wb, actor = c.workbench(), c.actor()
+    report = run_doctor(wb, actor)
+    if fix and report.fixable:
+        out.print(f"removed {fix_store(wb, actor, report)} unused files from the store")
+        report = run_doctor(wb, actor)
+    out.print(
+        f"integrity: {report.integrity}; migration {report.revision} (head {report.head}); "
+        f"{report.images_checked} image files referenced"
+    )
+    for path in report.missing_files[:20]:
+        out.print(f"missing {path}")
+    for path in report.orphan_files[:20]:
+        out.print(f"orphan {path}")
+    if report.problems:
+        for problem in report.problems:
+            err.print(f"problem: {problem}")
+        raise typer.Exit(1)
+    out.print("no problems found")
+
+
+@users_app.command("add")
+def users_add(
+    ctx: typer.Context,
+    username: str,
+    role: str = typer.Option("annotator", help=f"One of: {', '.join(ROLES)}."),
+    password: Optional[str] = typer.Option(None, help="Default: a generated password, printed once."),
+) -> None:
+    """Create an account."""
+    c = context(ctx)
+    _, pw = add_user(c.workbench(), c.actor(), username, role, password)
+    if password is None:
+        print_new_accounts({username: pw})
+    else:
+        out.print(f"user {username} created")
+
+
+@users_app.command("list")
+def users_list(ctx: typer.Context) -> None:
+    """List accounts."""
+    c = context(ctx)
+    table = Table()
+    for column in ("username", "role", "active", "created"):
+        table.add_column(column)
+    for u in list_users(c.workbench(), c.actor()):
+        table.add_row(u["username"], u["role"], "yes" if u["active"] else "no", u["created_at"].strftime("%Y-%m-%d"))
+    out.print(table)
+
+
+@users_app.command("set-role")
+def users_set_role(ctx: typer.Context, username: str, role: str) -> None:
+    """Change an account's role."""
+    c = context(ctx)
+    set_role(c.workbench(), c.actor(), username, role)
+    out.print(f"{username} is now {role}")
+
+
+@users_app.command("set-password")
+def users_set_password(
+    ctx: typer.Context,
+    username: str,
+    password: Optional[str] = typer.Option(None, help="Default: a generated password, printed once."),
+) -> None:
+    """Set an account's password."""
+    c = context(ctx)
+    pw = set_password(c.workbench(), c.actor(), username, password)
+    if password is None:
+        print_new_accounts({username: pw})
+    else:
+        out.print(f"password of {username} changed")
