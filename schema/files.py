@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import tempfile
 from pathlib import Path
@@ -16,6 +17,36 @@ from typing import Any, Callable, Iterator
 from schema.errors import SkinflowError
 
 TEMP_PREFIX = ".tmp-"
+MAX_JSON_DEPTH = 64  # no record, caption or reply we read nests deeper than a handful of levels
+MAX_JSONL_LINE_CHARS = 1_000_000
+_JSON_STRUCTURE = re.compile(r'\\.|["\[\]{}]')  # escapes (skipped whole), quotes and brackets
+
+
+def json_depth(text: str) -> int:
+    """How deeply a JSON text nests ([ and { outside strings), found without parsing it: checked before
+    json.loads, whose recursion a hostile text of 100,000 brackets would exhaust."""
+    depth = deepest = 0
+    in_string = False
+    for match in _JSON_STRUCTURE.finditer(text):
+        token = match.group()
+        if token == '"':
+            in_string = not in_string
+        elif in_string or token[0] == "\\":
+            continue
+        elif token in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+def loads_bounded(text: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """json.loads for text from outside (LLM replies, prediction files): ValueError when it nests deeper than
+    max_depth, so a hostile text fails as bad input instead of a RecursionError."""
+    if json_depth(text) > max_depth:
+        raise ValueError(f"JSON nested deeper than {max_depth} levels")
+    return json.loads(text)
 
 
 def temp_owner_tag() -> str:
@@ -75,11 +106,14 @@ def iter_jsonl(
                 if not line.strip():
                     continue
                 try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
+                    if len(line) > MAX_JSONL_LINE_CHARS:
+                        raise ValueError(f"longer than {MAX_JSONL_LINE_CHARS:,} characters")
+                    row = loads_bounded(line)
+                except ValueError as e:  # JSONDecodeError is a ValueError
                     if skip_bad_lines:
                         continue
-                    raise error(f"{path} line {number} is not valid JSON ({e.msg})") from None
+                    reason = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
+                    raise error(f"{path} line {number} is not valid JSON ({reason})") from None
                 if not isinstance(row, dict) or (check is not None and not check(row)):
                     if skip_bad_lines:
                         continue

@@ -40,7 +40,7 @@ REASONING = (
     "The lesion is a solitary pearly papule with a raised, rolled border and fine telangiectasia on the face. "
     "Its shiny surface and the arborising vessels point to basal cell carcinoma rather than a nevus."
 )
-MODES = ("ok", "429", "500", "hang", "malformed", "wrong_enum", "truncated", "huge", "echo_key")
+MODES = ("ok", "429", "500", "hang", "malformed", "wrong_enum", "truncated", "huge", "echo_key", "nested")
 
 
 def case_colour(case: int) -> tuple[int, int, int]:
@@ -155,6 +155,8 @@ class FakeLLM:
                 content = "I think this is a lesion {but I will not give you JSON"
             elif mode == "truncated":
                 content = content[: len(content) // 2]
+            elif mode == "nested":  # a hostile reply: 90,000 nested brackets inside an object (under the size cap)
+                content = '{"caption": ' + "[" * 90_000 + "]" * 90_000 + "}"
             elif mode == "huge":
                 content = json.dumps({"caption": {"other": "x" * 5_000_000}, "diagnoses": []})
             if not self.structured and mode == "ok":

@@ -205,3 +205,19 @@ def test_concurrency_cap_holds_under_load(tmp_path):
         assert report.done == 12 and server.max_in_flight == 4
         assert time.perf_counter() - start < 12 * 0.05  # requests really overlapped
         wb.close()
+
+
+def test_a_reply_of_90000_nested_brackets_fails_its_image_only(tmp_path):
+    with FakeLLM(modes={0: "nested"}) as server:
+        wb, admin = _bench(tmp_path, server, 3)
+        report = draft_images(wb, admin, concurrency=2)
+        drafts = _drafts(wb)
+        assert report.done == 2 and [image_id for image_id, _ in report.failed] == [1]
+        [(ok, error)] = drafts[0]
+        assert not ok and "nested implausibly deep" in error
+        assert all(drafts[case] == [(True, None)] for case in (1, 2))
+        with wb.session() as s:  # the failure is stored with its reason, like any unusable reply
+            assert s.scalar(select(Draft.raw_reply).where(Draft.image_id == 1)).startswith('{"caption": [[[')
+        server.modes = {}
+        assert draft_images(wb, admin).done == 1  # the rerun tries the failed image again and it goes through
+        wb.close()

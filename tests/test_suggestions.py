@@ -114,3 +114,11 @@ def test_suggest_with_model_predicts_what_needs_work_imports_it_and_removes_its_
     assert seen["ids"] == needing and made.predicted == len(needing) == made.report.added
     assert not seen["folder"].exists() and seen["folder"].parent == wb.settings.home
     assert suggest_with_model(wb, admin, predict, limit=2).report.already_there == 2
+
+
+def test_a_prediction_line_nested_100000_deep_is_refused_as_bad_input(wb, admin, exported, tmp_path):
+    path = tmp_path / "hostile.jsonl"
+    path.write_text(json.dumps(prediction(exported[0])) + "\n" + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(SkinflowError, match="line 2 is not valid JSON .*nested deeper than 64 levels.*nothing was imported"):
+        import_predictions(wb, admin, path)
+    assert count_model_drafts(wb) == 0

@@ -34,6 +34,7 @@ from curation.errors import ConfigError
 from curation.store.secrets import read_secret, redact
 from curation.store.settings import Settings
 from schema.errors import SkinflowError
+from schema.files import loads_bounded
 
 NO_KEY = "not-needed"  # local servers (vLLM, Ollama) accept any key; the SDK insists on one
 BACKOFF_BASE_S = 0.5
@@ -241,10 +242,10 @@ def extract_json(text: str) -> Any:
                     break
     for candidate in candidates:
         try:
-            return json.loads(candidate)
-        except (json.JSONDecodeError, ValueError):
+            return loads_bounded(candidate)
+        except ValueError:  # not JSON, or nested deeper than any reply we asked for (a hostile reply)
             continue
-    raise ValueError("the reply contains no complete JSON object")
+    raise ValueError("the reply contains no complete JSON object (or one nested implausibly deep)")
 
 
 @dataclass
