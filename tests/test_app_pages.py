@@ -225,6 +225,23 @@ def test_session_expires(demo_home):
     assert "actor" not in at.session_state and at.info and "expired" in at.info[0].value
 
 
+def test_a_role_or_password_change_reaches_open_sessions(demo_home):
+    from curation.store.auth import set_password, set_role
+
+    admin = get_actor(demo_home, "admin")
+    demoted = login("reviewer")
+    other_tab = login("annotator")
+    assert demoted.session_state["actor"].role == "reviewer"
+    set_role(demo_home, admin, "reviewer", "annotator")
+    demoted.run()  # the next interaction sees the account as it is now
+    assert "actor" not in demoted.session_state and "account changed" in demoted.info[0].value
+    again = login("reviewer")  # logging in again gives the new role
+    assert again.session_state["actor"].role == "annotator"
+    set_password(demo_home, admin, "annotator", "a-new-password-1")
+    other_tab.run()
+    assert "actor" not in other_tab.session_state and "account changed" in other_tab.info[0].value
+
+
 def test_dataset_filters_and_history(demo_home):
     at = page(demo_home, "dataset", "reviewer")
     at.multiselect[0].set_value(["verified"]).run()

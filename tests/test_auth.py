@@ -153,3 +153,46 @@ def test_failed_logins_are_throttled_per_account_and_audited(wb, admin):
             auth.authenticate(wb, "ghost", "whatever-pw", now=later)
     with pytest.raises(auth.InvalidCredentials, match="too many"):
         auth.authenticate(wb, "ghost", "whatever-pw", now=later)
+
+
+def test_parallel_guesses_cannot_race_the_throttle(wb, admin, monkeypatch):
+    """12 wrong passwords at once: at most MAX_FAILED_LOGINS of them get their password checked."""
+    import threading
+
+    from sqlalchemy import func, select
+
+    from curation.store.models import AuditEvent
+
+    checked = []
+    real = auth._hasher
+
+    class CountingHasher:
+        def verify(self, digest, password):
+            checked.append(password)
+            return real.verify(digest, password)
+
+        def hash(self, password):
+            return real.hash(password)
+
+    monkeypatch.setattr(auth, "_hasher", CountingHasher())
+    start = threading.Barrier(12)
+    outcomes = []
+
+    def guess(n):
+        start.wait()
+        try:
+            auth.authenticate(wb, "admin", f"wrong-guess-{n}")
+        except auth.InvalidCredentials as e:
+            outcomes.append(str(e))
+
+    threads = [threading.Thread(target=guess, args=(n,)) for n in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(outcomes) == 12
+    assert len(checked) == auth.MAX_FAILED_LOGINS  # the rest were refused before their password was looked at
+    assert sum("too many failed logins" in o for o in outcomes) == 12 - auth.MAX_FAILED_LOGINS
+    with wb.session() as s:
+        failed = s.scalar(select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "auth.failed"))
+    assert failed == auth.MAX_FAILED_LOGINS

@@ -116,3 +116,32 @@ def test_annotator_logs_in_changes_two_fields_and_the_diagnosis_and_submits(runn
         assert (row.diagnosis_key, row.diagnosis_status) == ("psoriasis", "corrected")
         assert row.based_on_draft_id is not None
     assert (tmp_path / "after-submit.png").stat().st_size > 10_000
+
+
+def test_an_admin_demoted_from_the_cli_loses_the_admin_page_in_the_open_tab(running_app):
+    from playwright.sync_api import sync_playwright
+
+    from curation.store.auth import add_user
+
+    wb, url = running_app
+    add_user(wb, get_actor(wb, "admin"), "chief", "admin", "chief-pass-123")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1000})
+        page.goto(url, wait_until="networkidle")
+        page.get_by_label("Username").fill("chief")
+        page.get_by_role("textbox", name="Password").fill("chief-pass-123")
+        page.get_by_role("button", name="Log in").click()
+        page.get_by_role("heading", name="Annotate").wait_for(timeout=30_000)
+        admin_link = page.get_by_test_id("stSidebarNav").get_by_role("link", name="Admin")
+        admin_link.wait_for(timeout=15_000)
+
+        skinflow = str(Path(sys.executable).with_name("skinflow"))
+        env = {**os.environ, "SKINFLOW_HOME": str(wb.settings.home)}
+        subprocess.run([skinflow, "--user", "admin", "users", "set-role", "chief", "annotator"], env=env, check=True, timeout=60)
+
+        admin_link.click()  # the next interaction in the same tab
+        page.get_by_role("button", name="Log in").wait_for(timeout=30_000)
+        assert page.get_by_text("Your account changed").count() == 1
+        assert page.get_by_test_id("stSidebarNav").count() == 0
+        browser.close()

@@ -34,7 +34,8 @@ def login_page() -> None:
 
 actor = state.current_actor()
 if actor is None:
-    login_page()  # no navigation before login: the default page is served once logged in
+    # a navigation of its own (hidden): it replaces the pages a session had before it was logged out
+    st.navigation([st.Page(login_page, title="Log in", default=True)], position="hidden").run()
 else:
     # Pages grouped by what people do. A page's identity is its url_path, so each screen's render() is the page.
     # (role, section, screen, title, url_path), in sidebar order; a section shows only the pages the role may open.

@@ -7,7 +7,7 @@ import time
 import streamlit as st
 
 from curation.labelling.workflow import get_workflow_settings
-from curation.store.auth import Actor
+from curation.store.auth import Actor, current_account
 from curation.store.db import Workbench, open_workbench
 from curation.store.secrets import scrub
 from curation.store.settings import Settings
@@ -38,15 +38,22 @@ def log_out(message: str | None = None) -> None:
 
 
 def current_actor() -> Actor | None:
-    """The logged-in account, or None (also when the session has expired)."""
+    """The logged-in account as it is now, or None: when the session has expired, or the account was
+    deactivated or its role or password changed since this session logged in (checked on every request)."""
     actor = st.session_state.get("actor")
     if actor is None:
         return None
-    minutes = get_workflow_settings(workbench()).session_minutes
+    wb = workbench()
+    minutes = get_workflow_settings(wb).session_minutes
     if time.time() - st.session_state.get("login_at", 0) > minutes * 60:
         log_out(f"Your session expired after {minutes} minutes; please log in again.")
         return None
-    return actor
+    now = current_account(wb, actor)
+    if now is None:
+        log_out("Your account changed (role, password or access) since you logged in; please log in again.")
+        return None
+    st.session_state["actor"] = now
+    return now
 
 
 def require_role(role: str, what: str) -> Actor:

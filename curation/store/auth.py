@@ -13,11 +13,11 @@ from datetime import datetime, timedelta, timezone
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select, text
 
 from curation.errors import ConflictError, NotFound, PermissionDenied, SkinflowError
 from curation.store import audit
-from curation.store.models import ROLES, AuditEvent, User, utcnow
+from curation.store.models import ROLES, AuditEvent, LoginAttempt, User, utcnow
 
 ROLE_RANK = {role: rank for rank, role in enumerate(ROLES)}
 MIN_PASSWORD_CHARS = 8
@@ -36,6 +36,7 @@ class Actor:
     id: int
     username: str
     role: str
+    credentials_version: int = 0  # the account's version when this Actor was made (see current_account)
 
     def can(self, role: str) -> bool:
         return ROLE_RANK[self.role] >= ROLE_RANK[role]
@@ -70,7 +71,18 @@ def generate_password() -> str:
 
 
 def _actor(user: User) -> Actor:
-    return Actor(user.id, user.username, user.role)
+    return Actor(id=user.id, username=user.username, role=user.role, credentials_version=user.credentials_version or 0)
+
+
+def current_account(wb, actor: Actor) -> Actor | None:
+    """The account as it is now, or None when it changed since `actor` was made: deactivated, or its role or
+    password changed (each bumps credentials_version). The app calls this on every request, so a demoted
+    admin loses admin pages at the next click and a password change ends every other open session."""
+    with wb.session() as s:
+        user = s.get(User, actor.id)
+        if user is None or not user.active or (user.credentials_version or 0) != actor.credentials_version:
+            return None
+        return _actor(user)
 
 
 def count_users(wb) -> int:
@@ -142,6 +154,7 @@ def set_role(wb, actor: Actor, username: str, role: str) -> None:
                 raise ConflictError("this is the last admin: make another admin first")
         old = user.role
         user.role = role
+        user.credentials_version = (user.credentials_version or 0) + 1  # ends the account's open sessions
         audit.record(s, actor, "user.set_role", "user", user.id, username=user.username, old=old, new=role)
 
 
@@ -156,6 +169,7 @@ def set_password(wb, actor: Actor, username: str, password: str | None = None) -
         if user is None:
             raise NotFound(f"no user {username!r}; see `skinflow users list`")
         user.password_hash = _hasher.hash(password)
+        user.credentials_version = (user.credentials_version or 0) + 1  # ends the account's open sessions
         audit.record(s, actor, "user.set_password", "user", user.id, username=name)
     return password
 
@@ -164,28 +178,43 @@ MAX_FAILED_LOGINS = 5  # per account within FAILED_LOGIN_WINDOW; then logins wai
 FAILED_LOGIN_WINDOW = timedelta(minutes=15)
 
 
+def _claim_attempt(s, name: str, now: datetime) -> LoginAttempt:
+    """Record a login attempt and check the throttle in one transaction, before any password is checked:
+    parallel guesses are counted one after another (SQLite: the insert takes the write lock; PostgreSQL: a
+    per-name advisory lock), so at most MAX_FAILED_LOGINS of them are ever verified."""
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": f"login:{name}"})
+    attempt = LoginAttempt(username=name, at=now, succeeded=None)
+    s.add(attempt)
+    s.flush()
+    counted = s.scalars(
+        select(LoginAttempt.at)
+        .where(
+            LoginAttempt.username == name,
+            LoginAttempt.at > now - FAILED_LOGIN_WINDOW,
+            LoginAttempt.id != attempt.id,
+            or_(LoginAttempt.succeeded.is_(False), LoginAttempt.succeeded.is_(None)),  # failed, or being checked
+        )
+        .order_by(LoginAttempt.at)
+    ).all()
+    if len(counted) >= MAX_FAILED_LOGINS:
+        first = counted[-MAX_FAILED_LOGINS]
+        first = first if first.tzinfo else first.replace(tzinfo=timezone.utc)
+        wait = max(1, int(((first + FAILED_LOGIN_WINDOW) - now).total_seconds() // 60) + 1)
+        # raising rolls this attempt back: a refused attempt does not extend the wait
+        raise InvalidCredentials(f"too many failed logins for this account; try again in {wait} minute(s) or ask an admin")
+    return attempt
+
+
 def authenticate(wb, username: str, password: str, *, now: datetime | None = None) -> Actor:
     """The account for these credentials. Failed attempts are audited (`auth.failed`); after
     MAX_FAILED_LOGINS of them within FAILED_LOGIN_WINDOW the account refuses logins, even with the right
-    password, until the window has passed (a throttle against password guessing)."""
-    name = username.strip().lower()
+    password, until the window has passed (a throttle against password guessing). Attempts are counted
+    before their password is checked (_claim_attempt), so parallel guesses cannot slip past the count."""
+    name = username.strip().lower()[:64]
     now = now or utcnow()
     with wb.session() as s:
-        recent = s.scalars(
-            select(AuditEvent.created_at)
-            .where(
-                AuditEvent.action == "auth.failed",
-                AuditEvent.entity == "user",
-                AuditEvent.username == name,
-                AuditEvent.created_at > now - FAILED_LOGIN_WINDOW,
-            )
-            .order_by(AuditEvent.created_at)
-        ).all()
-    if len(recent) >= MAX_FAILED_LOGINS:
-        first = recent[-MAX_FAILED_LOGINS]
-        first = first if first.tzinfo else first.replace(tzinfo=timezone.utc)
-        wait = max(1, int(((first + FAILED_LOGIN_WINDOW) - now).total_seconds() // 60) + 1)
-        raise InvalidCredentials(f"too many failed logins for this account; try again in {wait} minute(s) or ask an admin")
+        attempt_id = _claim_attempt(s, name, now).id
     with wb.session() as s:
         user = s.scalar(select(User).where(User.username == name))
         ok = user is not None and user.active
@@ -196,19 +225,13 @@ def authenticate(wb, username: str, password: str, *, now: datetime | None = Non
                 _hasher.verify(user.password_hash, password)
             except (VerificationError, InvalidHashError):
                 ok = False
-        if not ok:
-            # recorded under the name tried (no user id): a throttle for unknown names too
-            s.add(
-                AuditEvent(
-                    user_id=None,
-                    username=name[:64],
-                    action="auth.failed",
-                    entity="user",
-                    entity_id=None,
-                    payload={},
-                    created_at=now,
-                )
-            )
-        else:
+        s.get(LoginAttempt, attempt_id).succeeded = ok
+        if ok:
             return _actor(user)
+        # recorded under the name tried (no user id): a throttle for unknown names too
+        s.add(
+            AuditEvent(
+                user_id=None, username=name, action="auth.failed", entity="user", entity_id=None, payload={}, created_at=now
+            )
+        )
     raise InvalidCredentials("wrong username or password")

@@ -67,6 +67,21 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(256))
     active: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # up on every change of role, password or active flag: an app session from before the change ends
+    credentials_version: Mapped[int] = mapped_column(default=0, server_default="0")
+
+
+class LoginAttempt(Base):
+    """Every login attempt, recorded before its password is checked (the throttle counts these).
+    succeeded: None while being checked, then True or False."""
+
+    __tablename__ = "login_attempts"
+    __table_args__ = (Index("ix_login_attempts_username_at", "username", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column()
+    succeeded: Mapped[bool | None] = mapped_column(nullable=True)
 
 
 class Image(Base):
