@@ -3,7 +3,11 @@
 A stored file is guaranteed to be:
 - a still JPEG or PNG that decodes completely (truncated, corrupt, animated, oversized and
   decompression-bomb files are rejected with the reason);
-- upright (EXIF orientation applied) and free of EXIF, GPS, XMP, IPTC, comments and text chunks.
+- upright (EXIF orientation applied) and carrying pixels and the minimum container data, nothing else:
+  no EXIF, GPS, XMP, IPTC, comments, text chunks, thumbnails or trailing data, whichever path it took.
+  JPEG keeps a minimal JFIF header, the Adobe colour-transform flag and the ICC profile; PNG keeps its
+  colour and transparency chunks. An ICC profile is colour data, but it has text too (description,
+  copyright, device names, private tags): those are blanked in place (`scrub_icc`), lengths unchanged.
 
 Why two paths: a clinical photo should not be recompressed just to drop its metadata. So an
 upright JPEG keeps its compressed data and only loses its metadata segments, and a PNG only
@@ -17,6 +21,7 @@ import io
 import re
 import struct
 import warnings
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,11 +64,113 @@ def dhash(img: Image.Image) -> str:
     return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
 
 
+# ICC tag types that hold colour data; every other tag (text, names, private data) is blanked.
+_ICC_COLOUR_TYPES = {
+    b"XYZ ",
+    b"curv",
+    b"para",
+    b"sf32",
+    b"mft1",
+    b"mft2",
+    b"mAB ",
+    b"mBA ",
+    b"mpet",
+    b"chrm",
+    b"clro",
+    b"meas",
+    b"view",
+    b"sig ",
+    b"uf32",
+    b"ui08",
+    b"ui16",
+    b"ui32",
+    b"ui64",
+    b"s15f",
+    b"u16f",
+    b"dtim",
+}
+
+
+def scrub_icc(profile: bytes) -> bytes:
+    """The ICC profile with every non-colour tag's content blanked (text becomes spaces, other data zeros) and
+    the profile id cleared; same length and tag table, so it stays a valid profile. Unreadable: b""."""
+    if len(profile) < 132 or profile[36:40] != b"acsp":
+        return b""
+    out = bytearray(profile)
+    out[84:100] = bytes(16)  # the profile id (an MD5 of the content) no longer holds
+    (count,) = struct.unpack(">I", profile[128:132])
+    if 132 + 12 * count > len(profile):
+        return b""
+    for index in range(count):
+        _signature, offset, size = struct.unpack(">4sII", profile[132 + 12 * index : 144 + 12 * index])
+        if size < 8 or offset + size > len(profile):
+            return b""
+        kind = profile[offset : offset + 4]
+        if kind in _ICC_COLOUR_TYPES:
+            continue
+        if kind in (b"text", b"desc"):  # ASCII (desc also has UTF-16 and ScriptCode parts): spaces and zeros
+            body = out[offset + 8 : offset + size]
+            out[offset + 8 : offset + size] = (
+                bytes(b if b in (0, 0x20) else 0x20 for b in body) if kind == b"text" else bytes(_blank_desc(bytes(body)))
+            )
+        elif kind == b"mluc":  # UTF-16BE strings at offsets the records give: spaces
+            (records,) = struct.unpack(">I", profile[offset + 8 : offset + 12])
+            for r in range(min(records, (size - 16) // 12)):
+                _lang, length, start = struct.unpack(">4sII", profile[offset + 16 + 12 * r : offset + 28 + 12 * r])
+                begin, end = offset + start, min(offset + start + length, offset + size)
+                out[begin:end] = b"\x00 " * ((end - begin) // 2) + bytes((end - begin) % 2)
+        else:  # names, dictionaries, private data: zeros after the type signature
+            out[offset + 8 : offset + size] = bytes(size - 8)
+    return bytes(out)
+
+
+def _blank_desc(body: bytes) -> bytes:
+    """textDescriptionType after its 8-byte header: ASCII count + text, UTF-16 part, ScriptCode part."""
+    out = bytearray(body)
+    if len(body) >= 4:
+        (n,) = struct.unpack(">I", body[:4])
+        for i in range(4, min(4 + n, len(body))):
+            if out[i]:
+                out[i] = 0x20
+        rest = 4 + n
+        if rest + 8 <= len(body):
+            (m,) = struct.unpack(">I", body[rest + 4 : rest + 8])
+            for i in range(rest + 8, min(rest + 8 + 2 * m, len(body)), 2):
+                if out[i : i + 2] != b"\x00\x00":
+                    out[i : i + 2] = b"\x00 "
+            script = rest + 8 + 2 * m
+            out[script:] = bytes(len(out) - script) if script < len(out) else b""
+    return bytes(out)
+
+
+def _jpeg_app0(segment: bytes) -> bytes | None:
+    """A minimal JFIF header with the original density (no thumbnail, no extension); None if not JFIF."""
+    if segment[4:9] != b"JFIF\x00" or len(segment) < 18:
+        return None
+    return b"\xff\xe0\x00\x10JFIF\x00\x01\x01" + segment[13:18] + b"\x00\x00"
+
+
+def _jpeg_icc_segments(segments: list[bytes]) -> list[bytes]:
+    """APP2 ICC_PROFILE segments (a profile may span several) with the profile scrubbed, same chunking."""
+    chunks = sorted(segments, key=lambda seg: seg[16])  # sequence number
+    profile = scrub_icc(b"".join(seg[18:] for seg in chunks))
+    if not profile:
+        return []
+    out, pos = [], 0
+    for seg in chunks:
+        size = len(seg) - 18
+        out.append(seg[:18] + profile[pos : pos + size])
+        pos += size
+    return out
+
+
 def _strip_jpeg(data: bytes) -> bytes | None:
     """JPEG bytes without metadata segments or trailing data; None if the stream is not plain."""
     if data[:2] != b"\xff\xd8":
         return None
     out = [b"\xff\xd8"]
+    icc: list[bytes] = []
+    icc_at, jfif_done = 0, False
     pos, n = 2, len(data)
     while pos + 2 <= n:
         if data[pos] != 0xFF:
@@ -74,6 +181,8 @@ def _strip_jpeg(data: bytes) -> bytes | None:
             continue
         if marker == 0xD9:  # EOI: anything after it (phone trailers, a second MPO frame) is dropped
             out.append(b"\xff\xd9")
+            if icc:
+                out[icc_at] = b"".join(_jpeg_icc_segments(icc))
             return b"".join(out)
         if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
             out.append(data[pos : pos + 2])
@@ -86,13 +195,19 @@ def _strip_jpeg(data: bytes) -> bytes | None:
         if end > n:
             return None
         segment = data[pos:end]
-        is_app = 0xE0 <= marker <= 0xEF
-        keep = (
-            (not is_app and marker != 0xFE)
-            or marker in (_APP0, _APP14)
-            or (marker == _APP2 and segment[4:16] == b"ICC_PROFILE\x00")
-        )
-        if keep:
+        if marker == _APP2 and segment[4:16] == b"ICC_PROFILE\x00" and len(segment) > 18:
+            if not icc:  # the whole (scrubbed) profile goes where its first chunk was
+                icc_at = len(out)
+                out.append(b"")
+            icc.append(segment)
+        elif marker == _APP0:
+            if not jfif_done and (app0 := _jpeg_app0(segment)) is not None:
+                out.append(app0)
+                jfif_done = True
+        elif marker == _APP14:  # Adobe: "Adobe", version, two flag words, the colour transform; nothing else
+            if segment[4:9] == b"Adobe" and len(segment) >= 16:
+                out.append(b"\xff\xee\x00\x0e" + segment[4:16])
+        elif not (0xE0 <= marker <= 0xEF or marker == 0xFE):  # tables, frame and scan headers: pixel data
             out.append(segment)
         pos = end
         if marker == 0xDA:  # start of scan: copy entropy-coded data up to the next real marker
@@ -115,12 +230,28 @@ def _strip_png(data: bytes) -> bytes | None:
         end = pos + 12 + length
         if end > n:
             return None
-        if kind in _PNG_KEEP:
+        if kind == b"iCCP":
+            out.append(_png_iccp(data[pos + 8 : end - 4]))
+        elif kind in _PNG_KEEP:
             out.append(data[pos:end])
         pos = end
         if kind == b"IEND":
             return b"".join(out)
     return None
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _png_iccp(body: bytes) -> bytes:
+    """iCCP with a neutral profile name (the name is free Latin-1 text) and the profile scrubbed; b"" drops it."""
+    name_end = body.find(b"\x00")
+    try:
+        profile = scrub_icc(zlib.decompress(body[name_end + 2 :])) if 0 < name_end < 80 else b""
+    except zlib.error:
+        profile = b""
+    return _png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(profile)) if profile else b""
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
@@ -131,20 +262,24 @@ def _to_8bit(img: Image.Image) -> Image.Image:
 
 
 def _reencode(img: Image.Image, as_jpeg: bool) -> tuple[bytes, str, str]:
+    icc = scrub_icc(img.info.get("icc_profile") or b"")
     img = ImageOps.exif_transpose(img)
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         img = _to_8bit(img)
-    if as_jpeg:
-        if img.mode not in ("RGB", "L"):
-            img = img.convert("RGB")
-        buffer = io.BytesIO()
-        icc = img.info.get("icc_profile")
-        img.save(buffer, "JPEG", quality=95, **({"icc_profile": icc} if icc else {}))
-        return buffer.getvalue(), "jpg", "JPEG"
-    if img.mode not in ("RGB", "RGBA", "L", "LA"):
+    if as_jpeg and img.mode not in ("RGB", "L"):
+        img = img.convert("RGB")
+    elif not as_jpeg and img.mode not in ("RGB", "RGBA", "L", "LA"):
         img = img.convert("RGBA" if "A" in img.mode or "transparency" in img.info else "RGB")
+    # Pillow writes what `info` holds (a JPEG comment, EXIF, XMP, text, dpi): the encoder gets only pixels,
+    # transparency and the scrubbed profile.
+    img = img.copy()
+    img.info = {key: value for key, value in img.info.items() if key == "transparency"}
+    extra = {"icc_profile": icc} if icc else {}
     buffer = io.BytesIO()
-    img.save(buffer, "PNG")
+    if as_jpeg:
+        img.save(buffer, "JPEG", quality=95, **extra)
+        return buffer.getvalue(), "jpg", "JPEG"
+    img.save(buffer, "PNG", **extra)
     return buffer.getvalue(), "png", "PNG"
 
 
