@@ -40,7 +40,11 @@ REASONING = (
     "The lesion is a solitary pearly papule with a raised, rolled border and fine telangiectasia on the face. "
     "Its shiny surface and the arborising vessels point to basal cell carcinoma rather than a nevus."
 )
-MODES = ("ok", "429", "500", "hang", "malformed", "wrong_enum", "truncated", "huge", "echo_key", "nested")
+HOSTILE_TEXT = (
+    "PWNED ![p](http://127.0.0.1:9/pixel.png) [Session expired: log in again](http://2130706433:18777/login) "
+    "<img src=x onerror=alert(1)> http://2130706433:18777/ **bold** ENDPWNED"
+)
+MODES = ("ok", "429", "500", "hang", "malformed", "wrong_enum", "truncated", "huge", "echo_key", "nested", "hostile_text")
 
 
 def case_colour(case: int) -> tuple[int, int, int]:
@@ -143,8 +147,15 @@ class FakeLLM:
             time.sleep(self.hang_s)
         if mode == "echo_key":
             return self._send(request, 401, {"error": {"message": f"bad key {request.headers.get('authorization')}"}})
+        if mode == "hostile_text":  # markup, a tracking pixel, a fake link and a bare dotless URL
+            content = HOSTILE_TEXT
+            mode = "ok"
+        else:
+            content = None
         prompt = " ".join(text_parts)
-        if "diagnostic reasoning" in prompt:
+        if content is not None:
+            pass
+        elif "diagnostic reasoning" in prompt:
             content = REASONING
         else:
             reply = json.loads(json.dumps(GOOD_REPLY))

@@ -6,6 +6,7 @@ import time
 
 import streamlit as st
 
+from app.ui.widgets import plain
 from curation.labelling.workflow import get_workflow_settings
 from curation.store.auth import Actor, current_account
 from curation.store.db import Workbench, open_workbench
@@ -69,4 +70,4 @@ def require_role(role: str, what: str) -> Actor:
 
 
 def show_error(error: SkinflowError) -> None:
-    st.error(scrub(str(error)))
+    st.error(plain(scrub(str(error))))  # messages quote file names, labels, replies

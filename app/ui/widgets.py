@@ -78,12 +78,19 @@ def caption_form(prefix: str, initial: dict[str, Any] | None, disagreements: lis
     return values
 
 
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~])")
+# ':' too: GFM turns a bare "http://2130706433:18777/" into a link (no dot needed); "http\://" is inert.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~:&])")
 
 
 def plain(text: object) -> str:
-    """Untrusted text (CSV labels, LLM replies) made inert inside st.markdown: every markdown and HTML
-    character escaped, so a reply cannot add links, images (a request to any server) or markup."""
+    """Untrusted text made inert inside markdown: every markdown and HTML character escaped, so it cannot add
+    links, images (a request to any server), markup or autolinked URLs.
+
+    The rule for every page: text that a user, a CSV, an archive, a Label Studio pull, an LLM, a prediction
+    file or a log wrote is shown either as data (st.text, st.code, st.json, a dataframe, a widget's value or
+    options) or through plain() inside st.markdown / st.caption / st.info / st.success / st.warning /
+    st.error / labels. Literal text of our own needs neither. tests/test_app_pages.py visits every page with
+    hostile text in every source."""
     return _MARKDOWN_SPECIAL.sub(r"\\\1", str(text))
 
 

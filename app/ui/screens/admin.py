@@ -11,6 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from app.ui import state
+from app.ui.widgets import plain
 from curation.export.dataset import ExportFilter, export_dataset
 from curation.export.formats import EXTRA_FORMATS
 from curation.export.neardup import DEFAULT_MAX_DISTANCE, MAX_SUPPORTED_DISTANCE
@@ -123,7 +124,7 @@ def _export(wb, actor) -> None:
             state.show_error(e)
         else:
             st.session_state["last_export"] = str(result.path)
-            st.success(f"Exported {result.n_records} records to {result.path} ({result.by_split}).")
+            st.success(f"Exported {result.n_records} records to {plain(result.path)} ({result.by_split}).")
     last = st.session_state.get("last_export")
     if last and Path(last).exists():
         st.download_button(

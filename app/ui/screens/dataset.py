@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from app.ui import state
+from app.ui.widgets import plain
 from curation.labelling.annotate import QUALITY_FLAGS
 from curation.labelling.views import SORTS, image_history, list_images, thumbnail
 from curation.ops.status import workbench_status
@@ -91,6 +92,6 @@ def render() -> None:
     try:
         history = image_history(wb, actor, int(image_id))
     except Exception as e:  # NotFound: say so
-        st.info(str(e))
+        st.info(plain(str(e)))
     else:
         st.dataframe(pd.DataFrame(history), hide_index=True, width="stretch")

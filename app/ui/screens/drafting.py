@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from app.ui import state
+from app.ui.widgets import plain
 from curation.assist.drafting import draft_images, recent_failures
 from curation.assist.llm import NO_KEY, LLMConfig, LLMError, connection_test
 from schema.errors import SkinflowError
@@ -35,7 +36,7 @@ def render() -> None:
         except (LLMError, SkinflowError) as e:
             state.show_error(e)
         else:
-            st.success(f"The server answered: {answer!r}")
+            st.success(f"The server answered: {plain(repr(answer))}")
     c1, c2, c3 = st.columns(3)
     limit = c1.number_input("At most (0 = all)", min_value=0, value=0, step=10)
     concurrency = c2.number_input("Requests at once", min_value=1, max_value=64, value=settings.llm_concurrency)

@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from app.ui import state
+from app.ui.widgets import plain
 from curation.export.splits import SPLITS
 from curation.ops.runs import (
     ABLATION_VARIANTS,
@@ -68,7 +69,7 @@ def _run_details(wb, actor, run_id: int) -> None:
     elif run.status == "queued":
         st.info("Queued: it starts when the running one finishes.")
     if run.error:
-        st.error(run.error)
+        st.error(plain(run.error))  # the end of the run's log
     if run.status in ("failed", "cancelled") and st.button(f"Resume run #{run.id} from its last checkpoint"):
         try:
             resume_run(wb, actor, run.id)

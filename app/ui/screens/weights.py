@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from app.ui import state
+from app.ui.widgets import plain
 from curation.assist.weights import DEFAULT_FLOOR, SOURCES, activate_weight_set, create_weight_set, evidence, list_weight_sets
 from schema.errors import SkinflowError
 from schema.fields import FIELD_KEYS
@@ -65,7 +66,7 @@ def render() -> None:
     for key in FIELD_KEYS:
         with st.expander(f"{key}: {current.counts.get(key, 0)} mentions"):
             sentences = evidence(wb, key, current.params.get("source", "all"))
-            st.write("\n".join(f"- {s}" for s in sentences) if sentences else "No sentence mentions this field.")
+            st.markdown("\n".join(f"- {plain(s)}" for s in sentences) if sentences else "No sentence mentions this field.")
     st.subheader("History")
     st.dataframe(
         pd.DataFrame(
