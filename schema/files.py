@@ -49,6 +49,13 @@ def loads_bounded(text: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
     return json.loads(text)
 
 
+def owner_only() -> None:
+    """From now on this process, and every process it starts, creates files 0600 and folders 0700: what the
+    workbench writes (the database with password hashes and the audit log, patient pictures, exports,
+    backups, reports) is for the account that runs it. Called by the CLI and whenever a workbench opens."""
+    os.umask(0o077)
+
+
 def temp_owner_tag() -> str:
     """Put into every temp name: a later run can tell a killed writer's leftovers from a live writer's."""
     return f"{socket.gethostname()}-{os.getpid()}-"

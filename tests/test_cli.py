@@ -182,3 +182,33 @@ def test_train_and_predict_refuse_bad_input_in_one_line(tmp_path):
     )
     assert result.returncode == 2 and "not a checkpoint folder" in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def _mode(path):
+    return path.stat().st_mode & 0o777
+
+
+def test_the_workbench_is_owner_only_and_doctor_repairs_looser_modes(tmp_path):
+    home = tmp_path / "wb"
+    write(tmp_path / "derm" / "a.jpg", jpeg_bytes(photo(1)))
+    run(home, "import", str(tmp_path / "derm"))
+    run(home, "backup", "--out", str(home / "backups" / "b.db"))
+    run(home, "demo", "--n", "6")
+    run(home, "export", "--out", str(home / "exports" / "v1"), "--include-unverified")
+    assert _mode(home) == 0o700 and _mode(home / "skinflow.db") == 0o600
+    assert _mode(home / "backups" / "b.db") == 0o600 and _mode(home / "backups") == 0o700
+    stored = next((home / "images").rglob("*.jpg"))
+    assert _mode(stored) == 0o600 and _mode(stored.parent) == 0o700 and _mode(home / "images") == 0o700
+    exported = home / "exports" / "v1"
+    assert _mode(exported) == 0o700 and _mode(exported / "records.jsonl") == 0o600
+    assert all(_mode(p) & 0o077 == 0 for p in home.rglob("*") if not p.is_symlink())  # nothing anywhere is open
+    assert run(home, "doctor").returncode == 0
+
+    (home / "skinflow.db").chmod(0o644)  # what an older SkinFlow (or a careless copy) left
+    stored.parent.chmod(0o755)
+    found = run(home, "doctor", check=False)
+    assert found.returncode == 1 and "open to other accounts" in found.stderr
+    fixed = run(home, "doctor", "--fix")
+    assert "paths owner-only" in fixed.stdout and "no problems found" in fixed.stdout  # the db, its -wal/-shm, the folder
+    assert _mode(home / "skinflow.db") == 0o600 and _mode(stored.parent) == 0o700
+    assert all(_mode(p) & 0o077 == 0 for p in home.rglob("*") if not p.is_symlink())

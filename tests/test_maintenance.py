@@ -56,10 +56,21 @@ def test_doctor_fix_removes_old_orphans_and_dead_temp_files_but_never_a_used_ima
     past = old_orphan.stat().st_mtime - ORPHAN_MIN_AGE_S - 60
     for path in (old_orphan, dead_temp, *used):  # old used images must survive too
         os.utime(path, (past - 86400, past - 86400))
+    import socket
+
+    from schema.files import TEMP_PREFIX, temp_owner_tag
+
+    killed_suggest = wb.settings.home / f"{TEMP_PREFIX}{socket.gethostname()}-999999-suggestabc"  # a dead pid's folder
+    live_suggest = wb.settings.home / f"{TEMP_PREFIX}{temp_owner_tag()}suggestdef"  # this process: still working
+    for folder in (killed_suggest, live_suggest):
+        folder.mkdir()
+        (folder / "predictions.jsonl").write_text("{}")
     report = doctor(wb, admin)
     assert report.fixable and sorted(report.orphan_files) == ["zz/new.jpg", "zz/old.jpg"]
-    assert fix_store(wb, admin, report) == 2
+    assert {killed_suggest.name, live_suggest.name} <= set(report.leftover_temp_files)
+    assert fix_store(wb, admin, report) == 3
     assert not old_orphan.exists() and not dead_temp.exists() and new_orphan.exists()
+    assert not killed_suggest.exists() and live_suggest.exists()
     assert all(path.exists() for path in used)
     assert doctor(wb, admin).orphan_files == ["zz/new.jpg"]
 

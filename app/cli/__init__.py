@@ -16,6 +16,7 @@ import sys
 from app.cli.common import app, err
 from curation.store.secrets import scrub
 from schema.errors import SkinflowError
+from schema.files import owner_only
 
 __all__ = ["app", "main"]
 
@@ -25,6 +26,7 @@ for _area in ("data", "model", "admin"):
 
 
 def main() -> None:
+    owner_only()  # what this process and its children (the app's server, background runs) write is private
     try:
         app()
     except SkinflowError as e:

@@ -87,14 +87,19 @@ def restore(ctx: typer.Context, backup_file: Path = typer.Argument(..., help="A 
 @app.command()
 def doctor(
     ctx: typer.Context,
-    fix: bool = typer.Option(False, "--fix", help="Remove orphan files (older than an hour) and temp files of killed writers."),
+    fix: bool = typer.Option(
+        False,
+        "--fix",
+        help="Remove orphan files (older than an hour) and temp files of killed writers; make the workbench owner-only.",
+    ),
 ) -> None:
-    """Integrity check, migration state, image files missing on disk, orphan and temp files."""
+    """Integrity check, migration state, image files missing on disk, orphan and temp files, permissions."""
     c = context(ctx)
     wb, actor = c.workbench(), c.actor()
     report = run_doctor(wb, actor)
     if fix and report.fixable:
-        out.print(f"removed {fix_store(wb, actor, report)} unused files from the store")
+        loose = len(report.loose_permissions)
+        out.print(f"removed {fix_store(wb, actor, report)} unused files; made {loose} paths owner-only")
         report = run_doctor(wb, actor)
     out.print(
         f"integrity: {report.integrity}; migration {report.revision} (head {report.head}); "

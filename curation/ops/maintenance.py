@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import stat
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -17,8 +19,9 @@ from curation.errors import DatabaseError
 from curation.store import audit
 from curation.store.auth import Actor, require
 from curation.store.db import Workbench, alembic_config, open_workbench
-from curation.store.files import sweep_store
+from curation.store.files import sweep_leftovers, sweep_store
 from curation.store.models import Image
+from schema.files import TEMP_PREFIX, write_atomic
 
 
 def _sqlite_copy(source: str, destination: Path) -> None:
@@ -51,8 +54,9 @@ def backup(wb: Workbench, actor: Actor, out: Path | None = None) -> Path:
     out = Path(out)
     if out.exists():
         raise DatabaseError(f"{out} exists already; choose another file name")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     partial = out.with_name(out.name + ".partial")
+    partial.touch(mode=0o600)  # a backup holds what the database holds: owner-only from its first byte
     _sqlite_copy(str(source), partial)
     partial.replace(out)
     with wb.session() as s:  # the image manifest: which stored files this database refers to, and their hashes
@@ -63,7 +67,7 @@ def backup(wb: Workbench, actor: Actor, out: Path | None = None) -> Path:
             )
         ]
         audit.record(s, actor, "database.backup", "database", None, path=str(out), images=len(images))
-    manifest_path(out).write_text(json.dumps({"database": out.name, "images": images}, indent=1) + "\n", encoding="utf-8")
+    write_atomic(manifest_path(out), json.dumps({"database": out.name, "images": images}, indent=1) + "\n")
     return out
 
 
@@ -135,6 +139,7 @@ class DoctorReport:
     missing_files: list[str] = field(default_factory=list)
     orphan_files: list[str] = field(default_factory=list)
     leftover_temp_files: list[str] = field(default_factory=list)
+    loose_permissions: list[str] = field(default_factory=list)  # readable or writable by other accounts
 
     @property
     def problems(self) -> list[str]:
@@ -161,11 +166,17 @@ class DoctorReport:
                 f"{len(self.leftover_temp_files)} temporary files left by an interrupted write: the next import "
                 "or `skinflow doctor --fix` removes them"
             )
+        if self.loose_permissions:
+            out.append(
+                f"{len(self.loose_permissions)} files or folders of the workbench are open to other accounts on this "
+                f"machine (e.g. {self.loose_permissions[0]}): the database holds password hashes and the audit log, "
+                "the store patient pictures; `skinflow doctor --fix` makes them owner-only (folders 0700, files 0600)"
+            )
         return out
 
     @property
     def fixable(self) -> bool:
-        return bool(self.orphan_files or self.leftover_temp_files)
+        return bool(self.orphan_files or self.leftover_temp_files or self.loose_permissions)
 
 
 # An orphan younger than this may be an import's file whose row is not committed yet: left alone.
@@ -173,10 +184,17 @@ ORPHAN_MIN_AGE_S = 3600
 
 
 def fix_store(wb: Workbench, actor: Actor, report: DoctorReport) -> int:
-    """Delete what `doctor` found in the store that no image uses: temp files of killed writers and
-    orphans older than an hour. Never touches a file an image row points at. Returns how many went."""
+    """Delete what `doctor` found that no image uses: temp files and folders of killed writers and orphans
+    older than an hour (never a file an image row points at), and make what it found open to other accounts
+    owner-only. Returns how many files went (the permission changes are in the audit event)."""
     require(actor, "admin", "clean the image store")
-    removed = sweep_store(wb.store_dir)
+    removed = sweep_store(wb.store_dir) + sweep_leftovers(wb.settings.home.glob(f"{TEMP_PREFIX}*"), TEMP_PREFIX)
+    tightened = 0
+    for relative in report.loose_permissions:
+        path = wb.settings.home / relative if relative != "." else wb.settings.home
+        if path.exists() and not path.is_symlink():
+            path.chmod(0o700 if path.is_dir() else 0o600)
+            tightened += 1
     now = time.time()
     with wb.session() as s:
         referenced = {path for (path,) in s.execute(select(Image.file_path).where(Image.file_path.is_not(None)))}
@@ -187,7 +205,7 @@ def fix_store(wb: Workbench, actor: Actor, report: DoctorReport) -> int:
         path.unlink()
         removed += 1
     with wb.session() as s:
-        audit.record(s, actor, "store.fix", "image_store", None, removed=removed)
+        audit.record(s, actor, "store.fix", "image_store", None, removed=removed, tightened=tightened)
     return removed
 
 
@@ -210,8 +228,24 @@ def doctor(wb: Workbench, actor: Actor) -> DoctorReport:
         if not path.is_file():
             continue
         relative = str(path.relative_to(store))
-        if path.name.startswith(".tmp-"):
+        if path.name.startswith(TEMP_PREFIX):
             report.leftover_temp_files.append(relative)
         elif relative not in referenced:
             report.orphan_files.append(relative)
+    # working folders of killed commands (e.g. `skinflow suggest`) beside the database
+    report.leftover_temp_files += sorted(p.name for p in wb.settings.home.glob(f"{TEMP_PREFIX}*"))
+    report.loose_permissions = loose_permissions(wb.settings.home)
     return report
+
+
+def loose_permissions(home: Path) -> list[str]:
+    """Paths under the workbench folder (itself included, as ".") that other accounts may read or write.
+    Links are not followed (a link's own mode means nothing)."""
+    loose = []
+    for folder, dirs, files in os.walk(home):
+        for name in [".", *dirs, *files] if folder == str(home) else [*dirs, *files]:
+            path = Path(folder) / name if name != "." else home
+            mode = path.lstat().st_mode
+            if not stat.S_ISLNK(mode) and mode & 0o077:
+                loose.append("." if path == home else str(path.relative_to(home)))
+    return sorted(loose)

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from curation.errors import DatabaseError
 from curation.store.settings import Settings
+from schema.files import owner_only
 from schema.taxonomy import Taxonomy, default_taxonomy, load_taxonomy
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -105,9 +106,11 @@ class Workbench:
 
 def open_workbench(settings: Settings | None = None) -> Workbench:
     settings = settings or Settings.load()
+    new_database = settings.db_path is not None and not settings.db_path.exists()
+    owner_only()  # the database holds password hashes and the audit log, the store patient pictures
     try:
-        settings.home.mkdir(parents=True, exist_ok=True)
-        settings.store_dir.mkdir(parents=True, exist_ok=True)
+        settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        settings.store_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as e:
         raise DatabaseError(
             f"cannot create the workbench folder {settings.home}: {e.strerror}; set SKINFLOW_HOME to a writable folder"
@@ -121,4 +124,6 @@ def open_workbench(settings: Settings | None = None) -> Workbench:
             upgrade(engine)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+    if new_database:
+        settings.db_path.chmod(0o600)  # SQLite gives its -wal and -shm files the database file's mode
     return Workbench(settings, engine)

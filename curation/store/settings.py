@@ -40,6 +40,12 @@ class Settings(BaseModel):
         return self.database_url or f"sqlite:///{(self.home / 'skinflow.db').resolve()}"
 
     @property
+    def db_path(self) -> Path | None:
+        """The SQLite file, or None for a server database."""
+        url = self.db_url
+        return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+
+    @property
     def store_dir(self) -> Path:
         """Content-addressed image store."""
         return self.home / "images"
