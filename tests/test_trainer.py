@@ -322,3 +322,19 @@ def test_ablation_variants_and_cancel(grpo_export, tmp_path):
     assert run_ablation(config) is None
     assert json.loads((tmp_path / "a" / "progress.json").read_text())["status"] == "cancelled"
     assert not (tmp_path / "a" / "full").exists()
+
+
+def test_trl_finds_our_architecture_on_the_transformers_module_it_uses():
+    """trl resolves a saved model's class by name on `transformers` when it builds GRPO's reference model; the
+    module object can be replaced by a later transformers import, so registration must reach the current one."""
+    import sys
+
+    import trl.trainer.utils as trl_utils
+
+    from trainer.train import register_architecture
+
+    register_architecture()
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil  # noqa: F401
+
+    assert trl_utils.transformers is sys.modules["transformers"]
+    assert getattr(trl_utils.transformers, "SkinflowQwen2_5_VL").__module__ == "trainer.model"

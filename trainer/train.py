@@ -17,12 +17,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-import transformers
 from transformers import TrainerCallback
 
 from schema.files import write_json_atomic
@@ -32,9 +32,15 @@ from trainer.errors import TrainerError
 from trainer.model import SkinflowQwen2_5_VL, build_tiny, fd_settings, load
 from trainer.rewards import bind, caption_format_reward, caption_reward, diagnosis_format_reward, diagnosis_reward
 
-# trl builds GRPO's reference model with getattr(transformers, config.architectures[0]).from_pretrained(...):
-# our class must be findable there, or the reference would come back without its FDLinear layers.
-setattr(transformers, SkinflowQwen2_5_VL.__name__, SkinflowQwen2_5_VL)
+
+def register_architecture() -> None:
+    """trl builds GRPO's reference model with getattr(transformers, config.architectures[0]).from_pretrained(...):
+    our class must be findable there, or the reference comes back without its FDLinear layers (or, with no
+    such name, trl fails on config.auto_map). Set on sys.modules["transformers"] at the time of use: importing
+    some transformers submodules (the PIL image processor) replaces that module object, so a `transformers`
+    name bound at import time can be a stale one that trl never looks at."""
+    setattr(sys.modules["transformers"], SkinflowQwen2_5_VL.__name__, SkinflowQwen2_5_VL)
+
 
 STAGE_NAMES = {0: "SFT warm start", 1: "GRPO stage I (caption reward)", 2: "GRPO stage II (diagnosis reward)"}
 
@@ -191,6 +197,7 @@ def _trainer(config: TrainConfig, data: ExportData, stage: int, model, processor
         lr_scheduler_type="constant",
         log_completions=False,
     )
+    register_architecture()
     return GRPOTrainer(
         model=model,
         args=args,
