@@ -337,4 +337,4 @@ def test_trl_finds_our_architecture_on_the_transformers_module_it_uses():
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil  # noqa: F401
 
     assert trl_utils.transformers is sys.modules["transformers"]
-    assert getattr(trl_utils.transformers, "SkinflowQwen2_5_VL").__module__ == "trainer.model"
+    assert trl_utils.transformers.SkinflowQwen2_5_VL.__module__ == "trainer.model"
