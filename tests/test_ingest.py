@@ -2,6 +2,7 @@
 
 import io
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -390,3 +391,47 @@ def test_a_big_csv_goes_in_batches_each_committed_and_a_rerun_after_a_crash_comp
     assert [why for _, why in report.duplicates] == ["repeats id 'r3' from an earlier line"]
     with wb.session() as s:
         assert s.scalar(select(ImageRow.diagnosis_key).where(ImageRow.external_id == "quoted, with a comma")) == "lichen planus"
+
+
+def test_csv_paths_and_ids_cannot_leave_their_folder_and_say_nothing_about_files_outside(wb, admin, tmp_path):
+    outside = tmp_path / "outside"
+    write(outside / "private_patient.jpg", jpeg_bytes(photo(90)))
+    write(outside / "p2.jpg", jpeg_bytes(photo(91)))
+    data = tmp_path / "data"
+    write(data / "ok.jpg", jpeg_bytes(photo(92)))
+    os.symlink(outside / "private_patient.jpg", data / "link.jpg")
+    rows = [
+        "path,label,mrn",
+        "ok.jpg,psoriasis,1",
+        "../outside/private_patient.jpg,psoriasis,2",  # exists outside
+        "../outside/no_such_file.jpg,psoriasis,3",  # does not exist: the same answer
+        f"{outside / 'private_patient.jpg'},psoriasis,4",  # absolute
+        "link.jpg,psoriasis,5",  # a link inside that points outside
+    ]
+    (data / "list.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    report = import_csv(wb, admin, data / "list.csv")
+    assert report.imported == 1 and [item for item, _ in report.failed] == [f"list.csv line {n}" for n in (3, 4, 5, 6)]
+    assert len({reason for _, reason in report.failed}) == 1 and "outside the folder" in report.failed[0][1]
+    assert "private_patient" not in report.failed[0][1]
+    with wb.session() as s:
+        assert [row.meta for row in s.scalars(select(ImageRow))] == [{"mrn": "1"}]  # no other row, no other metadata
+
+    fitz = tmp_path / "fitz.csv"
+    header = "md5hash,fitzpatrick_scale,fitzpatrick_centaur,label,nine_partition_label,three_partition_label,qc,url,url_alphanum"
+    fitz.write_text(header + "\n../outside/p2,2,-1,psoriasis,inflammatory,non-neoplastic,,https://example.org/x.jpg,x\n")
+    again = import_csv(wb, admin, fitz, images_dir=data)
+    assert again.imported == 0 and "outside the folder" in again.failed[0][1]
+
+
+def test_a_folder_import_follows_links_only_to_files_inside_the_folder(wb, admin, tmp_path):
+    write(tmp_path / "elsewhere" / "secret.jpg", jpeg_bytes(photo(93)))
+    root = tmp_path / "photos"
+    write(root / "a.jpg", jpeg_bytes(photo(94)))
+    os.symlink(tmp_path / "elsewhere" / "secret.jpg", root / "out.jpg")
+    os.symlink(tmp_path / "elsewhere" / "gone.jpg", root / "out_broken.jpg")  # no file there: the same answer
+    os.symlink(root / "a.jpg", root / "same_folder.jpg")
+    report = import_folder(wb, admin, root)
+    reasons = {Path(item).name: why for item, why in report.failed}
+    assert set(reasons) == {"out.jpg", "out_broken.jpg"} and reasons["out.jpg"] == reasons["out_broken.jpg"]
+    assert "outside the folder" in reasons["out.jpg"]
+    assert report.imported == 1 and [Path(item).name for item, _ in report.duplicates] == ["same_folder.jpg"]

@@ -4,6 +4,7 @@ adding one image: `prepare` (read, check, clean, store the file: no database, sa
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -19,6 +20,7 @@ from curation.store.files import read_limited, sha256_hex, store_image, sweep_st
 from curation.store.models import Image
 
 Progress = Callable[[int, int], None]  # (done, total)
+OUTSIDE = "leads outside the folder being imported (a '..' path, an absolute path or a link): refused"
 MAX_REPORTED_WARNINGS = 200
 
 
@@ -72,6 +74,13 @@ class KnownContent:
     def add(self, image: Image, where: str) -> None:
         self.original[image.original_sha256] = where
         self.stored[image.sha256] = where
+
+
+def inside(root: Path, path: Path) -> bool:
+    """Whether `path`, with every link and '..' resolved, stays inside `root`. Decided on names alone
+    (os.path.realpath needs no existing file), so the answer tells nothing about files outside `root`."""
+    real_root = os.path.realpath(root)
+    return os.path.commonpath([real_root, os.path.realpath(path)]) == real_root
 
 
 def start_import(wb: Workbench, actor: Actor, what: str) -> None:

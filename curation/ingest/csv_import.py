@@ -20,7 +20,17 @@ from sqlalchemy import select
 
 from curation.errors import ImageRejected, IngestError
 from curation.export.formats import FORMULA_START
-from curation.ingest.common import ImportReport, KnownContent, Progress, flush_new, ingest_bytes, read_image_file, start_import
+from curation.ingest.common import (
+    OUTSIDE,
+    ImportReport,
+    KnownContent,
+    Progress,
+    flush_new,
+    ingest_bytes,
+    inside,
+    read_image_file,
+    start_import,
+)
 from curation.store import audit
 from curation.store.auth import Actor
 from curation.store.db import Workbench
@@ -171,6 +181,9 @@ def import_csv(
                     file_path = base_dir / f"{external_id}.jpg"
                 elif url and images_dir:
                     file_path = base_dir / Path(urlsplit(url).path).name
+                if file_path is not None and not inside(base_dir, file_path):
+                    report.failed.append((item, f"the image path {OUTSIDE}; keep images inside the CSV's folder or --images-dir"))
+                    continue
 
                 existing = None
                 if external_id and external_id in by_external:

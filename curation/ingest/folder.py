@@ -15,12 +15,14 @@ from typing import Iterator
 
 from curation.errors import ImageRejected, IngestError
 from curation.ingest.common import (
+    OUTSIDE,
     ImportReport,
     KnownContent,
     Progress,
     add_prepared,
     flush_new,
     ingest_bytes,
+    inside,
     prepare_path,
     read_image_file,
     start_import,
@@ -47,7 +49,13 @@ def _walk_files(root: Path, report: ImportReport) -> Iterator[Path]:
         for name in sorted(files):
             if name.startswith(".") or name.lower() in _SKIP_NAMES:
                 continue
-            yield Path(folder) / name
+            path = Path(folder) / name
+            # a link is followed only to a file inside the imported folder (links within a photo library are
+            # common; one to /home/someone/private.jpg is not an image of this import)
+            if path.is_symlink() and not inside(root, path):
+                report.failed.append((str(path), f"a link that {OUTSIDE}; import the folder it points into instead"))
+                continue
+            yield path
 
 
 def import_folder(
