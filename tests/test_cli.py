@@ -212,3 +212,47 @@ def test_the_workbench_is_owner_only_and_doctor_repairs_looser_modes(tmp_path):
     assert "paths owner-only" in fixed.stdout and "no problems found" in fixed.stdout  # the db, its -wal/-shm, the folder
     assert _mode(home / "skinflow.db") == 0o600 and _mode(stored.parent) == 0o700
     assert all(_mode(p) & 0o077 == 0 for p in home.rglob("*") if not p.is_symlink())
+
+
+def test_sigterm_stops_the_app_and_restore_refuses_while_it_runs(tmp_path):
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    home = tmp_path / "wb"
+    run(home, "init")
+    backup = home / "backups" / "before.db"
+    run(home, "backup", "--out", str(backup))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    health = f"http://127.0.0.1:{port}/_stcore/health"
+    server = subprocess.Popen(
+        [SKINFLOW, "app", "--port", str(port)],
+        env={**os.environ, "SKINFLOW_HOME": str(home)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(120):
+            try:
+                if urllib.request.urlopen(health, timeout=1).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("the app did not come up")
+        refused = run(home, "restore", str(backup), check=False)
+        assert refused.returncode == 2 and f"the app is running on this workbench (pid {server.pid})" in refused.stderr
+        second = run(home, "app", "--port", str(port + 1), check=False)
+        assert second.returncode == 2 and "already runs" in second.stderr
+
+        server.send_signal(signal.SIGTERM)  # what a supervisor sends to the pid it started
+        assert server.wait(timeout=30) is not None
+        with pytest.raises(OSError):
+            urllib.request.urlopen(health, timeout=2)  # nothing is left serving the workbench
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert "restored" in run(home, "restore", str(backup)).stdout

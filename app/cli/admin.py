@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Optional
@@ -14,7 +13,7 @@ from rich.table import Table
 from app.cli.common import app, context, err, out, print_new_accounts
 from curation.ops.maintenance import backup as backup_database
 from curation.ops.maintenance import doctor as run_doctor
-from curation.ops.maintenance import fix_store
+from curation.ops.maintenance import fix_store, hold_app_lock
 from curation.store.auth import add_user, list_users, set_password, set_role
 from curation.store.models import ROLES
 
@@ -30,9 +29,11 @@ def app_(
     ),
     port: int = typer.Option(8501, help="Port."),
 ) -> None:
-    """Start the web app (Streamlit), after upgrading the database."""
+    """Start the web app (Streamlit), after upgrading the database. This process becomes the server (exec), so
+    SIGTERM or Ctrl-C from a supervisor stops it; `skinflow restore` refuses while it runs."""
     c = context(ctx)
     wb = c.workbench()  # creates and upgrades the database before the app starts
+    hold_app_lock(wb.settings)
     env = {**os.environ, "SKINFLOW_HOME": str(wb.settings.home.resolve())}
     script = Path(__file__).resolve().parents[1] / "ui" / "main.py"
     out.print(f"SkinFlow Workbench on http://{host}:{port} (workbench {wb.settings.home.resolve()}); Ctrl-C stops it")
@@ -55,7 +56,11 @@ def app_(
         "--client.toolbarMode",
         "minimal",
     ]
-    raise typer.Exit(subprocess.call(command, env=env))
+    wb.close()
+    sys.stdout.flush()
+    # exec, not a child process: a supervisor's SIGTERM to this pid reaches the server (a child was orphaned,
+    # still serving and writing), and the lock on <home>/.app.lock stays held for exactly as long as it runs.
+    os.execve(sys.executable, command, env)
 
 
 @app.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
@@ -15,7 +16,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import select, text
 
-from curation.errors import DatabaseError
+from curation.errors import DatabaseError, SkinflowError
 from curation.store import audit
 from curation.store.auth import Actor, require
 from curation.store.db import Workbench, alembic_config, open_workbench
@@ -83,6 +84,44 @@ class RestoreReport:
     missing_images: list[str] = field(default_factory=list)
 
 
+APP_LOCK = ".app.lock"
+
+
+def hold_app_lock(settings) -> int:
+    """Mark this process as the app server of the workbench until it ends: an exclusive lock on
+    <home>/.app.lock (released by the system when the process dies, so never stale), with the pid inside.
+    The file descriptor is inheritable, so it survives the exec into Streamlit. Refuses a second app."""
+    fd = os.open(settings.home / APP_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise SkinflowError(f"the app already runs for this workbench (pid {pid}); open it, or stop it first") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    os.set_inheritable(fd, True)
+    return fd
+
+
+def running_app_pid(settings) -> int | None:
+    """The pid of the app server holding this workbench's lock, or None when no app runs."""
+    path = settings.home / APP_LOCK
+    if not path.exists():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        return int(text) if text.isdigit() else -1
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 def restore(settings, backup_file: Path) -> RestoreReport:
     """Replace the workbench database with a backup. Stop the app and other skinflow processes first.
     The backup is checked (SQLite, integrity, a skinflow schema) before anything changes; the current
@@ -90,6 +129,10 @@ def restore(settings, backup_file: Path) -> RestoreReport:
     store lacks are reported (copy images/ back from your file backup). The restored database is migrated to
     this version and the restore is audited in it."""
     backup_file = Path(backup_file)
+    if (pid := running_app_pid(settings)) is not None:
+        raise DatabaseError(
+            f"the app is running on this workbench (pid {pid}): stop it first (Ctrl-C, or kill {pid}), then restore"
+        )
     if not backup_file.is_file():
         raise DatabaseError(f"backup file {backup_file} does not exist")
     try:
