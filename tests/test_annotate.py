@@ -148,3 +148,15 @@ def test_an_annotator_may_continue_their_own_chain_after_a_reviewer_edit(wb, ann
 
     with pytest.raises(PermissionDenied, match="another person's annotation"):
         submit_annotation(wb, stranger, image_id, {}, diagnosis=None, diagnosis_status="uncertain", supersedes_id=third)
+
+
+def test_a_reviewer_cannot_adjudicate_an_image_only_they_annotated(wb, admin, reviewer, annotator, image_id):
+    from curation.labelling.annotate import adjudicate
+
+    submit_annotation(wb, reviewer, image_id, {"color": ["brown"]}, diagnosis="melanoma", diagnosis_status="confirmed")
+    with pytest.raises(ConflictError, match="verify your own label"):
+        adjudicate(wb, reviewer, image_id, {"color": ["brown"]}, diagnosis="melanoma")
+    assert _status(wb, image_id) == ("annotated", None)  # nothing verified
+    submit_annotation(wb, annotator, image_id, {"color": ["black"]}, diagnosis="nevocytic nevus", diagnosis_status="confirmed")
+    adjudicate(wb, reviewer, image_id, {"color": ["brown", "black"]}, diagnosis="melanoma")  # now it settles a disagreement
+    assert _status(wb, image_id)[0] == "verified"

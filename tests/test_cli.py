@@ -256,3 +256,18 @@ def test_sigterm_stops_the_app_and_restore_refuses_while_it_runs(tmp_path):
         if server.poll() is None:
             server.kill()
     assert "restored" in run(home, "restore", str(backup)).stdout
+
+
+def test_status_json_and_restore_check_the_role(tmp_path):
+    home = tmp_path / "wb"
+    run(home, "demo", "--n", "6")
+    backup = home / "backups" / "b.db"
+    run(home, "backup", "--out", str(backup))
+    assert "images" in run(home, "--user", "annotator", "status").stdout  # the counts are for everyone
+    denied = run(home, "--user", "annotator", "status", "--json", check=False)
+    assert denied.returncode == 2 and "needs the reviewer role" in denied.stderr
+    assert "insights" in json.loads(run(home, "--user", "reviewer", "status", "--json").stdout)
+    refused = run(home, "--user", "reviewer", "restore", str(backup), check=False)
+    assert refused.returncode == 2 and "needs the admin role" in refused.stderr
+    assert not list(home.glob("skinflow.db.before-restore-*"))  # nothing was touched
+    assert "restored" in run(home, "--user", "admin", "restore", str(backup)).stdout

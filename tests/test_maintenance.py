@@ -99,9 +99,9 @@ def test_backup_and_restore_round_trip(wb, admin, tmp_path):
     not_a_db = tmp_path / "junk.db"
     not_a_db.write_bytes(b"not a database at all")
     with pytest.raises(DatabaseError, match="nothing was changed"):
-        restore(settings, not_a_db)
+        restore(settings, not_a_db, admin)
     (settings.store_dir / stored).unlink()  # a lost image file is reported
-    report = restore(settings, saved)
+    report = restore(settings, saved, admin)
     assert report.previous_copy.exists() and report.missing_images == [stored]
     again = open_workbench(settings)
     try:

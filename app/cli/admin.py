@@ -78,7 +78,8 @@ def restore(ctx: typer.Context, backup_file: Path = typer.Argument(..., help="A 
     """Replace the database with a backup (stop the app first); the current one is kept beside it."""
     from curation.ops.maintenance import restore as restore_database
 
-    report = restore_database(context(ctx).settings(), backup_file)
+    c = context(ctx)
+    report = restore_database(c.settings(), backup_file, c.actor())
     out.print(f"restored {backup_file}; the previous database is kept as {report.previous_copy}")
     if report.missing_images:
         out.print(

@@ -21,7 +21,7 @@ from curation.ingest import import_path
 from curation.ingest.common import ImportReport
 from curation.ingest.demo import build_demo
 from curation.ingest.fetch import fetch_images
-from curation.ops.insights import insights
+from curation.ops.insights import team_insights
 from curation.ops.status import workbench_status
 from curation.store.auth import add_user, count_users
 from schema.errors import SkinflowError
@@ -137,7 +137,7 @@ def status(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", hel
     wb = context(ctx).workbench()
     info = workbench_status(wb)
     if as_json:  # every number of the app's Insights page is here too
-        out.print_json(json.dumps({**info, "insights": insights(wb)}, default=str))
+        out.print_json(json.dumps({**info, "insights": team_insights(wb, context(ctx).actor())}, default=str))
         return
     out.print(
         f"[bold]{info['images']}[/bold] images, {info['annotations']} annotations, drafts {info['drafts'] or 0}, users "

@@ -356,12 +356,21 @@ def adjudicate(
     rationale: str | None = None,
     seconds_spent: float | None = None,
 ) -> int:
-    """A reviewer's final word: their own annotation, verified in the same transaction. Returns its id."""
+    """A reviewer's final word: their own annotation, verified in the same transaction. Returns its id.
+    Four eyes: it settles other people's annotations, so an image annotated by nobody but this reviewer
+    cannot be adjudicated by them (admins may, for single-person teams, as with reviews)."""
     require(actor, "reviewer", "adjudicate")
     caption, rationale = _check_inputs(caption, diagnosis_status, quality_flags, rationale)
     try:
         with wb.session() as s:
             image = _image(s, image_id)
+            others = s.scalar(
+                select(Annotation.id).where(Annotation.image_id == image_id, Annotation.user_id != actor.id).limit(1)
+            )
+            if others is None and actor.role != "admin":
+                raise ConflictError(
+                    "only you annotated this image: adjudicating would verify your own label; another reviewer must"
+                )
             head = user_chain_head(s, image_id, actor.id)
             annotation = _insert_annotation(
                 s,

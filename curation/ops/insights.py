@@ -12,6 +12,7 @@ import krippendorff
 import numpy as np
 from sqlalchemy import func, select
 
+from curation.store.auth import Actor, require
 from curation.store.db import Workbench
 from curation.store.models import Annotation, Draft, GoldAssignment, Image, Review, User
 from schema.caption import Caption
@@ -89,6 +90,13 @@ def edit_rates(annotations: list, prefills: dict[int, Any]) -> dict[str, Any]:
             "diagnosis": round(diagnosis_changed / len(rows), 3),
         }
     return out
+
+
+def team_insights(wb: Workbench, actor: Actor) -> dict[str, Any]:
+    """insights() for a person (the Insights page, `skinflow status --json`): per-annotator numbers are for
+    reviewers and admins."""
+    require(actor, "reviewer", "see the team's insights")
+    return insights(wb)
 
 
 def insights(wb: Workbench) -> dict[str, Any]:

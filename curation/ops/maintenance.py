@@ -122,12 +122,13 @@ def running_app_pid(settings) -> int | None:
         os.close(fd)
 
 
-def restore(settings, backup_file: Path) -> RestoreReport:
+def restore(settings, backup_file: Path, actor: Actor) -> RestoreReport:
     """Replace the workbench database with a backup. Stop the app and other skinflow processes first.
     The backup is checked (SQLite, integrity, a skinflow schema) before anything changes; the current
     database is kept beside it as <db>.before-restore-<time>; images the backup's manifest lists but the
     store lacks are reported (copy images/ back from your file backup). The restored database is migrated to
     this version and the restore is audited in it."""
+    require(actor, "admin", "restore the database")
     backup_file = Path(backup_file)
     if (pid := running_app_pid(settings)) is not None:
         raise DatabaseError(
@@ -163,7 +164,8 @@ def restore(settings, backup_file: Path) -> RestoreReport:
     wb = open_workbench(settings)  # runs the migrations a backup from an older version needs
     try:
         with wb.session() as session:
-            audit.record(session, None, "database.restore", "database", None, source=str(backup_file))
+            # by name: the restored database may number its accounts differently
+            audit.record(session, None, "database.restore", "database", None, source=str(backup_file), by=actor.username)
     finally:
         wb.close()
     if manifest_path(backup_file).exists():

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from app.ui import state
-from curation.ops.insights import insights
+from curation.ops.insights import team_insights
 
 
 def _bar(counts: dict, name: str, by_count: bool = True) -> alt.Chart:
@@ -17,10 +17,10 @@ def _bar(counts: dict, name: str, by_count: bool = True) -> alt.Chart:
 
 
 def render() -> None:
-    state.require_role("reviewer", "Insights")
+    actor = state.require_role("reviewer", "Insights")
     wb = state.workbench()
     st.title("Insights")
-    numbers = insights(wb)
+    numbers = team_insights(wb, actor)
     st.caption('The same numbers: `skinflow status --json` (key "insights").')
     a, b, c = st.columns(3)
     a.metric("Images", numbers["images"])
