@@ -271,3 +271,13 @@ def test_status_json_and_restore_check_the_role(tmp_path):
     assert refused.returncode == 2 and "needs the admin role" in refused.stderr
     assert not list(home.glob("skinflow.db.before-restore-*"))  # nothing was touched
     assert "restored" in run(home, "--user", "admin", "restore", str(backup)).stdout
+
+
+def test_rich_markup_in_file_names_and_cells_is_printed_as_text(tmp_path):
+    home = tmp_path / "wb"
+    write(tmp_path / "derm" / "[/bold]broken[link=x].jpg", b"not an image")
+    (tmp_path / "rows.csv").write_text("url,label\nhttps://example.org/a.jpg,[/red]psoriasis[bold]\n", encoding="utf-8")
+    result = run(home, "import", str(tmp_path / "derm"), check=False)
+    assert "Traceback" not in result.stderr and "[/bold]broken[link=x].jpg: not a readable image" in result.stdout
+    csv_result = run(home, "import", str(tmp_path / "rows.csv"))
+    assert "label '[/red]psoriasis[bold]' is not in the taxonomy" in csv_result.stdout

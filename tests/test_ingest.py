@@ -435,3 +435,24 @@ def test_a_folder_import_follows_links_only_to_files_inside_the_folder(wb, admin
     assert set(reasons) == {"out.jpg", "out_broken.jpg"} and reasons["out.jpg"] == reasons["out_broken.jpg"]
     assert "outside the folder" in reasons["out.jpg"]
     assert report.imported == 1 and [Path(item).name for item, _ in report.duplicates] == ["same_folder.jpg"]
+
+
+def test_csv_column_count_and_metadata_size_are_capped(wb, admin, tmp_path):
+    from curation.ingest.csv_import import MAX_CSV_COLUMNS, MAX_METADATA_CHARS
+
+    wide = tmp_path / "wide.csv"
+    columns = ["url", "label"] + [f"c{i}" for i in range(MAX_CSV_COLUMNS)]
+    wide.write_text(
+        ",".join(columns) + "\n" + ",".join(["https://example.org/a.jpg", "psoriasis"] + ["x"] * MAX_CSV_COLUMNS) + "\n"
+    )
+    with pytest.raises(IngestError, match=f"{len(columns):,} columns; at most {MAX_CSV_COLUMNS}.*Nothing was imported"):
+        import_csv(wb, admin, wide)
+    assert _rows(wb) == {}
+    big = tmp_path / "big_cell.csv"
+    big.write_text(
+        f"url,label,notes\nhttps://example.org/a.jpg,psoriasis,{'y' * (MAX_METADATA_CHARS + 1)}\n"
+        "https://example.org/b.jpg,psoriasis,short\n"
+    )
+    report = import_csv(wb, admin, big)
+    assert report.missing_images == 1 and report.failed[0][0] == "big_cell.csv line 2"
+    assert "characters of metadata" in report.failed[0][1]

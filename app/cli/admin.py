@@ -85,8 +85,6 @@ def restore(ctx: typer.Context, backup_file: Path = typer.Argument(..., help="A 
         out.print(
             f"{len(report.missing_images)} of {report.images} images are missing from the store (copy images/ back): "
             + ", ".join(report.missing_images[:10]),
-            markup=False,
-            highlight=False,
         )
 
 

@@ -23,8 +23,10 @@ app = typer.Typer(
     help="SkinFlow Workbench: dermatology annotation, curation, export and training.",
 )
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True)
+# markup and highlighting off: what we print quotes file names, CSV cells and replies, and a "[/bold]" in
+# one of them was parsed as rich markup (MarkupError traceback); our own emphasis uses style=
+out = Console(soft_wrap=True, markup=False, highlight=False)
+err = Console(stderr=True, markup=False, highlight=False)
 
 
 @dataclass

@@ -36,11 +36,11 @@ def print_import_report(report: ImportReport, report_file: Optional[Path], shown
     out.print(table)
     for title, rows in (("Failed", report.failed), ("Duplicates", report.duplicates)):
         for item, reason in rows[:shown]:
-            out.print(f"[bold]{title.lower()}[/bold] {item}: {reason}", markup=True, highlight=False, soft_wrap=True)
+            out.print(f"{title.lower()} {item}: {reason}")
         if len(rows) > shown:
             out.print(f"... {len(rows) - shown} more {title.lower()} (see --report FILE for all)")
     for warning in report.warnings[:shown]:
-        out.print(f"warning {warning}", markup=False, highlight=False, soft_wrap=True)
+        out.print(f"warning {warning}", soft_wrap=True)
     if report_file:
         report_file.write_text(
             json.dumps(
@@ -139,10 +139,7 @@ def status(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", hel
     if as_json:  # every number of the app's Insights page is here too
         out.print_json(json.dumps({**info, "insights": team_insights(wb, context(ctx).actor())}, default=str))
         return
-    out.print(
-        f"[bold]{info['images']}[/bold] images, {info['annotations']} annotations, drafts {info['drafts'] or 0}, users "
-        f"{info['users']}"
-    )
+    out.print(f"{info['images']} images, {info['annotations']} annotations, drafts {info['drafts'] or 0}, users {info['users']}")
     for title, key, limit in (
         ("State", "by_status", None),
         ("Source", "by_source", None),
@@ -221,7 +218,7 @@ def export_verify(folder: Path = typer.Argument(..., help="An export folder.")) 
     """Re-hash every file of an export against its manifest."""
     problems = verify_export(folder)
     for problem in problems[:50]:
-        out.print(problem, markup=False, highlight=False)
+        out.print(problem)
     if problems:
         err.print(f"{len(problems)} problem(s): this export was changed after it was written")
         raise typer.Exit(1)
@@ -261,7 +258,7 @@ def ls_pull(
         + (f"; new accounts for {', '.join(report.users_created)}" if report.users_created else "")
     )
     for task_id, why in report.skipped[:20]:
-        out.print(f"skipped task {task_id}: {why}", markup=False, highlight=False)
+        out.print(f"skipped task {task_id}: {why}")
 
 
 @app.command()
@@ -283,7 +280,7 @@ def draft(
         + ("" if report.structured_output else "; the server has no structured output: JSON was read from the text")
     )
     for image_id, reason in report.failed[:20]:
-        out.print(f"failed image #{image_id}: {reason}", markup=False, highlight=False)
+        out.print(f"failed image #{image_id}: {reason}")
 
 
 @app.command()
@@ -300,7 +297,7 @@ def reasonings(
         report = collect_reasonings(wb, actor, model=model, limit=limit, concurrency=concurrency, progress=progress)
     out.print(f"stored {report.done} of {report.todo} reasonings in {report.seconds:.1f} s; failed {len(report.failed)}")
     for image_id, reason in report.failed[:20]:
-        out.print(f"failed image #{image_id}: {reason}", markup=False, highlight=False)
+        out.print(f"failed image #{image_id}: {reason}")
 
 
 @app.command()
@@ -329,6 +326,4 @@ def weights(
             f"#{ws.id} {ws.name}{' (active)' if ws.active else ''}: {ws.n_reasonings} reasonings, source "
             f"{ws.params.get('source')}, "
             f"floor {ws.floor}",
-            markup=False,
-            highlight=False,
         )

@@ -110,7 +110,7 @@ def ablate(
         split=split,
         overrides={k: v for k, v in overrides.items() if v is not None},
     )
-    report = run_ablation(config, on_progress=lambda line: out.print(line, markup=False, highlight=False))
+    report = run_ablation(config, on_progress=lambda line: out.print(line))
     if report is None:
         out.print(f"ablation cancelled; run the same command again to resume it ({out_dir})")
         return
@@ -118,8 +118,6 @@ def ablate(
         top1, top6 = variant["metrics"]["top1"], variant["metrics"]["top6"]
         out.print(
             f"{name}: top-1 {top1['mean']:.3f} ± {top1['std']:.3f}, top-6 {top6['mean']:.3f} ± {top6['std']:.3f}",
-            markup=False,
-            highlight=False,
         )
     out.print(f"report: {out_dir / 'report.md'}")
 
@@ -176,7 +174,7 @@ def suggest(
         report = import_predictions(wb, actor, predictions)
     out.print(f"{report.added} suggestions added, {report.already_there} already there, {len(report.skipped)} skipped")
     for line, why in report.skipped[:20]:
-        out.print(f"line {line}: {why}", markup=False, highlight=False)
+        out.print(f"line {line}: {why}")
 
 
 @app.command("eval")
@@ -216,4 +214,4 @@ def eval_(
     report = evaluate_files(export_dir, predictions, out_dir, split=split, baseline=baseline)
     h = report["headline"]
     shown = ", ".join(f"{k} {v:.3f}" for k, v in h.items() if v is not None)
-    out.print(f"{report['n_diagnosis']} {split} items: {shown}; report in {out_dir / 'report.md'}", markup=False, highlight=False)
+    out.print(f"{report['n_diagnosis']} {split} items: {shown}; report in {out_dir / 'report.md'}")

@@ -37,6 +37,8 @@ from curation.store.db import Workbench
 from curation.store.models import Image
 
 CSV_BATCH = 5000  # rows per transaction
+MAX_CSV_COLUMNS = 256  # public dermatology sets have under 40; a 200,000-column row is an attack, not data
+MAX_METADATA_CHARS = 16_000  # per row, names and values of the columns kept as metadata
 _PATH_COLUMNS = ("path", "image", "image_path", "file", "filename", "file_path")
 _URL_COLUMNS = ("url", "image_url")
 _LABEL_COLUMNS = ("label", "diagnosis", "diagnosis_label")
@@ -95,6 +97,11 @@ def read_csv_rows(path: Path) -> tuple[list[str], Callable[[], Iterator[dict[str
         raise IngestError(f"{path} is empty: expected a header row")
     if len(set(header)) != len(header):
         raise IngestError(f"{path}: duplicate column names in the header: {header}")
+    if len(header) > MAX_CSV_COLUMNS:
+        raise IngestError(
+            f"{path} has {len(header):,} columns; at most {MAX_CSV_COLUMNS} are imported (the image, label and metadata "
+            "columns): remove the others and import again. Nothing was imported."
+        )
 
     def rows() -> Iterator[dict[str, str]]:
         lines = io.StringIO(text, newline="")
@@ -151,6 +158,12 @@ def import_csv(
                 values = {k: (v if isinstance(v, str) else "") for k, v in row.items() if k is not None}
                 if None in row:
                     report.failed.append((item, "more cells than header columns; check quoting"))
+                    continue
+                meta_chars = sum(len(k) + len(v) for k, v in values.items() if k not in used)
+                if meta_chars > MAX_METADATA_CHARS:  # shown with the image on every rerun of the Annotate page
+                    report.failed.append(
+                        (item, f"{meta_chars:,} characters of metadata, over {MAX_METADATA_CHARS:,}: shorten or drop columns")
+                    )
                     continue
                 for column, value in values.items():
                     if value.startswith(FORMULA_START) and not _is_number(value):
