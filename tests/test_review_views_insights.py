@@ -186,6 +186,7 @@ def test_zip_upload_imports_images(wb, admin, tmp_path):
         ({"/etc/cron.d/evil": b"x"}, None, "zip-slip"),
         ({"ok.jpg": b"x"}, "link.jpg", "symbolic link"),
         ({"bomb.jpg": b"\0" * 5_000_000}, None, "zip-bomb guard"),
+        ({"fine.jpg/inner.jpg": b"x"}, None, "a file and a folder both named 'fine.jpg'"),  # extraction crashed
     ],
 )
 def test_hostile_zips_are_refused_whole(wb, admin, tmp_path, entries, symlink, match):
@@ -199,6 +200,29 @@ def test_hostile_zips_are_refused_whole(wb, admin, tmp_path, entries, symlink, m
     bad.write_bytes(b"PK\x03\x04 broken")
     with pytest.raises(IngestError, match="not a readable zip"):
         import_zip(wb, admin, bad)
+
+
+def test_zips_with_a_repeated_entry_or_too_much_inflated_data_are_refused_whole(wb, admin, tmp_path, monkeypatch):
+    import warnings
+    import zipfile
+
+    from curation.ingest import archive as archive_module
+
+    twice = tmp_path / "twice.zip"
+    with warnings.catch_warnings(), zipfile.ZipFile(twice, "w") as bundle:
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate name; that is the point
+        bundle.writestr("a.jpg", jpeg_bytes(photo(1)))
+        bundle.writestr("a.jpg", jpeg_bytes(photo(2)))
+    with pytest.raises(IngestError, match="holds 'a.jpg' twice"):
+        import_zip(wb, admin, twice)
+    big = tmp_path / "big.zip"
+    big.write_bytes(_zip({"a.jpg": jpeg_bytes(photo(1)), "b.jpg": jpeg_bytes(photo(2))}))
+    monkeypatch.setattr(archive_module, "MAX_ZIP_TOTAL_BYTES", len(jpeg_bytes(photo(1))) + 10)
+    with pytest.raises(IngestError, match="import large sets as a folder"):
+        import_zip(wb, admin, big)
+    with wb.session() as s:
+        assert s.scalars(select(Image)).all() == []
+    assert not list(wb.settings.home.glob(".tmp-*"))  # the extraction folder is gone
 
 
 def test_edit_rates_per_field_compare_what_annotators_started_from(wb, admin, annotator):

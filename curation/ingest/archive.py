@@ -13,9 +13,27 @@ from curation.ingest.common import ImportReport, Progress, start_import
 from curation.ingest.folder import import_folder
 from curation.store.auth import Actor
 from curation.store.db import Workbench
+from schema.files import TEMP_PREFIX, temp_owner_tag
 
 MAX_ZIP_ENTRIES = 100_000
 MAX_ZIP_RATIO = 200  # a member that inflates more than this is a bomb, not a photo
+MAX_ZIP_TOTAL_BYTES = 20_000_000_000  # all members inflated: bigger uploads go in as a server folder
+
+
+def _check_layout(members: list[zipfile.ZipInfo]) -> None:
+    """Refuse an archive whose entries cannot all be extracted side by side: the same path twice, or a file
+    and a folder of the same name (extraction crashed on it)."""
+    files: set[PurePosixPath] = set()
+    folders: set[PurePosixPath] = set()
+    for member in members:
+        path = _safe_member_path(member.filename)
+        if path in files:
+            raise IngestError(f"refused: the archive holds {member.filename!r} twice; nothing was imported")
+        files.add(path)
+        folders.update(path.parents)
+    clash = sorted(str(p) for p in files & folders)
+    if clash:
+        raise IngestError(f"refused: the archive has a file and a folder both named {clash[0]!r}; nothing was imported")
 
 
 def _safe_member_path(name: str) -> PurePosixPath:
@@ -47,8 +65,17 @@ def import_zip(
                         f"refused: the archive entry {member.filename!r} inflates to {member.file_size / 1e6:.0f} MB "
                         "(zip-bomb guard); nothing was imported"
                     )
-            with tempfile.TemporaryDirectory(prefix="skinflow-zip-") as folder:
+            _check_layout(members)
+            declared = sum(m.file_size for m in members)
+            if declared > MAX_ZIP_TOTAL_BYTES:
+                raise IngestError(
+                    f"refused: the archive inflates to {declared / 1e9:.1f} GB, over {MAX_ZIP_TOTAL_BYTES / 1e9:.0f} GB; "
+                    "import large sets as a folder on the server; nothing was imported"
+                )
+            # extracted inside the workbench (owner-only, swept by `doctor --fix` if killed), not in a shared /tmp
+            with tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{temp_owner_tag()}zip", dir=wb.settings.home) as folder:
                 root = Path(folder)
+                inflated = 0
                 for member in members:
                     target = root / _safe_member_path(member.filename)
                     target.parent.mkdir(parents=True, exist_ok=True)
@@ -56,6 +83,11 @@ def import_zip(
                         copied = 0
                         for block in iter(lambda: source.read(1 << 20), b""):
                             copied += len(block)
+                            inflated += len(block)
+                            if inflated > MAX_ZIP_TOTAL_BYTES:
+                                raise IngestError(
+                                    f"refused: the archive inflates past {MAX_ZIP_TOTAL_BYTES / 1e9:.0f} GB; nothing was imported"
+                                )
                             if copied > max_bytes:  # sizes in the directory can lie
                                 raise IngestError(
                                     f"refused: {member.filename!r} is larger than its archive entry says; nothing was imported"
