@@ -281,3 +281,32 @@ def test_rich_markup_in_file_names_and_cells_is_printed_as_text(tmp_path):
     assert "Traceback" not in result.stderr and "[/bold]broken[link=x].jpg: not a readable image" in result.stdout
     csv_result = run(home, "import", str(tmp_path / "rows.csv"))
     assert "label '[/red]psoriasis[bold]' is not in the taxonomy" in csv_result.stdout
+
+
+def test_passwords_come_from_a_file_or_stdin_never_from_a_flag(tmp_path):
+    from curation.store.auth import authenticate
+    from curation.store.db import open_workbench
+    from curation.store.settings import Settings
+
+    home = tmp_path / "wb"
+    run(home, "init")
+    assert "No such option: --password" in run(home, "users", "add", "alice", "--password", "visible-in-ps", check=False).stderr
+    secret = tmp_path / "alice.txt"
+    secret.write_text("alice-secret-pw\n")
+    assert "user alice created" in run(home, "users", "add", "alice", "--password-file", str(secret)).stdout
+    piped = subprocess.run(
+        [SKINFLOW, "users", "set-password", "alice", "--password-file", "-"],
+        input="from-stdin-pw\n",
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SKINFLOW_HOME": str(home)},
+        timeout=120,
+    )
+    assert piped.returncode == 0 and "password of alice changed" in piped.stdout
+    missing = run(home, "users", "set-password", "alice", "--password-file", str(tmp_path / "nope.txt"), check=False)
+    assert missing.returncode == 2 and "cannot read the password file" in missing.stderr
+    wb = open_workbench(Settings.load(environ={}, home=home))
+    try:
+        assert authenticate(wb, "alice", "from-stdin-pw").username == "alice"
+    finally:
+        wb.close()

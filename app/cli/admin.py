@@ -16,6 +16,7 @@ from curation.ops.maintenance import doctor as run_doctor
 from curation.ops.maintenance import fix_store, hold_app_lock
 from curation.store.auth import add_user, list_users, set_password, set_role
 from curation.store.models import ROLES
+from schema.errors import SkinflowError
 
 users_app = typer.Typer(no_args_is_help=True, help="Manage accounts (admin).")
 app.add_typer(users_app, name="users")
@@ -120,15 +121,32 @@ def doctor(
     out.print("no problems found")
 
 
+PASSWORD_FILE_HELP = (
+    "Read the password from this file (or - for standard input); never from a flag, which shows in `ps` and "
+    "shell history. Default: a generated password, printed once."
+)
+
+
+def _read_password(source: Optional[Path]) -> Optional[str]:
+    if source is None:
+        return None
+    try:
+        text = sys.stdin.read() if str(source) == "-" else source.read_text(encoding="utf-8")
+    except OSError as e:
+        raise SkinflowError(f"cannot read the password file {source}: {e.strerror}") from None
+    return text.rstrip("\r\n")  # the line end an editor or `echo` adds is not part of the password
+
+
 @users_app.command("add")
 def users_add(
     ctx: typer.Context,
     username: str,
     role: str = typer.Option("annotator", help=f"One of: {', '.join(ROLES)}."),
-    password: Optional[str] = typer.Option(None, help="Default: a generated password, printed once."),
+    password_file: Optional[Path] = typer.Option(None, "--password-file", help=PASSWORD_FILE_HELP),
 ) -> None:
     """Create an account."""
     c = context(ctx)
+    password = _read_password(password_file)
     _, pw = add_user(c.workbench(), c.actor(), username, role, password)
     if password is None:
         print_new_accounts({username: pw})
@@ -160,10 +178,11 @@ def users_set_role(ctx: typer.Context, username: str, role: str) -> None:
 def users_set_password(
     ctx: typer.Context,
     username: str,
-    password: Optional[str] = typer.Option(None, help="Default: a generated password, printed once."),
+    password_file: Optional[Path] = typer.Option(None, "--password-file", help=PASSWORD_FILE_HELP),
 ) -> None:
-    """Set an account's password."""
+    """Set an account's password (this ends the account's open app sessions)."""
     c = context(ctx)
+    password = _read_password(password_file)
     pw = set_password(c.workbench(), c.actor(), username, password)
     if password is None:
         print_new_accounts({username: pw})
