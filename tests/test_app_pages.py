@@ -273,6 +273,26 @@ def test_admin_export_offers_a_download(demo_home, tmp_path):
     [b for b in at.button if b.label == "Export"][0].click().run()
     assert any("Exported" in m.value for m in at.success)
     assert (tmp_path / "ui-export" / "manifest.json").exists()
+    assert any(b.label == "Download the export (zip)" for b in at.get("download_button"))
+
+
+def test_the_admin_page_does_not_build_the_export_zip_on_every_rerun(demo_home, tmp_path, monkeypatch):
+    import io
+    import zipfile
+
+    from app.ui.screens import admin
+
+    built = []
+    real = admin._zip_folder
+    monkeypatch.setattr(admin, "_zip_folder", lambda folder: built.append(folder) or real(folder))
+    at = page(demo_home, "admin", "admin")
+    [t for t in at.text_input if t.label.startswith("Export folder")][0].input(str(tmp_path / "v1"))
+    [b for b in at.button if b.label == "Export"][0].click().run()
+    for _ in range(3):
+        at.run()  # any interaction on the page
+    assert built == []  # only a click on the download button builds it
+    names = zipfile.ZipFile(io.BytesIO(real(tmp_path / "v1"))).namelist()
+    assert "v1/manifest.json" in names and "v1/records.jsonl" in names
 
 
 def test_admin_export_takes_formats_and_filters(demo_home, tmp_path):

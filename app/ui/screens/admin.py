@@ -127,8 +127,12 @@ def _export(wb, actor) -> None:
             st.success(f"Exported {result.n_records} records to {plain(result.path)} ({result.by_split}).")
     last = st.session_state.get("last_export")
     if last and Path(last).exists():
+        # a callable: the zip is built when the button is clicked, not in memory on every rerun of this page
         st.download_button(
-            "Download the export (zip)", _zip_folder(Path(last)), file_name=f"{Path(last).name}.zip", mime="application/zip"
+            "Download the export (zip)",
+            lambda: _zip_folder(Path(last)),
+            file_name=f"{Path(last).name}.zip",
+            mime="application/zip",
         )
 
 
