@@ -78,6 +78,14 @@ def running_app(tmp_path):
         wb.close()
 
 
+def _log_in(page, url: str, username: str, password: str) -> None:
+    page.goto(url, wait_until="networkidle")
+    page.get_by_label("Username").fill(username)
+    page.get_by_role("textbox", name="Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+    page.get_by_role("heading", name="Annotate").wait_for(timeout=30_000)
+
+
 def test_annotator_logs_in_changes_two_fields_and_the_diagnosis_and_submits(running_app, tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -85,11 +93,7 @@ def test_annotator_logs_in_changes_two_fields_and_the_diagnosis_and_submits(runn
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1500, "height": 1300})
-        page.goto(url, wait_until="networkidle")
-        page.get_by_label("Username").fill("annotator")
-        page.get_by_role("textbox", name="Password").fill("browser-pass-1")
-        page.get_by_role("button", name="Log in").click()
-        page.get_by_role("heading", name="Annotate").wait_for(timeout=30_000)
+        _log_in(page, url, "annotator", "browser-pass-1")
         image_id = int(page.get_by_text("image #").first.inner_text().split("#")[1].split(",")[0])
 
         page.get_by_test_id("stRadio").filter(has_text="Number").get_by_text("numerous", exact=True).click()
@@ -128,11 +132,7 @@ def test_an_admin_demoted_from_the_cli_loses_the_admin_page_in_the_open_tab(runn
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1500, "height": 1000})
-        page.goto(url, wait_until="networkidle")
-        page.get_by_label("Username").fill("chief")
-        page.get_by_role("textbox", name="Password").fill("chief-pass-123")
-        page.get_by_role("button", name="Log in").click()
-        page.get_by_role("heading", name="Annotate").wait_for(timeout=30_000)
+        _log_in(page, url, "chief", "chief-pass-123")
         admin_link = page.get_by_test_id("stSidebarNav").get_by_role("link", name="Admin")
         admin_link.wait_for(timeout=15_000)
 

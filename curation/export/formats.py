@@ -196,6 +196,22 @@ def label_studio_result(caption: dict[str, Any], diagnosis_key: str | None, taxo
     return result
 
 
+def label_studio_predictions(drafts: list[dict[str, Any]], taxonomy: Taxonomy) -> list[dict[str, Any]]:
+    """An image's drafts (LLM draft, model suggestion) as separate Label Studio predictions, each with its
+    model_version and the score of its top diagnosis."""
+    predictions = []
+    for draft in drafts:
+        top = (draft["diagnoses"] or [{}])[0]
+        predictions.append(
+            {
+                "model_version": f"{draft['kind']}:{draft['producer']}:{draft['version']}",
+                "score": top.get("score"),
+                "result": label_studio_result(draft["caption"], top.get("key"), taxonomy),
+            }
+        )
+    return predictions
+
+
 def write_labelstudio(
     staging: Path, records: list[dict[str, Any]], taxonomy: Taxonomy, drafts: dict[int, list[dict]], **_
 ) -> None:
@@ -205,16 +221,6 @@ def write_labelstudio(
     folder.mkdir(parents=True, exist_ok=True)
     tasks = []
     for r in records:
-        predictions = []
-        for draft in drafts.get(r["id"], []):
-            top = (draft["diagnoses"] or [{}])[0]
-            predictions.append(
-                {
-                    "model_version": f"{draft['kind']}:{draft['producer']}:{draft['version']}",
-                    "score": top.get("score"),
-                    "result": label_studio_result(draft["caption"], top.get("key"), taxonomy),
-                }
-            )
         tasks.append(
             {
                 "data": {
@@ -223,7 +229,7 @@ def write_labelstudio(
                     "sha256": r["sha256"],
                     "split": r["split"],
                 },
-                "predictions": predictions,
+                "predictions": label_studio_predictions(drafts.get(r["id"], []), taxonomy),
             }
         )
     (folder / "tasks.json").write_text(json.dumps(tasks, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import select
 
 from curation.errors import ConfigError, NotFound
-from curation.export.formats import LABEL_STUDIO_IMAGE_PREFIX, label_studio_config, label_studio_result
+from curation.export.formats import LABEL_STUDIO_IMAGE_PREFIX, label_studio_config, label_studio_predictions
 from curation.labelling.annotate import latest_model_drafts, submit_annotation, user_chain_head
 from curation.store import audit
 from curation.store.auth import Actor, add_user, get_actor, require
@@ -137,20 +137,10 @@ def push(
         else:
             kind = "png" if file_path.endswith(".png") else "jpeg"
             image = f"data:image/{kind};base64," + base64.b64encode((wb.store_dir / file_path).read_bytes()).decode()
-        predictions = []
-        for draft in drafts.get(image_id, []):
-            top = (draft["diagnoses"] or [{}])[0]
-            predictions.append(
-                {
-                    "model_version": f"{draft['kind']}:{draft['producer']}:{draft['version']}",
-                    "score": top.get("score"),
-                    "result": label_studio_result(draft["caption"], top.get("key"), taxonomy),
-                }
-            )
         tasks.append(
             {
                 "data": {"image": image, "skinflow_id": image_id, "sha256": sha, "source_label": source_key},
-                "predictions": predictions,
+                "predictions": label_studio_predictions(drafts.get(image_id, []), taxonomy),
             }
         )
     for start in range(0, len(tasks), IMPORT_BATCH):

@@ -36,9 +36,7 @@ def render() -> None:
         s1, s2, s3 = st.columns(3)
         sort = s1.selectbox("Sort by", list(SORTS))
         descending = s2.toggle("Descending")
-    rows, total = list_images(
-        wb,
-        actor,
+    filters = dict(
         status=status,
         label=label,
         group9=group9,
@@ -49,28 +47,12 @@ def render() -> None:
         source=source,
         sort=sort,
         descending=descending,
-        limit=PAGE_SIZE,
-        offset=0,
     )
+    rows, total = list_images(wb, actor, **filters, limit=PAGE_SIZE, offset=0)
     pages = max(1, -(-total // PAGE_SIZE))
     page = s3.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1)
     if page > 1:
-        rows, total = list_images(
-            wb,
-            actor,
-            status=status,
-            label=label,
-            group9=group9,
-            group3=group3,
-            fitzpatrick=fitzpatrick,
-            annotator=annotator,
-            flag=flag,
-            source=source,
-            sort=sort,
-            descending=descending,
-            limit=PAGE_SIZE,
-            offset=(page - 1) * PAGE_SIZE,
-        )
+        rows, total = list_images(wb, actor, **filters, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
     st.caption(f"{total} images match")
     frame = pd.DataFrame(rows)
     if not frame.empty:
