@@ -164,6 +164,14 @@ def test_review_verify_as_is(demo_home):
         assert s.get(Image, image_id).status == "verified"
 
 
+def test_insights_shows_who_to_trust_for_what(demo_home):
+    at = page(demo_home, "insights", "reviewer")
+    assert not at.exception and "Who to trust for what" in [h.value for h in at.subheader]
+    table = at.dataframe[-1].value
+    assert "synthetic:skinflow-demo:1" in table.columns and list(table.index)[:2] == ["color", "location"]
+    assert table.loc["color", "best"] == "not enough evidence"  # 3 verified demo images: under min_evidence (20)
+
+
 @pytest.mark.parametrize("name,title", [("dataset", "Dataset"), ("insights", "Insights"), ("admin", "Admin")])
 def test_pages_render_for_their_role(demo_home, name, title):
     at = page(demo_home, name, "admin")

@@ -52,6 +52,7 @@ HELP_COMMANDS = [
     ["eval"],
     ["restore"],
     ["ablate"],
+    ["sources"],
 ]
 
 
@@ -310,3 +311,16 @@ def test_passwords_come_from_a_file_or_stdin_never_from_a_flag(tmp_path):
         assert authenticate(wb, "alice", "from-stdin-pw").username == "alice"
     finally:
         wb.close()
+
+
+def test_sources_reports_held_out_agreement_per_source_and_field(tmp_path):
+    home = tmp_path / "wb"
+    run(home, "demo", "--n", "20", "--verified-fraction", "0.5")
+    doc = json.loads(run(home, "--user", "reviewer", "sources", "--json").stdout)
+    synthetic = doc["sources"]["synthetic:skinflow-demo:1"]
+    verified = doc["verified_images"]
+    assert verified > 0 and synthetic["measures"]["color"]["n"] == verified
+    assert 0.0 <= synthetic["measures"]["color"]["mean"] <= 1.0 and doc["measures"]["color"]["chosen"] is None  # n < 20
+    table = run(home, "--user", "reviewer", "sources").stdout
+    assert "synthetic:skinflow-demo:1" in table and "not enough evidence" in table
+    assert run(home, "--user", "annotator", "sources", check=False).returncode == 2

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from app.cli.common import app, context, err, out, print_new_accounts, progress_bar
 from curation.assist.drafting import draft_images
+from curation.assist.evidence import MEASURES, source_evidence
 from curation.assist.weights import collect_reasonings, create_weight_set, list_weight_sets
 from curation.export.canonical import verify_export
 from curation.export.dataset import ExportFilter, export_dataset
@@ -327,3 +328,31 @@ def weights(
             f"{ws.params.get('source')}, "
             f"floor {ws.floor}",
         )
+
+
+@app.command()
+def sources(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Who to trust for what: each draft source's held-out agreement with verified annotations, per field and
+    for the diagnosis, with the number of items; the best source per field with enough evidence (reviewer)."""
+    c = context(ctx)
+    report = source_evidence(c.workbench(), c.actor())
+    if as_json:
+        out.print_json(json.dumps(report.to_json(), default=str))
+        return
+    if not report.sources:
+        out.print("no draft source has a usable draft on a verified image yet")
+        return
+    table = Table(title=f"Held-out agreement with {report.verified_images} verified images (mean, n)")
+    table.add_column("measure")
+    for entry in report.sources:
+        table.add_column(entry.source, justify="right")
+    table.add_column(f"best (n >= {report.min_evidence})")
+    for measure in MEASURES:
+        cells = []
+        for entry in report.sources:
+            score = entry.measures[measure]
+            cells.append("-" if score.mean is None else f"{score.mean:.2f} ({score.n})")
+        table.add_row(measure, *cells, report.chosen[measure] or "not enough evidence")
+    out.print(table)
+    for entry in report.sources:
+        out.print(f"{entry.source}: {entry.held_out}")

@@ -35,6 +35,9 @@ class WorkflowSettings(BaseModel):
     session_minutes: int = Field(8 * 60, ge=5, le=7 * 24 * 60, description="a login expires after this long")
     training_slots: int = Field(1, ge=1, le=8, description="training runs at once; more wait in the queue")
     active_run_id: int | None = Field(None, description="the training run whose model makes the suggestions")
+    min_evidence: int = Field(
+        20, ge=1, le=100_000, description="held-out items a draft source needs on a field before it counts as best there"
+    )
 
 
 def get_workflow_settings(wb: Workbench) -> WorkflowSettings:

@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from app.ui import state
+from curation.assist.evidence import MEASURES, source_evidence
 from curation.ops.insights import team_insights
 
 
@@ -76,8 +77,43 @@ def render() -> None:
     else:
         st.caption("No annotation started from a draft yet.")
 
+    _who_to_trust(wb, actor)
+
     st.subheader("Accuracy on gold items")
     if numbers["gold_accuracy"]:
         st.dataframe(pd.DataFrame(numbers["gold_accuracy"]).T, width="stretch")
     else:
         st.caption("No gold items answered yet (gold rate is set on the Admin page).")
+
+
+def _who_to_trust(wb, actor) -> None:
+    st.subheader("Who to trust for what")
+    report = source_evidence(wb, actor)
+    if not report.sources:
+        st.caption("No draft source has a usable draft on a verified image yet.")
+        return
+    st.caption(
+        f"Each draft source's agreement with the {report.verified_images} verified annotations, per field (mean field "
+        "score) and for the diagnosis (accuracy), on images it did not learn from; 'best' needs at least "
+        f"{report.min_evidence} items (setting min_evidence). The same numbers: `skinflow sources --json`."
+    )
+    rows = [
+        {"measure": measure, "source": entry.source, "score": entry.measures[measure].mean, "n": entry.measures[measure].n}
+        for entry in report.sources
+        for measure in MEASURES
+    ]
+    frame = pd.DataFrame(rows)
+    st.altair_chart(
+        alt.Chart(frame)
+        .mark_rect()
+        .encode(
+            x=alt.X("source:N", title=None),
+            y=alt.Y("measure:N", sort=list(MEASURES), title=None),
+            color=alt.Color("score:Q", scale=alt.Scale(domain=[0, 1])),
+            tooltip=["measure", "source", "score", "n"],
+        ),
+        width="stretch",
+    )
+    table = frame.pivot(index="measure", columns="source", values="score").reindex(list(MEASURES))
+    table["best"] = [report.chosen[m] or "not enough evidence" for m in MEASURES]
+    st.dataframe(table, width="stretch")

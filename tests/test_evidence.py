@@ -1,0 +1,89 @@
+"""Evidence per source and field: held-out agreement of each draft source with verified annotations."""
+
+import json
+
+import pytest
+
+from curation.assist.evidence import compute_evidence, source_evidence
+from curation.labelling.annotate import add_draft, review_annotation, submit_annotation
+from curation.store.models import Image, TrainingRun
+from schema.errors import SkinflowError
+
+LLM = "llm:vision-model:caption-v1+schema1"
+MODEL = "model:skinflow:run-1:stage2"
+
+
+@pytest.fixture
+def bench(wb, admin, reviewer, annotator, tmp_path):
+    """30 verified images (brown, round, melanoma). The LLM gets color right and shape wrong and says nevus;
+    run #1's model gets shape right and color wrong and says melanoma, and it trained on the first 10 images."""
+    with wb.session() as s:
+        rows = [Image(source="test", status="pending", sha256=f"{i:064x}", file_path=f"{i}.jpg") for i in range(1, 31)]
+        s.add_all(rows)
+        s.flush()
+        ids = [r.id for r in rows]
+    for image_id in ids:
+        annotation = submit_annotation(
+            wb, annotator, image_id, {"color": ["brown"], "shape": ["round"]}, diagnosis="melanoma", diagnosis_status="confirmed"
+        )
+        review_annotation(wb, reviewer, annotation, "verified")
+        add_draft(
+            wb,
+            admin,
+            image_id,
+            kind="llm",
+            producer="vision-model",
+            version="caption-v1+schema1",
+            caption={"color": ["brown"], "shape": ["oval"]},
+            diagnoses=[{"key": "nevocytic nevus", "score": 0.7}],
+        )
+        add_draft(
+            wb,
+            admin,
+            image_id,
+            kind="model",
+            producer="skinflow",
+            version="run-1:stage2",
+            caption={"color": ["red"], "shape": ["round"]},
+            diagnoses=[{"key": "melanoma", "score": 0.6}, {"key": "nevocytic nevus", "score": 0.3}],
+        )
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "records.jsonl").write_text(
+        "".join(json.dumps({"id": i, "split": "train" if n < 10 else "test"}) + "\n" for n, i in enumerate(ids))
+    )
+    with wb.session() as s:
+        s.add(TrainingRun(id=1, preset="tiny", status="done", config={"export_path": str(export)}, created_by=admin.id))
+    return wb, ids
+
+
+def test_each_source_is_scored_per_field_on_what_it_did_not_learn_from(bench):
+    wb, ids = bench
+    report = compute_evidence(wb, min_evidence=20)
+    by_source = {e.source: e for e in report.sources}
+    assert set(by_source) == {LLM, MODEL} and report.verified_images == 30
+    llm, model = by_source[LLM].measures, by_source[MODEL].measures
+    assert (llm["color"].mean, llm["color"].n, llm["shape"].mean) == (1.0, 30, 0.0)
+    assert (model["color"].mean, model["color"].n, model["shape"].mean) == (0.0, 20, 1.0)  # its 10 training images left out
+    assert (llm["diagnosis_top1"].mean, model["diagnosis_top1"].mean, model["diagnosis_top6"].mean) == (0.0, 1.0, 1.0)
+    assert llm["number"].mean == 1.0  # both empty: agreement
+    assert "run #1" in by_source[MODEL].held_out and "10 excluded" in by_source[MODEL].held_out
+    assert report.chosen["color"] == LLM and report.chosen["shape"] == MODEL and report.chosen["diagnosis_top1"] == MODEL
+    lo, hi = model["color"].ci95
+    assert lo <= 0.0 <= hi and llm["color"].ci95 == (1.0, 1.0)
+    strict = compute_evidence(wb, min_evidence=25)  # the model has 20 held-out items: not enough any more
+    assert strict.chosen["shape"] == LLM and strict.chosen["diagnosis_top1"] == LLM
+
+
+def test_the_report_is_cached_until_what_it_depends_on_changes(bench, reviewer, annotator, admin):
+    wb, ids = bench
+    first = source_evidence(wb, reviewer, min_evidence=20)
+    cache = wb.settings.home / "cache" / "evidence.json"
+    assert cache.exists() and json.loads(cache.read_text())["measures"]["color"]["chosen"] == LLM
+    again = source_evidence(wb, reviewer, min_evidence=20)
+    assert again == first  # read back from the cache, the same report
+    add_draft(wb, admin, ids[0], kind="synthetic", producer="skinflow-demo", version="1", caption={"color": ["brown"]})
+    fresh = source_evidence(wb, reviewer, min_evidence=20)
+    assert "synthetic:skinflow-demo:1" in {e.source for e in fresh.sources} and fresh.fingerprint != first.fingerprint
+    with pytest.raises(SkinflowError, match="reviewer"):
+        source_evidence(wb, annotator)
