@@ -15,7 +15,7 @@ from curation.labelling.annotate import submit_annotation
 from curation.labelling.workflow import update_workflow_settings
 from curation.store.auth import get_actor, set_password
 from curation.store.db import open_workbench
-from curation.store.models import Annotation, Image
+from curation.store.models import Annotation, Draft, Image
 from curation.store.settings import Settings
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "ui" / "main.py")
@@ -584,3 +584,55 @@ def test_untrusted_text_is_inert_on_every_page_that_shows_it(demo_home, monkeypa
         assert at.success and "PWNED" in at.success[0].value
         shown += _assert_inert(_shown_as_markdown(at), "drafting")
     assert shown >= 6  # it was really on the pages: annotate, review, weights, train, admin, drafting
+
+
+@pytest.fixture
+def routed_home(tmp_path, monkeypatch):
+    """30 demo images, 24 verified. On the verified ones an LLM gets every field right but shape and a model every
+    field right but color; the images still to annotate get an LLM and a model draft that differ in both."""
+    from curation.assist.evidence import source_evidence
+    from curation.labelling.annotate import add_draft
+
+    home = tmp_path / "wb"
+    monkeypatch.setenv("SKINFLOW_HOME", str(home))
+    monkeypatch.delenv("SKINFLOW_DATABASE_URL", raising=False)
+    st.cache_resource.clear()
+    wb = open_workbench(Settings.load())
+    build_demo(wb, None, n=30, seed=0, verified_fraction=0.8, annotated_fraction=0.0)
+    admin = get_actor(wb, "admin")
+    for name, password in PASSWORDS.items():
+        set_password(wb, admin, name, password)
+    update_workflow_settings(wb, admin, gold_rate=0.0)
+    with wb.session() as s:
+        rows = [
+            (i.id, s.get(Annotation, i.verified_annotation_id).caption if i.verified_annotation_id else None)
+            for i in s.scalars(select(Image))
+        ]
+    for image_id, truth in rows:
+        if truth:
+            llm, model = {**truth, "shape": ["linear"]}, {**truth, "color": ["yellow"]}
+        else:
+            llm, model = {"color": ["brown"], "shape": ["oval"]}, {"color": ["erythematous"], "shape": ["round"]}
+        add_draft(wb, admin, image_id, kind="llm", producer="vision-model", version="v1", caption=llm)
+        add_draft(wb, admin, image_id, kind="model", producer="skinflow", version="run-9:stage2", caption=model)
+    report = source_evidence(wb, get_actor(wb, "reviewer"))
+    assert (report.chosen["color"], report.chosen["shape"]) == ("llm:vision-model:v1", "model:skinflow:run-9:stage2")
+    yield wb
+    st.cache_resource.clear()
+
+
+def test_the_annotate_form_takes_each_field_from_its_best_source_and_says_which(routed_home):
+    at = login("annotator")
+    assert not at.exception
+    prefill = at.selectbox[0]
+    assert prefill.options[prefill.index] == "best source per field"  # the default
+    fields = {m.label.split("  ")[0]: m.value for m in at.multiselect}
+    assert fields["Color"] == ["brown"]  # from the LLM, which wins color on held-out images
+    assert fields["Shape"] == ["round"]  # from the model, which wins shape
+    origins = [c.value for c in at.caption if c.value.startswith("from ")]
+    assert "from LLM vision\\-model" in origins and "from model run\\-9\\:stage2" in origins
+    with routed_home.session() as s:
+        routed = s.scalars(select(Draft).where(Draft.kind == "routed")).all()
+        assert len(routed) == 1 and routed[0].meta["fields"]["shape"] == "model:skinflow:run-9:stage2"
+    # each single source is still offered
+    assert {"llm: vision-model v1", "model: skinflow run-9:stage2"} <= set(prefill.options)

@@ -87,3 +87,35 @@ def test_the_report_is_cached_until_what_it_depends_on_changes(bench, reviewer, 
     assert "synthetic:skinflow-demo:1" in {e.source for e in fresh.sources} and fresh.fingerprint != first.fingerprint
     with pytest.raises(SkinflowError, match="reviewer"):
         source_evidence(wb, annotator)
+
+
+def test_route_takes_each_field_from_its_winner_and_merges_diagnoses_by_held_out_accuracy(bench):
+    from curation.assist.routing import route
+    from curation.store.models import Draft
+
+    wb, ids = bench
+    report = compute_evidence(wb, min_evidence=20)
+    llm = Draft(
+        id=2,
+        kind="llm",
+        producer="vision-model",
+        version="caption-v1+schema1",
+        caption={"color": ["brown"], "shape": ["oval"], "size": "1-2 cm", "size_mm": 12.0},
+        diagnoses=[{"key": "nevocytic nevus", "score": 0.9}, {"key": "melanoma", "score": 0.1}],
+    )
+    model = Draft(
+        id=3,
+        kind="model",
+        producer="skinflow",
+        version="run-1:stage2",
+        caption={"color": ["red"], "shape": ["round"]},
+        diagnoses=[{"key": "melanoma", "score": 0.6}],
+    )
+    caption, diagnoses, fields = route([llm, model], report)
+    assert (caption["color"], fields["color"]) == (["brown"], LLM)  # the LLM won color on held-out images
+    assert (caption["shape"], fields["shape"]) == (["round"], MODEL)  # the model won shape
+    assert fields["size"] == LLM and caption["size_mm"] == 12.0  # a tie (both right) goes to the first listed
+    # model accuracy 1.0 x 0.6 beats LLM accuracy 0.0 x 0.9 for nevus; melanoma also gets the LLM's 0.0 x 0.1
+    assert [d["key"] for d in diagnoses] == ["melanoma", "nevocytic nevus"] and diagnoses[0]["score"] == 0.6
+    caption, _, fields = route([llm, model], None)  # no evidence yet: today's order, the model first
+    assert fields["color"] == MODEL and caption["shape"] == ["round"]

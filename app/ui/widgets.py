@@ -26,8 +26,11 @@ def _term_label(field: str):
     return label
 
 
-def caption_form(prefix: str, initial: dict[str, Any] | None, disagreements: list[str] = ()) -> dict[str, Any]:
-    """The 11 fields, prefilled from `initial`. Accepting a prefilled value costs no click.
+def caption_form(
+    prefix: str, initial: dict[str, Any] | None, disagreements: list[str] = (), origins: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The 11 fields, prefilled from `initial`. Accepting a prefilled value costs no click. `origins` says where
+    each prefilled value came from (a routed draft: field -> source), shown under the field.
     Returns the raw values; schema.validate_caption normalises and checks them."""
     caption = Caption.model_validate(initial) if initial else Caption()
     vocab = default_vocabulary()
@@ -75,7 +78,17 @@ def caption_form(prefix: str, initial: dict[str, Any] | None, disagreements: lis
                     )
             else:
                 values[field.key] = st.text_area(field.label + mark, value=current, key=f"{prefix}{field.key}", height=80)
+            if origins and origins.get(field.key):
+                st.caption(f"from {plain(source_name(origins[field.key]))}")
     return values
+
+
+def source_name(source: str) -> str:
+    """A draft source ("kind:producer:version") as people say it: "LLM vision-model", "model run-3:stage2"."""
+    kind, _, rest = source.partition(":")
+    producer, _, version = rest.partition(":")
+    names = {"llm": f"LLM {producer}", "model": f"model {version}", "synthetic": "synthetic draft"}
+    return names.get(kind, source)
 
 
 # ':' too: GFM turns a bare "http://2130706433:18777/" into a link (no dot needed); "http\://" is inert.

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from sqlalchemy import exists, select
 
+from curation.assist.evidence import refresh_evidence
 from curation.assist.llm import LLMConfig, Outcome, ask_each, extract_json, image_data_url
 from curation.assist.prompts import render_prompt
 from curation.labelling.annotate import add_drafts
@@ -253,6 +254,8 @@ def draft_images(
     report.seconds = time.perf_counter() - start
     with wb.session() as s:
         audit.record(s, actor, "draft.run", "draft", None, model=config.model, prompt=prompt, **report.summary())
+    if report.done:
+        refresh_evidence(wb)  # a new or grown source: the Annotate page routes fields with the evidence as of now
     return report
 
 

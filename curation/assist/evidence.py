@@ -195,24 +195,38 @@ def compute_evidence(wb: Workbench, *, min_evidence: int = DEFAULT_MIN_EVIDENCE)
     )
 
 
-def source_evidence(wb: Workbench, actor: Actor, *, min_evidence: int | None = None) -> EvidenceReport:
-    """The report for a reviewer or admin, from the cache when nothing it depends on has changed.
-    min_evidence: the team's setting (workflow settings, default 20) unless given."""
-    require(actor, "reviewer", "see the evidence per source")
+def _cache(wb: Workbench) -> Path:
+    return wb.settings.home / "cache" / "evidence.json"
+
+
+def cached_evidence(wb: Workbench) -> EvidenceReport | None:
+    """The last report computed (whatever has changed since), or None: what the Annotate page routes with,
+    so an annotator's click never waits for a recomputation."""
+    try:
+        return _from_json(json.loads(_cache(wb).read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def refresh_evidence(wb: Workbench, *, min_evidence: int | None = None) -> EvidenceReport:
+    """The report as of now, from the cache when nothing it depends on has changed, else computed and cached.
+    Called after drafting runs and suggestion imports (new sources) and by the pages and commands that show it."""
     if min_evidence is None:
         min_evidence = get_workflow_settings(wb).min_evidence
-    cache = wb.settings.home / "cache" / "evidence.json"
     with wb.session() as s:
         fingerprint = _fingerprint(s)
-    try:
-        cached = json.loads(cache.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        cached = None
-    if cached and cached.get("fingerprint") == fingerprint and cached.get("min_evidence") == min_evidence:
-        return _from_json(cached)
+    cached = cached_evidence(wb)
+    if cached is not None and cached.fingerprint == fingerprint and cached.min_evidence == min_evidence:
+        return cached
     report = compute_evidence(wb, min_evidence=min_evidence)
-    write_json_atomic(cache, {**report.to_json(), "fingerprint": report.fingerprint, "chosen": report.chosen})
+    write_json_atomic(_cache(wb), {**report.to_json(), "fingerprint": report.fingerprint, "chosen": report.chosen})
     return report
+
+
+def source_evidence(wb: Workbench, actor: Actor, *, min_evidence: int | None = None) -> EvidenceReport:
+    """The report for a reviewer or admin (refresh_evidence). min_evidence: the team's setting unless given."""
+    require(actor, "reviewer", "see the evidence per source")
+    return refresh_evidence(wb, min_evidence=min_evidence)
 
 
 def _from_json(doc: dict[str, Any]) -> EvidenceReport:

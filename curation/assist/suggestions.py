@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from sqlalchemy import select
 
+from curation.assist.evidence import refresh_evidence
 from curation.labelling.annotate import add_drafts
 from curation.store.auth import Actor, require
 from curation.store.db import Workbench
@@ -109,6 +110,7 @@ def import_predictions(wb: Workbench, actor: Actor, path: str | Path) -> Suggest
     if drafts:
         add_drafts(wb, actor, drafts)
         _score_for_queue(wb, drafts)
+        refresh_evidence(wb)  # a new source: the Annotate page routes fields with the evidence as of now
     report.added = len(drafts)
     return report
 

@@ -53,7 +53,7 @@ def available_sources(wb: Workbench) -> list[dict[str, Any]]:
         rows = s.execute(
             select(Draft.kind, Draft.producer, Draft.version, func.count(func.distinct(Draft.image_id)))
             .join(Image, Image.id == Draft.image_id)
-            .where(Image.status == "verified", Draft.error.is_(None), Draft.kind.in_(("llm", "model", "synthetic")))
+            .where(Image.status == "verified", Draft.error.is_(None), Draft.kind.in_(("llm", "model", "synthetic", "routed")))
             .group_by(Draft.kind, Draft.producer, Draft.version)
             .order_by(Draft.kind, Draft.producer, Draft.version)
         ).all()

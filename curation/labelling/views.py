@@ -11,16 +11,18 @@ from typing import Any
 from PIL import Image as PILImage
 from sqlalchemy import String, cast, exists, func, or_, select
 
+from curation.assist.routing import ensure_routed_draft
 from curation.errors import NotFound
 from curation.labelling.annotate import annotation_dict, user_chain_head
 from curation.store.auth import Actor, require
 from curation.store.db import Workbench
-from curation.store.models import Annotation, AuditEvent, Draft, Image, Review, SavedWork, User
+from curation.store.models import NEEDS_WORK_STATUSES, Annotation, AuditEvent, Draft, Image, Review, SavedWork, User
 from schema.caption import Caption
 from schema.compare import caption_scores
 from schema.files import write_atomic
 
-DRAFT_PRIORITY = {"model": 0, "llm": 1, "synthetic": 2}  # the best available draft prefills the form
+# the best available draft prefills the form: the routed one (each field from its best source) when there is one
+DRAFT_PRIORITY = {"routed": -1, "model": 0, "llm": 1, "synthetic": 2}
 HIDDEN_META = ("true_caption",)  # synthetic ground truth: never shown to annotators
 SORTS = {
     "id": Image.id,
@@ -66,6 +68,7 @@ class PrefillSource:
     caption: dict[str, Any] | None = None
     draft_id: int | None = None
     form: dict[str, Any] | None = None
+    fields: dict[str, str] | None = None  # for the routed draft: the source each field came from
 
 
 def prefill_sources(detail: ImageDetail) -> list[PrefillSource]:
@@ -93,7 +96,8 @@ def prefill_sources(detail: ImageDetail) -> list[PrefillSource]:
             )
         )
     sources += [
-        PrefillSource(label=d["label"], token=f"d{d['id']}", caption=d["caption"], draft_id=d["id"]) for d in detail.drafts
+        PrefillSource(label=d["label"], token=f"d{d['id']}", caption=d["caption"], draft_id=d["id"], fields=d["fields"])
+        for d in detail.drafts
     ]
     sources.append(PrefillSource(label="empty", token="empty"))
     return sources
@@ -108,7 +112,8 @@ def draft_dict(draft: Draft) -> dict[str, Any]:
         "caption": draft.caption,
         "diagnoses": list(draft.diagnoses or []),
         "created_at": draft.created_at,
-        "label": f"{draft.kind}: {draft.producer} {draft.version}",
+        "label": "best source per field" if draft.kind == "routed" else f"{draft.kind}: {draft.producer} {draft.version}",
+        "fields": (draft.meta or {}).get("fields") if draft.kind == "routed" else None,  # field -> the source it came from
     }
 
 
@@ -121,10 +126,14 @@ def rank_drafts(drafts: list[Draft]) -> list[Draft]:
 def _suggested_diagnoses(drafts: list[Draft], k: int = 6) -> list[str]:
     newest: dict[str, Draft] = {}
     for d in sorted(drafts, key=lambda d: d.id):
-        if d.kind in ("model", "llm") and d.diagnoses:
+        if d.kind in ("routed", "model", "llm") and d.diagnoses:
             newest[d.kind] = d
     keys = [
-        entry["key"] for kind in ("model", "llm") if kind in newest for entry in newest[kind].diagnoses[:k] if entry.get("key")
+        entry["key"]
+        for kind in ("routed", "model", "llm")  # routed: every source's diagnoses merged by held-out accuracy
+        if kind in newest
+        for entry in newest[kind].diagnoses[:k]
+        if entry.get("key")
     ]
     return list(dict.fromkeys(keys))
 
@@ -141,7 +150,12 @@ def image_detail(wb: Workbench, actor: Actor, image_id: int) -> ImageDetail:
         if image is None:
             raise NotFound(f"no image #{image_id}")
         label = wb.taxonomy.labels.get(image.diagnosis_key) if image.diagnosis_key else None
-        drafts = rank_drafts(list(image.drafts))
+        all_drafts = list(image.drafts)
+        if image.status in NEEDS_WORK_STATUSES:
+            routed = ensure_routed_draft(s, wb, image)
+            if routed is not None and routed not in all_drafts:
+                all_drafts.append(routed)
+        drafts = rank_drafts(all_drafts)
         head = user_chain_head(s, image_id, actor.id)
         saved = s.get(SavedWork, (actor.id, image_id))
         detail = ImageDetail(
@@ -162,10 +176,11 @@ def image_detail(wb: Workbench, actor: Actor, image_id: int) -> ImageDetail:
             drafts=[draft_dict(d) for d in drafts],
             current=annotation_dict(head) if head is not None else None,
             saved_work=dict(saved.form) if saved is not None else None,
-            suggested_diagnoses=_suggested_diagnoses(image.drafts),
+            suggested_diagnoses=_suggested_diagnoses(all_drafts),
         )
-    if len(detail.drafts) >= 2:
-        detail.disagreements = field_disagreements(detail.drafts[0]["caption"], detail.drafts[1]["caption"])
+    sources = [d for d in detail.drafts if d["kind"] != "routed"]  # where the two best sources disagree
+    if len(sources) >= 2:
+        detail.disagreements = field_disagreements(sources[0]["caption"], sources[1]["caption"])
     return detail
 
 

@@ -62,11 +62,12 @@ def field_alpha(units: list[dict[str, str]], key: str) -> float | None:
 
 def edit_rates(annotations: list, prefills: dict[int, Any]) -> dict[str, Any]:
     """How often annotators change what they started from, per field and per source kind (model
-    suggestion, LLM draft, synthetic draft): the share of submitted first versions whose field differs from
-    the prefilled draft (field score below 1), and how often the diagnosis differs from the draft's top-1.
+    suggestion, LLM draft, synthetic draft, the routed best-source prefill): the share of submitted first
+    versions whose field differs from the prefilled draft (field score below 1), and how often the diagnosis
+    differs from the draft's top-1.
     A falling rate for `model` means the model is helping."""
     out: dict[str, Any] = {}
-    for kind in ("model", "llm", "synthetic"):
+    for kind in ("routed", "model", "llm", "synthetic"):  # routed: the best-source prefill
         rows = [
             (a, prefills[a.based_on_draft_id])
             for a in annotations

@@ -27,7 +27,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 ROLES = ("annotator", "reviewer", "admin")
 IMAGE_STATUSES = ("image_missing", "pending", "annotated", "verified")
-DRAFT_KINDS = ("llm", "model", "synthetic")
+DRAFT_KINDS = ("llm", "model", "synthetic", "routed")  # routed: the best-source prefill (assist/routing.py)
 DIAGNOSIS_STATUSES = ("confirmed", "corrected", "uncertain")
 REVIEW_DECISIONS = ("verified", "rejected")
 RUN_STATUSES = ("queued", "running", "done", "failed", "cancelled")

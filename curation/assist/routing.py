@@ -1,0 +1,99 @@
+"""Best-source prefill: each caption field from the draft source that agrees best with verified annotations on
+images it did not learn from (assist/evidence.py), the diagnoses merged across sources.
+
+For an image with usable drafts from two or more sources, the routed draft takes each field from the source the
+evidence chose for it (`chosen`: the best with at least min_evidence held-out items) when that source drafted this
+image; otherwise from the first source in today's order (model suggestion, LLM, synthetic; newest first). Its
+diagnoses are every source's ranked diagnoses merged: each entry weighs its own score times its source's held-out
+top-1 accuracy (0.5 for a source without evidence), summed per label, best first.
+
+It is stored as a draft like any other (kind `routed`, producer `router`, version = the evidence snapshot), with
+the source of every field in its meta, so edit rates, reader studies and the form treat it as a source of its own.
+The Annotate page uses the evidence snapshot last computed (by `skinflow sources`, the Insights page, or after
+drafting and suggestion imports), never recomputing it on an annotator's click.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from curation.assist.evidence import EvidenceReport, cached_evidence
+from curation.store import audit
+from curation.store.db import Workbench
+from curation.store.models import Draft, Image
+from schema.fields import FIELD_KEYS
+
+ROUTED_KIND, ROUTER = "routed", "router"
+FALLBACK_ORDER = {"model": 0, "llm": 1, "synthetic": 2}  # the order the form used before routing
+NO_EVIDENCE_WEIGHT = 0.5
+
+
+def source_of(draft: Draft) -> str:
+    return f"{draft.kind}:{draft.producer}:{draft.version}"
+
+
+def route(drafts: list[Draft], report: EvidenceReport | None) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, str]]:
+    """(caption, diagnoses, the source of each field) from an image's usable drafts, one per source."""
+    ordered = sorted(drafts, key=lambda d: (FALLBACK_ORDER.get(d.kind, 9), -d.id))
+    by_source = {source_of(d): d for d in reversed(ordered)}  # the first in order wins a source's slot
+    chosen = report.chosen if report else {}
+    caption: dict[str, Any] = {}
+    fields: dict[str, str] = {}
+    for key in FIELD_KEYS:
+        winner = chosen.get(key)
+        draft = by_source.get(winner) if winner else None
+        draft = draft if draft is not None and draft.caption is not None else next(d for d in ordered if d.caption is not None)
+        caption[key] = draft.caption.get(key)
+        fields[key] = source_of(draft)
+    size_source = by_source.get(fields["size"])
+    if size_source is not None and size_source.caption.get("size_mm") is not None:
+        caption["size_mm"] = size_source.caption["size_mm"]  # the measurement travels with its band
+    accuracy = {e.source: e.measures["diagnosis_top1"] for e in report.sources} if report else {}
+    votes: dict[str, float] = defaultdict(float)
+    for source, draft in by_source.items():
+        held_out = accuracy.get(source)
+        weight = held_out.mean if held_out is not None and held_out.mean is not None and held_out.n else NO_EVIDENCE_WEIGHT
+        for entry in draft.diagnoses or []:
+            if entry.get("key"):
+                votes[entry["key"]] += weight * float(entry.get("score") or 0.0)
+    diagnoses = [{"key": key, "score": round(score, 6)} for key, score in sorted(votes.items(), key=lambda kv: -kv[1])[:6]]
+    return caption, diagnoses, fields
+
+
+def snapshot_version(report: EvidenceReport | None) -> str:
+    if report is None:
+        return "no-evidence"
+    digest = hashlib.sha256(f"{report.fingerprint}|{report.min_evidence}".encode()).hexdigest()[:12]
+    return f"evidence-{digest}"
+
+
+def ensure_routed_draft(session: Session, wb: Workbench, image: Image) -> Draft | None:
+    """The image's routed draft under the current evidence snapshot, made now if missing or older than the
+    drafts it combines; None when fewer than two sources drafted the image."""
+    usable = [d for d in image.drafts if d.kind != ROUTED_KIND and d.caption is not None and not d.error]
+    if len({source_of(d) for d in usable}) < 2:
+        return None
+    report = cached_evidence(wb)
+    version = snapshot_version(report)
+    newest_input = max(d.id for d in usable)
+    for draft in image.drafts:
+        if draft.kind == ROUTED_KIND and draft.version == version and draft.id > newest_input:
+            return draft
+    caption, diagnoses, fields = route(usable, report)
+    draft = Draft(
+        image_id=image.id,
+        kind=ROUTED_KIND,
+        producer=ROUTER,
+        version=version,
+        caption=caption,
+        diagnoses=diagnoses,
+        meta={"fields": fields},
+    )
+    session.add(draft)
+    session.flush()
+    audit.record(session, None, "draft.route", "draft", draft.id, image_id=image.id, version=version)
+    return draft
