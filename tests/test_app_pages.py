@@ -636,3 +636,25 @@ def test_the_annotate_form_takes_each_field_from_its_best_source_and_says_which(
         assert len(routed) == 1 and routed[0].meta["fields"]["shape"] == "model:skinflow:run-9:stage2"
     # each single source is still offered
     assert {"llm: vision-model v1", "model: skinflow run-9:stage2"} <= set(prefill.options)
+    # a newer evidence snapshot re-routes the image; the open form keeps what the annotator changed
+    from curation.assist.evidence import refresh_evidence
+    from curation.labelling.annotate import add_draft
+
+    color = next(m for m in at.multiselect if m.label.startswith("Color"))
+    color.set_value(["black"]).run()
+    with routed_home.session() as s:
+        verified = s.scalar(select(Image.id).where(Image.status == "verified"))
+    add_draft(
+        routed_home,
+        get_actor(routed_home, "admin"),
+        verified,
+        kind="synthetic",
+        producer="other",
+        version="2",
+        caption={"color": ["black"]},
+    )
+    refresh_evidence(routed_home)
+    at.run()
+    assert next(m for m in at.multiselect if m.label.startswith("Color")).value == ["black"]
+    with routed_home.session() as s:
+        assert len(s.scalars(select(Draft).where(Draft.kind == "routed")).all()) == 2  # routed again, new snapshot

@@ -96,7 +96,14 @@ def prefill_sources(detail: ImageDetail) -> list[PrefillSource]:
             )
         )
     sources += [
-        PrefillSource(label=d["label"], token=f"d{d['id']}", caption=d["caption"], draft_id=d["id"], fields=d["fields"])
+        PrefillSource(
+            label=d["label"],
+            # stable for the routed draft: a newer evidence snapshot re-routes it, and an open form keeps its edits
+            token="routed" if d["kind"] == "routed" else f"d{d['id']}",
+            caption=d["caption"],
+            draft_id=d["id"],
+            fields=d["fields"],
+        )
         for d in detail.drafts
     ]
     sources.append(PrefillSource(label="empty", token="empty"))
@@ -155,7 +162,8 @@ def image_detail(wb: Workbench, actor: Actor, image_id: int) -> ImageDetail:
             routed = ensure_routed_draft(s, wb, image)
             if routed is not None and routed not in all_drafts:
                 all_drafts.append(routed)
-        drafts = rank_drafts(all_drafts)
+        routed = [d for d in all_drafts if d.kind == "routed"]
+        drafts = rank_drafts([d for d in all_drafts if d.kind != "routed" or d is max(routed, key=lambda r: r.id)])
         head = user_chain_head(s, image_id, actor.id)
         saved = s.get(SavedWork, (actor.id, image_id))
         detail = ImageDetail(
