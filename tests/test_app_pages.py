@@ -338,8 +338,10 @@ def test_model_suggestions_are_one_click_choices(demo_home):
     at = login("annotator")
     image_id = at.session_state["annotate_item"]["image_id"]
     source = at.selectbox(key=f"src-{image_id}")
-    assert source.format_func(source.value).startswith("model: skinflow-tiny")  # the best draft prefills the form
+    # the routed draft prefills the form; without evidence yet, every field from the model suggestion (the old order)
+    assert source.format_func(source.value) == "best source per field"
     assert by_label(at.multiselect, "Color").value == ["brown"]
+    assert {c.value for c in at.caption if c.value.startswith("from ")} == {"from model run\\-1"}
     by_label(at.button_group, "Suggested diagnoses").set_value("melanoma").run()
     by_label(at.button, "Submit").click().run()
     with demo_home.session() as s:
