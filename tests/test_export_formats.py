@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 import pytest
 import yaml
 from PIL import Image as PILImage
+from sqlalchemy import select
 
 from curation.errors import ExportError
 from curation.export.canonical import verify_export
@@ -20,6 +21,7 @@ from curation.ingest.demo import build_demo
 from curation.ingest.folder import import_folder
 from curation.labelling.annotate import add_draft, review_annotation, submit_annotation
 from curation.store.auth import add_user, get_actor
+from curation.store.models import Image
 from tests.helpers import jpeg_bytes, photo, write
 
 
@@ -109,6 +111,19 @@ def test_every_format_is_written_and_readable(demo, tmp_path):
         caption={"color": ["brown"], "number": "single"},
         diagnoses=[{"key": "melanoma", "text": "melanoma", "score": 0.8}],
     )
+    with wb.session() as s:
+        other = s.scalar(select(Image.id).where(Image.status == "verified", Image.id != 1).order_by(Image.id))
+    add_draft(
+        wb,
+        admin,
+        other,
+        kind="routed",
+        producer="router",
+        version="evidence-abc",
+        caption={"color": ["black"]},
+        diagnoses=[{"key": "melanoma", "score": 0.5}],
+        meta={"fields": {"color": "llm:gpt-x:caption-v1+schema1"}},
+    )
     result = export_dataset(wb, admin, tmp_path / "all", formats=("hf", "grpo", "sharegpt", "labelstudio", "csv"))
     out = result.path
     from datasets import load_from_disk
@@ -151,6 +166,8 @@ def test_every_format_is_written_and_readable(demo, tmp_path):
     assert prediction["model_version"] == "llm:gpt-x:caption-v1+schema1" and prediction["score"] == 0.8
     assert {"from_name": "color", "to_name": "image", "type": "choices", "value": {"choices": ["brown"]}} in prediction["result"]
     assert any(r["type"] == "taxonomy" and r["value"]["taxonomy"][0][-1] == "melanoma" for r in prediction["result"])
+    routed = next(t for t in tasks if t["data"]["skinflow_id"] == other)["predictions"]
+    assert [p["model_version"] for p in routed] == ["routed:router:evidence-abc"]  # the best-source prefill, as a prediction
 
     rows = list(csv.DictReader((out / "records.csv").open(encoding="utf-8")))
     assert len(rows) == result.n_records and rows[0]["caption_text"].startswith("Color:")

@@ -240,11 +240,12 @@ def _insert_annotation(
 
 
 def latest_model_drafts(s, image_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
-    """The newest usable LLM draft and model suggestion of each image (Label Studio predictions)."""
+    """The newest usable LLM draft, model suggestion and routed (best-source) draft of each image: the Label
+    Studio predictions, one per kind."""
     out: dict[int, dict[str, dict]] = {}
     for d in s.scalars(
         select(Draft)
-        .where(Draft.image_id.in_(image_ids), Draft.kind.in_(("llm", "model")), Draft.error.is_(None))
+        .where(Draft.image_id.in_(image_ids), Draft.kind.in_(("llm", "model", "routed")), Draft.error.is_(None))
         .order_by(Draft.id)
     ):
         out.setdefault(d.image_id, {})[d.kind] = {
