@@ -119,3 +119,54 @@ def test_route_takes_each_field_from_its_winner_and_merges_diagnoses_by_held_out
     assert [d["key"] for d in diagnoses] == ["melanoma", "nevocytic nevus"] and diagnoses[0]["score"] == 0.6
     caption, _, fields = route([llm, model], None)  # no evidence yet: today's order, the model first
     assert fields["color"] == MODEL and caption["shape"] == ["round"]
+
+
+def test_a_finished_run_has_evidence_from_its_held_out_predictions_and_verdicts_per_field(bench, admin):
+    wb, ids = bench
+    # run #2 finished training: the trainer predicted its export's val/test images (12 of them are verified here)
+    with wb.session() as s:
+        s.add(TrainingRun(id=2, preset="tiny", status="done", config={}, created_by=admin.id))
+    folder = wb.settings.home / "runs" / "run-2"
+    folder.mkdir(parents=True)
+    rows = [
+        {
+            "id": i,
+            "model_version": "run-2:stage2",
+            "caption": {"color": ["brown"], "shape": ["round"]},
+            "diagnoses": [{"key": "melanoma", "score": 0.9}],
+        }
+        for i in ids[:12]
+    ]
+    (folder / "held_out_predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = compute_evidence(wb, min_evidence=20)
+    run2 = next(e for e in report.sources if e.source == "model:skinflow:run-2:stage2")
+    assert run2.measures["color"].n == 12 and run2.measures["color"].mean == 1.0
+    assert {v.verdict for v in report.run_verdicts(2)} == {"not enough evidence"}  # 12 items, 20 needed
+    verdicts = {v.measure: v for v in report.run_verdicts(1)}  # run #1: its suggestions on 20 held-out images
+    assert (verdicts["shape"].verdict, verdicts["shape"].best_other) == ("beats", LLM)
+    assert (verdicts["color"].verdict, verdicts["color"].best_other) == ("below", LLM)
+    assert verdicts["diagnosis_top1"].verdict == "beats"
+    lenient = {v.measure: v.verdict for v in compute_evidence(wb, min_evidence=10).run_verdicts(2)}
+    assert lenient["color"] == "below" and lenient["shape"] == "below"  # a tie with the best does not replace it
+    assert lenient["diagnosis_top1"] == "below"  # run #1 is as good (1.0) and came first
+    doc = report.to_json()
+    assert doc["runs"]["1"]["shape"]["verdict"] == "beats" and set(doc["runs"]) == {"1", "2"}
+
+
+def test_the_train_page_says_which_fields_activating_a_run_fills(bench, admin, monkeypatch):
+    import streamlit as st
+
+    from tests.test_app_pages import page
+
+    wb, _ = bench
+    monkeypatch.setenv("SKINFLOW_HOME", str(wb.settings.home))
+    monkeypatch.delenv("SKINFLOW_DATABASE_URL", raising=False)
+    st.cache_resource.clear()
+    try:
+        at = page(wb, "train", "admin")
+        assert not at.exception, at.exception
+        assert any(m.value.startswith("**Activating it fills:** shape") for m in at.markdown)
+        table = at.dataframe[-1].value
+        assert dict(zip(table["measure"], table["verdict"]))["color"] == "below"
+    finally:
+        st.cache_resource.clear()

@@ -154,6 +154,11 @@ def test_tiny_end_to_end_train_resume_and_predict(grpo_export, tmp_path):
     assert all("seconds" in r and "step" in r for r in rows)
     assert json.loads((run / "progress.json").read_text())["status"] == "done"
     assert json.loads((run / "config.json").read_text())["stage1_steps"] == 2
+    # the run predicted what it did not train on (the export's val and test images): the workbench's evidence
+    stage1_rows = [json.loads(line) for line in (grpo_export / "grpo" / "stage1.jsonl").read_text().splitlines()]
+    held_out = [json.loads(line) for line in (run / "held_out_predictions.jsonl").read_text().splitlines()]
+    assert sorted(p["id"] for p in held_out) == sorted(r["id"] for r in stage1_rows if r["split"] in ("val", "test"))
+    assert held_out and {p["model_version"] for p in held_out} == {"e2e:stage2"}
     # the stage 2 model is the stage 1 model trained on: different weights, same layers
     stage1, _ = load(run / "stage1" / "final")
     stage2, _ = load(run / "stage2" / "final")

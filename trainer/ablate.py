@@ -88,6 +88,7 @@ def variant_config(config: AblationConfig, variant: str, seed: int) -> TrainConf
         fdlinear=variant in ("full", "no-stage1"),
         output_dir=str(Path(config.out) / variant),
         run_id=f"seed-{seed}",
+        held_out_predictions=False,  # each variant is evaluated on the ablation's split instead
     )
 
 

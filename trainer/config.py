@@ -113,6 +113,9 @@ class TrainConfig:
     use_vllm: bool = False
     save_steps: int = 20
     logging_steps: int = 1
+    # after the last stage, predict the export's val and test images into held_out_predictions.jsonl: the
+    # workbench's evidence per field then knows whether this run beats its current best source, before activation
+    held_out_predictions: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # passed to trl's configs as is
 
     @classmethod

@@ -185,6 +185,29 @@ def predict_to_file(checkpoint: str | Path, manifest: str | Path, out: str | Pat
     return count
 
 
+HELD_OUT_FILE = "held_out_predictions.jsonl"
+
+
+def predict_held_out(run_dir: Path, data) -> Path | None:
+    """Predict the export's val and test images (what the run did not train on) with the run's final model:
+    <run>/held_out_predictions.jsonl, the workbench's held-out evidence for this run. None when both are empty."""
+    items = []
+    for split in ("val", "test"):
+        try:
+            items += data.split_images(split)
+        except TrainerError:  # a small export may have no val or no test records
+            continue
+    if not items:
+        return None
+    manifest = run_dir / "held_out_images.jsonl"
+    manifest.write_text(
+        "".join(json.dumps({"id": item["id"], "image": str(item["path"])}) + "\n" for item in items), encoding="utf-8"
+    )
+    out = run_dir / HELD_OUT_FILE
+    predict_to_file(run_dir, manifest, out)
+    return out
+
+
 def predict_split(checkpoint: str | Path, data, split: str, out_dir: str | Path) -> Path:
     """Predict every record of an export split (ExportData) with a checkpoint; returns out_dir/predictions.jsonl
     (its manifest, images.jsonl, is written beside it)."""

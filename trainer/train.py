@@ -30,6 +30,7 @@ from trainer.config import TrainConfig
 from trainer.data import ExportData, load_export
 from trainer.errors import TrainerError
 from trainer.model import SkinflowQwen2_5_VL, build_tiny, fd_settings, load
+from trainer.predict import predict_held_out
 from trainer.rewards import bind, caption_format_reward, caption_reward, diagnosis_format_reward, diagnosis_reward
 
 
@@ -288,6 +289,10 @@ def train(config: TrainConfig, *, resume: bool = False, cancel_file: Path | None
         source = final
     (run_dir / "model").unlink(missing_ok=True)
     (run_dir / "model").symlink_to(source.relative_to(run_dir))
+    if config.held_out_predictions:
+        log = RunLog(run_dir, config.stages[-1], config.stages, cancel_file)
+        log.progress("predicting held-out images", 0, 0)
+        predict_held_out(run_dir, data)
     write_json_atomic(
         run_dir / "progress.json",
         {"status": "done", "stages": list(config.stages), "model": str(source), "pid": os.getpid(), "updated": time.time()},

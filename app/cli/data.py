@@ -356,3 +356,13 @@ def sources(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", he
     out.print(table)
     for entry in report.sources:
         out.print(f"{entry.source}: {entry.held_out}")
+    for run_id in report.run_ids():
+        verdicts = report.run_verdicts(run_id) or []
+        by_verdict = {
+            kind: [v.measure for v in verdicts if v.verdict == kind] for kind in ("beats", "below", "not enough evidence")
+        }
+        out.print(
+            f"run #{run_id} against the best other source: beats it on {', '.join(by_verdict['beats']) or 'nothing'}; "
+            f"below on {', '.join(by_verdict['below']) or 'nothing'}; not enough evidence on "
+            f"{', '.join(by_verdict['not enough evidence']) or 'nothing'}"
+        )

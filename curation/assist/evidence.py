@@ -30,6 +30,7 @@ import numpy as np
 from sqlalchemy import func, select
 
 from curation.labelling.workflow import get_workflow_settings
+from curation.ops.runs import run_dir
 from curation.store.auth import Actor, require
 from curation.store.db import Workbench
 from curation.store.models import Annotation, Draft, Export, Image, TrainingRun
@@ -38,6 +39,8 @@ from schema.fields import FIELD_KEYS
 from schema.files import read_jsonl, write_json_atomic
 
 DIAGNOSIS_MEASURES = ("diagnosis_top1", "diagnosis_top6", "diagnosis_group9")
+HELD_OUT_FILE = "held_out_predictions.jsonl"  # written by the trainer in a run folder (trainer/predict.py)
+MODEL_PRODUCER = "skinflow"  # the producer of a trained run's suggestions (assist/suggestions.py)
 MEASURES = (*FIELD_KEYS, *DIAGNOSIS_MEASURES)
 DEFAULT_MIN_EVIDENCE = 20  # items a source needs on a measure before it can be chosen for it (a team setting)
 BOOTSTRAP_RESAMPLES = 1000
@@ -63,6 +66,17 @@ class SourceEvidence:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Verdict:
+    """Whether a run's model beats the best other source on one measure, on held-out images."""
+
+    measure: str
+    verdict: str  # "beats" | "below" | "not enough evidence"
+    run: Score
+    best_other: str | None  # the best other source with enough evidence, if any
+    best_other_score: Score | None
+
+
+@dataclass(frozen=True, kw_only=True)
 class EvidenceReport:
     sources: list[SourceEvidence]
     chosen: dict[str, str | None]  # measure -> the best source with at least min_evidence items, or None
@@ -71,8 +85,41 @@ class EvidenceReport:
     fingerprint: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def run_verdicts(self, run_id: int) -> list[Verdict] | None:
+        """Per measure, whether run #run_id's model beats the best other source (None: no evidence of the run)."""
+        mine = [e for e in self.sources if e.kind == "model" and _run_of(e.version) == run_id]
+        if not mine:
+            return None
+        run = max(mine, key=lambda e: sum(score.n for score in e.measures.values()))  # normally one: run-N:stage2
+        others = [e for e in self.sources if e not in mine]
+        verdicts = []
+        for measure in MEASURES:
+            eligible = [e for e in others if e.measures[measure].n >= self.min_evidence and e.measures[measure].mean is not None]
+            best = max(eligible, key=lambda e: e.measures[measure].mean) if eligible else None
+            score = run.measures[measure]
+            if score.mean is None or score.n < self.min_evidence:
+                verdict = "not enough evidence"
+            elif best is None or score.mean > best.measures[measure].mean:
+                verdict = "beats"
+            else:
+                verdict = "below"
+            verdicts.append(
+                Verdict(
+                    measure=measure,
+                    verdict=verdict,
+                    run=score,
+                    best_other=best.source if best else None,
+                    best_other_score=best.measures[measure] if best else None,
+                )
+            )
+        return verdicts
+
+    def run_ids(self) -> list[int]:
+        return sorted({run for e in self.sources if e.kind == "model" and (run := _run_of(e.version)) is not None})
+
     def to_json(self) -> dict[str, Any]:
-        """sources with their measures, and per measure every source's score and n and the chosen one."""
+        """sources with their measures, per measure every source's score and n and the chosen one, and per run
+        of this workbench the verdict per measure against the best other source."""
         per_measure = {
             measure: {
                 "scores": {e.source: {"mean": e.measures[measure].mean, "n": e.measures[measure].n} for e in self.sources},
@@ -85,6 +132,7 @@ class EvidenceReport:
             "verified_images": self.verified_images,
             "sources": {e.source: asdict(e) for e in self.sources},
             "measures": per_measure,
+            "runs": {str(run): {v.measure: asdict(v) for v in self.run_verdicts(run) or []} for run in self.run_ids()},
         }
 
 
@@ -121,6 +169,29 @@ def _training_images(wb: Workbench, session) -> dict[int, set[int]]:
     return out
 
 
+@dataclass(frozen=True)
+class _HeldOut:
+    """A held-out prediction of a finished run, read like a draft."""
+
+    caption: dict[str, Any] | None
+    diagnoses: list[dict[str, Any]]
+
+
+def _held_out_items(wb: Workbench, session, truth: dict[int, Any]) -> dict[tuple[str, str, str], dict[int, _HeldOut]]:
+    """What finished runs predicted on their export's val and test images (the trainer writes
+    <run>/held_out_predictions.jsonl): a run's evidence before any of its suggestions exists."""
+    out: dict[tuple[str, str, str], dict[int, _HeldOut]] = defaultdict(dict)
+    for (run_id,) in session.execute(select(TrainingRun.id).where(TrainingRun.status == "done")):
+        path = run_dir(wb, run_id) / HELD_OUT_FILE
+        if not path.is_file():
+            continue
+        for row in read_jsonl(path, skip_bad_lines=True):
+            if isinstance(row.get("id"), int) and row["id"] in truth and row.get("model_version"):
+                diagnoses = [{"key": d.get("key"), "score": d.get("score")} for d in row.get("diagnoses") or []]
+                out[("model", MODEL_PRODUCER, row["model_version"])][row["id"]] = _HeldOut(row.get("caption"), diagnoses)
+    return out
+
+
 def _run_of(version: str) -> int | None:
     """The run id of a model draft's version ("run-12:stage2" -> 12); None for models from elsewhere."""
     head = version.split(":", 1)[0]
@@ -149,9 +220,13 @@ def compute_evidence(wb: Workbench, *, min_evidence: int = DEFAULT_MIN_EVIDENCE)
                 )
             )
         }
-        newest: dict[tuple[str, str, str], dict[int, Draft]] = defaultdict(dict)
-        for draft in s.scalars(select(Draft).where(Draft.image_id.in_(list(truth)), Draft.error.is_(None)).order_by(Draft.id)):
-            newest[(draft.kind, draft.producer, draft.version)][draft.image_id] = draft  # the newest wins
+        newest: dict[tuple[str, str, str], dict[int, Any]] = defaultdict(dict)
+        for source, items in _held_out_items(wb, s, truth).items():
+            newest[source].update(items)
+        # routed drafts are made from these sources: not a source of their own here
+        usable = select(Draft).where(Draft.image_id.in_(list(truth)), Draft.error.is_(None), Draft.kind != "routed")
+        for draft in s.scalars(usable.order_by(Draft.id)):
+            newest[(draft.kind, draft.producer, draft.version)][draft.image_id] = draft  # a stored draft, the newest, wins
         trained_on = _training_images(wb, s)
         sources = []
         for (kind, producer, version), drafts in sorted(newest.items()):

@@ -10,6 +10,7 @@ import streamlit as st
 
 from app.ui import state
 from app.ui.widgets import plain
+from curation.assist.evidence import source_evidence
 from curation.export.splits import SPLITS
 from curation.ops.runs import (
     ABLATION_VARIANTS,
@@ -83,6 +84,8 @@ def _run_details(wb, actor, run_id: int) -> None:
         _curves(read_metrics(wb, run.id))
     with st.expander("Log (last lines)"):
         st.code(log_tail(wb, run.id) or "(empty)", language=None)
+    if run.status == "done" and run.kind == "train":
+        _verdicts(wb, actor, run.id)
     if (
         run.status == "done"
         and run.kind == "train"
@@ -95,6 +98,34 @@ def _run_details(wb, actor, run_id: int) -> None:
             state.show_error(e)
         else:
             st.success(f"Run #{run.id} is active; its suggestions are being computed for every image that needs work.")
+
+
+def _verdicts(wb, actor, run_id: int) -> None:
+    """Per field, whether this run's model beats the best source so far on held-out images: what activating it
+    changes in the Annotate form (it fills the fields it wins; the others keep their better source)."""
+    verdicts = source_evidence(wb, actor).run_verdicts(run_id)
+    if verdicts is None:
+        st.caption("No held-out evidence for this run yet (its val/test predictions or suggestions on verified images).")
+        return
+    wins = [v.measure for v in verdicts if v.verdict == "beats"]
+    st.markdown(f"**Activating it fills:** {', '.join(wins) or 'no field: another source is better or evidence is short'}")
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "measure": v.measure,
+                    "this run": v.run.mean,
+                    "n": v.run.n,
+                    "best other source": v.best_other,
+                    "its score": v.best_other_score.mean if v.best_other_score else None,
+                    "verdict": v.verdict,
+                }
+                for v in verdicts
+            ]
+        ),
+        hide_index=True,
+        width="stretch",
+    )
 
 
 def _ablation_table(wb, run_id: int) -> None:
