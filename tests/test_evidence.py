@@ -170,3 +170,9 @@ def test_the_train_page_says_which_fields_activating_a_run_fills(bench, admin, m
         assert dict(zip(table["measure"], table["verdict"]))["color"] == "below"
     finally:
         st.cache_resource.clear()
+
+
+def test_routed_drafts_are_not_a_source_of_their_own(bench, admin):
+    wb, ids = bench
+    add_draft(wb, admin, ids[-1], kind="routed", producer="router", version="evidence-x", caption={"color": ["brown"]})
+    assert {e.source for e in compute_evidence(wb).sources} == {LLM, MODEL}  # it is made from them
