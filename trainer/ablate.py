@@ -64,6 +64,8 @@ class AblationConfig:
             raise TrainerError("give at least one seed")
         if len(self.variants) < 2:
             raise TrainerError("an ablation compares at least two variants")
+        if self.preset == "probe":
+            raise TrainerError("the probe preset has no FDLinear layers or GRPO stages to ablate; ablate tiny or qwen2.5-vl-7b")
         clash = sorted({"export", "seed", "fdlinear", "stages", "output_dir", "run_id", "preset"} & set(self.overrides))
         if clash:
             raise TrainerError(f"{clash} are set by the ablation itself; leave them out of the overrides")

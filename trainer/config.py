@@ -1,7 +1,9 @@
 """One TrainConfig for every stage and preset; loadable from TOML, overridden by CLI flags.
 
 Presets: `tiny` (a Qwen2.5-VL built from config, trained from scratch on the CPU in minutes, SFT warm start
-on) and `qwen2.5-vl-7b` (pretrained weights from `model`, bf16, the paper's learning rates, no warm start).
+on), `qwen2.5-vl-7b` (pretrained weights from `model`, bf16, the paper's learning rates, no warm start) and
+`probe` (trainer/probe.py: a frozen CLIP/SigLIP image encoder from `model` plus linear heads; the GRPO and
+FDLinear settings do not apply to it).
 """
 
 from __future__ import annotations
@@ -25,7 +27,11 @@ ABLATION_VARIANTS: dict[str, str] = {
     "baseline": "plain linears, without stage I",
 }
 # what each preset is for, in a few words (the CLI's and the Train page's help)
-PRESET_NOTES: dict[str, str] = {"tiny": "CPU, from scratch, minutes", "qwen2.5-vl-7b": "pretrained weights, several GPUs"}
+PRESET_NOTES: dict[str, str] = {
+    "tiny": "CPU, from scratch, minutes",
+    "qwen2.5-vl-7b": "pretrained weights, several GPUs",
+    "probe": "CPU, frozen image encoder + linear heads, seconds to minutes",
+}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
@@ -68,6 +74,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "gradient_checkpointing": True,
         "use_cpu": False,
     },
+    # trainer/probe.py: no stages and no generation; `model` is the image encoder (None: a small one built
+    # from config with random weights), image_size that built encoder's input
+    "probe": {"model": None, "image_size": 64, "use_cpu": True},
 }
 
 
@@ -116,6 +125,13 @@ class TrainConfig:
     # after the last stage, predict the export's val and test images into held_out_predictions.jsonl: the
     # workbench's evidence per field then knows whether this run beats its current best source, before activation
     held_out_predictions: bool = True
+    # the probe preset (trainer/probe.py)
+    probe_steps: int = 300  # full-batch Adam steps per fit of the linear heads
+    probe_learning_rate: float = 0.05
+    probe_folds: int = 3  # cross-validation folds that choose each head's L2 penalty and each field's threshold
+    probe_l2: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)  # the penalties tried
+    embed_batch_size: int = 16  # images per encoder forward pass
+    embedding_cache: str | None = None  # None: <output_dir>/embedding-cache
     extra: dict[str, Any] = field(default_factory=dict)  # passed to trl's configs as is
 
     @classmethod
@@ -148,6 +164,9 @@ class TrainConfig:
             raise TrainerError("num_generations must be at least 2: GRPO compares completions within a group")
         if self.batch_size % self.num_generations:
             raise TrainerError(f"batch_size ({self.batch_size}) must be a multiple of num_generations ({self.num_generations})")
+        self.probe_l2 = tuple(float(v) for v in self.probe_l2)
+        if not self.probe_l2 or min(self.probe_l2) < 0:
+            raise TrainerError(f"probe_l2 must list one or more penalties >= 0 (got {self.probe_l2})")
         if self.k < 1:
             raise TrainerError("k (diagnoses per answer) must be at least 1")
 

@@ -169,9 +169,16 @@ class Predictor:
                 }
 
 
+def load_predictor(checkpoint: str | Path):
+    """The predictor for a run or checkpoint folder: a probe run's (trainer/probe.py) or a VLM checkpoint's."""
+    from trainer.probe import ProbePredictor, probe_folder
+
+    return ProbePredictor(checkpoint) if probe_folder(checkpoint) is not None else Predictor(checkpoint)
+
+
 def predict_to_file(checkpoint: str | Path, manifest: str | Path, out: str | Path, *, batch_size: int = 8, k: int = 6) -> int:
     """Write one JSON line per image (atomically); returns how many."""
-    predictor = Predictor(checkpoint)
+    predictor = load_predictor(checkpoint)
     items = read_manifest(manifest)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -246,24 +246,10 @@ def initial_model(config: TrainConfig, data: ExportData, run_dir: Path) -> Path:
     return folder
 
 
-def train(config: TrainConfig, *, resume: bool = False, cancel_file: Path | None = None) -> Path:
-    """Run the configured stages; returns the run folder. With resume, an existing run_id continues.
-    The run stops (with a checkpoint) when <run folder>/cancel or `cancel_file` appears."""
+def _train_stages(config: TrainConfig, data: ExportData, run_dir: Path, cancel_file: Path | None) -> Path | None:
+    """The recipe's stages from the initial model; returns the final model's folder, or None when cancelled."""
     import torch
 
-    data = load_export(config.export)
-    if not data.rows(2, "train") and 2 in config.stages:
-        raise TrainerError("the export has no training rows with a diagnosis; stage 2 needs verified diagnoses")
-    run_id = config.run_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-    config.run_id = run_id
-    run_dir = Path(config.output_dir) / run_id
-    if run_dir.exists() and not resume:
-        raise TrainerError(f"run folder {run_dir} exists; pass --resume to continue it or choose another --run-id")
-    if resume and not run_dir.exists():
-        raise TrainerError(f"nothing to resume: {run_dir} does not exist")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "cancel").unlink(missing_ok=True)  # resuming a cancelled run
-    write_json_atomic(run_dir / "config.json", config.to_dict())
     torch.manual_seed(config.seed)
     source = initial_model(config, data, run_dir)
     for stage in config.stages:
@@ -280,7 +266,7 @@ def train(config: TrainConfig, *, resume: bool = False, cancel_file: Path | None
         trainer.train(resume_from_checkpoint=str(last) if last else None)
         if log.cancelled:
             log.progress("cancelled", trainer.state.global_step, trainer.state.max_steps)
-            return run_dir
+            return None
         staging = out / ".final.tmp"
         trainer.save_model(str(staging))
         processor.save_pretrained(staging)
@@ -289,9 +275,53 @@ def train(config: TrainConfig, *, resume: bool = False, cancel_file: Path | None
         source = final
     (run_dir / "model").unlink(missing_ok=True)
     (run_dir / "model").symlink_to(source.relative_to(run_dir))
+    return source
+
+
+def _train_probe(config: TrainConfig, data: ExportData, run_dir: Path, cancel_file: Path | None) -> Path | None:
+    from trainer.probe import train_probe
+
+    if not train_probe(config, run_dir, data, [run_dir / "cancel", *([cancel_file] if cancel_file else [])]):
+        write_json_atomic(run_dir / "progress.json", {"status": "cancelled", "pid": os.getpid(), "updated": time.time()})
+        return None
+    return run_dir / "model"
+
+
+def train(config: TrainConfig, *, resume: bool = False, cancel_file: Path | None = None) -> Path:
+    """Run the configured stages (or fit the probe); returns the run folder. With resume, an existing run_id
+    continues. The run stops (with a checkpoint) when <run folder>/cancel or `cancel_file` appears."""
+    data = load_export(config.export)
+    probe = config.preset == "probe"
+    if not probe and not data.rows(2, "train") and 2 in config.stages:
+        raise TrainerError("the export has no training rows with a diagnosis; stage 2 needs verified diagnoses")
+    run_id = config.run_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    config.run_id = run_id
+    run_dir = Path(config.output_dir) / run_id
+    if run_dir.exists() and not resume:
+        raise TrainerError(f"run folder {run_dir} exists; pass --resume to continue it or choose another --run-id")
+    if resume and not run_dir.exists():
+        raise TrainerError(f"nothing to resume: {run_dir} does not exist")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "cancel").unlink(missing_ok=True)  # resuming a cancelled run
+    write_json_atomic(run_dir / "config.json", config.to_dict())
+    source = (_train_probe if probe else _train_stages)(config, data, run_dir, cancel_file)
+    if source is None:  # cancelled
+        return run_dir
     if config.held_out_predictions:
-        log = RunLog(run_dir, config.stages[-1], config.stages, cancel_file)
-        log.progress("predicting held-out images", 0, 0)
+        stages = ["probe"] if probe else list(config.stages)
+        write_json_atomic(
+            run_dir / "progress.json",
+            {
+                "status": "running",
+                "stage_name": "predicting held-out images",
+                "stages": stages,
+                "stage_index": len(stages) - 1,
+                "step": 1,
+                "max_steps": 1,
+                "pid": os.getpid(),
+                "updated": time.time(),
+            },
+        )
         predict_held_out(run_dir, data)
     write_json_atomic(
         run_dir / "progress.json",

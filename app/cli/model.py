@@ -24,7 +24,10 @@ def train(
     stages: Optional[str] = typer.Option(
         None, help="Comma-separated stages: 0 SFT warm start, 1 caption GRPO, 2 diagnosis GRPO."
     ),
-    model: Optional[str] = typer.Option(None, help="Pretrained weights (local folder or hub id) for the 7B preset."),
+    model: Optional[str] = typer.Option(
+        None,
+        help="Pretrained weights (local folder or hub id): the 7B preset's model, or the probe's CLIP/SigLIP image encoder.",
+    ),
     output_dir: Optional[str] = typer.Option(None, "--runs", help="Where run folders go (default: runs)."),
     run_id: Optional[str] = typer.Option(None, help="Name of the run folder (default: time + random)."),
     resume: bool = typer.Option(False, help="Continue the run --run-id from its last checkpoint."),
@@ -38,7 +41,8 @@ def train(
     no_fdlinear: bool = typer.Option(False, help="Plain linears in the vision tower (ablation)."),
     use_vllm: bool = typer.Option(False, help="Generate with vLLM (GPU machines with vllm installed)."),
 ) -> None:
-    """Train on an export: SFT warm start, GRPO stage I (caption reward), stage II (top-K diagnosis reward)."""
+    """Train on an export: SFT warm start, GRPO stage I (caption reward), stage II (top-K diagnosis reward); or,
+    with --preset probe, linear heads on a frozen image encoder (seconds to minutes on a CPU)."""
     from trainer.config import TrainConfig
     from trainer.train import train as run_training
 
