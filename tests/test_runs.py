@@ -206,6 +206,8 @@ def test_bad_requests_are_refused(curated, admin, annotator):
         start_training(curated, admin, ablation=AblationRequest(seeds=0))
     with pytest.raises(RunError, match="sets seeds and stages"):
         start_training(curated, admin, overrides={"seed": 3}, ablation=AblationRequest())
+    with pytest.raises(RunError, match="no FDLinear layers or GRPO stages to ablate"):
+        start_training(curated, admin, preset="probe", ablation=AblationRequest())
     assert list_runs(curated) == []
 
 
@@ -268,3 +270,31 @@ def test_an_ablation_started_from_the_train_page_shows_its_table_when_done(curat
     table = [frame.value for frame in at.dataframe if "variant" in frame.value.columns]
     assert table and list(table[0]["variant"]) == ["full", "baseline"] and "Δ top1 vs full" in table[0].columns
     assert not any(b.label.startswith("Activate run") for b in at.button)
+
+
+@pytest.mark.slow  # two real processes (train, then suggest): about a minute
+def test_the_probe_preset_retrains_from_the_page_and_its_activation_fills_the_queue(curated, admin, monkeypatch):
+    at, _ = train_page(curated, monkeypatch)
+    assert "probe" not in at.selectbox(key="ablation-preset").options  # nothing to ablate in a probe
+    at.selectbox[0].set_value("probe")
+    [b for b in at.button if b.label == "Retrain from curated data"][0].click().run()
+    assert not at.exception and any("queued" in m.value for m in at.success), [e.value for e in at.error]
+    run = wait_for(curated, list_runs(curated)[0].id, {"done", "failed"})
+    assert run.status == "done" and run.preset == "probe", run.error
+    assert os.path.isfile(os.path.join(run.checkpoint_path, "probe.json"))
+    assert {row["stage"] for row in read_metrics(curated, run.id)} == {"probe"}
+    at, _ = train_page(curated, monkeypatch)
+    [b for b in at.button if b.label == f"Activate run #{run.id}: suggest for the queue"][0].click().run()
+    assert not at.exception and get_workflow_settings(curated).active_run_id == run.id
+    deadline, needing, suggested = time.monotonic() + 180, -1, 0
+    while time.monotonic() < deadline and suggested != needing:
+        time.sleep(1)
+        with curated.session() as s:
+            needing = s.scalar(select(func.count()).select_from(Image).where(Image.status.in_(("pending", "annotated"))))
+            suggested = s.scalar(
+                select(func.count(func.distinct(Draft.image_id))).where(
+                    Draft.kind == "model", Draft.version == f"run-{run.id}:probe"
+                )
+            )
+    log = (run_dir(curated, run.id).parent / f"run-{run.id}-suggest.log").read_text()
+    assert needing > 0 and suggested == needing, log

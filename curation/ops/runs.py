@@ -43,7 +43,8 @@ from curation.store.models import Export, TrainingRun, User, utcnow
 from schema.files import read_jsonl
 
 CANCEL_GRACE_S = 60
-PRESETS = ("tiny", "qwen2.5-vl-7b")
+PRESETS = ("tiny", "qwen2.5-vl-7b", "probe")
+NO_ABLATION_PRESETS = ("probe",)  # no FDLinear and no stages: nothing for the variants to remove
 # the variants of `skinflow ablate` (trainer/ablate.py VARIANTS; curation does not import the trainer)
 ABLATION_VARIANTS = ("full", "no-fdlinear", "no-stage1", "baseline")
 OVERRIDES = (
@@ -243,6 +244,8 @@ def start_training(
         raise RunError(f"unknown training setting(s) {unknown}; use: {', '.join(OVERRIDES)}")
     config: dict[str, Any] = {"overrides": dict(overrides or {})}
     if ablation is not None:
+        if preset in NO_ABLATION_PRESETS:
+            raise RunError(f"the {preset} preset has no FDLinear layers or GRPO stages to ablate; ablate tiny or qwen2.5-vl-7b")
         config.update(kind="ablation", ablation=dataclasses.asdict(_check_ablation(ablation)))
         if {"seed", "stages"} & set(config["overrides"]):
             raise RunError("an ablation sets seeds and stages itself; leave them out")

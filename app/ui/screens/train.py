@@ -14,6 +14,7 @@ from curation.assist.evidence import source_evidence
 from curation.export.splits import SPLITS
 from curation.ops.runs import (
     ABLATION_VARIANTS,
+    NO_ABLATION_PRESETS,
     PRESETS,
     AblationRequest,
     ablation_report,
@@ -164,7 +165,7 @@ def _ablation_form(wb, actor) -> None:
             "same split (`skinflow ablate`). With the tiny preset, about 2-3 minutes per variant and seed on a CPU."
         )
         with st.form("ablation"):
-            preset = st.selectbox("Preset", PRESETS, key="ablation-preset")
+            preset = st.selectbox("Preset", [p for p in PRESETS if p not in NO_ABLATION_PRESETS], key="ablation-preset")
             variants = st.multiselect("Variants", ABLATION_VARIANTS, default=list(ABLATION_VARIANTS))
             split = st.selectbox(
                 "Evaluate on",
@@ -203,7 +204,12 @@ def render() -> None:
         "`skinflow train` in the background: closing the browser does not stop it."
     )
     with st.form("retrain"):
-        preset = st.selectbox("Preset", PRESETS, help="tiny: CPU, minutes. qwen2.5-vl-7b: GPUs and pretrained weights.")
+        preset = st.selectbox(
+            "Preset",
+            PRESETS,
+            help="tiny: CPU, minutes. qwen2.5-vl-7b: GPUs and pretrained weights. probe: CPU, a frozen image encoder "
+            "with linear heads per field and for the diagnosis (the budget fields below do not apply to it).",
+        )
         epochs = st.number_input("Warm-start (SFT) epochs (0: the preset's)", min_value=0, max_value=1000, value=0)
         steps = st.number_input("GRPO steps per stage (0: the preset's)", min_value=0, max_value=100_000, value=0)
         if st.form_submit_button("Retrain from curated data"):
