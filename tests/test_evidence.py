@@ -176,3 +176,12 @@ def test_routed_drafts_are_not_a_source_of_their_own(bench, admin):
     wb, ids = bench
     add_draft(wb, admin, ids[-1], kind="routed", producer="router", version="evidence-x", caption={"color": ["brown"]})
     assert {e.source for e in compute_evidence(wb).sources} == {LLM, MODEL}  # it is made from them
+
+
+def test_a_small_perfect_sample_does_not_outrank_a_large_nearly_perfect_one():
+    from curation.assist.evidence import Score, ranking_score
+
+    small, large = Score(mean=1.0, n=21, ci95=None), Score(mean=138 / 141, n=141, ci95=None)
+    assert small.mean > large.mean and ranking_score(small) < ranking_score(large)  # 22/23 against 139/143
+    # away from the extremes the ranking is the raw means'
+    assert ranking_score(Score(mean=0.6, n=40, ci95=None)) > ranking_score(Score(mean=0.55, n=400, ci95=None))
