@@ -54,6 +54,16 @@ def wait_for(wb, run_id, statuses, timeout=240):
     raise AssertionError(f"run {run_id} still {run.status}; log:\n" + "\n".join(open(run.log_path).read().splitlines()[-30:]))
 
 
+def queue_and_suggested(wb, version: str) -> tuple[int, int]:
+    """(images that need work, images with a model suggestion of this version)."""
+    with wb.session() as s:
+        needing = s.scalar(select(func.count()).select_from(Image).where(Image.status.in_(("pending", "annotated"))))
+        suggested = s.scalar(
+            select(func.count(func.distinct(Draft.image_id))).where(Draft.kind == "model", Draft.version == version)
+        )
+    return needing, suggested
+
+
 @pytest.mark.slow  # real training processes: tens of seconds each (make test-slow, .ci/run)
 def test_retrain_runs_in_the_background_and_activation_fills_the_queue(curated, admin):
     run_id = start_training(curated, admin, overrides=FAST)
@@ -75,13 +85,7 @@ def test_retrain_runs_in_the_background_and_activation_fills_the_queue(curated, 
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and _alive(pid):
         time.sleep(0.5)
-    with curated.session() as s:
-        needing = s.scalar(select(func.count()).select_from(Image).where(Image.status.in_(("pending", "annotated"))))
-        suggested = s.scalar(
-            select(func.count(func.distinct(Draft.image_id))).where(
-                Draft.kind == "model", Draft.version == f"run-{run_id}:stage2"
-            )
-        )
+    needing, suggested = queue_and_suggested(curated, f"run-{run_id}:stage2")
     log = (run_dir(curated, run_id).parent / f"run-{run_id}-suggest.log").read_text()
     assert needing > 0 and suggested == needing, log
 
@@ -289,12 +293,6 @@ def test_the_probe_preset_retrains_from_the_page_and_its_activation_fills_the_qu
     deadline, needing, suggested = time.monotonic() + 180, -1, 0
     while time.monotonic() < deadline and suggested != needing:
         time.sleep(1)
-        with curated.session() as s:
-            needing = s.scalar(select(func.count()).select_from(Image).where(Image.status.in_(("pending", "annotated"))))
-            suggested = s.scalar(
-                select(func.count(func.distinct(Draft.image_id))).where(
-                    Draft.kind == "model", Draft.version == f"run-{run.id}:probe"
-                )
-            )
+        needing, suggested = queue_and_suggested(curated, f"run-{run.id}:probe")
     log = (run_dir(curated, run.id).parent / f"run-{run.id}-suggest.log").read_text()
     assert needing > 0 and suggested == needing, log
