@@ -183,3 +183,49 @@ def test_forward_is_the_definition_wherever_the_gates_are_applied(fan_in, fan_ou
     assert torch.allclose(layer(packed, boundaries), expected.reshape(-1, fan_out), atol=1e-5)
     with torch.no_grad():
         assert torch.allclose(layer(x[:1]), expected[:1], atol=1e-5)
+
+
+def test_per_image_gating_survives_peft_wrapping_the_layers_to_train_them(tiny_model):
+    """peft's modules_to_save deep-copies each FDLinear: the copy must still see the tower's per-image boundaries,
+    or it gates a batch of two different images as one (the outputs would then differ from the unwrapped tower's)."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+    from PIL import Image
+
+    from trainer.model import fd_settings
+
+    model, processor = tiny_model(fd=fd_settings(None, ("mlp.up_proj", "mlp.down_proj"), 4, 1 / 16))
+    torch.manual_seed(0)
+    with torch.no_grad():  # gates away from 1, so that which tokens form "an image" changes the output
+        for layer in model.modules():
+            if isinstance(layer, FDLinear):
+                for head in (layer.in_gate, layer.out_gate, layer.basis_gate):
+                    head.weight.normal_(0, 0.5)
+    images = [Image.new("RGB", (112, 112), (200, 90, 80)), Image.new("RGB", (112, 112), (30, 60, 140))]
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "x"}]}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    batch = processor(text=[text, text], images=images, return_tensors="pt", padding=True)
+    pixels, grid = batch["pixel_values"], batch["image_grid_thw"]
+    fd_names = [name for name, m in model.named_modules() if isinstance(m, FDLinear)]
+    wrapped = get_peft_model(
+        copy.deepcopy(model),
+        LoraConfig(r=4, target_modules=r"model\.language_model\.layers\.\d+\.self_attn\.(q|v)_proj", modules_to_save=fd_names),
+    )
+    # wrapped before any forward pass (as trl does): a copied source would hold no boundaries, never updated
+    with torch.no_grad():
+        plain = model.model.visual(pixels, grid_thw=grid).pooler_output
+    copies = [m for name, m in wrapped.named_modules() if name.endswith("modules_to_save.default")]
+    assert len(copies) == len(fd_names) and all(isinstance(m, FDLinear) for m in copies)
+    with torch.no_grad():
+        through_peft = wrapped.base_model.model.model.visual(pixels, grid_thw=grid).pooler_output
+    assert torch.allclose(plain, through_peft, atol=1e-5)
+    # and the check has teeth: one boundary for the whole batch gives other outputs
+    for layer in copies:
+        layer.boundaries_source = None
+    with torch.no_grad():
+        as_one_image = wrapped.base_model.model.model.visual(pixels, grid_thw=grid).pooler_output
+    assert not torch.allclose(plain, as_one_image, atol=1e-3)

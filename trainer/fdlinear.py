@@ -219,6 +219,13 @@ class ImageBoundaries:
     def __init__(self) -> None:
         self.boundaries: torch.Tensor | None = None
 
+    def __deepcopy__(self, memo: dict) -> "ImageBoundaries":
+        # Shared, never copied. peft's ModulesToSaveWrapper deep-copies a single FDLinear to train it: a copied
+        # source would never be updated by the tower's hook, and the copy would gate a whole batch as one image.
+        # A deep copy of a whole model shares it too, which is right as long as two towers do not interleave one
+        # forward pass (each tower's hook sets the boundaries just before its own layers run).
+        return self
+
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         grid_thw = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
         if grid_thw is not None:
