@@ -218,6 +218,45 @@ def test_tiny_end_to_end_train_resume_and_predict(grpo_export, tmp_path):
     assert (tmp_path / "report" / "reliability.png").exists()
 
 
+def test_tiny_with_lora_trains_adapters_and_fdlinear_only_and_every_stage_reloads_as_an_ordinary_model(grpo_export, tmp_path):
+    from typer.testing import CliRunner
+
+    from app.cli import app
+
+    flags = ["--sft-epochs", "2", "--stage1-steps", "2", "--stage2-steps", "2", "--batch-size", "4", "--num-generations", "2"]
+    result = CliRunner().invoke(
+        app,
+        ["train", "--export", str(grpo_export), "--preset", "tiny", "--lora", "--runs", str(tmp_path), "--run-id", "l", *flags],
+    )
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "l"
+    assert json.loads((run / "config.json").read_text())["lora"] is True
+    initial = load(run / "initial")[0].state_dict()
+    previous = initial
+    for stage in (0, 1, 2):
+        model, _ = load(run / f"stage{stage}" / "final")  # a merged, ordinary checkpoint: config.json, no adapter
+        state = model.state_dict()
+        assert sum(isinstance(m, FDLinear) for m in model.modules()) == 6
+        assert set(state) == set(initial) and not any("lora_" in k or "modules_to_save" in k for k in state)
+        if stage == 0:  # what LoRA + modules_to_save trained, and what stayed frozen
+            changed = {k for k in state if not torch.equal(state[k], previous[k])}
+            assert "model.language_model.layers.0.self_attn.q_proj.weight" in changed  # LoRA, merged
+            assert "model.language_model.layers.0.mlp.down_proj.weight" in changed
+            assert "model.visual.blocks.0.mlp.up_proj.spectrum" in changed  # FDLinear, trained whole
+            frozen = ("model.language_model.embed_tokens.weight", "model.visual.blocks.0.attn.qkv.weight", "lm_head.weight")
+            assert not changed & set(frozen)
+            assert not any(k.startswith("model.language_model.layers.0.input_layernorm") for k in changed)
+        previous = state
+    assert (run / "model").resolve() == (run / "stage2" / "final").resolve()
+    assert json.loads((run / "progress.json").read_text())["status"] == "done"
+
+
+def test_vllm_cannot_generate_with_fdlinear_gates():
+    with pytest.raises(TrainerError, match="per-image gates"):
+        TrainConfig.for_preset("tiny", use_vllm=True)
+    assert TrainConfig.for_preset("tiny", use_vllm=True, fdlinear=False).use_vllm
+
+
 def test_train_refuses_a_bad_export_before_building_anything(tmp_path):
     from trainer.train import train
 

@@ -19,6 +19,9 @@ from trainer.errors import TrainerError
 # Light on purpose (no torch): the CLI builds its help from these lists, and curation/ops/runs.py keeps
 # copies that tests/test_single_source.py checks against them.
 MLP_TARGETS = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+# LoRA goes on the language model's attention and MLP projections only: a bare list of names would also hit the
+# vision tower's MLPs (same names), and peft refuses FDLinear modules; those are trained whole (modules_to_save).
+LORA_TARGETS = r"model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 # `skinflow ablate` variants, reference first (trainer/ablate.py runs them)
 ABLATION_VARIANTS: dict[str, str] = {
     "full": "FDLinear + stage I + stage II",
@@ -120,6 +123,11 @@ class TrainConfig:
     use_cpu: bool = True
     gradient_checkpointing: bool = False
     use_vllm: bool = False
+    # LoRA (peft) on the language model; FDLinear layers train whole; each stage's final/ is the merged model
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
     save_steps: int = 20
     logging_steps: int = 1
     # after the last stage, predict the export's val and test images into held_out_predictions.jsonl: the
@@ -167,6 +175,13 @@ class TrainConfig:
         self.probe_l2 = tuple(float(v) for v in self.probe_l2)
         if not self.probe_l2 or min(self.probe_l2) < 0:
             raise TrainerError(f"probe_l2 must list one or more penalties >= 0 (got {self.probe_l2})")
+        if self.use_vllm and self.fdlinear:
+            raise TrainerError(
+                "vLLM generation cannot carry FDLinear's per-image gates (it runs its own copy of the model without "
+                "them); turn one off: --no-fdlinear, or generate with transformers (leave out --use-vllm)"
+            )
+        if self.lora and self.lora_r < 1:
+            raise TrainerError(f"lora_r must be at least 1 (got {self.lora_r})")
         if self.k < 1:
             raise TrainerError("k (diagnoses per answer) must be at least 1")
 

@@ -25,7 +25,7 @@ from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProce
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.processing_utils import ProcessorMixin
 
-from trainer.config import MLP_TARGETS
+from trainer.config import LORA_TARGETS, MLP_TARGETS
 from trainer.fdlinear import FDLinear, patch_vision_tower
 
 FD_KEY = "skinflow_fdlinear"
@@ -223,3 +223,13 @@ def load(
             model.__class__ = SkinflowQwen2_5_VL
     processor = AutoProcessor.from_pretrained(path)
     return model, processor
+
+
+def lora_config(model: nn.Module, *, r: int, alpha: int, dropout: float):
+    """peft LoRA on the language model's projections (config.LORA_TARGETS), every FDLinear trained whole
+    (modules_to_save, by full module name: peft matches by suffix, and a bare `gate_proj` would also train the
+    language model's MLPs whole)."""
+    from peft import LoraConfig
+
+    fd_names = [name for name, module in model.named_modules() if isinstance(module, FDLinear)]
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=LORA_TARGETS, modules_to_save=fd_names or None)

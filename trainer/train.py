@@ -29,7 +29,7 @@ from schema.files import write_json_atomic
 from trainer.config import TrainConfig
 from trainer.data import ExportData, load_export
 from trainer.errors import TrainerError
-from trainer.model import SkinflowQwen2_5_VL, build_tiny, fd_settings, load
+from trainer.model import SkinflowQwen2_5_VL, build_tiny, fd_settings, load, lora_config
 from trainer.predict import predict_held_out
 from trainer.rewards import bind, caption_format_reward, caption_reward, diagnosis_format_reward, diagnosis_reward
 
@@ -173,6 +173,9 @@ def _common_args(config: TrainConfig, out: Path, learning_rate: float) -> dict[s
 
 
 def _trainer(config: TrainConfig, data: ExportData, stage: int, model, processor, out: Path):
+    peft = {}
+    if config.lora:
+        peft["peft_config"] = lora_config(model, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout)
     if stage == 0:
         from trl import SFTConfig, SFTTrainer
 
@@ -183,7 +186,7 @@ def _trainer(config: TrainConfig, data: ExportData, stage: int, model, processor
             max_length=None,
             lr_scheduler_type="cosine",
         )
-        return SFTTrainer(model=model, args=args, train_dataset=_dataset(sft_rows(data)), processing_class=processor)
+        return SFTTrainer(model=model, args=args, train_dataset=_dataset(sft_rows(data)), processing_class=processor, **peft)
     from trl import GRPOConfig, GRPOTrainer
 
     args = GRPOConfig(
@@ -205,6 +208,7 @@ def _trainer(config: TrainConfig, data: ExportData, stage: int, model, processor
         reward_funcs=stage_rewards(config, data, stage),
         train_dataset=_dataset(grpo_rows(data, stage)),
         processing_class=processor,
+        **peft,
     )
 
 
@@ -268,7 +272,10 @@ def _train_stages(config: TrainConfig, data: ExportData, run_dir: Path, cancel_f
             log.progress("cancelled", trainer.state.global_step, trainer.state.max_steps)
             return None
         staging = out / ".final.tmp"
-        trainer.save_model(str(staging))
+        if config.lora:  # an adapter folder has no config.json: the next stage, predict and eval get the merged model
+            trainer.model.merge_and_unload().save_pretrained(staging)
+        else:
+            trainer.save_model(str(staging))
         processor.save_pretrained(staging)
         os.replace(staging, final)
         log.progress("stage done", trainer.state.global_step, trainer.state.max_steps)

@@ -39,7 +39,10 @@ def train(
     batch_size: Optional[int] = typer.Option(None, help="Completions per step (a multiple of --num-generations)."),
     save_steps: Optional[int] = typer.Option(None, help="Checkpoint every this many steps (what --resume restarts from)."),
     no_fdlinear: bool = typer.Option(False, help="Plain linears in the vision tower (ablation)."),
-    use_vllm: bool = typer.Option(False, help="Generate with vLLM (GPU machines with vllm installed)."),
+    use_vllm: bool = typer.Option(False, help="Generate with vLLM (GPU machines with vllm installed; needs --no-fdlinear)."),
+    lora: bool = typer.Option(
+        False, help="LoRA on the language model, FDLinear layers trained whole; each stage's final/ is the merged model."
+    ),
 ) -> None:
     """Train on an export: SFT warm start, GRPO stage I (caption reward), stage II (top-K diagnosis reward); or,
     with --preset probe, linear heads on a frozen image encoder (seconds to minutes on a CPU)."""
@@ -61,6 +64,7 @@ def train(
         "stages": tuple(int(s) for s in stages.split(",") if s.strip()) if stages else None,
         "fdlinear": False if no_fdlinear else None,
         "use_vllm": True if use_vllm else None,
+        "lora": True if lora else None,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if config_file is not None:
