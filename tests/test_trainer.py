@@ -71,6 +71,106 @@ def test_a_pretrained_qwen_gets_fdlinear_on_the_last_blocks_and_starts_unchanged
     assert_same_state(patched, again)
 
 
+ONE_GPU_PRESETS = ("qwen2.5-vl-3b-lora", "qwen2.5-vl-7b-lora", "qwen2.5-vl-7b-qlora")
+
+
+@pytest.fixture(scope="module")
+def pretrained_deep(tmp_path_factory):
+    """A tiny plain Qwen2.5-VL saved as a hub checkpoint would be, with 8 vision blocks (the one-GPU presets put
+    FDLinear on the last 8)."""
+    from tests.conftest import TINY_TEXTS
+    from trainer.model import tiny_config, tiny_processor, train_tokenizer
+
+    tokenizer = train_tokenizer(TINY_TEXTS, vocab_size=400)
+    processor = tiny_processor(tokenizer, 112)
+    torch.manual_seed(0)
+    model = Qwen2_5_VLForConditionalGeneration(tiny_config(tokenizer, None, vision_depth=8))
+    folder = tmp_path_factory.mktemp("deep") / "pretrained"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("preset", ONE_GPU_PRESETS)
+def test_one_gpu_presets_put_lora_on_the_language_model_train_fdlinear_whole_and_merge_to_an_ordinary_model(
+    preset, pretrained_deep, tmp_path
+):
+    """The construction path of each one-GPU preset on a tiny model of the same class (the real sizes need a GPU:
+    benchmarks/gpu.py): LoRA placement, trainable parameters per part, identity at start, merge, reload."""
+    import re
+
+    from peft import get_peft_model
+
+    from trainer.config import LORA_TARGETS
+    from trainer.model import lora_config
+
+    config = TrainConfig.for_preset(preset)
+    assert config.lora and config.gradient_checkpointing and config.fd_layers == tuple(range(-8, 0))
+    plain, processor = load(pretrained_deep)
+    model, _ = load(pretrained_deep, fd=fd_settings(config.fd_layers, config.fd_targets))
+    batch = chat_batch(processor)
+    with torch.no_grad():
+        reference = plain(**batch).logits
+    peft_model = get_peft_model(model, lora_config(model, r=config.lora_r, alpha=config.lora_alpha, dropout=0.0))
+    lora_layers = {name.rsplit(".lora_A", 1)[0] for name, _ in peft_model.named_modules() if name.endswith(".lora_A")}
+    assert len(lora_layers) == 2 * 7 and all(re.search(LORA_TARGETS + "$", name) for name in lora_layers)
+    copies = [m for name, m in peft_model.named_modules() if name.endswith("modules_to_save.default")]
+    assert len(copies) == 8 * 3 and all(isinstance(m, FDLinear) for m in copies)
+    trainable = {name: p.numel() for name, p in peft_model.named_parameters() if p.requires_grad}
+    lora_count = sum(n for name, n in trainable.items() if "lora_" in name)
+    fd_count = sum(n for name, n in trainable.items() if "modules_to_save" in name)
+    assert lora_count + fd_count == sum(trainable.values())  # nothing else trains: embeddings, lm_head, attention...
+    text = plain.config.text_config
+    per_layer = sum(
+        config.lora_r * (a + b)
+        for a, b in [(text.hidden_size, text.hidden_size)] * 2  # q, o
+        + [(text.hidden_size, 2 * 32)] * 2  # k, v: 2 key-value heads of 32
+        + [(text.hidden_size, text.intermediate_size)] * 2  # gate, up
+        + [(text.intermediate_size, text.hidden_size)]  # down
+    )
+    assert lora_count == text.num_hidden_layers * per_layer
+    assert fd_count == sum(p.numel() for m in copies for p in m.parameters())
+    with torch.no_grad():
+        at_start = peft_model(**batch).logits
+    assert ((at_start - reference).norm() / reference.norm()).item() <= 1e-5  # identity at start
+    torch.manual_seed(1)
+    with torch.no_grad():  # as if trained: adapters and FDLinear gates away from their start
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name or ("modules_to_save" in name and "gate" in name):
+                param.normal_(0, 0.02)
+        trained = peft_model(**batch).logits
+    assert ((trained - reference).norm() / reference.norm()).item() > 1e-3
+    peft_model.save_pretrained(tmp_path / "adapter")
+    merged = peft_model.merge_and_unload()
+    with torch.no_grad():
+        assert ((merged(**batch).logits - trained).norm() / trained.norm()).item() <= 1e-4
+    merged.save_pretrained(tmp_path / "final")
+    processor.save_pretrained(tmp_path / "final")
+    again, _ = load(tmp_path / "final")
+    assert sum(isinstance(m, FDLinear) for m in again.modules()) == 24
+    assert_same_state(merged, again)
+    if config.quantize_4bit:  # QLoRA merges into a fresh full-precision copy of the base, never into 4-bit weights
+        from trainer.model import FOUR_BIT_SKIP, four_bit_config, merge_adapter
+
+        start, _ = load(pretrained_deep, fd=fd_settings(config.fd_layers, config.fd_targets))  # the stage's start
+        start.save_pretrained(tmp_path / "base")
+        processor.save_pretrained(tmp_path / "base")
+        reloaded = merge_adapter(tmp_path / "base", tmp_path / "adapter", dtype=torch.float32)
+        assert_same_state(merged, reloaded)
+        assert set(four_bit_config().llm_int8_skip_modules) == set(FOUR_BIT_SKIP) == {"visual", "lm_head"}
+
+
+def test_qlora_is_refused_clearly_without_cuda(grpo_export, tmp_path, pretrained_deep):
+    from trainer.train import train
+
+    config = TrainConfig.for_preset(
+        "qwen2.5-vl-7b-qlora", export=str(grpo_export), model=str(pretrained_deep), output_dir=str(tmp_path), run_id="q"
+    )
+    with pytest.raises(TrainerError, match="needs a CUDA GPU and bitsandbytes"):
+        train(config)
+    assert not (tmp_path / "q" / "initial").exists()  # refused before the model is built
+
+
 def test_presets_config_files_and_overrides(tmp_path):
     big = TrainConfig.for_preset("qwen2.5-vl-7b")
     assert (big.stage1_learning_rate, big.stage2_learning_rate) == (1e-6, 5e-7)

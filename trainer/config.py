@@ -34,6 +34,9 @@ PRESET_NOTES: dict[str, str] = {
     "tiny": "CPU, from scratch, minutes",
     "qwen2.5-vl-7b": "pretrained weights, several GPUs",
     "probe": "CPU, frozen image encoder + linear heads, seconds to minutes",
+    "qwen2.5-vl-3b-lora": "one 24 GB GPU, LoRA",
+    "qwen2.5-vl-7b-lora": "one 80 GB GPU (48 GB with checkpointing), LoRA",
+    "qwen2.5-vl-7b-qlora": "one 24 GB GPU, 4-bit language model + LoRA (CUDA, bitsandbytes)",
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -80,6 +83,38 @@ PRESETS: dict[str, dict[str, Any]] = {
     # trainer/probe.py: no stages and no generation; `model` is the image encoder (None: a small one built
     # from config with random weights), image_size that built encoder's input
     "probe": {"model": None, "image_size": 64, "use_cpu": True},
+}
+# One GPU: LoRA on the language model (no reference copy: trl switches the adapters off for the KL term), FDLinear
+# on the last 8 vision blocks trained whole, gradient checkpointing, fewer generations per prompt than the paper's 8
+# where memory is short. LoRA learning rates are the usual 1e-5 range, not the full fine-tune's 1e-6.
+_ONE_GPU = {
+    "stages": (1, 2),
+    "image_size": 448,
+    "bf16": True,
+    "fd_layers": (-8, -7, -6, -5, -4, -3, -2, -1),
+    "sft_learning_rate": 1e-4,
+    "stage1_learning_rate": 1e-5,
+    "stage2_learning_rate": 1e-5,
+    "sft_epochs": 1.0,
+    "stage1_steps": 500,
+    "stage2_steps": 500,
+    "stage1_max_completion_length": 256,
+    "stage2_max_completion_length": 96,
+    "temperature": 1.0,
+    "gradient_checkpointing": True,
+    "use_cpu": False,
+    "lora": True,
+    "lora_r": 16,
+    "lora_alpha": 32,
+}
+PRESETS["qwen2.5-vl-3b-lora"] = {**_ONE_GPU, "model": "Qwen/Qwen2.5-VL-3B-Instruct", "batch_size": 8, "num_generations": 4}
+PRESETS["qwen2.5-vl-7b-lora"] = {**_ONE_GPU, "model": "Qwen/Qwen2.5-VL-7B-Instruct", "batch_size": 8, "num_generations": 8}
+PRESETS["qwen2.5-vl-7b-qlora"] = {
+    **_ONE_GPU,
+    "model": "Qwen/Qwen2.5-VL-7B-Instruct",
+    "batch_size": 4,
+    "num_generations": 4,
+    "quantize_4bit": True,
 }
 
 
@@ -128,6 +163,7 @@ class TrainConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
+    quantize_4bit: bool = False  # the language model in 4-bit NF4 (bitsandbytes, CUDA); vision tower and lm_head stay bf16
     save_steps: int = 20
     logging_steps: int = 1
     # after the last stage, predict the export's val and test images into held_out_predictions.jsonl: the
@@ -180,6 +216,8 @@ class TrainConfig:
                 "vLLM generation cannot carry FDLinear's per-image gates (it runs its own copy of the model without "
                 "them); turn one off: --no-fdlinear, or generate with transformers (leave out --use-vllm)"
             )
+        if self.quantize_4bit and not self.lora:
+            raise TrainerError("a 4-bit language model cannot be trained itself; quantize_4bit needs lora")
         if self.lora and self.lora_r < 1:
             raise TrainerError(f"lora_r must be at least 1 (got {self.lora_r})")
         if self.k < 1:

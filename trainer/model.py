@@ -233,3 +233,30 @@ def lora_config(model: nn.Module, *, r: int, alpha: int, dropout: float):
 
     fd_names = [name for name, module in model.named_modules() if isinstance(module, FDLinear)]
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=LORA_TARGETS, modules_to_save=fd_names or None)
+
+
+# what stays out of 4-bit quantisation: FDLinear is built from the vision weights (packed 4-bit weights have no
+# spectrum to take), and the output head is small and sensitive
+FOUR_BIT_SKIP = ("visual", "lm_head")
+
+
+def four_bit_config():
+    """bitsandbytes NF4 for the language model (QLoRA's recipe: double quantisation, bf16 compute)."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        llm_int8_skip_modules=list(FOUR_BIT_SKIP),
+    )
+
+
+def merge_adapter(base: str | Path, adapter: str | Path, *, dtype: torch.dtype = torch.bfloat16) -> SkinflowQwen2_5_VL:
+    """A saved adapter (LoRA + the FDLinear layers it trained whole) merged into a freshly loaded full-precision
+    copy of its base: how a 4-bit (QLoRA) stage becomes an ordinary model, without merging into packed weights."""
+    from peft import PeftModel
+
+    model, _ = load(base, dtype=dtype)
+    return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()

@@ -29,7 +29,7 @@ from schema.files import write_json_atomic
 from trainer.config import TrainConfig
 from trainer.data import ExportData, load_export
 from trainer.errors import TrainerError
-from trainer.model import SkinflowQwen2_5_VL, build_tiny, fd_settings, load, lora_config
+from trainer.model import SkinflowQwen2_5_VL, build_tiny, fd_settings, four_bit_config, load, lora_config, merge_adapter
 from trainer.predict import predict_held_out
 from trainer.rewards import bind, caption_format_reward, caption_reward, diagnosis_format_reward, diagnosis_reward
 
@@ -250,10 +250,28 @@ def initial_model(config: TrainConfig, data: ExportData, run_dir: Path) -> Path:
     return folder
 
 
+def _load_options(config: TrainConfig) -> dict[str, Any]:
+    """How a stage loads its starting model: bf16 weights for the one-GPU (LoRA) presets, and the language model in
+    4-bit for QLoRA (which needs CUDA and bitsandbytes: refused here, before anything loads, otherwise)."""
+    import torch
+
+    if config.quantize_4bit:
+        import importlib.util
+
+        if not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None:
+            raise TrainerError(
+                "4-bit loading (the qwen2.5-vl-7b-qlora preset) needs a CUDA GPU and bitsandbytes "
+                "(pip install -e '.[qlora]' on that machine); `skinflow train --plan` names a preset that fits here"
+            )
+        return {"dtype": torch.bfloat16, "quantization_config": four_bit_config()}
+    return {"dtype": torch.bfloat16} if config.lora and config.bf16 else {}
+
+
 def _train_stages(config: TrainConfig, data: ExportData, run_dir: Path, cancel_file: Path | None) -> Path | None:
     """The recipe's stages from the initial model; returns the final model's folder, or None when cancelled."""
     import torch
 
+    options = _load_options(config)  # refuses a setting this machine cannot load before building anything
     torch.manual_seed(config.seed)
     source = initial_model(config, data, run_dir)
     for stage in config.stages:
@@ -263,7 +281,7 @@ def _train_stages(config: TrainConfig, data: ExportData, run_dir: Path, cancel_f
             source = final
             continue
         log = RunLog(run_dir, stage, config.stages, cancel_file)
-        model, processor = load(source)
+        model, processor = load(source, **options)
         trainer = _trainer(config, data, stage, model, processor, out)
         trainer.add_callback(log)
         last = _last_checkpoint(out)
@@ -272,7 +290,10 @@ def _train_stages(config: TrainConfig, data: ExportData, run_dir: Path, cancel_f
             log.progress("cancelled", trainer.state.global_step, trainer.state.max_steps)
             return None
         staging = out / ".final.tmp"
-        if config.lora:  # an adapter folder has no config.json: the next stage, predict and eval get the merged model
+        if config.quantize_4bit:  # merged into a full-precision copy of the stage's start, not into 4-bit weights
+            trainer.model.save_pretrained(out / "adapter")
+            merge_adapter(source, out / "adapter").save_pretrained(staging)
+        elif config.lora:  # an adapter folder has no config.json: the next stage, predict and eval get the merged model
             trainer.model.merge_and_unload().save_pretrained(staging)
         else:
             trainer.save_model(str(staging))

@@ -43,7 +43,7 @@ from curation.store.models import Export, TrainingRun, User, utcnow
 from schema.files import read_jsonl
 
 CANCEL_GRACE_S = 60
-PRESETS = ("tiny", "qwen2.5-vl-7b", "probe")
+PRESETS = ("tiny", "qwen2.5-vl-7b", "probe", "qwen2.5-vl-3b-lora", "qwen2.5-vl-7b-lora", "qwen2.5-vl-7b-qlora")
 NO_ABLATION_PRESETS = ("probe",)  # no FDLinear and no stages: nothing for the variants to remove
 # the variants of `skinflow ablate` (trainer/ablate.py VARIANTS; curation does not import the trainer)
 ABLATION_VARIANTS = ("full", "no-fdlinear", "no-stage1", "baseline")

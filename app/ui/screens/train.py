@@ -207,8 +207,9 @@ def render() -> None:
         preset = st.selectbox(
             "Preset",
             PRESETS,
-            help="tiny: CPU, minutes. qwen2.5-vl-7b: GPUs and pretrained weights. probe: CPU, a frozen image encoder "
-            "with linear heads per field and for the diagnosis (the budget fields below do not apply to it).",
+            help="tiny: CPU, minutes. probe: CPU, a frozen image encoder with linear heads per field and for the "
+            "diagnosis (the budget fields below do not apply to it). qwen2.5-vl-3b-lora / 7b-qlora: one 24 GB GPU; "
+            "qwen2.5-vl-7b-lora: one 80 GB GPU; qwen2.5-vl-7b: several GPUs. `skinflow train --plan` says what fits.",
         )
         epochs = st.number_input("Warm-start (SFT) epochs (0: the preset's)", min_value=0, max_value=1000, value=0)
         steps = st.number_input("GRPO steps per stage (0: the preset's)", min_value=0, max_value=100_000, value=0)
