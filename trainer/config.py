@@ -163,6 +163,7 @@ class TrainConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
+    check_memory: bool = True  # refuse a GPU run whose memory estimate (trainer/plan.py) exceeds the GPU
     quantize_4bit: bool = False  # the language model in 4-bit NF4 (bitsandbytes, CUDA); vision tower and lm_head stay bf16
     save_steps: int = 20
     logging_steps: int = 1

@@ -320,6 +320,10 @@ def train(config: TrainConfig, *, resume: bool = False, cancel_file: Path | None
     continues. The run stops (with a checkpoint) when <run folder>/cancel or `cancel_file` appears."""
     data = load_export(config.export)
     probe = config.preset == "probe"
+    if not probe and config.check_memory:
+        from trainer.plan import check_fits
+
+        check_fits(config)
     if not probe and not data.rows(2, "train") and 2 in config.stages:
         raise TrainerError("the export has no training rows with a diagnosis; stage 2 needs verified diagnoses")
     run_id = config.run_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]

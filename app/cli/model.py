@@ -16,8 +16,14 @@ PRESET_HELP = "; ".join(f"{name}: {note}" for name, note in PRESET_NOTES.items()
 
 @app.command()
 def train(
-    export_dir: Path = typer.Option(..., "--export", help="An export folder written with --format grpo."),
+    export_dir: Optional[Path] = typer.Option(None, "--export", help="An export folder written with --format grpo."),
     preset: Optional[str] = typer.Option(None, help=PRESET_HELP),
+    plan: bool = typer.Option(
+        False, "--plan", help="Only estimate GPU memory per part for the preset (nothing loads) and name the largest that fits."
+    ),
+    gpu_memory_gb: Optional[float] = typer.Option(None, help="With --plan: the GPU size to plan for (default: this machine's)."),
+    gpus: Optional[int] = typer.Option(None, min=1, help="With --plan: how many GPUs (default: this machine's, or 1)."),
+    ignore_plan: bool = typer.Option(False, help="Start even if the memory estimate exceeds the GPU."),
     config_file: Optional[Path] = typer.Option(
         None, "--config", help="A TOML file with TrainConfig settings; flags override it."
     ),
@@ -47,10 +53,9 @@ def train(
     """Train on an export: SFT warm start, GRPO stage I (caption reward), stage II (top-K diagnosis reward); or,
     with --preset probe, linear heads on a frozen image encoder (seconds to minutes on a CPU)."""
     from trainer.config import TrainConfig
-    from trainer.train import train as run_training
 
     overrides = {
-        "export": str(export_dir),
+        "export": str(export_dir) if export_dir else None,
         "model": model,
         "output_dir": output_dir,
         "run_id": run_id,
@@ -65,14 +70,38 @@ def train(
         "fdlinear": False if no_fdlinear else None,
         "use_vllm": True if use_vllm else None,
         "lora": True if lora else None,
+        "check_memory": False if ignore_plan else None,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if config_file is not None:
         config = TrainConfig.from_toml(config_file, **({"preset": preset} if preset else {}), **overrides)
     else:
         config = TrainConfig.for_preset(preset or "tiny", **overrides)
+    if plan:
+        _print_plan(config, gpu_memory_gb, gpus)
+        return
+    if export_dir is None:
+        raise SkinflowError("give --export FOLDER (an export written with --format grpo), or --plan to only estimate memory")
+    from trainer.train import train as run_training
+
     run_dir = run_training(config, resume=resume)
     out.print(f"run {config.run_id} done: model in {run_dir / 'model'}; metrics in {run_dir / 'metrics.jsonl'}")
+
+
+def _print_plan(config, memory_gb: float | None, gpus: int | None) -> None:
+    from trainer.plan import describe, estimate, gpu_memory
+
+    if config.use_cpu:
+        out.print(f"{config.preset} trains on the CPU: no GPU memory to plan")
+        return
+    found = gpu_memory()
+    if memory_gb is None:
+        if found is None:
+            raise SkinflowError("no CUDA GPU found here; give the size to plan for with --gpu-memory-gb N")
+        memory_gb = found[1]
+    count = gpus or (found[0] if found else 1)
+    for line in describe(estimate(config, gpus=count), memory_gb):
+        out.print(line)
 
 
 @app.command()
