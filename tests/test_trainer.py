@@ -532,3 +532,29 @@ def test_plan_says_what_fits_on_a_24_and_an_80_gb_gpu(monkeypatch, grpo_export, 
     with pytest.raises(TrainerError, match="largest preset that fits is qwen2.5-vl-7b-qlora"):
         train(config)
     assert not (tmp_path / "big").exists()
+
+
+@pytest.mark.slow  # GRPO steps through the real trainer code on a tiny model: about a minute
+def test_the_gpu_benchmark_runs_its_code_on_a_tiny_model_on_the_cpu():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "benchmarks/gpu.py", "--tiny", "--device", "cpu", "--steps", "2", "--repeats", "1"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    trained = {r["preset"]: r for r in rows if "preset" in r}
+    assert set(trained) == {"qwen2.5-vl-3b-lora", "qwen2.5-vl-7b-lora", "qwen2.5-vl-7b-qlora"}
+    assert "4-bit" in trained["qwen2.5-vl-7b-qlora"]["skipped"]  # needs CUDA: said, not faked
+    for preset in ("qwen2.5-vl-3b-lora", "qwen2.5-vl-7b-lora"):
+        assert trained[preset]["step_s"] > 0 and trained[preset]["tokens_per_s"] > 0
+    shapes = [r for r in rows if "shape" in r]
+    assert [r["shape"] for r in shapes] == ["1280->3420", "3420->1280"] and all(min(r["train"]) > 0 for r in shapes)
+    assert "| FDLinear vs nn.Linear" in result.stdout

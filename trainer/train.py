@@ -172,7 +172,8 @@ def _common_args(config: TrainConfig, out: Path, learning_rate: float) -> dict[s
     }
 
 
-def _trainer(config: TrainConfig, data: ExportData, stage: int, model, processor, out: Path):
+def stage_trainer(config: TrainConfig, data: ExportData, stage: int, model, processor, out: Path):
+    """The trl trainer of one stage (SFT for 0, GRPO for 1 and 2), with LoRA when the config says so."""
     peft = {}
     if config.lora:
         peft["peft_config"] = lora_config(model, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout)
@@ -282,7 +283,7 @@ def _train_stages(config: TrainConfig, data: ExportData, run_dir: Path, cancel_f
             continue
         log = RunLog(run_dir, stage, config.stages, cancel_file)
         model, processor = load(source, **options)
-        trainer = _trainer(config, data, stage, model, processor, out)
+        trainer = stage_trainer(config, data, stage, model, processor, out)
         trainer.add_callback(log)
         last = _last_checkpoint(out)
         trainer.train(resume_from_checkpoint=str(last) if last else None)
