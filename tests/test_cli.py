@@ -178,6 +178,13 @@ def test_train_and_predict_refuse_bad_input_in_one_line(tmp_path):
     assert "is not a grpo export" in result.stderr and "--format grpo" in result.stderr
     result = run(tmp_path, "train", "--export", str(tmp_path / "plain"), "--preset", "huge", check=False)
     assert result.returncode == 2 and "unknown preset 'huge'" in result.stderr
+    result = run(tmp_path, "train", "--preset", "tiny", check=False)
+    assert result.returncode == 2 and "give --export FOLDER" in result.stderr and "--plan" in result.stderr
+    import torch
+
+    if not torch.cuda.is_available():  # without a GPU to read the size from, --plan asks for one
+        result = run(tmp_path, "train", "--plan", "--preset", "qwen2.5-vl-7b-lora", check=False)
+        assert result.returncode == 2 and "--gpu-memory-gb" in result.stderr
     result = run(
         tmp_path, "predict", "--checkpoint", str(tmp_path / "plain"), "--images", "x.jsonl", "--out", "p.jsonl", check=False
     )
