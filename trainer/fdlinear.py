@@ -183,13 +183,9 @@ class FDLinear(nn.Module):
             means = sums / lengths.clamp(min=1)[:, None].to(x.dtype)
             tokens = x.shape[0] / max(lengths.numel(), 1)
         c, f, a = self.gates(means)
-        # Inference: apply each gate where it costs least, folded into the (out x in) weight or on the activations
-        # (c on the tokens x in input, f on the tokens x out output). Training: always on the activations; a gate
-        # folded into the weight makes weight-sized temporaries for the backward pass (and, in place on a view,
-        # a copy of the whole per-image weight), which cost more than gating the activations.
-        training = torch.is_grad_enabled() and self.spectrum.requires_grad
-        c_on_input = training or tokens < self.out_features
-        f_on_output = training or tokens < self.in_features
+        # Apply each gate where it costs least: folded into the (out x in) weight, or on the activations
+        # (c on the tokens x in input, f on the tokens x out output).
+        c_on_input, f_on_output = tokens < self.out_features, tokens < self.in_features
         weights = self.image_weights(None if c_on_input else c, None if f_on_output else f, a).to(x.dtype)
         c, f = c.to(x.dtype), f.to(x.dtype)
         if x.dim() == 3:
