@@ -229,3 +229,22 @@ def test_per_image_gating_survives_peft_wrapping_the_layers_to_train_them(tiny_m
     with torch.no_grad():
         as_one_image = wrapped.base_model.model.model.visual(pixels, grid_thw=grid).pooler_output
     assert not torch.allclose(plain, as_one_image, atol=1e-3)
+
+
+def test_layers_sharing_the_inference_workspace_do_not_disturb_each_other():
+    torch.manual_seed(0)
+    first, second = FDLinear(24, 40), FDLinear(40, 16)
+    for layer in (first, second):
+        layer.set_weight(torch.randn(layer.out_features, layer.in_features))
+        with torch.no_grad():
+            for head in (layer.in_gate, layer.out_gate, layer.basis_gate):
+                head.weight.normal_(0, 0.5)
+    x = torch.randn(3, 10, 24)
+    with torch.inference_mode():  # the buffer made here is used again outside inference mode below
+        expected = first(x).clone()
+    with torch.no_grad():
+        chained = second(first(x))  # the second layer reuses the buffer the first one just used
+        again = first(x)
+    assert torch.allclose(again, expected, atol=1e-6)
+    with torch.enable_grad():  # the definition, with gradients (no workspace)
+        assert torch.allclose(chained, second(first(x)).detach(), rtol=1e-4, atol=1e-3)

@@ -33,6 +33,7 @@ Qwen2.5-VL-7B vision tower, ~1% of the 8.3B model.
 from __future__ import annotations
 
 import math
+import threading
 from typing import Iterable
 
 import torch
@@ -50,6 +51,22 @@ def ring_ids(out_features: int, in_features: int, num_bases: int) -> torch.Tenso
     start = torch.cumsum(counts, 0) - counts  # position of each radius' first coefficient in the sorted list
     ring_of_radius = torch.clamp((start * num_bases) // radius.numel(), max=num_bases - 1)
     return ring_of_radius[inverse].reshape(out_features, in_features // 2 + 1)
+
+
+_WORKSPACES = threading.local()
+
+
+def _workspace(numel: int, device: torch.device) -> torch.Tensor:
+    """A flat fp32 buffer of at least `numel` values, one per thread and device, grown as needed. FDLinear layers
+    run one after another, so they share it; each uses it only within its own forward call."""
+    buffers = getattr(_WORKSPACES, "buffers", None)
+    if buffers is None:
+        buffers = _WORKSPACES.buffers = {}
+    buffer = buffers.get(device)
+    if buffer is None or buffer.numel() < numel:
+        with torch.inference_mode(False):  # a normal tensor: usable both inside and outside inference mode
+            buffer = buffers[device] = torch.empty(numel, dtype=torch.float32, device=device)
+    return buffer[:numel]
 
 
 class FDLinear(nn.Module):
@@ -121,8 +138,9 @@ class FDLinear(nn.Module):
     def _ring_masks(self) -> torch.Tensor:
         """(K, out, in//2+1) 0/1 masks, built lazily (never saved: they follow from the shape)."""
         if self._rings is None or self._rings.device != self.spectrum.device:
-            ids = ring_ids(self.out_features, self.in_features, self.num_bases).to(self.spectrum.device)
-            self._rings = (ids[None] == torch.arange(self.num_bases, device=ids.device)[:, None, None]).float()
+            with torch.inference_mode(False):  # built once, maybe first in inference mode, then used in training
+                ids = ring_ids(self.out_features, self.in_features, self.num_bases).to(self.spectrum.device)
+                self._rings = (ids[None] == torch.arange(self.num_bases, device=ids.device)[:, None, None]).float()
         return self._rings
 
     def _irfft2(self, spectrum: torch.Tensor) -> torch.Tensor:
@@ -149,20 +167,33 @@ class FDLinear(nn.Module):
         return 2 * torch.sigmoid(self.in_gate(z)), 2 * torch.sigmoid(self.out_gate(z)), 2 * torch.sigmoid(self.basis_gate(z))
 
     def image_weights(self, c: torch.Tensor | None, f: torch.Tensor | None, a: torch.Tensor) -> torch.Tensor:
-        """(B, out, in) per-image weights (sum_k a_k B_k), times f (rows) and c (columns) when given, in fp32."""
+        """(B, out, in) per-image weights (sum_k a_k B_k), times f (rows) and c (columns) when given, in fp32.
+        Without gradients the result lives in a per-thread workspace that the next call overwrites: use it at once."""
         inference = not (torch.is_grad_enabled() and self.spectrum.requires_grad)  # bases() caches then
         if inference or a.shape[0] >= self.num_bases:  # one (B, K) x (K, out*in) product over shared bases
-            bases = self.bases()
-            combined = (a.float() @ bases.reshape(self.num_bases, -1)).view(-1, self.out_features, self.in_features)
+            flat = self.bases().reshape(self.num_bases, -1)
+            if inference:
+                # A fresh buffer of B x out x in floats costs more in page faults than the product itself
+                # (measured 8.8 ms against 2.8 ms for one 1280 x 3420 image): reuse one per thread.
+                out = _workspace(a.shape[0] * flat.shape[1], flat.device).view(a.shape[0], -1)
+                combined = torch.mm(a.float(), flat, out=out)
+            else:
+                combined = a.float() @ flat
+            combined = combined.view(-1, self.out_features, self.in_features)
         else:  # fewer images than bases: one irfft2 of the ring-scaled spectrum per image
             gain = torch.einsum("bk,kof->bof", a.float(), self._ring_masks())
             combined = self._irfft2(self._complex_spectrum()[None] * gain)
-        # in place: neither product needs its output for the backward pass
         if f is not None and c is not None:
-            return combined.mul_(f.float()[:, :, None] * c.float()[:, None, :])
-        if f is not None:
-            return combined.mul_(f.float()[:, :, None])
-        return combined if c is None else combined.mul_(c.float()[:, None, :])
+            scale = f.float()[:, :, None] * c.float()[:, None, :]
+        elif f is not None:
+            scale = f.float()[:, :, None]
+        elif c is not None:
+            scale = c.float()[:, None, :]
+        else:
+            return combined
+        # in place without gradients; with them, out of place: in place on a view would make autograd copy the
+        # whole per-image weight in the backward pass
+        return combined.mul_(scale) if inference else combined * scale
 
     def forward(self, x: torch.Tensor, boundaries: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         if x.dim() == 3:  # padded: (batch, tokens, in)
