@@ -304,7 +304,13 @@ def json_schema() -> dict[str, Any]:
             }
         else:
             properties[f.key] = {"type": "string", "description": "Other relevant descriptors; empty if none"}
-    properties["size_mm"] = {"type": ["number", "null"], "description": "Measured diameter in mm if visible, else null"}
+    properties["size_mm"] = {
+        "type": ["number", "null"],
+        # what the validator needs, said to the model (strict mode allows these keywords): 0 is not "unknown"
+        "exclusiveMinimum": 0,
+        "maximum": MAX_SIZE_MM,
+        "description": "Measured diameter in mm if visible, else null (never 0)",
+    }
     return {
         "type": "object",
         "properties": properties,

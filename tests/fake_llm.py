@@ -44,7 +44,27 @@ HOSTILE_TEXT = (
     "PWNED ![p](http://127.0.0.1:9/pixel.png) [Session expired: log in again](http://2130706433:18777/login) "
     "<img src=x onerror=alert(1)> http://2130706433:18777/ **bold** ENDPWNED"
 )
-MODES = ("ok", "429", "500", "hang", "malformed", "wrong_enum", "truncated", "huge", "echo_key", "nested", "hostile_text")
+# replies the way real vision models write them: each keeps its good fields after salvage (schema/salvage.py)
+LOOSE_REPLIES = {
+    "counts_and_ranges": {"number": "2", "size": "3-4 mm", "other": ["silvery scale", "Auspitz sign"], "confidence": 0.8},
+    "band_against_measure": {"number": "multiple (about 10)", "size": "1-2 cm", "size_mm": 8},
+    "unknown_measure": {"size_mm": 0, "number": "three", "color": 7},
+    "nothing_usable": {"color": 7, "number": "tons", "size_mm": -1},
+}
+MODES = (
+    "ok",
+    "429",
+    "500",
+    "hang",
+    "malformed",
+    "wrong_enum",
+    "truncated",
+    "huge",
+    "echo_key",
+    "nested",
+    "hostile_text",
+    *LOOSE_REPLIES,
+)
 
 
 def case_colour(case: int) -> tuple[int, int, int]:
@@ -161,6 +181,10 @@ class FakeLLM:
             reply = json.loads(json.dumps(GOOD_REPLY))
             if mode == "wrong_enum":
                 reply["caption"]["number"] = "zillions"
+            elif mode == "nothing_usable":  # only bad fields
+                reply["caption"] = dict(LOOSE_REPLIES[mode])
+            elif mode in LOOSE_REPLIES:  # the good reply with these fields written loosely
+                reply["caption"].update(LOOSE_REPLIES[mode])
             content = json.dumps(reply)
             if mode == "malformed":
                 content = "I think this is a lesion {but I will not give you JSON"

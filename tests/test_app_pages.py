@@ -660,3 +660,24 @@ def test_the_annotate_form_takes_each_field_from_its_best_source_and_says_which(
     assert next(m for m in at.multiselect if m.label.startswith("Color")).value == ["black"]
     with routed_home.session() as s:
         assert len(s.scalars(select(Draft).where(Draft.kind == "routed")).all()) == 2  # routed again, new snapshot
+
+
+def test_the_annotate_form_says_what_salvage_changed_or_dropped_in_the_draft(demo_home):
+    from curation.labelling.annotate import add_draft
+    from schema.salvage import salvage_caption
+
+    admin = get_actor(demo_home, "admin")
+    caption, notes = salvage_caption({"color": ["red"], "number": "2", "size_mm": 0, "confidence": 0.9})
+    with demo_home.session() as s:
+        needing = [i.id for i in s.scalars(select(Image).where(Image.status.in_(("pending", "annotated"))))]
+    for image_id in needing:
+        meta = {"salvage": [n.to_json() for n in notes]}
+        add_draft(demo_home, admin, image_id, kind="llm", producer="gpt-x", version="p1", caption=caption, meta=meta)
+    at = page(demo_home, "annotate", "annotator")
+    assert not at.exception
+    shown = [c.value.replace("\\", "") for c in at.caption if c.value.startswith("⚠")]  # as read, unescaped
+    assert any("number changed (was 2)" in c and "few" in c for c in shown), shown  # under Number
+    assert any("size_mm dropped (was 0)" in c for c in shown), shown  # the measurement's note goes with Size
+    assert any("confidence ignored" in c for c in shown), shown  # not a field: above the form
+    fields = {m.label.split("  ")[0]: m.value for m in at.multiselect}
+    assert fields["Color"] == ["erythematous"]  # the salvaged caption prefills the form

@@ -104,6 +104,8 @@ def test_json_schema_is_strict_mode_compatible_and_lists_the_vocabulary():
     assert set(schema["required"]) == set(schema["properties"]) == {f.key for f in FIELDS} | {"size_mm"}
     assert schema["properties"]["number"]["enum"][:-1] == list(NUMBER_VALUES)
     assert "erythematous" in schema["properties"]["color"]["description"]
+    # what the validator needs is said to the model: a measurement of 0 is refused, so the schema excludes it
+    assert schema["properties"]["size_mm"]["exclusiveMinimum"] == 0 and schema["properties"]["size_mm"]["maximum"] > 100
 
 
 # -- property: parse(render(c)) == c for any valid caption ---------------------------------------

@@ -65,6 +65,22 @@ def test_predictions_become_model_drafts_once(wb, admin, exported, tmp_path):
     assert again.added == 0 and again.already_there == 3 and count_model_drafts(wb) == 3
 
 
+def test_a_prediction_written_loosely_keeps_its_good_fields_with_notes(wb, admin, exported, tmp_path):
+    [record] = exported[:1]
+    path = tmp_path / "loose.jsonl"
+    loose = {"color": ["brown"], "number": "2", "size": "3-4 mm", "score": 0.7}
+    path.write_text(json.dumps(prediction(record, caption=loose)) + "\n")
+    assert import_predictions(wb, admin, path).added == 1
+    with wb.session() as s:
+        draft = s.scalar(select(Draft).where(Draft.image_id == record["id"], Draft.kind == "model"))
+    assert (draft.caption["number"], draft.caption["size"], draft.caption["size_mm"]) == ("few", "<5 mm", 3.5)
+    assert {(n["field"], n["action"]) for n in draft.meta["salvage"]} == {
+        ("number", "changed"),
+        ("size", "changed"),
+        ("score", "ignored"),
+    }
+
+
 def test_a_malformed_prediction_file_imports_nothing(wb, admin, exported, tmp_path, annotator):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(prediction(exported[0])) + "\n{broken\n")

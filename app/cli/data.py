@@ -258,6 +258,8 @@ def ls_pull(
         f"imported {report.imported} annotations, {report.already_imported} already imported, {len(report.skipped)} skipped"
         + (f"; new accounts for {', '.join(report.users_created)}" if report.users_created else "")
     )
+    for task_id, what in report.salvaged[:20]:
+        out.print(f"task {task_id}: {what}")
     for task_id, why in report.skipped[:20]:
         out.print(f"skipped task {task_id}: {why}")
 

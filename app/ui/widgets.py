@@ -27,12 +27,20 @@ def _term_label(field: str):
 
 
 def caption_form(
-    prefix: str, initial: dict[str, Any] | None, disagreements: list[str] = (), origins: dict[str, str] | None = None
+    prefix: str,
+    initial: dict[str, Any] | None,
+    disagreements: list[str] = (),
+    origins: dict[str, str] | None = None,
+    notes: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The 11 fields, prefilled from `initial`. Accepting a prefilled value costs no click. `origins` says where
-    each prefilled value came from (a routed draft: field -> source), shown under the field.
+    each prefilled value came from (a routed draft: field -> source), `notes` what salvage changed or dropped in the
+    draft (field -> text; "" for keys that are not fields), each shown under its field.
     Returns the raw values; schema.validate_caption normalises and checks them."""
     caption = Caption.model_validate(initial) if initial else Caption()
+    notes = notes or {}
+    if notes.get(""):
+        st.caption(f"⚠ {plain(notes[''])}")
     vocab = default_vocabulary()
     values: dict[str, Any] = {}
     left, right = st.columns(2)
@@ -80,6 +88,8 @@ def caption_form(
                 values[field.key] = st.text_area(field.label + mark, value=current, key=f"{prefix}{field.key}", height=80)
             if origins and origins.get(field.key):
                 st.caption(f"from {plain(source_name(origins[field.key]))}")
+            if notes.get(field.key):
+                st.caption(f"⚠ {plain(notes[field.key])}")
     return values
 
 

@@ -30,10 +30,11 @@ from curation.store.auth import Actor, require
 from curation.store.db import Workbench
 from curation.store.models import Draft, Image
 from curation.store.settings import Settings
-from schema.caption import SCHEMA_VERSION, Caption, json_schema, render, validate_caption
+from schema.caption import SCHEMA_VERSION, Caption, json_schema, render
 from schema.errors import CaptionError, SkinflowError
 from schema.fields import FIELDS, ORDINAL_VALUES
 from schema.files import write_atomic
+from schema.salvage import FieldNote, salvage_caption
 from schema.taxonomy import Taxonomy
 from schema.vocabulary import default_vocabulary
 
@@ -67,8 +68,9 @@ def reply_schema() -> dict[str, Any]:
     }
 
 
-def parse_draft_reply(text: str, taxonomy: Taxonomy) -> tuple[Caption, list[dict[str, Any]]]:
-    """The caption and ranked diagnoses in a reply; CaptionError saying why when it cannot be used."""
+def parse_draft_reply(text: str, taxonomy: Taxonomy) -> tuple[Caption, list[dict[str, Any]], list[FieldNote]]:
+    """The caption, ranked diagnoses and salvage notes of a reply (schema/salvage.py: every field that validates is
+    kept, what can be read safely is coerced, each change noted); CaptionError when nothing usable is left."""
     try:
         data = extract_json(text)
     except ValueError as e:
@@ -76,7 +78,7 @@ def parse_draft_reply(text: str, taxonomy: Taxonomy) -> tuple[Caption, list[dict
     if not isinstance(data, dict):
         raise CaptionError("the reply JSON is not an object")
     caption_data = data.get("caption") if "caption" in data else {k: v for k, v in data.items() if k != "diagnoses"}
-    caption = validate_caption(caption_data)
+    caption, notes = salvage_caption(caption_data)
     diagnoses: list[dict[str, Any]] = []
     seen: set[str] = set()
     for entry in data.get("diagnoses") or []:
@@ -93,7 +95,7 @@ def parse_draft_reply(text: str, taxonomy: Taxonomy) -> tuple[Caption, list[dict
         diagnoses.append({"key": key, "text": name.strip()[:200], "score": score})
         if len(diagnoses) == MAX_DIAGNOSES:
             break
-    return caption, diagnoses
+    return caption, diagnoses, notes
 
 
 @dataclass
@@ -202,12 +204,14 @@ async def _draft_all(
             try:
                 if len(reply.text) > config.max_reply_chars:
                     raise CaptionError(f"reply of {len(reply.text):,} characters is over the {config.max_reply_chars:,} limit")
-                caption, diagnoses = parse_draft_reply(reply.text, wb.taxonomy)
+                caption, diagnoses, notes = parse_draft_reply(reply.text, wb.taxonomy)
             except SkinflowError as e:
                 report.failed.append((image_id, str(e)))
                 draft.update(caption=None, error=str(e))
             else:
                 draft.update(caption=caption, diagnoses=diagnoses)
+                if notes:  # what salvage changed or dropped, shown beside each field on the Annotate page
+                    meta["salvage"] = [n.to_json() for n in notes]
                 report.done += 1
         results.put_nowait(draft)
 
@@ -317,7 +321,7 @@ def predict_with_llm(
         if outcome.reply is not None:
             row["answer"] = outcome.reply.text[:RAW_KEPT_CHARS]
             try:
-                caption, diagnoses = parse_draft_reply(outcome.reply.text, taxonomy)
+                caption, diagnoses, _notes = parse_draft_reply(outcome.reply.text, taxonomy)
             except SkinflowError as e:
                 row["caption_error"] = str(e)
             else:

@@ -84,6 +84,15 @@ def ensure_routed_draft(session: Session, wb: Workbench, image: Image) -> Draft 
         if draft.kind == ROUTED_KIND and draft.version == version and draft.id > newest_input:
             return draft
     caption, diagnoses, fields = route(usable, report)
+    by_source = {source_of(d): d for d in sorted(usable, key=lambda d: d.id)}  # the newest per source
+    notes = [  # what salvage did to each field in the draft it came from, and the keys it ignored there
+        note
+        for source in dict.fromkeys(fields.values())
+        for note in ((by_source[source].meta or {}).get("salvage") or [])
+        if fields.get(note.get("field")) == source
+        or (note.get("field") == "size_mm" and fields.get("size") == source)
+        or note.get("field") not in (*FIELD_KEYS, "size_mm")
+    ]
     draft = Draft(
         image_id=image.id,
         kind=ROUTED_KIND,
@@ -91,7 +100,7 @@ def ensure_routed_draft(session: Session, wb: Workbench, image: Image) -> Draft 
         version=version,
         caption=caption,
         diagnoses=diagnoses,
-        meta={"fields": fields},
+        meta={"fields": fields, **({"salvage": notes} if notes else {})},
     )
     session.add(draft)
     session.flush()

@@ -27,6 +27,7 @@ from schema.caption import validate_caption
 from schema.compare import caption_scores
 from schema.errors import CaptionError, SkinflowError
 from schema.files import TEMP_PREFIX, iter_jsonl, temp_owner_tag
+from schema.salvage import salvage_caption
 
 PRODUCER = "skinflow"
 _SHA = re.compile(r"^[0-9a-f]{64}$")
@@ -87,10 +88,11 @@ def import_predictions(wb: Workbench, actor: Actor, path: str | Path) -> Suggest
         if (image_id, row["model_version"]) in present:
             report.already_there += 1
             continue
-        caption, error = row.get("caption"), row.get("caption_error")
+        caption, error, notes = row.get("caption"), row.get("caption_error"), []
         if caption is not None:
             try:
-                caption = validate_caption(caption).to_json()
+                salvaged, notes = salvage_caption(caption)
+                caption = salvaged.to_json()
             except CaptionError as e:
                 caption, error = None, str(e)
         drafts.append(
@@ -103,7 +105,11 @@ def import_predictions(wb: Workbench, actor: Actor, path: str | Path) -> Suggest
                 "error": error if caption is None else None,
                 "raw_reply": row.get("caption_text"),
                 "diagnoses": _diagnoses(row, wb.taxonomy),
-                "meta": {"answer": row.get("answer"), "source": str(path)},
+                "meta": {
+                    "answer": row.get("answer"),
+                    "source": str(path),
+                    **({"salvage": [n.to_json() for n in notes]} if notes else {}),
+                },
             }
         )
         present.add((image_id, row["model_version"]))

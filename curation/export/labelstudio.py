@@ -35,6 +35,7 @@ from curation.store.models import Annotation, Image, User
 from curation.store.secrets import read_secret
 from schema.errors import SkinflowError
 from schema.fields import FIELDS
+from schema.salvage import salvage_caption
 
 IMPORT_BATCH = 500
 
@@ -202,6 +203,7 @@ class PullReport:
     already_imported: int = 0
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (task id, why)
     users_created: list[str] = field(default_factory=list)
+    salvaged: list[tuple[int, str]] = field(default_factory=list)  # (task id, a field changed or dropped, and why)
 
 
 def pull(wb: Workbench, actor: Actor, url: str, token: str, *, project: str = "SkinFlow") -> PullReport:
@@ -231,7 +233,9 @@ def pull(wb: Workbench, actor: Actor, url: str, token: str, *, project: str = "S
                 continue
             try:
                 annotator = _local_user(wb, actor, annotation.get("completed_by"), emails, report)
-                caption, diagnosis = caption_from_result(annotation.get("result"))
+                raw_caption, diagnosis = caption_from_result(annotation.get("result"))
+                caption, notes = salvage_caption(raw_caption)  # a field Label Studio let through wrong is dropped alone
+                report.salvaged += [(task.get("id"), f"{n.field} {n.action}: {n.reason}") for n in notes]
                 with wb.session() as s:
                     source_key = s.get(Image, image_id).diagnosis_key if s.get(Image, image_id) else None
                     head = user_chain_head(s, image_id, annotator.id)

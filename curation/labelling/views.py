@@ -19,6 +19,7 @@ from curation.store.db import Workbench
 from curation.store.models import NEEDS_WORK_STATUSES, Annotation, AuditEvent, Draft, Image, Review, SavedWork, User
 from schema.caption import Caption
 from schema.compare import caption_scores
+from schema.fields import FIELD_KEYS
 from schema.files import write_atomic
 
 # the best available draft prefills the form: the routed one (each field from its best source) when there is one
@@ -69,6 +70,7 @@ class PrefillSource:
     draft_id: int | None = None
     form: dict[str, Any] | None = None
     fields: dict[str, str] | None = None  # for the routed draft: the source each field came from
+    notes: dict[str, str] | None = None  # what salvage changed or dropped in the draft, per field
 
 
 def prefill_sources(detail: ImageDetail) -> list[PrefillSource]:
@@ -103,6 +105,7 @@ def prefill_sources(detail: ImageDetail) -> list[PrefillSource]:
             caption=d["caption"],
             draft_id=d["id"],
             fields=d["fields"],
+            notes=d["notes"],
         )
         for d in detail.drafts
     ]
@@ -121,7 +124,22 @@ def draft_dict(draft: Draft) -> dict[str, Any]:
         "created_at": draft.created_at,
         "label": "best source per field" if draft.kind == "routed" else f"{draft.kind}: {draft.producer} {draft.version}",
         "fields": (draft.meta or {}).get("fields") if draft.kind == "routed" else None,  # field -> the source it came from
+        "notes": salvage_by_field((draft.meta or {}).get("salvage")),
     }
+
+
+def salvage_by_field(notes: list[dict[str, str]] | None) -> dict[str, str]:
+    """A draft's salvage notes (schema/salvage.py) as one line per form field: the measurement's go with `size`,
+    keys that are not fields under "" (shown above the form)."""
+    out: dict[str, list[str]] = {}
+    for note in notes or []:
+        field = {"size_mm": "size"}.get(note.get("field", ""), note.get("field", ""))
+        field = field if field in FIELD_KEYS else ""
+        action = note.get("action") if note.get("action") in ("changed", "dropped", "ignored") else "noted"
+        out.setdefault(field, []).append(
+            f"{note.get('field')} {action} (was {note.get('original', '')}): {note.get('reason', '')}"
+        )
+    return {field: "; ".join(lines) for field, lines in out.items()}
 
 
 def rank_drafts(drafts: list[Draft]) -> list[Draft]:

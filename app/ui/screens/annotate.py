@@ -116,7 +116,9 @@ def render() -> None:
         source = sources.get(token) or next(iter(sources.values()))
         token, caption, draft_id, form = source.token, source.caption, source.draft_id, source.form
         prefix = f"a-{detail.id}-{token}-"
-        values = caption_form(prefix, caption, detail.disagreements if form is None else [], origins=source.fields)
+        values = caption_form(
+            prefix, caption, detail.disagreements if form is None else [], origins=source.fields, notes=source.notes
+        )
         diagnosis, status = diagnosis_widget(
             prefix, wb.taxonomy, detail.diagnosis_key, detail.source_label, detail.suggested_diagnoses, form
         )
