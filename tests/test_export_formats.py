@@ -255,3 +255,63 @@ def test_label_studio_results_map_back_to_a_caption():
         ]
     )
     assert caption == {"shape": ["round", "oval"], "size": "1-2 cm", "other": "a b"} and diagnosis == "halo nevus"
+
+
+def test_every_format_of_a_20_image_workbench_loads_with_its_consumer(tmp_path):
+    """datasets for hf, json for the JSONL/ShareGPT/Label Studio files, pyarrow for Parquet, csv for the CSV, the
+    trainer for grpo, and Label Studio's own config parser for its labelling config; val and test are not empty."""
+    import csv
+
+    import pyarrow.parquet as pq
+    from datasets import load_from_disk
+    from label_studio_sdk.label_interface import LabelInterface
+
+    from curation.export.dataset import export_dataset
+    from curation.ingest.demo import build_demo
+    from curation.store.auth import get_actor
+    from curation.store.db import open_workbench
+    from curation.store.settings import Settings
+    from trainer.data import load_export
+
+    wb = open_workbench(Settings.load(environ={}, home=tmp_path / "wb"))
+    build_demo(wb, None, n=20, seed=0, verified_fraction=1.0, annotated_fraction=0.0)
+    result = export_dataset(
+        wb, get_actor(wb, "admin"), tmp_path / "export", formats=("hf", "grpo", "sharegpt", "labelstudio", "csv")
+    )
+    wb.close()
+    folder = tmp_path / "export"
+    assert all(result.by_split[split] > 0 for split in ("train", "val", "test")), result.by_split
+    hf = load_from_disk(str(folder / "hf"))
+    assert {split: len(hf[split]) for split in hf} == {s: n for s, n in result.by_split.items() if n}
+    assert hf["train"][0]["image"].size[0] > 0  # the picture decodes
+    records = [json.loads(line) for line in (folder / "records.jsonl").read_text().splitlines()]
+    assert len(records) == result.n_records == pq.read_table(folder / "records.parquet").num_rows
+    assert len(json.loads((folder / "sharegpt.json").read_text())) == result.n_records
+    with (folder / "records.csv").open(newline="", encoding="utf-8") as handle:
+        assert len(list(csv.DictReader(handle))) == result.n_records
+    tasks = json.loads((folder / "labelstudio" / "tasks.json").read_text())
+    interface = LabelInterface((folder / "labelstudio" / "label_config.xml").read_text())
+    assert len(tasks) == result.n_records and interface.get_control("diagnosis")
+    data = load_export(folder)
+    assert data.rows(1, "test") and data.rows(2, "val")
+
+
+def test_an_empty_split_is_left_out_of_the_hf_dataset_and_said_in_the_card(tmp_path):
+    from datasets import load_from_disk
+
+    from curation.export.dataset import export_dataset
+    from curation.ingest.demo import build_demo
+    from curation.store.auth import get_actor
+    from curation.store.db import open_workbench
+    from curation.store.settings import Settings
+
+    wb = open_workbench(Settings.load(environ={}, home=tmp_path / "wb"))
+    build_demo(wb, None, n=4, seed=0, verified_fraction=0.25, annotated_fraction=0.0)  # two verified records
+    result = export_dataset(wb, get_actor(wb, "admin"), tmp_path / "export", formats=("hf",))
+    wb.close()
+    empty = [split for split, n in result.by_split.items() if not n]
+    assert empty  # two groups: too few for three splits
+    hf = load_from_disk(str(tmp_path / "export" / "hf"))  # loads, without the empty split
+    assert set(hf) == {split for split, n in result.by_split.items() if n}
+    card = (tmp_path / "export" / "README.md").read_text()
+    assert "the hf dataset has no such split" in card and "Tiny split(s)" in card

@@ -12,6 +12,7 @@ import jinja2
 from PIL import Image, ImageDraw
 
 import data_cards
+from curation.export.splits import SPLITS, TINY_SPLIT
 from schema.fields import FIELDS
 
 SOURCE_LICENSES = {
@@ -54,6 +55,13 @@ def limitations(records: list[dict[str, Any]]) -> list[str]:
     unverified = sum(1 for r in records if not r["verified"])
     if unverified:
         out.append(f"{unverified} records are annotated but not verified by a reviewer.")
+    by_split = Counter(r["split"] for r in records)
+    empty = [split for split in SPLITS if not by_split[split]]
+    if empty:
+        out.append(f"No {' or '.join(empty)} records: the hf dataset has no such split (an empty one would not load).")
+    tiny = [f"{split} ({by_split[split]})" for split in SPLITS if 0 < by_split[split] < TINY_SPLIT]
+    if tiny:
+        out.append(f"Tiny split(s): {', '.join(tiny)} records; metrics on them have wide intervals.")
     return out
 
 

@@ -59,6 +59,8 @@ def write_hf(staging: Path, records: list[dict[str, Any]], taxonomy: Taxonomy, *
     splits = {}
     for split in ("train", "val", "test"):
         rows = [r for r in records if r["split"] == split]
+        if not rows:  # an empty split saves as a folder `load_from_disk` cannot read: left out (the card says so)
+            continue
         data: dict[str, list] = {name: [] for name in columns}
         for r in rows:
             data["image"].append({"bytes": (staging / r["image"]).read_bytes(), "path": Path(r["image"]).name})
