@@ -402,8 +402,16 @@ def test_ablation_runs_variants_reports_paired_differences_and_resumes(grpo_expo
     from trainer.evaluate import evaluate, read_predictions
 
     out = tmp_path / "ablation"
-    with pytest.raises(TrainerError, match="no 'test' rows"):  # refused before any training: this tiny export has none
-        run_ablation(AblationConfig(export=str(grpo_export), out=str(tmp_path / "x"), seeds=(0,), variants=("full", "baseline")))
+    import shutil
+
+    no_test = tmp_path / "no-test"  # the export with its test rows taken out
+    shutil.copytree(grpo_export, no_test)
+    for name in ("stage1.jsonl", "stage2.jsonl"):
+        path = no_test / "grpo" / name
+        rows = [line for line in path.read_text().splitlines() if json.loads(line)["split"] != "test"]
+        path.write_text("".join(line + "\n" for line in rows))
+    with pytest.raises(TrainerError, match="no 'test' rows"):  # refused before any training
+        run_ablation(AblationConfig(export=str(no_test), out=str(tmp_path / "x"), seeds=(0,), variants=("full", "baseline")))
     assert not (tmp_path / "x").exists()
     config = AblationConfig(
         export=str(grpo_export), out=str(out), seeds=(0,), variants=("full", "no-fdlinear"), split="train", overrides=TINY_BUDGET
@@ -549,7 +557,7 @@ def test_the_gpu_benchmark_runs_its_code_on_a_tiny_model_on_the_cpu():
         timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith('{"')]  # trl logs dicts too
     trained = {r["preset"]: r for r in rows if "preset" in r}
     assert set(trained) == {"qwen2.5-vl-3b-lora", "qwen2.5-vl-7b-lora", "qwen2.5-vl-7b-qlora"}
     assert "4-bit" in trained["qwen2.5-vl-7b-qlora"]["skipped"]  # needs CUDA: said, not faked

@@ -275,31 +275,47 @@ def make_targets(records: list[dict[str, Any]], layout: Layout) -> Targets:
     return Targets(multi, level, has_caption, label)
 
 
-def head_losses(logits: torch.Tensor, targets: Targets, layout: Layout) -> dict[str, torch.Tensor]:
-    """Mean loss per head over the rows that head learns from (zero where there are none)."""
-    zero = logits.sum() * 0
-    cut, losses = layout.slices(), {}
-    captioned = targets.has_caption
-    for field in layout.terms:
-        part = logits[captioned, cut[f"multi:{field}"]]
-        losses[f"multi:{field}"] = (
-            F.binary_cross_entropy_with_logits(part, targets.multi[field][captioned]) if part.numel() else zero
-        )
-    for field, levels in ORDINAL_VALUES.items():
-        level = targets.level[field][captioned]
-        present = logits[captioned, cut[f"present:{field}"]][:, 0]
-        losses[f"present:{field}"] = (
-            F.binary_cross_entropy_with_logits(present, (level >= 0).float()) if present.numel() else zero
-        )
-        shown = level >= 0
-        cumulative = logits[captioned, cut[f"cumulative:{field}"]][shown]
-        steps = torch.arange(1, len(levels), dtype=torch.long)
-        above = (level[shown][:, None] >= steps[None, :]).float()  # P(level >= j), j = 1..K-1
-        losses[f"cumulative:{field}"] = F.binary_cross_entropy_with_logits(cumulative, above) if cumulative.numel() else zero
-    labelled = targets.label >= 0
-    diagnosis = logits[labelled, cut["diagnosis"]]
-    losses["diagnosis"] = F.cross_entropy(diagnosis, targets.label[labelled]) if diagnosis.numel() else zero
-    return losses
+class Objective:
+    """The heads' loss as a handful of tensor operations per step (the fits are many and small, so Python overhead
+    per operation is what costs): the sum over heads of each head's mean loss over the rows it learns from."""
+
+    def __init__(self, targets: Targets, layout: Layout):
+        cut = layout.slices()
+        self.captioned = targets.has_caption.nonzero()[:, 0]
+        n = max(len(self.captioned), 1)
+        multi = [(cut[f"multi:{field}"], targets.multi[field][self.captioned]) for field in layout.terms]
+        self.multi_cols = torch.cat([torch.arange(c.start, c.stop) for c, _ in multi])
+        self.multi_y = torch.cat([y for _, y in multi], 1)
+        # each field's mean over its (rows x terms): weight 1 / (rows * terms) per cell of that field
+        self.multi_w = torch.cat([torch.full((c.stop - c.start,), 1.0 / (n * max(c.stop - c.start, 1))) for c, _ in multi])
+        levels = {field: targets.level[field][self.captioned] for field in ORDINAL_VALUES}
+        self.present_cols = torch.tensor([cut[f"present:{field}"].start for field in ORDINAL_VALUES])
+        self.present_y = torch.stack([(levels[field] >= 0).float() for field in ORDINAL_VALUES], 1)
+        cum_cols, cum_y, cum_w = [], [], []
+        for field, values in ORDINAL_VALUES.items():
+            c, level = cut[f"cumulative:{field}"], levels[field]
+            steps = torch.arange(1, len(values))
+            shown = (level >= 0).float()
+            cum_cols.append(torch.arange(c.start, c.stop))
+            cum_y.append((level[:, None] >= steps[None, :]).float())
+            # mean over the rows where the field has a value (and its K-1 thresholds); none: no loss
+            cum_w.append(shown[:, None].expand(-1, len(steps)) / max(float(shown.sum()) * len(steps), 1.0))
+        self.cum_cols, self.cum_y, self.cum_w = torch.cat(cum_cols), torch.cat(cum_y, 1), torch.cat(cum_w, 1)
+        self.labelled = (targets.label >= 0).nonzero()[:, 0]
+        self.label_y = targets.label[self.labelled]
+        self.diagnosis = cut["diagnosis"]
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        loss = logits.sum() * 0
+        if len(self.captioned):
+            rows = logits[self.captioned]
+            bce = F.binary_cross_entropy_with_logits
+            loss = loss + bce(rows[:, self.multi_cols], self.multi_y, weight=self.multi_w, reduction="sum")
+            loss = loss + bce(rows[:, self.present_cols], self.present_y, reduction="sum") / len(self.captioned)
+            loss = loss + bce(rows[:, self.cum_cols], self.cum_y, weight=self.cum_w, reduction="sum")
+        if len(self.labelled):
+            loss = loss + F.cross_entropy(logits[self.labelled, self.diagnosis], self.label_y)
+        return loss
 
 
 def fit_heads(
@@ -322,9 +338,10 @@ def fit_heads(
     for name, cut in layout.slices().items():
         penalty[cut] = l2.get(name, l2["default"])
     optimiser = torch.optim.Adam(linear.parameters(), lr=learning_rate)
+    objective = Objective(targets, layout)
     for step in range(steps):
         optimiser.zero_grad()
-        loss = sum(head_losses(linear(features), targets, layout).values())
+        loss = objective(linear(features))
         loss = loss + (penalty[:, None] * linear.weight.pow(2)).sum()
         loss.backward()
         optimiser.step()
