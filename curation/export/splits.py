@@ -3,10 +3,10 @@ label, deterministic by seed; held-out labels go to test whole (a zero-shot spli
 
 How many groups each split gets is decided over the whole dataset, then shared out over the labels by largest
 remainder: val gets round(G * f_val) groups and test round(G * f_test) of the G groups, and at least one each
-(unless its fraction is 0) when there are three groups or more, so a small workbench (16 records over 7 labels) still has something to validate
-and test on. A label's share of val is its groups x f_val, floors first, the leftover groups to the labels with
-the largest remainders (ties broken by a hash of seed and label); test likewise from what val left. Within a label
-the groups are ordered by sha256(seed:group).
+(unless its fraction is 0) when there are three groups or more, so a small workbench (16 records over 7 labels)
+still has something to validate and test on. A label's share of val is its groups x f_val, floors first, the
+leftover groups to the labels with the largest remainders (ties broken by a hash of seed and label); test likewise
+from what val left. Within a label the groups are ordered by sha256(seed:group).
 """
 
 from __future__ import annotations
