@@ -681,3 +681,40 @@ def test_the_annotate_form_says_what_salvage_changed_or_dropped_in_the_draft(dem
     assert any("confidence ignored" in c for c in shown), shown  # not a field: above the form
     fields = {m.label.split("  ")[0]: m.value for m in at.multiselect}
     assert fields["Color"] == ["erythematous"]  # the salvaged caption prefills the form
+
+
+def _give_lesions(wb, lesion_of) -> None:
+    """Lesion ids on the demo images, as a HAM10000 or PAD-UFES-20 import brings them."""
+    with wb.session() as s:
+        for image in s.scalars(select(Image)):
+            image.meta = {**(image.meta or {}), "lesion_id": lesion_of(image.id)}
+
+
+def test_annotate_and_review_show_the_other_images_of_the_same_lesion(demo_home):
+    _give_lesions(demo_home, lambda image_id: "L-1")
+    at = page(demo_home, "annotate", "annotator")
+    assert not at.exception
+    assert any(m.value.startswith("**Other images of the same lesion or patient** (11;") for m in at.markdown)
+    shown = [c.value.replace("\\", "") for c in at.caption if "same lesion_id" in c.value.replace("\\", "")]
+    assert len(shown) == 11 and all("same lesion_id L-1" in c for c in shown), shown
+    review = page(demo_home, "review", "reviewer")
+    assert not review.exception and any(m.value.startswith("**Other images of the same lesion") for m in review.markdown)
+
+
+def test_admin_export_keeps_lesions_in_one_split_by_default(demo_home, tmp_path):
+    import json
+
+    _give_lesions(demo_home, lambda image_id: f"L-{image_id % 3}")  # three lesions of four images
+    at = page(demo_home, "admin", "admin")
+    assert by_label(at.multiselect, "Keep images sharing these metadata columns").value == ["lesion_id"]
+    [t for t in at.text_input if t.label.startswith("Export folder")][0].input(str(tmp_path / "lesions"))
+    by_label(at.checkbox, "Include annotated but unverified records").check()
+    [b for b in at.button if b.label == "Export"][0].click().run()
+    assert not at.exception and any("Exported" in m.value for m in at.success), [e.value for e in at.error]
+    manifest = json.loads((tmp_path / "lesions" / "manifest.json").read_text())
+    assert manifest["split"]["group_by"] == ["lesion_id"]
+    splits: dict[str, set[str]] = {}
+    for line in (tmp_path / "lesions" / "records.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        splits.setdefault(record["group_keys"]["lesion_id"], set()).add(record["split"])
+    assert splits and all(len(s) == 1 for s in splits.values())

@@ -74,13 +74,20 @@ def import_(
     path: Path = typer.Argument(..., help="A folder of images (recursive), a CSV file, or one image."),
     images_dir: Optional[Path] = typer.Option(None, help="CSV only: folder holding the images (Fitzpatrick17k: <md5hash>.jpg)."),
     label_from_folder: bool = typer.Option(False, help="Folder only: use each image's parent folder name as its label."),
+    dataset: str = typer.Option(
+        "auto",
+        help="CSV only: a public dataset's metadata (ham10000, isic, pad-ufes-20, ddi), auto (detected from the header) "
+        "or csv (generic columns). Images are found by file name anywhere under --images-dir.",
+    ),
     report: Optional[Path] = typer.Option(None, help="Write the full report (every failure and duplicate) as JSON."),
 ) -> None:
     """Import images and metadata. Re-running the same import adds nothing."""
     c = context(ctx)
     wb, actor = c.workbench(), c.actor()
     with progress_bar(f"importing {path.name}") as progress:
-        result = import_path(wb, actor, path, images_dir=images_dir, label_from_folder=label_from_folder, progress=progress)
+        result = import_path(
+            wb, actor, path, images_dir=images_dir, label_from_folder=label_from_folder, dataset=dataset, progress=progress
+        )
     print_import_report(result, report)
     if result.failed and not (result.imported or result.missing_images or result.already_present or result.duplicates):
         raise typer.Exit(1)
@@ -180,12 +187,20 @@ def export(
     label: list[str] = typer.Option([], help="Only these labels (taxonomy keys or names; repeat or comma-separate)."),
     group: list[str] = typer.Option([], help="Only these nine- or three-partition groups, e.g. malignant."),
     fitzpatrick: list[int] = typer.Option([], help="Only these Fitzpatrick types (repeat)."),
-    source: list[str] = typer.Option([], help="Only these sources: folder, csv, fitzpatrick17k, synthetic."),
+    source: list[str] = typer.Option(
+        [],
+        help="Only these sources: folder, csv, fitzpatrick17k, synthetic, or a dataset (ham10000, isic, pad-ufes-20, ddi).",
+    ),
     holdout_labels: list[str] = typer.Option([], help="Put these whole classes only in test (zero-shot split)."),
     dup_distance: int = typer.Option(
         6, help="Near-duplicates: perceptual hashes at most this many bits apart share a split (0-7)."
     ),
     no_dedup: bool = typer.Option(False, help="Switch near-duplicate grouping off."),
+    group_by: str = typer.Option(
+        "auto",
+        help="Metadata columns whose images share a split, e.g. lesion_id,patient_id; "
+        "auto: lesion_id and patient_id where the data has them; none: near-duplicates only.",
+    ),
     overwrite: bool = typer.Option(False, help="Replace an existing export folder."),
 ) -> None:
     if ctx.invoked_subcommand is not None:
@@ -202,14 +217,18 @@ def export(
         sources=split_option(source),
         holdout_labels=split_option(holdout_labels),
         max_hash_distance=None if no_dedup else dup_distance,
+        group_by={"auto": None, "none": ()}.get(group_by.strip().lower(), split_option([group_by])),
     )
     with progress_bar("exporting") as progress:
         result = export_dataset(
             wb, actor, out_dir, selection=selection, formats=split_option(formats), overwrite=overwrite, progress=progress
         )
+    columns = result.grouping["columns"] if result.grouping else []
+    grouped = f"; {result.grouping['split_groups']} split groups by {', '.join(columns)}" if columns else ""
     out.print(
         f"exported {result.n_records} records to {result.path} (train {result.by_split['train']}, "
-        f"val {result.by_split['val']}, test {result.by_split['test']}; {result.duplicate_groups} near-duplicate groups); "
+        f"val {result.by_split['val']}, test {result.by_split['test']}; "
+        f"{result.duplicate_groups} near-duplicate groups{grouped}); "
         f"manifest sha256 {result.manifest_sha256[:12]}"
     )
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import streamlit as st
 
+from curation.labelling.views import related_images, thumbnail
 from schema.caption import Caption
 from schema.fields import FIELDS, ORDINAL_VALUES
 from schema.taxonomy import Taxonomy
@@ -129,12 +130,19 @@ def diagnosis_widget(
     source_label: str | None,
     suggestions: list[str],
     initial: dict[str, Any] | None = None,
+    source_group: str | None = None,
 ) -> tuple[str | None, str]:
     """Confirm the source label, correct it (search the taxonomy, or free text), or mark it uncertain.
+    `source_group`: the group a source label names when it spans several conditions (HAM10000 bkl).
     Returns (diagnosis key or free text, diagnosis status)."""
     initial = initial or {}
     if source_key:
         st.markdown(f"**Source label:** {taxonomy_label(taxonomy, source_key)}")
+    elif source_label and source_group:
+        st.markdown(
+            f"**Source label:** {plain(source_label)} — group {plain(source_group)} "
+            "(the source names a group of conditions: pick the label if you can)"
+        )
     elif source_label:
         st.markdown(f"**Source label:** {plain(source_label)} (not in the taxonomy)")
     else:
@@ -173,3 +181,19 @@ def diagnosis_widget(
         match = taxonomy.normalise(picked)
         st.caption(f"→ {taxonomy_label(taxonomy, match)}" if match else "→ kept as free text (not in the taxonomy)")
     return picked, ("corrected" if choice == "Correct" else "uncertain")
+
+
+def related_images_strip(wb, actor, image_id: int) -> None:
+    """Thumbnails of the other images of the same lesion or patient, under the image being worked on."""
+    related = related_images(wb, actor, image_id)
+    if not related:
+        return
+    st.markdown(f"**Other images of the same lesion or patient** ({len(related)}; they share a split in exports)")
+    columns = st.columns(4)
+    for index, other in enumerate(related):
+        data = thumbnail(wb, other.id, 160)
+        with columns[index % 4]:
+            if data:
+                st.image(data, width="stretch")
+            label = f" · source label {plain(other.source_label)}" if other.source_label else ""
+            st.caption(f"#{other.id} · same {other.column} {plain(other.value)} · {other.status}{label}")

@@ -50,6 +50,7 @@ def parquet_table(records: list[dict[str, Any]]) -> pa.Table:
         ("verified", pa.bool_()),
         ("source", pa.string()),
         ("source_label", pa.string()),
+        ("split_group", pa.string()),
         ("width", pa.int64()),
         ("height", pa.int64()),
     ):

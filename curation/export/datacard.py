@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw
 
 import data_cards
 from curation.export.splits import SPLITS, TINY_SPLIT
+from schema.datasets import dataset_recipes
 from schema.fields import FIELDS
 
 SOURCE_LICENSES = {
@@ -98,11 +99,24 @@ def render_card(
     n = len(records)
     fill = {f.key: sum(1 for r in records if r["caption"][f.key]) / n for f in FIELDS}
     sources = sorted(manifest["counts"]["by_source"])
+    recipes = dataset_recipes()
     licenses = [
-        SOURCE_LICENSES.get(s, f"{s}: images imported by your team; state their license here before sharing.") for s in sources
+        SOURCE_LICENSES.get(s)
+        or (
+            recipes[s].card_line()
+            if s in recipes
+            else f"{s}: images imported by your team; state their license here before sharing."
+        )
+        for s in sources
     ]
     licenses.append(f"Diagnosis taxonomy: {manifest['licenses']['taxonomy']}.")
-    license_id = "cc-by-nc-sa-3.0" if "fitzpatrick17k" in sources else ("other" if set(sources) - {"synthetic"} else "cc0-1.0")
+    licenses_of_sources = {
+        "cc-by-nc-sa-3.0" if s == "fitzpatrick17k" else recipes[s].license_id if s in recipes else "other"
+        for s in sources
+        if s != "synthetic"
+    }
+    # one license for the card's header when the sources agree; otherwise "other" and the list below says which
+    license_id = licenses_of_sources.pop() if len(licenses_of_sources) == 1 else "other" if licenses_of_sources else "cc0-1.0"
     template_text = (Path(data_cards.__file__).parent / "template.md.j2").read_text(encoding="utf-8")
     template = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True).from_string(
         template_text

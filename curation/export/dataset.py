@@ -3,8 +3,8 @@
 Guarantees:
 - the same database state exported twice gives byte-identical files (no timestamps in files,
   records sorted by image id, keys sorted);
-- the split is deterministic and stratified by label: within each label, images are ordered by
-  sha256(seed:image sha256) and the first 80% go to train, the next 10% to val, the rest to test;
+- the split is deterministic and stratified by label (splits.py): whole groups go to one split, a group being
+  near-duplicate pictures joined with the images that share a lesion or patient id (`group_by` columns);
 - the export is built in a temporary sibling folder and renamed into place: an interrupted
   export leaves nothing half-written at the destination.
 """
@@ -30,7 +30,7 @@ from curation.export.canonical import file_sha256, write_canonical
 from curation.export.datacard import fitzpatrick_chart, render_card
 from curation.export.formats import EXTRA_FORMATS, WRITERS
 from curation.export.neardup import DEFAULT_MAX_DISTANCE, MAX_SUPPORTED_DISTANCE, near_duplicate_groups
-from curation.export.splits import SPLITS, assign_splits
+from curation.export.splits import LESION_COLUMNS, SPLITS, assign_splits, join_groups
 from curation.ingest.clean import dhash
 from curation.labelling.annotate import latest_model_drafts
 from curation.ops.insights import insights
@@ -40,6 +40,7 @@ from curation.store.db import Workbench
 from curation.store.files import sweep_leftovers
 from curation.store.models import Annotation, Export, Image, Review, User, WeightSet
 from schema.caption import SCHEMA_VERSION, Caption, render
+from schema.datasets import dataset_recipes
 from schema.files import temp_owner_tag
 from schema.vocabulary import default_vocabulary
 
@@ -53,6 +54,7 @@ class ExportResult:
     by_split: dict[str, int]
     manifest_sha256: str
     duplicate_groups: int = 0
+    grouping: dict[str, Any] | None = None  # see Grouping.describe
 
 
 def _chain_authors(annotation: Annotation, by_id: dict[int, Annotation], usernames: dict[int, str]) -> list[str]:
@@ -84,6 +86,9 @@ class ExportFilter:
     sources: tuple[str, ...] = ()
     holdout_labels: tuple[str, ...] = ()  # whole classes only in test (zero-shot evaluation)
     max_hash_distance: int | None = DEFAULT_MAX_DISTANCE  # near-duplicates: hashes at most this many bits apart; None: off
+    # metadata columns whose images stay in one split (a lesion, a patient); None: those of LESION_COLUMNS the
+    # records carry; (): near-duplicates only
+    group_by: tuple[str, ...] | None = None
 
     def keeps(self, record: dict[str, Any]) -> bool:
         return (
@@ -108,10 +113,48 @@ def _stored_dhash(wb: Workbench, image: Image) -> str | None:
         return None
 
 
+@dataclass(frozen=True)
+class Grouping:
+    """How the records were kept together for the split."""
+
+    columns: tuple[str, ...]  # metadata columns used
+    duplicate_groups: int  # near-duplicate groups of two or more images
+    split_groups: int  # groups after joining (each lands in one split)
+    multi_image_groups: int  # of those, groups of two or more images
+    by_column: dict[str, int]  # distinct values per column
+    by_split: dict[str, int]  # groups per split
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.__dict__, "columns": list(self.columns)}
+
+
+def _group_columns(selection: ExportFilter, metas: list[dict[str, Any]]) -> tuple[str, ...]:
+    present = {key for meta in metas for key, value in meta.items() if value not in (None, "")}
+    if selection.group_by is None:
+        return tuple(c for c in LESION_COLUMNS if c in present)
+    missing = [c for c in selection.group_by if c not in present]
+    if missing:
+        found = sorted(present)
+        raise ExportError(
+            f"no exported record has {' or '.join(map(repr, missing))} in its metadata, so it cannot group the split; "
+            f"columns found: {', '.join(found[:30]) or 'none'} (or pass --group-by none)"
+        )
+    return selection.group_by
+
+
+def _source_group(image: Image, annotation: Annotation) -> tuple[str | None, str | None]:
+    """The group of a kept source code that names several conditions (HAM10000 bkl -> benign epidermal), when the
+    annotator confirmed that code rather than naming a label; otherwise no group."""
+    meta = image.meta or {}
+    if annotation.diagnosis_text and annotation.diagnosis_text == image.source_label and meta.get("label_group9"):
+        return meta["label_group9"], meta.get("label_group3")
+    return None, None
+
+
 def collect_records(
     wb: Workbench, session: Session, *, seed: int, selection: ExportFilter = ExportFilter()
-) -> tuple[list[dict[str, Any]], int]:
-    """(records with their split, number of near-duplicate groups of two or more images)."""
+) -> tuple[list[dict[str, Any]], Grouping]:
+    """(records with their split, how they were grouped)."""
     statuses = ("verified", "annotated") if selection.include_unverified else ("verified",)
     images = list(session.scalars(select(Image).where(Image.status.in_(statuses), Image.sha256.is_not(None)).order_by(Image.id)))
     latest = _latest_annotations(session, [i.id for i in images if i.verified_annotation_id is None])
@@ -133,6 +176,7 @@ def collect_records(
         reviewers[annotation_id] = usernames[reviewer_id]  # the newest verification wins
     records = []
     hashes: dict[str, str | None] = {}
+    metas: dict[str, dict[str, Any]] = {}
     taxonomy = wb.taxonomy
     for image in images:
         annotation = by_id.get(image.verified_annotation_id) if image.verified_annotation_id else latest.get(image.id)
@@ -141,6 +185,7 @@ def collect_records(
         caption = Caption.model_validate(annotation.caption)
         reviewer = reviewers.get(annotation.id) if image.verified_annotation_id else None
         label = taxonomy.labels.get(annotation.diagnosis_key) if annotation.diagnosis_key else None
+        group9, group3 = (label.group9, label.group3) if label else _source_group(image, annotation)
         record = {
             "id": image.id,
             "image": f"images/{image.file_path}",
@@ -152,8 +197,8 @@ def collect_records(
             "diagnosis_key": annotation.diagnosis_key,
             "diagnosis_display": label.display if label else None,
             "diagnosis_text": annotation.diagnosis_text,
-            "group9": label.group9 if label else None,
-            "group3": label.group3 if label else None,
+            "group9": group9,
+            "group3": group3,
             "diagnosis_status": annotation.diagnosis_status,
             "fitzpatrick": image.fitzpatrick,
             "annotators": _chain_authors(annotation, by_id, usernames),
@@ -165,10 +210,15 @@ def collect_records(
         if selection.keeps(record):
             records.append(record)
             hashes[image.sha256] = _stored_dhash(wb, image)
+            metas[image.sha256] = image.meta or {}
     if selection.max_hash_distance is None:
-        groups = {item: item for item in hashes}
+        duplicates = {item: item for item in hashes}
     else:
-        groups = near_duplicate_groups(hashes, selection.max_hash_distance)
+        duplicates = near_duplicate_groups(hashes, selection.max_hash_distance)
+    columns = _group_columns(selection, list(metas.values()))
+    # a key names its column, so lesion "7" and patient "7" are not joined
+    keys = {item: [f"{c}={meta[c]}" for c in columns if meta.get(c) not in (None, "")] for item, meta in metas.items()}
+    groups = join_groups(duplicates, keys)
     holdout = frozenset(selection.holdout_labels)
     splits = assign_splits(
         [(r["sha256"], r["diagnosis_key"] or "__free_text__", groups[r["sha256"]]) for r in records],
@@ -178,9 +228,42 @@ def collect_records(
     )
     for record in records:
         record["split"] = splits[record["sha256"]]
-        record["duplicate_group"] = groups[record["sha256"]][:12]
+        record["duplicate_group"] = duplicates[record["sha256"]][:12]
+        record["split_group"] = groups[record["sha256"]][:12]
+        record["group_keys"] = {
+            c: str(metas[record["sha256"]][c]) for c in columns if metas[record["sha256"]].get(c) not in (None, "")
+        }
     sizes = Counter(groups.values())
-    return records, sum(1 for n in sizes.values() if n > 1)
+    grouping = Grouping(
+        columns=columns,
+        duplicate_groups=sum(1 for n in Counter(duplicates.values()).values() if n > 1),
+        split_groups=len(sizes),
+        multi_image_groups=sum(1 for n in sizes.values() if n > 1),
+        by_column={c: len({r["group_keys"][c] for r in records if c in r["group_keys"]}) for c in columns},
+        by_split={s: len({r["split_group"] for r in records if r["split"] == s}) for s in SPLITS},
+    )
+    return records, grouping
+
+
+CHOICES_SCAN = 20_000  # newest images read for the metadata columns offered (a page must not read every row)
+
+
+@dataclass(frozen=True)
+class ExportChoices:
+    sources: list[str]
+    metadata_columns: list[str]
+    default_group_by: list[str]  # LESION_COLUMNS the data carries
+
+
+def export_choices(wb: Workbench) -> ExportChoices:
+    """What the export form can offer: the sources present and the metadata columns of the newest images."""
+    with wb.session() as session:
+        sources = sorted(session.scalars(select(Image.source).distinct()))
+        metas = session.scalars(select(Image.meta).order_by(Image.id.desc()).limit(CHOICES_SCAN))
+        columns = sorted({key for meta in metas for key, value in (meta or {}).items() if value not in (None, "")})
+    hidden = {"true_caption"}  # synthetic ground truth, not a grouping column
+    columns = [c for c in columns if c not in hidden]
+    return ExportChoices(sources, columns, [c for c in LESION_COLUMNS if c in columns])
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -221,6 +304,8 @@ def _check_selection(wb: Workbench, selection: ExportFilter, formats: tuple[str,
     bad_groups = [g for g in selection.groups if g not in groups]
     if bad_groups:
         raise ExportError(f"unknown group(s) {bad_groups}; use one of: {', '.join(sorted(groups))}")
+    if selection.group_by is not None and any(not c.strip() for c in selection.group_by):
+        raise ExportError("an empty column name in --group-by; give metadata column names, e.g. --group-by lesion_id,patient_id")
     if selection.max_hash_distance is not None and not 0 <= selection.max_hash_distance <= MAX_SUPPORTED_DISTANCE:
         raise ExportError(f"the near-duplicate distance must be between 0 and {MAX_SUPPORTED_DISTANCE} bits (or off)")
     bad_types = [t for t in selection.fitzpatrick if t not in range(1, 7)]
@@ -257,7 +342,7 @@ def export_dataset(
     extras = [f for f in dict.fromkeys(formats) if f in EXTRA_FORMATS]
     seed = wb.settings.split_seed
     with wb.session() as session:
-        records, duplicate_groups = collect_records(wb, session, seed=seed, selection=selection)
+        records, grouping = collect_records(wb, session, seed=seed, selection=selection)
         weight_set = _active_weight_set(session)
         drafts = latest_model_drafts(session, [r["id"] for r in records]) if records else {}
     if not records:
@@ -292,11 +377,14 @@ def export_dataset(
             "weight_set": weight_set,
             "filters": selection.describe(),
             "split": {
-                "method": "near-duplicate groups stratified by diagnosis_key, ordered by sha256(seed:group)",
+                "method": "groups (near-duplicates joined with shared group_by metadata) stratified by diagnosis_key, "
+                "ordered by sha256(seed:group)",
                 "seed": seed,
                 "fractions": list(wb.settings.split_fractions),
+                "group_by": list(grouping.columns),
             },
-            "duplicate_groups": duplicate_groups,
+            "duplicate_groups": grouping.duplicate_groups,
+            "groups": grouping.describe(),
             "counts": {
                 "records": len(records),
                 "by_split": {s: sum(r["split"] == s for r in records) for s in SPLITS},
@@ -309,6 +397,11 @@ def export_dataset(
             "licenses": {
                 "taxonomy": wb.taxonomy.meta.get("license", "see taxonomy file"),
                 "note": "image licenses follow their sources (see each record's source and README.md)",
+                "datasets": {
+                    name: recipe.describe()
+                    for name, recipe in dataset_recipes().items()
+                    if name in {r["source"] for r in records}
+                },
             },
         }
         producers = sorted({f"{d['producer']} ({d['version']})" for ds in drafts.values() for d in ds if d["kind"] == "llm"})
@@ -320,7 +413,7 @@ def export_dataset(
                 manifest,
                 name="SkinFlow Workbench dataset",
                 agreement=agreement,
-                duplicate_groups=duplicate_groups,
+                duplicate_groups=grouping.duplicate_groups,
                 drafting=", ".join(producers) or None,
             ),
             encoding="utf-8",
@@ -360,4 +453,4 @@ def export_dataset(
         audit.record(
             session, actor, "export.create", "export", row.id, path=str(out), n_records=len(records), formats=manifest["formats"]
         )
-    return ExportResult(out, len(records), by_split, manifest_sha, duplicate_groups)
+    return ExportResult(out, len(records), by_split, manifest_sha, grouping.duplicate_groups, grouping.describe())

@@ -51,6 +51,7 @@ def write_hf(staging: Path, records: list[dict[str, Any]], taxonomy: Taxonomy, *
         "fitzpatrick": Value("int64"),
         "caption_text": Value("string"),
         "source": Value("string"),
+        "split_group": Value("string"),  # images of one lesion, patient or near-duplicate set: for grouped CV
     }
     for f in FIELDS:
         columns[f.key] = Sequence(Value("string")) if f.kind == "multi" else Value("string")
@@ -66,7 +67,7 @@ def write_hf(staging: Path, records: list[dict[str, Any]], taxonomy: Taxonomy, *
             data["image"].append({"bytes": (staging / r["image"]).read_bytes(), "path": Path(r["image"]).name})
             data["id"].append(r["id"])
             data["diagnosis"].append(labels.index(r["diagnosis_key"]) if r["diagnosis_key"] in taxonomy.labels else -1)
-            for key in ("diagnosis_text", "group9", "group3", "fitzpatrick", "caption_text", "source"):
+            for key in ("diagnosis_text", "group9", "group3", "fitzpatrick", "caption_text", "source", "split_group"):
                 data[key].append(r[key])
             for f in FIELDS:
                 data[f.key].append(r["caption"][f.key])
@@ -261,6 +262,7 @@ def write_csv(staging: Path, records: list[dict[str, Any]], **_) -> None:
         "reviewer",
         "source",
         "source_label",
+        "split_group",
         *[f.key for f in FIELDS],
         "size_mm",
         "caption_text",

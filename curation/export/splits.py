@@ -17,10 +17,35 @@ from collections import defaultdict
 
 SPLITS = ("train", "val", "test")
 TINY_SPLIT = 10  # records; the data card says so below this
+# Metadata columns that name one lesion or one person in public dermatology sets (HAM10000, ISIC, PAD-UFES-20):
+# an export keeps each value's images in one split unless told otherwise (`--group-by`).
+LESION_COLUMNS = ("lesion_id", "patient_id")
 
 
 def _order(seed: int, key: str) -> str:
     return hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()
+
+
+def join_groups(groups: dict[str, str], keys: dict[str, list[str]]) -> dict[str, str]:
+    """{item: group} where items already grouped together, or sharing any key (a lesion id, a patient id), are
+    one group, transitively. The group id is the smallest group id it absorbed, so without keys nothing changes."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        root = x
+        while parent.get(root, root) != root:
+            root = parent[root]
+        while parent.get(x, x) != root:
+            parent[x], x = root, parent[x]
+        return root
+
+    owner: dict[str, str] = {}  # key -> the first group seen with it
+    for item, item_keys in keys.items():
+        for key in item_keys:
+            a, b = find(groups[item]), find(owner.setdefault(key, groups[item]))
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    return {item: find(group) for item, group in groups.items()}
 
 
 def _largest_remainder(quotas: dict[str, float], total: int, capacity: dict[str, int], seed: int) -> dict[str, int]:

@@ -27,15 +27,23 @@ from curation.store.db import Workbench
 def import_path(wb: Workbench, actor: Actor, path: Path, **options) -> ImportReport:
     """A folder, a CSV file, or a single image file."""
     path = Path(path).expanduser()
+    is_csv = path.suffix.lower() in (".csv", ".tsv", ".txt") and not path.is_dir()
+    if options.get("dataset", "auto") not in ("auto", "csv") and not is_csv:
+        raise IngestError(
+            f"--dataset reads a dataset's metadata CSV, and {path.name} is not one: "
+            f"skinflow import METADATA.csv --dataset {options['dataset']} --images-dir {path}"
+        )
     if path.is_dir():
         options.pop("images_dir", None)
+        options.pop("dataset", None)
         return import_folder(wb, actor, path, **options)
     if not path.exists():
         raise IngestError(f"{path} does not exist")
     if path.suffix.lower() == ".zip":
         options.pop("images_dir", None)
+        options.pop("dataset", None)
         return import_zip(wb, actor, path, **options)
-    if path.suffix.lower() in (".csv", ".tsv", ".txt"):
+    if is_csv:
         options.pop("label_from_folder", None)
         return import_csv(wb, actor, path, **options)
     return import_image(wb, actor, path)

@@ -33,6 +33,7 @@ class ImportReport:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (item, reason)
     warnings: list[str] = field(default_factory=list)
     image_ids: list[int] = field(default_factory=list)
+    dataset: str | None = None  # the public dataset recipe the CSV was read with
 
     def warn(self, message: str) -> None:
         if len(self.warnings) < MAX_REPORTED_WARNINGS:
@@ -42,6 +43,7 @@ class ImportReport:
 
     def summary(self) -> dict:
         return {
+            **({"dataset": self.dataset} if self.dataset else {}),
             "imported": self.imported,
             "missing_images": self.missing_images,
             "already_present": self.already_present,

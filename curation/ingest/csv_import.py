@@ -1,5 +1,7 @@
 """Import a CSV of images and metadata: generic columns (`path` and/or `url`, `label`, `fitzpatrick`, `id`;
-every other column kept as metadata) or the Fitzpatrick17k CSV as it is.
+every other column kept as metadata), the Fitzpatrick17k CSV as it is, or a public dataset's metadata CSV
+read by its recipe (schema/datasets.py: HAM10000, ISIC, PAD-UFES-20, DDI; detected from the header or named),
+with its images found by file name anywhere under the images folder.
 
 The whole file is decoded and parsed once before anything is written (a file that is not UTF-8 or not
 CSV is refused whole); rows are then read lazily and committed every CSV_BATCH rows, so memory stays
@@ -12,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+import os
 from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import urlsplit
@@ -35,6 +38,7 @@ from curation.store import audit
 from curation.store.auth import Actor
 from curation.store.db import Workbench
 from curation.store.models import Image
+from schema.datasets import DatasetRecipe, DatasetRecipeError, detect_recipe, recipe_named
 
 CSV_BATCH = 5000  # rows per transaction
 MAX_CSV_COLUMNS = 256  # public dermatology sets have under 40; a 200,000-column row is an attack, not data
@@ -111,8 +115,39 @@ def read_csv_rows(path: Path) -> tuple[list[str], Callable[[], Iterator[dict[str
     return header, rows, n_rows
 
 
+def _choose_recipe(dataset: str, header: list[str], csv_path: Path) -> DatasetRecipe | None:
+    """The recipe to read this CSV with: `auto` detects it from the header, `csv` means none."""
+    name = dataset.strip().lower()
+    if name == "csv":
+        return None
+    try:
+        if name == "auto":
+            return detect_recipe(header)
+        recipe = recipe_named(name)
+        recipe.id_column(header)  # refuses a CSV without the recipe's columns
+    except DatasetRecipeError as e:
+        raise IngestError(f"{csv_path.name}: {e}") from None
+    return recipe
+
+
+def _files_by_name(folder: Path) -> dict[str, Path | None]:
+    """Every file under `folder` by its name (None when a name is there twice: ambiguous). Public datasets ship
+    their images in several sub-folders (HAM10000_images_part_1, imgs_part_2 ...) named by image id."""
+    found: dict[str, Path | None] = {}
+    for root, _, names in os.walk(folder):  # does not follow links to folders
+        for name in names:
+            found[name] = None if name in found else Path(root) / name
+    return found
+
+
 def import_csv(
-    wb: Workbench, actor: Actor, csv_path: Path, *, images_dir: Path | None = None, progress: Progress | None = None
+    wb: Workbench,
+    actor: Actor,
+    csv_path: Path,
+    *,
+    images_dir: Path | None = None,
+    dataset: str = "auto",
+    progress: Progress | None = None,
 ) -> ImportReport:
     """Import a CSV of images and metadata, committed every CSV_BATCH rows (see the module docstring).
 
@@ -120,23 +155,34 @@ def import_csv(
     `label`, `fitzpatrick`, `id`; every other column is kept as metadata. The Fitzpatrick17k CSV
     (md5hash, url, label, fitzpatrick_scale, qc, ...) imports as is: rows whose image is not in
     images_dir (as <md5hash>.jpg) are stored as image_missing, for `fetch_images` later.
+    `dataset`: a recipe name (ham10000, isic, pad-ufes-20, ddi), `auto` (detected from the header) or `csv`.
+    A recipe's rows whose image is not found are stored as image_missing; importing again with the images
+    completes them.
     """
     start_import(wb, actor, "import images")
     csv_path = Path(csv_path)
     header, rows, n_rows = read_csv_rows(csv_path)
-    fitz17k = _FITZ_REQUIRED <= set(header)
+    recipe = _choose_recipe(dataset, header, csv_path)
+    fitz17k = recipe is None and _FITZ_REQUIRED <= set(header)
     path_col, url_col = _pick(header, _PATH_COLUMNS), _pick(header, _URL_COLUMNS)
     label_col, fitz_col = _pick(header, _LABEL_COLUMNS), _pick(header, _FITZ_COLUMNS)
     id_col = "md5hash" if fitz17k else _pick(header, ("id", "image_id"))
-    if not (path_col or url_col):
+    if recipe is not None:
+        path_col, url_col, label_col = None, _pick(header, _URL_COLUMNS), recipe.label_column
+        id_col, fitz_col = recipe.id_column(header), recipe.fitzpatrick_column
+    if not (path_col or url_col or recipe):
+        known = detect_recipe(header)
+        hint = f" It looks like {known.title} metadata: import it with --dataset {known.name}." if known else ""
         raise IngestError(
             f"{csv_path.name}: no image column. Found columns {header}; need 'path' (file relative to the CSV) "
-            "or 'url', plus optional 'label', 'fitzpatrick', 'id'. Nothing was imported."
+            f"or 'url', plus optional 'label', 'fitzpatrick', 'id'. Nothing was imported.{hint}"
         )
     base_dir = Path(images_dir) if images_dir else csv_path.parent
     used = {c for c in (path_col, url_col, label_col, fitz_col) if c}
-    source = "fitzpatrick17k" if fitz17k else "csv"
+    source = recipe.name if recipe else "fitzpatrick17k" if fitz17k else "csv"
     report = ImportReport()
+    files = _files_by_name(base_dir) if recipe is not None and base_dir.is_dir() else {}
+    report.dataset = recipe.name if recipe else None
     with wb.session() as session:
         known = KnownContent(session)
         by_external = {
@@ -170,8 +216,16 @@ def import_csv(
                         report.warn(
                             f"{item}: cell {column!r} starts with {value[:1]!r} (spreadsheet formula); stored as plain text"
                         )
+                extra_meta: dict[str, str] = {}
                 try:
-                    fitzpatrick = parse_fitzpatrick(values.get(fitz_col)) if fitz_col else None
+                    if recipe is not None and recipe.fitzpatrick_bands and fitz_col:
+                        fitzpatrick, band = None, values.get(fitz_col, "").strip()
+                        if band:
+                            if band not in recipe.fitzpatrick_bands:
+                                raise ValueError(f"skin tone {band!r} is not one of {', '.join(recipe.fitzpatrick_bands)}")
+                            extra_meta["fitzpatrick_band"] = recipe.fitzpatrick_bands[band]
+                    else:
+                        fitzpatrick = parse_fitzpatrick(values.get(fitz_col)) if fitz_col else None
                 except ValueError as e:
                     report.failed.append((item, str(e)))
                     continue
@@ -185,10 +239,33 @@ def import_csv(
                     seen_external.add(external_id)
                 label = (values.get(label_col) or "").strip() or None if label_col else None
                 diagnosis_key = wb.taxonomy.normalise(label) if label else None
-                if label and diagnosis_key is None:
+                if label and recipe is not None:
+                    mapped = recipe.map_label(label, wb.taxonomy)
+                    diagnosis_key = mapped.key
+                    if (
+                        mapped.group9 and mapped.key is None
+                    ):  # a code spanning several labels: the group, and the code stays the source label
+                        extra_meta.update(label_group9=mapped.group9, label_group3=mapped.group3)
+                    if mapped.note:
+                        extra_meta["label_meaning"] = mapped.note
+                    if not mapped.known and diagnosis_key is None:
+                        report.warn(f"{item}: label {label!r} is not in the {recipe.name} crosswalk; kept as free text")
+                elif label and diagnosis_key is None:
                     report.warn(f"{item}: label {label!r} is not in the taxonomy; kept as free text (fix it in review)")
                 file_path, explicit_path = None, False
-                if path_col and values.get(path_col, "").strip():
+                if recipe is not None and not external_id:
+                    report.failed.append((item, f"no image id in column {id_col!r}"))
+                    continue
+                if recipe is not None:
+                    try:
+                        name = recipe.image_name(values, external_id)
+                    except (KeyError, ValueError, IndexError):
+                        name = ""
+                    file_path = files.get(name) or (base_dir / name if name else None)
+                    if name and name in files and files[name] is None:
+                        report.failed.append((item, f"{name} is in two folders under {base_dir}: keep one and import again"))
+                        continue
+                elif path_col and values.get(path_col, "").strip():
                     file_path, explicit_path = base_dir / values[path_col].strip(), True
                 elif fitz17k and images_dir and external_id:
                     file_path = base_dir / f"{external_id}.jpg"
@@ -216,7 +293,7 @@ def import_csv(
                         diagnosis_key=diagnosis_key,
                         fitzpatrick=fitzpatrick,
                         status="pending",
-                        meta={k: v for k, v in values.items() if k not in used and v != ""},
+                        meta={**{k: v for k, v in values.items() if k not in used and v != ""}, **extra_meta},
                     )
 
                 # A file named in the CSV must exist; one derived from images_dir is used when present.

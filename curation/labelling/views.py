@@ -13,6 +13,7 @@ from sqlalchemy import String, cast, exists, func, or_, select
 
 from curation.assist.routing import ensure_routed_draft
 from curation.errors import NotFound
+from curation.export.splits import LESION_COLUMNS
 from curation.labelling.annotate import annotation_dict, user_chain_head
 from curation.store.auth import Actor, require
 from curation.store.db import Workbench
@@ -57,6 +58,11 @@ class ImageDetail:
     # ranked diagnosis keys offered as one-click choices: model suggestion first, then the LLM draft; from
     # every draft with diagnoses, including a suggestion whose caption could not be read
     suggested_diagnoses: list[str] = field(default_factory=list)
+
+    @property
+    def source_group(self) -> str | None:
+        """The group the source label names when it names no single label ("benign epidermal / benign")."""
+        return f"{self.group9} / {self.group3}" if self.group9 and not self.diagnosis_key else None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -195,8 +201,9 @@ def image_detail(wb: Workbench, actor: Actor, image_id: int) -> ImageDetail:
             source_label=image.source_label,
             diagnosis_key=image.diagnosis_key,
             diagnosis_display=label.display if label else None,
-            group9=label.group9 if label else None,
-            group3=label.group3 if label else None,
+            # a source code spanning several labels (HAM10000 bkl) gives the group only (ingest recipes)
+            group9=label.group9 if label else (image.meta or {}).get("label_group9"),
+            group3=label.group3 if label else (image.meta or {}).get("label_group3"),
             fitzpatrick=image.fitzpatrick,
             meta={k: v for k, v in (image.meta or {}).items() if k not in HIDDEN_META},
             drafts=[draft_dict(d) for d in drafts],
@@ -208,6 +215,47 @@ def image_detail(wb: Workbench, actor: Actor, image_id: int) -> ImageDetail:
     if len(sources) >= 2:
         detail.disagreements = field_disagreements(sources[0]["caption"], sources[1]["caption"])
     return detail
+
+
+@dataclass(frozen=True)
+class RelatedImage:
+    """Another picture of the same lesion or patient (the export keeps them in one split)."""
+
+    id: int
+    column: str  # the metadata column they share, e.g. lesion_id
+    value: str
+    status: str
+    source_label: str | None  # what the source dataset called it (not another annotator's answer)
+
+
+MAX_RELATED = 12
+
+
+def related_images(wb: Workbench, actor: Actor, image_id: int) -> list[RelatedImage]:
+    """Images sharing a lesion id, then a patient id, with this one (at most MAX_RELATED per column); the
+    same lesion first, since that is what a dermatologist compares (another view, a later visit)."""
+    require(actor, "annotator", "view images")
+    with wb.session() as s:
+        image = s.get(Image, image_id)
+        if image is None:
+            raise NotFound(f"no image #{image_id}")
+        meta = image.meta or {}
+        out: list[RelatedImage] = []
+        seen = {image_id}
+        for column in LESION_COLUMNS:
+            value = meta.get(column)
+            if value in (None, ""):
+                continue
+            rows = s.execute(
+                select(Image.id, Image.status, Image.source_label)
+                .where(Image.meta[column].as_string() == str(value), Image.id.not_in(seen), Image.file_path.is_not(None))
+                .order_by(Image.id)
+                .limit(MAX_RELATED)
+            ).all()
+            for row in rows:
+                seen.add(row.id)
+                out.append(RelatedImage(row.id, column, str(value), row.status, row.source_label))
+    return out
 
 
 def thumbnail(wb: Workbench, image_id: int, size: int = 160) -> bytes | None:

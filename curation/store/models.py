@@ -101,7 +101,7 @@ class Image(Base):
     # A stable identifier from the source (Fitzpatrick17k md5hash, a URL): re-importing a CSV adds nothing.
     external_id: Mapped[str | None] = mapped_column(String(512), unique=True)
     file_path: Mapped[str | None] = mapped_column(String(256))  # relative to the store
-    source: Mapped[str] = mapped_column(String(32))  # folder | csv | fitzpatrick17k | synthetic
+    source: Mapped[str] = mapped_column(String(32))  # folder | csv | fitzpatrick17k | synthetic | a dataset recipe (ham10000 ...)
     source_ref: Mapped[str] = mapped_column(Text, default="")  # original path or URL
     url: Mapped[str | None] = mapped_column(Text)
     source_label: Mapped[str | None] = mapped_column(Text)  # label text as the source gave it

@@ -12,7 +12,7 @@ import streamlit as st
 
 from app.ui import state
 from app.ui.widgets import plain
-from curation.export.dataset import ExportFilter, export_dataset
+from curation.export.dataset import ExportFilter, export_choices, export_dataset
 from curation.export.formats import EXTRA_FORMATS
 from curation.export.neardup import DEFAULT_MAX_DISTANCE, MAX_SUPPORTED_DISTANCE
 from curation.ingest.archive import import_zip
@@ -92,6 +92,7 @@ def _import(wb, actor) -> None:
 def _export(wb, actor) -> None:
     taxonomy = wb.taxonomy
     names = {label.display: key for key, label in sorted(taxonomy.labels.items(), key=lambda kv: kv[1].display)}
+    choices = export_choices(wb)
     with st.form("export"):
         out = st.text_input("Export folder (a new one per version)", value=str(wb.settings.home / "exports" / "v1"))
         formats = st.multiselect(
@@ -103,10 +104,15 @@ def _export(wb, actor) -> None:
         labels = st.multiselect("Only these labels (empty: all)", list(names))
         groups = st.multiselect("Only these groups (empty: all)", taxonomy.groups3() + taxonomy.groups9())
         fitzpatrick = st.multiselect("Only these Fitzpatrick types (empty: all)", [1, 2, 3, 4, 5, 6])
-        sources = st.multiselect("Only these sources (empty: all)", ["folder", "csv", "fitzpatrick17k", "synthetic"])
+        sources = st.multiselect("Only these sources (empty: all)", choices.sources)
         holdout = st.multiselect("Held-out labels: whole classes only in test (zero-shot split)", list(names))
         dedup = st.checkbox("Keep near-duplicate images in one split", value=True)
         distance = st.slider("Near-duplicate distance (perceptual hash bits)", 0, MAX_SUPPORTED_DISTANCE, DEFAULT_MAX_DISTANCE)
+        group_by = st.multiselect(
+            "Keep images sharing these metadata columns in one split (a lesion, a patient)",
+            choices.metadata_columns,
+            default=choices.default_group_by,
+        )
         submitted = st.form_submit_button("Export")
     if submitted:
         selection = ExportFilter(
@@ -117,6 +123,7 @@ def _export(wb, actor) -> None:
             sources=tuple(sources),
             holdout_labels=tuple(names[n] for n in holdout),
             max_hash_distance=distance if dedup else None,
+            group_by=tuple(group_by),
         )
         try:
             result = export_dataset(wb, actor, Path(out), selection=selection, formats=tuple(formats))

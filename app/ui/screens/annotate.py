@@ -7,7 +7,7 @@ import time
 import streamlit as st
 
 from app.ui import state
-from app.ui.widgets import caption_form, diagnosis_widget
+from app.ui.widgets import caption_form, diagnosis_widget, related_images_strip
 from curation.errors import ConflictError
 from curation.labelling.annotate import QUALITY_FLAGS, current_annotation, save_work, submit_annotation
 from curation.labelling.queue import next_item, remaining, skip
@@ -108,6 +108,7 @@ def render() -> None:
         if detail.meta:
             with st.expander("Metadata"):
                 st.json(detail.meta)
+        related_images_strip(wb, actor, detail.id)
 
     with form_column:
         sources = {source.token: source for source in prefill_sources(detail)}
@@ -120,7 +121,13 @@ def render() -> None:
             prefix, caption, detail.disagreements if form is None else [], origins=source.fields, notes=source.notes
         )
         diagnosis, status = diagnosis_widget(
-            prefix, wb.taxonomy, detail.diagnosis_key, detail.source_label, detail.suggested_diagnoses, form
+            prefix,
+            wb.taxonomy,
+            detail.diagnosis_key,
+            detail.source_label,
+            detail.suggested_diagnoses,
+            form,
+            source_group=detail.source_group,
         )
         flags = st.multiselect(
             "Quality flags",

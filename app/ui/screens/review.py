@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from app.ui import state
-from app.ui.widgets import caption_form, diagnosis_widget, plain, taxonomy_label
+from app.ui.widgets import caption_form, diagnosis_widget, plain, related_images_strip, taxonomy_label
 from curation.labelling.annotate import adjudicate, review_annotation
 from curation.labelling.label_issues import send_back_for_review, suspicious_labels
 from curation.labelling.review import review_items
@@ -86,9 +86,12 @@ def render() -> None:
             st.image(str(detail.path), width="stretch")
         if detail.diagnosis_key:
             source_label = taxonomy_label(wb.taxonomy, detail.diagnosis_key)
+        elif detail.source_group:
+            source_label = f"{plain(detail.source_label)} — group {plain(detail.source_group)}"
         else:
             source_label = plain(detail.source_label or "none")
         st.markdown(f"**Source label:** {source_label}")
+        related_images_strip(wb, actor, detail.id)
     with table_column:
         rows = {f.label: [_value(h["caption"], f.key) for h in heads] for f in FIELDS}
         rows["Diagnosis"] = [
@@ -127,7 +130,9 @@ def render() -> None:
     base = heads[start]
     prefix = f"adj-{item['image_id']}-{start}-"
     values = caption_form(prefix, base["caption"])
-    diagnosis, status = diagnosis_widget(prefix, wb.taxonomy, detail.diagnosis_key, detail.source_label, [], base)
+    diagnosis, status = diagnosis_widget(
+        prefix, wb.taxonomy, detail.diagnosis_key, detail.source_label, [], base, source_group=detail.source_group
+    )
     if st.button("Adjudicate and verify", type="primary", key=f"{prefix}go"):
         try:
             adjudicate(

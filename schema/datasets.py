@@ -1,0 +1,167 @@
+"""Public dermatology datasets as import recipes (schema/data/datasets/*.json, one file per dataset).
+
+A recipe says how to read a dataset's metadata CSV: which header it has (for detection), which column is the
+image id, the label and the Fitzpatrick type, how an image file is named, which columns name a lesion or a
+patient (kept in one split by exports), its license and citation, and a crosswalk from its label codes to the
+taxonomy. A crosswalk entry is one of:
+
+    {"key": "melanoma"}                    the code names one taxonomy label
+    {"group9": "benign epidermal"}         the code spans several conditions (HAM10000 `bkl`): the nearest
+                                           nine-partition group is kept, the dermatologist picks the label
+    {"none": true}                         the dataset's "no diagnosis" (ISIC `unknown`)
+    {}                                     no safe mapping: the code stays free text
+
+each with an optional "note" saying what the code means. Codes match case-insensitively.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+from schema.errors import SkinflowError
+from schema.taxonomy import Taxonomy
+
+
+class DatasetRecipeError(SkinflowError):
+    """A dataset recipe is unknown, malformed, or does not fit the file being imported."""
+
+
+@dataclass(frozen=True)
+class LabelMapping:
+    code: str
+    key: str | None = None
+    group9: str | None = None
+    no_label: bool = False
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class MappedLabel:
+    """A source label read through a crosswalk."""
+
+    key: str | None  # taxonomy key
+    group9: str | None  # the nearest group, when the code spans several labels
+    group3: str | None
+    note: str  # what the code means ("" when the crosswalk does not know it)
+    known: bool  # whether the crosswalk has the code
+
+
+@dataclass(frozen=True)
+class DatasetRecipe:
+    name: str
+    title: str
+    detect: tuple[str, ...]  # columns the header must have
+    id_columns: tuple[str, ...]  # the first one present is the image id
+    label_column: str
+    image_file: str  # file name of an image, formatted with the row's columns and {id}
+    fitzpatrick_column: str | None
+    fitzpatrick_bands: dict[str, str]  # a column of bands (DDI "12") -> band name ("I-II"), when not single types
+    group_by: tuple[str, ...]
+    license: str
+    license_id: str  # Hugging Face card license id
+    citation: str
+    url: str
+    notes: str
+    crosswalk: dict[str, LabelMapping]
+
+    def matches(self, header: list[str]) -> bool:
+        return set(self.detect) <= set(header) and any(c in header for c in self.id_columns)
+
+    def id_column(self, header: list[str]) -> str:
+        found = next((c for c in self.id_columns if c in header), None)
+        missing = [c for c in (*self.detect, self.label_column) if c not in header]
+        if found is None or missing:
+            wanted = [*missing, *([" or ".join(self.id_columns)] if found is None else [])]
+            raise DatasetRecipeError(
+                f"this CSV is not {self.title} metadata: it lacks the column(s) {', '.join(wanted)}. "
+                "Check the file, or import it as a generic CSV (--dataset csv). Nothing was imported."
+            )
+        return found
+
+    def image_name(self, row: dict[str, str], image_id: str) -> str:
+        return self.image_file.format(id=image_id, **row)
+
+    def map_label(self, code: str, taxonomy: Taxonomy) -> MappedLabel:
+        """A code read through the crosswalk; codes it does not know are normalised like any free-text label."""
+        mapping = self.crosswalk.get(code.strip().lower())
+        if mapping is None:
+            key = taxonomy.normalise(code)
+            return MappedLabel(key, *_groups(taxonomy, key, None), note="", known=False)
+        if mapping.no_label:
+            return MappedLabel(None, None, None, mapping.note, True)
+        key = mapping.key if mapping.key in taxonomy.labels else taxonomy.normalise(mapping.key) if mapping.key else None
+        return MappedLabel(key, *_groups(taxonomy, key, mapping.group9), note=mapping.note, known=True)
+
+    def card_line(self) -> str:
+        return f"{self.name}: {self.title}. License: {self.license}. Cite: {self.citation}. Source: {self.url}."
+
+    def describe(self) -> dict[str, str]:
+        return {"title": self.title, "license": self.license, "citation": self.citation, "url": self.url}
+
+
+def _groups(taxonomy: Taxonomy, key: str | None, group9: str | None) -> tuple[str | None, str | None]:
+    if key is not None:
+        label = taxonomy.labels[key]
+        return label.group9, label.group3
+    group3 = next((label.group3 for label in taxonomy.labels.values() if label.group9 == group9), None)
+    return (group9, group3) if group3 else (None, None)  # a group a custom taxonomy lacks is not kept
+
+
+def _recipe(doc: dict[str, Any], where: str) -> DatasetRecipe:
+    try:
+        crosswalk = {}
+        for code, entry in doc["crosswalk"].items():
+            unknown = set(entry) - {"key", "group9", "none", "note"}
+            if unknown or ("key" in entry and "group9" in entry):
+                raise DatasetRecipeError(f"{where}: crosswalk entry {code!r} has {sorted(entry)}; use key, group9 or none")
+            crosswalk[code.lower()] = LabelMapping(
+                code, entry.get("key"), entry.get("group9"), bool(entry.get("none")), entry.get("note", "")
+            )
+        return DatasetRecipe(
+            name=doc["name"],
+            title=doc["title"],
+            detect=tuple(doc["detect"]),
+            id_columns=tuple(doc["id_columns"]),
+            label_column=doc["label_column"],
+            image_file=doc["image_file"],
+            fitzpatrick_column=doc.get("fitzpatrick_column"),
+            fitzpatrick_bands=dict(doc.get("fitzpatrick_bands", {})),
+            group_by=tuple(doc.get("group_by", ())),
+            license=doc["license"],
+            license_id=doc["license_id"],
+            citation=doc["citation"],
+            url=doc["url"],
+            notes=doc.get("notes", ""),
+            crosswalk=crosswalk,
+        )
+    except (KeyError, TypeError, AttributeError) as e:
+        raise DatasetRecipeError(f"{where} is not a dataset recipe (missing or wrong {e}); see schema/datasets.py") from None
+
+
+@lru_cache(maxsize=1)
+def dataset_recipes() -> dict[str, DatasetRecipe]:
+    """The shipped recipes by name."""
+    folder = resources.files("schema").joinpath("data/datasets")
+    recipes = {}
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".json"):
+            recipe = _recipe(json.loads(entry.read_bytes()), entry.name)
+            recipes[recipe.name] = recipe
+    return recipes
+
+
+def recipe_named(name: str) -> DatasetRecipe:
+    recipes = dataset_recipes()
+    if name not in recipes:
+        raise DatasetRecipeError(f"no dataset recipe {name!r}; use one of: {', '.join(recipes)} (or csv for a generic CSV)")
+    return recipes[name]
+
+
+def detect_recipe(header: list[str]) -> DatasetRecipe | None:
+    """The recipe whose columns the header has (the most specific one when several fit)."""
+    fitting = [r for r in dataset_recipes().values() if r.matches(header)]
+    return max(fitting, key=lambda r: len(r.detect), default=None)
