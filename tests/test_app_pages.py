@@ -227,9 +227,17 @@ def test_pages_are_registered_by_url_path_per_role_and_open_there(demo_home):
 
 
 def test_session_expires(demo_home):
-    at = login("annotator")
+    from datetime import timedelta
+
+    from curation.store.models import LoginSession, utcnow
+
     update_workflow_settings(demo_home, get_actor(demo_home, "admin"), session_minutes=5)
-    at.session_state["login_at"] = 0.0
+    at = login("annotator")
+    with demo_home.session() as s:
+        [session] = s.scalars(select(LoginSession)).all()
+        created, expires = session.created_at, session.expires_at
+        assert abs((expires - created) - timedelta(minutes=5)) < timedelta(seconds=1)  # session_minutes
+        session.expires_at = utcnow() - timedelta(seconds=1)  # five minutes later
     at.run()
     assert "actor" not in at.session_state and at.info and "expired" in at.info[0].value
 

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -44,19 +45,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def running_app(tmp_path):
-    home = tmp_path / "wb"
-    wb = open_workbench(Settings.load(environ={}, home=home))
-    build_demo(wb, None, n=6, seed=0, verified_fraction=0.0, annotated_fraction=0.0)
-    set_password(wb, get_actor(wb, "admin"), "annotator", "browser-pass-1")
-    update_workflow_settings(wb, get_actor(wb, "admin"), gold_rate=0.0)
-    port = _free_port()
+@contextlib.contextmanager
+def serve(home: Path, port: int, cwd: Path | None = None):
+    """`skinflow app` on 127.0.0.1:port (started in `cwd`, where Streamlit looks for .streamlit/secrets.toml)."""
     env = {**os.environ, "SKINFLOW_HOME": str(home)}
     skinflow = str(Path(sys.executable).with_name("skinflow"))
     process = subprocess.Popen(
         [skinflow, "app", "--port", str(port)],
         env=env,
+        cwd=cwd,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -71,10 +68,27 @@ def running_app(tmp_path):
                 time.sleep(0.5)
         else:
             pytest.fail("the app did not come up within 60 s")
-        yield wb, url
+        yield url
     finally:
         os.killpg(process.pid, signal.SIGTERM)  # skinflow app and the streamlit child it started
         process.wait(timeout=20)
+
+
+def demo_workbench(home: Path):
+    wb = open_workbench(Settings.load(environ={}, home=home))
+    build_demo(wb, None, n=6, seed=0, verified_fraction=0.0, annotated_fraction=0.0)
+    set_password(wb, get_actor(wb, "admin"), "annotator", "browser-pass-1")
+    update_workflow_settings(wb, get_actor(wb, "admin"), gold_rate=0.0)
+    return wb
+
+
+@pytest.fixture
+def running_app(tmp_path):
+    wb = demo_workbench(tmp_path / "wb")
+    try:
+        with serve(tmp_path / "wb", _free_port()) as url:
+            yield wb, url
+    finally:
         wb.close()
 
 
@@ -145,3 +159,104 @@ def test_an_admin_demoted_from_the_cli_loses_the_admin_page_in_the_open_tab(runn
         assert page.get_by_text("Your account changed").count() == 1
         assert page.get_by_test_id("stSidebarNav").count() == 0
         browser.close()
+
+
+def _session_cookie(context) -> dict:
+    [cookie] = [c for c in context.cookies() if c["name"].startswith("skinflow_session_")]
+    return cookie
+
+
+def test_a_login_survives_a_reload_until_logout_and_a_bad_cookie_is_refused(running_app):
+    from datetime import timedelta
+
+    from playwright.sync_api import sync_playwright
+
+    from curation.store.models import LoginSession, utcnow
+
+    wb, url = running_app
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+        _log_in(page, url, "annotator", "browser-pass-1")
+        image = page.get_by_text("image #").first.inner_text().split(",")[0]
+        page.wait_for_timeout(500)  # the cookie is written by the page's script
+        cookie = _session_cookie(context)
+        assert cookie["sameSite"] == "Strict" and cookie["path"] == "/" and cookie["expires"] > time.time() + 3600
+
+        page.reload(wait_until="networkidle")  # F5: still logged in, on the same image
+        page.get_by_role("heading", name="Annotate").wait_for(timeout=30_000)
+        assert page.get_by_text("image #").first.inner_text().split(",")[0] == image
+        assert page.get_by_role("button", name="Log in").count() == 0
+
+        for bad in ("not-a-token", cookie["value"][:-2] + "xx"):  # forged or tampered: the login page
+            other = browser.new_context()
+            other.add_cookies([{**cookie, "value": bad}])
+            forged = other.new_page()
+            forged.goto(url, wait_until="networkidle")
+            forged.get_by_role("button", name="Log in").wait_for(timeout=30_000)
+            other.close()
+
+        with wb.session() as s:  # the same cookie, once its session has expired
+            row = s.scalars(select(LoginSession)).one()
+            row.expires_at, kept = utcnow() - timedelta(seconds=1), row.expires_at
+        expired = browser.new_context()
+        expired.add_cookies([cookie])
+        late = expired.new_page()
+        late.goto(url, wait_until="networkidle")
+        late.get_by_role("button", name="Log in").wait_for(timeout=30_000)
+        expired.close()
+        with wb.session() as s:
+            s.scalars(select(LoginSession)).one().expires_at = kept
+
+        stolen = browser.new_context()  # a copy of the cookie in another browser: it works, until the logout
+        stolen.add_cookies([cookie])
+        copy = stolen.new_page()
+        copy.goto(url, wait_until="networkidle")
+        copy.get_by_role("heading", name="Annotate").wait_for(timeout=30_000)
+        page.get_by_role("button", name="Log out").click()
+        page.get_by_role("button", name="Log in").wait_for(timeout=30_000)
+        page.reload(wait_until="networkidle")
+        page.get_by_role("button", name="Log in").wait_for(timeout=30_000)  # asked to log in again
+        assert not [c for c in context.cookies() if c["name"].startswith("skinflow_session_")]  # and forgotten
+        copy.reload(wait_until="networkidle")
+        copy.get_by_role("button", name="Log in").wait_for(timeout=30_000)  # revoked
+        assert copy.get_by_role("heading", name="Annotate").count() == 0
+        browser.close()
+
+
+def test_single_sign_on_maps_the_identity_to_the_local_account_by_email(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    from curation.store.auth import set_email
+    from tests.fake_oidc import FakeIdentityProvider
+
+    wb = demo_workbench(tmp_path / "wb")
+    set_email(wb, get_actor(wb, "admin"), "annotator", "Alice@Hospital.example")
+    port = _free_port()
+    with FakeIdentityProvider() as idp:
+        (tmp_path / "run" / ".streamlit").mkdir(parents=True)
+        (tmp_path / "run" / ".streamlit" / "secrets.toml").write_text(idp.secrets_toml(f"http://127.0.0.1:{port}"))
+        with serve(tmp_path / "wb", port, cwd=tmp_path / "run") as url, sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url, wait_until="networkidle")
+            page.get_by_role("button", name="Log in with Hospital login").click()  # to the provider and back
+            page.get_by_role("heading", name="Annotate").wait_for(timeout=30_000)
+            assert page.get_by_text("Logged in as annotator").count() == 1  # the local account and its role
+            page.reload(wait_until="networkidle")
+            page.get_by_role("heading", name="Annotate").wait_for(timeout=30_000)
+            page.get_by_role("button", name="Log out").click()  # ends the provider's login in this app too
+            page.get_by_role("button", name="Log in with Hospital login").wait_for(timeout=30_000)
+            assert page.get_by_role("heading", name="Annotate").count() == 0
+
+            idp.next_email = "mallory@elsewhere.example"  # a real identity, but no account here
+            page.get_by_role("button", name="Log in with Hospital login").click()
+            page.get_by_text("no active account has the email mallory@elsewhere.example").wait_for(timeout=30_000)
+            assert page.get_by_role("heading", name="Annotate").count() == 0
+            page.get_by_role("button", name="Use another account").click()
+            idp.next_email, idp.email_verified = "alice@hospital.example", False  # the provider has not verified it
+            page.get_by_role("button", name="Log in with Hospital login").click()
+            page.get_by_text("has not verified alice@hospital.example").wait_for(timeout=30_000)
+            browser.close()
+    wb.close()

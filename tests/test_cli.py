@@ -37,6 +37,7 @@ HELP_COMMANDS = [
     ["users", "list"],
     ["users", "set-role"],
     ["users", "set-password"],
+    ["users", "set-email"],
     ["ls"],
     ["ls", "push"],
     ["ls", "pull"],

@@ -14,7 +14,7 @@ from app.cli.common import app, context, err, out, print_new_accounts
 from curation.ops.maintenance import backup as backup_database
 from curation.ops.maintenance import doctor as run_doctor
 from curation.ops.maintenance import fix_store, hold_app_lock
-from curation.store.auth import add_user, list_users, set_password, set_role
+from curation.store.auth import add_user, list_users, set_email, set_password, set_role
 from curation.store.models import ROLES
 from schema.errors import SkinflowError
 
@@ -143,11 +143,12 @@ def users_add(
     username: str,
     role: str = typer.Option("annotator", help=f"One of: {', '.join(ROLES)}."),
     password_file: Optional[Path] = typer.Option(None, "--password-file", help=PASSWORD_FILE_HELP),
+    email: Optional[str] = typer.Option(None, help="The address single sign-on (OIDC) maps to this account."),
 ) -> None:
     """Create an account."""
     c = context(ctx)
     password = _read_password(password_file)
-    _, pw = add_user(c.workbench(), c.actor(), username, role, password)
+    _, pw = add_user(c.workbench(), c.actor(), username, role, password, email=email)
     if password is None:
         print_new_accounts({username: pw})
     else:
@@ -159,10 +160,11 @@ def users_list(ctx: typer.Context) -> None:
     """List accounts."""
     c = context(ctx)
     table = Table()
-    for column in ("username", "role", "active", "created"):
+    for column in ("username", "role", "active", "email", "created"):
         table.add_column(column)
     for u in list_users(c.workbench(), c.actor()):
-        table.add_row(u["username"], u["role"], "yes" if u["active"] else "no", u["created_at"].strftime("%Y-%m-%d"))
+        active = "yes" if u["active"] else "no"
+        table.add_row(u["username"], u["role"], active, u["email"] or "", u["created_at"].strftime("%Y-%m-%d"))
     out.print(table)
 
 
@@ -172,6 +174,16 @@ def users_set_role(ctx: typer.Context, username: str, role: str) -> None:
     c = context(ctx)
     set_role(c.workbench(), c.actor(), username, role)
     out.print(f"{username} is now {role}")
+
+
+@users_app.command("set-email")
+def users_set_email(
+    ctx: typer.Context, username: str, email: str = typer.Argument(..., help="The address, or 'none' for local login only.")
+) -> None:
+    """Set the email single sign-on maps to this account (this ends the account's open app sessions)."""
+    c = context(ctx)
+    set_email(c.workbench(), c.actor(), username, None if email.strip().lower() == "none" else email)
+    out.print(f"{username}: single sign-on email {'removed' if email.strip().lower() == 'none' else email}")
 
 
 @users_app.command("set-password")

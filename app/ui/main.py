@@ -9,9 +9,30 @@ import streamlit as st
 
 from app.ui import state
 from app.ui.screens import admin, annotate, dataset, drafting, evaluation, insights, reader_study, review, train, weights
-from curation.store.auth import InvalidCredentials, authenticate
+from curation.store.auth import InvalidCredentials, account_for_email, authenticate
 
 st.set_page_config(page_title="SkinFlow Workbench", layout="wide")
+
+
+def single_sign_on() -> None:
+    """Log in through the hospital's identity provider (st.login, OIDC), when the app's secrets configure one;
+    the identity maps to the local account with that email, and takes its role."""
+    sso = state.sso_provider()
+    if sso is None:
+        return
+    provider, title = sso
+    if st.user.is_logged_in:  # back from the identity provider
+        try:
+            actor = account_for_email(state.workbench(), st.user.get("email"), verified=st.user.get("email_verified"))
+        except InvalidCredentials as e:
+            st.error(f"{e}.")
+            st.button("Use another account", on_click=st.logout)
+        else:
+            state.log_in(actor)
+            st.rerun()
+        return
+    st.button(f"Log in with {title}", type="primary", on_click=st.login, args=(provider,) if provider else ())
+    st.caption("or with a local account:")
 
 
 def login_page() -> None:
@@ -19,6 +40,7 @@ def login_page() -> None:
     message = st.session_state.pop("login_message", None)
     if message:
         st.info(message)
+    single_sign_on()
     with st.form("login"):
         username = st.text_input("Username")
         password = st.text_input("Password", type="password")
@@ -35,6 +57,7 @@ def login_page() -> None:
 actor = state.current_actor()
 if actor is None:
     # a navigation of its own (hidden): it replaces the pages a session had before it was logged out
+    state.sync_cookie()  # a logout or a refused cookie: the browser forgets it
     st.navigation([st.Page(login_page, title="Log in", default=True)], position="hidden").run()
 else:
     # Pages grouped by what people do. A page's identity is its url_path, so each screen's render() is the page.
@@ -60,6 +83,9 @@ else:
     with st.sidebar:
         st.caption(f"Logged in as **{actor.username}** ({actor.role})")
         if st.button("Log out"):
-            state.log_out("You are logged out.")
+            state.log_out("You are logged out.", end_session=True)
+            if state.sso_provider() is not None and st.user.is_logged_in:
+                st.logout()  # the identity provider's login too, or the login page would take it straight back
             st.rerun()
+        state.sync_cookie()
     st.navigation(sections).run()

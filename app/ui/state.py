@@ -1,7 +1,17 @@
-"""Session helpers shared by the pages: the workbench, who is logged in, role gates, expiry."""
+"""Session helpers shared by the pages: the workbench, who is logged in, role gates, expiry.
+
+A login also opens a login session (curation/store/sessions.py) whose random token the browser keeps in a
+cookie, so a reload (F5, or the reconnect after a dropped WebSocket) resumes it instead of asking for the
+password again. Streamlit can read cookies (st.context.cookies) but not set them, so the cookie is written
+by a few lines of JavaScript in st.html: SameSite=Strict, Secure when the page came over https, Path=/, and
+Max-Age up to the session's expiry. It cannot be HttpOnly (a script writes it): the token dies with logout,
+expiry or an account change, whatever a script read.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 
 import streamlit as st
@@ -11,6 +21,7 @@ from curation.labelling.workflow import get_workflow_settings
 from curation.store.auth import Actor, current_account
 from curation.store.db import Workbench, open_workbench
 from curation.store.secrets import scrub
+from curation.store.sessions import close_session, open_session, resume_session
 from curation.store.settings import Settings
 from schema.errors import SkinflowError
 
@@ -26,35 +37,114 @@ def workbench() -> Workbench:
     return _workbench(str(settings.home.resolve()), settings.database_url)
 
 
+def sso_provider() -> tuple[str | None, str] | None:
+    """(provider name for st.login, its title) when the app's secrets configure single sign-on ([auth] in
+    .streamlit/secrets.toml: Streamlit's own OIDC settings), else None. One provider: the unnamed [auth]
+    settings, or the first named one ([auth.keycloak])."""
+    try:
+        auth = st.secrets.get("auth")
+    except FileNotFoundError:  # no secrets file at all
+        return None
+    if not auth:
+        return None
+    if "client_id" in auth:
+        return None, str(auth.get("skinflow_title", "single sign-on"))
+    named = [name for name, value in auth.items() if hasattr(value, "get") and "client_id" in value]
+    return (named[0], str(auth[named[0]].get("skinflow_title", named[0]))) if named else None
+
+
+def cookie_name(wb: Workbench) -> str:
+    """One cookie per workbench: browsers share cookies between ports, and two workbenches on one host must
+    not log each other out."""
+    where = wb.engine.url.render_as_string(hide_password=True)
+    return "skinflow_session_" + hashlib.sha256(where.encode()).hexdigest()[:12]
+
+
 def log_in(actor: Actor) -> None:
+    """A fresh login (the password was just checked): a login session and its cookie."""
+    wb = workbench()
+    token, expires = open_session(wb, actor, get_workflow_settings(wb).session_minutes)
+    _remember(actor, token, expires.timestamp())
+
+
+def _remember(actor: Actor, token: str | None, expires_at: float) -> None:
     st.session_state["actor"] = actor
     st.session_state["login_at"] = time.time()
+    st.session_state["expires_at"] = expires_at
+    st.session_state["session_token"] = token
 
 
-def log_out(message: str | None = None) -> None:
+def log_out(message: str | None = None, *, end_session: bool = False) -> None:
+    """Forget this tab's login; `end_session` also revokes the login session (the Log out button)."""
+    token = st.session_state.get("session_token")
+    if end_session and token:
+        close_session(workbench(), token)
     for key in list(st.session_state.keys()):
         del st.session_state[key]
+    st.session_state["clear_cookie"] = True
     if message:
         st.session_state["login_message"] = message
 
 
+def _resume_from_cookie() -> Actor | None:
+    """A reload: the browser's cookie, if it opens a live session, logs this tab in without a password."""
+    wb = workbench()
+    token = st.context.cookies.get(cookie_name(wb))
+    if not isinstance(token, str) or not token or st.session_state.get("clear_cookie"):  # AppTest has no cookies
+        return None
+    resumed = resume_session(wb, token)
+    if resumed is None:
+        st.session_state["clear_cookie"] = True  # unknown, expired or revoked: the browser forgets it
+        return None
+    actor, expires = resumed
+    _remember(actor, token, expires.timestamp())
+    return actor
+
+
 def current_actor() -> Actor | None:
-    """The logged-in account as it is now, or None: when the session has expired, or the account was
-    deactivated or its role or password changed since this session logged in (checked on every request)."""
+    """The logged-in account as it is now, or None: when the session has expired or was revoked, or the account
+    was deactivated or its role or password changed since this session logged in (checked on every request)."""
     actor = st.session_state.get("actor")
     if actor is None:
-        return None
+        return _resume_from_cookie()
     wb = workbench()
-    minutes = get_workflow_settings(wb).session_minutes
-    if time.time() - st.session_state.get("login_at", 0) > minutes * 60:
-        log_out(f"Your session expired after {minutes} minutes; please log in again.")
+    expires_at = st.session_state.get("expires_at")
+    if expires_at is None:  # a tab logged in without a login session: the expiry counts from the login
+        minutes = get_workflow_settings(wb).session_minutes
+        expires_at = st.session_state.get("login_at", 0) + minutes * 60
+    if time.time() > expires_at:
+        log_out("Your session expired; please log in again.")
         return None
     now = current_account(wb, actor)
     if now is None:
         log_out("Your account changed (role, password or access) since you logged in; please log in again.")
         return None
+    token = st.session_state.get("session_token")
+    if token and resume_session(wb, token) is None:
+        log_out("Your session expired or was ended (a logout in another tab); please log in again.")
+        return None
     st.session_state["actor"] = now
     return now
+
+
+def sync_cookie() -> None:
+    """Write or delete the session cookie in the browser (once per run; nothing visible)."""
+    wb = workbench()
+    name = cookie_name(wb)
+    token = st.session_state.get("session_token")
+    if token:
+        max_age = max(0, int(st.session_state["expires_at"] - time.time()))
+        value = f"{name}={token}; Path=/; Max-Age={max_age}; SameSite=Strict"
+    elif st.session_state.pop("clear_cookie", False):
+        value = f"{name}=; Path=/; Max-Age=0; SameSite=Strict"
+    else:
+        return
+    # json.dumps: the value is a JavaScript string literal (the token is URL-safe base64 anyway)
+    script = (
+        "<script>(function(){var secure = location.protocol === 'https:' ? '; Secure' : '';"
+        f"document.cookie = {json.dumps(value)} + secure;}})();</script>"
+    )
+    st.html(script, unsafe_allow_javascript=True, width=1)
 
 
 def require_role(role: str, what: str) -> Actor:

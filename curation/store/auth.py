@@ -13,11 +13,11 @@ from datetime import datetime, timedelta, timezone
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import func, or_, select, text
+from sqlalchemy import func, or_, select, text, update
 
 from curation.errors import ConflictError, NotFound, PermissionDenied, SkinflowError
 from curation.store import audit
-from curation.store.models import ROLES, AuditEvent, LoginAttempt, User, utcnow
+from curation.store.models import ROLES, AuditEvent, LoginAttempt, LoginSession, User, utcnow
 
 ROLE_RANK = {role: rank for rank, role in enumerate(ROLES)}
 MIN_PASSWORD_CHARS = 8
@@ -91,11 +91,18 @@ def count_users(wb) -> int:
 
 
 def add_user(
-    wb, actor: Actor | None, username: str, role: str, password: str | None = None, display_name: str = ""
+    wb,
+    actor: Actor | None,
+    username: str,
+    role: str,
+    password: str | None = None,
+    display_name: str = "",
+    email: str | None = None,
 ) -> tuple[Actor, str]:
     """Create an account; returns it and its password (generated when not given).
     `actor` may be None only to create the very first account, which must be an admin."""
     name, role = _check_username(username), _check_role(role)
+    address = _check_email(email) if email else None
     password = _check_password(password) if password is not None else generate_password()
     with wb.session() as s:
         if actor is None:
@@ -107,7 +114,11 @@ def add_user(
             require(actor, "admin", "create accounts")
         if s.scalar(select(User.id).where(User.username == name)) is not None:
             raise ConflictError(f"user {name!r} exists already; pick another name or use `skinflow users set-role`")
-        user = User(username=name, role=role, password_hash=_hasher.hash(password), display_name=display_name or name)
+        if address and s.scalar(select(User.id).where(User.email == address)) is not None:
+            raise ConflictError(f"{address} belongs to another account already; one address maps to one account")
+        user = User(
+            username=name, role=role, password_hash=_hasher.hash(password), display_name=display_name or name, email=address
+        )
         s.add(user)
         s.flush()
         audit.record(s, actor or _actor(user), "user.add", "user", user.id, username=name, role=role)
@@ -136,9 +147,60 @@ def list_users(wb, actor: Actor) -> list[dict]:
     require(actor, "reviewer", "list accounts")
     with wb.session() as s:
         return [
-            {"username": u.username, "role": u.role, "active": u.active, "created_at": u.created_at}
+            {"username": u.username, "role": u.role, "active": u.active, "email": u.email, "created_at": u.created_at}
             for u in s.scalars(select(User).order_by(User.username))
         ]
+
+
+def _end_sessions(s, user: User) -> None:
+    """A role, password or access change ends the account's open sessions: the app checks credentials_version
+    on every request, and login sessions (sessions.py) opened before are revoked."""
+    user.credentials_version = (user.credentials_version or 0) + 1
+    s.execute(
+        update(LoginSession).where(LoginSession.user_id == user.id, LoginSession.revoked_at.is_(None)).values(revoked_at=utcnow())
+    )
+
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def _check_email(email: str) -> str:
+    address = email.strip().lower()
+    if len(address) > 320 or not _EMAIL.match(address):
+        raise SkinflowError(f"{email!r} is not an email address (name@hospital.org)")
+    return address
+
+
+def set_email(wb, actor: Actor, username: str, email: str | None) -> None:
+    """The address single sign-on maps to this account (None: local login only). Ends the account's sessions:
+    whoever could log in as it may have changed."""
+    require(actor, "admin", "set email addresses")
+    address = _check_email(email) if email else None
+    with wb.session() as s:
+        user = s.scalar(select(User).where(User.username == username.strip().lower()))
+        if user is None:
+            raise NotFound(f"no user {username!r}; see `skinflow users list`")
+        if address and s.scalar(select(User.username).where(User.email == address, User.id != user.id)):
+            raise ConflictError(f"{address} belongs to another account already; one address maps to one account")
+        user.email = address
+        _end_sessions(s, user)
+        audit.record(s, actor, "user.set_email", "user", user.id, username=user.username, email=address)
+
+
+def account_for_email(wb, email: str | None, *, verified: bool | None = None) -> Actor:
+    """The local account single sign-on maps an identity to: by the email the identity provider vouches for.
+    Refused when the provider says the address is unverified, or when no active account has it."""
+    if not email:
+        raise InvalidCredentials("the identity provider sent no email address; ask your IT to release the email claim")
+    if verified is False:
+        raise InvalidCredentials(f"the identity provider has not verified {email}; verify it there first")
+    with wb.session() as s:
+        user = s.scalar(select(User).where(User.email == email.strip().lower(), User.active))
+    if user is None:
+        raise InvalidCredentials(
+            f"no active account has the email {email}; ask an admin to run `skinflow users set-email NAME {email}`"
+        )
+    return _actor(user)
 
 
 def set_role(wb, actor: Actor, username: str, role: str) -> None:
@@ -154,7 +216,7 @@ def set_role(wb, actor: Actor, username: str, role: str) -> None:
                 raise ConflictError("this is the last admin: make another admin first")
         old = user.role
         user.role = role
-        user.credentials_version = (user.credentials_version or 0) + 1  # ends the account's open sessions
+        _end_sessions(s, user)
         audit.record(s, actor, "user.set_role", "user", user.id, username=user.username, old=old, new=role)
 
 
@@ -169,7 +231,7 @@ def set_password(wb, actor: Actor, username: str, password: str | None = None) -
         if user is None:
             raise NotFound(f"no user {username!r}; see `skinflow users list`")
         user.password_hash = _hasher.hash(password)
-        user.credentials_version = (user.credentials_version or 0) + 1  # ends the account's open sessions
+        _end_sessions(s, user)
         audit.record(s, actor, "user.set_password", "user", user.id, username=name)
     return password
 

@@ -69,6 +69,8 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # up on every change of role, password or active flag: an app session from before the change ends
     credentials_version: Mapped[int] = mapped_column(default=0, server_default="0")
+    # the identity provider's verified email (single sign-on maps a login to this account by it); None: local only
+    email: Mapped[str | None] = mapped_column(String(320), unique=True, nullable=True)
 
 
 class LoginAttempt(Base):
@@ -82,6 +84,22 @@ class LoginAttempt(Base):
     username: Mapped[str] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column()
     succeeded: Mapped[bool | None] = mapped_column(nullable=True)
+
+
+class LoginSession(Base):
+    """A browser's login that survives a reload: the cookie holds a random token, only its sha256 is stored.
+    Ends at expires_at, on logout (revoked_at), or when the account's credentials_version moves on."""
+
+    __tablename__ = "login_sessions"
+    __table_args__ = (Index("ix_login_sessions_user_id", "user_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    credentials_version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class Image(Base):
