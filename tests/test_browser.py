@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -21,7 +22,7 @@ from curation.ingest.demo import build_demo
 from curation.labelling.workflow import update_workflow_settings
 from curation.store.auth import get_actor, set_password
 from curation.store.db import open_workbench
-from curation.store.models import Annotation
+from curation.store.models import Annotation, Draft, Image
 from curation.store.settings import Settings
 
 CHROMIUM = "/usr/bin/chromium"
@@ -260,3 +261,79 @@ def test_single_sign_on_maps_the_identity_to_the_local_account_by_email(tmp_path
             page.get_by_text("has not verified alice@hospital.example").wait_for(timeout=30_000)
             browser.close()
     wb.close()
+
+
+def _image_on_screen(page) -> int:
+    caption = page.get_by_text(re.compile(r"^image #\d+, \d+x\d+$")).first.inner_text()
+    return int(caption.split("#")[1].split(",")[0])
+
+
+def _form_ready(page) -> None:
+    """The Annotate form is on screen with its fields live (a person waits for the page to settle too)."""
+    page.locator(".st-key-kbd-fields [data-testid='stMultiSelect'] input").first.wait_for(state="attached", timeout=30_000)
+    page.wait_for_timeout(1000)
+
+
+def test_an_image_is_annotated_with_the_keyboard_alone_and_a_good_prefill_costs_one_keystroke(running_app, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    wb, url = running_app
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1300})
+        _log_in(page, url, "annotator", "browser-pass-1")
+        page.get_by_text("Keys:").first.wait_for(timeout=15_000)  # the shortcuts are on the page
+        _form_ready(page)
+        first = _image_on_screen(page)
+
+        page.keyboard.press("j")  # to the first field (Color)
+        page.keyboard.type("violaceous")
+        page.keyboard.press("Enter")  # take the highlighted term
+        page.keyboard.press("Escape")  # leave the field
+        page.keyboard.press("u")  # diagnosis: uncertain
+        page.wait_for_timeout(800)
+        page.keyboard.press("Control+Enter")
+        page.get_by_text(f"Saved annotation of image #{first}").wait_for(timeout=30_000)
+
+        _form_ready(page)
+        second = _image_on_screen(page)
+        assert second != first
+        page.keyboard.press("Control+Enter")  # accept the prefill and the source's diagnosis: one keystroke
+        page.get_by_text(f"Saved annotation of image #{second}").wait_for(timeout=30_000)
+        page.screenshot(path=str(tmp_path / "keyboard.png"), full_page=True)
+        browser.close()
+
+    with wb.session() as s:
+        edited = s.scalar(select(Annotation).where(Annotation.image_id == first))
+        accepted = s.scalar(select(Annotation).where(Annotation.image_id == second))
+        image = s.get(Image, second)
+        draft = s.get(Draft, accepted.based_on_draft_id)
+    assert "violaceous" in edited.caption["color"] and edited.diagnosis_status == "uncertain"
+    assert accepted.diagnosis_status == "confirmed" and accepted.diagnosis_key == image.diagnosis_key
+    assert accepted.caption == draft.caption  # the prefill, unchanged
+
+
+CUT_CHIPS = """() => Array.from(document.querySelectorAll("[data-testid='stMultiSelect'] [data-tag]")).filter((chip) => {
+  const text = chip.querySelector("span[title]"), box = chip.closest("[data-testid='stMultiSelect']").getBoundingClientRect();
+  const r = chip.getBoundingClientRect();
+  return text.scrollWidth > text.clientWidth + 1 || r.right > box.right + 1 || r.bottom > box.bottom + 1;
+}).map((chip) => chip.querySelector("span[title]").title)"""
+
+
+def test_every_prefilled_term_reads_whole_without_opening_the_field(running_app):
+    from playwright.sync_api import sync_playwright
+
+    wb, url = running_app
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1300, "height": 1200})
+        _log_in(page, url, "annotator", "browser-pass-1")
+        seen = 0
+        for _ in range(3):  # a few images: several carry five colours or long terms
+            _form_ready(page)
+            seen += page.locator("[data-testid='stMultiSelect'] [data-tag]").count()
+            assert page.evaluate(CUT_CHIPS) == []
+            page.get_by_role("button", name="Skip").click()
+            page.wait_for_timeout(1500)
+        assert seen >= 10
+        browser.close()

@@ -9,9 +9,11 @@ import streamlit as st
 
 from app.ui import state
 from app.ui.screens import admin, annotate, dataset, drafting, evaluation, insights, reader_study, review, train, weights
+from app.ui.widgets import readable_chips
 from curation.store.auth import InvalidCredentials, account_for_email, authenticate
 
 st.set_page_config(page_title="SkinFlow Workbench", layout="wide")
+readable_chips()
 
 
 def single_sign_on() -> None:

@@ -27,6 +27,21 @@ def _term_label(field: str):
     return label
 
 
+# Streamlit's multiselect keeps its chosen terms on one scrolling line, so "brown (hyperpigmented)" showed as
+# "brow": let the chips wrap onto more lines, and a long term wrap inside its chip, so every prefilled term
+# reads at a glance (a browser test measures that none is cut).
+READABLE_CHIPS_CSS = """<style>
+[data-testid="stMultiSelect"] .react-aria-ComboBox > [role="group"] { height: auto; max-height: none; }
+[data-testid="stMultiSelectTagsContainer"] { flex-wrap: wrap; overflow: visible; height: auto; padding: 2px 0; }
+[data-testid="stMultiSelect"] [data-tag] { max-width: 100%; height: auto; }
+[data-testid="stMultiSelect"] [data-tag] span[title] { white-space: normal; overflow: visible; text-overflow: clip; }
+</style>"""
+
+
+def readable_chips() -> None:
+    st.html(READABLE_CHIPS_CSS)
+
+
 def caption_form(
     prefix: str,
     initial: dict[str, Any] | None,

@@ -7,6 +7,7 @@ import time
 import streamlit as st
 
 from app.ui import state
+from app.ui.keyboard import bind_annotate_shortcuts
 from app.ui.widgets import caption_form, diagnosis_widget, related_images_strip
 from curation.errors import ConflictError
 from curation.labelling.annotate import QUALITY_FLAGS, current_annotation, save_work, submit_annotation
@@ -117,31 +118,32 @@ def render() -> None:
         source = sources.get(token) or next(iter(sources.values()))
         token, caption, draft_id, form = source.token, source.caption, source.draft_id, source.form
         prefix = f"a-{detail.id}-{token}-"
-        values = caption_form(
-            prefix, caption, detail.disagreements if form is None else [], origins=source.fields, notes=source.notes
-        )
-        diagnosis, status = diagnosis_widget(
-            prefix,
-            wb.taxonomy,
-            detail.diagnosis_key,
-            detail.source_label,
-            detail.suggested_diagnoses,
-            form,
-            source_group=detail.source_group,
-        )
-        flags = st.multiselect(
-            "Quality flags",
-            QUALITY_FLAGS,
-            default=(form or {}).get("quality_flags", []),
-            format_func=lambda f: f.replace("_", " "),
-            key=f"{prefix}flags",
-        )
-        rationale = st.text_area(
-            "Why this diagnosis? (optional)",
-            value=(form or {}).get("rationale") or "",
-            key=f"{prefix}why",
-            help="Your reasoning: it feeds the attribute weights used in training.",
-        )
+        with st.container(key="kbd-fields"):  # what j / k move through (app/ui/keyboard.py)
+            values = caption_form(
+                prefix, caption, detail.disagreements if form is None else [], origins=source.fields, notes=source.notes
+            )
+            diagnosis, status = diagnosis_widget(
+                prefix,
+                wb.taxonomy,
+                detail.diagnosis_key,
+                detail.source_label,
+                detail.suggested_diagnoses,
+                form,
+                source_group=detail.source_group,
+            )
+            flags = st.multiselect(
+                "Quality flags",
+                QUALITY_FLAGS,
+                default=(form or {}).get("quality_flags", []),
+                format_func=lambda f: f.replace("_", " "),
+                key=f"{prefix}flags",
+            )
+            rationale = st.text_area(
+                "Why this diagnosis? (optional)",
+                value=(form or {}).get("rationale") or "",
+                key=f"{prefix}why",
+                help="Your reasoning: it feeds the attribute weights used in training.",
+            )
         mine = {
             "caption": values,
             "diagnosis": diagnosis,
@@ -152,7 +154,8 @@ def render() -> None:
             "seconds": round(time.time() - item["loaded_at"], 1),
         }
         submit_col, save_col, skip_col = st.columns(3)
-        if submit_col.button("Submit", type="primary", key=f"{prefix}submit"):
+        # stable container keys: the keyboard shortcuts (app/ui/keyboard.py) find the buttons by them
+        if submit_col.container(key="kbd-submit").button("Submit", type="primary", key=f"{prefix}submit"):
             try:
                 submit_annotation(
                     wb,
@@ -174,13 +177,14 @@ def render() -> None:
                 state.show_error(e)
             else:
                 _finish(f"Saved annotation of image #{detail.id}.")
-        if save_col.button("Save draft", key=f"{prefix}save"):
+        if save_col.container(key="kbd-save").button("Save draft", key=f"{prefix}save"):
             try:
                 save_work(wb, actor, detail.id, {**mine, "caption": values})
             except SkinflowError as e:
                 state.show_error(e)
             else:
                 st.success("Draft saved: it will be here when you come back to this image.")
-        if skip_col.button("Skip", key=f"{prefix}skip"):
+        if skip_col.container(key="kbd-skip").button("Skip", key=f"{prefix}skip"):
             skip(wb, actor, detail.id)
             _finish(f"Skipped image #{detail.id}.")
+        bind_annotate_shortcuts()
