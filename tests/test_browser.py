@@ -337,3 +337,63 @@ def test_every_prefilled_term_reads_whole_without_opening_the_field(running_app)
             page.wait_for_timeout(1500)
         assert seen >= 10
         browser.close()
+
+
+def test_the_picture_zooms_and_pans_in_place_and_a_same_lesion_picture_opens_beside_it(running_app, tmp_path):
+    from datetime import timedelta
+
+    from playwright.sync_api import sync_playwright
+
+    from curation.ingest.folder import import_folder
+    from curation.store.models import Lease, utcnow
+    from tests.helpers import jpeg_bytes, photo, write
+
+    wb, url = running_app
+    write(tmp_path / "big" / "dermoscopy.jpg", jpeg_bytes(photo(7, (1600, 1200))))  # larger than its column
+    [big] = import_folder(wb, get_actor(wb, "admin"), tmp_path / "big").image_ids
+    annotator = get_actor(wb, "annotator")
+    with wb.session() as s:  # all pictures of one lesion, as a HAM10000 import brings them
+        for image in s.scalars(select(Image)):
+            image.meta = {**(image.meta or {}), "lesion_id": "HAM_0000001"}
+        s.add(Lease(image_id=big, user_id=annotator.id, expires_at=utcnow() + timedelta(minutes=30)))  # served first
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1200})
+        _log_in(page, url, "annotator", "browser-pass-1")
+        _form_ready(page)
+        image_id = _image_on_screen(page)
+        assert image_id == big
+        picture = page.locator(f".st-key-zoom-a{image_id} img")
+        zoom = lambda: float(picture.get_attribute("data-zoom") or 1)  # noqa: E731
+        box = picture.bounding_box()
+        assert picture.evaluate("img => img.naturalWidth") == 1460  # Streamlit's size, until asked
+        page.get_by_text("Full resolution (1600 px wide)").click()
+        page.wait_for_function(f"document.querySelector('.st-key-zoom-a{image_id} img').naturalWidth === 1600")
+        natural, box = 1600, picture.bounding_box()  # the stored file, whole
+
+        page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.3)
+        page.mouse.wheel(0, -400)  # zoom in around the pointer
+        page.wait_for_timeout(200)
+        assert zoom() > 2
+        before = picture.evaluate("img => img.style.transform")
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5, steps=5)  # drag: pan
+        page.mouse.up()
+        assert picture.evaluate("img => img.style.transform") != before
+        page.keyboard.press("0")  # fit again
+        assert zoom() == 1
+        page.keyboard.press("+")
+        page.keyboard.press("+")
+        assert zoom() > 1.5
+        page.keyboard.press("0")
+        page.mouse.dblclick(box["x"] + 20, box["y"] + 20)  # actual pixels: one image pixel per screen pixel
+        page.wait_for_timeout(200)
+        assert natural / box["width"] > 2 and abs(zoom() - natural / box["width"]) < 0.01
+        assert page.url.endswith("/") or "annotate" in page.url  # nothing navigated, nothing reloaded
+
+        compare = page.get_by_test_id("stSelectbox").filter(has_text="Compare side by side with")
+        compare.click()
+        page.get_by_role("option").filter(has_text="same lesion_id HAM_0000001").first.click()
+        page.locator(f".st-key-zoom-a{image_id}-compare img").wait_for(timeout=15_000)
+        assert page.locator("[class*='st-key-zoom-'] img").count() == 2  # side by side
+        browser.close()

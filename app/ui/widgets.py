@@ -7,6 +7,7 @@ from typing import Any
 
 import streamlit as st
 
+from app.ui.viewer import ZOOM_HINT, zoomable_image
 from curation.labelling.views import related_images, thumbnail
 from schema.caption import Caption
 from schema.fields import FIELDS, ORDINAL_VALUES
@@ -198,9 +199,29 @@ def diagnosis_widget(
     return picked, ("corrected" if choice == "Correct" else "uncertain")
 
 
-def related_images_strip(wb, actor, image_id: int) -> None:
-    """Thumbnails of the other images of the same lesion or patient, under the image being worked on."""
+def image_panel(wb, actor, image_id: int, path, caption: str, key: str, width: int | None = None) -> None:
+    """The picture, zoomable (app/ui/viewer.py); beside it, on request, another picture of the same lesion or
+    patient; below, thumbnails of all of those (they share a split in exports)."""
     related = related_images(wb, actor, image_id)
+    by_id = {other.id: other for other in related}
+    compare = None
+    if related:
+        compare = st.selectbox(
+            "Compare side by side with",
+            [None, *by_id],
+            format_func=lambda i: "nothing" if i is None else f"#{i} (same {by_id[i].column} {by_id[i].value})",
+            key=f"compare-{key}",
+        )
+    if compare is None:
+        zoomable_image(path, key, caption, width)
+    else:
+        left, right = st.columns(2)
+        with left:
+            zoomable_image(path, key, caption, width)
+        with right:
+            other = by_id[compare]
+            zoomable_image(other.path, f"{key}-compare", f"#{other.id} · same {other.column} · {other.status}")
+    st.caption(ZOOM_HINT)
     if not related:
         return
     st.markdown(f"**Other images of the same lesion or patient** ({len(related)}; they share a split in exports)")

@@ -226,6 +226,7 @@ class RelatedImage:
     value: str
     status: str
     source_label: str | None  # what the source dataset called it (not another annotator's answer)
+    path: Path  # the stored picture
 
 
 MAX_RELATED = 12
@@ -247,14 +248,14 @@ def related_images(wb: Workbench, actor: Actor, image_id: int) -> list[RelatedIm
             if value in (None, ""):
                 continue
             rows = s.execute(
-                select(Image.id, Image.status, Image.source_label)
+                select(Image.id, Image.status, Image.source_label, Image.file_path)
                 .where(Image.meta[column].as_string() == str(value), Image.id.not_in(seen), Image.file_path.is_not(None))
                 .order_by(Image.id)
                 .limit(MAX_RELATED)
             ).all()
             for row in rows:
                 seen.add(row.id)
-                out.append(RelatedImage(row.id, column, str(value), row.status, row.source_label))
+                out.append(RelatedImage(row.id, column, str(value), row.status, row.source_label, wb.store_dir / row.file_path))
     return out
 
 

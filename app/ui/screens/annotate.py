@@ -8,7 +8,7 @@ import streamlit as st
 
 from app.ui import state
 from app.ui.keyboard import bind_annotate_shortcuts
-from app.ui.widgets import caption_form, diagnosis_widget, related_images_strip
+from app.ui.widgets import caption_form, diagnosis_widget, image_panel
 from curation.errors import ConflictError
 from curation.labelling.annotate import QUALITY_FLAGS, current_annotation, save_work, submit_annotation
 from curation.labelling.queue import next_item, remaining, skip
@@ -102,14 +102,12 @@ def render() -> None:
     image_column, form_column = st.columns([2, 3])
     with image_column:
         if detail.path is not None:
-            st.image(str(detail.path), width="stretch", caption=f"image #{detail.id}, {detail.width}x{detail.height}")
-            with st.expander("Full resolution"):
-                st.image(str(detail.path), width="content")
+            caption = f"image #{detail.id}, {detail.width}x{detail.height}"
+            image_panel(wb, actor, detail.id, detail.path, caption, key=f"a{detail.id}", width=detail.width)
         st.markdown(f"**Source:** {detail.source} · **Fitzpatrick type:** {detail.fitzpatrick or 'unknown'}")
         if detail.meta:
             with st.expander("Metadata"):
                 st.json(detail.meta)
-        related_images_strip(wb, actor, detail.id)
 
     with form_column:
         sources = {source.token: source for source in prefill_sources(detail)}

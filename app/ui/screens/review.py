@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from app.ui import state
-from app.ui.widgets import caption_form, diagnosis_widget, plain, related_images_strip, taxonomy_label
+from app.ui.widgets import caption_form, diagnosis_widget, image_panel, plain, taxonomy_label
 from curation.labelling.annotate import adjudicate, review_annotation
 from curation.labelling.label_issues import send_back_for_review, suspicious_labels
 from curation.labelling.review import review_items
@@ -83,7 +83,7 @@ def render() -> None:
     image_column, table_column = st.columns([2, 3])
     with image_column:
         if detail.path is not None:
-            st.image(str(detail.path), width="stretch")
+            image_panel(wb, actor, detail.id, detail.path, f"image #{detail.id}", key=f"r{detail.id}", width=detail.width)
         if detail.diagnosis_key:
             source_label = taxonomy_label(wb.taxonomy, detail.diagnosis_key)
         elif detail.source_group:
@@ -91,7 +91,6 @@ def render() -> None:
         else:
             source_label = plain(detail.source_label or "none")
         st.markdown(f"**Source label:** {source_label}")
-        related_images_strip(wb, actor, detail.id)
     with table_column:
         rows = {f.label: [_value(h["caption"], f.key) for h in heads] for f in FIELDS}
         rows["Diagnosis"] = [
