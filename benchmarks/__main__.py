@@ -28,6 +28,7 @@ ORDER = (
     "ingest",
     "csv_import",
     "app",
+    "browser",
     "drafting",
     "export",
     "fdlinear",

@@ -4,15 +4,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import re
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -24,55 +19,9 @@ from curation.store.auth import get_actor, set_password
 from curation.store.db import open_workbench
 from curation.store.models import Annotation, Draft, Image
 from curation.store.settings import Settings
+from tests.browser_app import ARGS, CHROMIUM, form_ready, free_port, image_on_screen, log_in, serve
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium (apt-get install chromium)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serve(home: Path, port: int, cwd: Path | None = None):
-    """`skinflow app` on 127.0.0.1:port (started in `cwd`, where Streamlit looks for .streamlit/secrets.toml)."""
-    env = {**os.environ, "SKINFLOW_HOME": str(home)}
-    skinflow = str(Path(sys.executable).with_name("skinflow"))
-    process = subprocess.Popen(
-        [skinflow, "app", "--port", str(port)],
-        env=env,
-        cwd=cwd,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("the app did not come up within 60 s")
-        yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)  # skinflow app and the streamlit child it started
-        process.wait(timeout=20)
 
 
 def demo_workbench(home: Path):
@@ -87,18 +36,10 @@ def demo_workbench(home: Path):
 def running_app(tmp_path):
     wb = demo_workbench(tmp_path / "wb")
     try:
-        with serve(tmp_path / "wb", _free_port()) as url:
+        with serve(tmp_path / "wb", free_port()) as url:
             yield wb, url
     finally:
         wb.close()
-
-
-def _log_in(page, url: str, username: str, password: str) -> None:
-    page.goto(url, wait_until="networkidle")
-    page.get_by_label("Username").fill(username)
-    page.get_by_role("textbox", name="Password").fill(password)
-    page.get_by_role("button", name="Log in").click()
-    page.get_by_role("heading", name="Annotate").wait_for(timeout=30_000)
 
 
 def test_annotator_logs_in_changes_two_fields_and_the_diagnosis_and_submits(running_app, tmp_path):
@@ -108,7 +49,7 @@ def test_annotator_logs_in_changes_two_fields_and_the_diagnosis_and_submits(runn
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1500, "height": 1300})
-        _log_in(page, url, "annotator", "browser-pass-1")
+        log_in(page, url, "annotator", "browser-pass-1")
         image_id = int(page.get_by_text("image #").first.inner_text().split("#")[1].split(",")[0])
 
         page.get_by_test_id("stRadio").filter(has_text="Number").get_by_text("numerous", exact=True).click()
@@ -147,7 +88,7 @@ def test_an_admin_demoted_from_the_cli_loses_the_admin_page_in_the_open_tab(runn
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1500, "height": 1000})
-        _log_in(page, url, "chief", "chief-pass-123")
+        log_in(page, url, "chief", "chief-pass-123")
         admin_link = page.get_by_test_id("stSidebarNav").get_by_role("link", name="Admin")
         admin_link.wait_for(timeout=15_000)
 
@@ -179,7 +120,7 @@ def test_a_login_survives_a_reload_until_logout_and_a_bad_cookie_is_refused(runn
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
         page = context.new_page()
-        _log_in(page, url, "annotator", "browser-pass-1")
+        log_in(page, url, "annotator", "browser-pass-1")
         image = page.get_by_text("image #").first.inner_text().split(",")[0]
         page.wait_for_timeout(500)  # the cookie is written by the page's script
         cookie = _session_cookie(context)
@@ -234,7 +175,7 @@ def test_single_sign_on_maps_the_identity_to_the_local_account_by_email(tmp_path
 
     wb = demo_workbench(tmp_path / "wb")
     set_email(wb, get_actor(wb, "admin"), "annotator", "Alice@Hospital.example")
-    port = _free_port()
+    port = free_port()
     with FakeIdentityProvider() as idp:
         (tmp_path / "run" / ".streamlit").mkdir(parents=True)
         (tmp_path / "run" / ".streamlit" / "secrets.toml").write_text(idp.secrets_toml(f"http://127.0.0.1:{port}"))
@@ -263,17 +204,6 @@ def test_single_sign_on_maps_the_identity_to_the_local_account_by_email(tmp_path
     wb.close()
 
 
-def _image_on_screen(page) -> int:
-    caption = page.get_by_text(re.compile(r"^image #\d+, \d+x\d+$")).first.inner_text()
-    return int(caption.split("#")[1].split(",")[0])
-
-
-def _form_ready(page) -> None:
-    """The Annotate form is on screen with its fields live (a person waits for the page to settle too)."""
-    page.locator(".st-key-kbd-fields [data-testid='stMultiSelect'] input").first.wait_for(state="attached", timeout=30_000)
-    page.wait_for_timeout(1000)
-
-
 def test_an_image_is_annotated_with_the_keyboard_alone_and_a_good_prefill_costs_one_keystroke(running_app, tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -281,10 +211,10 @@ def test_an_image_is_annotated_with_the_keyboard_alone_and_a_good_prefill_costs_
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1500, "height": 1300})
-        _log_in(page, url, "annotator", "browser-pass-1")
+        log_in(page, url, "annotator", "browser-pass-1")
         page.get_by_text("Keys:").first.wait_for(timeout=15_000)  # the shortcuts are on the page
-        _form_ready(page)
-        first = _image_on_screen(page)
+        form_ready(page)
+        first = image_on_screen(page)
 
         page.keyboard.press("j")  # to the first field (Color)
         page.keyboard.type("violaceous")
@@ -295,8 +225,8 @@ def test_an_image_is_annotated_with_the_keyboard_alone_and_a_good_prefill_costs_
         page.keyboard.press("Control+Enter")
         page.get_by_text(f"Saved annotation of image #{first}").wait_for(timeout=30_000)
 
-        _form_ready(page)
-        second = _image_on_screen(page)
+        form_ready(page)
+        second = image_on_screen(page)
         assert second != first
         page.keyboard.press("Control+Enter")  # accept the prefill and the source's diagnosis: one keystroke
         page.get_by_text(f"Saved annotation of image #{second}").wait_for(timeout=30_000)
@@ -327,10 +257,10 @@ def test_every_prefilled_term_reads_whole_without_opening_the_field(running_app)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1300, "height": 1200})
-        _log_in(page, url, "annotator", "browser-pass-1")
+        log_in(page, url, "annotator", "browser-pass-1")
         seen = 0
         for _ in range(3):  # a few images: several carry five colours or long terms
-            _form_ready(page)
+            form_ready(page)
             seen += page.locator("[data-testid='stMultiSelect'] [data-tag]").count()
             assert page.evaluate(CUT_CHIPS) == []
             page.get_by_role("button", name="Skip").click()
@@ -359,9 +289,9 @@ def test_the_picture_zooms_and_pans_in_place_and_a_same_lesion_picture_opens_bes
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1500, "height": 1200})
-        _log_in(page, url, "annotator", "browser-pass-1")
-        _form_ready(page)
-        image_id = _image_on_screen(page)
+        log_in(page, url, "annotator", "browser-pass-1")
+        form_ready(page)
+        image_id = image_on_screen(page)
         assert image_id == big
         picture = page.locator(f".st-key-zoom-a{image_id} img")
         zoom = lambda: float(picture.get_attribute("data-zoom") or 1)  # noqa: E731

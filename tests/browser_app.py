@@ -1,0 +1,82 @@
+"""Running `skinflow app` for a real browser: Debian chromium's path and flags, a free port, the server.
+Shared by tests/test_browser.py and benchmarks/browser.py."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve(home: Path, port: int, cwd: Path | None = None):
+    """`skinflow app` on 127.0.0.1:port (started in `cwd`, where Streamlit looks for .streamlit/secrets.toml)."""
+    env = {**os.environ, "SKINFLOW_HOME": str(home)}
+    skinflow = str(Path(sys.executable).with_name("skinflow"))
+    process = subprocess.Popen(
+        [skinflow, "app", "--port", str(port)],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise RuntimeError("the app did not come up within 60 s")
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)  # skinflow app and the streamlit child it started
+        process.wait(timeout=20)
+
+
+def log_in(page, url: str, username: str, password: str) -> None:
+    page.goto(url, wait_until="networkidle")
+    page.get_by_label("Username").fill(username)
+    page.get_by_role("textbox", name="Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+    page.get_by_role("heading", name="Annotate").wait_for(timeout=30_000)
+
+
+def image_on_screen(page) -> int:
+    caption = page.get_by_text(re.compile(r"^image #\d+, \d+x\d+$")).first.inner_text()
+    return int(caption.split("#")[1].split(",")[0])
+
+
+def form_ready(page) -> None:
+    """The Annotate form is on screen with its fields live (a person waits for the page to settle too)."""
+    page.locator(".st-key-kbd-fields [data-testid='stMultiSelect'] input").first.wait_for(state="attached", timeout=30_000)
+    page.wait_for_timeout(1000)
