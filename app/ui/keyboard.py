@@ -1,9 +1,10 @@
 """Keyboard-first annotation: the Annotate page's shortcuts, and the few lines of JavaScript that bind them.
 
-Streamlit has no key bindings, so st.html runs a listener in the page (installed once per browser tab). It
-finds its targets by the containers' stable keys (`st-key-kbd-*` classes) and the widgets' key suffixes, and
-clicks them as a person would. Single keys act only while no text field has the focus (Esc leaves one);
-Ctrl+Enter and Ctrl+S work everywhere. The page shows SHORTCUTS, the same table the listener is built from.
+Streamlit has no key bindings, so a listener runs in the page (installed once per browser tab: main.py puts
+SCRIPT on every page; it acts only where the Annotate form is). It finds its targets by the containers' stable
+keys (`st-key-kbd-*` classes) and the widgets' key suffixes, and clicks them as a person would. Single keys act
+only while no text field has the focus (Esc leaves one); Ctrl+Enter and Ctrl+S work everywhere. The page shows
+SHORTCUTS, the same table the listener is built from.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ SHORTCUTS = (
 )
 
 # The targets: containers keyed in annotate.py, and widgets by the end of their key (their prefix varies).
-_SCRIPT = """
+SCRIPT = """
 <script>
 (function () {
   if (window.__skinflowKeys) { return; }
@@ -85,7 +86,5 @@ _SCRIPT = """
 """
 
 
-def bind_annotate_shortcuts() -> None:
-    """Install the listener (once per tab) and show the shortcuts."""
-    st.html(_SCRIPT, unsafe_allow_javascript=True, width=1)
+def show_shortcuts() -> None:
     st.caption("Keys: " + " · ".join(f"**{keys}** {what}" for keys, what in SHORTCUTS))

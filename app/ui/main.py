@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.ui import state
+from app.ui import keyboard, state, viewer
 from app.ui.screens import admin, annotate, dataset, drafting, evaluation, insights, reader_study, review, train, weights
 from app.ui.widgets import readable_chips
 from curation.store.auth import InvalidCredentials, account_for_email, authenticate
@@ -90,4 +90,6 @@ else:
                 st.logout()  # the identity provider's login too, or the login page would take it straight back
             st.rerun()
         state.sync_cookie()
+        # the picture viewer and the Annotate keys: listeners installed once per tab (no room taken in the page)
+        st.html(viewer.SCRIPT + keyboard.SCRIPT, unsafe_allow_javascript=True, width=1)
     st.navigation(sections).run()

@@ -5,7 +5,8 @@ shown at column width. A listener installed once
 per tab by st.html makes every image inside a `st-key-zoom-*` container zoomable: the mouse wheel or a
 trackpad pinch zooms around the pointer, dragging pans, a double click toggles between fit and actual pixels
 (full resolution), and with the pointer over the picture + / - zoom, the arrow keys pan and 0 fits again.
-Only a CSS transform changes: nothing is fetched again.
+Only a CSS transform changes: nothing is fetched again. main.py installs SCRIPT on every page (in the sidebar,
+where its empty element takes no room in the page's columns).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import streamlit as st
 
-_SCRIPT = """
+SCRIPT = """
 <style>
 /* a picture sent at full resolution still fits its column; zooming shows the extra pixels */
 [class*="st-key-zoom-"] [data-testid="stImage"], [class*="st-key-zoom-"] [data-testid="stImageContainer"] {
@@ -123,4 +124,3 @@ def zoomable_image(path: Path, key: str, caption: str | None = None, width: int 
     with st.container(key=f"zoom-{key}"):
         # an integer width is where Streamlit stops downsizing; the column still fits the picture on screen
         st.image(str(path), width=width if full else "stretch", caption=caption)
-    st.html(_SCRIPT, unsafe_allow_javascript=True, width=1)

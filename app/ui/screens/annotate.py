@@ -7,7 +7,7 @@ import time
 import streamlit as st
 
 from app.ui import state
-from app.ui.keyboard import bind_annotate_shortcuts
+from app.ui.keyboard import show_shortcuts
 from app.ui.widgets import caption_form, diagnosis_widget, image_panel
 from curation.errors import ConflictError
 from curation.labelling.annotate import QUALITY_FLAGS, current_annotation, save_work, submit_annotation
@@ -185,4 +185,4 @@ def render() -> None:
         if skip_col.container(key="kbd-skip").button("Skip", key=f"{prefix}skip"):
             skip(wb, actor, detail.id)
             _finish(f"Skipped image #{detail.id}.")
-        bind_annotate_shortcuts()
+        show_shortcuts()
