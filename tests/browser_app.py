@@ -63,6 +63,19 @@ def serve(home: Path, port: int, cwd: Path | None = None):
         process.wait(timeout=20)
 
 
+@contextlib.contextmanager
+def chromium():
+    """Debian's chromium, headless, driven by Playwright (never a downloaded browser)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
 def log_in(page, url: str, username: str, password: str) -> None:
     page.goto(url, wait_until="networkidle")
     page.get_by_label("Username").fill(username)

@@ -19,7 +19,7 @@ from curation.store.auth import get_actor, set_password
 from curation.store.db import open_workbench
 from curation.store.models import Annotation, Draft, Image
 from curation.store.settings import Settings
-from tests.browser_app import ARGS, CHROMIUM, form_ready, free_port, image_on_screen, log_in, serve
+from tests.browser_app import CHROMIUM, chromium, form_ready, free_port, image_on_screen, log_in, serve
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium (apt-get install chromium)")
 
@@ -43,11 +43,8 @@ def running_app(tmp_path):
 
 
 def test_annotator_logs_in_changes_two_fields_and_the_diagnosis_and_submits(running_app, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     wb, url = running_app
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    with chromium() as browser:
         page = browser.new_page(viewport={"width": 1500, "height": 1300})
         log_in(page, url, "annotator", "browser-pass-1")
         image_id = int(page.get_by_text("image #").first.inner_text().split("#")[1].split(",")[0])
@@ -67,7 +64,6 @@ def test_annotator_logs_in_changes_two_fields_and_the_diagnosis_and_submits(runn
         page.get_by_role("button", name="Submit").click()
         page.get_by_text(f"Saved annotation of image #{image_id}").wait_for(timeout=30_000)
         page.screenshot(path=str(tmp_path / "after-submit.png"), full_page=True)
-        browser.close()
 
     with wb.session() as s:
         row = s.scalar(select(Annotation).where(Annotation.image_id == image_id))
@@ -79,14 +75,11 @@ def test_annotator_logs_in_changes_two_fields_and_the_diagnosis_and_submits(runn
 
 
 def test_an_admin_demoted_from_the_cli_loses_the_admin_page_in_the_open_tab(running_app):
-    from playwright.sync_api import sync_playwright
-
     from curation.store.auth import add_user
 
     wb, url = running_app
     add_user(wb, get_actor(wb, "admin"), "chief", "admin", "chief-pass-123")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    with chromium() as browser:
         page = browser.new_page(viewport={"width": 1500, "height": 1000})
         log_in(page, url, "chief", "chief-pass-123")
         admin_link = page.get_by_test_id("stSidebarNav").get_by_role("link", name="Admin")
@@ -100,7 +93,6 @@ def test_an_admin_demoted_from_the_cli_loses_the_admin_page_in_the_open_tab(runn
         page.get_by_role("button", name="Log in").wait_for(timeout=30_000)
         assert page.get_by_text("Your account changed").count() == 1
         assert page.get_by_test_id("stSidebarNav").count() == 0
-        browser.close()
 
 
 def _session_cookie(context) -> dict:
@@ -111,13 +103,10 @@ def _session_cookie(context) -> dict:
 def test_a_login_survives_a_reload_until_logout_and_a_bad_cookie_is_refused(running_app):
     from datetime import timedelta
 
-    from playwright.sync_api import sync_playwright
-
     from curation.store.models import LoginSession, utcnow
 
     wb, url = running_app
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    with chromium() as browser:
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
         page = context.new_page()
         log_in(page, url, "annotator", "browser-pass-1")
@@ -164,12 +153,9 @@ def test_a_login_survives_a_reload_until_logout_and_a_bad_cookie_is_refused(runn
         copy.reload(wait_until="networkidle")
         copy.get_by_role("button", name="Log in").wait_for(timeout=30_000)  # revoked
         assert copy.get_by_role("heading", name="Annotate").count() == 0
-        browser.close()
 
 
 def test_single_sign_on_maps_the_identity_to_the_local_account_by_email(tmp_path):
-    from playwright.sync_api import sync_playwright
-
     from curation.store.auth import set_email
     from tests.fake_oidc import FakeIdentityProvider
 
@@ -179,8 +165,7 @@ def test_single_sign_on_maps_the_identity_to_the_local_account_by_email(tmp_path
     with FakeIdentityProvider() as idp:
         (tmp_path / "run" / ".streamlit").mkdir(parents=True)
         (tmp_path / "run" / ".streamlit" / "secrets.toml").write_text(idp.secrets_toml(f"http://127.0.0.1:{port}"))
-        with serve(tmp_path / "wb", port, cwd=tmp_path / "run") as url, sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        with serve(tmp_path / "wb", port, cwd=tmp_path / "run") as url, chromium() as browser:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(url, wait_until="networkidle")
             page.get_by_role("button", name="Log in with Hospital login").click()  # to the provider and back
@@ -200,16 +185,12 @@ def test_single_sign_on_maps_the_identity_to_the_local_account_by_email(tmp_path
             idp.next_email, idp.email_verified = "alice@hospital.example", False  # the provider has not verified it
             page.get_by_role("button", name="Log in with Hospital login").click()
             page.get_by_text("has not verified alice@hospital.example").wait_for(timeout=30_000)
-            browser.close()
     wb.close()
 
 
 def test_an_image_is_annotated_with_the_keyboard_alone_and_a_good_prefill_costs_one_keystroke(running_app, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     wb, url = running_app
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    with chromium() as browser:
         page = browser.new_page(viewport={"width": 1500, "height": 1300})
         log_in(page, url, "annotator", "browser-pass-1")
         page.get_by_text("Keys:").first.wait_for(timeout=15_000)  # the shortcuts are on the page
@@ -231,7 +212,6 @@ def test_an_image_is_annotated_with_the_keyboard_alone_and_a_good_prefill_costs_
         page.keyboard.press("Control+Enter")  # accept the prefill and the source's diagnosis: one keystroke
         page.get_by_text(f"Saved annotation of image #{second}").wait_for(timeout=30_000)
         page.screenshot(path=str(tmp_path / "keyboard.png"), full_page=True)
-        browser.close()
 
     with wb.session() as s:
         edited = s.scalar(select(Annotation).where(Annotation.image_id == first))
@@ -251,11 +231,8 @@ CUT_CHIPS = """() => Array.from(document.querySelectorAll("[data-testid='stMulti
 
 
 def test_every_prefilled_term_reads_whole_without_opening_the_field(running_app):
-    from playwright.sync_api import sync_playwright
-
     wb, url = running_app
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    with chromium() as browser:
         page = browser.new_page(viewport={"width": 1300, "height": 1200})
         log_in(page, url, "annotator", "browser-pass-1")
         seen = 0
@@ -266,13 +243,10 @@ def test_every_prefilled_term_reads_whole_without_opening_the_field(running_app)
             page.get_by_role("button", name="Skip").click()
             page.wait_for_timeout(1500)
         assert seen >= 10
-        browser.close()
 
 
 def test_the_picture_zooms_and_pans_in_place_and_a_same_lesion_picture_opens_beside_it(running_app, tmp_path):
     from datetime import timedelta
-
-    from playwright.sync_api import sync_playwright
 
     from curation.ingest.folder import import_folder
     from curation.store.models import Lease, utcnow
@@ -286,8 +260,7 @@ def test_the_picture_zooms_and_pans_in_place_and_a_same_lesion_picture_opens_bes
         for image in s.scalars(select(Image)):
             image.meta = {**(image.meta or {}), "lesion_id": "HAM_0000001"}
         s.add(Lease(image_id=big, user_id=annotator.id, expires_at=utcnow() + timedelta(minutes=30)))  # served first
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    with chromium() as browser:
         page = browser.new_page(viewport={"width": 1500, "height": 1200})
         log_in(page, url, "annotator", "browser-pass-1")
         form_ready(page)
@@ -326,4 +299,3 @@ def test_the_picture_zooms_and_pans_in_place_and_a_same_lesion_picture_opens_bes
         page.get_by_role("option").filter(has_text="same lesion_id HAM_0000001").first.click()
         page.locator(f".st-key-zoom-a{image_id}-compare img").wait_for(timeout=15_000)
         assert page.locator("[class*='st-key-zoom-'] img").count() == 2  # side by side
-        browser.close()
