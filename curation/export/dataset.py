@@ -216,9 +216,9 @@ def collect_records(
     else:
         duplicates = near_duplicate_groups(hashes, selection.max_hash_distance)
     columns = _group_columns(selection, list(metas.values()))
+    group_keys = {item: {c: str(meta[c]) for c in columns if meta.get(c) not in (None, "")} for item, meta in metas.items()}
     # a key names its column, so lesion "7" and patient "7" are not joined
-    keys = {item: [f"{c}={meta[c]}" for c in columns if meta.get(c) not in (None, "")] for item, meta in metas.items()}
-    groups = join_groups(duplicates, keys)
+    groups = join_groups(duplicates, {item: [f"{c}={v}" for c, v in kv.items()] for item, kv in group_keys.items()})
     holdout = frozenset(selection.holdout_labels)
     splits = assign_splits(
         [(r["sha256"], r["diagnosis_key"] or "__free_text__", groups[r["sha256"]]) for r in records],
@@ -230,9 +230,7 @@ def collect_records(
         record["split"] = splits[record["sha256"]]
         record["duplicate_group"] = duplicates[record["sha256"]][:12]
         record["split_group"] = groups[record["sha256"]][:12]
-        record["group_keys"] = {
-            c: str(metas[record["sha256"]][c]) for c in columns if metas[record["sha256"]].get(c) not in (None, "")
-        }
+        record["group_keys"] = group_keys[record["sha256"]]
     sizes = Counter(groups.values())
     grouping = Grouping(
         columns=columns,
