@@ -4,7 +4,7 @@ import pytest
 from sqlalchemy import select
 
 from curation.errors import ConflictError, NotFound
-from curation.labelling.annotate import add_draft, review_annotation, submit_annotation
+from curation.labelling.annotate import IncompleteAnnotation, add_draft, review_annotation, submit_annotation
 from curation.store.auth import Actor
 from curation.store.models import Annotation, AuditEvent, Image
 from schema import Caption, CaptionError
@@ -80,9 +80,9 @@ def test_concurrent_edits_from_threads_leave_exactly_one_winner(wb, annotator, r
 
 
 def test_second_chain_by_the_same_user_is_refused(wb, annotator, image_id):
-    submit_annotation(wb, annotator, image_id, {}, diagnosis=None, diagnosis_status="uncertain")
+    submit_annotation(wb, annotator, image_id, {"color": "red"}, diagnosis=None, diagnosis_status="uncertain")
     with pytest.raises(ConflictError, match="edit your latest version"):
-        submit_annotation(wb, annotator, image_id, {}, diagnosis=None, diagnosis_status="uncertain")
+        submit_annotation(wb, annotator, image_id, {"color": "red"}, diagnosis=None, diagnosis_status="uncertain")
 
 
 def test_verify_requires_another_person_and_the_latest_version(wb, annotator, reviewer, image_id):
@@ -113,8 +113,15 @@ def test_bad_input_is_refused_and_nothing_changes(wb, annotator, admin, image_id
         submit_annotation(wb, annotator, image_id, {}, diagnosis=None, diagnosis_status="probably")
     with pytest.raises(Exception, match="unknown quality flags"):
         submit_annotation(wb, annotator, image_id, {}, diagnosis=None, diagnosis_status="confirmed", quality_flags=["ugly"])
+    # what the keyboard path used to store: a diagnosis "corrected" or "confirmed" to nothing, an empty form
+    with pytest.raises(IncompleteAnnotation, match="no diagnosis was picked"):
+        submit_annotation(wb, annotator, image_id, {"color": "red"}, diagnosis="  ", diagnosis_status="corrected")
+    with pytest.raises(IncompleteAnnotation, match="no source label to confirm"):
+        submit_annotation(wb, annotator, image_id, {"color": "red"}, diagnosis=None, diagnosis_status="confirmed")
+    with pytest.raises(IncompleteAnnotation, match="the form is empty"):
+        submit_annotation(wb, annotator, image_id, {}, diagnosis=None, diagnosis_status="uncertain")
     with pytest.raises(NotFound):
-        submit_annotation(wb, annotator, 999, {}, diagnosis=None, diagnosis_status="confirmed")
+        submit_annotation(wb, annotator, 999, {}, diagnosis="psoriasis", diagnosis_status="confirmed")
     with pytest.raises(Exception, match="unknown draft kind"):
         add_draft(wb, admin, image_id, kind="guess", producer="x", version="1", caption=None)
     with wb.session() as s:
@@ -129,7 +136,7 @@ def test_image_without_a_picture_cannot_be_annotated(wb, annotator):
         s.flush()
         missing_id = image.id
     with pytest.raises(ConflictError, match="fetch-images"):
-        submit_annotation(wb, annotator, missing_id, Caption(), diagnosis=None, diagnosis_status="uncertain")
+        submit_annotation(wb, annotator, missing_id, Caption(color=["red"]), diagnosis=None, diagnosis_status="uncertain")
 
 
 def test_an_annotator_may_continue_their_own_chain_after_a_reviewer_edit(wb, annotator, reviewer, admin, image_id):
@@ -147,7 +154,9 @@ def test_an_annotator_may_continue_their_own_chain_after_a_reviewer_edit(wb, ann
     from curation.errors import PermissionDenied
 
     with pytest.raises(PermissionDenied, match="another person's annotation"):
-        submit_annotation(wb, stranger, image_id, {}, diagnosis=None, diagnosis_status="uncertain", supersedes_id=third)
+        submit_annotation(
+            wb, stranger, image_id, {"color": "red"}, diagnosis=None, diagnosis_status="uncertain", supersedes_id=third
+        )
 
 
 def test_a_reviewer_cannot_adjudicate_an_image_only_they_annotated(wb, admin, reviewer, annotator, image_id):

@@ -95,3 +95,16 @@ def test_annotators_cannot_see_or_send_label_issues(wb, annotator, noisy_set):
         suspicious_labels(wb, annotator)
     with pytest.raises(SkinflowError):
         send_back_for_review(wb, annotator, [noisy_set[0][0]])
+
+
+def test_label_issues_are_found_without_forking_worker_processes(wb, reviewer, noisy_set, monkeypatch):
+    """Forked inside the app server, cleanlab's default process pool deadlocked and Review never loaded."""
+    import multiprocessing
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("suspicious_labels started a multiprocessing pool")
+
+    monkeypatch.setattr(multiprocessing, "Pool", no_pool)
+    _, flipped = noisy_set
+    issues = suspicious_labels(wb, reviewer)
+    assert {i.image_id for i in issues[:8]} & flipped

@@ -301,3 +301,30 @@ def test_the_probe_preset_retrains_from_the_page_and_its_activation_fills_the_qu
         needing, suggested = queue_and_suggested(curated, f"run-{run.id}:probe")
     log = (run_dir(curated, run.id).parent / f"run-{run.id}-suggest.log").read_text()
     assert needing > 0 and suggested == needing, log
+
+
+def _process_state(pid: int) -> str | None:
+    """The kernel's state letter for a pid ("Z": a zombie nobody reaped), None once it is gone."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(") ", 1)[1][:1]
+    except OSError:
+        return None
+
+
+def test_a_finished_background_job_leaves_no_zombie_in_the_app_process(wb, admin):
+    """The activation's suggest job ends (here at once: its checkpoint folder is empty) and nothing in the app polls
+    it: it must still be reaped, or every activation and run leaves a zombie until the app exits."""
+    from curation.store.models import TrainingRun
+
+    with wb.session() as s:
+        run = TrainingRun(preset="tiny", status="done", config={"kind": "train"})
+        s.add(run)
+        s.flush()
+        run_id = run.id
+    run_dir(wb, run_id).mkdir(parents=True)
+    pid = activate_run(wb, admin, run_id)
+    deadline = time.monotonic() + 120
+    while _process_state(pid) is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _process_state(pid) is None, f"the suggest job {pid} is still there, state {_process_state(pid)}"
+    assert "nothing to suggest" in (wb.settings.home / "runs" / f"run-{run_id}-suggest.log").read_text()  # it ran

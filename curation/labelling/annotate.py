@@ -161,6 +161,28 @@ def _check_inputs(caption, diagnosis_status: str, quality_flags, rationale: str 
     return caption, rationale
 
 
+class IncompleteAnnotation(SkinflowError):
+    """A submit that would store something the annotator did not mean: nothing is stored."""
+
+
+def check_complete(caption: Caption, diagnosis: str | None, diagnosis_status: str, quality_flags) -> None:
+    """Refuse an annotation that says less than its status claims: a diagnosis confirmed or corrected to nothing
+    (a search typed but never picked, or no source label to confirm), or a form that says nothing at all (a stray
+    Ctrl+Enter on a fresh import). "Uncertain" may leave the diagnosis open; a diagnosis alone is a label check;
+    a quality flag such as not_skin may leave everything else empty."""
+    if diagnosis_status in ("confirmed", "corrected") and not clean_text(diagnosis or ""):
+        what = "there is no source label to confirm" if diagnosis_status == "confirmed" else "no diagnosis was picked"
+        raise IncompleteAnnotation(
+            f"Not saved: the diagnosis is marked {diagnosis_status} but {what}. Pick a diagnosis in the search box "
+            "(type, then choose it from the list), or mark it Uncertain."
+        )
+    if caption.is_empty() and not clean_text(diagnosis or "") and not quality_flags:
+        raise IncompleteAnnotation(
+            "Not saved: the form is empty (no field, no diagnosis, no flag). Describe the lesion or give a diagnosis, "
+            "or set a quality flag (for example not skin or poor quality) to say why it cannot be described."
+        )
+
+
 def _insert_annotation(
     s,
     wb: Workbench,
@@ -321,6 +343,7 @@ def submit_annotation(
     if someone else edited that version meanwhile, ConflictError (nothing is overwritten)."""
     require(actor, "annotator", "annotate")
     caption, rationale = _check_inputs(caption, diagnosis_status, quality_flags, rationale)
+    check_complete(caption, diagnosis, diagnosis_status, quality_flags)
     try:
         with wb.session() as s:
             annotation = _insert_annotation(
@@ -362,6 +385,7 @@ def adjudicate(
     cannot be adjudicated by them (admins may, for single-person teams, as with reviews)."""
     require(actor, "reviewer", "adjudicate")
     caption, rationale = _check_inputs(caption, diagnosis_status, quality_flags, rationale)
+    check_complete(caption, diagnosis, diagnosis_status, quality_flags)
     try:
         with wb.session() as s:
             image = _image(s, image_id)

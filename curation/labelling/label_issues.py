@@ -90,7 +90,9 @@ def suspicious_labels(wb: Workbench, actor: Actor, *, limit: int = 50) -> list[S
         return []
     probs = pred_probs_matrix(scores, classes)
     given = np.array([classes.index(label) for label in labels])
-    ranked = find_label_issues(given, probs, return_indices_ranked_by="self_confidence")
+    # n_jobs=1: cleanlab's default forks a multiprocessing pool, and forked inside the app server (threads, open
+    # sockets) its workers deadlocked: Review never loaded and the port stayed bound. One process is ample here.
+    ranked = find_label_issues(given, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
     return [
         SuspiciousLabel(ids[i], labels[i], sources[i], classes[int(probs[i].argmax())], float(probs[i, given[i]]), statuses[i])
         for i in ranked[:limit]

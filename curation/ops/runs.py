@@ -24,6 +24,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -57,7 +58,7 @@ OVERRIDES = (
     "stages",
     "save_steps",
 )  # `skinflow train` flags
-_children: dict[int, subprocess.Popen] = {}  # processes this interpreter started (reaped by poll)
+_children: dict[int, subprocess.Popen] = {}  # processes this interpreter started (each reaped by its waiter thread)
 
 
 class RunError(SkinflowError):
@@ -207,20 +208,29 @@ def _command(wb: Workbench, run: TrainingRun) -> list[str]:
     return command
 
 
-def _launch(wb: Workbench, run: TrainingRun) -> None:
-    runs_dir(wb).mkdir(parents=True, exist_ok=True)
-    log_path = runs_dir(wb) / f"run-{run.id}.log"
+def _spawn(command: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start a detached background job (its own session: closing the browser or restarting the app does not stop
+    it), its output appended to `log_path`. A thread waits on it, so a job that ends is reaped at once and leaves
+    no zombie behind in the app server however long the server lives (nothing else has to poll it)."""
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            _command(wb, run),
+            command,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             cwd=str(Path(__file__).resolve().parents[2]),
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"},
+            env={**os.environ, **(env or {})},
         )
     _children[process.pid] = process
+    threading.Thread(target=process.wait, name=f"reap-{process.pid}", daemon=True).start()
+    return process
+
+
+def _launch(wb: Workbench, run: TrainingRun) -> None:
+    runs_dir(wb).mkdir(parents=True, exist_ok=True)
+    log_path = runs_dir(wb) / f"run-{run.id}.log"
+    process = _spawn(_command(wb, run), log_path, {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"})
     run.pid, run.status, run.log_path = process.pid, "running", str(log_path)
     run.checkpoint_path = None if run.config.get("kind") == "ablation" else str(run_dir(wb, run.id) / "model")
 
@@ -446,14 +456,4 @@ def activate_run(wb: Workbench, actor: Actor, run_id: int, *, suggest: bool = Tr
         "--checkpoint",
         str(run_dir(wb, run_id)),
     ]
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            command,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            cwd=str(Path(__file__).resolve().parents[2]),
-        )
-    _children[process.pid] = process
-    return process.pid
+    return _spawn(command, log_path).pid

@@ -140,7 +140,7 @@ def render() -> None:
                 item["image_id"],
                 values,
                 diagnosis=diagnosis,
-                diagnosis_status="corrected" if status == "corrected" else "confirmed",
+                diagnosis_status=status,  # "uncertain" stays uncertain (it was stored as confirmed)
             )
         except SkinflowError as e:
             state.show_error(e)
