@@ -7,7 +7,7 @@ Three kinds:
 """
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 FieldKind = Literal["multi", "ordinal", "free"]
 
@@ -68,3 +68,8 @@ def size_band_for_mm(mm: float) -> str:
         if mm < upper:
             return band
     return SIZE_VALUES[-1]
+
+
+def is_filled(value: Any) -> bool:
+    """Whether a field's value says something (a term, a band, text): None, "" and an empty list say nothing."""
+    return value not in (None, "", [], ())

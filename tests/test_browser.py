@@ -197,7 +197,8 @@ def test_an_image_is_annotated_with_the_keyboard_alone_and_a_good_prefill_costs_
         form_ready(page)
         first = image_on_screen(page)
 
-        page.keyboard.press("j")  # to the first field (Color)
+        page.keyboard.press("j")  # the field cursor on the first field (Color)
+        page.keyboard.press("Enter")  # edit it
         page.keyboard.type("violaceous")
         page.keyboard.press("Enter")  # take the highlighted term
         page.keyboard.press("Escape")  # leave the field

@@ -66,7 +66,8 @@ def test_each_source_is_scored_per_field_on_what_it_did_not_learn_from(bench):
     assert (llm["color"].mean, llm["color"].n, llm["shape"].mean) == (1.0, 30, 0.0)
     assert (model["color"].mean, model["color"].n, model["shape"].mean) == (0.0, 20, 1.0)  # its 10 training images left out
     assert (llm["diagnosis_top1"].mean, model["diagnosis_top1"].mean, model["diagnosis_top6"].mean) == (0.0, 1.0, 1.0)
-    assert llm["number"].mean == 1.0  # both empty: agreement
+    # neither source ever fills `number`: saying nothing agrees with the empty truths, but it is no evidence
+    assert (llm["number"].n, model["number"].n, report.chosen["number"]) == (0, 0, None)
     assert "run #1" in by_source[MODEL].held_out and "10 excluded" in by_source[MODEL].held_out
     assert report.chosen["color"] == LLM and report.chosen["shape"] == MODEL and report.chosen["diagnosis_top1"] == MODEL
     lo, hi = model["color"].ci95
@@ -114,7 +115,9 @@ def test_route_takes_each_field_from_its_winner_and_merges_diagnoses_by_held_out
     caption, diagnoses, fields = route([llm, model], report)
     assert (caption["color"], fields["color"]) == (["brown"], LLM)  # the LLM won color on held-out images
     assert (caption["shape"], fields["shape"]) == (["round"], MODEL)  # the model won shape
-    assert fields["size"] == LLM and caption["size_mm"] == 12.0  # a tie (both right) goes to the first listed
+    # no source ever filled size in the evidence: the one draft that fills it here wins it, the measurement with it
+    assert fields["size"] == LLM and caption["size_mm"] == 12.0
+    assert caption["texture"] is None and "texture" not in fields  # filled by nobody: credited to nobody
     # model accuracy 1.0 x 0.6 beats LLM accuracy 0.0 x 0.9 for nevus; melanoma also gets the LLM's 0.0 x 0.1
     assert [d["key"] for d in diagnoses] == ["melanoma", "nevocytic nevus"] and diagnoses[0]["score"] == 0.6
     caption, _, fields = route([llm, model], None)  # no evidence yet: today's order, the model first

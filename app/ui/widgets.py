@@ -10,7 +10,7 @@ import streamlit as st
 from app.ui.viewer import ZOOM_HINT, zoomable_image
 from curation.labelling.views import related_images, thumbnail
 from schema.caption import Caption
-from schema.fields import FIELDS, ORDINAL_VALUES
+from schema.fields import FIELDS, ORDINAL_VALUES, is_filled
 from schema.taxonomy import Taxonomy
 from schema.vocabulary import default_vocabulary
 
@@ -103,7 +103,7 @@ def caption_form(
                     )
             else:
                 values[field.key] = st.text_area(field.label + mark, value=current, key=f"{prefix}{field.key}", height=80)
-            if origins and origins.get(field.key):
+            if origins and origins.get(field.key) and is_filled(current):  # an empty box is nobody's
                 st.caption(f"from {plain(source_name(origins[field.key]))}")
             if notes.get(field.key):
                 st.caption(f"⚠ {plain(notes[field.key])}")

@@ -40,7 +40,7 @@ from curation.store.auth import Actor, require
 from curation.store.db import Workbench
 from curation.store.models import Annotation, Draft, Export, Image, TrainingRun
 from schema.compare import field_score
-from schema.fields import FIELD_KEYS
+from schema.fields import FIELD_KEYS, is_filled
 from schema.files import read_jsonl, write_json_atomic
 
 DIAGNOSIS_MEASURES = ("diagnosis_top1", "diagnosis_top6", "diagnosis_group9")
@@ -255,19 +255,26 @@ def compute_evidence(wb: Workbench, *, min_evidence: int = DEFAULT_MIN_EVIDENCE)
                 else "every verified image (it learned nothing from this workbench)"
             )
             values: dict[str, list[float]] = {measure: [] for measure in MEASURES}
+            writes: set[str] = set()  # the fields this source ever filled
             for image_id, draft in drafts.items():
                 if image_id in excluded:
                     continue
                 caption, key = truth[image_id]
                 if draft.caption is not None:
                     for field_key in FIELD_KEYS:
-                        values[field_key].append(field_score(field_key, draft.caption.get(field_key), caption.get(field_key)))
+                        value = draft.caption.get(field_key)
+                        writes.update([field_key] if is_filled(value) else [])
+                        values[field_key].append(field_score(field_key, value, caption.get(field_key)))
                 ranked = [d.get("key") for d in draft.diagnoses or [] if d.get("key")]
                 if key and key in taxonomy.labels and ranked:
                     values["diagnosis_top1"].append(float(ranked[0] == key))
                     values["diagnosis_top6"].append(float(key in ranked[:6]))
                     first = taxonomy.labels.get(ranked[0])
                     values["diagnosis_group9"].append(float(first is not None and first.group9 == taxonomy.labels[key].group9))
+            for field_key in set(FIELD_KEYS) - writes:
+                # a source that never fills a field (the probe writes no free text) agrees with every empty truth
+                # by saying nothing: that is no evidence, so it is neither chosen for the field nor said to fill it
+                values[field_key] = []
             sources.append(
                 SourceEvidence(
                     source=f"{kind}:{producer}:{version}",

@@ -3,7 +3,8 @@ images it did not learn from (assist/evidence.py), the diagnoses merged across s
 
 For an image with usable drafts from two or more sources, the routed draft takes each field from the source the
 evidence chose for it (`chosen`: the best with at least min_evidence held-out items) when that source drafted this
-image; otherwise from the first source in today's order (model suggestion, LLM, synthetic; newest first). Its
+image and filled the field; otherwise from the first source in today's order (model suggestion, LLM, synthetic;
+newest first) that filled it. A field no draft filled stays empty and is credited to nobody. Its
 diagnoses are every source's ranked diagnoses merged: each entry weighs its own score times its source's held-out
 top-1 accuracy (0.5 for a source without evidence), summed per label, best first.
 
@@ -25,7 +26,7 @@ from curation.assist.evidence import EvidenceReport, cached_evidence
 from curation.store import audit
 from curation.store.db import Workbench
 from curation.store.models import Draft, Image
-from schema.fields import FIELD_KEYS
+from schema.fields import FIELD_KEYS, is_filled
 
 ROUTED_KIND, ROUTER = "routed", "router"
 FALLBACK_ORDER = {"model": 0, "llm": 1, "synthetic": 2}  # the order the form used before routing
@@ -44,12 +45,14 @@ def route(drafts: list[Draft], report: EvidenceReport | None) -> tuple[dict[str,
     caption: dict[str, Any] = {}
     fields: dict[str, str] = {}
     for key in FIELD_KEYS:
-        winner = chosen.get(key)
-        draft = by_source.get(winner) if winner else None
-        draft = draft if draft is not None and draft.caption is not None else next(d for d in ordered if d.caption is not None)
-        caption[key] = draft.caption.get(key)
-        fields[key] = source_of(draft)
-    size_source = by_source.get(fields["size"])
+        winner = by_source.get(chosen.get(key) or "")
+        # the evidence's winner, else today's order; only a draft that says something here (a source that wrote
+        # nothing for a field is never chosen for it nor credited with its empty box)
+        filled = [d for d in ([winner] if winner is not None else []) + ordered if d.caption and is_filled(d.caption.get(key))]
+        caption[key] = filled[0].caption.get(key) if filled else None
+        if filled:
+            fields[key] = source_of(filled[0])
+    size_source = by_source.get(fields.get("size", ""))
     if size_source is not None and size_source.caption.get("size_mm") is not None:
         caption["size_mm"] = size_source.caption["size_mm"]  # the measurement travels with its band
     accuracy = {e.source: e.measures["diagnosis_top1"] for e in report.sources} if report else {}

@@ -42,7 +42,7 @@ def _zip_folder(folder: Path) -> bytes:
 
 
 def _users(wb, actor) -> None:
-    st.dataframe(pd.DataFrame(list_users(wb, actor)), hide_index=True, width="stretch")
+    table = st.empty()  # filled last: after this run's action, so a new user or a new role shows at once
     with st.form("add_user", clear_on_submit=True):
         name = st.text_input("New username")
         role = st.selectbox("Role", ROLES)
@@ -68,6 +68,7 @@ def _users(wb, actor) -> None:
                 st.success(f"New password for {name} (shown once): {set_password(wb, actor, name)}")
         except SkinflowError as e:
             state.show_error(e)
+    table.dataframe(pd.DataFrame(list_users(wb, actor)), hide_index=True, width="stretch")
 
 
 def _import(wb, actor) -> None:

@@ -76,6 +76,24 @@ def _conflict(wb, actor, item, mine: dict) -> None:
         _finish("Kept the current version.")
 
 
+def _autosave(wb, actor, image_id: int, token: str, form: dict) -> None:
+    """Every change to the form is kept as the user's saved draft, so a reload (or a crash) restores it: "Prefill
+    from" offers "your saved draft" first. Streamlit reruns once per committed change (a term picked, a radio
+    set, a text box left), never per keystroke, so this writes once per change. The untouched prefill is not
+    saved: the first render of an image (per prefill source) is the baseline."""
+    work = {key: value for key, value in form.items() if key != "seconds"}
+    last = st.session_state.setdefault("annotate_autosaved", {})
+    if (image_id, token) not in last:
+        last[(image_id, token)] = work
+    elif work != last[(image_id, token)]:
+        try:
+            save_work(wb, actor, image_id, {**work, "seconds": form["seconds"]})
+        except SkinflowError as e:
+            state.show_error(e)
+        else:
+            last[(image_id, token)] = work
+
+
 def render() -> None:
     actor = state.require_role("annotator", "Annotating")
     wb = state.workbench()
@@ -151,6 +169,7 @@ def render() -> None:
             "draft_id": draft_id,
             "seconds": round(time.time() - item["loaded_at"], 1),
         }
+        _autosave(wb, actor, detail.id, token, mine)
         submit_col, save_col, skip_col = st.columns(3)
         # stable container keys: the keyboard shortcuts (app/ui/keyboard.py) find the buttons by them
         if submit_col.container(key="kbd-submit").button("Submit", type="primary", key=f"{prefix}submit"):

@@ -44,8 +44,10 @@ def _curves(metrics: list[dict]) -> None:
     st.altair_chart(chart.facet(facet="measure:N", columns=3).resolve_scale(y="independent"))
 
 
-def _run_details(wb, actor, run_id: int) -> None:
+def _run_details(wb, actor, run_id: int, polling: bool = False) -> None:
     run = next(r for r in list_runs(wb) if r.id == run_id)
+    if polling and run.status not in UNFINISHED_RUN_STATUSES:
+        st.rerun()  # it finished: the whole page again, so the Runs table above stops saying "running"
     progress = run.progress
     if run.status == "running":
         if run.kind == "ablation":
@@ -251,7 +253,7 @@ def render() -> None:
         "Run", [r.id for r in runs], format_func=lambda i: next(f"#{r.id} {r.kind} {r.status}" for r in runs if r.id == i)
     )
     if next(r for r in runs if r.id == chosen).status in UNFINISHED_RUN_STATUSES:
-        st.fragment(_run_details, run_every="3s")(wb, actor, chosen)  # polls progress.json while it runs
+        st.fragment(_run_details, run_every="3s")(wb, actor, chosen, polling=True)  # polls progress.json while it runs
     else:
         _run_details(wb, actor, chosen)
     finished = [r for r in runs if r.metrics and r.kind == "train"]
