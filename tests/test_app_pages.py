@@ -352,18 +352,29 @@ def test_model_suggestions_are_one_click_choices(demo_home):
     at = login("annotator")
     image_id = at.session_state["annotate_item"]["image_id"]
     source = at.selectbox(key=f"src-{image_id}")
-    # the routed draft prefills the form; without evidence yet, every field from the model suggestion (the old order)
+    # the routed draft prefills the form; without evidence yet, each field from the first source in the old order
+    # that filled it: Color from the model suggestion (all it wrote), the others from the synthetic draft
     assert source.format_func(source.value) == "best source per field"
     assert by_label(at.multiselect, "Color").value == ["brown"]
-    assert {c.value for c in at.caption if c.value.startswith("from ")} == {"from model run\\-1"}
-    by_label(at.button_group, "Suggested diagnoses").set_value("melanoma").run()
+    assert {c.value for c in at.caption if c.value.startswith("from ")} == {"from model run\\-1", "from synthetic draft"}
+    pills = by_label(at.button_group, "Suggested diagnoses")
+    shown = list(pills.options)  # as shown: its key, the label, its probability
+    assert re.fullmatch(r"1 · Seborrheic keratosis — .+ · \d+%", shown[0]) and re.fullmatch(r"2 · .+ · \d+%", shown[1])
+    pills.set_value("melanoma").run()
+    assert by_label(at.radio, "Diagnosis").value == "Confirm"  # the choice stays on screen with a suggestion picked
     by_label(at.button, "Submit").click().run()
+    annotator = get_actor(demo_home, "annotator")
     with demo_home.session() as s:
-        row = s.scalar(
-            select(Annotation).where(Annotation.image_id == image_id, Annotation.user_id == get_actor(demo_home, "annotator").id)
-        )
+        row = s.scalar(select(Annotation).where(Annotation.image_id == image_id, Annotation.user_id == annotator.id))
         expected = "confirmed" if s.get(Image, image_id).diagnosis_key == "melanoma" else "corrected"
         assert (row.diagnosis_key, row.diagnosis_status) == ("melanoma", expected) and row.caption["color"] == ["brown"]
+    image_id = at.session_state["annotate_item"]["image_id"]  # the next image: a suggestion, but uncertain
+    by_label(at.button_group, "Suggested diagnoses").set_value("melanoma").run()
+    by_label(at.radio, "Diagnosis").set_value("Uncertain").run()
+    by_label(at.button, "Submit").click().run()
+    with demo_home.session() as s:
+        row = s.scalar(select(Annotation).where(Annotation.image_id == image_id, Annotation.user_id == annotator.id))
+        assert (row.diagnosis_key, row.diagnosis_status) == ("melanoma", "uncertain")
 
 
 def test_drafting_page_tests_the_connection_and_drafts(demo_home, monkeypatch):
@@ -691,10 +702,16 @@ def test_the_annotate_form_says_what_salvage_changed_or_dropped_in_the_draft(dem
     assert not at.exception
     shown = [c.value.replace("\\", "") for c in at.caption if c.value.startswith("⚠")]  # as read, unescaped
     assert any("number changed (was 2)" in c and "few" in c for c in shown), shown  # under Number
-    assert any("size_mm dropped (was 0)" in c for c in shown), shown  # the measurement's note goes with Size
     assert any("confidence ignored" in c for c in shown), shown  # not a field: above the form
     fields = {m.label.split("  ")[0]: m.value for m in at.multiselect}
     assert fields["Color"] == ["erythematous"]  # the salvaged caption prefills the form
+    # Size is routed from the synthetic draft (the LLM's was dropped); the LLM's draft alone shows its size note
+    image_id = at.session_state["annotate_item"]["image_id"]
+    with demo_home.session() as s:
+        draft_id = s.scalar(select(Draft.id).where(Draft.image_id == image_id, Draft.kind == "llm"))
+    at.selectbox(key=f"src-{image_id}").set_value(f"d{draft_id}").run()
+    shown = [c.value.replace("\\", "") for c in at.caption if c.value.startswith("⚠")]
+    assert any("size_mm dropped (was 0)" in c for c in shown), shown  # the measurement's note goes with Size
 
 
 def _give_lesions(wb, lesion_of) -> None:

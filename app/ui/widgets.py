@@ -144,12 +144,14 @@ def diagnosis_widget(
     taxonomy: Taxonomy,
     source_key: str | None,
     source_label: str | None,
-    suggestions: list[str],
+    suggestions: dict[str, float],
     initial: dict[str, Any] | None = None,
     source_group: str | None = None,
 ) -> tuple[str | None, str]:
     """Confirm the source label, correct it (search the taxonomy, or free text), or mark it uncertain.
     `source_group`: the group a source label names when it spans several conditions (HAM10000 bkl).
+    `suggestions`: key -> probability, best first; each is shown with its probability and its key (1-6), and a
+    picked one keeps the Confirm / Correct / Uncertain choice on screen (Uncertain still applies to it).
     Returns (diagnosis key or free text, diagnosis status)."""
     initial = initial or {}
     if source_key:
@@ -163,19 +165,22 @@ def diagnosis_widget(
         st.markdown(f"**Source label:** {plain(source_label)} (not in the taxonomy)")
     else:
         st.markdown("**Source label:** none")
-    if suggestions:  # one click takes a suggestion; clicking it again clears it
+    picked = None
+    if suggestions:  # one click (or its key) takes a suggestion; clicking it again clears it
+        ranked = list(suggestions)
         picked = st.pills(
-            "Suggested diagnoses (one click)",
-            suggestions,
-            format_func=lambda k: taxonomy_label(taxonomy, k),
+            "Suggested diagnoses (key 1-6, or click)",
+            ranked,
+            format_func=lambda k: f"{ranked.index(k) + 1} · {taxonomy_label(taxonomy, k)} · {suggestions[k]:.0%}",
             selection_mode="single",
             key=f"{prefix}dx_pill",
         )
-        if picked:
-            st.caption(f"Diagnosis: {taxonomy_label(taxonomy, picked)}")
-            return picked, ("confirmed" if picked == source_key else "corrected")
     status_index = {"confirmed": 0, "corrected": 1, "uncertain": 2}.get(initial.get("diagnosis_status"), 0 if source_key else 1)
     choice = st.radio("Diagnosis", DIAGNOSIS_CHOICES, index=status_index, horizontal=True, key=f"{prefix}dx_choice")
+    if picked:
+        status = "uncertain" if choice == "Uncertain" else ("confirmed" if picked == source_key else "corrected")
+        st.caption(f"Diagnosis: {taxonomy_label(taxonomy, picked)} ({status}; the suggestion replaces the search)")
+        return picked, status
     if choice == "Confirm":
         return (source_key or source_label), "confirmed"
     keys = list(dict.fromkeys([*suggestions, *sorted(taxonomy.labels, key=lambda k: taxonomy.labels[k].display.lower())]))

@@ -57,7 +57,7 @@ class ImageDetail:
     saved_work: dict[str, Any] | None = None
     # ranked diagnosis keys offered as one-click choices: model suggestion first, then the LLM draft; from
     # every draft with diagnoses, including a suggestion whose caption could not be read
-    suggested_diagnoses: list[str] = field(default_factory=list)
+    suggested_diagnoses: dict[str, float] = field(default_factory=dict)  # key -> probability, best first
 
     @property
     def source_group(self) -> str | None:
@@ -154,19 +154,22 @@ def rank_drafts(drafts: list[Draft]) -> list[Draft]:
     return sorted(usable, key=lambda d: (DRAFT_PRIORITY.get(d.kind, 9), -d.id))
 
 
-def _suggested_diagnoses(drafts: list[Draft], k: int = 6) -> list[str]:
+def _suggested_diagnoses(drafts: list[Draft], k: int = 6) -> dict[str, float]:
+    """Up to k suggested diagnoses, best first, each with its probability as the source that ranked it first gives
+    it (a routed draft's merged votes are shares of its total, so they read as probabilities too)."""
     newest: dict[str, Draft] = {}
     for d in sorted(drafts, key=lambda d: d.id):
         if d.kind in ("routed", "model", "llm") and d.diagnoses:
             newest[d.kind] = d
-    keys = [
-        entry["key"]
-        for kind in ("routed", "model", "llm")  # routed: every source's diagnoses merged by held-out accuracy
-        if kind in newest
-        for entry in newest[kind].diagnoses[:k]
-        if entry.get("key")
-    ]
-    return list(dict.fromkeys(keys))
+    out: dict[str, float] = {}
+    for kind in ("routed", "model", "llm"):  # routed: every source's diagnoses merged by held-out accuracy
+        if kind not in newest:
+            continue
+        entries = [e for e in newest[kind].diagnoses if e.get("key")]
+        total = sum(float(e.get("score") or 0.0) for e in entries) if kind == "routed" else 1.0
+        for entry in entries[:k]:
+            out.setdefault(entry["key"], float(entry.get("score") or 0.0) / (total or 1.0))
+    return dict(list(out.items())[:k])
 
 
 def field_disagreements(a: dict[str, Any], b: dict[str, Any]) -> list[str]:

@@ -130,7 +130,7 @@ def render() -> None:
     prefix = f"adj-{item['image_id']}-{start}-"
     values = caption_form(prefix, base["caption"])
     diagnosis, status = diagnosis_widget(
-        prefix, wb.taxonomy, detail.diagnosis_key, detail.source_label, [], base, source_group=detail.source_group
+        prefix, wb.taxonomy, detail.diagnosis_key, detail.source_label, {}, base, source_group=detail.source_group
     )
     if st.button("Adjudicate and verify", type="primary", key=f"{prefix}go"):
         try:
