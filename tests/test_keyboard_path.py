@@ -292,3 +292,25 @@ def test_review_loads_after_a_model_is_activated_in_twenty_fresh_sessions(tmp_pa
     finally:
         wb.close()
     assert loaded == 20
+
+
+ON_SCREEN = """(selector) => { const r = document.querySelector(selector).getBoundingClientRect();
+  return r.height > 0 && r.top >= 0 && r.bottom <= window.innerHeight; }"""
+
+
+@pytest.mark.parametrize("size", [(1366, 768), (1920, 1080)])
+def test_the_picture_and_submit_stay_on_screen_while_the_form_scrolls(running_app, tmp_path, size):
+    wb, url = running_app
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": size[0], "height": size[1]})
+        log_in(page, url, "annotator", "browser-pass-1")
+        form_ready(page)
+        picture, submit = ".st-key-annotate-picture img", ".st-key-kbd-submit button"
+        assert page.evaluate(ON_SCREEN, picture) and page.evaluate(ON_SCREEN, submit)  # as the image opens
+        page.screenshot(path=str(tmp_path / f"annotate-{size[0]}.png"))
+        diagnosis = page.locator("[class*='dx_choice']")
+        diagnosis.scroll_into_view_if_needed()  # down to the diagnosis, as a person scrolls to choose it
+        assert page.evaluate(ON_SCREEN, "[class*='dx_choice']")
+        assert page.evaluate(ON_SCREEN, picture) and page.evaluate(ON_SCREEN, submit)  # neither scrolled away
+        page.screenshot(path=str(tmp_path / f"annotate-{size[0]}-diagnosis.png"))
+    assert (tmp_path / f"annotate-{size[0]}.png").stat().st_size > 10_000

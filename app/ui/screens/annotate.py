@@ -15,6 +15,16 @@ from curation.labelling.queue import next_item, remaining, skip
 from curation.labelling.views import field_disagreements, image_detail, prefill_sources
 from schema.errors import SkinflowError
 
+# At 1366x768 the picture scrolled away while the diagnosis was chosen, and Submit sat below the fold: the picture
+# stays in view (sticky in its column) while the form scrolls beside it, and the actions with the key list stay at
+# the bottom of the window (sticky in the form column). The keyed blocks sit in wrappers of their own height, so
+# the wrappers are what sticks. Less space above the title. A browser test measures both.
+LAYOUT_CSS = """<style>
+[data-testid="stMainBlockContainer"] { padding-top: 2.5rem; }
+[data-testid="stLayoutWrapper"]:has(> .st-key-annotate-picture) { position: sticky; top: 0.5rem; z-index: 1; }
+[data-testid="stLayoutWrapper"]:has(> .st-key-annotate-actions) { position: sticky; bottom: 0; z-index: 5;
+  background-color: rgb(255, 255, 255); padding: 0.5rem 0 0.25rem; border-top: 1px solid rgba(49, 51, 63, 0.2); }
+</style>"""
 KEY = "annotate_item"  # {"image_id", "loaded_at", "base_id"}: the image on screen and the version it edits
 
 
@@ -117,8 +127,9 @@ def render() -> None:
         return
 
     detail = image_detail(wb, actor, item["image_id"])
+    st.html(LAYOUT_CSS)
     image_column, form_column = st.columns([2, 3])
-    with image_column:
+    with image_column, st.container(key="annotate-picture"):
         if detail.path is not None:
             caption = f"image #{detail.id}, {detail.width}x{detail.height}"
             image_panel(wb, actor, detail.id, detail.path, caption, key=f"a{detail.id}", width=detail.width)
@@ -170,7 +181,8 @@ def render() -> None:
             "seconds": round(time.time() - item["loaded_at"], 1),
         }
         _autosave(wb, actor, detail.id, token, mine)
-        submit_col, save_col, skip_col = st.columns(3)
+        actions = st.container(key="annotate-actions")
+        submit_col, save_col, skip_col = actions.columns(3)
         # stable container keys: the keyboard shortcuts (app/ui/keyboard.py) find the buttons by them
         if submit_col.container(key="kbd-submit").button("Submit", type="primary", key=f"{prefix}submit"):
             try:
@@ -204,4 +216,5 @@ def render() -> None:
         if skip_col.container(key="kbd-skip").button("Skip", key=f"{prefix}skip"):
             skip(wb, actor, detail.id)
             _finish(f"Skipped image #{detail.id}.")
-        show_shortcuts()
+        with actions:
+            show_shortcuts()
