@@ -294,6 +294,12 @@ def test_review_loads_after_a_model_is_activated_in_twenty_fresh_sessions(tmp_pa
     assert loaded == 20
 
 
+def _size(wb, image_id: int) -> str:
+    with wb.session() as s:
+        image = s.get(Image, image_id)
+        return f"{image.width}x{image.height}"
+
+
 ON_SCREEN = """(selector) => { const r = document.querySelector(selector).getBoundingClientRect();
   return r.height > 0 && r.top >= 0 && r.bottom <= window.innerHeight; }"""
 
@@ -307,6 +313,8 @@ def test_the_picture_and_submit_stay_on_screen_while_the_form_scrolls(running_ap
         form_ready(page)
         picture, submit = ".st-key-annotate-picture img", ".st-key-kbd-submit button"
         assert page.evaluate(ON_SCREEN, picture) and page.evaluate(ON_SCREEN, submit)  # as the image opens
+        image_id = image_on_screen(page)
+        assert page.locator(picture).get_attribute("alt") == f"Skin picture, image #{image_id}, {_size(wb, image_id)} (zoomable)"
         page.screenshot(path=str(tmp_path / f"annotate-{size[0]}.png"))
         diagnosis = page.locator("[class*='dx_choice']")
         diagnosis.scroll_into_view_if_needed()  # down to the diagnosis, as a person scrolls to choose it

@@ -28,6 +28,15 @@ SCRIPT = """
   window.__skinflowZoom = true;
   const doc = window.document, views = new WeakMap();
   let hovered = null, drag = null;
+  // st.image leaves alt empty: name each picture after its caption ("image #12, 600x450"), for screen readers
+  const describe = () => doc.querySelectorAll("[class*='st-key-zoom-'] img:not([alt]), [class*='st-key-zoom-'] img[alt='']")
+    .forEach((img) => {
+      const box = img.closest("[class*='st-key-zoom-']");
+      const caption = box && box.querySelector("[data-testid='stImageCaption'], figcaption");
+      img.alt = "Skin picture" + (caption && caption.textContent.trim() ? ", " + caption.textContent.trim() : "") +
+        " (zoomable)";
+    });
+  new MutationObserver(describe).observe(doc.body, {childList: true, subtree: true});
   const zoomable = (el) => el && el.tagName === "IMG" && el.closest("[class*='st-key-zoom-']") ? el : null;
   const view = (img) => {
     if (!views.has(img)) {

@@ -64,7 +64,8 @@ def render() -> None:
     st.dataframe(frame, hide_index=True, width="stretch")
     st.subheader("Evidence")
     for key in FIELD_KEYS:
-        with st.expander(f"{key}: {current.counts.get(key, 0)} mentions"):
+        count = current.counts.get(key, 0)
+        with st.expander(f"{key}: {count} mention{'' if count == 1 else 's'}"):
             sentences = evidence(wb, key, current.params.get("source", "all"))
             st.markdown("\n".join(f"- {plain(s)}" for s in sentences) if sentences else "No sentence mentions this field.")
     st.subheader("History")
