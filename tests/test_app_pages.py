@@ -164,6 +164,31 @@ def test_review_verify_as_is(demo_home):
         assert s.get(Image, image_id).status == "verified"
 
 
+def test_review_says_in_words_which_fields_two_annotations_differ_in(demo_home):
+    from curation.store.auth import add_user
+
+    admin = get_actor(demo_home, "admin")
+    with demo_home.session() as s:
+        image_id = s.scalar(select(Image.id).where(Image.status == "pending").order_by(Image.id))
+    for name, colour in (("dr_a", "brown"), ("dr_b", "black")):
+        add_user(demo_home, admin, name, "annotator")
+        submit_annotation(
+            demo_home,
+            get_actor(demo_home, name),
+            image_id,
+            {"color": [colour], "shape": ["round"]},
+            diagnosis="melanoma",
+            diagnosis_status="corrected",
+        )
+    at = page(demo_home, "review", "reviewer")
+    item = at.selectbox[0]
+    item.set_value(next(i for i, option in enumerate(item.options) if f"#{image_id} " in option)).run()
+    assert not at.exception
+    said = [c.value for c in at.caption if c.value.startswith("Differ")]
+    assert said == ["Differ (highlighted): Color"]  # in words; it printed the score dicts
+    assert not [c.value for c in at.caption if "{" in c.value]
+
+
 def test_insights_shows_who_to_trust_for_what(demo_home):
     at = page(demo_home, "insights", "reviewer")
     assert not at.exception and "Who to trust for what" in [h.value for h in at.subheader]

@@ -14,6 +14,9 @@ from curation.labelling.views import image_detail
 from schema.errors import SkinflowError
 from schema.fields import FIELDS
 
+FIELD_LABELS = {f.key: f.label for f in FIELDS}
+DIFFERS = "background-color: #fff3cd; font-weight: 600"
+
 
 def _value(caption: dict, key: str) -> str:
     value = caption.get(key)
@@ -100,12 +103,18 @@ def render() -> None:
         rows["Flags"] = [", ".join(h["quality_flags"]) or "—" for h in heads]
         rows["Rationale"] = [h["rationale"] or "—" for h in heads]
         table = pd.DataFrame(rows, index=[f"{h['user']} v{h['version']}" for h in heads]).T
-        st.dataframe(table, width="stretch")
-        for pair in item["comparison"]["pairs"]:
-            low = {k: round(v, 2) for k, v in pair["scores"].items() if v < 1}
+        differing = {FIELD_LABELS[k] for pair in item["comparison"]["pairs"] for k, v in pair["scores"].items() if v < 1}
+        if any(not pair["same_label"] for pair in item["comparison"]["pairs"]):
+            differing.add("Diagnosis")
+        # the annotations side by side, the rows where they differ highlighted (it showed score dicts)
+        st.dataframe(
+            table.style.apply(lambda row: [DIFFERS if row.name in differing else ""] * len(row), axis=1),
+            width="stretch",
+        )
+        if len(heads) > 1:
             st.caption(
-                f"#{pair['a']} vs #{pair['b']}: label {'agrees' if pair['same_label'] else 'differs'}; "
-                f"fields that differ: {low or 'none'}"
+                "Differ (highlighted): "
+                + (", ".join(label for label in [*FIELD_LABELS.values(), "Diagnosis"] if label in differing) or "nothing")
             )
         for head in heads:
             if head["user"] == actor.username and actor.role != "admin":

@@ -167,9 +167,7 @@ def _ablation_form(wb, actor) -> None:
             "same split (`skinflow ablate`). With the tiny preset, about 2-3 minutes per variant and seed on a CPU."
         )
         with st.form("ablation"):
-            preset = st.selectbox(
-                "Ablation preset", [p for p in PRESETS if p not in NO_ABLATION_PRESETS], key="ablation-preset"
-            )
+            preset = st.selectbox("Ablation preset", [p for p in PRESETS if p not in NO_ABLATION_PRESETS], key="ablation-preset")
             variants = st.multiselect("Variants", ABLATION_VARIANTS, default=list(ABLATION_VARIANTS))
             split = st.selectbox(
                 "Evaluate on",
