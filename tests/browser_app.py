@@ -76,12 +76,23 @@ def chromium():
             browser.close()
 
 
+# A bound on waiting for the app's first page: a cold server on a machine busy with other jobs took over 30 s. The
+# waits are on conditions (the field is there), so a quiet machine does not wait for it.
+FIRST_PAGE_MS = 120_000
+
+
 def log_in(page, url: str, username: str, password: str) -> None:
     page.goto(url, wait_until="networkidle")
+    page.get_by_label("Username").wait_for(timeout=FIRST_PAGE_MS)
     page.get_by_label("Username").fill(username)
     page.get_by_role("textbox", name="Password").fill(password)
     page.get_by_role("button", name="Log in").click()
-    page.get_by_role("heading", name="Annotate").wait_for(timeout=30_000)
+    page.get_by_role("heading", name="Annotate").wait_for(timeout=FIRST_PAGE_MS)
+
+
+def settled(page) -> None:
+    """The page has drawn what the last change asked for: no element is marked stale (a rerun is not in flight)."""
+    page.wait_for_function("!document.querySelector(\"[data-stale='true']\")", timeout=60_000)
 
 
 def image_on_screen(page) -> int:
@@ -91,5 +102,5 @@ def image_on_screen(page) -> int:
 
 def form_ready(page) -> None:
     """The Annotate form is on screen with its fields live (a person waits for the page to settle too)."""
-    page.locator(".st-key-kbd-fields [data-testid='stMultiSelect'] input").first.wait_for(state="attached", timeout=30_000)
-    page.wait_for_timeout(1000)
+    page.locator(".st-key-kbd-fields [data-testid='stMultiSelect'] input").first.wait_for(state="attached", timeout=60_000)
+    settled(page)

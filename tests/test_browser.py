@@ -19,7 +19,7 @@ from curation.store.auth import get_actor, set_password
 from curation.store.db import open_workbench
 from curation.store.models import Annotation, Draft, Image
 from curation.store.settings import Settings
-from tests.browser_app import CHROMIUM, chromium, form_ready, free_port, image_on_screen, log_in, serve
+from tests.browser_app import CHROMIUM, chromium, form_ready, free_port, image_on_screen, log_in, serve, settled
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium (apt-get install chromium)")
 
@@ -60,7 +60,7 @@ def test_annotator_logs_in_changes_two_fields_and_the_diagnosis_and_submits(runn
         diagnosis.click()
         page.keyboard.type("psoriasis")
         page.get_by_role("option", name="Psoriasis — inflammatory / non-neoplastic", exact=True).click()
-        page.wait_for_timeout(500)
+        settled(page)
         page.get_by_role("button", name="Submit").click()
         page.get_by_text(f"Saved annotation of image #{image_id}").wait_for(timeout=30_000)
         page.screenshot(path=str(tmp_path / "after-submit.png"), full_page=True)
@@ -111,7 +111,8 @@ def test_a_login_survives_a_reload_until_logout_and_a_bad_cookie_is_refused(runn
         page = context.new_page()
         log_in(page, url, "annotator", "browser-pass-1")
         image = page.get_by_text("image #").first.inner_text().split(",")[0]
-        page.wait_for_timeout(500)  # the cookie is written by the page's script
+        # the cookie is written by the page's script: wait for it, not for a time
+        page.wait_for_function("document.cookie.includes('skinflow_session_')", timeout=30_000)
         cookie = _session_cookie(context)
         assert cookie["sameSite"] == "Strict" and cookie["path"] == "/" and cookie["expires"] > time.time() + 3600
 
@@ -203,7 +204,7 @@ def test_an_image_is_annotated_with_the_keyboard_alone_and_a_good_prefill_costs_
         page.keyboard.press("Enter")  # take the highlighted term
         page.keyboard.press("Escape")  # leave the field
         page.keyboard.press("u")  # diagnosis: uncertain
-        page.wait_for_timeout(800)
+        page.wait_for_function("document.querySelector(\"[class*='dx_choice'] input:checked\").value === '2'")
         page.keyboard.press("Control+Enter")
         page.get_by_text(f"Saved annotation of image #{first}").wait_for(timeout=30_000)
 
@@ -241,8 +242,9 @@ def test_every_prefilled_term_reads_whole_without_opening_the_field(running_app)
             form_ready(page)
             seen += page.locator("[data-testid='stMultiSelect'] [data-tag]").count()
             assert page.evaluate(CUT_CHIPS) == []
+            shown = image_on_screen(page)
             page.get_by_role("button", name="Skip").click()
-            page.wait_for_timeout(1500)
+            page.wait_for_function(f"!document.querySelector('.st-key-zoom-a{shown}')")  # the next image is on screen
         assert seen >= 10
 
 
@@ -277,8 +279,7 @@ def test_the_picture_zooms_and_pans_in_place_and_a_same_lesion_picture_opens_bes
 
         page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.3)
         page.mouse.wheel(0, -400)  # zoom in around the pointer
-        page.wait_for_timeout(200)
-        assert zoom() > 2
+        page.wait_for_function(f"Number(document.querySelector('.st-key-zoom-a{image_id} img').dataset.zoom || 1) > 2")
         before = picture.evaluate("img => img.style.transform")
         page.mouse.down()
         page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5, steps=5)  # drag: pan
@@ -291,7 +292,7 @@ def test_the_picture_zooms_and_pans_in_place_and_a_same_lesion_picture_opens_bes
         assert zoom() > 1.5
         page.keyboard.press("0")
         page.mouse.dblclick(box["x"] + 20, box["y"] + 20)  # actual pixels: one image pixel per screen pixel
-        page.wait_for_timeout(200)
+        page.wait_for_function(f"Number(document.querySelector('.st-key-zoom-a{image_id} img').dataset.zoom || 1) > 2")
         assert natural / box["width"] > 2 and abs(zoom() - natural / box["width"]) < 0.01
         assert page.url.endswith("/") or "annotate" in page.url  # nothing navigated, nothing reloaded
 

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from curation.labelling.annotate import submit_annotation
 from curation.store.auth import get_actor, set_password
 from curation.store.models import Annotation, Image, Lease, SavedWork, utcnow
-from tests.browser_app import CHROMIUM, chromium, form_ready, free_port, image_on_screen, log_in, serve
+from tests.browser_app import CHROMIUM, chromium, form_ready, free_port, image_on_screen, log_in, serve, settled
 from tests.test_browser import demo_workbench
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium (apt-get install chromium)")
@@ -53,11 +53,6 @@ def wait_until(condition, timeout: float = 30.0):
 def at_rest(page) -> None:
     """Focus on the page itself, as after a click on an empty part of it."""
     page.evaluate("document.activeElement && document.activeElement.blur()")
-
-
-def settled(page) -> None:
-    """The page has drawn what the last change asked for (no element marked stale), as a person sees it."""
-    page.wait_for_function("!document.querySelector(\"[data-stale='true']\")", timeout=30_000)
 
 
 def focused_field(page) -> str:
