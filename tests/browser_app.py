@@ -1,5 +1,5 @@
 """Running `skinflow app` for a real browser: Debian chromium's path and flags, a free port, the server.
-Shared by tests/test_browser.py and benchmarks/browser.py."""
+Shared by the browser tests (tests/conftest.py's `running_app`) and benchmarks/browser.py."""
 
 from __future__ import annotations
 
@@ -26,6 +26,21 @@ ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+
+def demo_workbench(home: Path):
+    """Six demo images, nothing annotated, no gold questions; the annotator's password is browser-pass-1."""
+    from curation.ingest.demo import build_demo
+    from curation.labelling.workflow import update_workflow_settings
+    from curation.store.auth import get_actor, set_password
+    from curation.store.db import open_workbench
+    from curation.store.settings import Settings
+
+    wb = open_workbench(Settings.load(environ={}, home=home))
+    build_demo(wb, None, n=6, seed=0, verified_fraction=0.0, annotated_fraction=0.0)
+    set_password(wb, get_actor(wb, "admin"), "annotator", "browser-pass-1")
+    update_workflow_settings(wb, get_actor(wb, "admin"), gold_rate=0.0)
+    return wb
 
 
 def free_port() -> int:

@@ -115,3 +115,16 @@ def tiny_model():
         return build_tiny(TINY_TEXTS, seed=seed, fd=fd, vocab_size=400)
 
     return make
+
+
+@pytest.fixture
+def running_app(tmp_path):
+    """`skinflow app` on a six-image demo workbench (tests/browser_app.py): (the workbench, its URL)."""
+    from tests.browser_app import demo_workbench, free_port, serve
+
+    wb = demo_workbench(tmp_path / "wb")
+    try:
+        with serve(tmp_path / "wb", free_port()) as url:
+            yield wb, url
+    finally:
+        wb.close()

@@ -13,33 +13,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from curation.ingest.demo import build_demo
-from curation.labelling.workflow import update_workflow_settings
-from curation.store.auth import get_actor, set_password
-from curation.store.db import open_workbench
+from curation.store.auth import get_actor
 from curation.store.models import Annotation, Draft, Image
-from curation.store.settings import Settings
-from tests.browser_app import CHROMIUM, chromium, form_ready, free_port, image_on_screen, log_in, serve, settled
+from tests.browser_app import CHROMIUM, chromium, demo_workbench, form_ready, free_port, image_on_screen, log_in, serve, settled
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium (apt-get install chromium)")
-
-
-def demo_workbench(home: Path):
-    wb = open_workbench(Settings.load(environ={}, home=home))
-    build_demo(wb, None, n=6, seed=0, verified_fraction=0.0, annotated_fraction=0.0)
-    set_password(wb, get_actor(wb, "admin"), "annotator", "browser-pass-1")
-    update_workflow_settings(wb, get_actor(wb, "admin"), gold_rate=0.0)
-    return wb
-
-
-@pytest.fixture
-def running_app(tmp_path):
-    wb = demo_workbench(tmp_path / "wb")
-    try:
-        with serve(tmp_path / "wb", free_port()) as url:
-            yield wb, url
-    finally:
-        wb.close()
 
 
 def test_annotator_logs_in_changes_two_fields_and_the_diagnosis_and_submits(running_app, tmp_path):

@@ -18,20 +18,9 @@ from sqlalchemy import select
 from curation.labelling.annotate import submit_annotation
 from curation.store.auth import get_actor, set_password
 from curation.store.models import Annotation, Image, Lease, SavedWork, utcnow
-from tests.browser_app import CHROMIUM, chromium, form_ready, free_port, image_on_screen, log_in, serve, settled
-from tests.test_browser import demo_workbench
+from tests.browser_app import CHROMIUM, chromium, demo_workbench, form_ready, free_port, image_on_screen, log_in, serve, settled
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium (apt-get install chromium)")
-
-
-@pytest.fixture
-def running_app(tmp_path):
-    wb = demo_workbench(tmp_path / "wb")
-    try:
-        with serve(tmp_path / "wb", free_port()) as url:
-            yield wb, url
-    finally:
-        wb.close()
 
 
 def stored(wb, image_id: int) -> Annotation | None:
