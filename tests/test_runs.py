@@ -129,8 +129,12 @@ def test_retrain_runs_in_the_background_and_activation_fills_the_queue(curated, 
         choices = [b for b in at.button_group if b.label.startswith("Suggested diagnoses")]
         from app.ui.widgets import taxonomy_label
 
-        shown = choices[0].options if choices else []  # the suggestion's top-6, one click each
-        assert [taxonomy_label(curated.taxonomy, d["key"]) for d in model.diagnoses[:6]] == list(shown[:6]), shown
+        shown = choices[0].options if choices else []  # the suggestion's top-6, one click each, rank and chance shown
+        expected = [
+            f"{rank} · {taxonomy_label(curated.taxonomy, d['key'])} · {float(d['score']):.0%}"
+            for rank, d in enumerate(model.diagnoses[:6], start=1)
+        ]
+        assert expected == list(shown[:6]), shown
         if model.caption is not None:  # a readable suggested caption is also a prefill source
             assert any(str(o).startswith("model: skinflow run-") for o in at.selectbox(key=f"src-{image_id}").options)
     finally:
