@@ -108,6 +108,54 @@ def _build(doc: dict) -> Vocabulary:
 
 
 @lru_cache(maxsize=1)
+def _packaged_document() -> dict:
+    return json.loads(resources.files("schema").joinpath("data/vocabulary.json").read_text(encoding="utf-8"))
+
+
+# Terms a reviewer accepted into this workbench's vocabulary (curation/labelling/vocabulary.py keeps them in the
+# database): field -> ((term, synonyms), ...). They extend the packaged vocabulary for this process.
+_local_terms: tuple[tuple[str, tuple[tuple[str, tuple[str, ...]], ...]], ...] = ()
+
+
+@lru_cache(maxsize=8)
+def _with_local_terms(local: tuple) -> Vocabulary:
+    doc = _packaged_document()
+    if not local:
+        return _build(doc)
+    fields = {field: list(entries) for field, entries in doc["fields"].items()}
+    for field, additions in local:
+        fields[field] = fields[field] + [{"term": term, "synonyms": list(synonyms)} for term, synonyms in additions]
+    count = sum(len(additions) for _, additions in local)
+    return _build({**doc, "fields": fields, "version": f"{doc['version']}+{count}-local"})
+
+
 def default_vocabulary() -> Vocabulary:
-    text = resources.files("schema").joinpath("data/vocabulary.json").read_text(encoding="utf-8")
-    return _build(json.loads(text))
+    """The packaged vocabulary plus the terms this workbench accepted (`use_local_terms`)."""
+    return _with_local_terms(_local_terms)
+
+
+def packaged_vocabulary() -> Vocabulary:
+    """The vocabulary shipped with SkinFlow, without local additions."""
+    return _with_local_terms(())
+
+
+def _local_key(terms: dict[str, list[tuple[str, tuple[str, ...]]]]) -> tuple:
+    return tuple(
+        (field, tuple((term, tuple(synonyms)) for term, synonyms in sorted(entries)))
+        for field, entries in sorted(terms.items())
+        if entries
+    )
+
+
+def vocabulary_with(terms: dict[str, list[tuple[str, tuple[str, ...]]]]) -> Vocabulary:
+    """The packaged vocabulary extended by these terms (field -> [(term, synonyms)]); raises ValueError when a
+    name would map to two terms of one field."""
+    return _with_local_terms(_local_key(terms))
+
+
+def use_local_terms(terms: dict[str, list[tuple[str, tuple[str, ...]]]]) -> None:
+    """Make `default_vocabulary()` the packaged vocabulary extended by these accepted local terms."""
+    global _local_terms
+    local = _local_key(terms)
+    _with_local_terms(local)  # builds (and checks) before it takes effect
+    _local_terms = local

@@ -22,6 +22,7 @@ from curation.ingest import import_path
 from curation.ingest.common import ImportReport
 from curation.ingest.demo import build_demo
 from curation.ingest.fetch import fetch_images
+from curation.labelling.vocabulary import decide_term, pending_terms
 from curation.ops.insights import team_insights
 from curation.ops.status import workbench_status
 from curation.store.auth import add_user, count_users
@@ -387,3 +388,48 @@ def sources(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", he
             f"below on {', '.join(by_verdict['below']) or 'nothing'}; not enough evidence on "
             f"{', '.join(by_verdict['not enough evidence']) or 'nothing'}"
         )
+
+
+def _field_term(value: str) -> tuple[str, str]:
+    field_key, sep, term = value.partition(":")
+    if not sep or not term.strip():
+        raise typer.BadParameter(f"{value!r}: give FIELD:TERM, e.g. color:salmon-pink")
+    return field_key.strip(), term
+
+
+@app.command()
+def vocabulary(
+    ctx: typer.Context,
+    pending: bool = typer.Option(False, "--pending", help="List the new terms waiting for a decision (the default)."),
+    accept: Optional[str] = typer.Option(None, "--accept", metavar="FIELD:TERM", help="Accept a term into the vocabulary."),
+    reject: Optional[str] = typer.Option(None, "--reject", metavar="FIELD:TERM", help="Reject a term (it leaves the list)."),
+    synonyms: list[str] = typer.Option([], "--synonym", help="A synonym of the accepted term (repeat for more)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Vocabulary review (reviewer): caption terms annotators added that the vocabulary lacks; accept them (with
+    synonyms) into this workbench's vocabulary or reject them."""
+    c = context(ctx)
+    wb, actor = c.workbench(), c.actor()
+    if accept and reject:
+        raise typer.BadParameter("give --accept or --reject, not both")
+    if synonyms and not accept:
+        raise typer.BadParameter("--synonym goes with --accept")
+    if accept or reject:
+        field_key, term = _field_term(accept or reject)
+        row = decide_term(wb, actor, field_key, term, accept=bool(accept), synonyms=tuple(synonyms))
+        also = f" with synonyms {', '.join(row.synonyms)}" if row.synonyms else ""
+        out.print(f"{row.decision} {row.field}: {row.term}{also}")
+        return
+    terms = pending_terms(wb, actor)
+    if as_json:
+        out.print_json(json.dumps([t.__dict__ for t in terms]))
+        return
+    if not terms:
+        out.print("no new terms wait for review")
+        return
+    table = Table(title=f"{len(terms)} new terms (accept: --accept FIELD:TERM [--synonym S]; reject: --reject FIELD:TERM)")
+    for column in ("field", "term", "annotations", "images"):
+        table.add_column(column, justify="right" if column == "annotations" else "left")
+    for t in terms:
+        table.add_row(t.field, t.term, str(t.annotations), ", ".join(f"#{i}" for i in t.image_ids))
+    out.print(table)

@@ -17,6 +17,7 @@ import time
 import streamlit as st
 
 from app.ui.widgets import plain
+from curation.labelling.vocabulary import load_local_terms
 from curation.labelling.workflow import get_workflow_settings
 from curation.store.auth import Actor, current_account
 from curation.store.db import Workbench, open_workbench
@@ -34,7 +35,9 @@ def _workbench(home: str, url: str | None) -> Workbench:
 def workbench() -> Workbench:
     """One Workbench per process and database (cached: engines are expensive)."""
     settings = Settings.load()
-    return _workbench(str(settings.home.resolve()), settings.database_url)
+    wb = _workbench(str(settings.home.resolve()), settings.database_url)
+    load_local_terms(wb)  # a term accepted elsewhere (the CLI, another server) is offered on this page run
+    return wb
 
 
 def sso_provider() -> tuple[str | None, str] | None:

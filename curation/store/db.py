@@ -126,4 +126,8 @@ def open_workbench(settings: Settings | None = None) -> Workbench:
             fcntl.flock(lock, fcntl.LOCK_UN)
     if new_database:
         settings.db_path.chmod(0o600)  # SQLite gives its -wal and -shm files the database file's mode
-    return Workbench(settings, engine)
+    workbench = Workbench(settings, engine)
+    from curation.labelling.vocabulary import load_local_terms  # the labelling layer sits above the store
+
+    load_local_terms(workbench)
+    return workbench

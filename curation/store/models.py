@@ -32,6 +32,7 @@ DIAGNOSIS_STATUSES = ("confirmed", "corrected", "uncertain")
 REVIEW_DECISIONS = ("verified", "rejected")
 RUN_STATUSES = ("queued", "running", "done", "failed", "cancelled")
 UNFINISHED_RUN_STATUSES = RUN_STATUSES[:2]  # a process is (or will be) working on it
+TERM_DECISIONS = ("accepted", "rejected")  # a new caption term a reviewer decided on
 NEEDS_WORK_STATUSES = ("pending", "annotated")  # images a suggestion or a labeller can still help
 
 
@@ -389,3 +390,23 @@ class Setting(Base):
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[Any] = mapped_column(JSON)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class VocabularyTerm(Base):
+    """A reviewer's decision on a term annotators typed that the vocabulary lacked: accepted terms (with their
+    synonyms) extend this workbench's vocabulary; rejected ones stay in the annotations that use them but leave the
+    review list. Undecided terms are not stored: they are read from the annotations (curation/labelling/vocabulary.py)."""
+
+    __tablename__ = "vocabulary_terms"
+    __table_args__ = (
+        CheckConstraint(_in("decision", TERM_DECISIONS), name="decision"),
+        UniqueConstraint("field", "term"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    field: Mapped[str] = mapped_column(String(32))
+    term: Mapped[str] = mapped_column(String(200))
+    decision: Mapped[str] = mapped_column(String(16))
+    synonyms: Mapped[list[Any]] = mapped_column(default=list)
+    decided_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    decided_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -11,6 +11,7 @@ from curation.labelling.annotate import adjudicate, review_annotation
 from curation.labelling.label_issues import send_back_for_review, suspicious_labels
 from curation.labelling.review import review_items
 from curation.labelling.views import image_detail
+from curation.labelling.vocabulary import decide_term, pending_terms
 from schema.errors import SkinflowError
 from schema.fields import FIELDS
 
@@ -65,6 +66,52 @@ def _suspicious(wb, actor) -> None:
             st.rerun()
 
 
+def _new_terms(wb, actor) -> None:
+    """Terms annotators added that the vocabulary lacks: accept them (with synonyms) or reject them."""
+    terms = pending_terms(wb, actor)
+    with st.expander(f"New vocabulary terms ({len(terms)})", expanded=False):
+        if not terms:
+            st.caption("None waiting. Terms an annotator adds to a caption field appear here.")
+            return
+        st.caption(
+            "Accepted terms join this workbench's vocabulary (with their synonyms); rejected ones leave this list "
+            "and stay in the annotations that use them."
+        )
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {
+                        "field": FIELD_LABELS[t.field],
+                        "term": t.term,
+                        "annotations": t.annotations,
+                        "images": ", ".join(f"#{i}" for i in t.image_ids),
+                    }
+                    for t in terms
+                ]
+            ),
+            hide_index=True,
+            width="stretch",
+        )
+        chosen = st.selectbox("Term", terms, format_func=lambda t: f"{FIELD_LABELS[t.field]}: {t.term}", key="vocab_term")
+        synonyms = st.text_input("Synonyms (comma-separated, optional)", key="vocab_synonyms")
+        accept, reject = st.columns(2)
+        decision = None
+        if accept.button("Accept into the vocabulary", key="vocab_accept"):
+            decision = True
+        if reject.button("Reject", key="vocab_reject"):
+            decision = False
+        if decision is not None:
+            names = tuple(n.strip() for n in synonyms.split(",") if n.strip())
+            try:
+                decide_term(wb, actor, chosen.field, chosen.term, accept=decision, synonyms=names if decision else ())
+            except SkinflowError as e:
+                st.error(str(e))
+                return
+            verb = "Accepted" if decision else "Rejected"
+            st.session_state["review_notice"] = f"{verb} {chosen.term!r} ({FIELD_LABELS[chosen.field]})."
+            st.rerun()
+
+
 def render() -> None:
     actor = state.require_role("reviewer", "Reviewing")
     wb = state.workbench()
@@ -73,6 +120,7 @@ def render() -> None:
     if notice:
         st.success(notice)
     _suspicious(wb, actor)
+    _new_terms(wb, actor)
     items = review_items(wb, actor)
     if not items:
         st.info("Nothing waiting for review.")
