@@ -15,6 +15,8 @@ from curation.store.settings import Settings
 # PostgreSQL server: each test gets its own database, copied from a migrated template. `make test-postgres`.
 TEST_DATABASE_URL = os.environ.get("SKINFLOW_TEST_DATABASE_URL")
 ON_POSTGRES = bool(TEST_DATABASE_URL)
+# the demo accounts' passwords in app tests (demo_home)
+PASSWORDS = {"admin": "admin-pass-1", "reviewer": "reviewer-pass-1", "annotator": "annotator-pass-1"}
 
 
 def _admin_engine():
@@ -128,3 +130,27 @@ def running_app(tmp_path):
             yield wb, url
     finally:
         wb.close()
+
+
+@pytest.fixture
+def demo_home(tmp_path, monkeypatch):
+    """The demo workbench (12 images) the app-page tests log in to, with known passwords; SKINFLOW_HOME points at it."""
+    import streamlit as st
+
+    from curation.ingest.demo import build_demo
+    from curation.labelling.workflow import update_workflow_settings
+    from curation.store.auth import get_actor, set_password
+
+    home = tmp_path / "wb"
+    monkeypatch.setenv("SKINFLOW_HOME", str(home))
+    monkeypatch.delenv("SKINFLOW_DATABASE_URL", raising=False)
+    st.cache_resource.clear()  # the app caches its workbench: never reuse another test's database
+    wb = open_workbench(Settings.load())
+    build_demo(wb, None, n=12, seed=0, verified_fraction=0.25, annotated_fraction=0.25)
+    admin = get_actor(wb, "admin")
+    for name, password in PASSWORDS.items():
+        set_password(wb, admin, name, password)
+    update_workflow_settings(wb, admin, gold_rate=0.0)
+    yield wb
+    st.cache_resource.clear()
+    wb.close()

@@ -17,26 +17,9 @@ from curation.store.auth import get_actor, set_password
 from curation.store.db import open_workbench
 from curation.store.models import Annotation, Draft, Image
 from curation.store.settings import Settings
+from tests.conftest import PASSWORDS
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "ui" / "main.py")
-PASSWORDS = {"admin": "admin-pass-1", "reviewer": "reviewer-pass-1", "annotator": "annotator-pass-1"}
-
-
-@pytest.fixture
-def demo_home(tmp_path, monkeypatch):
-    home = tmp_path / "wb"
-    monkeypatch.setenv("SKINFLOW_HOME", str(home))
-    monkeypatch.delenv("SKINFLOW_DATABASE_URL", raising=False)
-    st.cache_resource.clear()  # the app caches its workbench: never reuse another test's database
-    wb = open_workbench(Settings.load())
-    build_demo(wb, None, n=12, seed=0, verified_fraction=0.25, annotated_fraction=0.25)
-    admin = get_actor(wb, "admin")
-    for name, password in PASSWORDS.items():
-        set_password(wb, admin, name, password)
-    update_workflow_settings(wb, admin, gold_rate=0.0)
-    yield wb
-    st.cache_resource.clear()
-    wb.close()
 
 
 def by_label(elements, label: str):

@@ -208,6 +208,28 @@ def skip(wb: Workbench, actor: Actor, image_id: int) -> None:
         audit.record(s, actor, "queue.skip", "image", image_id)
 
 
+def open_image(wb: Workbench, actor: Actor, image_id: int, *, now: datetime | None = None) -> QueueItem:
+    """A reviewer opens one image by number (the Dataset page's task list), past the queue's order: it is leased
+    to them as a queued image would be (unless another person holds it), so nobody else is served it meanwhile."""
+    require(actor, "reviewer", "open an image out of queue order")
+    now = now or utcnow()
+    with wb.session() as s:
+        image = s.get(Image, image_id)
+        if image is None:
+            raise NotFound(f"no image #{image_id}; the Dataset page lists the images there are")
+        if image.status == "image_missing":
+            raise SkinflowError(
+                f"image #{image_id} has no picture yet (status image_missing): fetch it first (skinflow fetch-images)"
+            )
+        held_by_another = s.scalar(
+            select(Lease.user_id).where(Lease.image_id == image_id, Lease.user_id != actor.id, Lease.expires_at > now)
+        )
+        if held_by_another is None:  # someone working on it keeps it; the reviewer looks (and may annotate) beside them
+            _lease(s, image_id, actor.id, now, get_workflow_settings(wb).lease_minutes, gold=False)
+        audit.record(s, actor, "queue.open", "image", image_id)
+    return QueueItem(image_id, False)
+
+
 def release(s: Session, user_id: int, image_id: int) -> None:
     """Drop the user's lease on an image (after they submitted it)."""
     s.execute(delete(Lease).where(Lease.image_id == image_id, Lease.user_id == user_id))

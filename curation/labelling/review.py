@@ -5,7 +5,7 @@ from __future__ import annotations
 from itertools import combinations
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import distinct, func, select
 
 from curation.labelling.annotate import annotation_dict
 from curation.labelling.workflow import get_workflow_settings
@@ -34,6 +34,26 @@ def compare_heads(heads: list[dict[str, Any]]) -> dict[str, Any]:
     return {"pairs": pairs}
 
 
+def heads_disagree(heads: list[dict[str, Any]], threshold: float) -> bool:
+    """Two current annotations name different labels, or some field scores below the threshold between them."""
+    return any(not p["same_label"] or min(p["scores"].values()) < threshold for p in compare_heads(heads)["pairs"])
+
+
+def images_in_disagreement(wb: Workbench) -> set[int]:
+    """Images whose annotators' current annotations disagree (what Review calls "disagreement"), in any status."""
+    threshold = get_workflow_settings(wb).disagreement_threshold
+    with wb.session() as s:
+        shared = select(Annotation.image_id).group_by(Annotation.image_id).having(func.count(distinct(Annotation.user_id)) >= 2)
+        by_image: dict[int, list[Annotation]] = {}
+        for a in s.scalars(select(Annotation).where(Annotation.image_id.in_(shared))):
+            by_image.setdefault(a.image_id, []).append(a)
+        return {
+            image_id
+            for image_id, annotations in by_image.items()
+            if heads_disagree([annotation_dict(a) for a in _heads(annotations)], threshold)
+        }
+
+
 def review_items(wb: Workbench, actor: Actor, *, limit: int = 200) -> list[dict[str, Any]]:
     """Annotated images that are not verified yet, most urgent first, with the reason."""
     require(actor, "reviewer", "review")
@@ -49,8 +69,7 @@ def review_items(wb: Workbench, actor: Actor, *, limit: int = 200) -> list[dict[
             if not heads:
                 continue
             comparison = compare_heads(heads)
-            disagree = any(not p["same_label"] or min(p["scores"].values()) < threshold for p in comparison["pairs"])
-            if disagree:
+            if heads_disagree(heads, threshold):
                 reason = "disagreement"
             elif (image.meta or {}).get("label_issue"):
                 reason = "suspicious label"

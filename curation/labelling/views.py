@@ -15,6 +15,7 @@ from curation.assist.routing import ensure_routed_draft
 from curation.errors import NotFound
 from curation.export.splits import LESION_COLUMNS
 from curation.labelling.annotate import annotation_dict, user_chain_head
+from curation.labelling.review import images_in_disagreement
 from curation.store.auth import Actor, require
 from curation.store.db import Workbench
 from curation.store.models import NEEDS_WORK_STATUSES, Annotation, AuditEvent, Draft, Image, Review, SavedWork, User
@@ -291,15 +292,22 @@ def list_images(
     annotator: list[str] | None = None,
     flag: list[str] | None = None,
     source: list[str] | None = None,
+    disagreement: bool = False,
+    image_id: int | None = None,
     sort: str = "id",
     descending: bool = False,
     limit: int = 50,
     offset: int = 0,
 ) -> tuple[list[dict[str, Any]], int]:
-    """One page of the dataset table and the total count under the filters."""
+    """One page of the dataset table and the total count under the filters. `disagreement`: only images whose
+    annotators' current annotations disagree (as Review decides); `image_id`: that image only."""
     require(actor, "reviewer", "browse the dataset")
     taxonomy = wb.taxonomy
     conditions = []
+    if image_id is not None:
+        conditions.append(Image.id == image_id)
+    if disagreement:
+        conditions.append(Image.id.in_(sorted(images_in_disagreement(wb))))
     if status:
         conditions.append(Image.status.in_(status))
     if label:

@@ -11,7 +11,7 @@ from app.ui.keyboard import show_shortcuts
 from app.ui.widgets import caption_form, diagnosis_widget, image_panel
 from curation.errors import ConflictError
 from curation.labelling.annotate import QUALITY_FLAGS, current_annotation, save_work, submit_annotation
-from curation.labelling.queue import next_item, remaining, skip
+from curation.labelling.queue import next_item, open_image, remaining, skip
 from curation.labelling.views import field_disagreements, image_detail, prefill_sources
 from schema.errors import SkinflowError
 
@@ -26,9 +26,17 @@ LAYOUT_CSS = """<style>
   background-color: rgb(255, 255, 255); padding: 0.5rem 0 0.25rem; border-top: 1px solid rgba(49, 51, 63, 0.2); }
 </style>"""
 KEY = "annotate_item"  # {"image_id", "loaded_at", "base_id"}: the image on screen and the version it edits
+OPEN_IMAGE = "annotate_open"  # an image id the Dataset page asks this page to open
 
 
 def _load_item(wb, actor) -> dict | None:
+    opened = st.session_state.pop(OPEN_IMAGE, None)
+    if opened is not None:  # the Dataset page's "Open image #N": this image, past the queue's order
+        open_image(wb, actor, opened)
+        mine = current_annotation(wb, actor, opened)
+        item = {"image_id": opened, "loaded_at": time.time(), "base_id": mine["id"] if mine else None, "opened": True}
+        st.session_state[KEY] = item
+        return item
     item = st.session_state.get(KEY)
     if item is None:
         queued = next_item(wb, actor)
@@ -120,7 +128,10 @@ def render() -> None:
     if item is None:
         st.info("Nothing left in your queue. Thank you!")
         return
-    st.caption(f"{left_count} images left in your queue")
+    if item.get("opened"):
+        st.caption(f"Image #{item['image_id']}, opened from the Dataset page · {left_count} images left in your queue")
+    else:
+        st.caption(f"{left_count} images left in your queue")
     conflict = st.session_state.get("annotate_conflict")
     if conflict is not None:
         _conflict(wb, actor, item, conflict)

@@ -1,4 +1,5 @@
-"""Dataset: a filterable, sortable table with thumbnails, and one image's full history."""
+"""Dataset: the task list. A filterable, sortable table with thumbnails; one image's full history, or open it in
+Annotate past the queue's order."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import pandas as pd
 import streamlit as st
 
 from app.ui import state
+from app.ui.screens import annotate
+from app.ui.screens.annotate import OPEN_IMAGE
 from app.ui.widgets import plain
 from curation.labelling.annotate import QUALITY_FLAGS
 from curation.labelling.views import SORTS, image_history, list_images, thumbnail
 from curation.ops.status import workbench_status
 from curation.store.models import IMAGE_STATUSES
+from schema.errors import SkinflowError
 
 PAGE_SIZE = 50
 
@@ -33,6 +37,7 @@ def render() -> None:
         fitzpatrick = c3.multiselect("Fitzpatrick type", [1, 2, 3, 4, 5, 6])
         annotator = c4.multiselect("Annotator", sorted(known["annotators"]))
         flag = c4.multiselect("Flags", QUALITY_FLAGS)
+        disagreement = c4.toggle("Annotators disagree", help="Images whose annotators' current annotations differ")
         s1, s2, s3 = st.columns(3)
         sort = s1.selectbox("Sort by", list(SORTS))
         descending = s2.toggle("Descending")
@@ -45,6 +50,7 @@ def render() -> None:
         annotator=annotator,
         flag=flag,
         source=source,
+        disagreement=disagreement,
         sort=sort,
         descending=descending,
     )
@@ -69,11 +75,14 @@ def render() -> None:
     st.dataframe(
         frame, hide_index=True, width="stretch", column_config={"thumbnail": st.column_config.ImageColumn("image", width="small")}
     )
-    st.subheader("History of one image")
-    image_id = st.number_input("Image id", min_value=1, step=1, value=rows[0]["id"] if rows else 1)
+    st.subheader("One image")
+    image_id = int(st.number_input("Image id", min_value=1, step=1, value=rows[0]["id"] if rows else 1))
+    if st.button(f"Open image #{image_id} in Annotate", help="Past the queue's order: you see and can annotate it"):
+        st.session_state[OPEN_IMAGE] = image_id
+        st.switch_page(st.Page(annotate.render, title="Annotate", url_path="annotate"))
     try:
-        history = image_history(wb, actor, int(image_id))
-    except Exception as e:  # NotFound: say so
+        history = image_history(wb, actor, image_id)
+    except SkinflowError as e:  # NotFound: say so
         st.info(plain(str(e)))
     else:
         st.dataframe(pd.DataFrame(history), hide_index=True, width="stretch")
