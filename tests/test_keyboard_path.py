@@ -232,6 +232,56 @@ def test_adjudicating_an_uncertain_diagnosis_stores_it_as_uncertain(running_app)
         assert s.get(Image, image_id).verified_annotation_id == row.id
 
 
+def test_review_by_keyboard_verifies_moves_on_and_adjudicates(running_app):
+    """Review's keys: `v` verifies the one version on screen, `s` moves to the next item and leaves this one,
+    `e` + typing + Enter + Ctrl+Enter adjudicates with the picked diagnosis."""
+    wb, url = running_app
+    admin, annotator = get_actor(wb, "admin"), get_actor(wb, "annotator")
+    set_password(wb, admin, "reviewer", "review-pass-1")
+    with wb.session() as s:
+        first, second, third = s.scalars(select(Image.id).order_by(Image.id)).all()[:3]
+    for image_id in (first, second, third):
+        submit_annotation(wb, annotator, image_id, {"color": ["brown"]}, diagnosis="melanoma", diagnosis_status="corrected")
+    reviewer = get_actor(wb, "reviewer")
+
+    def on_screen(page) -> int:
+        settled(page)
+        shown = page.get_by_test_id("stSelectbox").filter(has_text="Item").first.locator("input").input_value()
+        return int(re.search(r"image #(\d+)", shown).group(1))
+
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1366, "height": 900})
+        with trace_on_failure(page):
+            log_in(page, url, "reviewer", "review-pass-1")
+            page.get_by_test_id("stSidebarNav").get_by_role("link", name="Review").click()
+            page.get_by_role("heading", name="Adjudicate").wait_for(timeout=60_000)
+            page.locator(".st-key-kbd-fields [data-testid='stMultiSelect'] input").first.wait_for(state="attached")
+            assert on_screen(page) == first
+            at_rest(page)
+            page.keyboard.press("v")
+            page.get_by_text(f"Verified image #{first}.").wait_for(timeout=30_000)
+            with wb.session() as s:
+                assert s.get(Image, first).status == "verified"
+            assert wait_until(lambda: on_screen(page) == second)  # the verified one left the list (it kept its label)
+            at_rest(page)
+            page.keyboard.press("s")
+            assert wait_until(lambda: on_screen(page) == third)
+            with wb.session() as s:
+                assert s.get(Image, second).status == "annotated"  # moved past, not decided
+            at_rest(page)
+            page.keyboard.press("e")
+            page.keyboard.type("psoria")
+            options_open(page, "Psoriasis")
+            page.keyboard.press("Enter")
+            page.keyboard.press("Control+Enter")
+            page.get_by_text(f"Adjudicated image #{third}.").wait_for(timeout=30_000)
+    with wb.session() as s:
+        row = s.scalar(select(Annotation).where(Annotation.image_id == third, Annotation.user_id == reviewer.id))
+        assert (row.diagnosis_key, row.diagnosis_status) == ("psoriasis", "corrected")
+        assert s.get(Image, third).verified_annotation_id == row.id
+        assert s.get(Image, second).status == "annotated"
+
+
 @pytest.mark.slow
 def test_review_loads_after_a_model_is_activated_in_twenty_fresh_sessions(tmp_path):
     """Activation leaves model suggestions; Review then ranks suspicious labels with cleanlab, whose default process

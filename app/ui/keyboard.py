@@ -1,4 +1,4 @@
-"""Keyboard-first annotation: the Annotate page's shortcuts, and the JavaScript that binds them.
+"""Keyboard-first annotation: the Annotate and Review pages' shortcuts, and the JavaScript that binds them.
 
 Streamlit has no key bindings, so a listener runs in the page (installed once per browser tab: main.py puts
 SCRIPT on every page; it acts only where the Annotate form is). It finds its targets by the containers' stable
@@ -245,6 +245,17 @@ _SCRIPT = """
     });
     return true;
   };
+  // Review: `v` verifies the one version on screen as it is; with several, which one is the reviewer's choice
+  const verify = () => {
+    const buttons = doc.querySelectorAll("[class*='st-key-kbd-verify-'] button");
+    if (buttons.length === 1) { return press(() => doc.querySelector("[class*='st-key-kbd-verify-'] button")); }
+    if (buttons.length > 1) {
+      notify(`Not verified: ${buttons.length} versions can be verified. Click the one to verify as it is, or ` +
+        "adjudicate (Ctrl+Enter) to write the final record.");
+      return true;
+    }
+    return false;
+  };
   // the highlighted row of a search: moved off "Select N matches" / "Add: ..." when a real term matches
   const highlighted = (input) => {
     const list = doc.getElementById(input.getAttribute("aria-controls") || "");
@@ -323,6 +334,7 @@ _SCRIPT = """
       }
       else if (key === "j") { done = move(1); }
       else if (key === "k") { done = move(-1); }
+      else if (key === "v") { done = verify(); }
     }
     if (done) { event.preventDefault(); event.stopPropagation(); }
   }, true);
@@ -369,5 +381,18 @@ _SCRIPT = """
 SCRIPT = _SCRIPT.replace("__FIELD_ORDER__", json.dumps(FIELD_ORDER))
 
 
-def show_shortcuts() -> None:
-    st.caption("Keys: " + " · ".join(f"**{keys}** {what}" for keys, what in SHORTCUTS))
+# Review reuses the listener: its adjudication form is a form as Annotate's is (the same container keys), and
+# `s` presses its "Next item" button (the item stays in the list); `v` presses "Verify ... as it is".
+REVIEW_SHORTCUTS = (
+    ("v", "verify the version on screen as it is"),
+    ("Ctrl+Enter", "adjudicate and verify"),
+    ("s", "next item"),
+    ("c / u / e", "confirm / uncertain / correct the diagnosis"),
+    ("j / k", "next / previous field"),
+    ("Enter", "edit the field"),
+    ("Esc", "leave it"),
+)
+
+
+def show_shortcuts(shortcuts: tuple[tuple[str, str], ...] = SHORTCUTS) -> None:
+    st.caption("Keys: " + " · ".join(f"**{keys}** {what}" for keys, what in shortcuts))

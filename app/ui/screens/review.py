@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from app.ui import state
+from app.ui.keyboard import REVIEW_SHORTCUTS, show_shortcuts
 from app.ui.widgets import caption_form, diagnosis_widget, image_panel, plain, taxonomy_label
 from curation.labelling.annotate import adjudicate, review_annotation
 from curation.labelling.label_issues import send_back_for_review, suspicious_labels
@@ -17,6 +18,7 @@ from schema.fields import FIELDS
 
 FIELD_LABELS = {f.key: f.label for f in FIELDS}
 DIFFERS = "background-color: #fff3cd; font-weight: 600"
+ITEM = "review_item"  # the position of the item on screen in the list
 
 
 def _value(caption: dict, key: str) -> str:
@@ -112,6 +114,17 @@ def _new_terms(wb, actor) -> None:
             st.rerun()
 
 
+def _after(image_id: int | None, listed: list[int]) -> int:
+    """The item after `image_id` in the list, wrapping round; the most urgent one when it is not listed."""
+    if image_id not in listed:
+        return listed[0]
+    return listed[(listed.index(image_id) + 1) % len(listed)]
+
+
+def _next_item(listed: list[int]) -> None:
+    st.session_state[ITEM] = _after(st.session_state.get(ITEM), listed)
+
+
 def render() -> None:
     actor = state.require_role("reviewer", "Reviewing")
     wb = state.workbench()
@@ -127,8 +140,12 @@ def render() -> None:
         return
     counts = pd.Series([i["reason"] for i in items]).value_counts()
     st.caption(" · ".join(f"{reason}: {n}" for reason, n in counts.items()))
-    index = st.selectbox("Item", range(len(items)), format_func=lambda i: f"image #{items[i]['image_id']} — {items[i]['reason']}")
-    item = items[index]
+    # the choice is the image, not a position: a position kept its old label on screen when the list changed
+    by_id = {i["image_id"]: i for i in items}
+    if st.session_state.get(ITEM) not in by_id:  # decided (it left the list), or the first visit: the most urgent
+        st.session_state[ITEM] = next(iter(by_id))
+    image_id = st.selectbox("Item", list(by_id), format_func=lambda i: f"image #{i} — {by_id[i]['reason']}", key=ITEM)
+    item = by_id[image_id]
     detail = image_detail(wb, actor, item["image_id"])
     heads = item["heads"]
     image_column, table_column = st.columns([2, 3])
@@ -164,10 +181,12 @@ def render() -> None:
                 "Differ (highlighted): "
                 + (", ".join(label for label in [*FIELD_LABELS.values(), "Diagnosis"] if label in differing) or "nothing")
             )
-        for head in heads:
-            if head["user"] == actor.username and actor.role != "admin":
-                continue
-            if st.button(f"Verify {head['user']}'s version as it is", key=f"verify-{head['id']}"):
+        verifiable = [h for h in heads if h["user"] != actor.username or actor.role == "admin"]
+        for number, head in enumerate(verifiable, start=1):
+            # `v` presses the button when it is the only one (app/ui/keyboard.py)
+            if st.container(key=f"kbd-verify-{number}").button(
+                f"Verify {head['user']}'s version as it is", key=f"verify-{head['id']}"
+            ):
                 try:
                     review_annotation(wb, actor, head["id"], "verified")
                 except SkinflowError as e:
@@ -185,11 +204,17 @@ def render() -> None:
     )
     base = heads[start]
     prefix = f"adj-{item['image_id']}-{start}-"
-    values = caption_form(prefix, base["caption"])
-    diagnosis, status = diagnosis_widget(
-        prefix, wb.taxonomy, detail.diagnosis_key, detail.source_label, {}, base, source_group=detail.source_group
+    with st.container(key="kbd-fields"):  # the Annotate keys work here too (app/ui/keyboard.py)
+        values = caption_form(prefix, base["caption"])
+        diagnosis, status = diagnosis_widget(
+            prefix, wb.taxonomy, detail.diagnosis_key, detail.source_label, {}, base, source_group=detail.source_group
+        )
+    go, later = st.columns(2)
+    later.container(key="kbd-skip").button(
+        "Next item", key="review-next", on_click=_next_item, args=(list(by_id),), help="Leaves this one in the list"
     )
-    if st.button("Adjudicate and verify", type="primary", key=f"{prefix}go"):
+    show_shortcuts(REVIEW_SHORTCUTS)
+    if go.container(key="kbd-submit").button("Adjudicate and verify", type="primary", key=f"{prefix}go"):
         try:
             adjudicate(
                 wb,
