@@ -22,7 +22,7 @@ from curation.ops.runs import (
     run_dir,
     start_training,
 )
-from curation.store.models import Draft, Image
+from curation.store.models import Draft, Image, TrainingRun
 
 FAST = {"sft_epochs": 1, "stage1_steps": 2, "stage2_steps": 2, "num_generations": 2, "batch_size": 4}
 
@@ -332,3 +332,41 @@ def test_a_finished_background_job_leaves_no_zombie_in_the_app_process(wb, admin
         time.sleep(0.2)
     assert _process_state(pid) is None, f"the suggest job {pid} is still there, state {_process_state(pid)}"
     assert "nothing to suggest" in (wb.settings.home / "runs" / f"run-{run_id}-suggest.log").read_text()  # it ran
+
+
+def test_the_probe_encoder_is_chosen_by_folder_and_a_wrong_one_is_refused_at_once(curated, admin, tmp_path):
+    from curation.ops.runs import _command
+    from trainer.probe import build_encoder
+
+    with pytest.raises(RunError, match="no config.json in it"):
+        start_training(curated, admin, preset="probe", overrides={"model": str(tmp_path / "nowhere")})
+    with curated.session() as s:
+        assert s.scalars(select(TrainingRun)).all() == []  # nothing queued
+    model, processor = build_encoder(32, seed=0)
+    model.save_pretrained(tmp_path / "encoder")
+    processor.save_pretrained(tmp_path / "encoder")
+    run_id = start_training(curated, admin, preset="probe", overrides={"model": str(tmp_path / "encoder")})
+    with curated.session() as s:
+        command = _command(curated, s.get(TrainingRun, run_id))
+    assert command[command.index("--model") + 1] == str((tmp_path / "encoder").resolve())
+    assert command[command.index("--preset") + 1] == "probe"
+
+
+def test_the_train_page_takes_the_encoder_folder_and_says_what_is_wrong(curated, admin, tmp_path):
+    import streamlit as st
+
+    from tests.test_app_pages import page
+
+    st.cache_resource.clear()
+    os.environ["SKINFLOW_HOME"] = str(curated.settings.home)
+    try:
+        at = page(curated, "train", admin.username)
+        [s for s in at.selectbox if s.label == "Preset"][0].set_value("probe")
+        [t for t in at.text_input if t.label.startswith("Pretrained weights folder")][0].input(str(tmp_path / "nowhere"))
+        [b for b in at.button if b.label == "Retrain from curated data"][0].click().run()
+        assert not at.exception and at.error and "no config\\.json in it" in at.error[0].value  # markdown-escaped
+    finally:
+        os.environ.pop("SKINFLOW_HOME", None)
+        st.cache_resource.clear()
+    with curated.session() as s:
+        assert s.scalars(select(TrainingRun)).all() == []

@@ -139,6 +139,48 @@ def taxonomy_label(taxonomy: Taxonomy, key: str) -> str:
     return f"{label.display} — {label.group9} / {label.group3}" if label else key
 
 
+def metadata_table(meta: dict[str, Any]) -> Any:
+    """An image's metadata as a two-column table (it was shown as raw JSON); nested keys read "a.b"."""
+    import pandas as pd
+
+    rows: list[dict[str, str]] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), inner)
+        else:
+            shown = ", ".join(map(str, value)) if isinstance(value, list) else ("—" if value in (None, "") else str(value))
+            rows.append({"field": prefix, "value": shown})
+
+    walk("", meta)
+    return pd.DataFrame(rows, columns=["field", "value"])
+
+
+def versions_table(taxonomy: Taxonomy, versions: dict[str, dict[str, Any]]) -> Any:
+    """Annotations side by side, one column per version (its name), one row per field, then the diagnosis and,
+    where the versions have them, its status, flags and rationale (Review and the edit-conflict view)."""
+    import pandas as pd
+
+    def values(caption: dict[str, Any], key: str) -> str:
+        value = caption.get(key)
+        return ", ".join(map(str, value)) if isinstance(value, list) else ("—" if value in (None, "") else str(value))
+
+    def diagnosis(v: dict[str, Any]) -> str:
+        key = v.get("diagnosis_key") or (v.get("diagnosis") if v.get("diagnosis") in taxonomy.labels else None)
+        return taxonomy_label(taxonomy, key) if key else (v.get("diagnosis_text") or v.get("diagnosis") or "—")
+
+    rows = {f.label: [values(v["caption"], f.key) for v in versions.values()] for f in FIELDS}
+    rows["Diagnosis"] = [diagnosis(v) for v in versions.values()]
+    if all("diagnosis_status" in v for v in versions.values()):
+        rows["Status"] = [v["diagnosis_status"] for v in versions.values()]
+    if all("quality_flags" in v for v in versions.values()):
+        rows["Flags"] = [", ".join(v["quality_flags"] or ()) or "—" for v in versions.values()]
+    if all("rationale" in v for v in versions.values()):
+        rows["Rationale"] = [v["rationale"] or "—" for v in versions.values()]
+    return pd.DataFrame(rows, index=list(versions)).T
+
+
 def diagnosis_widget(
     prefix: str,
     taxonomy: Taxonomy,
@@ -212,28 +254,25 @@ def image_panel(wb, actor, image_id: int, path, caption: str, key: str, width: i
     compare = None
     if related:
         compare = st.selectbox(
-            "Compare side by side with",
+            "Compare with",
             [None, *by_id],
             format_func=lambda i: "nothing" if i is None else f"#{i} (same {by_id[i].column} {by_id[i].value})",
             key=f"compare-{key}",
         )
     if compare is None:
         zoomable_image(path, key, caption, width)
-    else:
-        left, right = st.columns(2)
-        with left:
-            zoomable_image(path, key, caption, width)
-        with right:
-            other = by_id[compare]
-            zoomable_image(other.path, f"{key}-compare", f"#{other.id} · same {other.column} · {other.status}")
+    else:  # one above the other, each the column's width: side by side they were 169 px wide at 1366x768
+        other = by_id[compare]
+        zoomable_image(path, key, caption, width)
+        zoomable_image(other.path, f"{key}-compare", f"#{other.id} · same {other.column} · {other.status}")
     st.caption(ZOOM_HINT)
     if not related:
         return
     st.markdown(f"**Other images of the same lesion or patient** ({len(related)}; they share a split in exports)")
-    columns = st.columns(4)
+    columns = st.columns(2)  # four to a row drew them 24 px wide beside the form
     for index, other in enumerate(related):
-        data = thumbnail(wb, other.id, 160)
-        with columns[index % 4]:
+        data = thumbnail(wb, other.id, 240)
+        with columns[index % 2]:
             if data:
                 st.image(data, width="stretch")
             label = f" · source label {plain(other.source_label)}" if other.source_label else ""

@@ -20,6 +20,10 @@ from curation.store.files import sha256_hex
 from curation.store.models import Image
 
 DEMO_ACCOUNTS = (("admin", "admin"), ("reviewer", "reviewer"), ("annotator", "annotator"))
+# Who the demo's seeded annotations and verifications are credited to: not the accounts people log in with (the
+# `annotator` a dermatologist tries the demo as had work to their name they never did, and Insights counted it).
+# Their passwords are not printed: nobody logs in as them.
+SEED_ACCOUNTS = (("demo-annotator", "annotator"), ("demo-reviewer", "reviewer"))
 
 
 @dataclass
@@ -47,6 +51,11 @@ def _demo_actors(wb: Workbench, actor: Actor | None, report: DemoReport) -> dict
         except NotFound:
             actors[username], report.accounts[username] = add_user(wb, creator, username, role)
         creator = creator or actors[username]
+    for username, role in SEED_ACCOUNTS:
+        try:
+            actors[username] = get_actor(wb, username)
+        except NotFound:
+            actors[username] = add_user(wb, creator, username, role)[0]
     return actors
 
 
@@ -61,13 +70,13 @@ def build_demo(
     progress: Callable[[int, int], None] | None = None,
 ) -> DemoReport:
     """Create the demo accounts (admin, reviewer, annotator) if missing, import n synthetic images
-    with noisy drafts, and have the demo annotator annotate and the demo reviewer verify a share
+    with noisy drafts, and have the seed accounts (demo-annotator, demo-reviewer) annotate and verify a share
     of them (their true captions), so exports and training work out of the box. Re-running with
     the same seed adds nothing."""
     report = DemoReport(ImportReport())
     actors = _demo_actors(wb, actor, report)
     admin = actor or actors["admin"]
-    annotator, reviewer = actors["annotator"], actors["reviewer"]
+    annotator, reviewer = actors["demo-annotator"], actors["demo-reviewer"]
     cases = generate_cases(n, seed)
     new_rows: list[tuple[DemoCase, Image]] = []
     with wb.session() as session:

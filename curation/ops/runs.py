@@ -57,6 +57,7 @@ OVERRIDES = (
     "seed",
     "stages",
     "save_steps",
+    "model",  # pretrained weights: the probe's CLIP/SigLIP image encoder, or the Qwen presets' model (a local folder)
 )  # `skinflow train` flags
 _children: dict[int, subprocess.Popen] = {}  # processes this interpreter started (each reaped by its waiter thread)
 
@@ -235,6 +236,18 @@ def _launch(wb: Workbench, run: TrainingRun) -> None:
     run.checkpoint_path = None if run.config.get("kind") == "ablation" else str(run_dir(wb, run.id) / "model")
 
 
+def _weights_folder(value: Any) -> Path:
+    """A local folder of pretrained weights (config.json beside them): a background run cannot download, and a
+    typo should fail here, not minutes later in the run's log."""
+    folder = Path(str(value)).expanduser()
+    if not (folder / "config.json").is_file():
+        raise RunError(
+            f"{value!r} is not a folder of pretrained weights (no config.json in it); give a local folder (for the probe: "
+            "a CLIP or SigLIP checkpoint, e.g. saved with save_pretrained), or leave it empty for the preset's default"
+        )
+    return folder.resolve()
+
+
 def start_training(
     wb: Workbench,
     actor: Actor,
@@ -253,6 +266,8 @@ def start_training(
     if unknown:
         raise RunError(f"unknown training setting(s) {unknown}; use: {', '.join(OVERRIDES)}")
     config: dict[str, Any] = {"overrides": dict(overrides or {})}
+    if config["overrides"].get("model") is not None:
+        config["overrides"]["model"] = str(_weights_folder(config["overrides"]["model"]))
     if ablation is not None:
         if preset in NO_ABLATION_PRESETS:
             raise RunError(f"the {preset} preset has no FDLinear layers or GRPO stages to ablate; ablate tiny or qwen2.5-vl-7b")

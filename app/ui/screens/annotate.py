@@ -8,7 +8,7 @@ import streamlit as st
 
 from app.ui import state
 from app.ui.keyboard import show_shortcuts
-from app.ui.widgets import caption_form, diagnosis_widget, image_panel
+from app.ui.widgets import caption_form, diagnosis_widget, image_panel, metadata_table, versions_table
 from curation.errors import ConflictError
 from curation.labelling.annotate import QUALITY_FLAGS, current_annotation, save_work, submit_annotation
 from curation.labelling.queue import next_item, open_image, remaining, skip
@@ -58,13 +58,8 @@ def _finish(message: str) -> None:
 def _conflict(wb, actor, item, mine: dict) -> None:
     theirs = current_annotation(wb, actor, item["image_id"])
     st.warning("This annotation changed since you opened it. Nothing was overwritten: choose which version to keep.")
-    left, right = st.columns(2)
-    with left:
-        st.markdown(f"**Current version {theirs['version']}** by {theirs['user']}")
-        st.json({"caption": theirs["caption"], "diagnosis": theirs["diagnosis_key"] or theirs["diagnosis_text"]})
-    with right:
-        st.markdown("**Your version**")
-        st.json({"caption": mine["caption"], "diagnosis": mine["diagnosis"]})
+    current = f"Current version {theirs['version']} by {theirs['user']}"
+    st.dataframe(versions_table(wb.taxonomy, {current: theirs, "Your version": mine}), width="stretch")
     try:
         differing = field_disagreements(theirs["caption"], mine["caption"])
     except Exception:  # an invalid form simply has no comparison
@@ -116,9 +111,10 @@ def render() -> None:
     actor = state.require_role("annotator", "Annotating")
     wb = state.workbench()
     st.title("Annotate")
+    # what the last action did goes in the status line under the title, which is always there: a success banner
+    # above the form pushed the picture and the form down, then back on the next rerun
     notice = st.session_state.pop("annotate_notice", None)
-    if notice:
-        st.success(notice)
+    done = f":green[✓ {notice}] · " if notice else ""
     try:
         item = _load_item(wb, actor)
         left_count = remaining(wb, actor)
@@ -126,12 +122,12 @@ def render() -> None:
         state.show_error(e)
         return
     if item is None:
+        if notice:
+            st.success(notice)
         st.info("Nothing left in your queue. Thank you!")
         return
-    if item.get("opened"):
-        st.caption(f"Image #{item['image_id']}, opened from the Dataset page · {left_count} images left in your queue")
-    else:
-        st.caption(f"{left_count} images left in your queue")
+    opened = f"Image #{item['image_id']}, opened from the Dataset page · " if item.get("opened") else ""
+    st.caption(f"{done}{opened}{left_count} images left in your queue")
     conflict = st.session_state.get("annotate_conflict")
     if conflict is not None:
         _conflict(wb, actor, item, conflict)
@@ -147,7 +143,7 @@ def render() -> None:
         st.markdown(f"**Source:** {detail.source} · **Fitzpatrick type:** {detail.fitzpatrick or 'unknown'}")
         if detail.meta:
             with st.expander("Metadata"):
-                st.json(detail.meta)
+                st.dataframe(metadata_table(detail.meta), hide_index=True, width="stretch")
 
     with form_column:
         sources = {source.token: source for source in prefill_sources(detail)}

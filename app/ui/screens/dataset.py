@@ -19,6 +19,7 @@ from curation.store.models import IMAGE_STATUSES
 from schema.errors import SkinflowError
 
 PAGE_SIZE = 50
+THUMB_ROW_PX = 72
 
 
 def render() -> None:
@@ -72,8 +73,12 @@ def render() -> None:
         )
         frame["annotators"] = frame["annotators"].map(", ".join)
         frame["flags"] = frame["flags"].map(", ".join)
-    st.dataframe(
-        frame, hide_index=True, width="stretch", column_config={"thumbnail": st.column_config.ImageColumn("image", width="small")}
+    st.dataframe(  # rows tall enough to see the lesion (at the default row height a thumbnail was 24 px)
+        frame,
+        hide_index=True,
+        width="stretch",
+        row_height=THUMB_ROW_PX,
+        column_config={"thumbnail": st.column_config.ImageColumn("image", width="small")},
     )
     st.subheader("One image")
     image_id = int(st.number_input("Image id", min_value=1, step=1, value=rows[0]["id"] if rows else 1))

@@ -7,7 +7,7 @@ import streamlit as st
 
 from app.ui import state
 from app.ui.keyboard import REVIEW_SHORTCUTS, show_shortcuts
-from app.ui.widgets import caption_form, diagnosis_widget, image_panel, plain, taxonomy_label
+from app.ui.widgets import caption_form, diagnosis_widget, image_panel, plain, taxonomy_label, versions_table
 from curation.labelling.annotate import adjudicate, review_annotation
 from curation.labelling.label_issues import send_back_for_review, suspicious_labels
 from curation.labelling.review import review_items
@@ -19,11 +19,6 @@ from schema.fields import FIELDS
 FIELD_LABELS = {f.key: f.label for f in FIELDS}
 DIFFERS = "background-color: #fff3cd; font-weight: 600"
 ITEM = "review_item"  # the position of the item on screen in the list
-
-
-def _value(caption: dict, key: str) -> str:
-    value = caption.get(key)
-    return ", ".join(value) if isinstance(value, list) else (value or "—")
 
 
 def _suspicious(wb, actor) -> None:
@@ -160,14 +155,7 @@ def render() -> None:
             source_label = plain(detail.source_label or "none")
         st.markdown(f"**Source label:** {source_label}")
     with table_column:
-        rows = {f.label: [_value(h["caption"], f.key) for h in heads] for f in FIELDS}
-        rows["Diagnosis"] = [
-            taxonomy_label(wb.taxonomy, h["diagnosis_key"]) if h["diagnosis_key"] else (h["diagnosis_text"] or "—") for h in heads
-        ]
-        rows["Status"] = [h["diagnosis_status"] for h in heads]
-        rows["Flags"] = [", ".join(h["quality_flags"]) or "—" for h in heads]
-        rows["Rationale"] = [h["rationale"] or "—" for h in heads]
-        table = pd.DataFrame(rows, index=[f"{h['user']} v{h['version']}" for h in heads]).T
+        table = versions_table(wb.taxonomy, {f"{h['user']} v{h['version']}": h for h in heads})
         differing = {FIELD_LABELS[k] for pair in item["comparison"]["pairs"] for k, v in pair["scores"].items() if v < 1}
         if any(not pair["same_label"] for pair in item["comparison"]["pairs"]):
             differing.add("Diagnosis")

@@ -215,9 +215,16 @@ def render() -> None:
         )
         epochs = st.number_input("Warm-start (SFT) epochs (0: the preset's)", min_value=0, max_value=1000, value=0)
         steps = st.number_input("GRPO steps per stage (0: the preset's)", min_value=0, max_value=100_000, value=0)
+        weights = st.text_input(
+            "Pretrained weights folder (optional)",
+            help="probe: the image encoder, a local CLIP or SigLIP checkpoint folder (empty: a small built-in encoder "
+            "with random weights, for trying the workflow). Qwen presets: the model folder (empty: the preset's hub id, "
+            "which needs network).",
+        )
         if st.form_submit_button("Retrain from curated data"):
+            overrides = budget_overrides(int(epochs), int(steps)) | ({"model": weights.strip()} if weights.strip() else {})
             try:
-                run_id = start_training(wb, actor, preset=preset, overrides=budget_overrides(int(epochs), int(steps)))
+                run_id = start_training(wb, actor, preset=preset, overrides=overrides)
             except SkinflowError as e:
                 state.show_error(e)
             else:
