@@ -420,8 +420,13 @@ def test_weights_page_computes_shows_evidence_and_activates(demo_home):
         rationale="Red plaques with silvery scale on the elbows.",
     )
     at = page(demo_home, "weights", "admin")
+    # one rationale (plus the demo's): the page says how few and asks before a set that would become active
+    few = [w.value for w in at.warning if w.value.startswith("Only ")]
+    assert few and "reasoning" in few[0] and by_label(at.button, "Compute").disabled
+    assert list_weight_sets(demo_home) == []
+    by_label(at.checkbox, "Compute from only").check().run()
     by_label(at.button, "Compute").click().run()
-    assert any("Created weights-v1 from 1 reasonings (active)" in m.value for m in at.success)
+    assert any("Created weights-v1 from 1 reasoning (active)" in m.value for m in at.success)
     shown = re.sub(r"\\(.)", r"\1", " ".join(m.value for m in at.markdown))  # what markdown displays: escapes removed
     assert "Red plaques with silvery scale on the elbows." in shown
     by_label(at.button, "Compute").click().run()  # a second set is not active until asked

@@ -118,6 +118,11 @@ class ReasoningText:
     text: str
 
 
+# Below this many reasonings a field's mention frequency is mostly chance: the Weights page asks before computing
+# (a set built from 2 rationales became the active one and went into every export).
+FEW_REASONINGS = 30
+
+
 def gather_reasonings(wb: Workbench, source: str = "all") -> list[ReasoningText]:
     """LLM reasonings and annotator rationales (newest annotation versions only), in a fixed order."""
     if source not in SOURCES:

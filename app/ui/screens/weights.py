@@ -8,7 +8,16 @@ import streamlit as st
 
 from app.ui import state
 from app.ui.widgets import plain
-from curation.assist.weights import DEFAULT_FLOOR, SOURCES, activate_weight_set, create_weight_set, evidence, list_weight_sets
+from curation.assist.weights import (
+    DEFAULT_FLOOR,
+    FEW_REASONINGS,
+    SOURCES,
+    activate_weight_set,
+    create_weight_set,
+    evidence,
+    gather_reasonings,
+    list_weight_sets,
+)
 from schema.errors import SkinflowError
 from schema.fields import FIELD_KEYS
 
@@ -26,14 +35,24 @@ def render() -> None:
         with st.expander("Compute a new weight set", expanded=not sets):
             source = st.selectbox("Reasonings", SOURCES, index=SOURCES.index("all"))
             floor = st.number_input("Floor", min_value=0.0, max_value=0.09, value=DEFAULT_FLOOR, step=0.005, format="%.3f")
-            if st.button("Compute"):
+            available = len(gather_reasonings(wb, source))
+            sure = True
+            if available < FEW_REASONINGS:
+                st.warning(
+                    f"Only {available} {'reasoning' if available == 1 else 'reasonings'} from {source!r}: weights from fewer "
+                    f"than {FEW_REASONINGS} mostly reflect chance, and a first set becomes the active one (every export "
+                    "and the stage I reward use it). Run `skinflow reasonings` for more."
+                )
+                sure = st.checkbox(f"Compute from only {available} anyway", key="weights-few-ok")
+            if st.button("Compute", disabled=not sure or available == 0):
                 try:
                     info = create_weight_set(wb, actor, source=source, floor=float(floor))
                 except SkinflowError as e:
                     state.show_error(e)
                 else:
                     st.success(
-                        f"Created {info.name} from {info.n_reasonings} reasonings" + (" (active)." if info.active else ".")
+                        f"Created {info.name} from {info.n_reasonings} reasoning{'' if info.n_reasonings == 1 else 's'}"
+                        + (" (active)." if info.active else ".")
                     )
                     sets = list_weight_sets(wb)
     if not sets:
