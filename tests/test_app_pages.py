@@ -762,3 +762,20 @@ def test_admin_export_keeps_lesions_in_one_split_by_default(demo_home, tmp_path)
         record = json.loads(line)
         splits.setdefault(record["group_keys"]["lesion_id"], set()).add(record["split"])
     assert splits and all(len(s) == 1 for s in splits.values())
+
+
+def test_admin_export_warns_when_everything_lands_in_train_and_offers_to_replace_the_folder(demo_home, tmp_path):
+    _give_lesions(demo_home, lambda image_id: "one-patient")  # every image shares the column: one group
+    at = page(demo_home, "admin", "admin")
+    [t for t in at.text_input if t.label.startswith("Export folder")][0].input(str(tmp_path / "all-train"))
+    by_label(at.checkbox, "Include annotated but unverified records").check()
+    [b for b in at.button if b.label == "Export"][0].click().run()
+    assert not at.exception and any("Exported" in m.value for m in at.success), [e.value for e in at.error]
+    said = " ".join(w.value for w in at.warning)
+    assert "every record is in train" in said and "lesion" in said
+    # the same folder again: refused, and the page names its own way out
+    [b for b in at.button if b.label == "Export"][0].click().run()
+    assert at.error and "Replace the folder if it exists" in at.error[0].value
+    by_label(at.checkbox, "Replace the folder if it exists").check()
+    [b for b in at.button if b.label == "Export"][0].click().run()
+    assert not at.error and any("Exported" in m.value for m in at.success)

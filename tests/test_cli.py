@@ -30,6 +30,7 @@ HELP_COMMANDS = [
     ["fetch-images"],
     ["demo"],
     ["status"],
+    ["vocabulary"],
     ["export"],
     ["export", "verify"],
     ["users"],

@@ -7,7 +7,7 @@ from sqlalchemy import func, select
 
 from curation.ingest.demo import build_demo
 from curation.ingest.demo_cases import ARCHETYPES, SKIN_RGB, generate_cases, noisy_draft
-from curation.store.models import Annotation, Draft
+from curation.store.models import Annotation, Draft, Review, User
 from curation.store.models import Image as ImageRow
 from schema import Caption, caption_scores, default_taxonomy
 
@@ -74,6 +74,12 @@ def test_build_demo_creates_accounts_images_drafts_and_verified_records_once(wb)
         annotation = s.get(Annotation, truth.verified_annotation_id)
         assert Caption.model_validate(annotation.caption) == Caption.model_validate(truth.meta["true_caption"])
     from curation.store.auth import get_actor
+
+    # the seeded work is the seed accounts', not the accounts people log in as
+    with wb.session() as s:
+        authors = set(s.scalars(select(User.username).join(Annotation, Annotation.user_id == User.id)))
+        reviewers = set(s.scalars(select(User.username).join(Review, Review.reviewer_id == User.id)))
+    assert authors == {"demo-annotator"} and reviewers == {"demo-reviewer"}
 
     again = build_demo(wb, get_actor(wb, "admin"), n=30, seed=0)
     assert again.accounts == {} and again.import_report.imported == 0 and again.import_report.already_present == 30

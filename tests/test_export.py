@@ -54,8 +54,8 @@ def test_records_manifest_and_parquet_agree(demo_wb, tmp_path):
     assert manifest["schema_version"] == "1" and manifest["taxonomy"]["name"] == "fitzpatrick17k"
     for r in records:
         assert parse(r["caption_text"]) == Caption.model_validate(r["caption"])
-        assert r["group3"] in ("benign", "malignant", "non-neoplastic") and r["annotators"] == ["annotator"]
-        assert r["reviewer"] == "reviewer"
+        assert r["group3"] in ("benign", "malignant", "non-neoplastic") and r["annotators"] == ["demo-annotator"]
+        assert r["reviewer"] == "demo-reviewer"
     frame = pd.read_parquet(out / "records.parquet")
     assert len(frame) == len(records) and list(frame["id"]) == [r["id"] for r in records]
     assert list(frame["color"].iloc[0]) == records[0]["caption"]["color"]

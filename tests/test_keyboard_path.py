@@ -146,7 +146,9 @@ def keyboard_scenario(wb, url, page, tmp_path) -> None:
     wait_until(lambda: removed not in chips(page, "Location"))
     settled(page)
     page.keyboard.press("u")  # not swallowed by the search box the click left focused
-    page.wait_for_function("document.querySelector(\"[class*='dx_choice'] input:checked\").value === '2'")
+    page.wait_for_function(
+        "(document.querySelector(\"[class*='dx_choice'] input:checked\") || {}).value === '2'"
+    )  # none while a rerun redraws it
     page.keyboard.press("Control+Enter")
     page.get_by_text(f"Saved annotation of image #{third}").wait_for(timeout=30_000)
     row = stored(wb, third)

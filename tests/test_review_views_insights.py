@@ -112,8 +112,8 @@ def test_dataset_filters_and_history(wb):
     assert total >= 5 and len(rows) == 5 and all(r["status"] == "verified" for r in rows)
     melanoma, n = list_images(wb, reviewer, group3=["malignant"], limit=100)
     assert n == len(melanoma) and all(r["group3"] == "malignant" for r in melanoma)
-    mine, _ = list_images(wb, reviewer, annotator=["annotator"], limit=100)
-    assert mine and all(r["annotators"] == ["annotator"] for r in mine)
+    mine, _ = list_images(wb, reviewer, annotator=["demo-annotator"], limit=100)
+    assert mine and all(r["annotators"] == ["demo-annotator"] for r in mine)
     by_fitz, _ = list_images(wb, reviewer, sort="fitzpatrick", descending=True, limit=100)
     assert [r["fitzpatrick"] for r in by_fitz] == sorted((r["fitzpatrick"] for r in by_fitz), reverse=True)
     history = image_history(wb, reviewer, rows[0]["id"])
@@ -148,10 +148,10 @@ def test_insights_cover_progress_throughput_agreement_and_gold(wb):
             break
         submit_annotation(wb, second, item.image_id, {"color": "red"}, diagnosis="psoriasis", diagnosis_status="confirmed")
     numbers = insights(wb)
-    assert numbers["throughput"]["annotator"]["annotations"] >= 6
+    assert numbers["throughput"]["demo-annotator"]["annotations"] >= 6
     assert (
         sum(day["annotations"] for day in numbers["progress_by_day"].values())
-        == numbers["throughput"]["annotator"]["annotations"] + numbers["throughput"]["second"]["annotations"]
+        == numbers["throughput"]["demo-annotator"]["annotations"] + numbers["throughput"]["second"]["annotations"]
     )
     assert numbers["agreement"]["items_with_2_or_more_annotators"] >= 1
     assert set(numbers["agreement"]["krippendorff_alpha"]) >= {"color", "number", "other"}

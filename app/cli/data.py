@@ -232,6 +232,8 @@ def export(
         f"{result.duplicate_groups} near-duplicate groups{grouped}); "
         f"manifest sha256 {result.manifest_sha256[:12]}"
     )
+    if result.split_warning():
+        err.print(f"warning: {result.split_warning()}")
 
 
 @export_app.command("verify")

@@ -56,6 +56,21 @@ class ExportResult:
     duplicate_groups: int = 0
     grouping: dict[str, Any] | None = None  # see Grouping.describe
 
+    def split_warning(self) -> str | None:
+        """What a user should hear when the split cannot evaluate anything: every record in train."""
+        if self.n_records < 2 or self.by_split.get("val") or self.by_split.get("test"):
+            return None
+        columns = (self.grouping or {}).get("columns") or []
+        why = (
+            f"keeping images that share {', '.join(columns)} in one split left too few groups"
+            if columns
+            else "there are too few records (or near-duplicate groups) to split"
+        )
+        return (
+            f"every record is in train (val 0, test 0): {why}. Nothing can be evaluated on this export; export by "
+            "another column, or with fewer columns, or verify more images"
+        )
+
 
 def _chain_authors(annotation: Annotation, by_id: dict[int, Annotation], usernames: dict[int, str]) -> list[str]:
     """Usernames of everyone who wrote a version of this annotation, first author first."""
@@ -334,7 +349,8 @@ def export_dataset(
     out = Path(out)
     if out.exists() and not overwrite:
         raise ExportError(
-            f"{out} exists already: exports are versioned, so pick a new folder (e.g. exports/v2) or pass --overwrite"
+            f"{out} exists already: exports are versioned, so pick a new folder (e.g. exports/v2) or replace it "
+            '(--overwrite; on the Export tab: "Replace the folder if it exists")'
         )
     selection = _check_selection(wb, selection or ExportFilter(include_unverified=include_unverified), tuple(formats))
     extras = [f for f in dict.fromkeys(formats) if f in EXTRA_FORMATS]

@@ -114,6 +114,9 @@ def _export(wb, actor) -> None:
             choices.metadata_columns,
             default=choices.default_group_by,
         )
+        overwrite = st.checkbox(
+            "Replace the folder if it exists", help="Exports are versioned: replace one only if nothing used it yet"
+        )
         submitted = st.form_submit_button("Export")
     if submitted:
         selection = ExportFilter(
@@ -127,12 +130,15 @@ def _export(wb, actor) -> None:
             group_by=tuple(group_by),
         )
         try:
-            result = export_dataset(wb, actor, Path(out), selection=selection, formats=tuple(formats))
+            result = export_dataset(wb, actor, Path(out), selection=selection, formats=tuple(formats), overwrite=overwrite)
         except SkinflowError as e:
             state.show_error(e)
         else:
             st.session_state["last_export"] = str(result.path)
-            st.success(f"Exported {result.n_records} records to {plain(result.path)} ({result.by_split}).")
+            splits = ", ".join(f"{name} {count}" for name, count in result.by_split.items())
+            st.success(f"Exported {result.n_records} records to {plain(result.path)} ({splits}).")
+            if result.split_warning():
+                st.warning(plain(result.split_warning()))
     last = st.session_state.get("last_export")
     if last and Path(last).exists():
         # a callable: the zip is built when the button is clicked, not in memory on every rerun of this page
