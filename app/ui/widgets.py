@@ -139,6 +139,11 @@ def taxonomy_label(taxonomy: Taxonomy, key: str) -> str:
     return f"{label.display} — {label.group9} / {label.group3}" if label else key
 
 
+def _shown(value: Any) -> str:
+    """A stored value as a table cell: a list comma-joined, nothing as a dash."""
+    return ", ".join(map(str, value)) if isinstance(value, list) else ("—" if value in (None, "") else str(value))
+
+
 def metadata_table(meta: dict[str, Any]) -> Any:
     """An image's metadata as a two-column table (it was shown as raw JSON); nested keys read "a.b"."""
     import pandas as pd
@@ -150,8 +155,7 @@ def metadata_table(meta: dict[str, Any]) -> Any:
             for key, inner in value.items():
                 walk(f"{prefix}.{key}" if prefix else str(key), inner)
         else:
-            shown = ", ".join(map(str, value)) if isinstance(value, list) else ("—" if value in (None, "") else str(value))
-            rows.append({"field": prefix, "value": shown})
+            rows.append({"field": prefix, "value": _shown(value)})
 
     walk("", meta)
     return pd.DataFrame(rows, columns=["field", "value"])
@@ -162,15 +166,11 @@ def versions_table(taxonomy: Taxonomy, versions: dict[str, dict[str, Any]]) -> A
     where the versions have them, its status, flags and rationale (Review and the edit-conflict view)."""
     import pandas as pd
 
-    def values(caption: dict[str, Any], key: str) -> str:
-        value = caption.get(key)
-        return ", ".join(map(str, value)) if isinstance(value, list) else ("—" if value in (None, "") else str(value))
-
     def diagnosis(v: dict[str, Any]) -> str:
         key = v.get("diagnosis_key") or (v.get("diagnosis") if v.get("diagnosis") in taxonomy.labels else None)
         return taxonomy_label(taxonomy, key) if key else (v.get("diagnosis_text") or v.get("diagnosis") or "—")
 
-    rows = {f.label: [values(v["caption"], f.key) for v in versions.values()] for f in FIELDS}
+    rows = {f.label: [_shown(v["caption"].get(f.key)) for v in versions.values()] for f in FIELDS}
     rows["Diagnosis"] = [diagnosis(v) for v in versions.values()]
     if all("diagnosis_status" in v for v in versions.values()):
         rows["Status"] = [v["diagnosis_status"] for v in versions.values()]
