@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.app import RECORDED, RESULTS  # noqa: E402
+from benchmarks.app import RECORDED, RESULTS, commit_id  # noqa: E402
 
 ORDER = (
     "ingest",
@@ -111,7 +111,8 @@ def main() -> None:
         for row in rows:
             print(" | ".join(row))
     lines = [
-        f"Run of `python -m benchmarks` ({', '.join(chosen)}) on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; "
+        f"Run of `python -m benchmarks` ({', '.join(chosen)}) at commit {commit_id()} on "
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; "
         f"{os.cpu_count()} cores, {cpu_model()}, Python {platform.python_version()}. Details in the sections below.",
         "",
         "| " + " | ".join(header) + " |",

@@ -15,9 +15,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -139,7 +141,23 @@ def record(
     )
 
 
+def commit_id() -> str:
+    """The commit the numbers were measured at, "+changes" when the working tree differed from it (RESULTS.md
+    itself aside: each run rewrites it), "unknown" outside a git checkout."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    changed = [line for line in status.stdout.splitlines() if not line.endswith("benchmarks/RESULTS.md")]
+    return head.stdout.strip() + ("+changes" if changed else "")
+
+
 def write_section(title: str, lines: list[str]) -> None:
+    """Replace the section `title` of RESULTS.md with `lines`, stamped with the commit and the time of the run."""
+    stamp = f"_Measured at commit {commit_id()}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC._"
+    lines = [*lines, "", stamp]
     text_ = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
     start = text_.find(f"## {title}")
     if start >= 0:

@@ -115,6 +115,11 @@ def image_on_screen(page) -> int:
     return int(caption.split("#")[1].split(",")[0])
 
 
+def chips(page, label: str) -> list[str]:
+    """The terms chosen in the multiselect labelled `label`, as their chips read."""
+    return page.get_by_test_id("stMultiSelect").filter(has_text=label).locator("[data-tag]").all_inner_texts()
+
+
 def form_ready(page) -> None:
     """The Annotate form is on screen with its fields live (a person waits for the page to settle too)."""
     page.locator(".st-key-kbd-fields [data-testid='stMultiSelect'] input").first.wait_for(state="attached", timeout=60_000)

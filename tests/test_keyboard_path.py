@@ -18,7 +18,7 @@ from sqlalchemy import select
 from curation.labelling.annotate import submit_annotation
 from curation.store.auth import get_actor, set_password
 from curation.store.models import Annotation, Image, Lease, SavedWork, utcnow
-from tests.browser_app import CHROMIUM, chromium, demo_workbench, form_ready, free_port, image_on_screen, log_in, serve, settled
+from tests.browser_app import CHROMIUM, chips, chromium, demo_workbench, form_ready, free_port, image_on_screen, log_in, serve, settled
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium (apt-get install chromium)")
 
@@ -46,10 +46,6 @@ def at_rest(page) -> None:
 
 def focused_field(page) -> str:
     return page.evaluate("document.activeElement.className")
-
-
-def chips(page, label: str) -> list[str]:
-    return page.get_by_test_id("stMultiSelect").filter(has_text=label).locator("[data-tag]").all_inner_texts()
 
 
 def notice(page, saying: str) -> str:
@@ -145,10 +141,15 @@ def keyboard_scenario(wb, url, page, tmp_path) -> None:
     location.get_by_role("button", name=re.compile("^Remove ")).first.click()  # with the mouse
     wait_until(lambda: removed not in chips(page, "Location"))
     settled(page)
+    checked = "(value) => (document.querySelector(\"[class*='dx_choice'] input:checked\") || {}).value === value"
     page.keyboard.press("u")  # not swallowed by the search box the click left focused
-    page.wait_for_function(
-        "(document.querySelector(\"[class*='dx_choice'] input:checked\") || {}).value === '2'"
-    )  # none while a rerun redraws it
+    page.wait_for_function(checked, arg="2")  # (none is checked while a rerun redraws it)
+    page.keyboard.press("c")  # a change of mind: the radio `u` clicked does not keep the focus (it took the `c`)
+    page.wait_for_function(checked, arg="0")
+    page.keyboard.press("u")
+    page.wait_for_function(checked, arg="2")
+    page.keyboard.press("j")  # the cursor is left on a field (Color) when the image is submitted
+    wait_until(lambda: "-color" in focused_field(page))
     page.keyboard.press("Control+Enter")
     page.get_by_text(f"Saved annotation of image #{third}").wait_for(timeout=30_000)
     row = stored(wb, third)
@@ -159,6 +160,9 @@ def keyboard_scenario(wb, url, page, tmp_path) -> None:
     # 13. every change is kept as it is made, and a reload brings it back
     form_ready(page)
     fourth = image_on_screen(page)
+    at_rest(page)
+    page.keyboard.press("j")  # the next image starts from its first field, not the one after Color
+    wait_until(lambda: f"-{fourth}-" in focused_field(page) and "-color" in focused_field(page))
     texture = page.get_by_test_id("stMultiSelect").filter(has_text="Texture")
     texture.locator("input").click()
     page.keyboard.type("crusted")

@@ -88,6 +88,10 @@ _SCRIPT = """
     });
     return ORDER.filter((k) => found[k]).map((k) => found[k]);
   };
+  // a field's own class names its image too (st-key-a-IMAGEID-...): the cursor and the last field are kept by it, so
+  // the next image starts from its first field (by key alone, `j` on the next image went to the field after the
+  // one left on the last)
+  const classOf = (el) => Array.from(el.classList).find((c) => c.startsWith("st-key-"));
   const isCursor = (el) => !!el && el.getAttribute && el.getAttribute("data-skinflow-field") === "1";
   const wrapperOf = (el) => fields().find((w) => w === el || w.contains(el));
   const atRest = (el) => !el || el === doc.body || el === doc.documentElement || isCursor(el);
@@ -100,16 +104,16 @@ _SCRIPT = """
   let lastField = null;  // the field last typed in: Esc puts the cursor there even after a rerun lost the focus
   doc.addEventListener("focusin", (event) => {
     const wrapper = isText(event.target) && wrapperOf(event.target);
-    if (wrapper) { lastField = keyOf(wrapper); }
+    if (wrapper) { lastField = classOf(wrapper); }
   }, true);  // the field the cursor is on: put back if a rerun takes the focus away
   const toCursor = (wrapper) => {
     wrapper.setAttribute("data-skinflow-field", "1");
     wrapper.tabIndex = -1;
     wrapper.focus({preventScroll: true});
     wrapper.scrollIntoView({block: "nearest"});
-    const key = cursorKey = keyOf(wrapper);
+    const key = cursorKey = classOf(wrapper);
     [150, 500, 1200].forEach((ms) => setTimeout(() => whenSettled(() => {
-      const again = fields().find((w) => keyOf(w) === key);
+      const again = fields().find((w) => classOf(w) === key);
       const active = doc.activeElement;
       if (cursorKey === key && again && (!active || active === doc.body) && again !== active) {
         again.setAttribute("data-skinflow-field", "1");
@@ -127,7 +131,7 @@ _SCRIPT = """
     const all = fields();
     if (!all.length) { return false; }
     let at = all.indexOf(wrapperOf(doc.activeElement));
-    if (at < 0 && cursorKey) { at = all.findIndex((w) => keyOf(w) === cursorKey); }
+    if (at < 0 && cursorKey) { at = all.findIndex((w) => classOf(w) === cursorKey); }
     toCursor(all[at < 0 ? (step > 0 ? 0 : all.length - 1) : (at + step + all.length) % all.length]);
     return true;
   };
@@ -241,7 +245,13 @@ _SCRIPT = """
       const el = find();
       trace("press", el ? el.textContent.trim().slice(0, 20) : null);
       if (doc.activeElement && doc.activeElement !== doc.body) { doc.activeElement.blur(); }  // commit typed text
-      setTimeout(() => { const target = find(); if (target) { target.click(); } }, 120);
+      setTimeout(() => {
+        const target = find();
+        if (!target) { return; }
+        target.click();
+        // a clicked radio keeps the focus, and a focused radio takes no letters: `u` then `c` did nothing
+        setTimeout(() => { const now = doc.activeElement; if (now && now !== doc.body && !isText(now)) { now.blur(); } }, 0);
+      }, 120);
     });
     return true;
   };
@@ -315,7 +325,7 @@ _SCRIPT = """
     }
     else if (key === "Escape" && !atRest(active)) { leave(active); done = true; }
     else if (key === "Escape" && lastField && !isCursor(active)) {  // the rerun after a pick took the focus
-      const wrapper = fields().find((w) => keyOf(w) === lastField);
+      const wrapper = fields().find((w) => classOf(w) === lastField);
       if (wrapper) { toCursor(wrapper); done = true; }
     }
     else if (ctrl || event.altKey) { done = false; }

@@ -18,7 +18,9 @@ NOT_APPLICABLE = "not applicable"
 DIAGNOSIS_CHOICES = ("Confirm", "Correct", "Uncertain")
 
 
-def _term_label(field: str):
+def term_label(field: str):
+    """How a vocabulary term is shown in its field's picker: the term and its first synonym, which makes it findable
+    by either."""
     synonyms = default_vocabulary().synonyms[field]
 
     def label(term: str) -> str:
@@ -72,7 +74,7 @@ def caption_form(
                     field.label + mark,
                     options,
                     default=list(current),
-                    format_func=_term_label(field.key),
+                    format_func=term_label(field.key),
                     accept_new_options=True,
                     key=f"{prefix}{field.key}",
                     help="Type to search terms and synonyms; press Enter to add a new term "
