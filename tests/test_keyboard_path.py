@@ -18,7 +18,18 @@ from sqlalchemy import select
 from curation.labelling.annotate import submit_annotation
 from curation.store.auth import get_actor, set_password
 from curation.store.models import Annotation, Image, Lease, SavedWork, utcnow
-from tests.browser_app import CHROMIUM, chips, chromium, demo_workbench, form_ready, free_port, image_on_screen, log_in, serve, settled
+from tests.browser_app import (
+    CHROMIUM,
+    chips,
+    chromium,
+    demo_workbench,
+    form_ready,
+    free_port,
+    image_on_screen,
+    log_in,
+    serve,
+    settled,
+)
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium (apt-get install chromium)")
 
