@@ -154,3 +154,35 @@ def demo_home(tmp_path, monkeypatch):
     yield wb
     st.cache_resource.clear()
     wb.close()
+
+
+class Decoys:
+    """Packages named like ours (and streamlit) that record their import. Planted in the folder a command is
+    started from, and in the folder a process runs in: `python -m` puts the working directory first on the import
+    path, so without a safe path (curation.ops.runs.python_module) these were imported instead of our code."""
+
+    PACKAGES = ("app", "curation", "schema", "trainer", "streamlit")
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def plant(self, folder: Path) -> Path:
+        for name in self.PACKAGES:
+            package = folder / name
+            package.mkdir(parents=True, exist_ok=True)
+            (package / "__init__.py").write_text(
+                f"open({str(self.marker)!r}, 'a').write({name!r} + ' from ' + __file__ + '\\n')\n"
+            )
+        return folder
+
+    def imported(self) -> list[str]:
+        return self.marker.read_text().splitlines() if self.marker.exists() else []
+
+
+@pytest.fixture
+def decoys(tmp_path, monkeypatch) -> Decoys:
+    """Work from a folder of decoy packages (the test's working directory for its duration); plant more with
+    `decoys.plant(folder)`, and check `decoys.imported()` is empty at the end."""
+    found = Decoys(tmp_path / "decoys-imported.txt")
+    monkeypatch.chdir(found.plant(tmp_path / "started-here"))
+    return found

@@ -20,6 +20,7 @@ from curation.ops.runs import (
     refresh_runs,
     resume_run,
     run_dir,
+    runs_dir,
     start_training,
 )
 from curation.store.models import Draft, Image, TrainingRun
@@ -65,7 +66,8 @@ def queue_and_suggested(wb, version: str) -> tuple[int, int]:
 
 
 @pytest.mark.slow  # real training processes: tens of seconds each (make test-slow, .ci/run)
-def test_retrain_runs_in_the_background_and_activation_fills_the_queue(curated, admin):
+def test_retrain_runs_in_the_background_and_activation_fills_the_queue(curated, admin, decoys):
+    decoys.plant(runs_dir(curated))  # started among decoy packages, run among them: never imported (issue 31)
     run_id = start_training(curated, admin, overrides=FAST)
     run = next(r for r in list_runs(curated) if r.id == run_id)
     assert run.status == "running" and run.export_path and os.path.isdir(run.export_path)
@@ -88,6 +90,7 @@ def test_retrain_runs_in_the_background_and_activation_fills_the_queue(curated, 
     needing, suggested = queue_and_suggested(curated, f"run-{run_id}:stage2")
     log = (run_dir(curated, run_id).parent / f"run-{run_id}-suggest.log").read_text()
     assert needing > 0 and suggested == needing, log
+    assert decoys.imported() == []
 
     # the queue follows each strategy over the scores the suggestions produced
     from curation.labelling.queue import next_item
@@ -261,7 +264,8 @@ def test_a_run_started_from_the_page_outlives_the_page_session(curated, admin, m
 
 
 @pytest.mark.slow
-def test_an_ablation_started_from_the_train_page_shows_its_table_when_done(curated, admin, monkeypatch):
+def test_an_ablation_started_from_the_train_page_shows_its_table_when_done(curated, admin, monkeypatch, decoys):
+    decoys.plant(runs_dir(curated))  # started among decoy packages, run among them: never imported (issue 31)
     at, _ = train_page(curated, monkeypatch)
     at.multiselect(key=at.multiselect[0].key).set_value(["full", "baseline"])
     at.number_input(key="ablation-seeds").set_value(1)
@@ -283,6 +287,7 @@ def test_an_ablation_started_from_the_train_page_shows_its_table_when_done(curat
     table = [frame.value for frame in at.dataframe if "variant" in frame.value.columns]
     assert table and list(table[0]["variant"]) == ["full", "baseline"] and "Δ top1 vs full" in table[0].columns
     assert not any(b.label.startswith("Activate run") for b in at.button)
+    assert decoys.imported() == []
 
 
 @pytest.mark.slow  # two real processes (train, then suggest): about a minute

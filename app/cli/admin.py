@@ -14,6 +14,7 @@ from app.cli.common import app, context, err, out, print_new_accounts
 from curation.ops.maintenance import backup as backup_database
 from curation.ops.maintenance import doctor as run_doctor
 from curation.ops.maintenance import fix_store, hold_app_lock
+from curation.ops.runs import SAFE_ENV, python_module
 from curation.store.auth import add_user, list_users, set_email, set_password, set_role
 from curation.store.models import ROLES
 from schema.errors import SkinflowError
@@ -35,13 +36,18 @@ def app_(
     c = context(ctx)
     wb = c.workbench()  # creates and upgrades the database before the app starts
     hold_app_lock(wb.settings)
-    env = {**os.environ, "SKINFLOW_HOME": str(wb.settings.home.resolve())}
+    # the server runs in the workbench folder with a safe import path (python_module): started in a folder
+    # holding an `app/`, `curation/` or `streamlit/` package, it would have imported that instead of our code.
+    # Paths are pinned first (relative ones meant the caller's folder); Streamlit's secrets are still read from
+    # the caller's .streamlit/ (single sign-on, docs/guide/administration.md), as before, and then the home's.
+    env = {**os.environ, **SAFE_ENV, **wb.settings.child_environ()}
+    home = wb.settings.home.resolve()
+    secrets = [Path.home() / ".streamlit" / "secrets.toml", Path.cwd() / ".streamlit" / "secrets.toml"]
+    secrets.append(home / ".streamlit" / "secrets.toml")
     script = Path(__file__).resolve().parents[1] / "ui" / "main.py"
     out.print(f"SkinFlow Workbench on http://{host}:{port} (workbench {wb.settings.home.resolve()}); Ctrl-C stops it")
     command = [
-        sys.executable,
-        "-m",
-        "streamlit",
+        *python_module("streamlit"),
         "run",
         str(script),
         "--server.address",
@@ -56,11 +62,13 @@ def app_(
         "none",
         "--client.toolbarMode",
         "minimal",
+        *[arg for path in dict.fromkeys(secrets) for arg in ("--secrets.files", str(path))],
     ]
     wb.close()
     sys.stdout.flush()
     # exec, not a child process: a supervisor's SIGTERM to this pid reaches the server (a child was orphaned,
     # still serving and writing), and the lock on <home>/.app.lock stays held for exactly as long as it runs.
+    os.chdir(home)
     os.execve(sys.executable, command, env)
 
 

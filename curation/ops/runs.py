@@ -166,20 +166,29 @@ def _summary(metrics: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def python_module(module: str) -> list[str]:
+    """The command that runs `module` of the installed code with this interpreter. `-P` keeps the working
+    directory off the import path: `python -m` puts it first, so started in a folder holding an `app/` or
+    `curation/` package, the process imported that instead of ours (and ran it with the database and the LLM key).
+    Children started with it also get PYTHONSAFEPATH=1 (SAFE_ENV), which their own Python children inherit."""
+    return [sys.executable, "-P", "-m", module]
+
+
+SAFE_ENV = {"PYTHONSAFEPATH": "1"}
+
+
 def _command(wb: Workbench, run: TrainingRun) -> list[str]:
     if run.config.get("kind") == "ablation":  # resumes by itself: finished variants are read back
         ablation = run.config["ablation"]
         command = [
-            sys.executable,
-            "-m",
-            "app.cli",
+            *python_module("app.cli"),
             "ablate",
             "--export",
-            run.config["export_path"],
+            str(Path(run.config["export_path"]).resolve()),  # absolute: the job runs in runs/, not here
             "--preset",
             run.preset,
             "--out",
-            str(run_dir(wb, run.id)),
+            str(run_dir(wb, run.id).resolve()),
             "--seeds",
             str(ablation["seeds"]),
             "--variants",
@@ -189,16 +198,14 @@ def _command(wb: Workbench, run: TrainingRun) -> list[str]:
         ]
     else:
         command = [
-            sys.executable,
-            "-m",
-            "app.cli",
+            *python_module("app.cli"),
             "train",
             "--export",
-            run.config["export_path"],
+            str(Path(run.config["export_path"]).resolve()),
             "--preset",
             run.preset,
             "--runs",
-            str(runs_dir(wb)),
+            str(runs_dir(wb).resolve()),
             "--run-id",
             f"run-{run.id}",
         ]
@@ -211,7 +218,8 @@ def _command(wb: Workbench, run: TrainingRun) -> list[str]:
 
 def _spawn(command: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start a detached background job (its own session: closing the browser or restarting the app does not stop
-    it), its output appended to `log_path`. A thread waits on it, so a job that ends is reaped at once and leaves
+    it), its output appended to `log_path`, in the folder that holds the log (the workbench's runs/, never the
+    caller's folder: see python_module). A thread waits on it, so a job that ends is reaped at once and leaves
     no zombie behind in the app server however long the server lives (nothing else has to poll it)."""
     with log_path.open("ab") as log:
         process = subprocess.Popen(
@@ -220,8 +228,8 @@ def _spawn(command: list[str], log_path: Path, env: dict[str, str] | None = None
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            cwd=str(Path(__file__).resolve().parents[2]),
-            env={**os.environ, **(env or {})},
+            cwd=str(log_path.parent),
+            env={**os.environ, **SAFE_ENV, **(env or {})},
         )
     _children[process.pid] = process
     threading.Thread(target=process.wait, name=f"reap-{process.pid}", daemon=True).start()
@@ -460,15 +468,13 @@ def activate_run(wb: Workbench, actor: Actor, run_id: int, *, suggest: bool = Tr
         return None
     log_path = runs_dir(wb) / f"run-{run_id}-suggest.log"
     command = [
-        sys.executable,
-        "-m",
-        "app.cli",
+        *python_module("app.cli"),
         "--home",
-        str(wb.settings.home),
+        str(wb.settings.home.resolve()),
         "--user",
         actor.username,
         "suggest",
         "--checkpoint",
-        str(run_dir(wb, run_id)),
+        str(run_dir(wb, run_id).resolve()),
     ]
-    return _spawn(command, log_path).pid
+    return _spawn(command, log_path, wb.settings.child_environ()).pid

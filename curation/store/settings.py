@@ -45,6 +45,20 @@ class Settings(BaseModel):
         url = self.db_url
         return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
 
+    def child_environ(self, environ: dict[str, str] | None = None) -> dict[str, str]:
+        """Environment entries that name this workbench by absolute paths, for a process started in another
+        folder (the app server and background jobs run in the workbench, never in the caller's folder): the home,
+        an SQLite database, the taxonomy file and the config file, each resolved against the current folder."""
+        env = os.environ if environ is None else environ
+        out = {"SKINFLOW_HOME": str(self.home.resolve())}
+        if self.db_path is not None:
+            out["SKINFLOW_DATABASE_URL"] = f"sqlite:///{self.db_path.resolve()}"
+        if self.taxonomy_path is not None:
+            out["SKINFLOW_TAXONOMY_PATH"] = str(self.taxonomy_path.resolve())
+        if env.get("SKINFLOW_CONFIG"):
+            out["SKINFLOW_CONFIG"] = str(Path(env["SKINFLOW_CONFIG"]).resolve())
+        return out
+
     @property
     def store_dir(self) -> Path:
         """Content-addressed image store."""
