@@ -85,10 +85,14 @@ def test_backup_and_restore_round_trip(wb, admin, tmp_path):
     from curation.store.auth import add_user, list_users
     from curation.store.db import open_workbench
     from curation.store.models import AuditEvent, Image
+    from curation.store.sessions import close_session, open_session, resume_session
     from tests.helpers import jpeg_bytes, photo, write
 
     import_path(wb, admin, write(tmp_path / "in" / "a.jpg", jpeg_bytes(photo(1))))
+    token, _ = open_session(wb, admin, 60)  # open in the backup...
     saved = backup(wb, admin, tmp_path / "b" / "state.db")
+    close_session(wb, token)  # ...then a logout: the restore must not bring the cookie back
+    assert resume_session(wb, token) is None
     listed = json.loads(manifest_path(saved).read_text())["images"]
     assert len(listed) == 1 and len(listed[0]["sha256"]) == 64
     add_user(wb, admin, "later", "annotator")  # after the backup: the restore must undo it
@@ -106,6 +110,8 @@ def test_backup_and_restore_round_trip(wb, admin, tmp_path):
     again = open_workbench(settings)
     try:
         assert "later" not in [u["username"] for u in list_users(again, admin)]
+        assert resume_session(again, token) is None  # revoked, not revived by the restore
+        assert report.sessions_ended == 1
         with again.session() as s:
             assert s.scalar(select(func.count(Image.id))) == 1
             restored = s.scalars(select(AuditEvent).where(AuditEvent.action == "database.restore")).all()

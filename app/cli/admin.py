@@ -90,6 +90,8 @@ def restore(ctx: typer.Context, backup_file: Path = typer.Argument(..., help="A 
     c = context(ctx)
     report = restore_database(c.settings(), backup_file, c.actor())
     out.print(f"restored {backup_file}; the previous database is kept as {report.previous_copy}")
+    if report.sessions_ended:
+        out.print(f"ended the {report.sessions_ended} login session(s) the backup held open: everyone logs in again")
     if report.missing_images:
         out.print(
             f"{len(report.missing_images)} of {report.images} images are missing from the store (copy images/ back): "

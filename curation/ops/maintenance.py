@@ -22,6 +22,7 @@ from curation.store.auth import Actor, require
 from curation.store.db import Workbench, alembic_config, open_workbench
 from curation.store.files import sweep_leftovers, sweep_store
 from curation.store.models import Image
+from curation.store.sessions import revoke_all_sessions
 from schema.files import TEMP_PREFIX, write_atomic
 
 
@@ -82,6 +83,7 @@ class RestoreReport:
     previous_copy: Path
     images: int = 0
     missing_images: list[str] = field(default_factory=list)
+    sessions_ended: int = 0  # login sessions the backup held open: every browser logs in again
 
 
 APP_LOCK = ".app.lock"
@@ -164,8 +166,18 @@ def restore(settings, backup_file: Path, actor: Actor) -> RestoreReport:
     wb = open_workbench(settings)  # runs the migrations a backup from an older version needs
     try:
         with wb.session() as session:
+            report.sessions_ended = revoke_all_sessions(session)  # logins, logouts since the backup: all end
             # by name: the restored database may number its accounts differently
-            audit.record(session, None, "database.restore", "database", None, source=str(backup_file), by=actor.username)
+            audit.record(
+                session,
+                None,
+                "database.restore",
+                "database",
+                None,
+                source=str(backup_file),
+                by=actor.username,
+                sessions_ended=report.sessions_ended,
+            )
     finally:
         wb.close()
     if manifest_path(backup_file).exists():

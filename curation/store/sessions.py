@@ -85,3 +85,10 @@ def close_session(wb, token: str | None, *, now: datetime | None = None) -> None
             .where(LoginSession.token_sha256 == _digest(token), LoginSession.revoked_at.is_(None))
             .values(revoked_at=now or utcnow())
         )
+
+
+def revoke_all_sessions(session, *, now: datetime | None = None) -> int:
+    """End every open login session (within the caller's transaction); returns how many. A restore does this:
+    the backup holds the session rows as they were, so a cookie revoked by a logout since would work again."""
+    result = session.execute(update(LoginSession).where(LoginSession.revoked_at.is_(None)).values(revoked_at=now or utcnow()))
+    return result.rowcount or 0
