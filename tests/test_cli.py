@@ -254,9 +254,18 @@ def test_sigterm_stops_the_app_and_restore_refuses_while_it_runs(tmp_path):
         else:
             pytest.fail("the app did not come up")
         refused = run(home, "restore", str(backup), check=False)
-        assert refused.returncode == 2 and f"the app is running on this workbench (pid {server.pid})" in refused.stderr
+        assert refused.returncode == 2 and f"the app is running on this database (pid {server.pid})" in refused.stderr
         second = run(home, "app", "--port", str(port + 1), check=False)
         assert second.returncode == 2 and "already runs" in second.stderr
+        # another home pointed at the same database file: the lock is the database's, not the home's
+        other = {
+            **os.environ,
+            "SKINFLOW_HOME": str(tmp_path / "other"),
+            "SKINFLOW_DATABASE_URL": f"sqlite:///{home / 'skinflow.db'}",
+        }
+        for args in (["restore", str(backup)], ["app", "--port", str(port + 2)]):
+            result = subprocess.run([SKINFLOW, *args], capture_output=True, text=True, env=other, timeout=120)
+            assert result.returncode == 2 and f"(pid {server.pid})" in result.stderr, result.stderr
 
         server.send_signal(signal.SIGTERM)  # what a supervisor sends to the pid it started
         assert server.wait(timeout=30) is not None

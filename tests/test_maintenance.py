@@ -136,3 +136,32 @@ def test_on_postgresql_backup_and_restore_point_at_pg_dump(wb, admin, tmp_path):
     assert not (tmp_path / "b.db").exists()
     report = doctor(wb, admin)
     assert report.integrity == "ok" and report.revision == report.head and report.problems == []
+
+
+def test_the_app_lock_is_the_databases_not_the_homes(wb, admin, tmp_path):
+    """Two homes on one database: the second app is refused (the lock beside the SQLite file, or PostgreSQL's
+    advisory lock), and so is a restore under the first."""
+    import os
+
+    from curation.errors import DatabaseError, SkinflowError
+    from curation.ops import maintenance
+    from curation.store.settings import Settings
+
+    def release(fd: int) -> None:
+        os.close(fd)
+        for connection in maintenance._held:  # the advisory lock's connection (PostgreSQL)
+            connection.close()
+        maintenance._held.clear()
+
+    other = Settings.load(environ={}, home=tmp_path / "other-home", database_url=wb.settings.db_url)
+    fd = maintenance.hold_app_lock(wb.settings)
+    try:
+        with pytest.raises(SkinflowError, match="already runs for this database"):
+            maintenance.hold_app_lock(other)
+        if other.db_path is not None:
+            assert maintenance.running_app_pid(other) == os.getpid()
+            with pytest.raises(DatabaseError, match=f"the app is running on this database \\(pid {os.getpid()}\\)"):
+                maintenance.restore(other, tmp_path / "any-backup.db", admin)
+    finally:
+        release(fd)
+    release(maintenance.hold_app_lock(other))  # free again once the first app is gone

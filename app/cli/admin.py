@@ -67,7 +67,8 @@ def app_(
     wb.close()
     sys.stdout.flush()
     # exec, not a child process: a supervisor's SIGTERM to this pid reaches the server (a child was orphaned,
-    # still serving and writing), and the lock on <home>/.app.lock stays held for exactly as long as it runs.
+    # still serving and writing), and the lock beside the database (maintenance.app_lock_path) stays held for exactly
+    # as long as it runs.
     os.chdir(home)
     os.execve(sys.executable, command, env)
 

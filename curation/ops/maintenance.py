@@ -87,28 +87,60 @@ class RestoreReport:
 
 
 APP_LOCK = ".app.lock"
+# pg_advisory_lock's key for "an app server serves this database" (any fixed 64-bit number; this one spells "skinflow")
+PG_APP_LOCK_KEY = 0x736B696E666C6F77
+_held: list = []  # the PostgreSQL connection holding the advisory lock: alive as long as this process
+
+
+def app_lock_path(settings) -> Path:
+    """The app server's lock file. It belongs to the database, not to the home: beside the SQLite file, so a
+    second home pointing at the same file (SKINFLOW_DATABASE_URL) sees the running app and cannot restore under
+    it; in the home for a server database (which also takes an advisory lock: hold_app_lock)."""
+    db = settings.db_path
+    if db is None:
+        return settings.home / APP_LOCK
+    db = db.resolve()
+    return db.with_name(db.name + ".app-lock")
 
 
 def hold_app_lock(settings) -> int:
-    """Mark this process as the app server of the workbench until it ends: an exclusive lock on
-    <home>/.app.lock (released by the system when the process dies, so never stale), with the pid inside.
-    The file descriptor is inheritable, so it survives the exec into Streamlit. Refuses a second app."""
-    fd = os.open(settings.home / APP_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    """Mark this process as the app server of the database until it ends: an exclusive lock on app_lock_path
+    (released by the system when the process dies, so never stale), with the pid inside; on PostgreSQL also a
+    session advisory lock on a connection kept open. Both are inheritable, so they survive the exec into Streamlit.
+    Refuses a second app on the same database."""
+    path = app_lock_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
         os.close(fd)
-        raise SkinflowError(f"the app already runs for this workbench (pid {pid}); open it, or stop it first") from None
+        raise SkinflowError(f"the app already runs for this database (pid {pid}); open it, or stop it first") from None
+    if settings.db_path is None:
+        _hold_server_lock(settings, fd)
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     os.set_inheritable(fd, True)
     return fd
 
 
+def _hold_server_lock(settings, fd: int) -> None:
+    import psycopg
+
+    url = settings.db_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    connection = psycopg.connect(url, autocommit=True)
+    if not connection.execute("SELECT pg_try_advisory_lock(%s)", (PG_APP_LOCK_KEY,)).fetchone()[0]:
+        connection.close()
+        os.close(fd)
+        raise SkinflowError("the app already runs for this database (on another machine or home); stop it first")
+    os.set_inheritable(connection.fileno(), True)  # the server keeps the lock while the socket stays open
+    _held.append(connection)
+
+
 def running_app_pid(settings) -> int | None:
-    """The pid of the app server holding this workbench's lock, or None when no app runs."""
-    path = settings.home / APP_LOCK
+    """The pid of the app server holding this database's lock, or None when no app runs."""
+    path = app_lock_path(settings)
     if not path.exists():
         return None
     fd = os.open(path, os.O_RDONLY)
@@ -134,7 +166,7 @@ def restore(settings, backup_file: Path, actor: Actor) -> RestoreReport:
     backup_file = Path(backup_file)
     if (pid := running_app_pid(settings)) is not None:
         raise DatabaseError(
-            f"the app is running on this workbench (pid {pid}): stop it first (Ctrl-C, or kill {pid}), then restore"
+            f"the app is running on this database (pid {pid}): stop it first (Ctrl-C, or kill {pid}), then restore"
         )
     if not backup_file.is_file():
         raise DatabaseError(f"backup file {backup_file} does not exist")
