@@ -296,6 +296,17 @@ def test_admin_settings_and_users(demo_home):
     [b for b in at.button if b.label == "Set role"][0].click().run()
     assert users()["drjones"] == "reviewer"  # and the new role, not the old one
 
+    from curation.store import auth
+
+    for n in range(auth.MAX_FAILED_LOGINS):  # locked by failed logins: the Admin page unlocks it
+        with pytest.raises(auth.InvalidCredentials):
+            auth.authenticate(demo_home, "drjones", f"guess-{n}")
+    at.text_input(key="role_user").input("drjones")
+    [b for b in at.button if b.label == "Unlock"][0].click().run()
+    assert any(f"Unlocked drjones ({auth.MAX_FAILED_LOGINS} failed" in m.value for m in at.success)
+    with pytest.raises(auth.InvalidCredentials, match="wrong username or password"):  # checked again, not locked
+        auth.authenticate(demo_home, "drjones", "guess-again")
+
 
 def test_admin_export_offers_a_download(demo_home, tmp_path):
     at = page(demo_home, "admin", "admin")

@@ -155,6 +155,63 @@ def test_failed_logins_are_throttled_per_account_and_audited(wb, admin):
         auth.authenticate(wb, "ghost", "whatever-pw", now=later)
 
 
+def test_a_guesser_locks_out_only_their_own_address_and_an_admin_can_unlock(wb, admin):
+    """Five wrong guesses from one address used to lock the account for everyone, its owner included, and neither
+    a new password nor anything else undid it (though the message said "ask an admin")."""
+    from datetime import timedelta
+
+    from curation.errors import PermissionDenied
+    from curation.store.models import utcnow
+
+    auth.add_user(wb, admin, "kate", "annotator", password="kate-password-1")
+    now = utcnow()
+    for n in range(auth.MAX_FAILED_LOGINS):
+        with pytest.raises(auth.InvalidCredentials, match="wrong username or password"):
+            auth.authenticate(wb, "kate", f"guess-{n}", client="203.0.113.9", now=now)
+    with pytest.raises(auth.InvalidCredentials, match="unlock it .*skinflow users unlock kate"):
+        auth.authenticate(wb, "kate", "kate-password-1", client="203.0.113.9", now=now)  # the guesser's address waits
+    assert auth.authenticate(wb, "kate", "kate-password-1", client="198.51.100.7", now=now).username == "kate"
+
+    for n in range(auth.MAX_FAILED_LOGINS):  # the owner's own address locked too (a shared proxy, say)
+        with pytest.raises(auth.InvalidCredentials):
+            auth.authenticate(wb, "kate", f"typo-{n}", client="198.51.100.7", now=now)
+    with pytest.raises(auth.InvalidCredentials, match="too many"):
+        auth.authenticate(wb, "kate", "kate-password-1", client="198.51.100.7", now=now)
+    with pytest.raises(PermissionDenied):
+        auth.unlock(wb, auth.get_actor(wb, "kate"), "kate")
+    assert auth.unlock(wb, admin, "kate") == 2 * auth.MAX_FAILED_LOGINS
+    assert auth.authenticate(wb, "kate", "kate-password-1", client="198.51.100.7", now=now).username == "kate"
+
+    for n in range(auth.MAX_FAILED_LOGINS):  # and a password set by an admin unlocks it as well
+        with pytest.raises(auth.InvalidCredentials):
+            auth.authenticate(wb, "kate", f"again-{n}", now=now + timedelta(minutes=1))
+    auth.set_password(wb, admin, "kate", "kate-password-2")
+    assert auth.authenticate(wb, "kate", "kate-password-2", now=now + timedelta(minutes=1)).username == "kate"
+
+
+def test_unknown_names_cost_the_same_work_and_count_toward_the_throttle(wb, admin, monkeypatch):
+    hashed = []
+    real = auth._hasher
+
+    class CountingHasher:
+        def verify(self, digest, password):
+            hashed.append("verify")
+            return real.verify(digest, password)
+
+        def hash(self, password):
+            hashed.append("hash")
+            return real.hash(password)
+
+    monkeypatch.setattr(auth, "_hasher", CountingHasher())
+    for n in range(auth.MAX_FAILED_LOGINS):
+        with pytest.raises(auth.InvalidCredentials, match="wrong username or password"):
+            auth.authenticate(wb, "nobody-here", f"guess-{n}", client="203.0.113.9")
+    assert hashed == ["hash"] * auth.MAX_FAILED_LOGINS  # an argon2 computation each, as for a real account
+    with pytest.raises(auth.InvalidCredentials, match="too many"):
+        auth.authenticate(wb, "nobody-here", "guess", client="203.0.113.9")
+    assert len(hashed) == auth.MAX_FAILED_LOGINS  # refused before any work
+
+
 def test_parallel_guesses_cannot_race_the_throttle(wb, admin, monkeypatch):
     """12 wrong passwords at once: at most MAX_FAILED_LOGINS of them get their password checked."""
     import threading

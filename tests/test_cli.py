@@ -39,6 +39,7 @@ HELP_COMMANDS = [
     ["users", "set-role"],
     ["users", "set-password"],
     ["users", "set-email"],
+    ["users", "unlock"],
     ["ls"],
     ["ls", "push"],
     ["ls", "pull"],
@@ -342,3 +343,29 @@ def test_sources_reports_held_out_agreement_per_source_and_field(tmp_path):
     table = run(home, "--user", "reviewer", "sources").stdout
     assert "synthetic:skinflow-demo:1" in table and "not enough evidence" in table
     assert run(home, "--user", "annotator", "sources", check=False).returncode == 2
+
+
+def test_users_unlock_lets_a_locked_account_log_in_at_once(tmp_path):
+    from curation.store import auth
+    from curation.store.db import open_workbench
+    from curation.store.settings import Settings
+
+    home = tmp_path / "wb"
+    run(home, "init")
+    password_file = tmp_path / "pw"
+    password_file.write_text("kate-password-1\n")
+    run(home, "users", "add", "kate", "--password-file", str(password_file))
+    wb = open_workbench(Settings.load(environ={}, home=home))
+    try:
+        for n in range(auth.MAX_FAILED_LOGINS):
+            with pytest.raises(auth.InvalidCredentials):
+                auth.authenticate(wb, "kate", f"guess-{n}")
+        with pytest.raises(auth.InvalidCredentials, match="skinflow users unlock kate"):
+            auth.authenticate(wb, "kate", "kate-password-1")
+        result = run(home, "users", "unlock", "kate")
+        assert f"{auth.MAX_FAILED_LOGINS} failed login(s) forgotten" in result.stdout
+        assert auth.authenticate(wb, "kate", "kate-password-1").username == "kate"
+        refused = run(home, "--user", "kate", "users", "unlock", "kate", check=False)
+        assert refused.returncode != 0 and "admin" in refused.stderr
+    finally:
+        wb.close()

@@ -15,7 +15,7 @@ from curation.ops.maintenance import backup as backup_database
 from curation.ops.maintenance import doctor as run_doctor
 from curation.ops.maintenance import fix_store, hold_app_lock
 from curation.ops.runs import SAFE_ENV, python_module
-from curation.store.auth import add_user, list_users, set_email, set_password, set_role
+from curation.store.auth import add_user, list_users, set_email, set_password, set_role, unlock
 from curation.store.models import ROLES
 from schema.errors import SkinflowError
 
@@ -195,6 +195,14 @@ def users_set_email(
     c = context(ctx)
     set_email(c.workbench(), c.actor(), username, None if email.strip().lower() == "none" else email)
     out.print(f"{username}: single sign-on email {'removed' if email.strip().lower() == 'none' else email}")
+
+
+@users_app.command("unlock")
+def users_unlock(ctx: typer.Context, username: str) -> None:
+    """Let an account locked by failed logins log in at once (its failed attempts are forgotten)."""
+    c = context(ctx)
+    failures = unlock(c.workbench(), c.actor(), username)
+    out.print(f"unlocked {username} ({failures} failed login(s) forgotten)")
 
 
 @users_app.command("set-password")

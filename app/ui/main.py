@@ -49,9 +49,10 @@ def login_page() -> None:
         submitted = st.form_submit_button("Log in", type="primary")
     if submitted:
         try:
-            state.log_in(authenticate(state.workbench(), username, password))
+            # the TCP peer's address (Streamlit reads no forwarded-for header): guesses lock out their own address
+            state.log_in(authenticate(state.workbench(), username, password, client=st.context.ip_address))
         except InvalidCredentials as e:
-            st.error(f"{e}. Ask an admin to reset your password if you forgot it.")
+            st.error(f"{e}." if "unlock" in str(e) else f"{e}. Ask an admin to reset your password if you forgot it.")
         else:
             st.rerun()
 

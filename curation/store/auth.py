@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import func, or_, select, text, update
+from sqlalchemy import delete, func, or_, select, text, update
 
 from curation.errors import ConflictError, NotFound, PermissionDenied, SkinflowError
 from curation.store import audit
@@ -232,27 +232,31 @@ def set_password(wb, actor: Actor, username: str, password: str | None = None) -
             raise NotFound(f"no user {username!r}; see `skinflow users list`")
         user.password_hash = _hasher.hash(password)
         _end_sessions(s, user)
+        _forget_failures(s, name)  # a new password unlocks the account (the lock message says to ask for one)
         audit.record(s, actor, "user.set_password", "user", user.id, username=name)
     return password
 
 
-MAX_FAILED_LOGINS = 5  # per account within FAILED_LOGIN_WINDOW; then logins wait for the window to pass
+MAX_FAILED_LOGINS = 5  # per (account, client address) within FAILED_LOGIN_WINDOW; then that address waits
 FAILED_LOGIN_WINDOW = timedelta(minutes=15)
+LOCAL_CLIENT = "local"  # the address of a login Streamlit cannot tell (localhost), and of logins with none given
 
 
-def _claim_attempt(s, name: str, now: datetime) -> LoginAttempt:
+def _claim_attempt(s, name: str, client: str, now: datetime) -> LoginAttempt:
     """Record a login attempt and check the throttle in one transaction, before any password is checked:
     parallel guesses are counted one after another (SQLite: the insert takes the write lock; PostgreSQL: a
-    per-name advisory lock), so at most MAX_FAILED_LOGINS of them are ever verified."""
+    per-name advisory lock), so at most MAX_FAILED_LOGINS of them are ever verified. Counted per (account,
+    address): five wrong guesses from one address used to lock the account for everyone, its owner included."""
     if s.get_bind().dialect.name == "postgresql":
         s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": f"login:{name}"})
-    attempt = LoginAttempt(username=name, at=now, succeeded=None)
+    attempt = LoginAttempt(username=name, client=client, at=now, succeeded=None)
     s.add(attempt)
     s.flush()
     counted = s.scalars(
         select(LoginAttempt.at)
         .where(
             LoginAttempt.username == name,
+            LoginAttempt.client == client,
             LoginAttempt.at > now - FAILED_LOGIN_WINDOW,
             LoginAttempt.id != attempt.id,
             or_(LoginAttempt.succeeded.is_(False), LoginAttempt.succeeded.is_(None)),  # failed, or being checked
@@ -264,19 +268,43 @@ def _claim_attempt(s, name: str, now: datetime) -> LoginAttempt:
         first = first if first.tzinfo else first.replace(tzinfo=timezone.utc)
         wait = max(1, int(((first + FAILED_LOGIN_WINDOW) - now).total_seconds() // 60) + 1)
         # raising rolls this attempt back: a refused attempt does not extend the wait
-        raise InvalidCredentials(f"too many failed logins for this account; try again in {wait} minute(s) or ask an admin")
+        raise InvalidCredentials(
+            f"too many failed logins for this account from here; try again in {wait} minute(s), or ask an admin to "
+            f"unlock it (Admin page, or `skinflow users unlock {name}`)"
+        )
     return attempt
 
 
-def authenticate(wb, username: str, password: str, *, now: datetime | None = None) -> Actor:
+def unlock(wb, actor: Actor, username: str) -> int:
+    """Forget the account's failed logins (every address), so it may log in at once; returns how many were
+    forgotten. Setting a password does this too."""
+    require(actor, "admin", "unlock accounts")
+    name = username.strip().lower()
+    with wb.session() as s:
+        if s.scalar(select(User.id).where(User.username == name)) is None:
+            raise NotFound(f"no user {username!r}; see `skinflow users list`")
+        forgotten = _forget_failures(s, name)
+        audit.record(s, actor, "user.unlock", "user", None, username=name, failures=forgotten)
+    return forgotten
+
+
+def _forget_failures(s, name: str) -> int:
+    failed = delete(LoginAttempt).where(LoginAttempt.username == name, LoginAttempt.succeeded.is_not(True))
+    return s.execute(failed).rowcount or 0
+
+
+def authenticate(wb, username: str, password: str, *, client: str | None = None, now: datetime | None = None) -> Actor:
     """The account for these credentials. Failed attempts are audited (`auth.failed`); after
-    MAX_FAILED_LOGINS of them within FAILED_LOGIN_WINDOW the account refuses logins, even with the right
-    password, until the window has passed (a throttle against password guessing). Attempts are counted
-    before their password is checked (_claim_attempt), so parallel guesses cannot slip past the count."""
+    MAX_FAILED_LOGINS of them within FAILED_LOGIN_WINDOW from one `client` address, the account refuses logins
+    from that address, even with the right password, until the window has passed or an admin unlocks it (a
+    throttle against password guessing that a guesser cannot turn against the account's owner). Unknown names
+    cost the same work and are throttled the same way. Attempts are counted before their password is checked
+    (_claim_attempt), so parallel guesses cannot slip past the count."""
     name = username.strip().lower()[:64]
+    client = (client or LOCAL_CLIENT)[:64]
     now = now or utcnow()
     with wb.session() as s:
-        attempt_id = _claim_attempt(s, name, now).id
+        attempt_id = _claim_attempt(s, name, client, now).id
     with wb.session() as s:
         user = s.scalar(select(User).where(User.username == name))
         ok = user is not None and user.active

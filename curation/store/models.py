@@ -85,6 +85,7 @@ class LoginAttempt(Base):
     username: Mapped[str] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column()
     succeeded: Mapped[bool | None] = mapped_column(nullable=True)
+    client: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the address it came from (the throttle's)
 
 
 class LoginSession(Base):

@@ -18,7 +18,7 @@ from curation.export.neardup import DEFAULT_MAX_DISTANCE, MAX_SUPPORTED_DISTANCE
 from curation.ingest.archive import import_zip
 from curation.ingest.folder import import_folder
 from curation.labelling.workflow import QUEUE_STRATEGIES, get_workflow_settings, update_workflow_settings
-from curation.store.auth import add_user, list_users, set_password, set_role
+from curation.store.auth import add_user, list_users, set_password, set_role, unlock
 from curation.store.models import ROLES
 from schema.errors import SkinflowError
 
@@ -56,14 +56,18 @@ def _users(wb, actor) -> None:
     with st.form("set_role"):
         name = st.text_input("Username", key="role_user")
         role = st.selectbox("New role", ROLES, key="role_role")
-        c1, c2 = st.columns(2)
+        c1, c2, c3 = st.columns(3)
         change_role = c1.form_submit_button("Set role")
         reset = c2.form_submit_button("Reset password")
-    if change_role or reset:
+        release = c3.form_submit_button("Unlock", help="Forget the account's failed logins: it may log in at once")
+    if change_role or reset or release:
         try:
             if change_role:
                 set_role(wb, actor, name, role)
                 st.success(f"{name} is now {role}.")
+            elif release:
+                failures = unlock(wb, actor, name)
+                st.success(f"Unlocked {name} ({failures} failed login(s) forgotten).")
             else:
                 st.success(f"New password for {name} (shown once): {set_password(wb, actor, name)}")
         except SkinflowError as e:
