@@ -163,7 +163,7 @@ def test_single_sign_on_maps_the_identity_to_the_local_account_by_email(tmp_path
             page.get_by_role("button", name="Use another account").click()
             idp.next_email, idp.email_verified = "alice@hospital.example", False  # the provider has not verified it
             page.get_by_role("button", name="Log in with Hospital login").click()
-            page.get_by_text("has not verified alice@hospital.example").wait_for(timeout=30_000)
+            page.get_by_text("has not said it verified alice@hospital.example").wait_for(timeout=30_000)
     wb.close()
 
 

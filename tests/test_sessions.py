@@ -85,11 +85,20 @@ def test_single_sign_on_maps_a_verified_email_to_one_active_account(wb, admin):
 
     user, _ = add_user(wb, admin, "alice", "reviewer", "alice-password", email="Alice@Hospital.org")
     assert account_for_email(wb, "alice@hospital.ORG", verified=True) == user  # addresses compare without case
-    assert account_for_email(wb, "alice@hospital.org") == user  # providers that send no email_verified claim
-    with pytest.raises(InvalidCredentials, match="has not verified"):
-        account_for_email(wb, "alice@hospital.org", verified=False)
+    # only a claim that is exactly true vouches for the address: missing, false, or the truthy string "false" do not
+    for claim in (None, False, "false", "true", 1):
+        with pytest.raises(InvalidCredentials, match="has not said it verified"):
+            account_for_email(wb, "alice@hospital.org", verified=claim)
     with pytest.raises(InvalidCredentials, match="skinflow users set-email NAME bob@hospital.org"):
-        account_for_email(wb, "bob@hospital.org")
+        account_for_email(wb, "bob@hospital.org", verified=True)
+    # the Kelvin sign (U+212A) lowercases to "k": kate@ must not be reachable through it, at login or at storage
+    add_user(wb, admin, "kate", "annotator", "kate-password-1", email="kate@hospital.org")
+    with pytest.raises(InvalidCredentials, match="change under Unicode normalisation"):
+        account_for_email(wb, "\u212aate@hospital.org", verified=True)
+    with pytest.raises(SkinflowError, match="change under Unicode normalisation"):
+        set_email(wb, admin, "alice", "\u212aate@hospital.org")
+    with pytest.raises(SkinflowError, match="change under Unicode normalisation"):
+        add_user(wb, admin, "kate2", "annotator", "kate-password-1", email="ｋate@hospital.org")  # a full-width k
     with pytest.raises(InvalidCredentials, match="no email"):
         account_for_email(wb, None)
     with pytest.raises(ConflictError, match="another account"):
@@ -100,4 +109,4 @@ def test_single_sign_on_maps_a_verified_email_to_one_active_account(wb, admin):
     set_email(wb, admin, "alice", None)  # local login only from now on: open sessions end too
     assert resume_session(wb, token) is None
     with pytest.raises(InvalidCredentials):
-        account_for_email(wb, "alice@hospital.org")
+        account_for_email(wb, "alice@hospital.org", verified=True)

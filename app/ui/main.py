@@ -9,7 +9,7 @@ import streamlit as st
 
 from app.ui import keyboard, state, viewer
 from app.ui.screens import admin, annotate, dataset, drafting, evaluation, insights, reader_study, review, train, weights
-from app.ui.widgets import readable_chips
+from app.ui.widgets import plain, readable_chips
 from curation.store.auth import InvalidCredentials, account_for_email, authenticate
 
 st.set_page_config(page_title="SkinFlow Workbench", layout="wide")
@@ -27,7 +27,7 @@ def single_sign_on() -> None:
         try:
             actor = account_for_email(state.workbench(), st.user.get("email"), verified=st.user.get("email_verified"))
         except InvalidCredentials as e:
-            st.error(f"{e}.")
+            st.error(f"{plain(e)}.")  # it quotes the provider's claims: text from outside, never markdown
             st.button("Use another account", on_click=st.logout)
         else:
             state.log_in(actor)
@@ -49,10 +49,11 @@ def login_page() -> None:
         submitted = st.form_submit_button("Log in", type="primary")
     if submitted:
         try:
-            # the TCP peer's address (Streamlit reads no forwarded-for header): guesses lock out their own address
-            state.log_in(authenticate(state.workbench(), username, password, client=st.context.ip_address))
+            # counted per address: guesses lock out their own address, not the account's owner
+            state.log_in(authenticate(state.workbench(), username, password, client=state.client_address()))
         except InvalidCredentials as e:
-            st.error(f"{e}." if "unlock" in str(e) else f"{e}. Ask an admin to reset your password if you forgot it.")
+            # it may quote the name typed: shown as text, never markdown
+            st.error(plain(f"{e}." if "unlock" in str(e) else f"{e}. Ask an admin to reset your password if you forgot it."))
         else:
             st.rerun()
 

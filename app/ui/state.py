@@ -164,3 +164,11 @@ def require_role(role: str, what: str) -> Actor:
 
 def show_error(error: SkinflowError) -> None:
     st.error(plain(scrub(str(error))))  # messages quote file names, labels, replies
+
+
+def client_address() -> str | None:
+    """The browser's address as the server's TCP peer (None for localhost): what the login throttle counts by.
+    Streamlit reads no forwarded-for header, so a client cannot choose it."""
+    address = st.context.ip_address
+    return address if isinstance(address, str) else None  # (AppTest has no connection: nothing to count by)
+

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import re
 import secrets
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -164,8 +166,23 @@ def _end_sessions(s, user: User) -> None:
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
+def normalise_email(email: str) -> str:
+    """The form an address is stored and compared in: NFKC, then casefolded. An address that NFKC changes is
+    refused: lowercasing folded the Kelvin sign (U+212A) into a "k", so "\u212aate@..." logged in as kate@..."""
+    address = email.strip()
+    if unicodedata.normalize("NFKC", address) != address:
+        raise InvalidCredentials(
+            f"{address!r} holds characters that change under Unicode normalisation (look-alike letters); "
+            "use the plain address"
+        )
+    return address.casefold()
+
+
 def _check_email(email: str) -> str:
-    address = email.strip().lower()
+    try:
+        address = normalise_email(email)
+    except InvalidCredentials as e:
+        raise SkinflowError(str(e)) from None
     if len(address) > 320 or not _EMAIL.match(address):
         raise SkinflowError(f"{email!r} is not an email address (name@hospital.org)")
     return address
@@ -187,15 +204,21 @@ def set_email(wb, actor: Actor, username: str, email: str | None) -> None:
         audit.record(s, actor, "user.set_email", "user", user.id, username=user.username, email=address)
 
 
-def account_for_email(wb, email: str | None, *, verified: bool | None = None) -> Actor:
+def account_for_email(wb, email: Any, *, verified: Any = None) -> Actor:
     """The local account single sign-on maps an identity to: by the email the identity provider vouches for.
-    Refused when the provider says the address is unverified, or when no active account has it."""
-    if not email:
+    Only an `email_verified` claim that is exactly true counts as vouching: a missing claim, or the string
+    "false" (truthy), was taken for a yes. Refused too: an address that Unicode normalisation changes, and one
+    no active account has."""
+    if not email or not isinstance(email, str):
         raise InvalidCredentials("the identity provider sent no email address; ask your IT to release the email claim")
-    if verified is False:
-        raise InvalidCredentials(f"the identity provider has not verified {email}; verify it there first")
+    if verified is not True:
+        raise InvalidCredentials(
+            f"the identity provider has not said it verified {email} (email_verified is {verified!r}, not true); "
+            "verify the address there, or ask your IT to release the email_verified claim"
+        )
+    address = normalise_email(email)
     with wb.session() as s:
-        user = s.scalar(select(User).where(User.email == email.strip().lower(), User.active))
+        user = s.scalar(select(User).where(User.email == address, User.active))
     if user is None:
         raise InvalidCredentials(
             f"no active account has the email {email}; ask an admin to run `skinflow users set-email NAME {email}`"
