@@ -171,4 +171,3 @@ def client_address() -> str | None:
     Streamlit reads no forwarded-for header, so a client cannot choose it."""
     address = st.context.ip_address
     return address if isinstance(address, str) else None  # (AppTest has no connection: nothing to count by)
-

@@ -172,8 +172,7 @@ def normalise_email(email: str) -> str:
     address = email.strip()
     if unicodedata.normalize("NFKC", address) != address:
         raise InvalidCredentials(
-            f"{address!r} holds characters that change under Unicode normalisation (look-alike letters); "
-            "use the plain address"
+            f"{address!r} holds characters that change under Unicode normalisation (look-alike letters); use the plain address"
         )
     return address.casefold()
 
