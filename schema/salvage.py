@@ -19,7 +19,7 @@ from typing import Any
 
 from schema.caption import _FIELD_FOR_LABEL, Caption, validate_caption
 from schema.errors import CaptionError
-from schema.fields import FIELD_KEYS, MAX_SIZE_MM, size_band_for_mm
+from schema.fields import FIELD_KEYS, MAX_OTHER_CHARS, MAX_SIZE_MM, MAX_TERMS_PER_FIELD, size_band_for_mm
 from schema.vocabulary import clean_term
 
 NUMBER_WORDS = {
@@ -36,6 +36,12 @@ _AMOUNT = re.compile(r"(\d+(?:[.,]\d+)?)\s*(mm|cm)\b", re.I)
 _COUNT = re.compile(r"\b(\d{1,4})\b")
 _PARENTHESES = re.compile(r"\s*\(.*?\)\s*")
 MAX_ORIGINAL_CHARS = 120
+# Text longer than these is dropped before any regex reads it: searching a number pattern through a run of
+# digits is quadratic (a 30,000-digit size took 90 s and held the GIL, stalling the app for every user). A count
+# or a size is a few words; no field holds more than the free text's limit; a key is a field's name.
+MAX_MEASURE_CHARS = 200
+MAX_KEY_CHARS = 60
+MAX_LIST_ITEMS = 5 * MAX_TERMS_PER_FIELD
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,19 @@ def _valid(field: str, value: Any) -> str | None:
         validate_caption({field: value})
     except CaptionError as e:
         return str(e).removeprefix("invalid caption: ").removeprefix(f"{field}: ")
+    return None
+
+
+def _too_long(field: str, value: Any) -> str | None:
+    """Why `value` is too long to read at all (before any regex or validation sees it), or None."""
+    limit = MAX_MEASURE_CHARS if field in ("number", "size", "size_mm") else MAX_OTHER_CHARS
+    if isinstance(value, str) and len(value) > limit:
+        return f"{len(value):,} characters, over the {limit:,} the {field} field can hold: not read"
+    if isinstance(value, (list, tuple)):
+        if len(value) > MAX_LIST_ITEMS:
+            return f"{len(value):,} items, over {MAX_LIST_ITEMS}: not read"
+        if any(isinstance(item, str) and len(item) > limit for item in value):
+            return f"an item over the {limit:,} characters the {field} field can hold: not read"
     return None
 
 
@@ -119,7 +138,15 @@ def salvage_caption(data: Any) -> tuple[Caption, list[FieldNote]]:
     notes: list[FieldNote] = []
     given: dict[str, Any] = {}
     for key, value in data.items():
+        if len(str(key)) > MAX_KEY_CHARS:
+            notes.append(FieldNote(str(key)[:MAX_KEY_CHARS], "ignored", "not a caption field (a long key)", _shown(value)))
+            continue
         field = _FIELD_FOR_LABEL.get(clean_term(str(key)).replace("_", " "), str(key))
+        if field in FIELD_KEYS or field == "size_mm":
+            too_long = _too_long(field, value)
+            if too_long:
+                notes.append(FieldNote(field, "dropped", too_long, _shown(value)))
+                continue
         if field not in FIELD_KEYS and field != "size_mm":
             notes.append(FieldNote(str(key)[:60], "ignored", "not a caption field", _shown(value)))
         elif field in given:

@@ -64,7 +64,10 @@ MODES = (
     "nested",
     "hostile_text",
     *LOOSE_REPLIES,
+    *("usage_infinite", "usage_text", "usage_list", "diagnoses_number", "deep_body", "long_size", "endless_body"),
 )
+# answers crafted to crash a reader (a hostile probe): each must fail its own image, with a reason
+HOSTILE_ANSWERS = ("usage_infinite", "usage_text", "usage_list", "diagnoses_number", "deep_body", "long_size")
 
 
 def case_colour(case: int) -> tuple[int, int, int]:
@@ -88,6 +91,7 @@ class FakeLLM:
         self.attempts: Counter = Counter()  # case -> requests seen
         self.times: dict[int, list[float]] = defaultdict(list)
         self.rejected_response_format = 0
+        self.endless_sent: list[int] = []  # bytes of each endless answer sent before the client hung up
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -167,6 +171,10 @@ class FakeLLM:
             time.sleep(self.hang_s)
         if mode == "echo_key":
             return self._send(request, 401, {"error": {"message": f"bad key {request.headers.get('authorization')}"}})
+        if mode == "deep_body":  # the answer itself nested 100,000 deep (RecursionError in a plain json.loads)
+            return self._send_raw(request, 200, ('{"choices": ' + "[" * 100_000 + "]" * 100_000 + "}").encode())
+        if mode == "endless_body":  # an answer that never ends: how much is sent before the client hangs up
+            return self._send_endless(request)
         if mode == "hostile_text":  # markup, a tracking pixel, a fake link and a bare dotless URL
             content = HOSTILE_TEXT
             mode = "ok"
@@ -185,6 +193,10 @@ class FakeLLM:
                 reply["caption"] = dict(LOOSE_REPLIES[mode])
             elif mode in LOOSE_REPLIES:  # the good reply with these fields written loosely
                 reply["caption"].update(LOOSE_REPLIES[mode])
+            if mode == "diagnoses_number":
+                reply["diagnoses"] = 5
+            elif mode == "long_size":
+                reply["caption"]["size"] = "1" * 30_000
             content = json.dumps(reply)
             if mode == "malformed":
                 content = "I think this is a lesion {but I will not give you JSON"
@@ -196,6 +208,13 @@ class FakeLLM:
                 content = json.dumps({"caption": {"other": "x" * 5_000_000}, "diagnoses": []})
             if not self.structured and mode == "ok":
                 content = f"Here is my description.\n```json\n{content}\n```\nHope this helps."
+        usage = {"prompt_tokens": 120, "completion_tokens": 40, "total_tokens": 160}
+        if mode == "usage_infinite":
+            usage["prompt_tokens"] = float("inf")  # sent as Infinity, which json.loads reads
+        elif mode == "usage_text":
+            usage["completion_tokens"] = "forty"
+        elif mode == "usage_list":
+            usage = [1, 2]
         self._send(
             request,
             200,
@@ -205,9 +224,37 @@ class FakeLLM:
                 "created": int(time.time()),
                 "model": body.get("model", "fake"),
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 120, "completion_tokens": 40, "total_tokens": 160},
+                "usage": usage,
             },
         )
+
+    def _send_endless(self, request: BaseHTTPRequestHandler) -> None:
+        chunk = b" " * 65536
+        request.send_response(200)
+        request.send_header("Content-Type", "application/json")
+        request.send_header("Content-Length", str(400 * 1024 * 1024))
+        request.end_headers()
+        sent = 0
+        try:
+            request.wfile.write(b'{"choices": [{"message": {"content": "')
+            while sent < 400 * 1024 * 1024:
+                request.wfile.write(chunk)
+                sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        with self.lock:
+            self.endless_sent.append(sent)
+
+    @staticmethod
+    def _send_raw(request: BaseHTTPRequestHandler, code: int, data: bytes) -> None:
+        try:
+            request.send_response(code)
+            request.send_header("Content-Type", "application/json")
+            request.send_header("Content-Length", str(len(data)))
+            request.end_headers()
+            request.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
 
     @staticmethod
     def _send(request: BaseHTTPRequestHandler, code: int, payload: dict, headers: dict | None = None) -> None:

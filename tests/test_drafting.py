@@ -23,7 +23,8 @@ from schema import CaptionError, default_taxonomy
 from tests.fake_llm import FakeLLM, case_colour
 
 FAULTS = {2: "429", 3: "500", 4: "hang", 5: "malformed", 6: "wrong_enum", 7: "truncated", 8: "huge"}
-EXPECTED_FAILURES = {4: "timed out", 5: "no complete JSON", 7: "no complete JSON", 8: "over the"}
+# 8: a 5 MB answer is refused while it is read (over the byte cap), not read whole first
+EXPECTED_FAILURES = {4: "timed out", 5: "no complete JSON", 7: "no complete JSON", 8: "not read further"}
 
 
 def _bench(tmp_path, server: FakeLLM, n: int, **settings):
@@ -83,7 +84,7 @@ def test_faults_end_drafted_once_or_failed_with_a_reason_and_reruns_only_send_wh
             bad = s.scalar(select(Draft).where(Draft.image_id == 6))
             assert bad.raw_reply.startswith("I think this is a lesion")
             huge = s.scalar(select(Draft).where(Draft.image_id == 9))
-            assert len(huge.raw_reply) <= 20_000
+            assert huge.raw_reply is None  # nothing of it is kept
 
         server.modes = {}
         server.reset_counts()
@@ -247,4 +248,46 @@ def test_a_reply_of_90000_nested_brackets_fails_its_image_only(tmp_path):
             assert s.scalar(select(Draft.raw_reply).where(Draft.image_id == 1)).startswith('{"caption": [[[')
         server.modes = {}
         assert draft_images(wb, admin).done == 1  # the rerun tries the failed image again and it goes through
+        wb.close()
+
+
+def test_answers_crafted_to_crash_the_reader_fail_their_image_only(tmp_path):
+    """A hostile probe's answers (an infinite, a text or a list usage; diagnoses as a number; the answer nested
+    100,000 deep; a 30,000-digit size) crashed the whole run, each with another exception; the size took 90 s."""
+    from tests.fake_llm import HOSTILE_ANSWERS
+
+    modes = dict(enumerate(HOSTILE_ANSWERS))
+    with FakeLLM(modes=modes) as server:
+        wb, admin = _bench(tmp_path, server, len(modes) + 1)
+        started = time.monotonic()
+        report = draft_images(wb, admin, concurrency=2)
+        seconds = time.monotonic() - started
+        drafts = _drafts(wb)
+        assert sorted(drafts) == list(range(len(modes) + 1)) and all(len(v) == 1 for v in drafts.values())
+        failed = {case: error for case, [(ok, error)] in drafts.items() if not ok}
+        assert set(failed) == {HOSTILE_ANSWERS.index("deep_body")}, failed  # the body nobody can read
+        assert "not a chat completion" in failed[HOSTILE_ANSWERS.index("deep_body")]
+        with wb.session() as s:  # the rest are drafted: their counts read as 0, the bad part dropped with a note
+            kept = {d.image_id - 1: d for d in s.scalars(select(Draft).where(Draft.caption.is_not(None)))}
+        assert kept[HOSTILE_ANSWERS.index("usage_infinite")].meta["prompt_tokens"] == 0
+        assert kept[HOSTILE_ANSWERS.index("usage_text")].meta["completion_tokens"] == 0
+        assert kept[HOSTILE_ANSWERS.index("diagnoses_number")].diagnoses == []
+        long_size = kept[HOSTILE_ANSWERS.index("long_size")]
+        assert long_size.caption["size"] is None
+        assert any(n["field"] == "size" and "not read" in n["reason"] for n in long_size.meta["salvage"])
+        assert report.done == len(modes) and seconds < 60  # (the quadratic size alone took 90 s)
+        wb.close()
+
+
+def test_an_endless_answer_is_refused_while_it_is_read_not_after(tmp_path):
+    """The answer was read whole into memory before its length was checked (400 MB -> 1.1 GB)."""
+    with FakeLLM(modes={0: "endless_body"}) as server:
+        wb, admin = _bench(tmp_path, server, 2, llm_max_reply_chars=10_000)
+        report = draft_images(wb, admin, concurrency=2)
+        [(image_id, reason)] = report.failed
+        assert image_id == 1 and "not read further" in reason
+        deadline = time.monotonic() + 10
+        while not server.endless_sent and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.endless_sent and server.endless_sent[0] < 64 * 1024 * 1024  # it hung up, far short of 400 MB
         wb.close()

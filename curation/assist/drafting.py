@@ -81,7 +81,8 @@ def parse_draft_reply(text: str, taxonomy: Taxonomy) -> tuple[Caption, list[dict
     caption, notes = salvage_caption(caption_data)
     diagnoses: list[dict[str, Any]] = []
     seen: set[str] = set()
-    for entry in data.get("diagnoses") or []:
+    entries = data.get("diagnoses")
+    for entry in entries if isinstance(entries, list) else []:  # a number or an object here crashed the run
         name = entry.get("diagnosis") if isinstance(entry, dict) else entry
         if not isinstance(name, str) or not name.strip():
             continue
@@ -96,6 +97,19 @@ def parse_draft_reply(text: str, taxonomy: Taxonomy) -> tuple[Caption, list[dict
         if len(diagnoses) == MAX_DIAGNOSES:
             break
     return caption, diagnoses, notes
+
+
+def read_reply(text: str, taxonomy: Taxonomy, max_chars: int) -> tuple[Caption, list[dict[str, Any]], list[FieldNote]]:
+    """parse_draft_reply for a reply off the wire: one over `max_chars` is refused, and any failure to read it (a
+    hostile shape no rule foresaw) is a CaptionError with the reason, so it fails its image only, never the run."""
+    if len(text) > max_chars:
+        raise CaptionError(f"reply of {len(text):,} characters is over the {max_chars:,} limit")
+    try:
+        return parse_draft_reply(text, taxonomy)
+    except SkinflowError:
+        raise
+    except Exception as e:  # noqa: BLE001 - see above
+        raise CaptionError(f"the reply could not be read ({type(e).__name__}: {str(e)[:200]})") from None
 
 
 @dataclass
@@ -202,9 +216,7 @@ async def _draft_all(
             )
             draft["raw_reply"] = reply.text[:RAW_KEPT_CHARS]
             try:
-                if len(reply.text) > config.max_reply_chars:
-                    raise CaptionError(f"reply of {len(reply.text):,} characters is over the {config.max_reply_chars:,} limit")
-                caption, diagnoses, notes = parse_draft_reply(reply.text, wb.taxonomy)
+                caption, diagnoses, notes = read_reply(reply.text, wb.taxonomy, config.max_reply_chars)
             except SkinflowError as e:
                 report.failed.append((image_id, str(e)))
                 draft.update(caption=None, error=str(e))
@@ -321,7 +333,7 @@ def predict_with_llm(
         if outcome.reply is not None:
             row["answer"] = outcome.reply.text[:RAW_KEPT_CHARS]
             try:
-                caption, diagnoses, _notes = parse_draft_reply(outcome.reply.text, taxonomy)
+                caption, diagnoses, _notes = read_reply(outcome.reply.text, taxonomy, config.max_reply_chars)
             except SkinflowError as e:
                 row["caption_error"] = str(e)
             else:

@@ -18,7 +18,7 @@ import asyncio
 import base64
 import email.utils
 import io
-import json
+import math
 import random
 import re
 import time
@@ -28,6 +28,7 @@ from typing import Any, Awaitable, Callable
 
 import httpx
 import openai
+from openai._constants import RAW_RESPONSE_HEADER
 from PIL import Image as PILImage
 
 from curation.errors import ConfigError
@@ -184,7 +185,10 @@ async def chat(
         # without re-walking the typed parameters (the schema and a base64 image) and building pydantic
         # response models on every call: together about 4 ms of CPU per request, which capped drafting
         # throughput on a small machine (benchmarks/drafting.py). The reply is read with json.loads.
-        return await client.post("/chat/completions", body=body, cast_to=httpx.Response)
+        # streamed (the raw-response header): the body is read here, up to a cap, not whole into memory first
+        return await client.post(
+            "/chat/completions", body=body, cast_to=httpx.Response, options={"headers": {RAW_RESPONSE_HEADER: "stream"}}
+        )
 
     try:
         response, attempts = await with_retries(lambda: call(structured[0]), config, rng)
@@ -196,22 +200,51 @@ async def chat(
             response, attempts = await with_retries(lambda: call(False), config, rng)
         except openai.BadRequestError as again:
             raise LLMError(redact(f"HTTP 400: {again.message}", config.key)) from None
+    body = await read_capped(response, reply_byte_limit(config))
     try:
-        payload = json.loads(await response.aread())
+        payload = loads_bounded(body.decode("utf-8"))  # depth-checked: a nested body is bad input, not a crash
         choices = payload.get("choices") or [{}]
         text = ((choices[0] or {}).get("message") or {}).get("content") or ""
-        usage = payload.get("usage") or {}
-    except (ValueError, AttributeError, TypeError):
+        usage = payload.get("usage")
+        usage = usage if isinstance(usage, dict) else {}  # the counts are for the report: never worth the reply
+        tokens = (_count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")))
+    except (ValueError, AttributeError, TypeError, IndexError, KeyError):
         raise LLMError("the server's answer is not a chat completion (not JSON of the expected shape)") from None
     if not isinstance(text, str):
         raise LLMError("the server's answer has no text content")
-    return Reply(
-        text=text,
-        prompt_tokens=int(usage.get("prompt_tokens") or 0),
-        completion_tokens=int(usage.get("completion_tokens") or 0),
-        attempts=attempts,
-        structured=structured[0],
-    )
+    return Reply(text=text, prompt_tokens=tokens[0], completion_tokens=tokens[1], attempts=attempts, structured=structured[0])
+
+
+def reply_byte_limit(config: LLMConfig) -> int:
+    """The most bytes of an answer read: the reply cap in characters, each escaped as \\uXXXX at worst, plus the
+    envelope. A 400 MB body used to be read whole (1.1 GB of memory) before the cap was looked at."""
+    return config.max_reply_chars * 6 + 64 * 1024
+
+
+async def read_capped(response: httpx.Response, limit: int) -> bytes:
+    """The body of a streamed response, refused (and the connection closed) once it passes `limit` bytes."""
+    chunks, size = [], 0
+    try:
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise LLMError(f"the server's answer is over {limit:,} bytes (llm_max_reply_chars); not read further")
+            chunks.append(chunk)
+    except httpx.HTTPError as e:
+        raise LLMError(f"the server's answer broke off: {type(e).__name__}") from None
+    finally:
+        await response.aclose()
+    return b"".join(chunks)
+
+
+def _count(value: Any) -> int:
+    """A token count from the answer's usage, or 0 for anything that is not a plain count (a string, inf, a bool,
+    a 400-digit number: each crashed the run once)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0
+    if isinstance(value, float) and not math.isfinite(value):
+        return 0
+    return int(value) if 0 <= value < 2**53 else 0
 
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
@@ -297,6 +330,8 @@ async def ask_each(
                 outcome = Outcome(item, None, str(e))
             except OSError as e:
                 outcome = Outcome(item, None, f"cannot read the image file: {e}")
+            except Exception as e:  # noqa: BLE001 - one hostile answer fails its item, with the reason; the run goes on
+                outcome = Outcome(item, None, f"the server's answer could not be read ({type(e).__name__})")
         await on_outcome(outcome)
 
     try:
