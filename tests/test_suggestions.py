@@ -138,3 +138,28 @@ def test_a_prediction_line_nested_100000_deep_is_refused_as_bad_input(wb, admin,
     with pytest.raises(SkinflowError, match="line 2 is not valid JSON .*nested deeper than 64 levels.*nothing was imported"):
         import_predictions(wb, admin, path)
     assert count_model_drafts(wb) == 0
+
+
+def test_hostile_prediction_lines_are_skipped_one_by_one_and_the_rest_import(wb, admin, exported, tmp_path):
+    """Each of these crashed `suggest --predictions` whole: an unhashable version, a 30-digit id, diagnoses as a
+    number, a score of 1e999 or text, a caption that is a list, texts that are objects."""
+    rows = [
+        prediction(exported[0], model_version=["run-1"]),
+        prediction(exported[1], id=10**30),
+        prediction(exported[2], diagnoses=5),
+        prediction(exported[3], diagnoses=[{"key": "melanoma", "score": 10**400}, {"key": "psoriasis", "score": "high"}]),
+        prediction(exported[4], caption=["brown"], caption_text={"x": 1}, answer=[1], caption_error={"y": 2}),
+        prediction(exported[5]),
+    ]
+    path = tmp_path / "hostile.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = import_predictions(wb, admin, path)
+    assert [line for line, _ in report.skipped] == [1, 2] and "model_version" in report.skipped[0][1]
+    assert report.added == 4
+    with wb.session() as s:
+        drafts = {d.image_id: d for d in s.scalars(select(Draft).where(Draft.kind == "model"))}
+    assert drafts[exported[2]["id"]].diagnoses == []
+    assert drafts[exported[3]["id"]].diagnoses == [{"key": "melanoma", "score": 0.0}, {"key": "psoriasis", "score": 0.0}]
+    odd = drafts[exported[4]["id"]]
+    assert odd.caption is None and "must be an object" in odd.error and odd.raw_reply is None
+    assert drafts[exported[5]["id"]].caption["color"] == ["brown"]

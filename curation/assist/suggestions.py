@@ -41,11 +41,46 @@ class SuggestionReport:
 
 
 def _diagnoses(row: dict[str, Any], taxonomy) -> list[dict[str, Any]]:
+    entries = row.get("diagnoses")
     out = []
-    for entry in row.get("diagnoses") or []:
-        if isinstance(entry, dict) and entry.get("key") in taxonomy.labels:
-            out.append({"key": entry["key"], "score": float(entry.get("score") or 0.0)})
+    for entry in entries if isinstance(entries, list) else []:
+        key = entry.get("key") if isinstance(entry, dict) else None
+        if isinstance(key, str) and key in taxonomy.labels:
+            out.append({"key": key, "score": _score(entry.get("score"))})
     return out
+
+
+def _score(value: Any) -> float:
+    """A probability from a prediction file; anything else (text, inf, a 400-digit number, a bool) is 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0.0
+    try:
+        number = float(value)
+    except OverflowError:
+        return 0.0
+    return number if 0.0 <= number <= 1.0 else 0.0
+
+
+def _image_id(row: dict[str, Any]) -> int | None:
+    """The row's image id when it is one a database can hold (a 30-digit id crashed the SQLite lookup)."""
+    value = row.get("id")
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63 else None
+
+
+def _text(value: Any, limit: int = 20_000) -> str | None:
+    return value[:limit] if isinstance(value, str) else None
+
+
+def _checked_row(row: dict[str, Any]) -> str:
+    """The row's model_version, or ValueError saying why the row cannot be imported (it is skipped, not the file)."""
+    version = row.get("model_version")
+    if not isinstance(version, str) or not version.strip() or len(version) > 200:
+        raise ValueError("model_version is not a short text")
+    if row.get("id") is not None and _image_id(row) is None:
+        raise ValueError("id is not an image number")
+    if not isinstance(row.get("image", ""), str):
+        raise ValueError("image is not a file name")
+    return version
 
 
 def import_predictions(wb: Workbench, actor: Actor, path: str | Path) -> SuggestionReport:
@@ -63,7 +98,7 @@ def import_predictions(wb: Workbench, actor: Actor, path: str | Path) -> Suggest
         raise SkinflowError(f"{e}; nothing was imported") from None
     report = SuggestionReport()
     with wb.session() as s:
-        ids = [r.get("id") for _, r in rows if isinstance(r.get("id"), int)]
+        ids = [i for _, r in rows if (i := _image_id(r)) is not None]
         shas = [Path(str(r.get("image", ""))).stem for _, r in rows]
         by_id = {i.id: i.sha256 for i in s.execute(select(Image.id, Image.sha256).where(Image.id.in_(ids)))}
         by_sha = {
@@ -75,8 +110,13 @@ def import_predictions(wb: Workbench, actor: Actor, path: str | Path) -> Suggest
         )
     drafts = []
     for number, row in rows:
+        try:
+            version = _checked_row(row)
+        except ValueError as e:  # one hostile line is skipped with its reason; the rest import
+            report.skipped.append((number, str(e)))
+            continue
         sha = Path(str(row.get("image", ""))).stem
-        image_id = row.get("id") if isinstance(row.get("id"), int) else by_sha.get(sha)
+        image_id = _image_id(row) or by_sha.get(sha)
         if image_id is None or image_id not in by_id and image_id not in by_sha.values():
             report.skipped.append((number, "no such image in this workbench"))
             continue
@@ -85,34 +125,36 @@ def import_predictions(wb: Workbench, actor: Actor, path: str | Path) -> Suggest
                 (number, f"id {image_id} names a different picture than {sha[:12]}...: prediction file from another workbench?")
             )
             continue
-        if (image_id, row["model_version"]) in present:
+        if (image_id, version) in present:
             report.already_there += 1
             continue
-        caption, error, notes = row.get("caption"), row.get("caption_error"), []
+        caption, error, notes = row.get("caption"), _text(row.get("caption_error"), 2000), []
         if caption is not None:
             try:
                 salvaged, notes = salvage_caption(caption)
                 caption = salvaged.to_json()
             except CaptionError as e:
                 caption, error = None, str(e)
+            except Exception as e:  # noqa: BLE001 - a shape no rule foresaw: this row's caption fails, not the file
+                caption, error = None, f"the caption could not be read ({type(e).__name__})"
         drafts.append(
             {
                 "image_id": image_id,
                 "kind": "model",
                 "producer": PRODUCER,
-                "version": row["model_version"],
+                "version": version,
                 "caption": caption,
                 "error": error if caption is None else None,
-                "raw_reply": row.get("caption_text"),
+                "raw_reply": _text(row.get("caption_text")),
                 "diagnoses": _diagnoses(row, wb.taxonomy),
                 "meta": {
-                    "answer": row.get("answer"),
+                    "answer": _text(row.get("answer")),
                     "source": str(path),
                     **({"salvage": [n.to_json() for n in notes]} if notes else {}),
                 },
             }
         )
-        present.add((image_id, row["model_version"]))
+        present.add((image_id, version))
     if drafts:
         add_drafts(wb, actor, drafts)
         _score_for_queue(wb, drafts)

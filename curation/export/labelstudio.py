@@ -18,7 +18,6 @@ annotator (with a random password an admin can reset).
 from __future__ import annotations
 
 import base64
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +34,7 @@ from curation.store.models import Annotation, Image, User
 from curation.store.secrets import read_secret
 from schema.errors import SkinflowError
 from schema.fields import FIELDS
+from schema.files import loads_bounded
 from schema.salvage import salvage_caption
 
 IMPORT_BATCH = 500
@@ -158,19 +158,28 @@ def push(
     return report
 
 
-def caption_from_result(result: list[dict[str, Any]]) -> tuple[dict[str, Any], str | None]:
-    """(raw caption, diagnosis key) from Label Studio result items."""
+def caption_from_result(result: Any) -> tuple[dict[str, Any], str | None]:
+    """(raw caption, diagnosis key) from Label Studio result items. A partner's export is outside input: items of
+    the wrong shape are left out (salvage then reports the fields), never a crash."""
     caption: dict[str, Any] = {}
     diagnosis = None
     kinds = {f.key: f.kind for f in FIELDS}
-    for item in result or []:
-        name, value = item.get("from_name"), item.get("value") or {}
-        if name == "diagnosis" and value.get("taxonomy"):
-            diagnosis = value["taxonomy"][0][-1]
+    for item in result if isinstance(result, list) else []:
+        if not isinstance(item, dict):
+            continue
+        name, value = item.get("from_name"), item.get("value")
+        value = value if isinstance(value, dict) else {}
+        if name == "diagnosis":
+            path = value.get("taxonomy")
+            first = path[0] if isinstance(path, list) and path else None
+            leaf = first[-1] if isinstance(first, list) and first else None
+            diagnosis = leaf if isinstance(leaf, str) else diagnosis
         elif name in kinds and kinds[name] == "free":
-            caption[name] = " ".join(value.get("text") or [])
+            texts = value.get("text")
+            caption[name] = " ".join(t for t in texts if isinstance(t, str)) if isinstance(texts, list) else texts
         elif name in kinds:
-            choices = value.get("choices") or []
+            choices = value.get("choices")
+            choices = choices if isinstance(choices, list) else []
             caption[name] = choices if kinds[name] == "multi" else (choices[0] if choices else None)
     return caption, diagnosis
 
@@ -179,7 +188,7 @@ def _local_user(
     wb: Workbench, admin: Actor, person: dict[str, Any] | int | None, emails: dict[int, str], report: "PullReport"
 ) -> Actor:
     email = person.get("email") if isinstance(person, dict) else emails.get(person) if isinstance(person, int) else None
-    if not email:
+    if not isinstance(email, str) or not email or len(email) > 320:
         raise SkinflowError("a Label Studio annotation names no annotator the token may look up; use an admin token")
     base = re.sub(r"[^a-z0-9._-]", "-", email.split("@")[0].lower()).strip("-.")[:50] or "labelstudio-user"
     with wb.session() as s:
@@ -216,45 +225,84 @@ def pull(wb: Workbench, actor: Actor, url: str, token: str, *, project: str = "S
     raw = b"".join(_call("export the project", client.projects.exports.download_sync, project_id, export_type="JSON"))
     # the JSON export names annotators by id: map ids to emails once
     emails = {u.id: u.email for u in _call("list users", client.users.list) if getattr(u, "email", None)}
+    report = import_export(wb, actor, raw, source=f"{url.rstrip('/')}/projects/{project_id}", emails=emails)
+    with wb.session() as s:
+        audit.record(s, actor, "labelstudio.pull", "annotation", None, url=url, project=project_id, imported=report.imported)
+    return report
+
+
+def import_export(wb: Workbench, actor: Actor, raw: bytes, *, source: str, emails: dict[int, str]) -> PullReport:
+    """The annotations of a Label Studio JSON export (`source`: the project's address, recorded in each one's
+    origin). The export is outside input: a task of the wrong shape is skipped with its reason, the rest import."""
+    require(actor, "admin", "import Label Studio annotations")
+    try:
+        tasks = loads_bounded(raw.decode("utf-8") if raw else "[]")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise LabelStudioError(f"the Label Studio export is not readable JSON ({e}); nothing was imported") from None
+    if not isinstance(tasks, list):
+        raise LabelStudioError("the Label Studio export is not a list of tasks; nothing was imported")
     report = PullReport()
     with wb.session() as s:
         known = set(s.scalars(select(Annotation.origin).where(Annotation.origin.is_not(None))))
-    for task in json.loads(raw or b"[]"):
-        image_id = (task.get("data") or {}).get("skinflow_id")
-        for annotation in task.get("annotations") or []:
-            origin = (
-                f"labelstudio:{url.rstrip('/')}/projects/{project_id}/tasks/{task.get('id')}/annotations/{annotation.get('id')}"
-            )
+    for task in tasks:
+        task_id = task.get("id") if isinstance(task, dict) else None
+        task_id = task_id if isinstance(task_id, int) and not isinstance(task_id, bool) else None
+        data = task.get("data") if isinstance(task, dict) else None
+        image_id = data.get("skinflow_id") if isinstance(data, dict) else None
+        image_id = image_id if isinstance(image_id, int) and not isinstance(image_id, bool) and 0 < image_id < 2**63 else None
+        annotations = task.get("annotations") if isinstance(task, dict) else None
+        if not isinstance(annotations, list):
+            report.skipped.append((task_id, "not a task of a Label Studio export (no annotations list)"))
+            continue
+        for annotation in annotations:
+            if not isinstance(annotation, dict):
+                report.skipped.append((task_id, "an annotation that is not an object"))
+                continue
+            origin = f"labelstudio:{source}/tasks/{task_id}/annotations/{annotation.get('id')}"[:1000]
             if origin in known:
                 report.already_imported += 1
                 continue
             if annotation.get("was_cancelled") or not image_id:
-                report.skipped.append((task.get("id"), "skipped in Label Studio" if image_id else "not a SkinFlow task"))
+                report.skipped.append((task_id, "skipped in Label Studio" if image_id else "not a SkinFlow task"))
                 continue
             try:
-                annotator = _local_user(wb, actor, annotation.get("completed_by"), emails, report)
-                raw_caption, diagnosis = caption_from_result(annotation.get("result"))
-                caption, notes = salvage_caption(raw_caption)  # a field Label Studio let through wrong is dropped alone
-                report.salvaged += [(task.get("id"), f"{n.field} {n.action}: {n.reason}") for n in notes]
-                with wb.session() as s:
-                    source_key = s.get(Image, image_id).diagnosis_key if s.get(Image, image_id) else None
-                    head = user_chain_head(s, image_id, annotator.id)
-                status = "uncertain" if diagnosis is None else ("confirmed" if diagnosis == source_key else "corrected")
-                submit_annotation(
-                    wb,
-                    annotator,
-                    image_id,
-                    caption,
-                    diagnosis=diagnosis,
-                    diagnosis_status=status,
-                    supersedes_id=head.id if head else None,
-                    origin=origin,
-                )
+                _import_annotation(wb, actor, image_id, annotation, origin, emails, report, task_id)
             except SkinflowError as e:
-                report.skipped.append((task.get("id"), str(e)))
+                report.skipped.append((task_id, str(e)))
                 continue
             known.add(origin)
             report.imported += 1
-    with wb.session() as s:
-        audit.record(s, actor, "labelstudio.pull", "annotation", None, url=url, project=project_id, imported=report.imported)
     return report
+
+
+def _import_annotation(
+    wb: Workbench,
+    actor: Actor,
+    image_id: int,
+    annotation: dict[str, Any],
+    origin: str,
+    emails: dict[int, str],
+    report: PullReport,
+    task_id: int | None,
+) -> None:
+    annotator = _local_user(wb, actor, annotation.get("completed_by"), emails, report)
+    raw_caption, diagnosis = caption_from_result(annotation.get("result"))
+    caption, notes = salvage_caption(raw_caption)  # a field Label Studio let through wrong is dropped alone
+    report.salvaged += [(task_id, f"{n.field} {n.action}: {n.reason}") for n in notes]
+    with wb.session() as s:
+        image = s.get(Image, image_id)
+        if image is None:
+            raise NotFound(f"no image #{image_id} in this workbench: an export of another workbench's project?")
+        source_key = image.diagnosis_key
+        head = user_chain_head(s, image_id, annotator.id)
+    status = "uncertain" if diagnosis is None else ("confirmed" if diagnosis == source_key else "corrected")
+    submit_annotation(
+        wb,
+        annotator,
+        image_id,
+        caption,
+        diagnosis=diagnosis,
+        diagnosis_status=status,
+        supersedes_id=head.id if head else None,
+        origin=origin,
+    )
