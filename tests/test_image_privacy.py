@@ -102,7 +102,7 @@ def _other(fmt: str) -> bytes:
 CASES = {
     "jpeg, stripped losslessly (upright)": (_jpeg, 1, "JPEG"),
     "jpeg, re-encoded (EXIF-rotated)": (_jpeg, 6, "JPEG"),
-    "png, stripped losslessly": (_png, False, "PNG"),
+    "png, rebuilt from its pixels": (_png, False, "PNG"),
     "png, re-encoded (16-bit)": (_png, True, "PNG"),
     "webp, re-encoded": (_other, "WEBP", "PNG"),
     "tiff, re-encoded": (_other, "TIFF", "PNG"),
@@ -181,3 +181,65 @@ def test_scrub_icc_keeps_colour_tags_and_blanks_text():
     assert after.profile.red_colorant == before.profile.red_colorant  # the colour data is untouched
     assert after.profile.copyright.strip(" \x00") == ""
     assert scrub_icc(b"not a profile") == b""
+
+
+def _with_chunk_after_idat(data: bytes, kind: bytes, body: bytes) -> bytes:
+    """The PNG with a chunk inserted just before IEND (after the image data)."""
+    end = data.rindex(b"IEND") - 4
+    chunk = struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    return data[:end] + chunk + data[end:]
+
+
+def _plain_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(4).integers(0, 256, (30, 40, 3), dtype=np.uint8), "RGB").save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_a_colour_profile_after_the_image_data_that_inflates_to_gigabytes_is_never_inflated():
+    """A 1 MB PNG whose iCCP chunk (after IDAT) inflated to 2.29 GB took 13.8 s at import, and was imported."""
+    import tracemalloc
+
+    bomb = zlib.compress(bytes(256 * 1024 * 1024), 9)  # 256 MB of zeros in about 250 kB
+    # behind a chunk whose type is not letters Pillow stops reading (the picture loads fine), so only a cleaner
+    # that walks every chunk itself meets the profile, and pays for inflating it
+    data = _with_chunk_after_idat(_with_chunk_after_idat(_plain_png(), b"\x00\x00\x00\x00", b""), b"iCCP", b"bomb\x00\x00" + bomb)
+    tracemalloc.start()
+    try:
+        clean = sanitize_image(data, MAX_PIXELS)
+    except Exception as e:  # refusing it is as good as dropping the profile
+        clean, refused = None, e
+    else:
+        refused = None
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 64 * 1024 * 1024, f"{peak / 1e6:.0f} MB allocated: the profile was inflated"
+    if clean is not None:
+        assert b"iCCP" not in clean.data and len(clean.data) < 64 * 1024
+    else:
+        assert "corrupt" in str(refused) or "large" in str(refused), refused
+
+
+def test_text_hidden_after_the_zlib_stream_in_png_image_data_is_gone():
+    data = _plain_png()
+    start = data.index(b"IDAT") - 4
+    (length,) = struct.unpack(">I", data[start : start + 4])
+    body = data[start + 8 : start + 8 + length] + PHI.encode()  # after the stream's end: decoders never read it
+    idat = struct.pack(">I", len(body)) + b"IDAT" + body + struct.pack(">I", zlib.crc32(b"IDAT" + body))
+    hidden = data[:start] + idat + data[start + 12 + length :]
+    with Image.open(io.BytesIO(hidden)) as img:
+        img.load()  # still a valid picture
+    assert PHI.encode() in hidden
+    clean = sanitize_image(hidden, MAX_PIXELS)
+    assert all(PHI.encode() not in text and NAME.encode() not in text for text in _texts(clean.data))
+    with Image.open(io.BytesIO(hidden)) as a, Image.open(io.BytesIO(clean.data)) as b:
+        assert np.array_equal(np.asarray(a), np.asarray(b))  # rebuilt from its pixels, losslessly
+
+
+def test_text_in_a_colour_profiles_slack_tail_and_reserved_bytes_is_gone():
+    profile = bytearray(_phi_icc())
+    profile[100:117] = PHI.encode()[:17]  # the header's reserved bytes
+    tail = bytes(profile) + PHI.encode()  # after the last tag
+    scrubbed = scrub_icc(tail)
+    assert len(scrubbed) == len(tail) and PHI.encode()[:17] not in scrubbed and PHI.encode() not in scrubbed
+    assert ImageCms.ImageCmsProfile(io.BytesIO(scrubbed)).profile.red_colorant  # still a valid profile

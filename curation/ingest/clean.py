@@ -10,9 +10,11 @@ A stored file is guaranteed to be:
   copyright, device names, private tags): those are blanked in place (`scrub_icc`), lengths unchanged.
 
 Why two paths: a clinical photo should not be recompressed just to drop its metadata. So an
-upright JPEG keeps its compressed data and only loses its metadata segments, and a PNG only
-loses its metadata chunks. Only images that need a pixel change (rotation, CMYK, 16-bit,
-other formats) are decoded and re-encoded (JPEG quality 95, or lossless PNG).
+upright JPEG keeps its compressed data and only loses its metadata segments. A PNG is always
+rebuilt from its pixels (lossless, so nothing is lost): stripping chunks kept whatever hid inside
+the kept ones (bytes after the zlib stream in IDAT, a colour profile placed after the image data
+and inflating to gigabytes). Images that need a pixel change (rotation, CMYK, 16-bit, other
+formats) are decoded and re-encoded (JPEG quality 95, or lossless PNG).
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import io
 import re
 import struct
 import warnings
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,19 +93,31 @@ _ICC_COLOUR_TYPES = {
 
 
 def scrub_icc(profile: bytes) -> bytes:
-    """The ICC profile with every non-colour tag's content blanked (text becomes spaces, other data zeros) and
-    the profile id cleared; same length and tag table, so it stays a valid profile. Unreadable: b""."""
+    """The ICC profile with every non-colour tag's content blanked (text becomes spaces, other data zeros), the
+    profile id and reserved bytes cleared, and every byte no tag covers (slack between tags, a tail after the
+    last) zeroed; same length and tag table, so it stays a valid profile. Unreadable: b""."""
     if len(profile) < 132 or profile[36:40] != b"acsp":
         return b""
     out = bytearray(profile)
     out[84:100] = bytes(16)  # the profile id (an MD5 of the content) no longer holds
+    out[100:128] = bytes(28)  # reserved: zeros by the standard, free for text otherwise
     (count,) = struct.unpack(">I", profile[128:132])
     if 132 + 12 * count > len(profile):
         return b""
+    used = np.zeros(len(profile), dtype=bool)  # bytes some part of the profile points at
+    used[: 132 + 12 * count] = True
+    tags = []
     for index in range(count):
         _signature, offset, size = struct.unpack(">4sII", profile[132 + 12 * index : 144 + 12 * index])
         if size < 8 or offset + size > len(profile):
             return b""
+        used[offset : offset + size] = True
+        tags.append((offset, size))
+    # slack between tags and bytes after the last one are read by nothing, so they could carry any text: zeros
+    kept = np.frombuffer(bytes(out), dtype=np.uint8) * used
+    out = bytearray(kept.astype(np.uint8).tobytes())
+    for offset, size in tags:
+        out[offset + 4 : offset + 8] = bytes(4)  # each tag's reserved bytes after its type signature
         kind = profile[offset : offset + 4]
         if kind in _ICC_COLOUR_TYPES:
             continue
@@ -219,41 +232,6 @@ def _strip_jpeg(data: bytes) -> bytes | None:
     return None
 
 
-def _strip_png(data: bytes) -> bytes | None:
-    if not data.startswith(_PNG_SIGNATURE):
-        return None
-    out = [_PNG_SIGNATURE]
-    pos, n = len(_PNG_SIGNATURE), len(data)
-    while pos + 12 <= n:
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind = data[pos + 4 : pos + 8]
-        end = pos + 12 + length
-        if end > n:
-            return None
-        if kind == b"iCCP":
-            out.append(_png_iccp(data[pos + 8 : end - 4]))
-        elif kind in _PNG_KEEP:
-            out.append(data[pos:end])
-        pos = end
-        if kind == b"IEND":
-            return b"".join(out)
-    return None
-
-
-def _png_chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def _png_iccp(body: bytes) -> bytes:
-    """iCCP with a neutral profile name (the name is free Latin-1 text) and the profile scrubbed; b"" drops it."""
-    name_end = body.find(b"\x00")
-    try:
-        profile = scrub_icc(zlib.decompress(body[name_end + 2 :])) if 0 < name_end < 80 else b""
-    except zlib.error:
-        profile = b""
-    return _png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(profile)) if profile else b""
-
-
 def _to_8bit(img: Image.Image) -> Image.Image:
     """16-bit and 32-bit greyscale to 8-bit L (scaled, not clipped)."""
     array = np.asarray(img)
@@ -268,7 +246,7 @@ def _reencode(img: Image.Image, as_jpeg: bool) -> tuple[bytes, str, str]:
         img = _to_8bit(img)
     if as_jpeg and img.mode not in ("RGB", "L"):
         img = img.convert("RGB")
-    elif not as_jpeg and img.mode not in ("RGB", "RGBA", "L", "LA"):
+    elif not as_jpeg and img.mode not in ("RGB", "RGBA", "L", "LA", "P"):
         img = img.convert("RGBA" if "A" in img.mode or "transparency" in img.info else "RGB")
     # Pillow writes what `info` holds (a JPEG comment, EXIF, XMP, text, dpi): the encoder gets only pixels,
     # transparency and the scrubbed profile.
@@ -319,8 +297,6 @@ def sanitize_image(data: bytes, max_pixels: int) -> CleanImage:
         if orientation in (0, 1):
             if img.format in ("JPEG", "MPO") and img.mode in ("RGB", "L"):
                 stripped, ext, fmt = _strip_jpeg(data), "jpg", "JPEG"
-            elif img.format == "PNG" and img.mode in ("RGB", "RGBA", "L", "LA", "P"):
-                stripped, ext, fmt = _strip_png(data), "png", "PNG"
         if stripped is None:
             stripped, ext, fmt = _reencode(img, as_jpeg=img.format in ("JPEG", "MPO"))
             if orientation in (5, 6, 7, 8):
