@@ -50,9 +50,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(home: Path, port: int, cwd: Path | None = None):
-    """`skinflow app` on 127.0.0.1:port (started in `cwd`, where Streamlit looks for .streamlit/secrets.toml)."""
-    env = {**os.environ, "SKINFLOW_HOME": str(home)}
+def serve(home: Path, port: int, cwd: Path | None = None, env: dict[str, str] | None = None):
+    """`skinflow app` on 127.0.0.1:port (started in `cwd`, where Streamlit looks for .streamlit/secrets.toml), with
+    `env` added to its environment."""
+    env = {**os.environ, "SKINFLOW_HOME": str(home), **(env or {})}
     skinflow = str(Path(sys.executable).with_name("skinflow"))
     process = subprocess.Popen(
         [skinflow, "app", "--port", str(port)],

@@ -34,7 +34,7 @@ def _is_streamlit_of(pid: str, url: str) -> bool:
         command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return b"streamlit" in command and url.rsplit(":", 1)[1].encode() in command
+    return b"app.ui.server" in command and url.rsplit(":", 1)[1].encode() in command  # the server `skinflow app` became
 
 
 def test_the_activation_suggest_job_runs_our_code_wherever_it_is_started(wb, admin, decoys):

@@ -47,7 +47,7 @@ def app_(
     script = Path(__file__).resolve().parents[1] / "ui" / "main.py"
     out.print(f"SkinFlow Workbench on http://{host}:{port} (workbench {wb.settings.home.resolve()}); Ctrl-C stops it")
     command = [
-        *python_module("streamlit"),
+        *python_module("app.ui.server"),  # Streamlit's command line, with its own outbound lookup switched off
         "run",
         str(script),
         "--server.address",

@@ -1,4 +1,4 @@
-"""Entry point: `skinflow app` runs `streamlit run app/ui/main.py`.
+"""Entry point: `skinflow app` runs `streamlit run app/ui/main.py` (through app/ui/server.py).
 
 The page modules live in app/ui/screens/, not pages/: Streamlit treats a pages/ folder beside the
 entry script as legacy auto-discovered pages, which breaks st.navigation on reruns."""
