@@ -369,3 +369,28 @@ def test_users_unlock_lets_a_locked_account_log_in_at_once(tmp_path):
         assert refused.returncode != 0 and "admin" in refused.stderr
     finally:
         wb.close()
+
+
+@pytest.mark.parametrize("size", ["inf", "nan", "-1", "0"])
+def test_train_plan_refuses_a_gpu_size_that_is_not_one(tmp_path, size):
+    result = run(tmp_path / "wb", "train", "--plan", "--preset", "qwen2.5-vl-7b", "--gpu-memory-gb", size, check=False)
+    assert result.returncode == 2 and "is not a GPU's size" in result.stderr, result.stderr
+
+
+def test_train_and_ablate_take_a_relative_export_folder_as_absolute(tmp_path, monkeypatch):
+    """The trainer reads the export again from elsewhere: a relative --export trained 44 s, then failed."""
+    from typer.testing import CliRunner
+
+    import trainer.ablate
+    import trainer.train
+    from app.cli import app
+
+    seen = {}
+    monkeypatch.setattr(trainer.train, "train", lambda config, resume=False: seen.update(train=config.export) or tmp_path)
+    monkeypatch.setattr(trainer.ablate, "run_ablation", lambda config, **kw: seen.update(ablate=config.export))  # None
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my-export").mkdir()
+    CliRunner().invoke(app, ["train", "--export", "my-export", "--preset", "tiny"])
+    CliRunner().invoke(app, ["ablate", "--export", "my-export"])
+    assert seen["train"] == str(tmp_path / "my-export")
+    assert seen.get("ablate") == str(tmp_path / "my-export")

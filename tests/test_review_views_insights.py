@@ -282,3 +282,39 @@ def test_edit_rates_per_field_compare_what_annotators_started_from(wb, admin, an
     assert rates["model"]["fields"]["number"] == 0.0 and rates["model"]["diagnosis"] == 0.0
     assert rates["llm"]["fields"]["color"] == 1.0 and rates["llm"]["fields"]["number"] == 1.0 and rates["llm"]["diagnosis"] == 1.0
     assert rates["llm"]["fields"]["texture"] == 0.0 and "synthetic" not in rates
+
+
+def _raw_zip(name: bytes, data: bytes, *, flags: int = 0, method: int = 0) -> bytes:
+    """A one-entry zip written byte by byte: what zipfile will not write (an encrypted flag, an unknown method,
+    names no file system takes)."""
+    import struct
+    import zlib
+
+    crc = zlib.crc32(data)
+    local = struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, flags, method, 0, 0, crc, len(data), len(data), len(name), 0)
+    central = struct.pack(
+        "<4s6H3L5H2L", b"PK\x01\x02", 20, 20, flags, method, 0, 0, crc, len(data), len(data), len(name), 0, 0, 0, 0, 0, 0
+    )
+    body = local + name + data
+    directory = central + name
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 1, 1, len(directory), len(body), 0)
+    return body + directory + end
+
+
+@pytest.mark.parametrize(
+    "name, flags, method, saying",
+    [
+        (b"a" * 300 + b".jpg", 0, 0, "a name over 255 bytes"),
+        (b"/".join([b"d" * 200] * 25) + b"/x.jpg", 0, 0, "a path over 4096 bytes"),
+        (b"secret.jpg", 1, 0, "is encrypted"),
+        (b"odd.jpg", 0, 99, "compression method 99"),
+    ],
+)
+def test_zips_that_crashed_the_import_are_refused_whole_with_what_to_do(wb, admin, tmp_path, name, flags, method, saying):
+    archive = tmp_path / "odd.zip"
+    archive.write_bytes(_raw_zip(name, jpeg_bytes(photo(4)), flags=flags, method=method))
+    with pytest.raises(IngestError, match=saying):
+        import_zip(wb, admin, archive)
+    with wb.session() as s:
+        assert s.scalars(select(Image)).all() == []
+    assert not list(wb.settings.home.glob(".tmp-*"))

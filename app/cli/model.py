@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -54,8 +55,11 @@ def train(
     with --preset probe, linear heads on a frozen image encoder (seconds to minutes on a CPU)."""
     from trainer.config import TrainConfig
 
+    if gpu_memory_gb is not None and not (math.isfinite(gpu_memory_gb) and 0 < gpu_memory_gb <= 10_000):
+        raise SkinflowError(f"--gpu-memory-gb {gpu_memory_gb} is not a GPU's size: give the GB of one GPU, e.g. 80")
     overrides = {
-        "export": str(export_dir) if export_dir else None,
+        # absolute: the trainer reads it again later from elsewhere (a relative one failed after 44 s of training)
+        "export": str(export_dir.resolve()) if export_dir else None,
         "model": model,
         "output_dir": output_dir,
         "run_id": run_id,
@@ -139,7 +143,7 @@ def ablate(
     }
     out_dir = out_dir or Path("runs") / time.strftime("ablation-%Y%m%d-%H%M%S")
     config = AblationConfig(
-        export=str(export_dir),
+        export=str(export_dir.resolve()),  # absolute, as for train
         out=str(out_dir),
         preset=preset,
         seeds=tuple(range(seeds)),

@@ -36,11 +36,34 @@ def _check_layout(members: list[zipfile.ZipInfo]) -> None:
         raise IngestError(f"refused: the archive has a file and a folder both named {clash[0]!r}; nothing was imported")
 
 
+MAX_NAME_BYTES = 255  # one file or folder name (the file system's limit: longer crashed the extraction)
+MAX_PATH_BYTES = 4096
+READABLE_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+
+
 def _safe_member_path(name: str) -> PurePosixPath:
     path = PurePosixPath(name.replace("\\", "/"))
     if path.is_absolute() or ".." in path.parts or (path.parts and path.parts[0].endswith(":")):
         raise IngestError(f"refused: the archive entry {name!r} points outside the archive (zip-slip); nothing was imported")
+    shown = name[:80] + ("..." if len(name) > 80 else "")
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
+        raise IngestError(f"refused: the archive entry {shown!r} has a path over {MAX_PATH_BYTES} bytes; nothing was imported")
+    if any(len(part.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES for part in path.parts):
+        raise IngestError(f"refused: the archive entry {shown!r} has a name over {MAX_NAME_BYTES} bytes; nothing was imported")
     return path
+
+
+def _check_readable(member: zipfile.ZipInfo) -> None:
+    if member.flag_bits & 0x1:
+        raise IngestError(
+            f"refused: the archive entry {member.filename[:80]!r} is encrypted; zip the images without a password; "
+            "nothing was imported"
+        )
+    if member.compress_type not in READABLE_METHODS:
+        raise IngestError(
+            f"refused: the archive entry {member.filename[:80]!r} uses compression method {member.compress_type}, which "
+            "cannot be read; zip the images with plain deflate; nothing was imported"
+        )
 
 
 def import_zip(
@@ -58,6 +81,7 @@ def import_zip(
                 raise IngestError(f"refused: the archive has {len(members)} files, over {MAX_ZIP_ENTRIES}; split it")
             for member in members:
                 _safe_member_path(member.filename)
+                _check_readable(member)
                 if (member.external_attr >> 16) & 0o170000 == 0o120000:
                     raise IngestError(f"refused: the archive entry {member.filename!r} is a symbolic link; nothing was imported")
                 if member.file_size > max_bytes or member.file_size > max(member.compress_size, 1) * MAX_ZIP_RATIO:
@@ -94,5 +118,5 @@ def import_zip(
                                 )
                             sink.write(block)
                 return import_folder(wb, actor, root, label_from_folder=label_from_folder, progress=progress)
-    except zipfile.BadZipFile:
-        raise IngestError(f"{Path(archive).name} is not a readable zip archive") from None
+    except (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFError) as e:  # what zipfile raises on bad input
+        raise IngestError(f"{Path(archive).name} is not a readable zip archive ({e}); nothing was imported") from None

@@ -21,6 +21,7 @@ from curation.labelling.workflow import QUEUE_STRATEGIES, get_workflow_settings,
 from curation.store.auth import add_user, list_users, set_password, set_role, unlock
 from curation.store.models import ROLES
 from schema.errors import SkinflowError
+from schema.files import TEMP_PREFIX, temp_owner_tag
 
 
 def _report(report) -> None:
@@ -85,7 +86,11 @@ def _import(wb, actor) -> None:
             state.show_error(e)
     upload = st.file_uploader("Or upload a zip of images", type=["zip"])
     if upload is not None and st.button("Import zip"):
-        with tempfile.NamedTemporaryFile(suffix=".zip") as handle:
+        # inside the workbench (owner-only, and swept by `doctor --fix` if the app is killed mid-import), not in the
+        # system temp folder, where another account could read the patients' pictures and nothing cleans up
+        with tempfile.NamedTemporaryFile(
+            prefix=f"{TEMP_PREFIX}{temp_owner_tag()}upload", suffix=".zip", dir=wb.settings.home
+        ) as handle:
             handle.write(upload.getvalue())
             handle.flush()
             try:
