@@ -98,3 +98,25 @@ def test_download_guards(server):
     with pytest.raises(FetchError, match="link-local"):
         download("http://169.254.169.254/latest/meta-data", timeout_s=2, max_bytes=10**6, allow_private=False)
     assert download(f"{server}/redirect", timeout_s=2, max_bytes=10**6, allow_private=True) == PICTURE
+
+
+def test_the_download_connects_to_the_address_that_was_checked(server, monkeypatch):
+    """DNS rebinding: the name resolved once for the check and again to connect, so a DNS server could answer a
+    public address first and a private one (169.254.169.254) second. Here the second answer is an unroutable
+    address: a download that resolves again cannot reach the picture."""
+    import socket
+
+    from curation.ingest import fetch
+
+    port = int(server.rsplit(":", 1)[1])
+    answers = iter(["127.0.0.1"] + ["192.0.2.1"] * 10)  # TEST-NET-1: nothing answers there
+    real = socket.getaddrinfo
+
+    def rebinding(host, *args, **kwargs):
+        if host == "pictures.example":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (next(answers), port))]
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(fetch.socket, "getaddrinfo", rebinding)
+    url = f"http://pictures.example:{port}/img.jpg"
+    assert download(url, timeout_s=2, max_bytes=10**6, allow_private=True) == PICTURE

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import time
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
 from sqlalchemy import select
@@ -21,7 +21,10 @@ from curation.store.files import sha256_hex
 from curation.store.models import Image
 
 
-def _check_address(url: str, allow_private: bool) -> None:
+def _check_address(url: str, allow_private: bool) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The address to connect to for `url`, after checking every address its host resolves to. The caller
+    connects to this one: resolving the name again to connect let a DNS server answer differently the second
+    time (DNS rebinding: a public address for the check, 169.254.169.254 for the download)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         raise FetchError(f"only http and https URLs are fetched, not {parts.scheme or 'no scheme'!r}")
@@ -31,10 +34,12 @@ def _check_address(url: str, allow_private: bool) -> None:
         infos = socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
     except socket.gaierror:
         raise FetchError(f"cannot resolve host {parts.hostname!r} (no network?)") from None
+    if not infos:
+        raise FetchError(f"cannot resolve host {parts.hostname!r}")
     if allow_private:
-        return
+        return ipaddress.ip_address(infos[0][4][0].split("%")[0])
     for info in infos:
-        address = ipaddress.ip_address(info[4][0])
+        address = ipaddress.ip_address(info[4][0].split("%")[0])
         if (
             address.is_private
             or address.is_loopback
@@ -47,6 +52,18 @@ def _check_address(url: str, allow_private: bool) -> None:
                 f"refused: {parts.hostname} resolves to a private, loopback or link-local address ({address}); "
                 "set fetch_allow_private (SKINFLOW_FETCH_ALLOW_PRIVATE=1) to allow it"
             )
+    return ipaddress.ip_address(infos[0][4][0].split("%")[0])
+
+
+def _pinned(url: str, address) -> tuple[str, dict[str, str], dict[str, str]]:
+    """(url with the checked address as its host, the Host header, the TLS name to verify): the request goes to
+    the address that was checked, and https still checks the certificate against the name in the URL."""
+    parts = urlsplit(url)
+    host = f"[{address}]" if address.version == 6 else str(address)
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    headers = {"Host": parts.netloc.rsplit("@", 1)[-1]}
+    extensions = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
+    return urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, "")), headers, extensions
 
 
 def download(url: str, *, timeout_s: float, max_bytes: int, allow_private: bool, max_redirects: int = 5) -> bytes:
@@ -54,9 +71,9 @@ def download(url: str, *, timeout_s: float, max_bytes: int, allow_private: bool,
     deadline = time.monotonic() + timeout_s * 3
     with httpx.Client(follow_redirects=False, timeout=timeout_s, trust_env=False) as client:
         for _hop in range(max_redirects + 1):
-            _check_address(url, allow_private)
+            target, headers, extensions = _pinned(url, _check_address(url, allow_private))
             try:
-                with client.stream("GET", url) as response:
+                with client.stream("GET", target, headers=headers, extensions=extensions) as response:
                     if response.is_redirect:
                         url = urljoin(url, response.headers.get("location", ""))
                         continue
