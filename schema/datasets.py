@@ -83,7 +83,8 @@ class DatasetRecipe:
         return found
 
     def image_name(self, row: dict[str, str], image_id: str) -> str:
-        return self.image_file.format(id=image_id, **row)
+        # the recipe's {id} wins over a column that happens to be named "id" (with **row, that crashed the import)
+        return self.image_file.format_map({**row, "id": image_id})
 
     def map_label(self, code: str, taxonomy: Taxonomy) -> MappedLabel:
         """A code read through the crosswalk; codes it does not know are normalised like any free-text label."""

@@ -122,6 +122,18 @@ def test_a_ham10000_metadata_csv_imports_with_taxonomy_keys_groups_and_lesions(w
     assert again.imported == 0 and again.already_present == len(lesion_of)
 
 
+def test_a_recipe_csv_that_also_has_an_id_column_imports(wb, admin, tmp_path):
+    """A HAM10000 file someone numbered (an `id` column first) crashed the import: the column met the recipe's {id}."""
+    metadata, lesion_of = ham10000(tmp_path, n_lesions=4)
+    with metadata.open(encoding="utf-8") as handle:
+        header, *rows = list(csv.reader(handle))
+    write_csv(metadata, ["id", *header], [[str(n), *row] for n, row in enumerate(rows)])
+    report = import_path(wb, admin, metadata, images_dir=tmp_path / "images")
+    assert report.dataset == "ham10000" and report.imported == len(lesion_of) and not report.failed
+    with wb.session() as s:
+        assert {i.external_id for i in s.scalars(select(Image))} == set(lesion_of)  # named by image_id, as always
+
+
 def test_a_ham10000_row_without_its_image_waits_as_image_missing_and_a_second_import_completes_it(wb, admin, tmp_path):
     metadata, lesion_of = ham10000(tmp_path, n_lesions=3)
     first = sorted(lesion_of)[0]
