@@ -248,6 +248,37 @@ def test_an_export_grouped_by_lesion_puts_every_lesion_in_one_split(wb, admin, a
     assert any(len(s) > 1 for s in splits_per_lesion(tmp_path / "loose").values())
 
 
+def test_exports_carry_pseudonyms_of_patient_and_lesion_ids_unless_raw_ids_are_asked_for(
+    wb, admin, annotator, reviewer, tmp_path
+):
+    """group_keys held the imported lesion and patient ids in every record (8/8), while the security model said
+    exports hold no imported metadata."""
+    metadata, lesion_of = ham10000(tmp_path, n_lesions=6)
+    verify_all(wb, annotator, reviewer, import_csv(wb, admin, metadata, images_dir=tmp_path / "images").image_ids)
+    with wb.session() as s:
+        lesion_by_sha = {i.sha256: i.meta["lesion_id"] for i in s.scalars(select(Image))}
+
+    export_dataset(wb, admin, tmp_path / "default")
+    shipped = records(tmp_path / "default")
+    text = (tmp_path / "default" / "records.jsonl").read_text() + (tmp_path / "default" / "README.md").read_text()
+    assert not any(lesion in text for lesion in set(lesion_of.values()))  # no raw id anywhere in the records or card
+    pseudonyms = {}
+    for record in shipped:  # one pseudonym per lesion, and a different one for each lesion
+        pseudonyms.setdefault(lesion_by_sha[record["sha256"]], set()).add(record["group_keys"]["lesion_id"])
+    assert all(len(v) == 1 for v in pseudonyms.values()) and len({next(iter(v)) for v in pseudonyms.values()}) == 6
+    export_dataset(wb, admin, tmp_path / "again")  # the same key: the same pseudonyms in the next export
+    assert [r["group_keys"] for r in records(tmp_path / "again")] == [r["group_keys"] for r in shipped]
+    assert "pseudonyms of the lesion_id" in (tmp_path / "default" / "README.md").read_text()
+    assert oct((wb.settings.home / "export-key").stat().st_mode & 0o777) == "0o600"
+
+    export_dataset(wb, admin, tmp_path / "raw", selection=ExportFilter(raw_group_keys=True))
+    raw = records(tmp_path / "raw")
+    assert all(r["group_keys"]["lesion_id"] == lesion_by_sha[r["sha256"]] for r in raw)
+    manifest = json.loads((tmp_path / "raw" / "manifest.json").read_text())
+    assert manifest["filters"]["raw_group_keys"] is True
+    assert "raw ids, exported on request" in (tmp_path / "raw" / "README.md").read_text()
+
+
 def test_group_by_a_column_no_record_has_is_refused_with_the_columns_there_are(wb, admin, annotator, reviewer, tmp_path):
     metadata, _ = ham10000(tmp_path, n_lesions=3)
     verify_all(wb, annotator, reviewer, import_csv(wb, admin, metadata, images_dir=tmp_path / "images").image_ids)

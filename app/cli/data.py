@@ -202,6 +202,11 @@ def export(
         help="Metadata columns whose images share a split, e.g. lesion_id,patient_id; "
         "auto: lesion_id and patient_id where the data has them; none: near-duplicates only.",
     ),
+    raw_group_keys: bool = typer.Option(
+        False,
+        help="Write the patient and lesion ids into group_keys as imported (they may identify patients); "
+        "by default they are pseudonymised with this workbench's key. The data card says which.",
+    ),
     overwrite: bool = typer.Option(False, help="Replace an existing export folder."),
 ) -> None:
     if ctx.invoked_subcommand is not None:
@@ -219,6 +224,7 @@ def export(
         holdout_labels=split_option(holdout_labels),
         max_hash_distance=None if no_dedup else dup_distance,
         group_by={"auto": None, "none": ()}.get(group_by.strip().lower(), split_option([group_by])),
+        raw_group_keys=raw_group_keys,
     )
     with progress_bar("exporting") as progress:
         result = export_dataset(

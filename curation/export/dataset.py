@@ -12,10 +12,13 @@ Guarantees:
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
+import secrets
 import shutil
 import tempfile
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +107,9 @@ class ExportFilter:
     # metadata columns whose images stay in one split (a lesion, a patient); None: those of LESION_COLUMNS the
     # records carry; (): near-duplicates only
     group_by: tuple[str, ...] | None = None
+    # the patient and lesion ids in each record's group_keys as they were imported; by default each is replaced by
+    # a keyed hash (equal ids stay equal, within and across this workbench's exports), as they identify people
+    raw_group_keys: bool = False
 
     def keeps(self, record: dict[str, Any]) -> bool:
         return (
@@ -241,11 +247,13 @@ def collect_records(
         wb.settings.split_fractions,
         holdout,
     )
+    key = None if selection.raw_group_keys else export_key(wb)
     for record in records:
         record["split"] = splits[record["sha256"]]
         record["duplicate_group"] = duplicates[record["sha256"]][:12]
         record["split_group"] = groups[record["sha256"]][:12]
-        record["group_keys"] = group_keys[record["sha256"]]
+        kv = group_keys[record["sha256"]]
+        record["group_keys"] = kv if key is None else {c: pseudonym(key, c, v) for c, v in kv.items()}
     sizes = Counter(groups.values())
     grouping = Grouping(
         columns=columns,
@@ -256,6 +264,34 @@ def collect_records(
         by_split={s: len({r["split_group"] for r in records if r["split"] == s}) for s in SPLITS},
     )
     return records, grouping
+
+
+EXPORT_KEY_FILE = "export-key"
+
+
+def export_key(wb: Workbench) -> bytes:
+    """This workbench's secret for pseudonyms (created on first use, owner-only, beside the database). Keep it
+    with the workbench: pseudonyms stay the same across its exports only while it does."""
+    path = wb.settings.home / EXPORT_KEY_FILE
+    try:  # created exclusively: two first exports at once must not each make (and use) their own key
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(secrets.token_hex(32) + "\n")
+    for _ in range(50):  # (the other export may be between creating and writing it)
+        text = path.read_text(encoding="utf-8").strip()
+        if text:
+            return bytes.fromhex(text)
+        time.sleep(0.01)
+    raise ExportError(f"{path} is empty: remove it, and exports will make a new key (new pseudonyms)")
+
+
+def pseudonym(key: bytes, column: str, value: str) -> str:
+    """A keyed hash of an id (HMAC-SHA256, its column included: lesion 7 and patient 7 differ): equal ids give equal
+    pseudonyms, and without the key nobody can test a guessed id against one."""
+    return "p-" + hmac.new(key, f"{column}={value}".encode(), hashlib.sha256).hexdigest()[:20]
 
 
 CHOICES_SCAN = 20_000  # newest images read for the metadata columns offered (a page must not read every row)

@@ -123,6 +123,11 @@ def _export(wb, actor) -> None:
             choices.metadata_columns,
             default=choices.default_group_by,
         )
+        raw_ids = st.checkbox(
+            "Write those ids as imported (they may identify patients)",
+            help="By default each record's group_keys holds pseudonyms (a keyed hash with this workbench's key); "
+            "the data card says which",
+        )
         overwrite = st.checkbox(
             "Replace the folder if it exists", help="Exports are versioned: replace one only if nothing used it yet"
         )
@@ -137,6 +142,7 @@ def _export(wb, actor) -> None:
             holdout_labels=tuple(names[n] for n in holdout),
             max_hash_distance=distance if dedup else None,
             group_by=tuple(group_by),
+            raw_group_keys=raw_ids,
         )
         try:
             result = export_dataset(wb, actor, Path(out), selection=selection, formats=tuple(formats), overwrite=overwrite)
