@@ -634,7 +634,26 @@ def test_untrusted_text_is_inert_on_every_page_that_shows_it(demo_home, monkeypa
         next(b for b in at.button if b.label == "Test connection").click().run()
         assert at.success and "PWNED" in at.success[0].value
         shown += _assert_inert(_shown_as_markdown(at), "drafting")
-    assert shown >= 6  # it was really on the pages: annotate, review, weights, train, admin, drafting
+    # an evaluation report whose labels came from a partner's export (Evaluation renders the report file)
+    report = demo_home.settings.home / "reports" / "partner"
+    report.mkdir(parents=True)
+    (report / "report.json").write_text('{"headline": {"top1": 0.5}}')
+    (report / "report.md").write_text(
+        "# Report\n\n| label | train count | n | top-1 |\n|---|---|---|---|\n| " + HOSTILE_TEXT + " | 3 | 2 | 0.500 |\n"
+    )
+    at = page(demo_home, "evaluation", "reviewer")
+    assert not at.exception and at.markdown
+    shown += _assert_inert(_shown_as_markdown(at), "evaluation")
+    assert any("\\| 3 \\|" not in m.value and "| 3 |" in m.value for m in at.markdown)  # still a table
+    assert shown >= 7  # it was really on the pages: annotate, review, weights, train, admin, drafting, evaluation
+
+    # a username that is an address (usernames allow dots): text in the sidebar, never a link
+    from curation.store.auth import add_user
+
+    add_user(demo_home, admin, "www.attacker.example", "annotator", "attacker-pass-1")
+    at = login("www.attacker.example", "attacker-pass-1")
+    captions = [c.value for c in at.sidebar.caption if "Logged in as" in c.value]
+    assert captions and "www\\.attacker\\.example" in captions[0], captions
 
 
 @pytest.fixture

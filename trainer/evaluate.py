@@ -361,7 +361,7 @@ def write_report(report: dict[str, Any], out: str | Path, *, title: str = "Evalu
         "| type | n | top-1 |",
         "|---|---|---|",
     ]
-    lines += [f"| {t} | {v['n']} | {_fmt(v['top1'])} |" for t, v in per_type.items()]
+    lines += [f"| {_cell(t)} | {v['n']} | {_fmt(v['top1'])} |" for t, v in per_type.items()]
     sv = report["seen_vs_unseen"]
     lines += [
         "",
@@ -373,7 +373,7 @@ def write_report(report: dict[str, Any], out: str | Path, *, title: str = "Evalu
         "| label | train count | n | top-1 |",
         "|---|---|---|---|",
     ]
-    lines += [f"| {r['label']} | {r['train_count']} | {r['n']} | {_fmt(r['top1'])} |" for r in report["per_label"]]
+    lines += [f"| {_cell(r['label'])} | {r['train_count']} | {r['n']} | {_fmt(r['top1'])} |" for r in report["per_label"]]
     captions = report["captions"]
     if captions["n"]:
         lines += [
@@ -404,6 +404,11 @@ def write_report(report: dict[str, Any], out: str | Path, *, title: str = "Evalu
     lines += ["", "![reliability](reliability.png) ![fitzpatrick](fitzpatrick.png)", ""]
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
     return out
+
+
+def _cell(value: Any) -> str:
+    """A table cell from the export's data (labels, types): one line, and a `|` in it cannot split the row."""
+    return " ".join(str(value).split()).replace("|", "\\|")
 
 
 def evaluate_files(

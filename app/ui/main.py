@@ -85,7 +85,7 @@ else:
                 st.Page(screen.render, title=title, url_path=url_path, default=url_path == "annotate")
             )
     with st.sidebar:
-        st.caption(f"Logged in as **{actor.username}** ({actor.role})")
+        st.caption(f"Logged in as **{plain(actor.username)}** ({actor.role})")  # www.x.example would be a link
         if st.button("Log out"):
             state.log_out("You are logged out.", end_session=True)
             if state.sso_provider() is not None and st.user.is_logged_in:

@@ -157,7 +157,7 @@ def require_role(role: str, what: str) -> Actor:
         st.warning("Please log in.")
         st.stop()
     if not actor.can(role):
-        st.error(f"{what} needs the {role} role; you are logged in as {actor.username} ({actor.role}).")
+        st.error(f"{what} needs the {role} role; you are logged in as {plain(actor.username)} ({actor.role}).")
         st.stop()
     return actor
 

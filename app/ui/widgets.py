@@ -136,6 +136,18 @@ def plain(text: object) -> str:
     return _MARKDOWN_SPECIAL.sub(r"\\\1", str(text))
 
 
+# what makes markdown reach out or mark up: links and images ([ ] ( ) !), HTML and autolinks (< > : and the dots of
+# www.x.example), emphasis (* _ ~)
+_MARKDOWN_ACTIVE = re.compile(r"([\\\[\]()!<>:.*_~&])")
+
+
+def report_markdown(text: str) -> str:
+    """A report file's markdown made inert but still laid out: its tables and headings stay, while nothing in it
+    (labels a partner's export put into the tables) can become a link, an image, HTML or an autolinked address.
+    For whole documents of our own layout around untrusted cells; single untrusted texts go through plain()."""
+    return _MARKDOWN_ACTIVE.sub(r"\\\1", text)
+
+
 def taxonomy_label(taxonomy: Taxonomy, key: str) -> str:
     label = taxonomy.labels.get(key)
     return f"{label.display} — {label.group9} / {label.group3}" if label else key

@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from app.ui import state
+from app.ui.widgets import report_markdown
 from curation.ops.reports import list_reports, reports_dir
 
 
@@ -24,7 +25,8 @@ def render() -> None:
     names = [r.name for r in reports]
     chosen = st.selectbox("Report", names)
     report = reports[names.index(chosen)]
-    st.markdown(report.markdown.split("![reliability]")[0])
+    # the file is outside input (labels from an export, a report someone copied in): laid out, never active
+    st.markdown(report_markdown(report.markdown.split("![reliability]")[0]))
     left, right = st.columns(2)
     for column, chart in ((left, "reliability.png"), (right, "fitzpatrick.png")):
         if (report.folder / chart).exists():
