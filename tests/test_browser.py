@@ -89,10 +89,14 @@ def test_a_login_survives_a_reload_until_logout_and_a_bad_cookie_is_refused(runn
         page = context.new_page()
         log_in(page, url, "annotator", "browser-pass-1")
         image = page.get_by_text("image #").first.inner_text().split(",")[0]
-        # the cookie is written by the page's script: wait for it, not for a time
-        page.wait_for_function("document.cookie.includes('skinflow_session_')", timeout=30_000)
+        # the server sets the cookie for the ticket the page posts: wait for it, not for a time
+        deadline = time.monotonic() + 30
+        while not [c for c in context.cookies() if c["name"].startswith("skinflow_session_")]:
+            assert time.monotonic() < deadline, "no session cookie"
+            time.sleep(0.1)
         cookie = _session_cookie(context)
         assert cookie["sameSite"] == "Strict" and cookie["path"] == "/" and cookie["expires"] > time.time() + 3600
+        assert cookie["httpOnly"] and "skinflow_session_" not in page.evaluate("document.cookie")  # no script reads it
 
         page.reload(wait_until="networkidle")  # F5: still logged in, on the same image
         page.get_by_role("heading", name="Annotate").wait_for(timeout=30_000)
@@ -283,3 +287,47 @@ def test_the_picture_zooms_and_pans_in_place_and_a_same_lesion_picture_opens_bes
         assert page.locator("[class*='st-key-zoom-'] img").count() == 2  # both on screen
         width = page.locator(f".st-key-zoom-a{image_id}-compare").bounding_box()["width"]
         assert width > 250, width  # the column's width: side by side they were 169 px
+
+
+def test_a_page_on_another_port_can_neither_read_the_session_cookie_nor_frame_the_app(running_app):
+    """Cookies are per host, not per port: a page served on another port of 127.0.0.1 read the script-written cookie
+    and replayed it into the Admin page, and could frame a logged-in /admin."""
+    import threading
+    import urllib.request
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    wb, url = running_app
+    app_page = url + "/admin"
+
+    class Other(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            body = f'<html><body><iframe id="f" src="{app_page}"></iframe></body></html>'.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    other = ThreadingHTTPServer(("127.0.0.1", 0), Other)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        with chromium() as browser:
+            context = browser.new_context()
+            page = context.new_page()
+            log_in(page, url, "annotator", "browser-pass-1")
+            deadline = time.monotonic() + 30
+            while not [c for c in context.cookies() if c["name"].startswith("skinflow_session_")]:
+                assert time.monotonic() < deadline, "no session cookie"
+                time.sleep(0.1)
+            attacker = context.new_page()  # the same browser, another port of the same host
+            attacker.goto(f"http://127.0.0.1:{other.server_address[1]}/", wait_until="load")
+            assert "skinflow_session_" not in attacker.evaluate("document.cookie")
+        headers = urllib.request.urlopen(url, timeout=10).headers  # and the app may be framed by itself only
+        assert headers["X-Frame-Options"] == "SAMEORIGIN"
+        assert "frame-ancestors 'self'" in headers["Content-Security-Policy"]
+    finally:
+        other.shutdown()
+        other.server_close()

@@ -2,10 +2,10 @@
 
 A login also opens a login session (curation/store/sessions.py) whose random token the browser keeps in a
 cookie, so a reload (F5, or the reconnect after a dropped WebSocket) resumes it instead of asking for the
-password again. Streamlit can read cookies (st.context.cookies) but not set them, so the cookie is written
-by a few lines of JavaScript in st.html: SameSite=Strict, Secure when the page came over https, Path=/, and
-Max-Age up to the session's expiry. It cannot be HttpOnly (a script writes it): the token dies with logout,
-expiry or an account change, whatever a script read.
+password again. Streamlit can read cookies (st.context.cookies) but not set them, so the server sets it on a
+route of its own (app/ui/cookies.py), for a one-time ticket the page posts: HttpOnly (no script reads it, ours or
+another port's), SameSite=Strict, Secure when the page came over https, Path=/, and Max-Age up to the session's
+expiry. The token dies with logout, expiry or an account change.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import time
 
 import streamlit as st
 
+from app.ui.cookies import route_path, ticket_for
 from app.ui.widgets import plain
 from curation.labelling.vocabulary import load_local_terms
 from curation.labelling.workflow import get_workflow_settings
@@ -131,21 +132,24 @@ def current_actor() -> Actor | None:
 
 
 def sync_cookie() -> None:
-    """Write or delete the session cookie in the browser (once per run; nothing visible)."""
+    """Have the server set (or delete) the session cookie, HttpOnly, once per login or logout (nothing visible):
+    the page's script gets a one-time ticket, never the token (app/ui/cookies.py)."""
     wb = workbench()
     name = cookie_name(wb)
     token = st.session_state.get("session_token")
-    if token:
+    if token and st.session_state.get("cookie_set") != token:
         max_age = max(0, int(st.session_state["expires_at"] - time.time()))
         value = f"{name}={token}; Path=/; Max-Age={max_age}; SameSite=Strict"
-    elif st.session_state.pop("clear_cookie", False):
+        st.session_state["cookie_set"] = token
+    elif not token and st.session_state.pop("clear_cookie", False):
         value = f"{name}=; Path=/; Max-Age=0; SameSite=Strict"
     else:
         return
-    # json.dumps: the value is a JavaScript string literal (the token is URL-safe base64 anyway)
     script = (
-        "<script>(function(){var secure = location.protocol === 'https:' ? '; Secure' : '';"
-        f"document.cookie = {json.dumps(value)} + secure;}})();</script>"
+        "<script>(function(){var secure = location.protocol === 'https:' ? '?secure=1' : '';"
+        f"fetch({json.dumps(route_path())} + secure, "
+        f"{{method: 'POST', body: {json.dumps(ticket_for(value))}, credentials: 'same-origin'}});"
+        "})();</script>"
     )
     st.html(script, unsafe_allow_javascript=True, width=1)
 
