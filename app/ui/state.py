@@ -143,6 +143,9 @@ def sync_cookie() -> None:
         st.session_state["cookie_set"] = token
     elif not token and st.session_state.pop("clear_cookie", False):
         value = f"{name}=; Path=/; Max-Age=0; SameSite=Strict"
+    elif token:  # set already: still one element here, so the sidebar's elements keep their places on every run
+        st.html("<span hidden></span>", unsafe_allow_javascript=True, width=1)
+        return
     else:
         return
     script = (
