@@ -128,3 +128,9 @@ def iter_jsonl(
                 yield number, row
         except UnicodeDecodeError:
             raise error(f"{path} is not UTF-8 text; is it a JSONL file?") from None
+
+
+def row_id(value: object) -> int | None:
+    """An id read from an outside file (a prediction line, a Label Studio task) when it is one a database row can
+    have: a positive integer under 2**63, not a bool. A 30-digit id crashed the SQLite lookup."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63 else None

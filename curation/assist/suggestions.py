@@ -26,7 +26,7 @@ from curation.store.models import NEEDS_WORK_STATUSES, Draft, Image, QueueScore,
 from schema.caption import validate_caption
 from schema.compare import caption_scores
 from schema.errors import CaptionError, SkinflowError
-from schema.files import TEMP_PREFIX, iter_jsonl, temp_owner_tag
+from schema.files import TEMP_PREFIX, iter_jsonl, row_id, temp_owner_tag
 from schema.salvage import salvage_caption
 
 PRODUCER = "skinflow"
@@ -63,8 +63,7 @@ def _score(value: Any) -> float:
 
 def _image_id(row: dict[str, Any]) -> int | None:
     """The row's image id when it is one a database can hold (a 30-digit id crashed the SQLite lookup)."""
-    value = row.get("id")
-    return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63 else None
+    return row_id(row.get("id"))
 
 
 def _text(value: Any, limit: int = 20_000) -> str | None:

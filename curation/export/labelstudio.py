@@ -34,7 +34,7 @@ from curation.store.models import Annotation, Image, User
 from curation.store.secrets import read_secret
 from schema.errors import SkinflowError
 from schema.fields import FIELDS
-from schema.files import loads_bounded
+from schema.files import loads_bounded, row_id
 from schema.salvage import salvage_caption
 
 IMPORT_BATCH = 500
@@ -249,7 +249,7 @@ def import_export(wb: Workbench, actor: Actor, raw: bytes, *, source: str, email
         task_id = task_id if isinstance(task_id, int) and not isinstance(task_id, bool) else None
         data = task.get("data") if isinstance(task, dict) else None
         image_id = data.get("skinflow_id") if isinstance(data, dict) else None
-        image_id = image_id if isinstance(image_id, int) and not isinstance(image_id, bool) and 0 < image_id < 2**63 else None
+        image_id = row_id(image_id)
         annotations = task.get("annotations") if isinstance(task, dict) else None
         if not isinstance(annotations, list):
             report.skipped.append((task_id, "not a task of a Label Studio export (no annotations list)"))
