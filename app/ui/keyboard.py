@@ -237,6 +237,7 @@ _SCRIPT = """
   let commitUntil = 0;
   const afterCommit = (action) => setTimeout(action, Math.max(0, commitUntil - Date.now()));
   // an action: `find` names its target, found again once the page has settled (a rerun may have drawn it anew)
+  let ours = null;  // the last element our own press clicked: a focus left on it is ours to give back
   const press = (find) => {
     if (!find()) { return false; }
     const box = doc.getElementById("skinflow-key-notice");
@@ -249,8 +250,13 @@ _SCRIPT = """
         const target = find();
         if (!target) { return; }
         target.click();
-        // a clicked radio keeps the focus, and a focused radio takes no letters: `u` then `c` did nothing
-        setTimeout(() => { const now = doc.activeElement; if (now && now !== doc.body && !isText(now)) { now.blur(); } }, 0);
+        // a clicked radio keeps the focus, and a focused radio takes no letters: `u` then `c` did nothing. Given
+        // back at once and again after the click's handlers; a key that comes between the two (a loaded machine)
+        // finds the focus still marked as ours and is taken as at rest (keydown below)
+        ours = target;
+        const giveBack = () => { const now = doc.activeElement; if (now && now !== doc.body && !isText(now)) { now.blur(); } };
+        giveBack();
+        setTimeout(giveBack, 0);
       }, 120);
     });
     return true;
@@ -292,7 +298,11 @@ _SCRIPT = """
 
   doc.addEventListener("keydown", (event) => {
     if (!onForm() || !event.isTrusted) { return; }
-    const active = doc.activeElement;
+    let active = doc.activeElement;
+    if (ours && active && active !== doc.body && !isText(active) && ours.contains(active)) {
+      active.blur();
+      active = doc.activeElement || doc.body;
+    }
     const ctrl = event.ctrlKey || event.metaKey;
     const key = event.key;
     let done = false;
@@ -364,6 +374,7 @@ _SCRIPT = """
     if (swallow) { swallow = false; event.preventDefault(); event.stopPropagation(); return; }
     if (!onForm() || !event.isTrusted) { return; }  // our own pick of a term keeps the focus in its search
     cursorKey = lastField = null;
+    ours = null;  // a person's click: where the focus goes is theirs
     const target = event.target;
     const option = target.closest && target.closest("[data-testid='stRadioOption']");
     const correct = !!option && !!option.closest("[class*='dx_choice']") && option.textContent.trim() === "Correct";
