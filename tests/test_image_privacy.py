@@ -243,3 +243,42 @@ def test_text_in_a_colour_profiles_slack_tail_and_reserved_bytes_is_gone():
     scrubbed = scrub_icc(tail)
     assert len(scrubbed) == len(tail) and PHI.encode()[:17] not in scrubbed and PHI.encode() not in scrubbed
     assert ImageCms.ImageCmsProfile(io.BytesIO(scrubbed)).profile.red_colorant  # still a valid profile
+
+
+def _hidden_in_jpeg(place: str, data: bytes) -> bytes:
+    """The JPEG with PHI where a segment-level strip kept it; the picture still decodes to the same pixels."""
+    frame = re.search(rb"\xff[\xc0\xc2]", data).start()  # the frame header, baseline or progressive
+    end = data.rindex(b"\xff\xd9")
+    if place == "unused quantisation table":  # table 3: no component of the frame refers to it
+        return data[:frame] + _segment(0xDB, bytes([3]) + PHI.encode().ljust(64, b"_")) + data[frame:]
+    if place == "unused Huffman table":  # AC table 3 whose symbols spell the text
+        symbols = PHI.encode()
+        return data[:frame] + _segment(0xC4, bytes([0x13, 0, len(symbols)]) + bytes(14) + symbols) + data[frame:]
+    if place == "DNL segment":  # defines the number of lines again after the scan (the frame already has them)
+        return data[:end] + _segment(0xDC, struct.pack(">H", 48) + PHI.encode()) + data[end:]
+    if place == "bytes in the scan before EOI":  # after the last coded block: decoders skip them
+        return data[:end] + PHI.encode() + data[end:]
+    raise AssertionError(place)
+
+
+@pytest.mark.parametrize(
+    "place", ["unused quantisation table", "unused Huffman table", "DNL segment", "bytes in the scan before EOI"]
+)
+@pytest.mark.parametrize("progressive", [False, True], ids=["baseline", "progressive"])
+def test_text_in_jpeg_tables_dnl_and_scan_data_is_gone_and_the_pixels_are_kept(place, progressive):
+    img = Image.fromarray(np.random.default_rng(7).integers(0, 256, (48, 64, 3), dtype=np.uint8), "RGB")
+    buffer = io.BytesIO()
+    img.save(buffer, "JPEG", quality=90, optimize=True, progressive=progressive, icc_profile=_phi_icc())
+    hidden = _hidden_in_jpeg(place, buffer.getvalue())
+    with Image.open(io.BytesIO(hidden)) as original:
+        original.load()
+        pixels = np.asarray(original)
+    assert PHI.encode()[:16] in hidden
+    clean = sanitize_image(hidden, MAX_PIXELS)
+    assert clean.format == "JPEG"
+    for needle in (PHI, NAME, MRN):
+        assert needle.encode() not in clean.data, (place, needle)
+    assert [marker for marker, _ in _jpeg_markers(clean.data)].count(0xDB) <= 2  # the frame's two tables at most
+    with Image.open(io.BytesIO(clean.data)) as stored:
+        assert np.array_equal(np.asarray(stored), pixels)  # the same coefficients: not recompressed
+        assert stored.info.get("icc_profile")  # the (scrubbed) profile is carried over

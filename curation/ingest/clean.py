@@ -10,7 +10,10 @@ A stored file is guaranteed to be:
   copyright, device names, private tags): those are blanked in place (`scrub_icc`), lengths unchanged.
 
 Why two paths: a clinical photo should not be recompressed just to drop its metadata. So an
-upright JPEG keeps its compressed data and only loses its metadata segments. A PNG is always
+upright JPEG keeps its quantised DCT coefficients exactly (the same pixels, checked after the rebuild) and is
+written anew around them by libjpeg (jpeglib): fresh Huffman tables, only the quantisation tables the frame
+uses, no DNL segment, nothing between the last coded block and the end marker, where text survived a
+segment-level strip. A PNG is always
 rebuilt from its pixels (lossless, so nothing is lost): stripping chunks kept whatever hid inside
 the kept ones (bytes after the zlib stream in IDAT, a colour profile placed after the image data
 and inflating to gigabytes). Images that need a pixel change (rotation, CMYK, 16-bit, other
@@ -19,9 +22,12 @@ formats) are decoded and re-encoded (JPEG quality 95, or lossless PNG).
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import re
 import struct
+import tempfile
 import warnings
 from dataclasses import dataclass
 
@@ -232,6 +238,53 @@ def _strip_jpeg(data: bytes) -> bytes | None:
     return None
 
 
+def _recode_coefficients(stream: bytes) -> bytes:
+    """The JPEG written anew from its DCT coefficients (lossless): libjpeg's own JFIF header, the frame's
+    quantisation tables, standard Huffman tables, the coded blocks and EOI; of the stream's own segments only
+    the (already scrubbed) ICC profile is carried over. Through in-memory files where the OS has them."""
+    import jpeglib  # 0.1 s to import: only when a JPEG is cleaned
+
+    in_memory = hasattr(os, "memfd_create")
+    with contextlib.nullcontext() if in_memory else tempfile.TemporaryDirectory(prefix="skinflow-jpeg-") as folder:
+        source, target = _scratch(folder, "in.jpg"), _scratch(folder, "out.jpg")
+        try:
+            os.write(source[0], stream)
+            jpeg = jpeglib.read_dct(source[1])
+            jpeg.load()
+            jpeg.markers = [m for m in jpeg.markers or [] if m.type.value == _APP2 and m.content[:12] == b"ICC_PROFILE\x00"]
+            jpeg.write_dct(target[1])
+            return os.pread(target[0], os.fstat(target[0]).st_size, 0)
+        finally:
+            os.close(source[0])
+            os.close(target[0])
+
+
+def _scratch(folder: str | None, name: str) -> tuple[int, str]:
+    """A file libjpeg can open by name: an anonymous in-memory file (Linux), else one in a private temp folder."""
+    if folder is None:
+        fd = os.memfd_create(name)
+        return fd, f"/proc/self/fd/{fd}"
+    path = os.path.join(folder, name)
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600), path
+
+
+def _rebuild_jpeg(data: bytes, decoded: Image.Image) -> bytes | None:
+    """An upright JPEG without metadata, rebuilt around its coefficients; None where that is not possible
+    or the result does not decode to exactly the pixels of the original (the caller then re-encodes)."""
+    stripped = _strip_jpeg(data)
+    if stripped is None:
+        return None
+    try:
+        rebuilt = _recode_coefficients(stripped)
+        with Image.open(io.BytesIO(rebuilt)) as check:
+            same = check.size == decoded.size and check.mode == decoded.mode
+            if same and np.array_equal(np.asarray(check), np.asarray(decoded)):
+                return rebuilt
+    except Exception:  # libjpeg refuses streams Pillow accepts (12-bit, arithmetic coding): re-encoded instead
+        return None
+    return None
+
+
 def _to_8bit(img: Image.Image) -> Image.Image:
     """16-bit and 32-bit greyscale to 8-bit L (scaled, not clipped)."""
     array = np.asarray(img)
@@ -296,7 +349,7 @@ def sanitize_image(data: bytes, max_pixels: int) -> CleanImage:
         stripped = None
         if orientation in (0, 1):
             if img.format in ("JPEG", "MPO") and img.mode in ("RGB", "L"):
-                stripped, ext, fmt = _strip_jpeg(data), "jpg", "JPEG"
+                stripped, ext, fmt = _rebuild_jpeg(data, img), "jpg", "JPEG"
         if stripped is None:
             stripped, ext, fmt = _reencode(img, as_jpeg=img.format in ("JPEG", "MPO"))
             if orientation in (5, 6, 7, 8):
