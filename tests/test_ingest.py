@@ -292,7 +292,7 @@ def test_csv_rows_with_missing_files_extra_cells_or_repeated_ids_are_reported(wb
     reasons = dict(report.failed)
     assert "file not found" in reasons["in.csv line 3"]
     assert "more cells than header columns" in reasons["in.csv line 4"]
-    assert report.duplicates == [("in.csv line 5", "repeats id 'a' from an earlier line")]
+    assert report.duplicates == [("in.csv line 5", "repeats id 'a' of line 2: ids are unique per source")]
 
 
 def test_csv_url_only_rows_become_image_missing(wb, admin, tmp_path):
@@ -388,7 +388,7 @@ def test_a_big_csv_goes_in_batches_each_committed_and_a_rerun_after_a_crash_comp
     monkeypatch.setattr(csv_import, "flush_new", real_flush)
     report = import_csv(wb, admin, csv_path)
     assert report.already_present == 21 and report.missing_images == 20 and len(_rows(wb)) == 41
-    assert [why for _, why in report.duplicates] == ["repeats id 'r3' from an earlier line"]
+    assert [why for _, why in report.duplicates] == ["repeats id 'r3' of line 5: ids are unique per source"]
     with wb.session() as s:
         assert s.scalar(select(ImageRow.diagnosis_key).where(ImageRow.external_id == "quoted, with a comma")) == "lichen planus"
 

@@ -31,18 +31,22 @@ from schema.errors import SkinflowError
 
 def print_import_report(report: ImportReport, report_file: Optional[Path], shown: int = 20) -> None:
     summary = report.summary()
-    table = Table(title="Import")
-    for key in summary:
-        table.add_column(key.replace("_", " "))
-    table.add_row(*(str(v) for v in summary.values()))
+    table = Table(title="Import")  # one row per count: fits a narrow terminal however many kinds there are
+    table.add_column("")
+    table.add_column("", justify="right")
+    for key, value in summary.items():
+        table.add_row(key.replace("_", " "), str(value))
     out.print(table)
-    for title, rows in (("Failed", report.failed), ("Duplicates", report.duplicates)):
+    for title, rows in (("Failed", report.failed), ("Duplicates", report.duplicates), ("Linked", report.linked)):
         for item, reason in rows[:shown]:
-            out.print(f"{title.lower()} {item}: {reason}")
+            kept = ": kept as another source row of that picture" if title == "Linked" else ""
+            out.print(f"{title.lower()} {item}: {reason}{kept}")
         if len(rows) > shown:
             out.print(f"... {len(rows) - shown} more {title.lower()} (see --report FILE for all)")
     for warning in report.warnings[:shown]:
         out.print(f"warning {warning}", soft_wrap=True)
+    if len(report.warnings) > shown:
+        out.print(f"... {len(report.warnings) - shown} more warnings (see --report FILE for all)")
     if report_file:
         report_file.write_text(
             json.dumps(
@@ -50,6 +54,7 @@ def print_import_report(report: ImportReport, report_file: Optional[Path], shown
                     **summary,
                     "failed_items": report.failed,
                     "duplicate_items": report.duplicates,
+                    "linked_items": report.linked,
                     "warning_items": report.warnings,
                 },
                 indent=2,
@@ -80,14 +85,27 @@ def import_(
         help="CSV only: a public dataset's metadata (ham10000, isic, pad-ufes-20, ddi), auto (detected from the header) "
         "or csv (generic columns). Images are found by file name anywhere under --images-dir.",
     ),
+    source: Optional[str] = typer.Option(
+        None,
+        help="Generic CSV only: the name of the source its ids belong to (default csv), e.g. clinic-a. Ids are unique "
+        "per source: give each clinic's file its own name. A public dataset's source is its recipe.",
+    ),
     report: Optional[Path] = typer.Option(None, help="Write the full report (every failure and duplicate) as JSON."),
 ) -> None:
     """Import images and metadata. Re-running the same import adds nothing."""
     c = context(ctx)
     wb, actor = c.workbench(), c.actor()
+    options = {"source": source} if source is not None else {}
     with progress_bar(f"importing {path.name}") as progress:
         result = import_path(
-            wb, actor, path, images_dir=images_dir, label_from_folder=label_from_folder, dataset=dataset, progress=progress
+            wb,
+            actor,
+            path,
+            images_dir=images_dir,
+            label_from_folder=label_from_folder,
+            dataset=dataset,
+            progress=progress,
+            **options,
         )
     print_import_report(result, report)
     if result.failed and not (result.imported or result.missing_images or result.already_present or result.duplicates):

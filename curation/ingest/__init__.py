@@ -28,6 +28,8 @@ def import_path(wb: Workbench, actor: Actor, path: Path, **options) -> ImportRep
     """A folder, a CSV file, or a single image file."""
     path = Path(path).expanduser()
     is_csv = path.suffix.lower() in (".csv", ".tsv", ".txt") and not path.is_dir()
+    if options.get("source") is not None and not is_csv:
+        raise IngestError(f"--source names the source of a CSV's ids, and {path.name} is not a CSV: leave it out")
     if options.get("dataset", "auto") not in ("auto", "csv") and not is_csv:
         raise IngestError(
             f"--dataset reads a dataset's metadata CSV, and {path.name} is not one: "

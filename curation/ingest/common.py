@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -28,7 +29,10 @@ MAX_REPORTED_WARNINGS = 200
 class ImportReport:
     imported: int = 0
     missing_images: int = 0  # rows stored as image_missing (URL only)
-    already_present: int = 0  # rows or files imported by an earlier run
+    already_present: int = 0  # the same source rows (source, id), imported by an earlier run
+    # source rows whose picture is byte-identical to one already stored: linked to it, with their own label and
+    # metadata (item, "image #N" or the item that stored it)
+    linked: list[tuple[str, str]] = field(default_factory=list)
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # (item, why)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (item, reason)
     warnings: list[str] = field(default_factory=list)
@@ -47,6 +51,7 @@ class ImportReport:
             "imported": self.imported,
             "missing_images": self.missing_images,
             "already_present": self.already_present,
+            "linked": len(self.linked),
             "duplicates": len(self.duplicates),
             "failed": len(self.failed),
             "warnings": len(self.warnings),
@@ -60,22 +65,34 @@ class KnownContent:
     def __init__(self, session: Session):
         self.original: dict[str, str] = {}
         self.stored: dict[str, str] = {}
+        self.rows: dict[str, Image | int] = {}  # either hash -> the row (this run's, unflushed) or its id
         for image_id, original, stored in session.execute(select(Image.id, Image.original_sha256, Image.sha256)):
             if original:
                 self.original[original] = f"image #{image_id}"
+                self.rows[original] = image_id
             if stored:
                 self.stored[stored] = f"image #{image_id}"
+                self.rows[stored] = image_id
 
     def snapshot(self) -> "KnownContent":
         """A frozen copy for the preparing threads: the live index changes while they run, and a file
         must be judged against one state (the sequential step then checks the live index)."""
         frozen = object.__new__(KnownContent)
-        frozen.original, frozen.stored = dict(self.original), dict(self.stored)
+        frozen.original, frozen.stored, frozen.rows = dict(self.original), dict(self.stored), {}
         return frozen
 
     def add(self, image: Image, where: str) -> None:
         self.original[image.original_sha256] = where
         self.stored[image.sha256] = where
+        self.rows[image.original_sha256] = self.rows[image.sha256] = image
+
+    def holder(self, prepared: "Prepared") -> Image | int | None:
+        """The stored row holding a duplicate's bytes: its id once it has one (a row of an earlier batch is
+        detached from its committed session), else the row itself, to link to before the batch's flush."""
+        row = self.rows.get(prepared.original_sha) or self.rows.get(prepared.sha256)
+        if isinstance(row, Image) and (identity := sa_inspect(row).identity):
+            return identity[0]
+        return row
 
 
 def inside(root: Path, path: Path) -> bool:
@@ -127,14 +144,15 @@ def prepare(wb: Workbench, known: KnownContent, item: str, data: bytes, original
     """Everything per file that needs no database: safe to run on several threads at once
     (decoding and hashing release the GIL; the store is content-addressed, writes are atomic)."""
     if original_sha in known.original:
-        return Prepared(item, ("duplicate", f"same file as {known.original[original_sha]}"))
+        return Prepared(item, ("duplicate", f"same file as {known.original[original_sha]}"), original_sha)
     try:
         clean = sanitize_image(data, max_pixels=int(wb.settings.max_image_megapixels * 1e6))
     except ImageRejected as e:
         return Prepared(item, ("failed", str(e)))
     digest = sha256_hex(clean.data)
     if digest in known.stored:
-        return Prepared(item, ("duplicate", f"same picture as {known.stored[digest]} (differs only in metadata)"))
+        reason = f"same picture as {known.stored[digest]} (differs only in metadata)"
+        return Prepared(item, ("duplicate", reason), original_sha, digest)
     digest, relative = store_image(wb.store_dir, clean, digest)
     return Prepared(
         item, None, original_sha, digest, relative, clean.width, clean.height, clean.format, len(clean.data), clean.dhash
@@ -156,20 +174,32 @@ def add_prepared(
     prepared: Prepared,
     make_row: Callable[[], Image],
     existing: Image | None = None,
+    link: Callable[[Image | int], None] | None = None,
 ) -> Image | None:
     """The database half: a new row (or `existing` completed) for a prepared file; None when skipped.
-    New rows are added unflushed: callers flush once per batch (one INSERT batch)."""
+    New rows are added unflushed: callers flush once per batch (one INSERT batch).
+    A duplicate of a stored picture is handed to `link` (a source row of its own, kept beside the picture)
+    where the caller gives one; otherwise it is reported as a duplicate and nothing is added."""
     item = prepared.item
+    duplicate = None
     if prepared.skip is not None:
         kind, reason = prepared.skip
-        (report.failed if kind == "failed" else report.duplicates).append((item, reason))
-        return None
+        if kind == "failed":
+            report.failed.append((item, reason))
+            return None
+        duplicate = reason
     # files prepared in parallel can repeat each other: the first one added wins
-    if prepared.original_sha in known.original:
-        report.duplicates.append((item, f"same file as {known.original[prepared.original_sha]}"))
-        return None
-    if prepared.sha256 in known.stored:
-        report.duplicates.append((item, f"same picture as {known.stored[prepared.sha256]} (differs only in metadata)"))
+    elif prepared.original_sha in known.original:
+        duplicate = f"same file as {known.original[prepared.original_sha]}"
+    elif prepared.sha256 in known.stored:
+        duplicate = f"same picture as {known.stored[prepared.sha256]} (differs only in metadata)"
+    if duplicate is not None:
+        holder = known.holder(prepared)
+        if link is not None and existing is None and holder is not None:
+            link(holder)
+            report.linked.append((item, duplicate))
+        else:
+            report.duplicates.append((item, duplicate))
         return None
     image = existing or make_row()
     image.sha256, image.original_sha256, image.file_path = prepared.sha256, prepared.original_sha, prepared.relative
@@ -194,9 +224,11 @@ def ingest_bytes(
     original_sha: str,
     make_row: Callable[[], Image],
     existing: Image | None = None,
+    link: Callable[[Image | int], None] | None = None,
 ) -> Image | None:
     """prepare + add_prepared for one image, for callers that have its bytes in hand."""
-    return add_prepared(session, known, report, prepare(wb, known, item, data, original_sha), make_row, existing)
+    prepared = prepare(wb, known, item, data, original_sha)
+    return add_prepared(session, known, report, prepared, make_row, existing, link)
 
 
 def flush_new(session: Session, report: ImportReport, rows: list[Image]) -> list[int]:

@@ -7,6 +7,11 @@ The whole file is decoded and parsed once before anything is written (a file tha
 CSV is refused whole); rows are then read lazily and committed every CSV_BATCH rows, so memory stays
 flat on a million-row file and a run killed midway keeps its finished batches: the same command again
 skips them (rows match by id or url) and goes on.
+
+A row is identified by (source, id): the source is the dataset recipe's name, `fitzpatrick17k`, or for a generic
+CSV the name given with `source=` (`csv` by default), so ids that two sources both use never collide. A row whose
+picture is byte-identical to one already stored becomes a source row linked to that picture (image_sources), with
+its own label and metadata: the picture is stored once and no row is lost.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import csv
 import io
 import itertools
 import os
+import re
 from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import urlsplit
@@ -23,6 +29,7 @@ from sqlalchemy import select
 
 from curation.errors import ImageRejected, IngestError
 from curation.export.formats import FORMULA_START
+from curation.ingest.clean import sanitize_image
 from curation.ingest.common import (
     OUTSIDE,
     ImportReport,
@@ -37,8 +44,9 @@ from curation.ingest.common import (
 from curation.store import audit
 from curation.store.auth import Actor
 from curation.store.db import Workbench
-from curation.store.models import Image
-from schema.datasets import DatasetRecipe, DatasetRecipeError, detect_recipe, recipe_named
+from curation.store.files import sha256_hex
+from curation.store.models import Image, ImageSource
+from schema.datasets import DatasetRecipe, DatasetRecipeError, dataset_recipes, detect_recipe, recipe_named
 
 CSV_BATCH = 5000  # rows per transaction
 MAX_CSV_COLUMNS = 256  # public dermatology sets have under 40; a 200,000-column row is an attack, not data
@@ -49,6 +57,8 @@ _LABEL_COLUMNS = ("label", "diagnosis", "diagnosis_label")
 _FITZ_COLUMNS = ("fitzpatrick", "fitzpatrick_scale", "fitzpatrick_type", "skin_type")
 _FITZ_REQUIRED = {"md5hash", "label", "fitzpatrick_scale", "url"}
 _ROMAN = {"i": 1, "ii": 2, "iii": 3, "iv": 4, "v": 5, "vi": 6}
+_SOURCE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
+_RESERVED_SOURCES = {"folder", "synthetic", "fitzpatrick17k", "upload", "zip"}
 
 
 def parse_fitzpatrick(raw: str | None) -> int | None:
@@ -140,6 +150,38 @@ def _files_by_name(folder: Path) -> dict[str, Path | None]:
     return found
 
 
+def _is_stored_picture(wb: Workbench, image: Image, path: Path) -> bool:
+    """Whether the file at `path` is the picture `image` holds: the same path as imported (no reading), the same
+    bytes, or the same picture once cleaned. A file that cannot be read is taken as the same (nothing to compare)."""
+    if str(path) == image.source_ref:
+        return True
+    try:
+        data, original_sha = read_image_file(wb, path)
+        if original_sha == image.original_sha256:
+            return True
+        clean = sanitize_image(data, max_pixels=int(wb.settings.max_image_megapixels * 1e6))
+    except ImageRejected:
+        return True
+    return sha256_hex(clean.data) == image.sha256
+
+
+def _source_name(given: str | None, recipe: DatasetRecipe | None, fitz17k: bool, csv_path: Path) -> str:
+    """The source this CSV's rows belong to: ids are unique within it."""
+    if recipe is not None or fitz17k:
+        name = recipe.name if recipe is not None else "fitzpatrick17k"
+        if given and given.strip().lower() != name:
+            raise IngestError(f"{csv_path.name} is read as {name}, and its rows belong to that source: leave out --source")
+        return name
+    name = (given or "csv").strip().lower()
+    taken = _RESERVED_SOURCES | set(dataset_recipes())  # the importers' own sources: their ids are theirs
+    if not _SOURCE_NAME.fullmatch(name) or name in taken:
+        raise IngestError(
+            f"--source {given!r}: a source name is 1-32 lowercase letters, digits, '.', '_' or '-', and not one of "
+            f"{', '.join(sorted(taken))}; e.g. --source clinic-a. Nothing was imported."
+        )
+    return name
+
+
 def import_csv(
     wb: Workbench,
     actor: Actor,
@@ -147,6 +189,7 @@ def import_csv(
     *,
     images_dir: Path | None = None,
     dataset: str = "auto",
+    source: str | None = None,
     progress: Progress | None = None,
 ) -> ImportReport:
     """Import a CSV of images and metadata, committed every CSV_BATCH rows (see the module docstring).
@@ -156,6 +199,7 @@ def import_csv(
     (md5hash, url, label, fitzpatrick_scale, qc, ...) imports as is: rows whose image is not in
     images_dir (as <md5hash>.jpg) are stored as image_missing, for `fetch_images` later.
     `dataset`: a recipe name (ham10000, isic, pad-ufes-20, ddi), `auto` (detected from the header) or `csv`.
+    `source`: a generic CSV's source name (ids are unique within it; default `csv`). A recipe's source is its name.
     A recipe's rows whose image is not found are stored as image_missing; importing again with the images
     completes them.
     """
@@ -179,18 +223,21 @@ def import_csv(
         )
     base_dir = Path(images_dir) if images_dir else csv_path.parent
     used = {c for c in (path_col, url_col, label_col, fitz_col) if c}
-    source = recipe.name if recipe else "fitzpatrick17k" if fitz17k else "csv"
+    source_name = _source_name(source, recipe, fitz17k, csv_path)
     report = ImportReport()
     files = _files_by_name(base_dir) if recipe is not None and base_dir.is_dir() else {}
     report.dataset = recipe.name if recipe else None
     with wb.session() as session:
         known = KnownContent(session)
-        by_external = {
+        by_external = {  # this source's rows: another source's id 1 is another row
             ext: (image_id, status)
-            for image_id, ext, status in session.execute(select(Image.id, Image.external_id, Image.status)).all()
-            if ext
+            for image_id, ext, status in session.execute(
+                select(ImageSource.image_id, ImageSource.external_id, Image.status)
+                .join(Image, Image.id == ImageSource.image_id)
+                .where(ImageSource.source == source_name)
+            )
         }
-    seen_external: set[str] = set()
+    seen_external: dict[str, int] = {}  # id -> the line that had it first
     # One transaction per batch of rows: memory stays flat on huge files, and a run killed midway keeps
     # its finished batches; the same command again skips them (rows match by id or url) and goes on.
     numbered = enumerate(rows(), start=2)
@@ -233,10 +280,12 @@ def import_csv(
                 url = (values.get(url_col) or "").strip() or None if url_col else None
                 external_id = external_id or url
                 if external_id and external_id in seen_external:
-                    report.duplicates.append((item, f"repeats id {external_id!r} from an earlier line"))
+                    report.duplicates.append(
+                        (item, f"repeats id {external_id!r} of line {seen_external[external_id]}: ids are unique per source")
+                    )
                     continue
                 if external_id:
-                    seen_external.add(external_id)
+                    seen_external[external_id] = line
                 label = (values.get(label_col) or "").strip() or None if label_col else None
                 diagnosis_key = wb.taxonomy.normalise(label) if label else None
                 if label and recipe is not None:
@@ -278,14 +327,27 @@ def import_csv(
                 existing = None
                 if external_id and external_id in by_external:
                     image_id, status = by_external[external_id]
-                    if status != "image_missing" or file_path is None or not file_path.exists():
+                    has_file = file_path is not None and file_path.exists()
+                    if status == "image_missing" and has_file:
+                        existing = session.get(Image, image_id)
+                    elif has_file and not _is_stored_picture(wb, session.get(Image, image_id), file_path):
+                        report.failed.append(
+                            (
+                                item,
+                                f"id {external_id!r} of source {source_name!r} is image #{image_id}, with another picture: "
+                                f"is this another source's file? Import it with its own --source NAME; nothing was changed",
+                            )
+                        )
+                        continue
+                    else:
                         report.already_present += 1
                         continue
-                    existing = session.get(Image, image_id)
+
+                meta = {**{k: v for k, v in values.items() if k not in used and v != ""}, **extra_meta}
 
                 def make_row() -> Image:
-                    return Image(
-                        source=source,
+                    image = Image(
+                        source=source_name,
                         source_ref=str(file_path or url or ""),
                         url=url,
                         external_id=external_id,
@@ -293,8 +355,18 @@ def import_csv(
                         diagnosis_key=diagnosis_key,
                         fitzpatrick=fitzpatrick,
                         status="pending",
-                        meta={**{k: v for k, v in values.items() if k not in used and v != ""}, **extra_meta},
+                        meta=meta,
                     )
+                    if external_id:
+                        session.add(ImageSource(image=image, source=source_name, external_id=external_id, **row_of))
+                    return image
+
+                row_of = {"source_label": label, "meta": meta}
+
+                def link(holder: Image | int, external_id=external_id) -> None:
+                    # a picture already stored, named by this source row too: the row is kept, beside it
+                    at = {"image": holder} if isinstance(holder, Image) else {"image_id": holder}
+                    session.add(ImageSource(**at, source=source_name, external_id=external_id, **row_of))
 
                 # A file named in the CSV must exist; one derived from images_dir is used when present.
                 if file_path is not None and (explicit_path or file_path.exists()):
@@ -303,7 +375,9 @@ def import_csv(
                     except ImageRejected as e:
                         report.failed.append((item, f"{file_path}: {e}"))
                         continue
-                    row = ingest_bytes(wb, session, known, report, item, data, original_sha, make_row, existing)
+                    row = ingest_bytes(
+                        wb, session, known, report, item, data, original_sha, make_row, existing, link if external_id else None
+                    )
                     if row is not None and existing is None:
                         new_rows.append(row)
                     elif row is not None:

@@ -118,8 +118,9 @@ class Image(Base):
     sha256: Mapped[str | None] = mapped_column(String(64), unique=True)
     # sha256 of the bytes as received: re-importing the same file is recognised before any decoding.
     original_sha256: Mapped[str | None] = mapped_column(String(64), unique=True)
-    # A stable identifier from the source (Fitzpatrick17k md5hash, a URL): re-importing a CSV adds nothing.
-    external_id: Mapped[str | None] = mapped_column(String(512), unique=True)
+    # The first source row's own id (Fitzpatrick17k md5hash, a URL, HAM10000 image_id): unique per source, not per
+    # workbench (two datasets both number from 1); image_sources holds every source row naming this picture.
+    external_id: Mapped[str | None] = mapped_column(String(512), index=True)
     file_path: Mapped[str | None] = mapped_column(String(256))  # relative to the store
     source: Mapped[str] = mapped_column(String(32))  # folder | csv | fitzpatrick17k | synthetic | a dataset recipe (ham10000 ...)
     source_ref: Mapped[str] = mapped_column(Text, default="")  # original path or URL
@@ -143,6 +144,27 @@ class Image(Base):
     annotations: Mapped[list["Annotation"]] = relationship(
         back_populates="image", order_by="Annotation.id", foreign_keys="Annotation.image_id"
     )
+
+
+class ImageSource(Base):
+    """One row of an imported metadata file (a public dataset, a clinic CSV) and the picture it names.
+
+    A source row is identified by (source, external_id): the same id in two sources is two rows, and re-importing
+    a file finds its rows again. A picture that is byte-identical in several source rows is stored once (one
+    image); each row links to it here with its own label and metadata, so no row is lost to another's."""
+
+    __tablename__ = "image_sources"
+    __table_args__ = (UniqueConstraint("source", "external_id"), Index("ix_image_sources_image_id", "image_id"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    source: Mapped[str] = mapped_column(String(32))
+    external_id: Mapped[str] = mapped_column(String(512))
+    source_label: Mapped[str | None] = mapped_column(Text)
+    meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    image: Mapped[Image] = relationship()
 
 
 class Draft(Base):
