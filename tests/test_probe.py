@@ -243,6 +243,8 @@ def test_train_predict_eval_and_suggest_accept_a_probe_run_and_the_annotate_page
     import streamlit as st
     from sqlalchemy import select
 
+    from curation.labelling.workflow import update_workflow_settings
+    from curation.store.auth import get_actor
     from curation.store.db import open_workbench
     from curation.store.models import Draft, Image
     from curation.store.settings import Settings
@@ -252,6 +254,8 @@ def test_train_predict_eval_and_suggest_accept_a_probe_run_and_the_annotate_page
     st.cache_resource.clear()
     wb = open_workbench(Settings.load())
     try:
+        # no gold item: the page must open an image the probe suggested for (a gold one, 5% of the time, has none)
+        update_workflow_settings(wb, get_actor(wb, "admin"), gold_rate=0.0)
         with wb.session() as s:
             needing = s.scalars(select(Image.id).where(Image.status.in_(("pending", "annotated")))).all()
             probe_drafts = s.scalars(select(Draft).where(Draft.kind == "model", Draft.version == "p:probe")).all()

@@ -34,13 +34,23 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
             handle.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
 
 
+HF_WRITER_BATCH = 64  # rows per Arrow record batch: 64 photos of a few MB at most, whatever the dataset's size
+
+
 def write_hf(staging: Path, records: list[dict[str, Any]], taxonomy: Taxonomy, **_) -> None:
     """A datasets.DatasetDict (Image feature with the bytes embedded, ClassLabel over the whole taxonomy
-    so ids are stable across exports, one column per caption field), saved with save_to_disk."""
+    so ids are stable across exports, one column per caption field), saved with save_to_disk.
+
+    Streamed: each split is written from a generator in record batches of HF_WRITER_BATCH rows to an Arrow file
+    on disk (memory-mapped afterwards), so the peak memory does not grow with the dataset (every image of a split
+    held at once took 2 GB for 1,500 photos). The cache is removed once the dataset is saved."""
+    import shutil
+
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Sequence, Value
     from datasets import Image as HFImage
 
     labels = sorted(taxonomy.labels)
+    label_ids = {label: index for index, label in enumerate(labels)}
     columns: dict[str, Any] = {
         "image": HFImage(),
         "id": Value("int64"),
@@ -57,23 +67,39 @@ def write_hf(staging: Path, records: list[dict[str, Any]], taxonomy: Taxonomy, *
         columns[f.key] = Sequence(Value("string")) if f.kind == "multi" else Value("string")
     columns["size_mm"] = Value("float64")
     features = Features(columns)
-    splits = {}
-    for split in ("train", "val", "test"):
-        rows = [r for r in records if r["split"] == split]
-        if not rows:  # an empty split saves as a folder `load_from_disk` cannot read: left out (the card says so)
-            continue
-        data: dict[str, list] = {name: [] for name in columns}
-        for r in rows:
-            data["image"].append({"bytes": (staging / r["image"]).read_bytes(), "path": Path(r["image"]).name})
-            data["id"].append(r["id"])
-            data["diagnosis"].append(labels.index(r["diagnosis_key"]) if r["diagnosis_key"] in taxonomy.labels else -1)
+
+    def rows(split: str):
+        for r in records:
+            if r["split"] != split:
+                continue
+            row = {"image": {"bytes": (staging / r["image"]).read_bytes(), "path": Path(r["image"]).name}, "id": r["id"]}
+            row["diagnosis"] = label_ids.get(r["diagnosis_key"], -1)
             for key in ("diagnosis_text", "group9", "group3", "fitzpatrick", "caption_text", "source", "split_group"):
-                data[key].append(r[key])
+                row[key] = r[key]
             for f in FIELDS:
-                data[f.key].append(r["caption"][f.key])
-            data["size_mm"].append(r["caption"]["size_mm"])
-        splits[split] = Dataset.from_dict(data, features=features)
-    DatasetDict(splits).save_to_disk(str(staging / "hf"))
+                row[f.key] = r["caption"][f.key]
+            row["size_mm"] = r["caption"]["size_mm"]
+            yield row
+
+    cache = staging / ".hf-cache"
+    try:
+        splits = {}
+        for split in ("train", "val", "test"):
+            if not any(r["split"] == split for r in records):
+                continue  # an empty split saves as a folder `load_from_disk` cannot read: left out (the card says so)
+            splits[split] = Dataset.from_generator(
+                rows,
+                features=features,
+                cache_dir=str(cache),
+                gen_kwargs={"split": split},
+                writer_batch_size=HF_WRITER_BATCH,
+                # the export's own id: the records are not hashed to name the cache (a second pass over them)
+                fingerprint=f"skinflow-{staging.name}-{split}",
+                split=split,
+            )
+        DatasetDict(splits).save_to_disk(str(staging / "hf"))
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 def write_grpo(staging: Path, records: list[dict[str, Any]], taxonomy: Taxonomy, weight_set: dict | None, **_) -> None:
