@@ -125,3 +125,47 @@ def test_processes_opening_a_new_workbench_at_once_all_succeed(tmp_path):
     ]
     errors = [p.communicate(timeout=120)[1] for p in processes]
     assert [p.returncode for p in processes] == [0, 0, 0, 0], errors
+
+
+def test_upgrading_a_database_with_images_and_annotations_rebuilds_the_images_table_and_keeps_every_row(tmp_path, database_url):
+    """Migrations that rebuild `images` (SQLite batch mode: copy, drop, rename) run under rows that refer to it."""
+    from alembic import command
+
+    from curation.store.db import make_engine, upgrade
+
+    engine = make_engine(database_url or f"sqlite:///{tmp_path / 'filled.db'}")
+    cfg = alembic_config(engine)
+    command.downgrade(cfg, "base")
+    command.upgrade(cfg, "0013")
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO users (id, username, display_name, role, password_hash, active, created_at) "
+                "VALUES (1, 'ann', 'ann', 'annotator', 'x', true, '2026-01-01')"
+            )
+        )
+        for image_id, external in ((1, "7"), (2, None)):
+            connection.execute(
+                text(
+                    "INSERT INTO images (id, sha256, external_id, source, source_ref, source_label, meta, status, created_at) "
+                    "VALUES (:id, :sha, :ext, 'ddi', '', 'melanoma', '{\"lesion\": \"L1\"}', 'annotated', '2026-01-01')"
+                ),
+                {"id": image_id, "sha": f"{image_id:064x}", "ext": external},
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO annotations (id, image_id, user_id, version, caption, diagnosis_status, quality_flags, "
+                    "created_at) VALUES (:id, :id, 1, 1, '{}', 'confirmed', '[]', '2026-01-01')"
+                ),
+                {"id": image_id},
+            )
+    upgrade(engine)  # what opening the workbench does
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM annotations")).scalar() == 2
+        assert connection.execute(text("SELECT id, external_id FROM images ORDER BY id")).all() == [(1, "7"), (2, None)]
+        assert connection.execute(text("SELECT image_id, source, external_id FROM image_sources")).all() == [(1, "ddi", "7")]
+    command.downgrade(cfg, "0013")  # and back, with the rows still there
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM images")).scalar() == 2
+    command.downgrade(cfg, "base")
+    engine.dispose()
