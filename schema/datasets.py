@@ -59,6 +59,11 @@ class DatasetRecipe:
     label_column: str
     image_file: str  # file name of an image, formatted with the row's columns and {id}
     fitzpatrick_column: str | None
+    # how a row's label was established (HAM10000 dx_type: histo, follow_up, consensus, confocal; ISIC
+    # diagnosis_confirm_type; PAD-UFES-20 biopsed), or one value for a whole dataset (DDI: every label is histopathology)
+    provenance_column: str | None
+    provenance_value: str | None
+    provenance_values: dict[str, str]  # a column's codes in words (PAD-UFES-20 biopsed True -> histopathology)
     fitzpatrick_bands: dict[str, str]  # a column of bands (DDI "12") -> band name ("I-II"), when not single types
     group_by: tuple[str, ...]
     license: str
@@ -97,6 +102,13 @@ class DatasetRecipe:
         key = mapping.key if mapping.key in taxonomy.labels else taxonomy.normalise(mapping.key) if mapping.key else None
         return MappedLabel(key, *_groups(taxonomy, key, mapping.group9), note=mapping.note, known=True)
 
+    def provenance(self, row: dict[str, str]) -> str | None:
+        """How this row's label was established, as the dataset says it (None where it does not)."""
+        if self.provenance_column:
+            code = (row.get(self.provenance_column) or "").strip()
+            return self.provenance_values.get(code.lower(), code) or None
+        return self.provenance_value
+
     def card_line(self) -> str:
         return f"{self.name}: {self.title}. License: {self.license}. Cite: {self.citation}. Source: {self.url}."
 
@@ -130,6 +142,9 @@ def _recipe(doc: dict[str, Any], where: str) -> DatasetRecipe:
             label_column=doc["label_column"],
             image_file=doc["image_file"],
             fitzpatrick_column=doc.get("fitzpatrick_column"),
+            provenance_column=doc.get("provenance_column"),
+            provenance_value=doc.get("provenance_value"),
+            provenance_values={k.lower(): v for k, v in doc.get("provenance_values", {}).items()},
             fitzpatrick_bands=dict(doc.get("fitzpatrick_bands", {})),
             group_by=tuple(doc.get("group_by", ())),
             license=doc["license"],

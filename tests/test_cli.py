@@ -56,6 +56,7 @@ HELP_COMMANDS = [
     ["restore"],
     ["ablate"],
     ["sources"],
+    ["verify"],
 ]
 
 

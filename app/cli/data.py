@@ -22,6 +22,7 @@ from curation.ingest import import_path
 from curation.ingest.common import ImportReport
 from curation.ingest.demo import build_demo
 from curation.ingest.fetch import fetch_images
+from curation.labelling.source_labels import verify_source_labels
 from curation.labelling.vocabulary import decide_term, pending_terms
 from curation.ops.insights import team_insights
 from curation.ops.status import workbench_status
@@ -110,6 +111,31 @@ def import_(
     print_import_report(result, report)
     if result.failed and not (result.imported or result.missing_images or result.already_present or result.duplicates):
         raise typer.Exit(1)
+
+
+@app.command()
+def verify(
+    ctx: typer.Context,
+    source: str = typer.Option(..., help="The source whose own labels to accept, e.g. ham10000 (see `skinflow status`)."),
+    where: list[str] = typer.Option(
+        [],
+        help="Only rows whose metadata column has one of these values: COLUMN=VALUE or COLUMN=V1|V2, e.g. dx_type=histo "
+        "(repeat: every condition must hold). Import keeps each dataset's provenance column (HAM10000 dx_type, ISIC "
+        "diagnosis_confirm_type, PAD-UFES-20 biopsed) and label_provenance.",
+    ),
+    undo: bool = typer.Option(False, help="Stop accepting these rows' source labels (what an earlier verify did)."),
+) -> None:
+    """Accept a source's own labels in bulk (admin): they export with --labels source|both, no annotation needed."""
+    c = context(ctx)
+    result = verify_source_labels(c.workbench(), c.actor(), source, where, undo=undo)
+    done = "no longer accepted" if undo else "accepted"
+    conditions = " and ".join(f"{column} in {'|'.join(values)}" for column, values in result.where.items()) or "all rows"
+    out.print(
+        f"{result.source} ({conditions}): {result.matched} rows match, {result.changed} source labels {done} now"
+        + (f"; {result.without_label} have a label outside the taxonomy (annotate them)" if result.without_label else "")
+    )
+    if not undo and result.changed:
+        out.print("export them with: skinflow export --out exports/vN --labels source (or both)")
 
 
 @app.command("fetch-images")
@@ -225,6 +251,12 @@ def export(
         help="Write the patient and lesion ids into group_keys as imported (they may identify patients); "
         "by default they are pseudonymised with this workbench's key. The data card says which.",
     ),
+    labels: str = typer.Option(
+        "verified",
+        "--labels",
+        help="Which labels: verified (annotations verified in review), source (source labels accepted with "
+        "`skinflow verify`, no curated caption), both (an image's verified annotation wins).",
+    ),
     overwrite: bool = typer.Option(False, help="Replace an existing export folder."),
 ) -> None:
     if ctx.invoked_subcommand is not None:
@@ -243,6 +275,7 @@ def export(
         max_hash_distance=None if no_dedup else dup_distance,
         group_by={"auto": None, "none": ()}.get(group_by.strip().lower(), split_option([group_by])),
         raw_group_keys=raw_group_keys,
+        label_kinds=labels.strip().lower(),
     )
     with progress_bar("exporting") as progress:
         result = export_dataset(

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from PIL import Image as PILImage
-from sqlalchemy import select
+from sqlalchemy import false, or_, select
 from sqlalchemy.orm import Session
 
 from curation.errors import ExportError
@@ -36,6 +36,7 @@ from curation.export.neardup import DEFAULT_MAX_DISTANCE, MAX_SUPPORTED_DISTANCE
 from curation.export.splits import LESION_COLUMNS, SPLITS, assign_splits, join_groups
 from curation.ingest.clean import dhash
 from curation.labelling.annotate import latest_model_drafts
+from curation.labelling.source_labels import LABEL_KINDS
 from curation.ops.insights import insights
 from curation.store import audit
 from curation.store.auth import Actor, require
@@ -110,6 +111,9 @@ class ExportFilter:
     # the patient and lesion ids in each record's group_keys as they were imported; by default each is replaced by
     # a keyed hash (equal ids stay equal, within and across this workbench's exports), as they identify people
     raw_group_keys: bool = False
+    # which labels: "verified" (annotations verified in review), "source" (source labels an admin accepted in bulk,
+    # curation/labelling/source_labels.py: no curated caption), "both" (an image's verified annotation wins)
+    label_kinds: str = "verified"
 
     def keeps(self, record: dict[str, Any]) -> bool:
         return (
@@ -172,12 +176,81 @@ def _source_group(image: Image, annotation: Annotation) -> tuple[str | None, str
     return None, None
 
 
+def _record_base(image: Image) -> dict[str, Any]:
+    """What every record says about its picture and where it came from (the source row, traceable back)."""
+    meta = image.meta or {}
+    return {
+        "id": image.id,
+        "image": f"images/{image.file_path}",
+        "sha256": image.sha256,
+        "width": image.width,
+        "height": image.height,
+        "fitzpatrick": image.fitzpatrick,
+        "source": image.source,
+        "source_id": image.external_id,  # the image's id in its source (HAM10000 image_id, a clinic's id)
+        "source_label": image.source_label,
+        "label_provenance": meta.get("label_provenance"),  # how the source established its label (histo ...)
+    }
+
+
+def _annotation_record(
+    image: Image,
+    annotation: Annotation,
+    by_id: dict[int, Annotation],
+    usernames: dict[int, str],
+    reviewers: dict[int, str],
+    taxonomy: Any,
+) -> dict[str, Any]:
+    caption = Caption.model_validate(annotation.caption)
+    label = taxonomy.labels.get(annotation.diagnosis_key) if annotation.diagnosis_key else None
+    group9, group3 = (label.group9, label.group3) if label else _source_group(image, annotation)
+    return {
+        **_record_base(image),
+        "label_kind": "annotation",
+        "caption": caption.to_json(),
+        "caption_text": render(caption),
+        "diagnosis_key": annotation.diagnosis_key,
+        "diagnosis_display": label.display if label else None,
+        "diagnosis_text": annotation.diagnosis_text,
+        "group9": group9,
+        "group3": group3,
+        "diagnosis_status": annotation.diagnosis_status,
+        "annotators": _chain_authors(annotation, by_id, usernames),
+        "reviewer": reviewers.get(annotation.id) if image.verified_annotation_id else None,
+        "verified": image.verified_annotation_id is not None,
+    }
+
+
+def _source_record(image: Image, usernames: dict[int, str], taxonomy: Any) -> dict[str, Any]:
+    """A source label an admin accepted as it is: the label (or the group its code names), no curated caption."""
+    meta = image.meta or {}
+    label = taxonomy.labels.get(image.diagnosis_key) if image.diagnosis_key else None
+    caption = Caption()
+    return {
+        **_record_base(image),
+        "label_kind": "source",
+        "caption": caption.to_json(),
+        "caption_text": "",  # nothing curated: trainers skip these for captions (grpo stage 1 leaves them out)
+        "diagnosis_key": image.diagnosis_key,
+        "diagnosis_display": label.display if label else None,
+        "diagnosis_text": None if label else image.source_label,
+        "group9": label.group9 if label else meta.get("label_group9"),
+        "group3": label.group3 if label else meta.get("label_group3"),
+        "diagnosis_status": "source",
+        "annotators": [],
+        "reviewer": usernames.get(image.source_verified_by),  # the admin who accepted the source's labels
+        "verified": True,
+    }
+
+
 def collect_records(
     wb: Workbench, session: Session, *, seed: int, selection: ExportFilter = ExportFilter()
 ) -> tuple[list[dict[str, Any]], Grouping]:
     """(records with their split, how they were grouped)."""
     statuses = ("verified", "annotated") if selection.include_unverified else ("verified",)
-    images = list(session.scalars(select(Image).where(Image.status.in_(statuses), Image.sha256.is_not(None)).order_by(Image.id)))
+    annotated = Image.status.in_(statuses) if selection.label_kinds != "source" else false()
+    accepted = Image.source_verified_at.is_not(None) if selection.label_kinds != "verified" else false()
+    images = list(session.scalars(select(Image).where(or_(annotated, accepted), Image.sha256.is_not(None)).order_by(Image.id)))
     latest = _latest_annotations(session, [i.id for i in images if i.verified_annotation_id is None])
     # everything the records need, in a few bulk queries rather than several per record
     image_ids = [i.id for i in images]
@@ -200,34 +273,13 @@ def collect_records(
     metas: dict[str, dict[str, Any]] = {}
     taxonomy = wb.taxonomy
     for image in images:
-        annotation = by_id.get(image.verified_annotation_id) if image.verified_annotation_id else latest.get(image.id)
-        if annotation is None:
+        annotation = None
+        if image.status in statuses and selection.label_kinds != "source":
+            annotation = by_id.get(image.verified_annotation_id) if image.verified_annotation_id else latest.get(image.id)
+        if annotation is None and image.source_verified_at is None:
             continue
-        caption = Caption.model_validate(annotation.caption)
-        reviewer = reviewers.get(annotation.id) if image.verified_annotation_id else None
-        label = taxonomy.labels.get(annotation.diagnosis_key) if annotation.diagnosis_key else None
-        group9, group3 = (label.group9, label.group3) if label else _source_group(image, annotation)
-        record = {
-            "id": image.id,
-            "image": f"images/{image.file_path}",
-            "sha256": image.sha256,
-            "width": image.width,
-            "height": image.height,
-            "caption": caption.to_json(),
-            "caption_text": render(caption),
-            "diagnosis_key": annotation.diagnosis_key,
-            "diagnosis_display": label.display if label else None,
-            "diagnosis_text": annotation.diagnosis_text,
-            "group9": group9,
-            "group3": group3,
-            "diagnosis_status": annotation.diagnosis_status,
-            "fitzpatrick": image.fitzpatrick,
-            "annotators": _chain_authors(annotation, by_id, usernames),
-            "reviewer": reviewer,
-            "verified": image.verified_annotation_id is not None,
-            "source": image.source,
-            "source_label": image.source_label,
-        }
+        record = _annotation_record(image, annotation, by_id, usernames, reviewers, taxonomy) if annotation else None
+        record = record or _source_record(image, usernames, taxonomy)
         if selection.keeps(record):
             records.append(record)
             hashes[image.sha256] = _stored_dhash(wb, image)
@@ -357,6 +409,8 @@ def _check_selection(wb: Workbench, selection: ExportFilter, formats: tuple[str,
         raise ExportError("an empty column name in --group-by; give metadata column names, e.g. --group-by lesion_id,patient_id")
     if selection.max_hash_distance is not None and not 0 <= selection.max_hash_distance <= MAX_SUPPORTED_DISTANCE:
         raise ExportError(f"the near-duplicate distance must be between 0 and {MAX_SUPPORTED_DISTANCE} bits (or off)")
+    if selection.label_kinds not in LABEL_KINDS:
+        raise ExportError(f"--labels {selection.label_kinds!r}: use one of {', '.join(LABEL_KINDS)}")
     bad_types = [t for t in selection.fitzpatrick if t not in range(1, 7)]
     if bad_types:
         raise ExportError(f"Fitzpatrick types are 1-6, not {bad_types}")
@@ -398,7 +452,8 @@ def export_dataset(
     if not records:
         raise ExportError(
             "nothing to export: no verified records match (verify annotations in review, "
-            "pass --include-unverified, or loosen the filters)"
+            "pass --include-unverified, accept a public dataset's own labels with `skinflow verify --source NAME` and "
+            "export with --labels source, or loosen the filters)"
         )
     agreement = insights(wb)["agreement"]["krippendorff_alpha"]
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -109,14 +109,15 @@ def write_grpo(staging: Path, records: list[dict[str, Any]], taxonomy: Taxonomy,
     stage1, stage2 = [], []
     for r in records:
         image = {"id": r["id"], "image": r["image"], "split": r["split"], "fitzpatrick": r["fitzpatrick"]}
-        stage1.append(
-            {
-                **image,
-                "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": CAPTION_INSTRUCTION}]}],
-                "caption": r["caption"],
-                "caption_text": r["caption_text"],
-            }
-        )
+        if r["label_kind"] != "source":  # an accepted source label has no curated caption to learn from
+            stage1.append(
+                {
+                    **image,
+                    "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": CAPTION_INSTRUCTION}]}],
+                    "caption": r["caption"],
+                    "caption_text": r["caption_text"],
+                }
+            )
         if r["diagnosis_key"]:
             stage2.append(
                 {
@@ -159,10 +160,15 @@ def write_sharegpt(staging: Path, records: list[dict[str, Any]], **_) -> None:
     """LLaVA / LLaMA-Factory style conversations with image paths."""
     rows = []
     for r in records:
-        turns = [{"from": "human", "value": f"<image>\n{CAPTION_INSTRUCTION}"}, {"from": "gpt", "value": r["caption_text"]}]
+        turns = []
+        if r["label_kind"] != "source":  # an accepted source label has no curated caption: no caption turn
+            turns = [{"from": "human", "value": f"<image>\n{CAPTION_INSTRUCTION}"}, {"from": "gpt", "value": r["caption_text"]}]
         diagnosis = r["diagnosis_display"] or r["diagnosis_text"]
         if diagnosis:
-            turns += [{"from": "human", "value": "What is the most likely diagnosis?"}, {"from": "gpt", "value": diagnosis}]
+            question = "What is the most likely diagnosis?" if turns else "<image>\nWhat is the most likely diagnosis?"
+            turns += [{"from": "human", "value": question}, {"from": "gpt", "value": diagnosis}]
+        if not turns:
+            continue
         rows.append({"id": str(r["id"]), "image": r["image"], "split": r["split"], "conversations": turns})
     (staging / "sharegpt.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 

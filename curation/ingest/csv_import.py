@@ -297,6 +297,8 @@ def import_csv(
                         extra_meta.update(label_group9=mapped.group9, label_group3=mapped.group3)
                     if mapped.note:
                         extra_meta["label_meaning"] = mapped.note
+                    if provenance := recipe.provenance(values):
+                        extra_meta["label_provenance"] = provenance  # what `verify --where` and the card count by
                     if not mapped.known and diagnosis_key is None:
                         report.warn(f"{item}: label {label!r} is not in the {recipe.name} crosswalk; kept as free text")
                 elif label and diagnosis_key is None:

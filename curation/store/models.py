@@ -138,6 +138,10 @@ class Image(Base):
     verified_annotation_id: Mapped[int | None] = mapped_column(
         ForeignKey("annotations.id", use_alter=True, name="fk_images_verified_annotation_id_annotations")
     )
+    # the source's own label (diagnosis_key, or its group) accepted as it is by an admin, in bulk
+    # (curation/labelling/source_labels.py): exportable without an annotation; cleared again by undo
+    source_verified_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    source_verified_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     drafts: Mapped[list["Draft"]] = relationship(back_populates="image", order_by="Draft.id")

@@ -1,4 +1,5 @@
-"""Admin: users and roles, import (folder or zip upload), export with download, workflow settings."""
+"""Admin: users and roles, import (folder or zip upload), a source's own labels accepted in bulk, export with
+download, workflow settings."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from curation.export.formats import EXTRA_FORMATS
 from curation.export.neardup import DEFAULT_MAX_DISTANCE, MAX_SUPPORTED_DISTANCE
 from curation.ingest.archive import import_zip
 from curation.ingest.folder import import_folder
+from curation.labelling.source_labels import LABEL_KINDS, verify_source_labels
 from curation.labelling.workflow import QUEUE_STRATEGIES, get_workflow_settings, update_workflow_settings
 from curation.store.auth import add_user, list_users, set_password, set_role, unlock
 from curation.store.models import ROLES
@@ -99,6 +101,32 @@ def _import(wb, actor) -> None:
                 state.show_error(e)
 
 
+def _source_labels(wb, actor, sources: list[str]) -> None:
+    """The bulk path from a public dataset to an export: accept the rows' own labels, chosen by provenance."""
+    st.subheader("Accept a source's own labels")
+    st.caption(
+        "For a public dataset whose labels you trust as they are (e.g. HAM10000 rows with dx_type histo): they export "
+        "with 'Labels: source' or 'both', marked as source labels with their provenance. Captions are still annotated "
+        "per image. Undo takes them back; both are in the audit trail."
+    )
+    with st.form("source-labels"):
+        source = st.selectbox("Source", sources)
+        where = st.text_input("Only rows where (COLUMN=VALUE, several values as V1|V2; empty: every row)", "dx_type=histo")
+        accept, undo = st.columns(2)
+        accepted = accept.form_submit_button("Accept these labels")
+        undone = undo.form_submit_button("Undo: stop accepting them")
+    if (accepted or undone) and source:
+        try:
+            result = verify_source_labels(wb, actor, source, [w for w in where.split(",") if w.strip()], undo=undone)
+        except SkinflowError as e:
+            state.show_error(e)
+        else:
+            done = "no longer accepted" if undone else "accepted"
+            st.success(f"{plain(source)}: {result.matched} rows match, {result.changed} source labels {done} now.")
+            if result.without_label:
+                st.warning(f"{result.without_label} matching rows have a label outside the taxonomy: annotate them.")
+
+
 def _export(wb, actor) -> None:
     taxonomy = wb.taxonomy
     names = {label.display: key for key, label in sorted(taxonomy.labels.items(), key=lambda kv: kv[1].display)}
@@ -109,6 +137,13 @@ def _export(wb, actor) -> None:
             "Extra formats (JSONL + Parquet are always written)",
             EXTRA_FORMATS,
             help="grpo is what `skinflow train` reads; hf: datasets.load_from_disk; labelstudio: tasks + config",
+        )
+        label_kinds = st.radio(
+            "Labels",
+            LABEL_KINDS,
+            horizontal=True,
+            help="verified: annotations verified in review; source: source labels accepted above (no curated caption); "
+            "both: an image's verified annotation wins",
         )
         include_unverified = st.checkbox("Include annotated but unverified records")
         labels = st.multiselect("Only these labels (empty: all)", list(names))
@@ -143,6 +178,7 @@ def _export(wb, actor) -> None:
             max_hash_distance=distance if dedup else None,
             group_by=tuple(group_by),
             raw_group_keys=raw_ids,
+            label_kinds=label_kinds,
         )
         try:
             result = export_dataset(wb, actor, Path(out), selection=selection, formats=tuple(formats), overwrite=overwrite)
@@ -202,6 +238,7 @@ def render() -> None:
     with imports:
         _import(wb, actor)
     with exports:
+        _source_labels(wb, actor, export_choices(wb).sources)
         _export(wb, actor)
     with settings:
         _settings(wb, actor)
