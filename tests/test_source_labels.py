@@ -124,3 +124,25 @@ def test_the_admin_page_accepts_and_undoes_source_labels_and_exports_them(ham, a
     assert "4 source labels no longer accepted now" in at.success[0].value
     with ham.session() as s:
         assert s.scalar(select(Image.id).where(Image.source_verified_at.is_not(None))) is None
+
+
+def test_an_export_leads_back_to_the_original_images_with_the_metadata_columns_asked_for(ham, admin, tmp_path):
+    verify_source_labels(ham, admin, "ham10000", [])
+    selection = ExportFilter(label_kinds="source", metadata_columns=("age", "sex", "lesion_id"))
+    export = export_dataset(ham, admin, tmp_path / "v1", selection=selection, formats=("csv",))
+    rows = records(export.path)
+    assert len(rows) == 16 and all(r["source_id"] == f"ISIC_{int(r['source_id'][5:]):07d}" for r in rows)
+    assert all(set(r["metadata"]) == {"age", "sex", "lesion_id"} and r["metadata"]["sex"] == "female" for r in rows)
+    assert all(r["metadata"]["lesion_id"].startswith("p-") for r in rows)  # a patient's lesion: a pseudonym
+    assert not any("HAM_" in line for line in (export.path / "records.csv").read_text().splitlines())
+    assert "metadata.age" in (export.path / "records.csv").read_text().splitlines()[0]
+    card = (export.path / "README.md").read_text()
+    assert "holds the imported columns age, sex, lesion_id (patient and lesion ids among them as pseudonyms)" in card
+    raw = ExportFilter(label_kinds="source", metadata_columns=("lesion_id",), raw_group_keys=True)
+    assert records(export_dataset(ham, admin, tmp_path / "raw", selection=raw).path)[0]["metadata"]["lesion_id"].startswith(
+        "HAM_"
+    )
+    with pytest.raises(ExportError, match="no exported record has the metadata column.*skin_colour.*localization"):
+        export_dataset(
+            ham, admin, tmp_path / "v2", selection=ExportFilter(label_kinds="source", metadata_columns=("skin_colour",))
+        )

@@ -251,6 +251,11 @@ def export(
         help="Write the patient and lesion ids into group_keys as imported (they may identify patients); "
         "by default they are pseudonymised with this workbench's key. The data card says which.",
     ),
+    metadata: list[str] = typer.Option(
+        [],
+        help="Imported metadata columns each record carries under `metadata`, e.g. age,sex,localization,license "
+        "(patient and lesion ids among them pseudonymised unless --raw-group-keys); the card lists them.",
+    ),
     labels: str = typer.Option(
         "verified",
         "--labels",
@@ -276,6 +281,7 @@ def export(
         group_by={"auto": None, "none": ()}.get(group_by.strip().lower(), split_option([group_by])),
         raw_group_keys=raw_group_keys,
         label_kinds=labels.strip().lower(),
+        metadata_columns=split_option(metadata),
     )
     with progress_bar("exporting") as progress:
         result = export_dataset(

@@ -24,6 +24,8 @@ def parquet_table(records: list[dict[str, Any]]) -> pa.Table:
         "split": [r["split"] for r in records],
         "caption_json": [orjson.dumps(r["caption"], option=orjson.OPT_SORT_KEYS).decode() for r in records],
         "caption_text": [r["caption_text"] for r in records],
+        # the metadata columns the export was asked for (a different set per dataset): one JSON object per record
+        "metadata_json": [orjson.dumps(r["metadata"], option=orjson.OPT_SORT_KEYS).decode() for r in records],
     }
     types: dict[str, pa.DataType] = {
         "id": pa.int64(),
@@ -32,6 +34,7 @@ def parquet_table(records: list[dict[str, Any]]) -> pa.Table:
         "split": pa.string(),
         "caption_json": pa.string(),
         "caption_text": pa.string(),
+        "metadata_json": pa.string(),
     }
     for f in FIELDS:  # one column per caption field, for filtering in pandas / SQL engines
         columns[f.key] = [r["caption"][f.key] for r in records]

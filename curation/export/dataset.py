@@ -48,6 +48,8 @@ from schema.datasets import dataset_recipes
 from schema.files import temp_owner_tag
 from schema.vocabulary import default_vocabulary
 
+IDENTIFYING_COLUMNS = (*LESION_COLUMNS, "patient", "lesion")  # ids of people: exported as pseudonyms by default
+
 FORMAT_VERSION = 1
 
 
@@ -114,6 +116,9 @@ class ExportFilter:
     # which labels: "verified" (annotations verified in review), "source" (source labels an admin accepted in bulk,
     # curation/labelling/source_labels.py: no curated caption), "both" (an image's verified annotation wins)
     label_kinds: str = "verified"
+    # imported metadata columns each record carries under `metadata` (age, sex, localization, a per-image license);
+    # patient and lesion ids among them are pseudonymised like group_keys unless raw_group_keys
+    metadata_columns: tuple[str, ...] = ()
 
     def keeps(self, record: dict[str, Any]) -> bool:
         return (
@@ -289,6 +294,13 @@ def collect_records(
     else:
         duplicates = near_duplicate_groups(hashes, selection.max_hash_distance)
     columns = _group_columns(selection, list(metas.values()))
+    present = {c for meta in metas.values() for c in meta}
+    absent = [c for c in selection.metadata_columns if c not in present]
+    if absent:
+        raise ExportError(
+            f"no exported record has the metadata column(s) {', '.join(absent)}; the records have: "
+            f"{', '.join(sorted(present)) or 'none'}. Nothing was written."
+        )
     group_keys = {item: {c: str(meta[c]) for c in columns if meta.get(c) not in (None, "")} for item, meta in metas.items()}
     # a key names its column, so lesion "7" and patient "7" are not joined
     groups = join_groups(duplicates, {item: [f"{c}={v}" for c, v in kv.items()] for item, kv in group_keys.items()})
@@ -306,6 +318,12 @@ def collect_records(
         record["split_group"] = groups[record["sha256"]][:12]
         kv = group_keys[record["sha256"]]
         record["group_keys"] = kv if key is None else {c: pseudonym(key, c, v) for c, v in kv.items()}
+        meta = metas[record["sha256"]]
+        record["metadata"] = {
+            c: (pseudonym(key, c, str(meta[c])) if key is not None and c in IDENTIFYING_COLUMNS else meta[c])
+            for c in selection.metadata_columns
+            if meta.get(c) not in (None, "")
+        }
     sizes = Counter(groups.values())
     grouping = Grouping(
         columns=columns,
@@ -411,6 +429,8 @@ def _check_selection(wb: Workbench, selection: ExportFilter, formats: tuple[str,
         raise ExportError(f"the near-duplicate distance must be between 0 and {MAX_SUPPORTED_DISTANCE} bits (or off)")
     if selection.label_kinds not in LABEL_KINDS:
         raise ExportError(f"--labels {selection.label_kinds!r}: use one of {', '.join(LABEL_KINDS)}")
+    if any(not c.strip() for c in selection.metadata_columns):
+        raise ExportError("an empty column name in --metadata; give metadata column names, e.g. --metadata age,sex")
     bad_types = [t for t in selection.fitzpatrick if t not in range(1, 7)]
     if bad_types:
         raise ExportError(f"Fitzpatrick types are 1-6, not {bad_types}")

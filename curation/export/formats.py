@@ -61,6 +61,10 @@ def write_hf(staging: Path, records: list[dict[str, Any]], taxonomy: Taxonomy, *
         "fitzpatrick": Value("int64"),
         "caption_text": Value("string"),
         "source": Value("string"),
+        "source_id": Value("string"),  # the image's id in its source: traceable back to the original
+        "label_kind": Value("string"),
+        "label_provenance": Value("string"),
+        "metadata_json": Value("string"),  # the imported metadata columns the export was asked for
         "split_group": Value("string"),  # images of one lesion, patient or near-duplicate set: for grouped CV
     }
     for f in FIELDS:
@@ -76,6 +80,9 @@ def write_hf(staging: Path, records: list[dict[str, Any]], taxonomy: Taxonomy, *
             row["diagnosis"] = label_ids.get(r["diagnosis_key"], -1)
             for key in ("diagnosis_text", "group9", "group3", "fitzpatrick", "caption_text", "source", "split_group"):
                 row[key] = r[key]
+            for key in ("source_id", "label_kind", "label_provenance"):
+                row[key] = r[key]
+            row["metadata_json"] = json.dumps(r["metadata"], sort_keys=True, ensure_ascii=False)
             for f in FIELDS:
                 row[f.key] = r["caption"][f.key]
             row["size_mm"] = r["caption"]["size_mm"]
@@ -293,23 +300,28 @@ def write_csv(staging: Path, records: list[dict[str, Any]], **_) -> None:
         "annotators",
         "reviewer",
         "source",
+        "source_id",
         "source_label",
+        "label_kind",
+        "label_provenance",
         "split_group",
         *[f.key for f in FIELDS],
         "size_mm",
         "caption_text",
     ]
+    metadata = sorted({c for r in records for c in r["metadata"]})  # the columns the export was asked for
     with (staging / "records.csv").open("w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(columns)
+        writer.writerow([*columns, *(f"metadata.{c}" for c in metadata)])
         for r in records:
             flat = {
                 **r,
+                **{f"metadata.{c}": r["metadata"].get(c) for c in metadata},
                 **{f.key: "; ".join(r["caption"][f.key]) if f.kind == "multi" else r["caption"][f.key] for f in FIELDS},
                 "size_mm": r["caption"]["size_mm"],
                 "annotators": "; ".join(r["annotators"]),
             }
-            writer.writerow([neutralise_formula(flat[c]) for c in columns])
+            writer.writerow([neutralise_formula(flat[c]) for c in [*columns, *(f"metadata.{c}" for c in metadata)]])
 
 
 WRITERS = {"hf": write_hf, "grpo": write_grpo, "sharegpt": write_sharegpt, "labelstudio": write_labelstudio, "csv": write_csv}

@@ -158,6 +158,10 @@ def _export(wb, actor) -> None:
             choices.metadata_columns,
             default=choices.default_group_by,
         )
+        metadata_columns = st.multiselect(
+            "Imported metadata columns to export with each record (age, sex, site, skin tone, license ...)",
+            choices.metadata_columns,
+        )
         raw_ids = st.checkbox(
             "Write those ids as imported (they may identify patients)",
             help="By default each record's group_keys holds pseudonyms (a keyed hash with this workbench's key); "
@@ -179,6 +183,7 @@ def _export(wb, actor) -> None:
             group_by=tuple(group_by),
             raw_group_keys=raw_ids,
             label_kinds=label_kinds,
+            metadata_columns=tuple(metadata_columns),
         )
         try:
             result = export_dataset(wb, actor, Path(out), selection=selection, formats=tuple(formats), overwrite=overwrite)
