@@ -80,7 +80,8 @@ class DatasetRecipe:
         found = next((c for c in self.id_columns if c in header), None)
         missing = [c for c in (*self.detect, self.label_column) if c not in header]
         if found is None or missing:
-            wanted = [*missing, *([" or ".join(self.id_columns)] if found is None else [])]
+            id_wanted = [] if found is not None or set(self.id_columns) & set(missing) else [" or ".join(self.id_columns)]
+            wanted = list(dict.fromkeys([*missing, *id_wanted]))  # each column once (the label is often detected too)
             raise DatasetRecipeError(
                 f"this CSV is not {self.title} metadata: it lacks the column(s) {', '.join(wanted)}. "
                 "Check the file, or import it as a generic CSV (--dataset csv). Nothing was imported."

@@ -4,6 +4,7 @@ reasonings and weights."""
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
@@ -30,7 +31,9 @@ from curation.store.auth import add_user, count_users
 from schema.errors import SkinflowError
 
 
-def print_import_report(report: ImportReport, report_file: Optional[Path], shown: int = 20) -> None:
+def print_import_report(report: ImportReport, report_file: Optional[Path], home: Path, shown: int = 20) -> None:
+    """The counts, the first `shown` items of each kind, warnings counted by kind; everything in a report file
+    (--report, or one in <home>/reports when more was found than is shown)."""
     summary = report.summary()
     table = Table(title="Import")  # one row per count: fits a narrow terminal however many kinds there are
     table.add_column("")
@@ -38,17 +41,24 @@ def print_import_report(report: ImportReport, report_file: Optional[Path], shown
     for key, value in summary.items():
         table.add_row(key.replace("_", " "), str(value))
     out.print(table)
+    cut = False
     for title, rows in (("Failed", report.failed), ("Duplicates", report.duplicates), ("Linked", report.linked)):
         for item, reason in rows[:shown]:
             kept = ": kept as another source row of that picture" if title == "Linked" else ""
             out.print(f"{title.lower()} {item}: {reason}{kept}")
         if len(rows) > shown:
-            out.print(f"... {len(rows) - shown} more {title.lower()} (see --report FILE for all)")
+            out.print(f"... {len(rows) - shown} more {title.lower()}")
+            cut = True
     for warning in report.warnings[:shown]:
         out.print(f"warning {warning}", soft_wrap=True)
-    if len(report.warnings) > shown:
-        out.print(f"... {len(report.warnings) - shown} more warnings (see --report FILE for all)")
+    if report.warning_kinds:
+        kinds = ", ".join(f"{count} {kind}" for kind, count in report.warning_kinds.most_common())
+        out.print(f"warnings by kind: {kinds}")
+        cut = cut or sum(report.warning_kinds.values()) > shown
+    if report_file is None and cut:
+        report_file = home / "reports" / f"import-{datetime.now():%Y%m%d-%H%M%S}.json"
     if report_file:
+        report_file.parent.mkdir(parents=True, exist_ok=True)
         report_file.write_text(
             json.dumps(
                 {
@@ -57,11 +67,13 @@ def print_import_report(report: ImportReport, report_file: Optional[Path], shown
                     "duplicate_items": report.duplicates,
                     "linked_items": report.linked,
                     "warning_items": report.warnings,
+                    "warnings_by_kind": dict(report.warning_kinds),
                 },
                 indent=2,
             ),
             encoding="utf-8",
         )
+        out.print(f"the full report: {report_file}")
 
 
 @app.command()
@@ -108,7 +120,7 @@ def import_(
             progress=progress,
             **options,
         )
-    print_import_report(result, report)
+    print_import_report(result, report, wb.settings.home)
     if result.failed and not (result.imported or result.missing_images or result.already_present or result.duplicates):
         raise typer.Exit(1)
 
@@ -150,7 +162,7 @@ def fetch_images_(
     wb, actor = c.workbench(), c.actor()
     with progress_bar("fetching images") as progress:
         result = fetch_images(wb, actor, limit=limit, allow_private=allow_private or None, progress=progress)
-    print_import_report(result, report)
+    print_import_report(result, report, wb.settings.home)
 
 
 @app.command()
@@ -205,6 +217,11 @@ def status(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", hel
         for name, count in list(info[key].items())[:limit]:
             table.add_row(str(name), str(count))
         out.print(table)
+    if info["group_code_labels"]:
+        out.print(
+            f"{info['group_code_labels']} images carry a source code naming a group of conditions (e.g. HAM10000 bkl): "
+            "kept with its group, counted as 'unknown' label until an annotator picks one"
+        )
     if info["free_text_labels"]:
         out.print(f"{info['free_text_labels']} images carry a label outside the taxonomy (counted as 'unknown')")
 

@@ -5,6 +5,7 @@ adding one image: `prepare` (read, check, clean, store the file: no database, sa
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -22,7 +23,7 @@ from curation.store.models import Image
 
 Progress = Callable[[int, int], None]  # (done, total)
 OUTSIDE = "leads outside the folder being imported (a '..' path, an absolute path or a link): refused"
-MAX_REPORTED_WARNINGS = 200
+MAX_REPORTED_WARNINGS = 100_000  # all of them in the report file; the CLI prints the first 20 and counts by kind
 
 
 @dataclass
@@ -39,7 +40,10 @@ class ImportReport:
     image_ids: list[int] = field(default_factory=list)
     dataset: str | None = None  # the public dataset recipe the CSV was read with
 
-    def warn(self, message: str) -> None:
+    warning_kinds: Counter = field(default_factory=Counter)  # kind -> count, every warning counted
+
+    def warn(self, message: str, kind: str = "other") -> None:
+        self.warning_kinds[kind] += 1
         if len(self.warnings) < MAX_REPORTED_WARNINGS:
             self.warnings.append(message)
         elif len(self.warnings) == MAX_REPORTED_WARNINGS:

@@ -238,6 +238,8 @@ def import_csv(
             )
         }
     seen_external: dict[str, int] = {}  # id -> the line that had it first
+    looked_for: list[str] = []  # names of the first images not found: the hint when none are
+    still_missing = 0  # rows of an earlier run still waiting for their image
     # One transaction per batch of rows: memory stays flat on huge files, and a run killed midway keeps
     # its finished batches; the same command again skips them (rows match by id or url) and goes on.
     numbered = enumerate(rows(), start=2)
@@ -249,6 +251,7 @@ def import_csv(
                 if progress:
                     progress(line - 1, n_rows)
                 values = {k: (v if isinstance(v, str) else "") for k, v in row.items() if k is not None}
+                row_warnings: list[tuple[str, str]] = []  # reported once the row is imported: not again on every rerun
                 if None in row:
                     report.failed.append((item, "more cells than header columns; check quoting"))
                     continue
@@ -260,8 +263,11 @@ def import_csv(
                     continue
                 for column, value in values.items():
                     if value.startswith(FORMULA_START) and not _is_number(value):
-                        report.warn(
-                            f"{item}: cell {column!r} starts with {value[:1]!r} (spreadsheet formula); stored as plain text"
+                        row_warnings.append(
+                            (
+                                f"{item}: cell {column!r} starts with {value[:1]!r} (spreadsheet formula); stored as plain text",
+                                "formula cell",
+                            )
                         )
                 extra_meta: dict[str, str] = {}
                 try:
@@ -300,9 +306,19 @@ def import_csv(
                     if provenance := recipe.provenance(values):
                         extra_meta["label_provenance"] = provenance  # what `verify --where` and the card count by
                     if not mapped.known and diagnosis_key is None:
-                        report.warn(f"{item}: label {label!r} is not in the {recipe.name} crosswalk; kept as free text")
+                        row_warnings.append(
+                            (
+                                f"{item}: label {label!r} is not in the {recipe.name} crosswalk; kept as free text",
+                                "label kept as free text",
+                            )
+                        )
                 elif label and diagnosis_key is None:
-                    report.warn(f"{item}: label {label!r} is not in the taxonomy; kept as free text (fix it in review)")
+                    row_warnings.append(
+                        (
+                            f"{item}: label {label!r} is not in the taxonomy; kept as free text (fix it in review)",
+                            "label kept as free text",
+                        )
+                    )
                 file_path, explicit_path = None, False
                 if recipe is not None and not external_id:
                     report.failed.append((item, f"no image id in column {id_col!r}"))
@@ -312,6 +328,8 @@ def import_csv(
                         name = recipe.image_name(values, external_id)
                     except (KeyError, ValueError, IndexError):
                         name = ""
+                    if name not in files and external_id in files:  # ids that already end in .jpg (a HAM copy)
+                        name = external_id
                     file_path = files.get(name) or (base_dir / name if name else None)
                     if name and name in files and files[name] is None:
                         report.failed.append((item, f"{name} is in two folders under {base_dir}: keep one and import again"))
@@ -343,8 +361,14 @@ def import_csv(
                         continue
                     else:
                         report.already_present += 1
+                        if status == "image_missing" and file_path is not None:  # still waiting for its file
+                            still_missing += 1
+                            if len(looked_for) < 5:
+                                looked_for.append(file_path.name)
                         continue
 
+                for message, kind in row_warnings:
+                    report.warn(message, kind)
                 meta = {**{k: v for k, v in values.items() if k not in used and v != ""}, **extra_meta}
 
                 def make_row() -> Image:
@@ -385,6 +409,8 @@ def import_csv(
                     elif row is not None:
                         report.image_ids.append(row.id)
                 else:
+                    if file_path is not None and len(looked_for) < 5:
+                        looked_for.append(file_path.name)
                     image = make_row()
                     image.status = "image_missing"
                     session.add(image)
@@ -392,6 +418,13 @@ def import_csv(
                     report.missing_images += 1
             flush_new(session, report, new_rows)
             by_external.update((r.external_id, (r.id, r.status)) for r in new_rows if r.external_id)
+    if recipe is not None and (not_found := report.missing_images + still_missing) and looked_for:
+        report.warn(
+            f"{not_found} images were not found under {base_dir} (looked for {', '.join(looked_for)}"
+            f"{', ...' if not_found > len(looked_for) else ''}); they wait as image_missing: put them there "
+            "(or name the folder with --images-dir) and import again",
+            "images not found",
+        )
     with wb.session() as session:
         audit.record(
             session,

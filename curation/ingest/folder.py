@@ -45,7 +45,10 @@ def _walk_files(root: Path, report: ImportReport) -> Iterator[Path]:
         dirs.sort()
         for d in dirs:
             if os.path.islink(os.path.join(folder, d)):
-                report.warn(f"{os.path.join(folder, d)}: symlinked folder not followed (avoids loops); import it directly")
+                report.warn(
+                    f"{os.path.join(folder, d)}: symlinked folder not followed (avoids loops); import it directly",
+                    "symlinked folder",
+                )
         for name in sorted(files):
             if name.startswith(".") or name.lower() in _SKIP_NAMES:
                 continue
@@ -96,7 +99,10 @@ def import_folder(
                     if row is not None:
                         new_rows.append(row)
                         if label and row.diagnosis_key is None:
-                            report.warn(f"{ready.item}: folder label {label!r} is not in the taxonomy; kept as free text")
+                            report.warn(
+                                f"{ready.item}: folder label {label!r} is not in the taxonomy; kept as free text",
+                                "label kept as free text",
+                            )
                     if progress:
                         progress(index + 1, len(files))
                 new_ids = flush_new(session, report, new_rows)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from collections import Counter
+
+from sqlalchemy import and_, func, or_, select
 
 from curation.store.db import Workbench
 from curation.store.models import Annotation, Draft, Image, User
@@ -16,13 +18,31 @@ def workbench_status(wb: Workbench) -> dict:
             return {("unknown" if key is None else key): count for key, count in sorted(rows, key=lambda r: -r[1])}
 
         by_label_key = grouped(Image.diagnosis_key)
-        free_text = s.scalar(select(func.count(Image.id)).where(Image.diagnosis_key.is_(None), Image.source_label.is_not(None)))
+        # what a label without a taxonomy key is: a source code naming a group of conditions (HAM10000 bkl, kept with
+        # its group) or free text; what an unknown Fitzpatrick type is: a band (DDI 56 -> V-VI) or nothing
+        free_text, group_codes, bands = 0, 0, Counter()
+        for key, source_label, fitzpatrick, meta in s.execute(
+            select(Image.diagnosis_key, Image.source_label, Image.fitzpatrick, Image.meta).where(
+                or_(and_(Image.diagnosis_key.is_(None), Image.source_label.is_not(None)), Image.fitzpatrick.is_(None))
+            )
+        ):
+            meta = meta or {}
+            if key is None and source_label is not None:
+                group_codes += bool(meta.get("label_group9"))
+                free_text += not meta.get("label_group9")
+            if fitzpatrick is None and meta.get("fitzpatrick_band"):
+                bands[f"band {meta['fitzpatrick_band']}"] += 1
+        by_fitzpatrick = {str(k): v for k, v in sorted(grouped(Image.fitzpatrick).items(), key=lambda kv: str(kv[0]))}
+        if bands:  # the images known only by band are not "unknown"
+            by_fitzpatrick["unknown"] = by_fitzpatrick.get("unknown", 0) - sum(bands.values())
+            by_fitzpatrick = {**{k: v for k, v in by_fitzpatrick.items() if v}, **dict(sorted(bands.items()))}
         return {
             "images": s.scalar(select(func.count(Image.id))) or 0,
             "by_status": grouped(Image.status),
             "by_label": by_label_key,
-            "free_text_labels": free_text or 0,
-            "by_fitzpatrick": {str(k): v for k, v in sorted(grouped(Image.fitzpatrick).items(), key=lambda kv: str(kv[0]))},
+            "free_text_labels": free_text,
+            "group_code_labels": group_codes,
+            "by_fitzpatrick": by_fitzpatrick,
             "by_source": grouped(Image.source),
             "drafts": dict(s.execute(select(Draft.kind, func.count(Draft.id)).group_by(Draft.kind)).all()),
             "annotations": s.scalar(select(func.count(Annotation.id))) or 0,
