@@ -64,6 +64,11 @@ class DatasetRecipe:
     provenance_column: str | None
     provenance_value: str | None
     provenance_values: dict[str, str]  # a column's codes in words (PAD-UFES-20 biopsed True -> histopathology)
+    # a column giving the three-way group of every row (DDI malignant, ISIC benign_malignant): the group of a row whose
+    # label the crosswalk does not map; values not listed give none
+    group3_column: str | None
+    group3_values: dict[str, str]
+    license_column: str | None  # a per-image license (ISIC Archive copyright_license: CC-0, CC-BY, CC-BY-NC)
     fitzpatrick_bands: dict[str, str]  # a column of bands (DDI "12") -> band name ("I-II"), when not single types
     group_by: tuple[str, ...]
     license: str
@@ -110,6 +115,12 @@ class DatasetRecipe:
             return self.provenance_values.get(code.lower(), code) or None
         return self.provenance_value
 
+    def row_group3(self, row: dict[str, str]) -> str | None:
+        """The three-way group the row's own column gives (None without one)."""
+        if not self.group3_column:
+            return None
+        return self.group3_values.get((row.get(self.group3_column) or "").strip().lower())
+
     def card_line(self) -> str:
         return f"{self.name}: {self.title}. License: {self.license}. Cite: {self.citation}. Source: {self.url}."
 
@@ -146,6 +157,9 @@ def _recipe(doc: dict[str, Any], where: str) -> DatasetRecipe:
             provenance_column=doc.get("provenance_column"),
             provenance_value=doc.get("provenance_value"),
             provenance_values={k.lower(): v for k, v in doc.get("provenance_values", {}).items()},
+            group3_column=doc.get("group3_column"),
+            license_column=doc.get("license_column"),
+            group3_values={k.lower(): v for k, v in doc.get("group3_values", {}).items()},
             fitzpatrick_bands=dict(doc.get("fitzpatrick_bands", {})),
             group_by=tuple(doc.get("group_by", ())),
             license=doc["license"],

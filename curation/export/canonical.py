@@ -56,6 +56,7 @@ def parquet_table(records: list[dict[str, Any]]) -> pa.Table:
         ("source_label", pa.string()),
         ("label_kind", pa.string()),
         ("label_provenance", pa.string()),
+        ("image_license", pa.string()),
         ("split_group", pa.string()),
         ("width", pa.int64()),
         ("height", pa.int64()),

@@ -109,6 +109,10 @@ def render_card(
         )
         for s in sources
     ]
+    per_image = Counter(r["image_license"] for r in records if r.get("image_license"))
+    if per_image:  # the source licenses each image on its own (ISIC Archive): the mix, as exported
+        mix = ", ".join(f"{name} ({count})" for name, count in sorted(per_image.items()))
+        licenses.append(f"Per-image licenses, as the source gives them: {mix}; each record's `image_license` says which.")
     licenses.append(f"Diagnosis taxonomy: {manifest['licenses']['taxonomy']}.")
     licenses_of_sources = {
         "cc-by-nc-sa-3.0" if s == "fitzpatrick17k" else recipes[s].license_id if s in recipes else "other"

@@ -195,6 +195,7 @@ def _record_base(image: Image) -> dict[str, Any]:
         "source_id": image.external_id,  # the image's id in its source (HAM10000 image_id, a clinic's id)
         "source_label": image.source_label,
         "label_provenance": meta.get("label_provenance"),  # how the source established its label (histo ...)
+        "image_license": meta.get("image_license"),  # where the source gives one per image (ISIC Archive)
     }
 
 

@@ -304,6 +304,7 @@ def write_csv(staging: Path, records: list[dict[str, Any]], **_) -> None:
         "source_label",
         "label_kind",
         "label_provenance",
+        "image_license",
         "split_group",
         *[f.key for f in FIELDS],
         "size_mm",

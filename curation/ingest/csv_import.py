@@ -283,6 +283,8 @@ def import_csv(
                     report.failed.append((item, str(e)))
                     continue
                 external_id = (values.get(id_col) or "").strip() or None if id_col else None
+                if recipe is not None and external_id is None:  # an empty image_name beside isic_id: the next id column
+                    external_id = next((values[c].strip() for c in recipe.id_columns if (values.get(c) or "").strip()), None)
                 url = (values.get(url_col) or "").strip() or None if url_col else None
                 external_id = external_id or url
                 if external_id and external_id in seen_external:
@@ -303,6 +305,10 @@ def import_csv(
                         extra_meta.update(label_group9=mapped.group9, label_group3=mapped.group3)
                     if mapped.note:
                         extra_meta["label_meaning"] = mapped.note
+                    if diagnosis_key is None and not mapped.group9 and (group3 := recipe.row_group3(values)):
+                        extra_meta["label_group3"] = group3  # the row's own truth when its code maps to nothing
+                    if recipe.license_column and (license_ := (values.get(recipe.license_column) or "").strip()):
+                        extra_meta["image_license"] = license_  # carried into exports and counted on the card
                     if provenance := recipe.provenance(values):
                         extra_meta["label_provenance"] = provenance  # what `verify --where` and the card count by
                     if not mapped.known and diagnosis_key is None:

@@ -49,7 +49,8 @@ def parse_where(conditions: Iterable[str]) -> dict[str, tuple[str, ...]]:
 
 
 def _has_label(image_key: str | None, meta: dict) -> bool:
-    return image_key is not None or bool(meta.get("label_group9"))
+    # a taxonomy key, the group a code names, or the row's own three-way truth (ISIC benign_malignant, DDI malignant)
+    return image_key is not None or bool(meta.get("label_group9") or meta.get("label_group3"))
 
 
 def verify_source_labels(

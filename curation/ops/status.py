@@ -28,8 +28,9 @@ def workbench_status(wb: Workbench) -> dict:
         ):
             meta = meta or {}
             if key is None and source_label is not None:
-                group_codes += bool(meta.get("label_group9"))
-                free_text += not meta.get("label_group9")
+                grouped_code = bool(meta.get("label_group9") or meta.get("label_group3"))
+                group_codes += grouped_code
+                free_text += not grouped_code
             if fitzpatrick is None and meta.get("fitzpatrick_band"):
                 bands[f"band {meta['fitzpatrick_band']}"] += 1
         by_fitzpatrick = {str(k): v for k, v in sorted(grouped(Image.fitzpatrick).items(), key=lambda kv: str(kv[0]))}
