@@ -68,6 +68,9 @@ class DatasetRecipe:
     # label the crosswalk does not map; values not listed give none
     group3_column: str | None
     group3_values: dict[str, str]
+    # the column a lesion id is unique within (PAD-UFES-20 numbers lesions per patient): stored lesion ids are then
+    # "<patient>/<lesion>", the file's own kept as source_lesion_id
+    lesion_scope: str | None
     license_column: str | None  # a per-image license (ISIC Archive copyright_license: CC-0, CC-BY, CC-BY-NC)
     fitzpatrick_bands: dict[str, str]  # a column of bands (DDI "12") -> band name ("I-II"), when not single types
     group_by: tuple[str, ...]
@@ -159,6 +162,7 @@ def _recipe(doc: dict[str, Any], where: str) -> DatasetRecipe:
             provenance_values={k.lower(): v for k, v in doc.get("provenance_values", {}).items()},
             group3_column=doc.get("group3_column"),
             license_column=doc.get("license_column"),
+            lesion_scope=doc.get("lesion_scope"),
             group3_values={k.lower(): v for k, v in doc.get("group3_values", {}).items()},
             fitzpatrick_bands=dict(doc.get("fitzpatrick_bands", {})),
             group_by=tuple(doc.get("group_by", ())),

@@ -296,6 +296,12 @@ def import_csv(
                     seen_external[external_id] = line
                 label = (values.get(label_col) or "").strip() or None if label_col else None
                 diagnosis_key = wb.taxonomy.normalise(label) if label else None
+                if recipe is not None:  # what a row carries whatever its label
+                    scope = (values.get(recipe.lesion_scope) or "").strip() if recipe.lesion_scope else ""
+                    if scope and (lesion := (values.get("lesion_id") or "").strip()):
+                        extra_meta.update(lesion_id=f"{scope}/{lesion}", source_lesion_id=lesion)
+                    if recipe.license_column and (license_ := (values.get(recipe.license_column) or "").strip()):
+                        extra_meta["image_license"] = license_  # carried into exports and counted on the card
                 if label and recipe is not None:
                     mapped = recipe.map_label(label, wb.taxonomy)
                     diagnosis_key = mapped.key
@@ -307,8 +313,6 @@ def import_csv(
                         extra_meta["label_meaning"] = mapped.note
                     if diagnosis_key is None and not mapped.group9 and (group3 := recipe.row_group3(values)):
                         extra_meta["label_group3"] = group3  # the row's own truth when its code maps to nothing
-                    if recipe.license_column and (license_ := (values.get(recipe.license_column) or "").strip()):
-                        extra_meta["image_license"] = license_  # carried into exports and counted on the card
                     if provenance := recipe.provenance(values):
                         extra_meta["label_provenance"] = provenance  # what `verify --where` and the card count by
                     if not mapped.known and diagnosis_key is None:

@@ -253,7 +253,12 @@ def related_images(wb: Workbench, actor: Actor, image_id: int) -> list[RelatedIm
                 continue
             rows = s.execute(
                 select(Image.id, Image.status, Image.source_label, Image.file_path)
-                .where(Image.meta[column].as_string() == str(value), Image.id.not_in(seen), Image.file_path.is_not(None))
+                .where(
+                    Image.meta[column].as_string() == str(value),
+                    Image.source == image.source,  # patient 7 of one dataset is not patient 7 of another
+                    Image.id.not_in(seen),
+                    Image.file_path.is_not(None),
+                )
                 .order_by(Image.id)
                 .limit(MAX_RELATED)
             ).all()
