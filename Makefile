@@ -38,7 +38,7 @@ test-integration: $(STAMP)
 # every test gets its own database (SKINFLOW_TEST_DATABASE_URL, tests/conftest.py).
 PG_TESTS := $(addprefix tests/test_,$(addsuffix .py,db annotate auth concurrency queue review_views_insights export \
             export_formats ingest fetch drafting demo weights suggestions label_issues reader_study evaluate maintenance \
-            datasets sessions sources))
+            datasets sessions sources source_labels pad_lesions crosswalks))
 test-postgres: $(STAMP)
 	bash .ci/postgres $(BIN)/python -m pytest -q $(PG_TESTS)
 
