@@ -166,6 +166,13 @@ def test_every_format_is_written_and_readable(demo, tmp_path):
     assert prediction["model_version"] == "llm:gpt-x:caption-v1+schema1" and prediction["score"] == 0.8
     assert {"from_name": "color", "to_name": "image", "type": "choices", "value": {"choices": ["brown"]}} in prediction["result"]
     assert any(r["type"] == "taxonomy" and r["value"]["taxonomy"][0][-1] == "melanoma" for r in prediction["result"])
+    record = next(json.loads(line) for line in (out / "records.jsonl").read_text().splitlines() if json.loads(line)["id"] == 1)
+    [curated] = task["annotations"]  # the curated labels travel as the task's annotation, not only as drafts
+    assert curated["ground_truth"] is record["verified"] is True
+    assert {"from_name": "color", "to_name": "image", "type": "choices", "value": {"choices": record["caption"]["color"]}} in (
+        curated["result"]
+    )
+    assert any(r["type"] == "taxonomy" and r["value"]["taxonomy"][0][-1] == record["diagnosis_key"] for r in curated["result"])
     routed = next(t for t in tasks if t["data"]["skinflow_id"] == other)["predictions"]
     assert [p["model_version"] for p in routed] == ["routed:router:evidence-abc"]  # the best-source prefill, as a prediction
 

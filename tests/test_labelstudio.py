@@ -86,3 +86,31 @@ def test_unknown_project_and_bad_token_are_clear(setup):
         pull(wb, admin, URL, TOKEN, project=project)
     with pytest.raises(LabelStudioError, match="401"):
         push(wb, admin, URL, "0" * 40, project=project)
+
+
+def test_an_export_in_label_studio_format_loads_with_the_curated_labels_as_annotations(setup, tmp_path):
+    import json
+
+    from label_studio_sdk import LabelStudio
+
+    from curation.export.dataset import export_dataset
+
+    wb, admin, project = setup
+    export = export_dataset(wb, admin, tmp_path / "ls-export", formats=("labelstudio",))
+    records = {r["id"]: r for r in map(json.loads, (export.path / "records.jsonl").read_text().splitlines())}
+    tasks = json.loads((export.path / "labelstudio" / "tasks.json").read_text())
+    client = LabelStudio(base_url=URL, api_key=TOKEN)
+    created = client.projects.create(
+        title=project + " export", label_config=(export.path / "labelstudio" / "label_config.xml").read_text()
+    )
+    client.projects.import_tasks(id=created.id, request=tasks)  # as a person uploads tasks.json in the UI
+    loaded = list(client.tasks.list(project=created.id))
+    assert len(loaded) == len(records)
+    for task in loaded:
+        [annotation] = client.annotations.list(id=task.id)
+        record = records[task.data["skinflow_id"]]
+        diagnosis = [r["value"]["taxonomy"][0][-1] for r in annotation.result if r["type"] == "taxonomy"]
+        assert diagnosis == ([record["diagnosis_key"]] if record["diagnosis_key"] else [])
+        colors = [r["value"]["choices"] for r in annotation.result if r["from_name"] == "color"]
+        assert colors == ([record["caption"]["color"]] if record["caption"]["color"] else [])
+        assert annotation.ground_truth is True

@@ -57,7 +57,9 @@ def diagnosis_items(
         truth.append(row["diagnosis_key"])
         ranked.append([k if k in taxonomy.labels else None for k in keys])
         confidence.append(float((p.get("diagnoses") or [{}])[0].get("score") or 0.0))
-        skin.append(row.get("fitzpatrick"))
+        # the type, or the band where the source knows only that (DDI): reported as its own row, never as unknown
+        band = row.get("fitzpatrick_band")
+        skin.append(str(row["fitzpatrick"]) if row.get("fitzpatrick") is not None else f"band {band}" if band else None)
     n = len(truth)
     top = [r[0] if r else None for r in ranked]
     relevance = [taxonomy.relevance(t, truth_key) if t else Relevance.UNRELATED for t, truth_key in zip(top, truth)]
@@ -123,11 +125,12 @@ def expected_calibration_error(
 
 
 def per_fitzpatrick(items: dict[str, np.ndarray]) -> tuple[dict[str, dict[str, Any]], float | None]:
-    """Top-1 accuracy per skin type (known types only) and the largest gap between two types."""
+    """Top-1 accuracy per skin type ("1".."6", or "band V-VI" where only the band is known; unknown left out) and
+    the largest gap between two of them."""
     out = {}
     for skin_type in sorted({t for t in items["fitzpatrick"] if t is not None}):
         inside = items["fitzpatrick"] == skin_type
-        out[str(skin_type)] = {"n": int(inside.sum()), "top1": rate(items["hit1"], inside)}
+        out[skin_type] = {"n": int(inside.sum()), "top1": rate(items["hit1"], inside)}
     accuracies = [v["top1"] for v in out.values()]
     return out, (max(accuracies) - min(accuracies)) if len(accuracies) >= 2 else None
 

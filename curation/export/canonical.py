@@ -48,6 +48,7 @@ def parquet_table(records: list[dict[str, Any]]) -> pa.Table:
         ("group3", pa.string()),
         ("diagnosis_status", pa.string()),
         ("fitzpatrick", pa.int64()),
+        ("fitzpatrick_band", pa.string()),
         ("annotators", pa.list_(pa.string())),
         ("reviewer", pa.string()),
         ("verified", pa.bool_()),

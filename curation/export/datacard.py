@@ -15,6 +15,7 @@ import data_cards
 from curation.export.splits import SPLITS, TINY_SPLIT
 from schema.datasets import dataset_recipes
 from schema.fields import FIELDS
+from schema.fitzpatrick import BAND_TYPES
 
 SOURCE_LICENSES = {
     "synthetic": "synthetic: images drawn by SkinFlow Workbench's demo generator; free to use, no clinical meaning.",
@@ -35,15 +36,20 @@ def limitations(records: list[dict[str, Any]]) -> list[str]:
     out = []
     n = len(records)
     types = Counter(r["fitzpatrick"] for r in records if r["fitzpatrick"])
-    missing = [str(t) for t in range(1, 7) if types[t] == 0]
+    bands = Counter(r["fitzpatrick_band"] for r in records if not r["fitzpatrick"] and r.get("fitzpatrick_band"))
+    covered = {t for band in bands for t in BAND_TYPES[band]}  # a band-only record covers its band's types
+    missing = [str(t) for t in range(1, 7) if types[t] == 0 and t not in covered]
     if missing:
         out.append(f"No records of Fitzpatrick type(s) {', '.join(missing)}: results on those skin types are untested.")
-    if types:
+    if bands:
+        known = ", ".join(f"{band}: {count}" for band, count in sorted(bands.items()))
+        out.append(f"Skin tone is known only as a band for {sum(bands.values())} records ({known}), not as a single type.")
+    if types and not bands:
         low, high = min(types.values()), max(types.values())
         if not missing and high >= 3 * low:
             rare = min(types, key=types.get)
             out.append(f"Skin-type imbalance: type {rare} has {low} records, {high / low:.1f}x fewer than the most common type.")
-    unknown = sum(1 for r in records if not r["fitzpatrick"])
+    unknown = sum(1 for r in records if not r["fitzpatrick"] and not r.get("fitzpatrick_band"))
     if unknown:
         out.append(f"{unknown} records ({unknown / n:.0%}) have no Fitzpatrick type.")
     labels = Counter(r["diagnosis_key"] or "free text" for r in records)

@@ -46,6 +46,7 @@ from curation.store.models import Annotation, Export, Image, Review, User, Weigh
 from schema.caption import SCHEMA_VERSION, Caption, render
 from schema.datasets import dataset_recipes
 from schema.files import temp_owner_tag
+from schema.fitzpatrick import BAND_TYPES, band_of
 from schema.vocabulary import default_vocabulary
 
 IDENTIFYING_COLUMNS = (*LESION_COLUMNS, "patient", "lesion")  # ids of people: exported as pseudonyms by default
@@ -124,9 +125,14 @@ class ExportFilter:
         return (
             (not self.labels or record["diagnosis_key"] in self.labels)
             and (not self.groups or record["group9"] in self.groups or record["group3"] in self.groups)
-            and (not self.fitzpatrick or record["fitzpatrick"] in self.fitzpatrick)
+            and (not self.fitzpatrick or record["fitzpatrick"] in self.fitzpatrick or self._band_inside(record))
             and (not self.sources or record["source"] in self.sources)
         )
+
+    def _band_inside(self, record: dict[str, Any]) -> bool:
+        """A record known only by band (DDI V-VI) is kept when the filter takes every type of the band."""
+        band = record["fitzpatrick_band"] if record["fitzpatrick"] is None else None
+        return bool(band) and set(BAND_TYPES[band]) <= set(self.fitzpatrick)
 
     def describe(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -191,6 +197,8 @@ def _record_base(image: Image) -> dict[str, Any]:
         "width": image.width,
         "height": image.height,
         "fitzpatrick": image.fitzpatrick,
+        # the band (I-II, III-IV, V-VI): the type's, or the only thing the source knows (DDI skin_tone)
+        "fitzpatrick_band": band_of(image.fitzpatrick) or meta.get("fitzpatrick_band"),
         "source": image.source,
         "source_id": image.external_id,  # the image's id in its source (HAM10000 image_id, a clinic's id)
         "source_label": image.source_label,
@@ -399,6 +407,19 @@ def _active_weight_set(session: Session) -> dict | None:
     return None if ws is None else {"id": ws.id, "name": ws.name, "method": ws.method, "weights": ws.weights}
 
 
+def _skin_counts(records: list[dict[str, Any]]) -> dict[str, int]:
+    """Records by Fitzpatrick type, and by band where only the band is known (not 'unknown')."""
+    keys = (
+        str(r["fitzpatrick"])
+        if r["fitzpatrick"] is not None
+        else f"band {r['fitzpatrick_band']}"
+        if r["fitzpatrick_band"]
+        else "unknown"
+        for r in records
+    )
+    return dict(sorted(Counter(keys).items()))
+
+
 def _counts(records: list[dict[str, Any]], key: str) -> dict[str, int]:
     return dict(sorted(Counter(str(r[key]) if r[key] is not None else "unknown" for r in records).items()))
 
@@ -516,7 +537,7 @@ def export_dataset(
                 "by_split": {s: sum(r["split"] == s for r in records) for s in SPLITS},
                 "by_label": _counts(records, "diagnosis_key"),
                 "by_group3": _counts(records, "group3"),
-                "by_fitzpatrick": _counts(records, "fitzpatrick"),
+                "by_fitzpatrick": _skin_counts(records),
                 "by_source": _counts(records, "source"),
             },
             "synthetic": any(r["source"] == "synthetic" for r in records),

@@ -115,7 +115,13 @@ def write_grpo(staging: Path, records: list[dict[str, Any]], taxonomy: Taxonomy,
     folder = staging / "grpo"
     stage1, stage2 = [], []
     for r in records:
-        image = {"id": r["id"], "image": r["image"], "split": r["split"], "fitzpatrick": r["fitzpatrick"]}
+        image = {
+            "id": r["id"],
+            "image": r["image"],
+            "split": r["split"],
+            "fitzpatrick": r["fitzpatrick"],
+            "fitzpatrick_band": r["fitzpatrick_band"],  # evaluation reports band-only records by band
+        }
         if r["label_kind"] != "source":  # an accepted source label has no curated caption to learn from
             stage1.append(
                 {
@@ -257,23 +263,27 @@ def label_studio_predictions(drafts: list[dict[str, Any]], taxonomy: Taxonomy) -
 def write_labelstudio(
     staging: Path, records: list[dict[str, Any]], taxonomy: Taxonomy, drafts: dict[int, list[dict]], **_
 ) -> None:
-    """tasks.json (image via Label Studio local storage; the LLM draft and the model suggestion as
-    separate predictions with model_version and score) and label_config.xml."""
+    """tasks.json (image via Label Studio local storage; the curated caption and diagnosis as the task's
+    annotation, marked ground truth; the LLM draft and the model suggestion as separate predictions with
+    model_version and score) and label_config.xml."""
     folder = staging / "labelstudio"
     folder.mkdir(parents=True, exist_ok=True)
     tasks = []
     for r in records:
-        tasks.append(
-            {
-                "data": {
-                    "image": LABEL_STUDIO_IMAGE_PREFIX + r["image"],
-                    "skinflow_id": r["id"],
-                    "sha256": r["sha256"],
-                    "split": r["split"],
-                },
-                "predictions": label_studio_predictions(drafts.get(r["id"], []), taxonomy),
-            }
-        )
+        task = {
+            "data": {
+                "image": LABEL_STUDIO_IMAGE_PREFIX + r["image"],
+                "skinflow_id": r["id"],
+                "sha256": r["sha256"],
+                "split": r["split"],
+                "label_kind": r["label_kind"],
+            },
+            "predictions": label_studio_predictions(drafts.get(r["id"], []), taxonomy),
+        }
+        curated = label_studio_result(r["caption"], r["diagnosis_key"], taxonomy)
+        if curated:  # what the dermatologists settled on: Label Studio shows it as the task's ground truth
+            task["annotations"] = [{"result": curated, "ground_truth": bool(r["verified"]), "was_cancelled": False}]
+        tasks.append(task)
     (folder / "tasks.json").write_text(json.dumps(tasks, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     (folder / "label_config.xml").write_text(label_studio_config(taxonomy), encoding="utf-8")
 
