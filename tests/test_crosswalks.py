@@ -66,11 +66,19 @@ def test_ddi_codes_the_crosswalk_missed_are_placed_and_the_malignant_column_grou
 
 
 def test_isic_unknown_keeps_its_benign_malignant_truth_and_archive_licenses_are_carried(wb, admin, tmp_path):
-    header = ["image_name", "isic_id", "patient_id", "diagnosis", "benign_malignant", "copyright_license"]
+    header = [
+        "image_name",
+        "isic_id",
+        "patient_id",
+        "diagnosis",
+        "benign_malignant",
+        "copyright_license",
+        "fitzpatrick_skin_type",
+    ]
     rows = [
-        ["ISIC_0000001", "ISIC_0000001", "IP_1", "unknown", "benign", "CC-0"],
-        ["", "ISIC_0000002", "IP_1", "unknown", "malignant", "CC-BY"],  # an empty image_name: isic_id names it
-        ["ISIC_0000003", "ISIC_0000003", "IP_2", "melanoma", "malignant", "CC-BY-NC"],
+        ["ISIC_0000001", "ISIC_0000001", "IP_1", "unknown", "benign", "CC-0", "V"],
+        ["", "ISIC_0000002", "IP_1", "unknown", "malignant", "CC-BY", ""],  # an empty image_name: isic_id names it
+        ["ISIC_0000003", "ISIC_0000003", "IP_2", "melanoma", "malignant", "CC-BY-NC", "II"],
     ]
     for index, row in enumerate(rows):
         write(tmp_path / "isic" / f"{row[1]}.jpg", jpeg_bytes(photo(1400 + index)))
@@ -81,5 +89,6 @@ def test_isic_unknown_keeps_its_benign_malignant_truth_and_archive_licenses_are_
     by_id = {r["source_id"]: r for r in out}
     assert [by_id[f"ISIC_000000{i}"]["group3"] for i in (1, 2, 3)] == ["benign", "malignant", "malignant"]
     assert [by_id[f"ISIC_000000{i}"]["image_license"] for i in (1, 2, 3)] == ["CC-0", "CC-BY", "CC-BY-NC"]
+    assert [by_id[f"ISIC_000000{i}"]["fitzpatrick"] for i in (1, 2, 3)] == [5, None, 2]  # the Archive's skin type
     card = (tmp_path / "v1" / "README.md").read_text()
     assert "Per-image licenses, as the source gives them: CC-0 (1), CC-BY (1), CC-BY-NC (1)" in card
