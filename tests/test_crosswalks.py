@@ -33,6 +33,23 @@ DOCUMENTED = {
         "unknown",
     ],
 }
+# the 78 `disease` codes of DDI's ddi_metadata.csv (Daneshjou et al. 2022)
+DOCUMENTED[
+    "ddi"
+] = """melanoma-in-situ mycosis-fungoides squamous-cell-carcinoma-in-situ basal-cell-carcinoma squamous-cell-carcinoma
+melanoma-acral-lentiginous basal-cell-carcinoma-superficial squamous-cell-carcinoma-keratoacanthoma subcutaneous-t-cell-lymphoma
+melanocytic-nevi seborrheic-keratosis-irritated focal-acral-hyperkeratosis hyperpigmentation lipoma foreign-body-granuloma
+blue-nevus verruca-vulgaris acrochordon wart epidermal-nevus abrasions-ulcerations-and-physical-injuries
+basal-cell-carcinoma-nodular epidermal-cyst acquired-digital-fibrokeratoma seborrheic-keratosis trichilemmoma
+pyogenic-granuloma neurofibroma syringocystadenoma-papilliferum nevus-lipomatosus-superficialis benign-keratosis
+inverted-follicular-keratosis onychomycosis dermatofibroma trichofolliculoma lymphocytic-infiltrations prurigo-nodularis
+kaposi-sarcoma scar eccrine-poroma angioleiomyoma keloid hematoma metastatic-carcinoma melanoma angioma folliculitis
+atypical-spindle-cell-nevus-of-reed xanthogranuloma eczema-spongiotic-dermatitis arteriovenous-hemangioma acne-cystic
+verruciform-xanthoma molluscum-contagiosum condyloma-accuminatum morphea neuroma dysplastic-nevus nodular-melanoma-(nm)
+actinic-keratosis pigmented-spindle-cell-nevus-of-reed dermatomyositis glomangioma cellular-neurothekeoma fibrous-papule
+graft-vs-host-disease lichenoid-keratosis reactive-lymphoid-hyperplasia coccidioidomycosis leukemia-cutis sebaceous-carcinoma
+chondroid-syringoma tinea-pedis solar-lentigo clear-cell-acanthoma abscess blastic-plasmacytoid-dendritic-cell-neoplasm
+acral-melanotic-macule""".split()
 LEFT_FOR_THE_DERMATOLOGIST = {"atypical melanocytic proliferation", "unknown"}  # placed by the row's benign_malignant
 
 
