@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image as PILImage
-from sqlalchemy import String, cast, exists, func, or_, select
+from sqlalchemy import String, and_, cast, exists, func, or_, select
 
 from curation.assist.routing import ensure_routed_draft
 from curation.errors import NotFound
@@ -23,6 +23,7 @@ from schema.caption import Caption
 from schema.compare import caption_scores
 from schema.fields import FIELD_KEYS
 from schema.files import write_atomic
+from schema.fitzpatrick import BAND_TYPES, band_of
 
 # the best available draft prefills the form: the routed one (each field from its best source) when there is one
 DRAFT_PRIORITY = {"routed": -1, "model": 0, "llm": 1, "synthetic": 2}
@@ -326,7 +327,10 @@ def list_images(
     if group9 or group3:
         conditions.append(Image.diagnosis_key.in_(sorted(groups)))
     if fitzpatrick:
-        conditions.append(Image.fitzpatrick.in_(fitzpatrick))
+        # an image known only by band (DDI V-VI) matches when every type of its band is asked for
+        bands = [band for band, types in BAND_TYPES.items() if set(types) <= set(fitzpatrick)]
+        banded = and_(Image.fitzpatrick.is_(None), Image.meta["fitzpatrick_band"].as_string().in_(bands))
+        conditions.append(or_(Image.fitzpatrick.in_(fitzpatrick), banded) if bands else Image.fitzpatrick.in_(fitzpatrick))
     if source:
         conditions.append(Image.source.in_(source))
     if annotator:
@@ -363,6 +367,7 @@ def list_images(
                     "group9": known.group9 if known else None,
                     "group3": known.group3 if known else None,
                     "fitzpatrick": image.fitzpatrick,
+                    "fitzpatrick_band": band_of(image.fitzpatrick) or (image.meta or {}).get("fitzpatrick_band"),
                     "annotators": sorted(people[image.id]),
                     "flags": sorted(flags[image.id]),
                     "source": image.source,
