@@ -184,6 +184,8 @@ def test_an_image_is_annotated_with_the_keyboard_alone_and_a_good_prefill_costs_
         page.keyboard.press("Enter")  # edit it
         page.keyboard.type("violaceous")
         page.keyboard.press("Enter")  # take the highlighted term
+        page.get_by_test_id("stMultiSelect").filter(has_text="Color").get_by_text("violaceous").first.wait_for()
+        settled(page)  # the term is on screen, as a person sees it before moving on (a loaded CI box redraws slowly)
         page.keyboard.press("Escape")  # leave the field
         page.keyboard.press("u")  # diagnosis: uncertain
         page.wait_for_function(
@@ -243,9 +245,10 @@ def test_the_picture_zooms_and_pans_in_place_and_a_same_lesion_picture_opens_bes
     write(tmp_path / "big" / "dermoscopy.jpg", jpeg_bytes(photo(7, (1600, 1200))))  # larger than its column
     [big] = import_folder(wb, get_actor(wb, "admin"), tmp_path / "big").image_ids
     annotator = get_actor(wb, "annotator")
-    with wb.session() as s:  # all pictures of one lesion, as a HAM10000 import brings them
+    with wb.session() as s:  # all pictures of one lesion of one source, as a HAM10000 import brings them
         for image in s.scalars(select(Image)):
             image.meta = {**(image.meta or {}), "lesion_id": "HAM_0000001"}
+            image.source = "ham10000"  # (lesion ids are looked up within a source)
         s.add(Lease(image_id=big, user_id=annotator.id, expires_at=utcnow() + timedelta(minutes=30)))  # served first
     with chromium() as browser:
         page = browser.new_page(viewport={"width": 1500, "height": 1200})
