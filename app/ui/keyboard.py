@@ -185,24 +185,42 @@ _SCRIPT = """
     doc.execCommand("insertText", false, typed.slice(-1));
     return true;
   };
-  const wantSearch = () => {
-    trace("want search", !!wanted);
-    if (wanted) { wanted.until = Date.now() + 5000; return; }  // `e` clicks "Correct": one request, one buffer
-    wanted = {until: Date.now() + 5000, buffer: ""};
+  // a rerun that lands after the buffered letters were typed may draw the search again, empty (a new element, or
+  // the same one with its text reset: a loaded CI box lost "psoria" so) or with its list closed. What was typed is
+  // put back, unless the person has done more than type letters since (Enter, Backspace, Esc, a click: theirs)
+  let actedAt = 0;
+  let searchTyped = "";  // the search's text as last typed (kept here: a box drawn again has lost it)
+  doc.addEventListener("pointerdown", (event) => { if (event.isTrusted) { actedAt = performance.now(); } }, true);
+  const keepTyped = (since) => {
+    const input = doc.querySelector("[class*='dx_pick'] input");
+    if (actedAt > since || !searchTyped.trim() || !input || input.disabled) { return; }
+    if (input.value === "") { trace("retype", searchTyped); typeInto(input, searchTyped); } else { reopen(input); }
+  };
+  // `clickCorrect`: the request came from `e`, which clicks "Correct" once the choice is on the page (pressed while
+  // the form was still drawing, `e` found no choice and the "s" of "scab" then skipped the image)
+  const wantSearch = (clickCorrect = false) => {
+    trace("want search", !!wanted, clickCorrect);
+    if (wanted) { wanted.until = Date.now() + 5000; wanted.clickCorrect ||= clickCorrect; return; }  // one buffer
+    wanted = {until: Date.now() + 5000, buffer: "", clickCorrect: clickCorrect, clicked: false};
     const poll = () => {
       if (!wanted) { return; }
+      if (wanted.clickCorrect && !wanted.clicked && settled() && choice("Correct") && !chosen("Correct")) {
+        wanted.clicked = press(choose("Correct"));  // chosen already: a click would only take the focus
+      }
       const input = doc.querySelector("[class*='dx_pick'] input");
       // not while the rerun the click started is drawing (it drew the search box again under the text)
       if (input && !input.disabled && chosen("Correct") && settled()) {
         trace("search found", wanted.buffer);
         input.focus();
         if (wanted.buffer) {
+          const since = performance.now();
           typeInto(input, wanted.buffer);
-          [250, 600, 1200].forEach((ms) => setTimeout(() => whenSettled(() => reopen(input)), ms));
+          [250, 600, 1200, 2500].forEach((ms) => setTimeout(() => whenSettled(() => keepTyped(since)), ms));
         }
         wanted = null;
       } else if (Date.now() > wanted.until) {
         trace("search not found", !!input, chosen("Correct"), settled());
+        if (wanted.buffer) { notify(`"${wanted.buffer}" was typed for the diagnosis search, which did not open.`); }
         wanted = null;
       } else {
         setTimeout(poll, 40);
@@ -293,6 +311,7 @@ _SCRIPT = """
   doc.addEventListener("input", (event) => {
     if (!isCombo(event.target)) { return; }
     event.target.dataset.typed = event.target.value;
+    if (event.target.closest("[class*='dx_pick']")) { searchTyped = event.target.value; }
     setTimeout(() => settle(event.target), 30);
   }, true);
 
@@ -305,6 +324,7 @@ _SCRIPT = """
     }
     const ctrl = event.ctrlKey || event.metaKey;
     const key = event.key;
+    if (ctrl || event.altKey || key.length !== 1) { actedAt = performance.now(); }
     let done = false;
     trace("key", key, active.tagName, (active.getAttribute("aria-label") || active.className || "").slice(0, 30));
     if (ctrl && key === "Enter") { afterCommit(() => refuse("submitted") || press(button("submit"))); done = true; }
@@ -345,10 +365,7 @@ _SCRIPT = """
       if (key === "s") { afterCommit(() => refuse("skipped") || press(button("skip"))); done = true; }
       else if (key === "c") { done = press(choose("Confirm")); }
       else if (key === "u") { done = press(choose("Uncertain")); }
-      else if (key === "e") {  // already "Correct": only the search is wanted (a click would take the focus)
-        done = chosen("Correct") || press(choose("Correct"));
-        if (done) { wantSearch(); }
-      }
+      else if (key === "e") { wantSearch(true); done = true; }
       else if (key >= "1" && key <= "6") {
         done = press(() => doc.querySelectorAll("[class*='dx_pill'] button")[Number(key) - 1]);
       }
