@@ -343,6 +343,7 @@ def test_sources_reports_held_out_agreement_per_source_and_field(tmp_path):
     assert 0.0 <= synthetic["measures"]["color"]["mean"] <= 1.0 and doc["measures"]["color"]["chosen"] is None  # n < 20
     table = run(home, "--user", "reviewer", "sources").stdout
     assert "synthetic:skinflow-demo:1" in table and "not enough evidence" in table
+    assert "color: no source has 20 items yet: fallback order" in table  # how each measure was decided
     assert run(home, "--user", "annotator", "sources", check=False).returncode == 2
 
 

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from app.cli.common import app, context, err, out, print_new_accounts, progress_bar
 from curation.assist.drafting import draft_images
-from curation.assist.evidence import MEASURES, source_evidence
+from curation.assist.evidence import CONFIDENCE, MEASURES, describe_decision, source_evidence
 from curation.assist.weights import collect_reasonings, create_weight_set, list_weight_sets
 from curation.export.canonical import verify_export
 from curation.export.dataset import ExportFilter, export_dataset
@@ -460,15 +460,16 @@ def sources(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", he
     out.print(table)
     for entry in report.sources:
         out.print(f"{entry.source}: {entry.held_out}")
+    out.print(f"How each measure was decided (a source replaces the choice only when better with P >= {CONFIDENCE}):")
+    for measure in MEASURES:
+        out.print(f"  {measure}: {describe_decision(report, measure)}")
     for run_id in report.run_ids():
         verdicts = report.run_verdicts(run_id) or []
-        by_verdict = {
-            kind: [v.measure for v in verdicts if v.verdict == kind] for kind in ("beats", "below", "not enough evidence")
-        }
+        kinds = ("beats", "below", "no clear difference", "not enough evidence")
+        by_verdict = {kind: [v.measure for v in verdicts if v.verdict == kind] for kind in kinds}
         out.print(
-            f"run #{run_id} against the best other source: beats it on {', '.join(by_verdict['beats']) or 'nothing'}; "
-            f"below on {', '.join(by_verdict['below']) or 'nothing'}; not enough evidence on "
-            f"{', '.join(by_verdict['not enough evidence']) or 'nothing'}"
+            f"run #{run_id} against the source chosen among the others: "
+            + "; ".join(f"{kind} on {', '.join(by_verdict[kind]) or 'nothing'}" for kind in kinds)
         )
 
 

@@ -13,10 +13,16 @@ those images do not count for its models; everything else (the export's val and 
 verified after it) does. Other sources learned nothing from this workbench: every verified image counts.
 Annotators who started from a source's draft may lean towards it (anchoring): read small gaps with care.
 
-Choosing: per measure the chosen source is the one with the highest *smoothed* mean, (sum + 1) / (n + 2) (one
-pseudo-item scoring 0 and one scoring 1 added), among those with at least min_evidence items. The smoothing
-only matters where a small sample sits at an extreme: 21 of 21 right (0.957) does not outrank 138 of 141
-(0.972), which the raw means would let it do on luck. Run verdicts compare the same smoothed means.
+Choosing: per measure the chosen source starts as the one with the most items (at least min_evidence; ties go to
+the higher smoothed mean, (sum + 1) / (n + 2)). Another source replaces it only when it is better with probability
+at least CONFIDENCE (0.95): on the items both have when they share at least min_evidence (a paired comparison:
+their differences, plus one pseudo-item won by 1 and one lost by 1), else on each one's own items (the smoothed
+means and their spreads, one pseudo-item scoring 0 and one scoring 1 added to each); a normal approximation of
+the mean difference gives the probability. The strongest challenger is tried first and the rule repeats from the
+new choice. So luck on a small sample does not move a field: 21 of 21 right does not replace 130 of 141 (P 0.80),
+and a source that is really better on 40 shared items does (a benchmark rerun had routing lose to its best
+source because the best raw or smoothed mean won outright). Run verdicts use the same comparison against the
+source the rule chooses among the others.
 
 The report is cached in <home>/cache/evidence.json under a fingerprint of what it depends on (drafts,
 verified annotations, runs), so pages and commands can ask for it often.
@@ -50,7 +56,8 @@ MEASURES = (*FIELD_KEYS, *DIAGNOSIS_MEASURES)
 DEFAULT_MIN_EVIDENCE = 20  # items a source needs on a measure before it can be chosen for it (a team setting)
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_MAX_N = 2000  # above this many items the normal interval is used (the bootstrap would cost seconds)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: decisions and verdicts are stored with the report
+CONFIDENCE = 0.95
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,8 +67,8 @@ class Score:
     ci95: tuple[float, float] | None
 
 
-def ranking_score(score: Score) -> float:
-    """The smoothed mean sources are ranked by (see the module docstring)."""
+def smoothed_mean(score: Score) -> float:
+    """(sum + 1) / (n + 2): the mean with a pseudo-item scoring 0 and one scoring 1 (see the module docstring)."""
     return ((score.mean or 0.0) * score.n + 1) / (score.n + 2)
 
 
@@ -76,14 +83,28 @@ class SourceEvidence:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Comparison:
+    """Whether `challenger` is better than `incumbent` on one measure (see the module docstring)."""
+
+    challenger: str
+    incumbent: str
+    paired: bool  # on the items both have (else each on its own items)
+    n: int  # shared items when paired, else the challenger's items
+    difference: float  # challenger minus incumbent (smoothed)
+    p_better: float
+    switched: bool = False  # the challenger became the chosen source
+
+
+@dataclass(frozen=True, kw_only=True)
 class Verdict:
-    """Whether a run's model beats the best other source on one measure, on held-out images."""
+    """Whether a run's model beats the source chosen among the others on one measure, on held-out images."""
 
     measure: str
-    verdict: str  # "beats" | "below" | "not enough evidence"
+    verdict: str  # "beats" | "below" | "no clear difference" | "not enough evidence"
     run: Score
-    best_other: str | None  # the best other source with enough evidence, if any
+    best_other: str | None  # the source the rule chooses among the others, if any has enough evidence
     best_other_score: Score | None
+    p_better: float | None = None  # the probability that the run is better than best_other
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,36 +114,14 @@ class EvidenceReport:
     min_evidence: int
     verified_images: int
     fingerprint: str = ""
+    decisions: dict[str, list[Comparison]] = field(default_factory=dict)  # measure -> the comparisons that chose
+    verdicts: dict[int, list[Verdict]] = field(default_factory=dict)  # run id -> per measure
     extra: dict[str, Any] = field(default_factory=dict)
 
     def run_verdicts(self, run_id: int) -> list[Verdict] | None:
-        """Per measure, whether run #run_id's model beats the best other source (None: no evidence of the run)."""
-        mine = [e for e in self.sources if e.kind == "model" and _run_of(e.version) == run_id]
-        if not mine:
-            return None
-        run = max(mine, key=lambda e: sum(score.n for score in e.measures.values()))  # normally one: run-N:stage2
-        others = [e for e in self.sources if e not in mine]
-        verdicts = []
-        for measure in MEASURES:
-            eligible = [e for e in others if e.measures[measure].n >= self.min_evidence and e.measures[measure].mean is not None]
-            best = max(eligible, key=lambda e: ranking_score(e.measures[measure])) if eligible else None
-            score = run.measures[measure]
-            if score.mean is None or score.n < self.min_evidence:
-                verdict = "not enough evidence"
-            elif best is None or ranking_score(score) > ranking_score(best.measures[measure]):
-                verdict = "beats"
-            else:
-                verdict = "below"
-            verdicts.append(
-                Verdict(
-                    measure=measure,
-                    verdict=verdict,
-                    run=score,
-                    best_other=best.source if best else None,
-                    best_other_score=best.measures[measure] if best else None,
-                )
-            )
-        return verdicts
+        """Per measure, whether run #run_id's model beats the source chosen among the others (None: no evidence of
+        the run)."""
+        return self.verdicts.get(run_id)
 
     def run_ids(self) -> list[int]:
         return sorted({run for e in self.sources if e.kind == "model" and (run := _run_of(e.version)) is not None})
@@ -136,11 +135,12 @@ class EvidenceReport:
                     e.source: {
                         "mean": e.measures[measure].mean,
                         "n": e.measures[measure].n,
-                        "ranked_by": round(ranking_score(e.measures[measure]), 6),
+                        "smoothed": round(smoothed_mean(e.measures[measure]), 6),
                     }
                     for e in self.sources
                 },
                 "chosen": self.chosen[measure],
+                "decision": [asdict(c) for c in self.decisions.get(measure, [])],
             }
             for measure in MEASURES
         }
@@ -149,7 +149,7 @@ class EvidenceReport:
             "verified_images": self.verified_images,
             "sources": {e.source: asdict(e) for e in self.sources},
             "measures": per_measure,
-            "runs": {str(run): {v.measure: asdict(v) for v in self.run_verdicts(run) or []} for run in self.run_ids()},
+            "runs": {str(run): {v.measure: asdict(v) for v in verdicts} for run, verdicts in self.verdicts.items()},
         }
 
 
@@ -170,6 +170,61 @@ def interval(values: np.ndarray) -> tuple[float, float] | None:
 def _score(values: list[float]) -> Score:
     array = np.asarray(values, dtype=float)
     return Score(mean=float(array.mean()) if len(array) else None, n=len(array), ci95=interval(array))
+
+
+Items = dict[int, float]  # image id -> a source's score on one measure
+
+
+def compare(challenger: str, a: Items, incumbent: str, b: Items, min_evidence: int) -> Comparison:
+    """How likely source `a` is better than source `b` on a measure (module docstring: paired on shared items
+    when there are min_evidence of them, else each on its own; pseudo-items keep small samples modest)."""
+    shared = a.keys() & b.keys()
+    if len(shared) >= max(min_evidence, 1):
+        d = np.fromiter((a[i] - b[i] for i in shared), dtype=float, count=len(shared))
+        k = len(d) + 2  # with one pseudo-difference of +1 and one of -1
+        difference = float(d.sum()) / k
+        variance = max((float(np.square(d).sum()) + 2) / k - difference**2, 0.0) / k
+        paired, n = True, len(shared)
+    else:
+
+        def smoothed(values: Items) -> tuple[float, float]:  # mean and variance of the mean, with a 0 and a 1
+            k = len(values) + 2
+            mean = (sum(values.values()) + 1) / k
+            return mean, max((sum(v * v for v in values.values()) + 1) / k - mean**2, 0.0) / k
+
+        (mean_a, var_a), (mean_b, var_b) = smoothed(a), smoothed(b)
+        difference, variance, paired, n = mean_a - mean_b, var_a + var_b, False, len(a)
+    spread = math.sqrt(variance)
+    p_better = 0.5 * (1 + math.erf(difference / (spread * math.sqrt(2)))) if spread > 0 else 0.5 + 0.5 * np.sign(difference)
+    return Comparison(
+        challenger=challenger,
+        incumbent=incumbent,
+        paired=paired,
+        n=n,
+        difference=round(difference, 6),
+        p_better=round(float(p_better), 6),
+    )
+
+
+def choose(values: dict[str, Items], min_evidence: int) -> tuple[str | None, list[Comparison]]:
+    """The source chosen for one measure and the comparisons that chose it: the most evidence first, replaced
+    only by a challenger better with probability >= CONFIDENCE (module docstring). The last comparison listed
+    is the strongest challenger that did not replace the choice, if any."""
+    eligible = {source: items for source, items in values.items() if len(items) >= min_evidence and items}
+    if not eligible:
+        return None, []
+    current = max(sorted(eligible), key=lambda x: (len(eligible[x]), (sum(eligible[x].values()) + 1) / (len(eligible[x]) + 2)))
+    tried, steps = {current}, []
+    while len(tried) < len(eligible):
+        trials = [compare(c, eligible[c], current, eligible[current], min_evidence) for c in sorted(eligible) if c not in tried]
+        best = max(trials, key=lambda t: t.p_better)
+        if best.p_better < CONFIDENCE:
+            steps.append(best)
+            break
+        steps.append(Comparison(**{**asdict(best), "switched": True}))
+        current = best.challenger
+        tried.add(current)
+    return current, steps
 
 
 def _training_images(wb: Workbench, session) -> dict[int, set[int]]:
@@ -245,7 +300,8 @@ def compute_evidence(wb: Workbench, *, min_evidence: int = DEFAULT_MIN_EVIDENCE)
         for draft in s.scalars(usable.order_by(Draft.id)):
             newest[(draft.kind, draft.producer, draft.version)][draft.image_id] = draft  # a stored draft, the newest, wins
         trained_on = _training_images(wb, s)
-        sources = []
+        sources: list[SourceEvidence] = []
+        items: dict[str, dict[str, Items]] = {}  # source -> measure -> per-image scores
         for (kind, producer, version), drafts in sorted(newest.items()):
             run_id = _run_of(version) if kind == "model" else None
             excluded = trained_on.get(run_id, set()) if run_id is not None else set()
@@ -254,7 +310,7 @@ def compute_evidence(wb: Workbench, *, min_evidence: int = DEFAULT_MIN_EVIDENCE)
                 if run_id is not None
                 else "every verified image (it learned nothing from this workbench)"
             )
-            values: dict[str, list[float]] = {measure: [] for measure in MEASURES}
+            values: dict[str, Items] = {measure: {} for measure in MEASURES}
             writes: set[str] = set()  # the fields this source ever filled
             for image_id, draft in drafts.items():
                 if image_id in excluded:
@@ -264,34 +320,90 @@ def compute_evidence(wb: Workbench, *, min_evidence: int = DEFAULT_MIN_EVIDENCE)
                     for field_key in FIELD_KEYS:
                         value = draft.caption.get(field_key)
                         writes.update([field_key] if is_filled(value) else [])
-                        values[field_key].append(field_score(field_key, value, caption.get(field_key)))
+                        values[field_key][image_id] = field_score(field_key, value, caption.get(field_key))
                 ranked = [d.get("key") for d in draft.diagnoses or [] if d.get("key")]
                 if key and key in taxonomy.labels and ranked:
-                    values["diagnosis_top1"].append(float(ranked[0] == key))
-                    values["diagnosis_top6"].append(float(key in ranked[:6]))
+                    values["diagnosis_top1"][image_id] = float(ranked[0] == key)
+                    values["diagnosis_top6"][image_id] = float(key in ranked[:6])
                     first = taxonomy.labels.get(ranked[0])
-                    values["diagnosis_group9"].append(float(first is not None and first.group9 == taxonomy.labels[key].group9))
+                    same_group = first is not None and first.group9 == taxonomy.labels[key].group9
+                    values["diagnosis_group9"][image_id] = float(same_group)
             for field_key in set(FIELD_KEYS) - writes:
                 # a source that never fills a field (the probe writes no free text) agrees with every empty truth
                 # by saying nothing: that is no evidence, so it is neither chosen for the field nor said to fill it
-                values[field_key] = []
+                values[field_key] = {}
+            source = f"{kind}:{producer}:{version}"
+            items[source] = values
             sources.append(
                 SourceEvidence(
-                    source=f"{kind}:{producer}:{version}",
+                    source=source,
                     kind=kind,
                     producer=producer,
                     version=version,
                     held_out=held_out,
-                    measures={measure: _score(values[measure]) for measure in MEASURES},
+                    measures={measure: _score(list(values[measure].values())) for measure in MEASURES},
                 )
             )
-    chosen = {}
+    chosen, decisions = {}, {}
     for measure in MEASURES:
-        eligible = [e for e in sources if e.measures[measure].n >= min_evidence and e.measures[measure].mean is not None]
-        chosen[measure] = max(eligible, key=lambda e: ranking_score(e.measures[measure])).source if eligible else None
+        chosen[measure], decisions[measure] = choose({source: v[measure] for source, v in items.items()}, min_evidence)
     return EvidenceReport(
-        sources=sources, chosen=chosen, min_evidence=min_evidence, verified_images=len(truth), fingerprint=fingerprint
+        sources=sources,
+        chosen=chosen,
+        min_evidence=min_evidence,
+        verified_images=len(truth),
+        fingerprint=fingerprint,
+        decisions=decisions,
+        verdicts=_verdicts(sources, items, min_evidence),
     )
+
+
+def _verdicts(sources: list[SourceEvidence], items: dict[str, dict[str, Items]], min_evidence: int) -> dict[int, list[Verdict]]:
+    """Per run of this workbench and measure: its model against the source chosen among the others."""
+    out = {}
+    for run_id in sorted({run for e in sources if e.kind == "model" and (run := _run_of(e.version)) is not None}):
+        mine = [e for e in sources if e.kind == "model" and _run_of(e.version) == run_id]
+        run = max(mine, key=lambda e: sum(score.n for score in e.measures.values()))  # normally one: run-N:stage2
+        others = {e.source: e for e in sources if e not in mine}
+        verdicts = []
+        for measure in MEASURES:
+            best, _ = choose({source: items[source][measure] for source in others}, min_evidence)
+            score = run.measures[measure]
+            p_better = None
+            if score.mean is None or score.n < min_evidence:
+                verdict = "not enough evidence"
+            elif best is None:
+                verdict = "beats"
+            else:
+                p_better = compare(run.source, items[run.source][measure], best, items[best][measure], min_evidence).p_better
+                verdict = "beats" if p_better >= CONFIDENCE else "below" if p_better <= 1 - CONFIDENCE else "no clear difference"
+            verdicts.append(
+                Verdict(
+                    measure=measure,
+                    verdict=verdict,
+                    run=score,
+                    best_other=best,
+                    best_other_score=others[best].measures[measure] if best else None,
+                    p_better=p_better,
+                )
+            )
+        out[run_id] = verdicts
+    return out
+
+
+def describe_decision(report: EvidenceReport, measure: str) -> str:
+    """One line: which source was chosen for `measure` and the comparison that decided it."""
+    chosen, steps = report.chosen.get(measure), report.decisions.get(measure, [])
+    if chosen is None:
+        return f"no source has {report.min_evidence} items yet: fallback order"
+
+    def said(c: Comparison) -> str:
+        on = f"{c.n} shared items" if c.paired else f"its own {c.n} items"
+        return f"{c.challenger} {c.difference:+.3f} over {c.incumbent} on {on}, P {c.p_better:.2f}"
+
+    parts = [f"replaced: {said(c)}" for c in steps if c.switched]
+    parts += [f"kept {chosen}: best challenger {said(c)}" for c in steps if not c.switched]
+    return f"{chosen} ({'; '.join(parts) or 'the only source with enough items'})"
 
 
 def _cache(wb: Workbench) -> Path:
@@ -341,10 +453,22 @@ def _from_json(doc: dict[str, Any]) -> EvidenceReport:
         )
         for entry in doc["sources"].values()
     ]
+
+    def score(v: dict[str, Any] | None) -> Score | None:
+        return Score(mean=v["mean"], n=v["n"], ci95=tuple(v["ci95"]) if v["ci95"] else None) if v else None
+
     return EvidenceReport(
         sources=sources,
         chosen=doc["chosen"],
         min_evidence=doc["min_evidence"],
         verified_images=doc["verified_images"],
         fingerprint=doc["fingerprint"],
+        decisions={m: [Comparison(**c) for c in v.get("decision", [])] for m, v in doc["measures"].items()},
+        verdicts={
+            int(run): [  # in MEASURES order (the cache file's keys are sorted)
+                Verdict(**{**v, "run": score(v["run"]), "best_other_score": score(v["best_other_score"])})
+                for v in (verdicts[m] for m in MEASURES if m in verdicts)
+            ]
+            for run, verdicts in doc["runs"].items()
+        },
     )

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from app.ui import state
-from curation.assist.evidence import MEASURES, source_evidence
+from curation.assist.evidence import MEASURES, describe_decision, source_evidence
 from curation.ops.insights import team_insights
 
 
@@ -116,4 +116,5 @@ def _who_to_trust(wb, actor) -> None:
     )
     table = frame.pivot(index="measure", columns="source", values="score").reindex(list(MEASURES))
     table["best"] = [report.chosen[m] or "not enough evidence" for m in MEASURES]
+    table["how it was decided"] = [describe_decision(report, m) for m in MEASURES]
     st.dataframe(table, width="stretch")

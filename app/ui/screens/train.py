@@ -121,6 +121,7 @@ def _verdicts(wb, actor, run_id: int) -> None:
                     "n": v.run.n,
                     "best other source": v.best_other,
                     "its score": v.best_other_score.mean if v.best_other_score else None,
+                    "P(this run is better)": v.p_better,
                     "verdict": v.verdict,
                 }
                 for v in verdicts
