@@ -235,3 +235,50 @@ def test_between_equally_good_sources_the_choice_moves_in_at_most_one_case_in_tw
     moved = sum(choose({"old": draw(0.7, 120), "new": draw(0.7, 60)}, 20)[0] == "new" for _ in range(400))
     better = sum(choose({"old": draw(0.7, 120), "new": draw(0.85, 60)}, 20)[0] == "new" for _ in range(400))
     assert moved <= 28 and better >= 200, (moved, better)
+
+
+def test_a_run_trained_outside_the_app_on_this_workbenchs_export_counts_once_registered(bench, admin, tmp_path):
+    """`skinflow suggest --checkpoint FOLDER` registers a `skinflow train` run (tests/test_probe.py runs the real
+    commands): its held-out predictions count at once, its training images left out, under its own name."""
+    from curation.ops.runs import RunError, register_run, run_dir
+    from curation.store.models import Export
+
+    wb, ids = bench
+    export = tmp_path / "export"
+    with wb.session() as s:
+        s.add(Export(path=str(export.resolve()), format="grpo", n_records=30, manifest_sha256="0" * 64))
+    folder = tmp_path / "elsewhere" / "cli-run"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"export": str(export), "run_id": "cli-run", "preset": "probe"}))
+    (folder / "progress.json").write_text(json.dumps({"status": "running"}))
+    with pytest.raises(RunError, match="running; register it once it is done"):
+        register_run(wb, admin, folder / "model")
+    (folder / "progress.json").write_text(json.dumps({"status": "done"}))
+    rows = [  # its predictions on every image, the 10 it trained on (bench: export train split) included
+        {
+            "id": i,
+            "model_version": "cli-run:probe",
+            "caption": {"color": ["brown"]},
+            "diagnoses": [{"key": "melanoma", "score": 0.9}],
+        }
+        for i in ids
+    ]
+    (folder / "held_out_predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    before = {e.source for e in compute_evidence(wb, min_evidence=20).sources}
+    assert "model:skinflow:cli-run:probe" not in before  # not in the registry: its folder is never read
+
+    run_id = register_run(wb, admin, folder / "model")
+    assert run_id == 2 and run_dir(wb, run_id).resolve() == folder.resolve()
+    assert register_run(wb, admin, folder) == run_id  # once only
+    report = compute_evidence(wb, min_evidence=20)
+    mine = next(e for e in report.sources if e.source == "model:skinflow:cli-run:probe")
+    assert mine.measures["color"].n == 20 and f"run #{run_id}" in mine.held_out  # its 10 training images left out
+    assert run_id in report.run_ids() and report.run_verdicts(run_id)[0].measure == "color"
+
+    other = tmp_path / "other-run"  # trained on an export this workbench never wrote: an outside model
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"export": str(tmp_path / "theirs"), "run_id": "x"}))
+    (other / "progress.json").write_text(json.dumps({"status": "done"}))
+    assert register_run(wb, admin, other) is None
+    with pytest.raises(RunError, match="not in a run folder"):
+        register_run(wb, admin, tmp_path)

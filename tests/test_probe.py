@@ -238,7 +238,12 @@ def test_train_predict_eval_and_suggest_accept_a_probe_run_and_the_annotate_page
     )
     assert "train items: top1" in evaluated.stdout and (tmp_path / "eval" / "report.md").is_file()
     suggested = run(home, "--user", "admin", "suggest", "--checkpoint", str(runs / "p"))
-    assert "suggestions added" in suggested.stdout
+    assert "suggestions added" in suggested.stdout and "run #1 in the run registry" in suggested.stdout
+    # registered: its held-out predictions (val/test of the export) count as evidence at once, under run #1
+    evidence = json.loads(run(home, "--user", "reviewer", "sources", "--json").stdout)
+    probe = evidence["sources"]["model:skinflow:p:probe"]
+    assert probe["measures"]["diagnosis_top1"]["n"] > 0 and "run #1" in probe["held_out"]
+    assert set(evidence["runs"]) == {"1"}
 
     import streamlit as st
     from sqlalchemy import select

@@ -198,8 +198,12 @@ def suggest(
     c = context(ctx)
     wb, actor = c.workbench(), c.actor()
     if checkpoint is not None:
+        from curation.ops.runs import register_run
         from trainer.predict import predict_to_file
 
+        # a run trained with `skinflow train` on this workbench's export counts like one the app started
+        run_id = register_run(wb, actor, checkpoint)
+        out.print(f"run #{run_id} in the run registry" if run_id else "an outside model (its export is not this workbench's)")
         made = suggest_with_model(
             wb,
             actor,

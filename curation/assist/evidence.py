@@ -124,7 +124,7 @@ class EvidenceReport:
         return self.verdicts.get(run_id)
 
     def run_ids(self) -> list[int]:
-        return sorted({run for e in self.sources if e.kind == "model" and (run := _run_of(e.version)) is not None})
+        return sorted(self.verdicts)
 
     def to_json(self) -> dict[str, Any]:
         """sources with their measures, per measure every source's score and n and the chosen one, and per run
@@ -264,10 +264,21 @@ def _held_out_items(wb: Workbench, session, truth: dict[int, Any]) -> dict[tuple
     return out
 
 
-def _run_of(version: str) -> int | None:
-    """The run id of a model draft's version ("run-12:stage2" -> 12); None for models from elsewhere."""
-    head = version.split(":", 1)[0]
-    return int(head[4:]) if head.startswith("run-") and head[4:].isdigit() else None
+def _run_names(session) -> dict[str, int]:
+    """The name each run of the registry gives its model versions -> its id: `run-<id>` for runs the app started,
+    the run folder's own name for a run trained with `skinflow train` and registered (ops/runs.register_run)."""
+    names = {}
+    for run_id, config in session.execute(select(TrainingRun.id, TrainingRun.config)):
+        names[f"run-{run_id}"] = run_id
+        if (config or {}).get("run_name"):
+            names[config["run_name"]] = run_id
+    return names
+
+
+def _run_of(version: str, names: dict[str, int]) -> int | None:
+    """The registry id of the run a model draft's version names ("run-12:stage2" -> 12); None for models from
+    elsewhere."""
+    return names.get(version.split(":", 1)[0])
 
 
 def _fingerprint(session) -> str:
@@ -300,10 +311,11 @@ def compute_evidence(wb: Workbench, *, min_evidence: int = DEFAULT_MIN_EVIDENCE)
         for draft in s.scalars(usable.order_by(Draft.id)):
             newest[(draft.kind, draft.producer, draft.version)][draft.image_id] = draft  # a stored draft, the newest, wins
         trained_on = _training_images(wb, s)
+        run_names = _run_names(s)
         sources: list[SourceEvidence] = []
         items: dict[str, dict[str, Items]] = {}  # source -> measure -> per-image scores
         for (kind, producer, version), drafts in sorted(newest.items()):
-            run_id = _run_of(version) if kind == "model" else None
+            run_id = _run_of(version, run_names) if kind == "model" else None
             excluded = trained_on.get(run_id, set()) if run_id is not None else set()
             held_out = (
                 f"verified images outside the train split of run #{run_id}'s export ({len(excluded)} excluded)"
@@ -354,15 +366,18 @@ def compute_evidence(wb: Workbench, *, min_evidence: int = DEFAULT_MIN_EVIDENCE)
         verified_images=len(truth),
         fingerprint=fingerprint,
         decisions=decisions,
-        verdicts=_verdicts(sources, items, min_evidence),
+        verdicts=_verdicts(sources, items, min_evidence, run_names),
     )
 
 
-def _verdicts(sources: list[SourceEvidence], items: dict[str, dict[str, Items]], min_evidence: int) -> dict[int, list[Verdict]]:
+def _verdicts(
+    sources: list[SourceEvidence], items: dict[str, dict[str, Items]], min_evidence: int, run_names: dict[str, int]
+) -> dict[int, list[Verdict]]:
     """Per run of this workbench and measure: its model against the source chosen among the others."""
     out = {}
-    for run_id in sorted({run for e in sources if e.kind == "model" and (run := _run_of(e.version)) is not None}):
-        mine = [e for e in sources if e.kind == "model" and _run_of(e.version) == run_id]
+    run_of = {e.source: _run_of(e.version, run_names) for e in sources if e.kind == "model"}
+    for run_id in sorted({run for run in run_of.values() if run is not None}):
+        mine = [e for e in sources if run_of.get(e.source) == run_id]
         run = max(mine, key=lambda e: sum(score.n for score in e.measures.values()))  # normally one: run-N:stage2
         others = {e.source: e for e in sources if e not in mine}
         verdicts = []

@@ -451,6 +451,54 @@ def list_runs(wb: Workbench) -> list[RunView]:
         ]
 
 
+def run_folder_of(path: Path) -> Path | None:
+    """The run folder holding `path` (a run folder or a checkpoint inside one): config.json beside progress.json,
+    as the trainer writes them."""
+    path = path.resolve()
+    return next((f for f in (path, *path.parents) if (f / "config.json").is_file() and (f / "progress.json").is_file()), None)
+
+
+def register_run(wb: Workbench, actor: Actor, path: Path) -> int | None:
+    """Enter a run trained with `skinflow train` on one of this workbench's exports in the run registry, as if
+    the Retrain button had started it: its held-out predictions count as evidence at once (trained-on images
+    left out), its model versions are read as this run's, and it can be activated. The registry reaches the
+    folder through runs/run-<id>, a link to it. Returns the run's id (the existing one when the folder is
+    registered already, or was started by the app), or None for a run trained on an export from elsewhere, whose
+    suggestions stay those of an outside model."""
+    require(actor, "admin", "register a training run")
+    folder = run_folder_of(path)
+    if folder is None:
+        raise RunError(f"{path} is not in a run folder (config.json and progress.json): give the folder skinflow train wrote")
+    config, progress = _read_json(folder / "config.json"), _read_json(folder / "progress.json")
+    with wb.session() as s:
+        for run in s.scalars(select(TrainingRun)):
+            if run.config.get("run_folder") == str(folder) or run_dir(wb, run.id).resolve() == folder:
+                return run.id
+        export = Path(str(config.get("export") or "")).resolve()
+        export_id = s.scalar(select(Export.id).where(Export.path == str(export))) if config.get("export") else None
+        if export_id is None:
+            return None
+        if progress.get("status") != "done":
+            raise RunError(f"the run in {folder} is {progress.get('status') or 'unfinished'}; register it once it is done")
+        run = TrainingRun(
+            export_id=export_id,
+            preset=str(config.get("preset") or "custom")[:64],
+            status="done",
+            created_by=actor.id,
+            config={"export_path": str(export), "run_folder": str(folder), "run_name": config.get("run_id") or folder.name},
+            checkpoint_path=str(folder / "model"),
+            finished_at=utcnow(),
+        )
+        s.add(run)
+        s.flush()
+        link = run_dir(wb, run.id)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(folder, target_is_directory=True)
+        run.metrics = _summary(read_metrics(wb, run.id))
+        audit.record(s, actor, "run.register", "training_run", run.id, folder=str(folder), export_id=export_id)
+        return run.id
+
+
 def activate_run(wb: Workbench, actor: Actor, run_id: int, *, suggest: bool = True) -> int | None:
     """Make a finished run's model the active one and (by default) start `skinflow suggest` with it in the
     background: predictions for every image that still needs work, imported as model drafts. Returns the pid."""
