@@ -28,6 +28,7 @@ import os
 import re
 import struct
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -244,6 +245,17 @@ def _recode_coefficients(stream: bytes) -> bytes:
     the (already scrubbed) ICC profile is carried over. Through in-memory files where the OS has them."""
     import jpeglib  # 0.1 s to import: only when a JPEG is cleaned
 
+    with _JPEGLIB_LOCK:
+        return _recode_locked(jpeglib, stream)
+
+
+# jpeglib is not safe to call from two threads at once (its library binding and libjpeg's error handling are
+# process-wide): a folder import, which cleans pictures on a thread pool, aborted the whole process once in CI
+# with two threads inside it. One rebuild at a time; decoding and the pixel check still run in parallel.
+_JPEGLIB_LOCK = threading.Lock()
+
+
+def _recode_locked(jpeglib, stream: bytes) -> bytes:
     in_memory = hasattr(os, "memfd_create")
     with contextlib.nullcontext() if in_memory else tempfile.TemporaryDirectory(prefix="skinflow-jpeg-") as folder:
         source, target = _scratch(folder, "in.jpg"), _scratch(folder, "out.jpg")
