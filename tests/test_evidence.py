@@ -282,3 +282,22 @@ def test_a_run_trained_outside_the_app_on_this_workbenchs_export_counts_once_reg
     assert register_run(wb, admin, other) is None
     with pytest.raises(RunError, match="not in a run folder"):
         register_run(wb, admin, tmp_path)
+
+
+def test_the_chosen_source_saying_nothing_on_a_field_is_its_answer(bench):
+    """The LLM won color; on this image it leaves color empty: the field stays empty rather than taking the model's
+    term (a benchmark measured texture going from 0.31 to 0.56 edits that way)."""
+    from curation.assist.routing import route
+    from curation.store.models import Draft
+
+    wb, _ = bench
+    report = compute_evidence(wb, min_evidence=20)
+    llm = Draft(id=2, kind="llm", producer="vision-model", version="caption-v1+schema1", caption={"color": [], "shape": ["oval"]})
+    model = Draft(id=3, kind="model", producer="skinflow", version="run-1:stage2", caption={"color": ["red"]})
+    caption, _, fields = route([llm, model], report)
+    assert caption["color"] is None and "color" not in fields
+    # the model won shape but says nothing about it here: empty too, not the LLM's "oval"
+    assert caption["shape"] is None and "shape" not in fields
+    # a source the evidence chose that did not draft this image leaves the field to today's order
+    caption, _, fields = route([llm], report)
+    assert caption["shape"] == ["oval"] and fields["shape"] == LLM

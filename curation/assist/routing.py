@@ -2,9 +2,9 @@
 images it did not learn from (assist/evidence.py), the diagnoses merged across sources.
 
 For an image with usable drafts from two or more sources, the routed draft takes each field from the source the
-evidence chose for it (`chosen`: the best with at least min_evidence held-out items) when that source drafted this
-image and filled the field; otherwise from the first source in today's order (model suggestion, LLM, synthetic;
-newest first) that filled it. A field no draft filled stays empty and is credited to nobody. Its
+evidence chose for it (`chosen`, see assist/evidence.py) when that source drafted this image, also when its answer
+is to leave the field empty; otherwise from the first source in today's order (model suggestion, LLM, synthetic;
+newest first) that filled it. An empty field is credited to nobody. Its
 diagnoses are every source's ranked diagnoses merged: each entry weighs its own score times its source's held-out
 top-1 accuracy (0.5 for a source without evidence), summed per label, best first.
 
@@ -46,9 +46,17 @@ def route(drafts: list[Draft], report: EvidenceReport | None) -> tuple[dict[str,
     fields: dict[str, str] = {}
     for key in FIELD_KEYS:
         winner = by_source.get(chosen.get(key) or "")
-        # the evidence's winner, else today's order; only a draft that says something here (a source that wrote
-        # nothing for a field is never chosen for it nor credited with its empty box)
-        filled = [d for d in ([winner] if winner is not None else []) + ordered if d.caption and is_filled(d.caption.get(key))]
+        if winner is not None and winner.caption is not None:
+            # the evidence's winner drafted this image: its answer stands, also when it is "nothing here" (a
+            # benchmark found empty answers replaced by another source's wrong term: texture 0.31 -> 0.56 edits)
+            value = winner.caption.get(key)
+            caption[key] = value if is_filled(value) else None
+            if is_filled(value):
+                fields[key] = source_of(winner)
+            continue
+        # no winner, or it did not draft this image: today's order, from a draft that says something here (a source
+        # that wrote nothing for a field is never chosen for it nor credited with its empty box)
+        filled = [d for d in ordered if d.caption and is_filled(d.caption.get(key))]
         caption[key] = filled[0].caption.get(key) if filled else None
         if filled:
             fields[key] = source_of(filled[0])

@@ -67,10 +67,12 @@ def build_demo(
     seed: int = 0,
     verified_fraction: float = 0.5,
     annotated_fraction: float = 0.1,
+    drafts: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> DemoReport:
     """Create the demo accounts (admin, reviewer, annotator) if missing, import n synthetic images
-    with noisy drafts, and have the seed accounts (demo-annotator, demo-reviewer) annotate and verify a share
+    with noisy drafts (unless drafts=False: benchmarks add their own sources), and have the seed accounts
+    (demo-annotator, demo-reviewer) annotate and verify a share
     of them (their true captions), so exports and training work out of the box. Re-running with
     the same seed adds nothing."""
     report = DemoReport(ImportReport())
@@ -123,17 +125,19 @@ def build_demo(
         others = [a.label for a in ARCHETYPES if a.label != case.archetype.label]
         rng.shuffle(others)
         ranked = [case.archetype.label, *others[:2]] if rng.random() < 0.6 else [*others[:2], case.archetype.label]
-        draft_id = add_draft(
-            wb,
-            admin,
-            image_id,
-            kind="synthetic",
-            producer=GENERATOR,
-            version=GENERATOR_VERSION,
-            caption=draft,
-            diagnoses=[{"key": key, "score": round(0.6 / (rank + 1), 3)} for rank, key in enumerate(ranked)],
-        )
-        report.drafts += 1
+        draft_id = None
+        if drafts:
+            draft_id = add_draft(
+                wb,
+                admin,
+                image_id,
+                kind="synthetic",
+                producer=GENERATOR,
+                version=GENERATOR_VERSION,
+                caption=draft,
+                diagnoses=[{"key": key, "score": round(0.6 / (rank + 1), 3)} for rank, key in enumerate(ranked)],
+            )
+            report.drafts += 1
         roll = rng.random()
         if roll < verified_fraction + annotated_fraction:
             annotation_id = submit_annotation(
