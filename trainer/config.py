@@ -34,9 +34,9 @@ PRESET_NOTES: dict[str, str] = {
     "tiny": "CPU, from scratch, minutes",
     "qwen2.5-vl-7b": "pretrained weights, several GPUs",
     "probe": "CPU, frozen image encoder + linear heads, seconds to minutes",
-    "qwen2.5-vl-3b-lora": "one 24 GB GPU, LoRA",
-    "qwen2.5-vl-7b-lora": "one 80 GB GPU (48 GB with checkpointing), LoRA",
-    "qwen2.5-vl-7b-qlora": "one 24 GB GPU, 4-bit language model + LoRA (CUDA, bitsandbytes)",
+    "qwen2.5-vl-3b-lora": "one GPU, LoRA (train --plan says how much memory)",
+    "qwen2.5-vl-7b-lora": "one GPU, LoRA, the 7B",
+    "qwen2.5-vl-7b-qlora": "one GPU, 4-bit language model + LoRA (CUDA, bitsandbytes)",
 }
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -2,23 +2,35 @@
 
 Parameters are counted exactly by building the model on PyTorch's meta device (no memory, no weights) from the
 checkpoint's config.json, or, for the hub ids of the presets, from the published architecture fields kept in
-trainer/configs/ (no hub needed). The rest is arithmetic over the preset's settings, per GPU, in bytes:
+trainer/configs/ (no hub needed). The rest is arithmetic over the preset's settings (`Shapes`), per GPU, in
+bytes, one function per term (each checked against a small configuration worked out by hand in
+tests/test_plan.py):
 
-    weights       bf16 (2 B/param); a 4-bit language model 0.52 B/param for its linears (NF4 + double-quantised
-                  scales), embeddings, vision tower and lm_head in bf16; a full fine-tune loads fp32 (4 B/param)
-    trainable     LoRA adapters (fp32) and FDLinear layers, or every parameter for a full fine-tune: gradient (4 B)
-                  and Adam's two moments (8 B) per trainable parameter; ZeRO-3 shards these and the weights over
-                  the GPUs
-    reference     a full fine-tune with beta > 0 keeps a frozen copy of the weights (bf16); with LoRA trl switches
-                  the adapters off instead, so none
-    activations   per micro-batch (batch_size completions, each with its image): the language model's layer inputs
-                  (with gradient checkpointing) or every layer's activations (about s*b*(17h + 8i) bytes per
-                  layer), the same for the vision tower, FDLinear's per-image weights (out x in fp32 per layer and
-                  image, kept for the backward pass), and the completion logits in fp32 (twice: logits and
-                  log-softmax)
-    overhead      CUDA context, allocator fragmentation: 1.5 GB + 10%
+  held all the time
+    weights         bf16 (2 B/param); a 4-bit language model 0.52 B/param for its linears (NF4 + double-quantised
+                    scales), embeddings, vision tower and lm_head in bf16; a full fine-tune loads fp32 (4 B/param)
+    gradients       4 B per trainable parameter (LoRA adapters and FDLinear layers, or every parameter)
+    optimiser       Adam's two fp32 moments: 8 B per trainable parameter. ZeRO-3 shards these three over the GPUs
+    reference       a full fine-tune with beta > 0 keeps a frozen bf16 copy; with LoRA trl switches the adapters
+                    off instead, so none
+    FDLinear copies with LoRA, peft trains a copy of each FDLinear (modules_to_save) in fp32 (4 B/param) beside
+                    the frozen original counted in the weights
+  a training step (forward and backward of one micro-batch: batch_size completions, each with its image)
+    activations     the language model's layer inputs with gradient checkpointing (plus one layer's full set,
+                    recomputed in the backward pass), or every layer's (about s*b*(17h + 8i) bytes per layer);
+                    the same for the vision tower over its patches
+    FDLinear per-image weights  out x in fp32 per layer and image; with checkpointing only one vision block's
+                    layers are alive at a time (the block being recomputed), without it every block's
+    completion logits  as trl computes them: only the completion positions, in the model's dtype (bf16), kept
+                    for the backward pass with a gradient of the same size, and log-softmax taken one sequence at
+                    a time in fp32: b*c*V*2*2 + c*V*4
+  generation (before the step, not at the same time)
+    KV cache        keys and values of every layer for the prompt and the completion, bf16:
+                    2 * layers * b * s * kv_heads * head_dim * 2
+  overhead          CUDA context, allocator fragmentation: 1.5 GB + 10% of the rest
 
-It is an estimate: benchmarks/gpu.py measures the real peak on a GPU and prints it beside this number.
+The peak is what is held all the time plus the larger of the training step and generation, plus the overhead.
+It is an estimate: benchmarks/gpu.py measures the real peak on a GPU (reserved and allocated) beside it.
 """
 
 from __future__ import annotations
@@ -67,6 +79,7 @@ class Counts:
     lora: int
     fdlinear: int
     fdlinear_shapes: tuple[tuple[int, int], ...]  # (out, in) of each FDLinear layer
+    fdlinear_blocks: tuple[int, ...] = ()  # per patched vision block: the sum of out x in of its FDLinear layers
 
 
 def count_parameters(config: TrainConfig) -> Counts:
@@ -116,7 +129,12 @@ def _count(
             linears += module.weight.numel()
         if isinstance(module, nn.Linear) and pattern.fullmatch(name):
             lora += lora_r * (module.in_features + module.out_features)
-    fd_modules = [m for m in model.modules() if isinstance(m, FDLinear)]
+    fd_named = [(name, m) for name, m in model.named_modules() if isinstance(m, FDLinear)]
+    fd_modules = [m for _, m in fd_named]
+    blocks: dict[str, int] = {}
+    for name, m in fd_named:  # "model.visual.blocks.31.mlp.gate_proj" -> block "31"
+        block = name.split(".blocks.", 1)[-1].split(".", 1)[0]
+        blocks[block] = blocks.get(block, 0) + m.out_features * m.in_features
     return Counts(
         total=sum(p.numel() for p in model.parameters()),
         vision=sum(p.numel() for p in model.model.visual.parameters()),
@@ -124,7 +142,19 @@ def _count(
         lora=lora,
         fdlinear=sum(p.numel() for m in fd_modules for p in m.parameters()),
         fdlinear_shapes=tuple((m.out_features, m.in_features) for m in fd_modules),
+        fdlinear_blocks=tuple(blocks.values()),
     )
+
+
+STATIC = ("weights", "gradients", "optimiser (Adam)", "reference model", "FDLinear copies (peft, fp32)")
+TRAINING_STEP = (
+    "activations: language model",
+    "activations: vision tower",
+    "FDLinear per-image weights",
+    "completion logits",
+)
+GENERATION = ("generation: KV cache",)
+OVERHEAD = "CUDA context and fragmentation"
 
 
 @dataclass(frozen=True)
@@ -135,51 +165,155 @@ class Plan:
 
     @property
     def total(self) -> float:
-        return sum(self.parts.values())
+        """What is held all the time, plus the larger of a training step and generation, plus the overhead."""
+        return peak(self.parts)
 
 
-def estimate(config: TrainConfig, *, gpus: int = 1) -> Plan:
-    """Peak memory per GPU of a training step of `config` (see the module docstring for the model)."""
+def peak(parts: dict[str, float]) -> float:
+    static = sum(parts[p] for p in STATIC)
+    return static + max(sum(parts[p] for p in TRAINING_STEP), sum(parts[p] for p in GENERATION)) + parts[OVERHEAD]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Shapes:
+    """Everything the estimate reads: exact counts from the meta model, sizes from the architecture and preset."""
+
+    total: int  # parameters
+    language_linears: int
+    trainable: int  # LoRA + FDLinear, or every parameter for a full fine-tune
+    fdlinear: int
+    fdlinear_blocks: tuple[int, ...]  # out x in summed per patched vision block
+    full: bool  # a full fine-tune (no LoRA)
+    quantize_4bit: bool
+    reference: bool  # a full fine-tune with beta > 0
+    checkpointing: bool
+    shard: int  # GPUs ZeRO-3 shards the static parts over (1 without)
+    batch: int  # completions per micro-batch, each with its image
+    completion: int  # tokens
+    sequence: int  # image tokens + prompt + completion
+    patches: int  # vision tower positions per image
+    hidden: int
+    intermediate: int
+    layers: int
+    vocab: int
+    kv_heads: int
+    head_dim: int
+    vision_hidden: int
+    vision_intermediate: int
+    vision_depth: int
+
+
+def weights_bytes(x: Shapes) -> float:
+    if x.quantize_4bit:
+        return (x.language_linears * NF4_BYTES + (x.total - x.language_linears) * 2) / x.shard
+    return x.total * (4 if x.full else 2) / x.shard
+
+
+def gradient_bytes(x: Shapes) -> float:
+    return x.trainable * 4 / x.shard
+
+
+def adam_bytes(x: Shapes) -> float:
+    return x.trainable * 8 / x.shard
+
+
+def reference_bytes(x: Shapes) -> float:
+    return x.total * 2 / x.shard if x.reference else 0.0
+
+
+def peft_fdlinear_copy_bytes(x: Shapes) -> float:
+    return 0.0 if x.full else x.fdlinear * 4.0
+
+
+def _layer_activations(positions: int, batch: int, hidden: int, intermediate: int) -> int:
+    return positions * batch * (17 * hidden + 8 * intermediate)
+
+
+def language_activation_bytes(x: Shapes) -> float:
+    one_layer = _layer_activations(x.sequence, x.batch, x.hidden, x.intermediate)
+    if x.checkpointing:
+        return float(x.layers * x.sequence * x.batch * x.hidden * 2 + one_layer)
+    return float(x.layers * one_layer)
+
+
+def vision_activation_bytes(x: Shapes) -> float:
+    one_block = _layer_activations(x.patches, x.batch, x.vision_hidden, x.vision_intermediate)
+    if x.checkpointing:
+        return float(x.vision_depth * x.patches * x.batch * x.vision_hidden * 2 + one_block)
+    return float(x.vision_depth * one_block)
+
+
+def fdlinear_weight_bytes(x: Shapes) -> float:
+    if not x.fdlinear_blocks:
+        return 0.0
+    held = max(x.fdlinear_blocks) if x.checkpointing else sum(x.fdlinear_blocks)
+    return float(held * x.batch * 4)
+
+
+def logits_bytes(x: Shapes) -> float:
+    return float(x.batch * x.completion * x.vocab * 2 * 2 + x.completion * x.vocab * 4)
+
+
+def kv_cache_bytes(x: Shapes) -> float:
+    return float(2 * x.layers * x.batch * x.sequence * x.kv_heads * x.head_dim * 2)
+
+
+def plan_parts(x: Shapes) -> dict[str, float]:
+    parts = {
+        "weights": weights_bytes(x),
+        "gradients": gradient_bytes(x),
+        "optimiser (Adam)": adam_bytes(x),
+        "reference model": reference_bytes(x),
+        "FDLinear copies (peft, fp32)": peft_fdlinear_copy_bytes(x),
+        "activations: language model": language_activation_bytes(x),
+        "activations: vision tower": vision_activation_bytes(x),
+        "FDLinear per-image weights": fdlinear_weight_bytes(x),
+        "completion logits": logits_bytes(x),
+        "generation: KV cache": kv_cache_bytes(x),
+        OVERHEAD: 0.0,
+    }
+    parts[OVERHEAD] = FIXED_OVERHEAD + 0.1 * peak(parts)
+    return parts
+
+
+def shapes(config: TrainConfig, *, gpus: int = 1) -> Shapes:
     arch = architecture(config.model)
     text, vision = arch.text_config, arch.vision_config
     counts = count_parameters(config)
     full = not config.lora
-    shard = gpus if full and gpus > 1 else 1  # ZeRO-3 shards weights and optimiser state of a full fine-tune
-    if config.quantize_4bit:
-        weights = counts.language_linears * NF4_BYTES + (counts.total - counts.language_linears) * 2
-    else:
-        weights = counts.total * (4 if full else 2)
-    trainable = counts.total if full else counts.lora + counts.fdlinear
-    batch = config.batch_size
     patches = (config.image_size // vision.patch_size) ** 2
-    image_tokens = patches // vision.spatial_merge_size**2
     completion = max(config.stage1_max_completion_length, config.stage2_max_completion_length)
-    sequence = image_tokens + PROMPT_TEXT_TOKENS + completion
-    h, i, layers = text.hidden_size, text.intermediate_size, text.num_hidden_layers
-    per_layer_full = sequence * batch * (17 * h + 8 * i)
-    if config.gradient_checkpointing:
-        language = layers * sequence * batch * h * 2 + per_layer_full
-    else:
-        language = layers * per_layer_full
-    vh, vi = vision.hidden_size, vision.intermediate_size
-    vision_full = patches * batch * (17 * vh + 8 * vi)
-    vision_act = (
-        vision.depth * patches * batch * vh * 2 + vision_full if config.gradient_checkpointing else vision.depth * vision_full
+    heads = text.num_attention_heads
+    return Shapes(
+        total=counts.total,
+        language_linears=counts.language_linears,
+        trainable=counts.total if full else counts.lora + counts.fdlinear,
+        fdlinear=counts.fdlinear,
+        fdlinear_blocks=counts.fdlinear_blocks,
+        full=full,
+        quantize_4bit=bool(config.quantize_4bit),
+        reference=full and config.beta > 0,
+        checkpointing=bool(config.gradient_checkpointing),
+        shard=gpus if full and gpus > 1 else 1,
+        batch=config.batch_size,
+        completion=completion,
+        sequence=patches // vision.spatial_merge_size**2 + PROMPT_TEXT_TOKENS + completion,
+        patches=patches,
+        hidden=text.hidden_size,
+        intermediate=text.intermediate_size,
+        layers=text.num_hidden_layers,
+        vocab=text.vocab_size,
+        kv_heads=getattr(text, "num_key_value_heads", None) or heads,
+        head_dim=getattr(text, "head_dim", None) or text.hidden_size // heads,
+        vision_hidden=vision.hidden_size,
+        vision_intermediate=vision.intermediate_size,
+        vision_depth=vision.depth,
     )
-    fd_weights = sum(out * inp * 4 for out, inp in counts.fdlinear_shapes) * batch
-    logits = batch * completion * text.vocab_size * 4 * 2
-    parts = {
-        "weights": weights / shard,
-        "gradients": trainable * 4 / shard,
-        "optimiser (Adam)": trainable * 8 / shard,
-        "reference model": counts.total * 2 / shard if full and config.beta > 0 else 0.0,
-        "activations: language model": float(language),
-        "activations: vision tower": float(vision_act),
-        "FDLinear per-image weights": float(fd_weights),
-        "completion logits": float(logits),
-    }
-    parts["CUDA context and fragmentation"] = FIXED_OVERHEAD + 0.1 * sum(parts.values())
-    return Plan(config.preset, gpus, parts)
+
+
+def estimate(config: TrainConfig, *, gpus: int = 1) -> Plan:
+    """Peak memory per GPU of `config`'s training (see the module docstring for the model)."""
+    return Plan(config.preset, gpus, plan_parts(shapes(config, gpus=gpus)))
 
 
 def gpu_memory() -> tuple[int, float] | None:
