@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_HOME ?= demo-workbench
 
-.PHONY: demo test test-slow test-integration test-postgres install clean bench lint
+.PHONY: demo test test-slow test-integration test-postgres install clean bench bench-gpu lint
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
+
+# On a machine with a CUDA GPU (a CUDA build of torch: see README): 9 minutes at most, results kept part by part
+bench-gpu: $(STAMP)
+	$(BIN)/python benchmarks/gpu.py --budget-s 540
 
 clean:
 	rm -rf $(VENV) .ls-venv .pytest_cache
