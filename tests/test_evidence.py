@@ -301,3 +301,25 @@ def test_the_chosen_source_saying_nothing_on_a_field_is_its_answer(bench):
     # a source the evidence chose that did not draft this image leaves the field to today's order
     caption, _, fields = route([llm], report)
     assert caption["shape"] == ["oval"] and fields["shape"] == LLM
+
+
+def test_each_field_starts_from_the_best_single_source_and_leaves_it_only_on_strong_evidence():
+    """Routing must never lose to the source a team would use alone: two LLMs draft the same 100 images; A is
+    better overall, B slightly (not surely) better on texture, clearly better on distribution."""
+    from curation.assist.evidence import best_single_source, choose
+    from schema.fields import FIELD_KEYS
+
+    def scores(share_right: float, offset: int = 0) -> dict[int, float]:
+        return {i: float((i + offset) % 100 < share_right * 100) for i in range(100)}
+
+    a = {k: scores(0.8) for k in FIELD_KEYS}
+    b = {k: scores(0.6, offset=7) for k in FIELD_KEYS}
+    a["texture"], b["texture"] = scores(0.70), scores(0.74, offset=40)  # +0.04 on 100 shared items
+    a["distribution"], b["distribution"] = scores(0.5), scores(0.9, offset=50)
+    best = best_single_source({"A": a, "B": b}, min_evidence=20)
+    assert best == "A"
+    texture, steps = choose({"A": a["texture"], "B": b["texture"]}, 20, prefer=best)
+    assert texture == "A" and 0.5 < steps[0].p_better < 0.95  # B looks better, not surely: A stays
+    assert choose({"A": a["texture"], "B": b["texture"]}, 20)[0] == "B"  # without the preference, the tie went to B
+    distribution, steps = choose({"A": a["distribution"], "B": b["distribution"]}, 20, prefer=best)
+    assert distribution == "B" and steps[0].switched and steps[0].p_better > 0.99

@@ -13,16 +13,18 @@ those images do not count for its models; everything else (the export's val and 
 verified after it) does. Other sources learned nothing from this workbench: every verified image counts.
 Annotators who started from a source's draft may lean towards it (anchoring): read small gaps with care.
 
-Choosing: per measure the chosen source starts as the one with the most items (at least min_evidence; ties go to
-the higher smoothed mean, (sum + 1) / (n + 2)). Another source replaces it only when it is better with probability
-at least CONFIDENCE (0.95): on the items both have when they share at least min_evidence (a paired comparison:
-their differences, plus one pseudo-item won by 1 and one lost by 1), else on each one's own items (the smoothed
-means and their spreads, one pseudo-item scoring 0 and one scoring 1 added to each); a normal approximation of
-the mean difference gives the probability. The strongest challenger is tried first and the rule repeats from the
-new choice. So luck on a small sample does not move a field: 21 of 21 right does not replace 130 of 141 (P 0.80),
-and a source that is really better on 40 shared items does (a benchmark rerun had routing lose to its best
-source because the best raw or smoothed mean won outright). Run verdicts use the same comparison against the
-source the rule chooses among the others.
+Choosing: the routed prefill must never lose to the best single source (the one a team would use alone: the
+highest mean of its smoothed field means, (sum + 1) / (n + 2), among sources with min_evidence items on at least
+half of the fields). So each caption field starts from that source (where it has min_evidence items on the
+field; else, as for the diagnosis measures, from the source with the most items), and another source replaces
+it only when it is better with probability at least CONFIDENCE (0.95): on the items both have when they share at
+least min_evidence (a paired comparison: their differences, plus one pseudo-item won by 1 and one lost by 1),
+else each on its own items (the smoothed means and their spreads, one pseudo-item scoring 0 and one scoring 1
+added to each); a normal approximation of the mean difference gives the probability. The strongest challenger is
+tried first and the rule repeats from the new choice. So luck on a small sample does not move a field: 21 of 21
+right does not replace 130 of 141 (P 0.80), while a source better on 40 shared items does. (A benchmark rerun
+had routing lose to its best source when the best raw, then smoothed, mean won each field outright.) Run
+verdicts use the same comparison against the source the rule chooses among the others.
 
 The report is cached in <home>/cache/evidence.json under a fingerprint of what it depends on (drafts,
 verified annotations, runs), so pages and commands can ask for it often.
@@ -206,14 +208,32 @@ def compare(challenger: str, a: Items, incumbent: str, b: Items, min_evidence: i
     )
 
 
-def choose(values: dict[str, Items], min_evidence: int) -> tuple[str | None, list[Comparison]]:
-    """The source chosen for one measure and the comparisons that chose it: the most evidence first, replaced
-    only by a challenger better with probability >= CONFIDENCE (module docstring). The last comparison listed
-    is the strongest challenger that did not replace the choice, if any."""
+def _smoothed(items: Items) -> float:
+    return (sum(items.values()) + 1) / (len(items) + 2)
+
+
+def best_single_source(items: dict[str, dict[str, Items]], min_evidence: int) -> str | None:
+    """The source a team would use alone: the highest mean over the caption fields of its smoothed means (a field
+    it never fills counts as 0.5), among sources with min_evidence items on at least half of the fields; ties go
+    to more evidence."""
+    scores = {}
+    for source, measures in items.items():
+        if 2 * sum(len(measures[k]) >= min_evidence for k in FIELD_KEYS) < len(FIELD_KEYS):
+            continue
+        mean = sum(_smoothed(measures[k]) for k in FIELD_KEYS) / len(FIELD_KEYS)
+        scores[source] = (round(mean, 9), sum(len(measures[k]) for k in FIELD_KEYS))
+    return max(sorted(scores), key=lambda source: scores[source]) if scores else None
+
+
+def choose(values: dict[str, Items], min_evidence: int, prefer: str | None = None) -> tuple[str | None, list[Comparison]]:
+    """The source chosen for one measure and the comparisons that chose it: `prefer` (the best single source)
+    where it has enough items, else the one with the most, replaced only by a challenger better with probability
+    >= CONFIDENCE (module docstring). The last comparison listed is the strongest challenger that did not replace
+    the choice, if any."""
     eligible = {source: items for source, items in values.items() if len(items) >= min_evidence and items}
     if not eligible:
         return None, []
-    current = max(sorted(eligible), key=lambda x: (len(eligible[x]), (sum(eligible[x].values()) + 1) / (len(eligible[x]) + 2)))
+    current = prefer if prefer in eligible else max(sorted(eligible), key=lambda x: (len(eligible[x]), _smoothed(eligible[x])))
     tried, steps = {current}, []
     while len(tried) < len(eligible):
         trials = [compare(c, eligible[c], current, eligible[current], min_evidence) for c in sorted(eligible) if c not in tried]
@@ -357,8 +377,10 @@ def compute_evidence(wb: Workbench, *, min_evidence: int = DEFAULT_MIN_EVIDENCE)
                 )
             )
     chosen, decisions = {}, {}
+    best = best_single_source(items, min_evidence)
     for measure in MEASURES:
-        chosen[measure], decisions[measure] = choose({source: v[measure] for source, v in items.items()}, min_evidence)
+        prefer = best if measure in FIELD_KEYS else None
+        chosen[measure], decisions[measure] = choose({source: v[measure] for source, v in items.items()}, min_evidence, prefer)
     return EvidenceReport(
         sources=sources,
         chosen=chosen,
@@ -380,9 +402,11 @@ def _verdicts(
         mine = [e for e in sources if run_of.get(e.source) == run_id]
         run = max(mine, key=lambda e: sum(score.n for score in e.measures.values()))  # normally one: run-N:stage2
         others = {e.source: e for e in sources if e not in mine}
+        best_other = best_single_source({source: items[source] for source in others}, min_evidence)
         verdicts = []
         for measure in MEASURES:
-            best, _ = choose({source: items[source][measure] for source in others}, min_evidence)
+            prefer = best_other if measure in FIELD_KEYS else None
+            best, _ = choose({source: items[source][measure] for source in others}, min_evidence, prefer)
             score = run.measures[measure]
             p_better = None
             if score.mean is None or score.n < min_evidence:
