@@ -463,23 +463,24 @@ def register_run(wb: Workbench, actor: Actor, path: Path) -> int | None:
     the Retrain button had started it: its held-out predictions count as evidence at once (trained-on images
     left out), its model versions are read as this run's, and it can be activated. The registry reaches the
     folder through runs/run-<id>, a link to it. Returns the run's id (the existing one when the folder is
-    registered already, or was started by the app), or None for a run trained on an export from elsewhere, whose
-    suggestions stay those of an outside model."""
+    registered already, or was started by the app), or None, the suggestions then being an outside model's, for
+    a run trained on an export from elsewhere, a run not finished (a checkpoint taken on the way) or a bare model
+    folder."""
     require(actor, "admin", "register a training run")
+    given = path.resolve()
     folder = run_folder_of(path)
-    if folder is None:
-        raise RunError(f"{path} is not in a run folder (config.json and progress.json): give the folder skinflow train wrote")
-    config, progress = _read_json(folder / "config.json"), _read_json(folder / "progress.json")
     with wb.session() as s:
         for run in s.scalars(select(TrainingRun)):
-            if run.config.get("run_folder") == str(folder) or run_dir(wb, run.id).resolve() == folder:
+            home = run_dir(wb, run.id).resolve()
+            if run.config.get("run_folder") == str(folder) or home == given or home in given.parents:
                 return run.id
+        if folder is None:  # a bare model folder: nothing says what it was trained on
+            return None
+        config, progress = _read_json(folder / "config.json"), _read_json(folder / "progress.json")
         export = Path(str(config.get("export") or "")).resolve()
         export_id = s.scalar(select(Export.id).where(Export.path == str(export))) if config.get("export") else None
-        if export_id is None:
+        if export_id is None or progress.get("status") != "done":  # not ours, or not finished (a checkpoint of it)
             return None
-        if progress.get("status") != "done":
-            raise RunError(f"the run in {folder} is {progress.get('status') or 'unfinished'}; register it once it is done")
         run = TrainingRun(
             export_id=export_id,
             preset=str(config.get("preset") or "custom")[:64],
