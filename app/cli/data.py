@@ -460,7 +460,7 @@ def sources(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", he
     out.print(table)
     for entry in report.sources:
         out.print(f"{entry.source}: {entry.held_out}")
-    out.print(f"How each measure was decided (a source replaces the choice only when better with P >= {CONFIDENCE}):")
+    out.print(f"How each measure was decided (a source replaces the choice only when better with P >= {CONFIDENCE:.4f}):")
     for measure in MEASURES:
         out.print(f"  {measure}: {describe_decision(report, measure)}")
     for run_id in report.run_ids():
