@@ -1,5 +1,6 @@
-"""The 11-field caption schema, vocabularies and the diagnosis taxonomy. Pure Python, no I/O
-beyond reading its own data files."""
+"""The 11-field caption schema, vocabularies and the diagnosis taxonomy, and the file formats both sides
+share. Pure Python; its I/O is reading its own data files and schema/files.py, the one place that writes
+files (atomically, with private permissions) for curation and the trainer alike."""
 
 from schema.caption import SCHEMA_VERSION, Caption, json_schema, parse, render, validate_caption
 from schema.compare import caption_scores, field_score

@@ -1,9 +1,11 @@
 """One TrainConfig for every stage and preset; loadable from TOML, overridden by CLI flags.
 
-Presets: `tiny` (a Qwen2.5-VL built from config, trained from scratch on the CPU in minutes, SFT warm start
-on), `qwen2.5-vl-7b` (pretrained weights from `model`, bf16, the paper's learning rates, no warm start) and
-`probe` (trainer/probe.py: a frozen CLIP/SigLIP image encoder from `model` plus linear heads; the GRPO and
-FDLinear settings do not apply to it).
+Presets (PRESETS below; PRESET_NOTES says what each is for): `tiny` (a Qwen2.5-VL built from config, trained
+from scratch on the CPU in minutes, SFT warm start on), `qwen2.5-vl-7b` (pretrained weights from `model`, bf16,
+the paper's learning rates, no warm start, several GPUs), the one-GPU presets `qwen2.5-vl-3b-lora`,
+`qwen2.5-vl-7b-lora` and `qwen2.5-vl-7b-qlora` (LoRA on the language model, FDLinear on the last 8 vision blocks;
+the last with a 4-bit language model), and `probe` (trainer/probe.py: a frozen CLIP/SigLIP image encoder from
+`model` plus linear heads; the GRPO and FDLinear settings do not apply to it).
 """
 
 from __future__ import annotations
@@ -150,7 +152,7 @@ class TrainConfig:
     beta: float = 0.04  # KL to the reference policy
     # stage II reward
     k: int = 6
-    partial_credit: bool = True
+    partial_credit: bool = True  # the nine-group credit and the malignant-as-benign safety penalty, together
     group_credit: float = 0.5
     safety_penalty: float = 0.5
     # machine

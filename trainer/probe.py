@@ -18,8 +18,9 @@ The free-text field (`other`) stays empty: a linear head does not write prose. r
 probe.json (layout, thresholds, standardisation, encoder reference and fingerprint), heads.safetensors,
 taxonomy.json and, for a built encoder, encoder/. Predictions have trainer/predict.py's shape.
 
-One module (~600 lines) on purpose: encoder, cache, heads, their fitting and decoding are one model, read top to
-bottom like trainer/model.py; trainer/train.py and trainer/predict.py dispatch to it by preset and by probe.json.
+One module on purpose: encoder, cache, heads, their fitting and decoding are one model, read top to bottom like
+trainer/model.py, in `# --` sections; trainer/train.py and trainer/predict.py dispatch to it by preset and by
+probe.json.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Near-duplicate groups from perceptual hashes (storage.dhash): images whose 64-bit hashes differ in
+"""Near-duplicate groups from perceptual hashes (curation/ingest/clean.dhash): images whose 64-bit hashes differ in
 at most `max_distance` bits belong together, transitively. Fitzpatrick17k is known to contain such
 duplicates; keeping a group in one split keeps the test set honest.
 

@@ -1,5 +1,6 @@
 """Read models for the app's pages: what one image looks like to an annotator, the dataset table,
-and an image's full history. Pure reads; the pages call these instead of touching the database."""
+and an image's full history; the pages call these instead of touching the database. Reads, with one write:
+image_detail makes the image's routed draft (and its audit event) when the current evidence has none yet."""
 
 from __future__ import annotations
 
