@@ -108,9 +108,14 @@ def test_the_cli_accepts_source_labels_and_exports_them(tmp_path):
 
 
 def test_the_admin_page_accepts_and_undoes_source_labels_and_exports_them(ham, admin, tmp_path, monkeypatch):
+    import streamlit as st
+
     from tests.test_app_pages import page
 
+    # the page opens its own workbench: this one's home and database (PostgreSQL under make test-postgres)
     monkeypatch.setenv("SKINFLOW_HOME", str(ham.settings.home))
+    monkeypatch.setenv("SKINFLOW_DATABASE_URL", ham.engine.url.render_as_string(hide_password=False))
+    st.cache_resource.clear()  # the app caches its workbench: never another test's
     at = page(ham, "admin", "admin")
     where = [t for t in at.text_input if t.label.startswith("Only rows where")][0]
     where.input("dx_type=follow_up")
