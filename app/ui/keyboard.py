@@ -172,7 +172,12 @@ _SCRIPT = """
   let wanted = null;  // {until, buffer}
   // as if typed: the browser's own text insertion fires the events the search box listens to (a value set from
   // a script showed the text but opened no list)
-  const typeInto = (input, text) => { input.focus(); doc.execCommand("insertText", false, text); };
+  let scripted = false;  // true while our own execCommand types: its input events are not a person's letters
+  const typeInto = (input, text) => {
+    input.focus();
+    scripted = true;
+    try { doc.execCommand("insertText", false, text); } finally { scripted = false; }
+  };
   // a search holding typed text with its list closed (a late rerun or a scroll closed it): retype the last letter,
   // which filters the list open again, as a keystroke would
   const reopen = (input) => {
@@ -181,8 +186,11 @@ _SCRIPT = """
         input.getAttribute("aria-expanded") === "true") { return false; }
     trace("reopen", typed);
     input.setSelectionRange(typed.length, typed.length);
-    doc.execCommand("delete");
-    doc.execCommand("insertText", false, typed.slice(-1));
+    scripted = true;
+    try {
+      doc.execCommand("delete");
+      doc.execCommand("insertText", false, typed.slice(-1));
+    } finally { scripted = false; }
     return true;
   };
   // a rerun that lands after the buffered letters were typed may draw the search again, empty (a new element, or
@@ -311,7 +319,15 @@ _SCRIPT = """
   doc.addEventListener("input", (event) => {
     if (!isCombo(event.target)) { return; }
     event.target.dataset.typed = event.target.value;
-    if (event.target.closest("[class*='dx_pick']")) { searchTyped = event.target.value; }
+    if (event.target.closest("[class*='dx_pick']")) {
+      // typed by a person too (a click into the box, then letters): a late rerun of the click on "Correct" closed
+      // the list under the typed text in a CI run, and the option never came back
+      searchTyped = event.target.value;
+      if (!scripted) {
+        const since = performance.now();
+        [250, 600, 1200, 2500].forEach((ms) => setTimeout(() => whenSettled(() => keepTyped(since)), ms));
+      }
+    }
     setTimeout(() => settle(event.target), 30);
   }, true);
 
