@@ -17,7 +17,7 @@ import platform
 import sys
 import time
 import traceback
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -112,7 +112,7 @@ def main() -> None:
             print(" | ".join(row))
     lines = [
         f"Run of `python -m benchmarks` ({', '.join(chosen)}) at commit {commit_id()} on "
-        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; "
         f"{os.cpu_count()} cores, {cpu_model()}, Python {platform.python_version()}. Details in the sections below.",
         "",
         "| " + " | ".join(header) + " |",

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -156,7 +156,7 @@ def commit_id() -> str:
 
 def write_section(title: str, lines: list[str]) -> None:
     """Replace the section `title` of RESULTS.md with `lines`, stamped with the commit and the time of the run."""
-    stamp = f"_Measured at commit {commit_id()}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC._"
+    stamp = f"_Measured at commit {commit_id()}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC._"
     lines = [*lines, "", stamp]
     text_ = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
     start = text_.find(f"## {title}")

@@ -15,6 +15,7 @@ import os
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,14 +67,14 @@ def main() -> None:
         for batch in (1, 4):
             x = torch.randn(batch, TOKENS, fan_in)
             with torch.no_grad():
-                plain, ours = paired_seconds(lambda: linear(x), lambda: layer(x), args.repeats)
+                plain, ours = paired_seconds(partial(linear, x), partial(layer, x), args.repeats)
 
-            def train_step(module):
+            def train_step(module, x=x):
                 module.zero_grad(set_to_none=True)
                 module(x).sum().backward()
 
             plain_train, ours_train = paired_seconds(
-                lambda: train_step(linear), lambda: train_step(layer), max(3, args.repeats // 3)
+                partial(train_step, linear), partial(train_step, layer), max(3, args.repeats // 3)
             )
             rows.append((fan_in, fan_out, batch, plain, ours, plain_train, ours_train))
             record(

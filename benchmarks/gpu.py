@@ -33,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,13 +201,13 @@ def bench_fdlinear(device: str, repeats: int, tokens: int = 1296) -> list[dict]:
                 samples.append(time.perf_counter() - start)
             return statistics.median(samples)
 
-        def train_step(module):
+        def train_step(module, x=x):
             module.zero_grad(set_to_none=True)
             module(x).float().sum().backward()
 
         with torch.no_grad():
-            forward = (timed(lambda: linear(x)), timed(lambda: layer(x)))
-        backward = (timed(lambda: train_step(linear)), timed(lambda: train_step(layer)))
+            forward = (timed(partial(linear, x)), timed(partial(layer, x)))
+        backward = (timed(partial(train_step, linear)), timed(partial(train_step, layer)))
         rows.append({"shape": f"{fan_in}->{fan_out}", "forward": forward, "train": backward})
     return rows
 

@@ -112,4 +112,4 @@ def simulate(
         first = rng.uniform(0.85, 0.95)
     rest = [math.exp(-0.7 * i) for i in range(len(ranked) - 1)]
     scores = [first, *((1 - first) * r / sum(rest) for r in rest)]
-    return caption, [{"key": k, "score": round(s, 4)} for k, s in zip(ranked, scores)]
+    return caption, [{"key": k, "score": round(s, 4)} for k, s in zip(ranked, scores, strict=True)]

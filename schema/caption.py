@@ -150,7 +150,7 @@ class Caption(BaseModel):
         return "" if _is_empty(text) else text
 
     @model_validator(mode="after")
-    def _size_consistent(self) -> "Caption":
+    def _size_consistent(self) -> Caption:
         if self.size_mm is not None:
             band = size_band_for_mm(self.size_mm)
             if self.size is None:
@@ -178,7 +178,7 @@ class Caption(BaseModel):
         return self.model_dump(mode="json")
 
     @classmethod
-    def from_json(cls, data: dict[str, Any] | str) -> "Caption":
+    def from_json(cls, data: dict[str, Any] | str) -> Caption:
         return validate_caption(json.loads(data) if isinstance(data, str) else data)
 
 

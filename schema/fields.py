@@ -64,7 +64,7 @@ MAX_SIZE_MM = 1000.0
 
 def size_band_for_mm(mm: float) -> str:
     """The size band a measured diameter (mm) falls in."""
-    for band, upper in zip(SIZE_VALUES, SIZE_BAND_UPPER_MM):
+    for band, upper in zip(SIZE_VALUES, SIZE_BAND_UPPER_MM, strict=True):
         if mm < upper:
             return band
     return SIZE_VALUES[-1]

@@ -11,8 +11,9 @@ import os
 import re
 import socket
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from schema.errors import SkinflowError
 

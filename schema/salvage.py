@@ -128,14 +128,8 @@ def _size(value: Any) -> tuple[float | None, str]:
     return None, "not a size band or a measurement"
 
 
-def salvage_caption(data: Any) -> tuple[Caption, list[FieldNote]]:
-    """The usable part of a caption and a note per field that was coerced, dropped or ignored. CaptionError when
-    nothing usable is left."""
-    if isinstance(data, Caption):
-        return data, []
-    if not isinstance(data, dict):
-        raise CaptionError(f"a caption must be an object with the 11 fields, got {type(data).__name__}")
-    notes: list[FieldNote] = []
+def _given_fields(data: dict, notes: list[FieldNote]) -> dict[str, Any]:
+    """The caption fields an object names (keys by field or by label), each once; the rest noted as ignored."""
     given: dict[str, Any] = {}
     for key, value in data.items():
         if len(str(key)) > MAX_KEY_CHARS:
@@ -153,36 +147,60 @@ def salvage_caption(data: Any) -> tuple[Caption, list[FieldNote]]:
             notes.append(FieldNote(field, "ignored", f"given twice (as {key!r}); the first is kept", _shown(value)))
         else:
             given[field] = value
+    return given
+
+
+def _keep_measurement(measured: Any, data: dict, kept: dict[str, Any], notes: list[FieldNote]) -> None:
+    """A measured diameter into kept["size_mm"] when it is a plausible one; noted as dropped otherwise."""
+    if isinstance(measured, str):
+        measured, _how = _size(measured)
+    if isinstance(measured, (int, float)) and not isinstance(measured, bool) and 0 < measured <= MAX_SIZE_MM:
+        kept["size_mm"] = float(measured)
+        return
+    reason = "no measurement (0 or less means unknown)" if isinstance(measured, (int, float)) else "not a number"
+    if isinstance(measured, (int, float)) and measured > MAX_SIZE_MM:
+        reason = f"over {MAX_SIZE_MM:g} mm: not a lesion's diameter"
+    notes.append(FieldNote("size_mm", "dropped", reason, _shown(data.get("size_mm", measured))))
+
+
+def _coerced(field: str, value: Any, problem: str, kept: dict[str, Any]) -> tuple[Any, str]:
+    """(the value a field's invalid answer can be read as, or None; how). A size given as a measurement also sets
+    kept["size_mm"] when none was measured."""
+    if field == "number":
+        return _number(value)
+    if field == "size":
+        mm, how = _size(value)
+        if mm is None or not 0 < mm <= MAX_SIZE_MM:
+            return None, how
+        if "size_mm" in kept and size_band_for_mm(kept["size_mm"]) != size_band_for_mm(mm):
+            how = f"{how}, but the measurement {kept['size_mm']:g} mm disagrees; the measurement decides"
+        else:
+            kept.setdefault("size_mm", mm)
+        return size_band_for_mm(kept["size_mm"]), how
+    if field == "other" and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return "; ".join(v.strip() for v in value if v.strip()), "a list joined into one text"
+    return None, problem
+
+
+def salvage_caption(data: Any) -> tuple[Caption, list[FieldNote]]:
+    """The usable part of a caption and a note per field that was coerced, dropped or ignored. CaptionError when
+    nothing usable is left."""
+    if isinstance(data, Caption):
+        return data, []
+    if not isinstance(data, dict):
+        raise CaptionError(f"a caption must be an object with the 11 fields, got {type(data).__name__}")
+    notes: list[FieldNote] = []
+    given = _given_fields(data, notes)
     kept: dict[str, Any] = {}
     measured = given.pop("size_mm", None)
     if measured is not None:
-        if isinstance(measured, str):
-            measured, _how = _size(measured)
-        if isinstance(measured, (int, float)) and not isinstance(measured, bool) and 0 < measured <= MAX_SIZE_MM:
-            kept["size_mm"] = float(measured)
-        else:
-            reason = "no measurement (0 or less means unknown)" if isinstance(measured, (int, float)) else "not a number"
-            if isinstance(measured, (int, float)) and measured > MAX_SIZE_MM:
-                reason = f"over {MAX_SIZE_MM:g} mm: not a lesion's diameter"
-            notes.append(FieldNote("size_mm", "dropped", reason, _shown(data.get("size_mm", measured))))
+        _keep_measurement(measured, data, kept, notes)
     for field, value in given.items():
         problem = _valid(field, value)
         if problem is None:
             kept[field] = value
             continue
-        coerced, how = None, problem
-        if field == "number":
-            coerced, how = _number(value)
-        elif field == "size":
-            mm, how = _size(value)
-            if mm is not None and 0 < mm <= MAX_SIZE_MM:
-                if "size_mm" in kept and size_band_for_mm(kept["size_mm"]) != size_band_for_mm(mm):
-                    how = f"{how}, but the measurement {kept['size_mm']:g} mm disagrees; the measurement decides"
-                else:
-                    kept.setdefault("size_mm", mm)
-                coerced = size_band_for_mm(kept["size_mm"])
-        elif field == "other" and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-            coerced, how = "; ".join(v.strip() for v in value if v.strip()), "a list joined into one text"
+        coerced, how = _coerced(field, value, problem, kept)
         if coerced is not None and _valid(field, coerced) is None:
             kept[field] = coerced
             notes.append(FieldNote(field, "changed", how, _shown(value)))

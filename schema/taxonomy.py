@@ -19,7 +19,7 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -46,7 +46,7 @@ _TOKEN_REWRITES = {
 }
 
 
-class Relevance(str, Enum):
+class Relevance(StrEnum):
     """How a predicted diagnosis relates to the true one, best first."""
 
     EXACT = "exact"

@@ -78,7 +78,7 @@ def case_of(data_url: str) -> int | None:
     try:
         raw = base64.b64decode(data_url.split(",", 1)[1])
         red = Image.open(io.BytesIO(raw)).convert("RGB").getpixel((2, 2))[0]
-    except Exception:
+    except Exception:  # noqa: BLE001 - any picture that is not one of ours has no case number
         return None
     return round((red - 10) / 20)
 
@@ -121,7 +121,7 @@ class FakeLLM:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
-    def __enter__(self) -> "FakeLLM":
+    def __enter__(self) -> FakeLLM:
         self.thread.start()
         return self
 
@@ -135,7 +135,7 @@ class FakeLLM:
             self.attempts.clear()
 
     # -- behaviour ------------------------------------------------------------------------------
-    def handle(self, request: BaseHTTPRequestHandler, body: dict) -> None:
+    def handle(self, request: BaseHTTPRequestHandler, body: dict) -> None:  # noqa: C901 - one branch per scripted behaviour
         if request.path.rstrip("/") == "/stats":
             return self._send(request, 200, {"requests": self.requests, "max_in_flight": self.max_in_flight})
         if request.path.rstrip("/") != "/v1/chat/completions":

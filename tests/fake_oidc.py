@@ -27,7 +27,7 @@ class FakeIdentityProvider:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def __enter__(self) -> "FakeIdentityProvider":
+    def __enter__(self) -> FakeIdentityProvider:
         self.thread.start()
         return self
 

@@ -289,7 +289,7 @@ def test_admin_settings_and_users(demo_home):
     [b for b in at.button if b.label == "Add user"][0].click().run()
     assert any("Created drjones" in m.value for m in at.success)
     assert get_actor(demo_home, "drjones").role == "annotator"
-    users = lambda: dict(zip(at.dataframe[0].value["username"], at.dataframe[0].value["role"]))  # noqa: E731
+    users = lambda: dict(zip(at.dataframe[0].value["username"], at.dataframe[0].value["role"], strict=True))  # noqa: E731
     assert users()["drjones"] == "annotator"  # the table of the same run shows the new user
     at.text_input(key="role_user").input("drjones")
     at.selectbox(key="role_role").select("reviewer")

@@ -7,6 +7,7 @@ import pytest
 
 from schema.caption import Caption, render
 from schema.fields import FIELD_KEYS
+from schema.run_files import Prediction, RankedDiagnosis
 from schema.taxonomy import default_taxonomy
 from trainer.data import ExportData
 from trainer.errors import TrainerError
@@ -46,11 +47,13 @@ def data(tmp_path):
 
 
 def pred(i, keys, score, caption_text=""):
-    return {
-        "id": i,
-        "diagnoses": [{"key": k, "score": score if n == 0 else 0.01} for n, k in enumerate(keys)],
-        "caption_text": caption_text,
-    }
+    return Prediction(
+        image=f"images/{i}.jpg",
+        model_version="m",
+        id=i,
+        diagnoses=[RankedDiagnosis(k, score if n == 0 else 0.01) for n, k in enumerate(keys)],
+        caption_text=caption_text,
+    )
 
 
 PREDICTIONS = {

@@ -190,7 +190,7 @@ def test_the_train_page_says_which_fields_activating_a_run_fills(bench, admin, m
         assert not at.exception, at.exception
         assert any(m.value.startswith("**Activating it fills:** shape") for m in at.markdown)
         table = at.dataframe[-1].value
-        assert dict(zip(table["measure"], table["verdict"]))["color"] == "below"
+        assert dict(zip(table["measure"], table["verdict"], strict=True))["color"] == "below"
     finally:
         st.cache_resource.clear()
 

@@ -438,7 +438,7 @@ def test_a_folder_import_follows_links_only_to_files_inside_the_folder(wb, admin
 
 
 def test_csv_column_count_and_metadata_size_are_capped(wb, admin, tmp_path):
-    from curation.ingest.csv_import import MAX_CSV_COLUMNS, MAX_METADATA_CHARS
+    from curation.ingest.csv_rows import MAX_CSV_COLUMNS, MAX_METADATA_CHARS
 
     wide = tmp_path / "wide.csv"
     columns = ["url", "label"] + [f"c{i}" for i in range(MAX_CSV_COLUMNS)]

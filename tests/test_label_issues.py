@@ -61,7 +61,7 @@ def test_flipped_labels_rank_near_the_top(wb, reviewer, noisy_set):
     assert len(top & flipped) >= 5, (top, flipped)
     first = issues[0]
     assert first.image_id in flipped and first.label_source == "source" and first.suggested != first.label
-    assert all(a.label_quality <= b.label_quality for a, b in zip(issues, issues[1:]))
+    assert all(a.label_quality <= b.label_quality for a, b in zip(issues, issues[1:], strict=False))
 
 
 def test_pred_probs_spread_the_unlisted_mass():

@@ -169,7 +169,7 @@ def test_disagreement_serves_the_largest_draft_suggestion_distance_first(wb, adm
 def test_fitzpatrick_balance_serves_the_least_represented_skin_type_first(wb, admin, annotator, images):
     update_workflow_settings(wb, admin, gold_rate=0.0)
     with wb.session() as s:
-        for image_id, skin_type in zip(images, (1, 1, 2, 5, 6, None)):
+        for image_id, skin_type in zip(images, (1, 1, 2, 5, 6, None), strict=True):
             s.get(Image, image_id).fitzpatrick = skin_type
         extra = [
             Image(source="test", status="annotated", sha256=f"{100 + i:064x}", file_path=f"x{i}.jpg", fitzpatrick=t)

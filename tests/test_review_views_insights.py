@@ -267,7 +267,7 @@ def test_edit_rates_per_field_compare_what_annotators_started_from(wb, admin, an
         wb, annotator, ids[1], base, diagnosis="psoriasis", diagnosis_status="confirmed", based_on_draft_id=model[1]
     )
     # from the LLM draft: both change colour and number, and the diagnosis
-    for image_id, draft in zip(ids[2:], llm):
+    for image_id, draft in zip(ids[2:], llm, strict=True):
         submit_annotation(
             wb,
             annotator,

@@ -113,7 +113,7 @@ def test_retrain_runs_in_the_background_and_activation_fills_the_queue(curated, 
         from curation.labelling.queue import release
 
         with curated.session() as s:  # hand the leases back for the next strategy
-            for person, image_id in zip(people, served):
+            for person, image_id in zip(people, served, strict=True):
                 release(s, person.id, image_id)
 
     # and the annotate page shows the suggestion as a prefill source with its diagnoses as choices

@@ -263,7 +263,7 @@ def test_tiny_end_to_end_train_resume_and_predict(grpo_export, tmp_path):
     stage1, _ = load(run / "stage1" / "final")
     stage2, _ = load(run / "stage2" / "final")
     assert sum(isinstance(m, FDLinear) for m in stage2.modules()) == 6
-    assert any(not torch.equal(a, b) for a, b in zip(stage1.state_dict().values(), stage2.state_dict().values()))
+    assert any(not torch.equal(a, b) for a, b in zip(stage1.state_dict().values(), stage2.state_dict().values(), strict=True))
 
     # interrupted in stage 2 after its first checkpoint: resume finishes it from there and reruns nothing else
     import shutil

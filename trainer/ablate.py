@@ -26,13 +26,15 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from schema.files import write_json_atomic
+from schema.run_files import RunProgress, write_progress
 from trainer.config import ABLATION_VARIANTS, TrainConfig
 from trainer.data import ExportData, load_export
 from trainer.errors import TrainerError
@@ -141,11 +143,8 @@ def run_one(config: AblationConfig, data: ExportData, variant: str, seed: int, c
     return result
 
 
-def _progress(out: Path, status: str, done: int, total: int, **extra: Any) -> None:
-    write_json_atomic(
-        out / "progress.json",
-        {"status": status, "done": done, "total": total, "pid": os.getpid(), "updated": time.time(), **extra},
-    )
+def _progress(out: Path, status: str, done: int, total: int, current: str | None = None) -> None:
+    write_progress(out, RunProgress(status=status, done=done, total=total, current=current, pid=os.getpid(), updated=time.time()))
 
 
 def run_ablation(config: AblationConfig, *, on_progress: Callable[[str], None] | None = None) -> dict[str, Any] | None:

@@ -182,13 +182,13 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # passed to trl's configs as is
 
     @classmethod
-    def for_preset(cls, preset: str, **overrides: Any) -> "TrainConfig":
+    def for_preset(cls, preset: str, **overrides: Any) -> TrainConfig:
         if preset not in PRESETS:
             raise TrainerError(f"unknown preset {preset!r}; use one of: {', '.join(PRESETS)}")
         return cls(preset=preset, **{**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}})
 
     @classmethod
-    def from_toml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
+    def from_toml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
         try:
             doc = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:

@@ -27,12 +27,14 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from schema.files import read_jsonl
+from schema.run_files import Prediction
 from schema.taxonomy import Relevance, Taxonomy
 from trainer.data import ExportData
 from trainer.errors import TrainerError
@@ -44,33 +46,31 @@ BOOTSTRAP = 1000
 
 
 # -- per-item arrays -----------------------------------------------------------------------------------
-def diagnosis_items(
-    predictions: dict[int, dict[str, Any]], rows: list[dict[str, Any]], taxonomy: Taxonomy
-) -> dict[str, np.ndarray]:
+def diagnosis_items(predictions: dict[int, Prediction], rows: list[dict[str, Any]], taxonomy: Taxonomy) -> dict[str, np.ndarray]:
     """Per-item columns for the rows that have a prediction."""
     truth, ranked, confidence, skin = [], [], [], []
     for row in rows:
         p = predictions.get(row["id"])
         if p is None:
             continue
-        keys = [d.get("key") for d in p.get("diagnoses") or []]
+        keys = [d.key for d in p.diagnoses]
         truth.append(row["diagnosis_key"])
         ranked.append([k if k in taxonomy.labels else None for k in keys])
-        confidence.append(float((p.get("diagnoses") or [{}])[0].get("score") or 0.0))
+        confidence.append(p.top.score if p.top else 0.0)
         # the type, or the band where the source knows only that (DDI): reported as its own row, never as unknown
         band = row.get("fitzpatrick_band")
         skin.append(str(row["fitzpatrick"]) if row.get("fitzpatrick") is not None else f"band {band}" if band else None)
     n = len(truth)
     top = [r[0] if r else None for r in ranked]
-    relevance = [taxonomy.relevance(t, truth_key) if t else Relevance.UNRELATED for t, truth_key in zip(top, truth)]
+    relevance = [taxonomy.relevance(t, truth_key) if t else Relevance.UNRELATED for t, truth_key in zip(top, truth, strict=True)]
     malignant_truth = np.array([taxonomy.is_malignant(t) for t in truth], dtype=bool)
     malignant_answer = np.array([t is not None and taxonomy.is_malignant(t) for t in top], dtype=bool)
     return {
         "truth": np.array(truth, dtype=object),
         "top1_key": np.array(top, dtype=object),
-        "hit1": np.array([r[:1] == [t] for r, t in zip(ranked, truth)], dtype=bool),
-        "hit3": np.array([t in r[:3] for r, t in zip(ranked, truth)], dtype=bool),
-        "hit6": np.array([t in r[:6] for r, t in zip(ranked, truth)], dtype=bool),
+        "hit1": np.array([r[:1] == [t] for r, t in zip(ranked, truth, strict=True)], dtype=bool),
+        "hit3": np.array([t in r[:3] for r, t in zip(ranked, truth, strict=True)], dtype=bool),
+        "hit6": np.array([t in r[:6] for r, t in zip(ranked, truth, strict=True)], dtype=bool),
         "group9": np.array([rel in (Relevance.EXACT, Relevance.SAME_GROUP9) for rel in relevance], dtype=bool),
         "group3": np.array([rel != Relevance.UNRELATED for rel in relevance], dtype=bool),
         "clinical": np.array([CLINICAL_WEIGHTS[rel] for rel in relevance], dtype=float),
@@ -182,7 +182,8 @@ def mcnemar(a_correct: np.ndarray, b_correct: np.ndarray) -> dict[str, Any]:
 
 
 # -- the report -------------------------------------------------------------------------------------------
-def read_predictions(path: str | Path) -> dict[int, dict[str, Any]]:
+def read_predictions(path: str | Path) -> dict[int, Prediction]:
+    """A prediction file by export record id; TrainerError names the first row that is not a prediction."""
     path = Path(path)
     if not path.is_file():
         raise TrainerError(f"prediction file {path} does not exist; make one with `skinflow predict`")
@@ -192,10 +193,16 @@ def read_predictions(path: str | Path) -> dict[int, dict[str, Any]]:
         error=TrainerError,
         problem="has no integer 'id' (the export record id); predict from the export's grpo/*.jsonl",
     )
-    return {row["id"]: row for row in rows}
+    predictions = {}
+    for number, row in enumerate(rows, 1):
+        try:
+            predictions[row["id"]] = Prediction.from_json(row)
+        except ValueError as e:
+            raise TrainerError(f"{path} row {number}: {e}; is this a `skinflow predict` file?") from None
+    return predictions
 
 
-def evaluate(predictions: dict[int, dict[str, Any]], data: ExportData, *, split: str = "test") -> dict[str, Any]:
+def evaluate(predictions: dict[int, Prediction], data: ExportData, *, split: str = "test") -> dict[str, Any]:
     """The full report as a dict (JSON-ready)."""
     rows2, rows1 = data.rows(2, split), data.rows(1, split)
     if not rows2 and not rows1:
@@ -241,15 +248,13 @@ def evaluate(predictions: dict[int, dict[str, Any]], data: ExportData, *, split:
     }
 
 
-def caption_report(
-    predictions: dict[int, dict[str, Any]], rows: list[dict[str, Any]], weights: dict[str, float]
-) -> dict[str, Any]:
+def caption_report(predictions: dict[int, Prediction], rows: list[dict[str, Any]], weights: dict[str, float]) -> dict[str, Any]:
     from schema.caption import parse, validate_caption
     from schema.compare import caption_scores
     from schema.errors import CaptionError
     from schema.fields import FIELD_KEYS
 
-    pairs = [(predictions[r["id"]].get("caption_text") or "", r["caption"]) for r in rows if r["id"] in predictions]
+    pairs = [(predictions[r["id"]].caption_text, r["caption"]) for r in rows if r["id"] in predictions]
     if not pairs:
         return {"n": 0, "reward": None, "fields": {}}
     rewards = np.array(caption_reward([p for p, _ in pairs], [t for _, t in pairs], weights=weights))
@@ -269,9 +274,7 @@ def caption_report(
     }
 
 
-def compare(
-    a: dict[int, dict[str, Any]], b: dict[int, dict[str, Any]], data: ExportData, *, split: str = "test"
-) -> dict[str, Any]:
+def compare(a: dict[int, Prediction], b: dict[int, Prediction], data: ExportData, *, split: str = "test") -> dict[str, Any]:
     """Paired comparison of two prediction files on the items both cover."""
     rows = [r for r in data.rows(2, split) if r["id"] in a and r["id"] in b]
     if not rows:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -111,7 +111,7 @@ class FDLinear(nn.Module):
         nn.init.ones_(self.norm.weight)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, *, num_bases: int = 4, reduction: float = 1 / 16) -> "FDLinear":
+    def from_linear(cls, linear: nn.Linear, *, num_bases: int = 4, reduction: float = 1 / 16) -> FDLinear:
         layer = cls(
             linear.in_features,
             linear.out_features,
@@ -226,7 +226,7 @@ class FDLinear(nn.Module):
             gate = f[:, None, :] if f_on_output else None
         else:
             pieces = []
-            for i, (s, e) in enumerate(zip(boundaries[:-1].tolist(), boundaries[1:].tolist())):
+            for i, (s, e) in enumerate(zip(boundaries[:-1].tolist(), boundaries[1:].tolist(), strict=True)):
                 pieces.append((x[s:e] * c[i] if c_on_input else x[s:e]) @ weights[i].T)
             out = torch.cat(pieces)
             gate = torch.repeat_interleave(f, lengths, dim=0) if f_on_output else None
@@ -250,7 +250,7 @@ class ImageBoundaries:
     def __init__(self) -> None:
         self.boundaries: torch.Tensor | None = None
 
-    def __deepcopy__(self, memo: dict) -> "ImageBoundaries":
+    def __deepcopy__(self, memo: dict) -> ImageBoundaries:
         # Shared, never copied. peft's ModulesToSaveWrapper deep-copies a single FDLinear to train it: a copied
         # source would never be updated by the tower's hook, and the copy would gate a whole batch as one image.
         # A deep copy of a whole model shares it too, which is right as long as two towers do not interleave one

@@ -9,8 +9,9 @@ FDLinear settings live in `config.vision_config.skinflow_fdlinear` ({"layers": [
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import nn

@@ -15,8 +15,9 @@ Output line: {"image", "id", "model_version", "caption" (dict or null), "caption
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import torch
 from PIL import Image
@@ -24,6 +25,7 @@ from PIL import Image
 from schema.caption import parse
 from schema.errors import CaptionError
 from schema.files import iter_jsonl
+from schema.run_files import PROGRESS_FILE, Prediction, RankedDiagnosis, write_image_manifest, write_predictions
 from schema.taxonomy import Taxonomy, load_taxonomy
 from trainer.errors import TrainerError
 from trainer.model import load
@@ -102,7 +104,7 @@ class Predictor:
     @staticmethod
     def _run_config(checkpoint: Path) -> dict[str, Any]:
         for folder in (checkpoint, *checkpoint.parents):
-            if (folder / "config.json").is_file() and (folder / "progress.json").exists():
+            if (folder / "config.json").is_file() and (folder / PROGRESS_FILE).exists():
                 return json.loads((folder / "config.json").read_text(encoding="utf-8"))
         return {}
 
@@ -138,7 +140,7 @@ class Predictor:
                 scores.append(token_lp[row, -answer_len:].sum())
         return torch.stack(scores)
 
-    def predict(self, items: Iterable[dict[str, Any]], *, batch_size: int = 8, k: int = 6) -> Iterator[dict[str, Any]]:
+    def predict(self, items: Iterable[dict[str, Any]], *, batch_size: int = 8, k: int = 6) -> Iterator[Prediction]:
         for batch in _batches(list(items), batch_size):
             images = [Image.open(item["path"]).convert("RGB") for item in batch]
             captions = self.generate(images, self.instructions["caption"])
@@ -150,23 +152,21 @@ class Predictor:
                     caption, error = parse(caption_text).to_json(), None
                 except CaptionError as e:
                     caption, error = None, str(e)
-                yield {
-                    "image": str(item["image"]),
-                    "id": item.get("id"),
-                    "model_version": self.model_version,
-                    "caption": caption,
-                    "caption_text": caption_text,
-                    "caption_error": error,
-                    "diagnoses": [
-                        {
-                            "key": self.keys[i],
-                            "display": self.taxonomy.label(self.keys[i]).display,
-                            "score": round(float(probs[i]), 6),
-                        }
+                yield Prediction(
+                    image=str(item["image"]),
+                    id=item.get("id"),
+                    model_version=self.model_version,
+                    caption=caption,
+                    caption_text=caption_text,
+                    caption_error=error,
+                    diagnoses=[
+                        RankedDiagnosis(
+                            key=self.keys[i], score=round(float(probs[i]), 6), display=self.taxonomy.label(self.keys[i]).display
+                        )
                         for i in top.indices.tolist()
                     ],
-                    "answer": answer,
-                }
+                    answer=answer,
+                )
 
 
 def load_predictor(checkpoint: str | Path):
@@ -179,17 +179,7 @@ def load_predictor(checkpoint: str | Path):
 def predict_to_file(checkpoint: str | Path, manifest: str | Path, out: str | Path, *, batch_size: int = 8, k: int = 6) -> int:
     """Write one JSON line per image (atomically); returns how many."""
     predictor = load_predictor(checkpoint)
-    items = read_manifest(manifest)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    count = 0
-    with tmp.open("w", encoding="utf-8") as handle:
-        for row in predictor.predict(items, batch_size=batch_size, k=k):
-            handle.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
-            count += 1
-    tmp.replace(out)
-    return count
+    return write_predictions(Path(out), predictor.predict(read_manifest(manifest), batch_size=batch_size, k=k))
 
 
 HELD_OUT_FILE = "held_out_predictions.jsonl"
@@ -207,9 +197,7 @@ def predict_held_out(run_dir: Path, data) -> Path | None:
     if not items:
         return None
     manifest = run_dir / "held_out_images.jsonl"
-    manifest.write_text(
-        "".join(json.dumps({"id": item["id"], "image": str(item["path"])}) + "\n" for item in items), encoding="utf-8"
-    )
+    write_image_manifest(manifest, items)
     out = run_dir / HELD_OUT_FILE
     predict_to_file(run_dir, manifest, out)
     return out
@@ -222,9 +210,7 @@ def predict_split(checkpoint: str | Path, data, split: str, out_dir: str | Path)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = out_dir / "images.jsonl"
-    manifest.write_text(
-        "".join(json.dumps({"id": item["id"], "image": str(item["path"])}) + "\n" for item in items), encoding="utf-8"
-    )
+    write_image_manifest(manifest, items)
     predictions = out_dir / "predictions.jsonl"
     predict_to_file(checkpoint, manifest, predictions)
     return predictions

@@ -31,9 +31,10 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,6 +47,7 @@ from schema.caption import render, validate_caption
 from schema.compare import ordinal_score, set_f1
 from schema.fields import MULTI_FIELDS, ORDINAL_VALUES
 from schema.files import write_atomic, write_json_atomic
+from schema.run_files import PROGRESS_FILE, Prediction, RankedDiagnosis, RunProgress, write_progress
 from schema.taxonomy import load_taxonomy
 from trainer.config import TrainConfig
 from trainer.data import ExportData
@@ -171,7 +173,7 @@ class FeatureExtractor:
                     features[sha] = np.load(cached)
                 except (OSError, ValueError):
                     pass  # a damaged cache file is encoded again and overwritten
-        todo = list({sha: path for sha, path in zip(shas, paths) if sha not in features}.items())
+        todo = list({sha: path for sha, path in zip(shas, paths, strict=True) if sha not in features}.items())
         for start in range(0, len(todo), self.batch_size):
             batch = todo[start : start + self.batch_size]
             images = []
@@ -229,7 +231,7 @@ class Targets:
     has_caption: torch.Tensor  # (N,) bool
     label: torch.Tensor  # (N,) label index, -1 without a verified diagnosis
 
-    def subset(self, index: torch.Tensor) -> "Targets":
+    def subset(self, index: torch.Tensor) -> Targets:
         return Targets(
             {k: v[index] for k, v in self.multi.items()},
             {k: v[index] for k, v in self.level.items()},
@@ -376,7 +378,7 @@ def decode_captions(logits: np.ndarray, layout: Layout, thresholds: dict[str, fl
     out = []
     for row in range(len(logits)):
         caption: dict[str, Any] = {
-            field: [t for t, p in zip(terms, probs[field][row]) if p >= thresholds.get(field, 0.5)]
+            field: [t for t, p in zip(terms, probs[field][row], strict=True) if p >= thresholds.get(field, 0.5)]
             for field, terms in layout.terms.items()
         }
         for field, values in ORDINAL_VALUES.items():
@@ -387,7 +389,8 @@ def decode_captions(logits: np.ndarray, layout: Layout, thresholds: dict[str, fl
 
 def _truth(targets: Targets, layout: Layout, row: int) -> dict[str, Any]:
     caption: dict[str, Any] = {
-        field: [t for t, on in zip(terms, targets.multi[field][row].tolist()) if on] for field, terms in layout.terms.items()
+        field: [t for t, on in zip(terms, targets.multi[field][row].tolist(), strict=True) if on]
+        for field, terms in layout.terms.items()
     }
     for field, values in ORDINAL_VALUES.items():
         level = int(targets.level[field][row])
@@ -398,7 +401,14 @@ def _truth(targets: Targets, layout: Layout, row: int) -> dict[str, Any]:
 def _multi_scores(probs: np.ndarray, terms: list[str], truths: list[list[str]], threshold: float) -> float:
     """Mean set F1 of the terms above `threshold` against the true terms (the field score routing uses)."""
     chosen = probs >= threshold
-    return float(np.mean([set_f1([t for t, on in zip(terms, row) if on], truth) for row, truth in zip(chosen, truths)]))
+    return float(
+        np.mean(
+            [
+                set_f1([t for t, on in zip(terms, row, strict=True) if on], truth)
+                for row, truth in zip(chosen, truths, strict=True)
+            ]
+        )
+    )
 
 
 def cross_validate(
@@ -444,7 +454,7 @@ def cross_validate(
             for field, values in ORDINAL_VALUES.items():
                 chosen = ordinal_choice(oof[captioned, cut[f"present:{field}"]][:, 0], oof[captioned, cut[f"cumulative:{field}"]])
                 answers = [values[c] if c >= 0 else None for c in chosen]
-                score = np.mean([ordinal_score(field, a, truth[field]) for a, truth in zip(answers, truths)])
+                score = np.mean([ordinal_score(field, a, truth[field]) for a, truth in zip(answers, truths, strict=True)])
                 scores.setdefault(f"ordinal:{field}", {})[l2] = (float(score), None)
         if labelled.any():
             log_probs = torch.log_softmax(torch.from_numpy(oof[labelled.numpy(), cut["diagnosis"]]), 1)
@@ -471,19 +481,19 @@ class _Cancelled(Exception):
 
 
 def _progress(run_dir: Path, status: str, step: int, max_steps: int, stage_name: str) -> None:
-    write_json_atomic(
-        run_dir / "progress.json",
-        {
-            "status": status,
-            "stage": "probe",
-            "stage_name": stage_name,
-            "stages": ["probe"],
-            "stage_index": 0,
-            "step": step,
-            "max_steps": max_steps,
-            "pid": os.getpid(),
-            "updated": time.time(),
-        },
+    write_progress(
+        run_dir,
+        RunProgress(
+            status=status,
+            stage="probe",
+            stage_name=stage_name,
+            stages=["probe"],
+            stage_index=0,
+            step=step,
+            max_steps=max_steps,
+            pid=os.getpid(),
+            updated=time.time(),
+        ),
     )
 
 
@@ -613,7 +623,7 @@ class ProbePredictor:
         else:
             model, processor = load_encoder(encoder["source"])
         run_dir = folder.parent
-        cache = run_dir.parent / CACHE_FOLDER if (run_dir / "progress.json").exists() else None
+        cache = run_dir.parent / CACHE_FOLDER if (run_dir / PROGRESS_FILE).exists() else None
         self.extractor = FeatureExtractor(model, processor, cache, batch_size=batch_size)
         if self.extractor.fingerprint != encoder["fingerprint"]:
             raise TrainerError(
@@ -633,7 +643,7 @@ class ProbePredictor:
         raw = self.extractor(paths)
         return self.linear(torch.from_numpy((raw - self.mean) / self.std).float()).numpy()
 
-    def predict(self, items: Iterable[dict[str, Any]], *, batch_size: int = 64, k: int = 6) -> Iterator[dict[str, Any]]:
+    def predict(self, items: Iterable[dict[str, Any]], *, batch_size: int = 64, k: int = 6) -> Iterator[Prediction]:
         items = list(items)
         cut = self.layout.slices()["diagnosis"]
         for start in range(0, len(items), batch_size):
@@ -644,18 +654,17 @@ class ProbePredictor:
             for item, caption, row in zip(batch, captions, probs, strict=True):
                 top = torch.topk(row, min(k, len(self.layout.labels)))
                 diagnoses = [
-                    {"key": key, "display": self.taxonomy.label(key).display, "score": round(float(row[i]), 6)}
+                    RankedDiagnosis(key=key, score=round(float(row[i]), 6), display=self.taxonomy.label(key).display)
                     for i in top.indices.tolist()
                     for key in [self.layout.labels[i]]
                 ]
                 parsed = validate_caption(caption)
-                yield {
-                    "image": str(item["image"]),
-                    "id": item.get("id"),
-                    "model_version": self.model_version,
-                    "caption": parsed.to_json(),
-                    "caption_text": render(parsed),
-                    "caption_error": None,
-                    "diagnoses": diagnoses,
-                    "answer": diagnoses[0]["display"] if diagnoses else "",
-                }
+                yield Prediction(
+                    image=str(item["image"]),
+                    id=item.get("id"),
+                    model_version=self.model_version,
+                    caption=parsed.to_json(),
+                    caption_text=render(parsed),
+                    diagnoses=diagnoses,
+                    answer=diagnoses[0].display if diagnoses else "",
+                )

@@ -12,7 +12,8 @@ from __future__ import annotations
 import functools
 import json
 import re
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from schema.caption import Caption, parse, validate_caption
 from schema.compare import caption_scores

@@ -20,12 +20,14 @@ import shutil
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from transformers import TrainerCallback
 
 from schema.files import write_json_atomic
+from schema.run_files import RunProgress, write_progress
 from trainer.config import TrainConfig
 from trainer.data import ExportData, load_export
 from trainer.errors import TrainerError
@@ -54,21 +56,20 @@ class RunLog(TrainerCallback):
         self.cancel_files = [run_dir / "cancel", *([cancel_file] if cancel_file else [])]
         self.cancelled = False
 
-    def progress(self, status: str, step: int, max_steps: int, **extra: Any) -> None:
-        write_json_atomic(
-            self.run_dir / "progress.json",
-            {
-                "status": status,
-                "stage": self.stage,
-                "stage_name": STAGE_NAMES[self.stage],
-                "stages": list(self.stages),
-                "stage_index": self.stages.index(self.stage),
-                "step": step,
-                "max_steps": max_steps,
-                "pid": os.getpid(),
-                "updated": time.time(),
-                **extra,
-            },
+    def progress(self, status: str, step: int, max_steps: int) -> None:
+        write_progress(
+            self.run_dir,
+            RunProgress(
+                status=status,
+                stage=self.stage,
+                stage_name=STAGE_NAMES[self.stage],
+                stages=list(self.stages),
+                stage_index=self.stages.index(self.stage),
+                step=step,
+                max_steps=max_steps,
+                pid=os.getpid(),
+                updated=time.time(),
+            ),
         )
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -311,7 +312,7 @@ def _train_probe(config: TrainConfig, data: ExportData, run_dir: Path, cancel_fi
     from trainer.probe import train_probe
 
     if not train_probe(config, run_dir, data, [run_dir / "cancel", *([cancel_file] if cancel_file else [])]):
-        write_json_atomic(run_dir / "progress.json", {"status": "cancelled", "pid": os.getpid(), "updated": time.time()})
+        write_progress(run_dir, RunProgress(status="cancelled", pid=os.getpid(), updated=time.time()))
         return None
     return run_dir / "model"
 
@@ -342,22 +343,21 @@ def train(config: TrainConfig, *, resume: bool = False, cancel_file: Path | None
         return run_dir
     if config.held_out_predictions:
         stages = ["probe"] if probe else list(config.stages)
-        write_json_atomic(
-            run_dir / "progress.json",
-            {
-                "status": "running",
-                "stage_name": "predicting held-out images",
-                "stages": stages,
-                "stage_index": len(stages) - 1,
-                "step": 1,
-                "max_steps": 1,
-                "pid": os.getpid(),
-                "updated": time.time(),
-            },
+        write_progress(
+            run_dir,
+            RunProgress(
+                status="running",
+                stage_name="predicting held-out images",
+                stages=stages,
+                stage_index=len(stages) - 1,
+                step=1,
+                max_steps=1,
+                pid=os.getpid(),
+                updated=time.time(),
+            ),
         )
         predict_held_out(run_dir, data)
-    write_json_atomic(
-        run_dir / "progress.json",
-        {"status": "done", "stages": list(config.stages), "model": str(source), "pid": os.getpid(), "updated": time.time()},
+    write_progress(
+        run_dir, RunProgress(status="done", stages=list(config.stages), model=str(source), pid=os.getpid(), updated=time.time())
     )
     return run_dir

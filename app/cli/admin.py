@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -75,7 +74,7 @@ def app_(
 
 @app.command()
 def backup(
-    ctx: typer.Context, out_file: Optional[Path] = typer.Option(None, "--out", help="Backup file (default under backups/).")
+    ctx: typer.Context, out_file: Path | None = typer.Option(None, "--out", help="Backup file (default under backups/).")
 ) -> None:
     """Consistent copy of the SQLite database, safe while the app is running."""
     c = context(ctx)
@@ -138,7 +137,7 @@ PASSWORD_FILE_HELP = (
 )
 
 
-def _read_password(source: Optional[Path]) -> Optional[str]:
+def _read_password(source: Path | None) -> str | None:
     if source is None:
         return None
     try:
@@ -153,8 +152,8 @@ def users_add(
     ctx: typer.Context,
     username: str,
     role: str = typer.Option("annotator", help=f"One of: {', '.join(ROLES)}."),
-    password_file: Optional[Path] = typer.Option(None, "--password-file", help=PASSWORD_FILE_HELP),
-    email: Optional[str] = typer.Option(None, help="The address single sign-on (OIDC) maps to this account."),
+    password_file: Path | None = typer.Option(None, "--password-file", help=PASSWORD_FILE_HELP),
+    email: str | None = typer.Option(None, help="The address single sign-on (OIDC) maps to this account."),
 ) -> None:
     """Create an account."""
     c = context(ctx)
@@ -209,7 +208,7 @@ def users_unlock(ctx: typer.Context, username: str) -> None:
 def users_set_password(
     ctx: typer.Context,
     username: str,
-    password_file: Optional[Path] = typer.Option(None, "--password-file", help=PASSWORD_FILE_HELP),
+    password_file: Path | None = typer.Option(None, "--password-file", help=PASSWORD_FILE_HELP),
 ) -> None:
     """Set an account's password (this ends the account's open app sessions)."""
     c = context(ctx)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -33,9 +33,9 @@ err = Console(stderr=True, markup=False, highlight=False)
 class CliContext:
     """Parsed once per invocation: the workbench is opened (and migrated) only when a command needs it."""
 
-    home: Optional[Path]
-    username: Optional[str]
-    _wb: Optional[Workbench] = None
+    home: Path | None
+    username: str | None
+    _wb: Workbench | None = None
 
     def settings(self) -> Settings:
         return Settings.load(**({"home": self.home} if self.home else {}))
@@ -89,7 +89,7 @@ def progress_bar(description: str) -> Iterator:
 @app.callback()
 def _main(
     ctx: typer.Context,
-    home: Optional[Path] = typer.Option(None, "--home", help="Workbench folder (default $SKINFLOW_HOME or ./workbench)."),
-    user: Optional[str] = typer.Option(None, "--user", "-u", envvar="SKINFLOW_USER", help="Account that acts."),
+    home: Path | None = typer.Option(None, "--home", help="Workbench folder (default $SKINFLOW_HOME or ./workbench)."),
+    user: str | None = typer.Option(None, "--user", "-u", envvar="SKINFLOW_USER", help="Account that acts."),
 ) -> None:
     ctx.obj = CliContext(home, user)

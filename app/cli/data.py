@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -31,7 +30,7 @@ from curation.store.auth import add_user, count_users
 from schema.errors import SkinflowError
 
 
-def print_import_report(report: ImportReport, report_file: Optional[Path], home: Path, shown: int = 20) -> None:
+def print_import_report(report: ImportReport, report_file: Path | None, home: Path, shown: int = 20) -> None:
     """The counts, the first `shown` items of each kind, warnings counted by kind; everything in a report file
     (--report, or one in <home>/reports when more was found than is shown)."""
     summary = report.summary()
@@ -91,19 +90,19 @@ def init(ctx: typer.Context, admin: str = typer.Option("admin", help="Name of th
 def import_(
     ctx: typer.Context,
     path: Path = typer.Argument(..., help="A folder of images (recursive), a CSV file, or one image."),
-    images_dir: Optional[Path] = typer.Option(None, help="CSV only: folder holding the images (Fitzpatrick17k: <md5hash>.jpg)."),
+    images_dir: Path | None = typer.Option(None, help="CSV only: folder holding the images (Fitzpatrick17k: <md5hash>.jpg)."),
     label_from_folder: bool = typer.Option(False, help="Folder only: use each image's parent folder name as its label."),
     dataset: str = typer.Option(
         "auto",
         help="CSV only: a public dataset's metadata (ham10000, isic, pad-ufes-20, ddi), auto (detected from the header) "
         "or csv (generic columns). Images are found by file name anywhere under --images-dir.",
     ),
-    source: Optional[str] = typer.Option(
+    source: str | None = typer.Option(
         None,
         help="Generic CSV only: the name of the source its ids belong to (default csv), e.g. clinic-a. Ids are unique "
         "per source: give each clinic's file its own name. A public dataset's source is its recipe.",
     ),
-    report: Optional[Path] = typer.Option(None, help="Write the full report (every failure and duplicate) as JSON."),
+    report: Path | None = typer.Option(None, help="Write the full report (every failure and duplicate) as JSON."),
 ) -> None:
     """Import images and metadata. Re-running the same import adds nothing."""
     c = context(ctx)
@@ -153,9 +152,9 @@ def verify(
 @app.command("fetch-images")
 def fetch_images_(
     ctx: typer.Context,
-    limit: Optional[int] = typer.Option(None, help="At most this many downloads."),
+    limit: int | None = typer.Option(None, help="At most this many downloads."),
     allow_private: bool = typer.Option(False, help="Allow loopback/private/link-local addresses (refused by default)."),
-    report: Optional[Path] = typer.Option(None, help="Write the full report as JSON."),
+    report: Path | None = typer.Option(None, help="Write the full report as JSON."),
 ) -> None:
     """Download images of rows imported by URL only (needs a network)."""
     c = context(ctx)
@@ -241,7 +240,7 @@ def split_option(values: list[str]) -> tuple[str, ...]:
 @export_app.callback()
 def export(
     ctx: typer.Context,
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="New folder for this export version, e.g. exports/v1."),
+    out_dir: Path | None = typer.Option(None, "--out", help="New folder for this export version, e.g. exports/v1."),
     formats: list[str] = typer.Option(
         [], "--format", help=f"Extra formats: {', '.join(EXTRA_FORMATS)} (repeat or comma-separate)."
     ),
@@ -369,9 +368,9 @@ def ls_pull(
 @app.command()
 def draft(
     ctx: typer.Context,
-    limit: Optional[int] = typer.Option(None, help="At most this many images."),
-    concurrency: Optional[int] = typer.Option(None, help="Requests in flight at once (default: setting llm_concurrency, 8)."),
-    model: Optional[str] = typer.Option(None, help="Model name (default: SKINFLOW_LLM_MODEL)."),
+    limit: int | None = typer.Option(None, help="At most this many images."),
+    concurrency: int | None = typer.Option(None, help="Requests in flight at once (default: setting llm_concurrency, 8)."),
+    model: str | None = typer.Option(None, help="Model name (default: SKINFLOW_LLM_MODEL)."),
     redo: bool = typer.Option(False, help="Draft again images that already have a draft from this model and prompt."),
 ) -> None:
     """Draft captions with an OpenAI-compatible vision model (SKINFLOW_LLM_BASE_URL, SKINFLOW_LLM_MODEL)."""
@@ -391,9 +390,9 @@ def draft(
 @app.command()
 def reasonings(
     ctx: typer.Context,
-    limit: Optional[int] = typer.Option(None, help="At most this many verified records."),
-    concurrency: Optional[int] = typer.Option(None, help="Requests in flight at once."),
-    model: Optional[str] = typer.Option(None, help="Model name (default: SKINFLOW_LLM_MODEL)."),
+    limit: int | None = typer.Option(None, help="At most this many verified records."),
+    concurrency: int | None = typer.Option(None, help="Requests in flight at once."),
+    model: str | None = typer.Option(None, help="Model name (default: SKINFLOW_LLM_MODEL)."),
 ) -> None:
     """Ask the LLM for the diagnostic reasoning of each verified record (input of `weights`)."""
     c = context(ctx)
@@ -410,7 +409,7 @@ def weights(
     ctx: typer.Context,
     source: str = typer.Option("all", help="Which reasonings count: llm, annotator or all."),
     floor: float = typer.Option(0.01, help="Minimum weight of every field."),
-    activate: Optional[bool] = typer.Option(
+    activate: bool | None = typer.Option(
         None, "--activate/--no-activate", help="Make the new set active (default: only if none is)."
     ),
     list_only: bool = typer.Option(False, "--list", help="Only list the weight sets."),
@@ -484,8 +483,8 @@ def _field_term(value: str) -> tuple[str, str]:
 def vocabulary(
     ctx: typer.Context,
     pending: bool = typer.Option(False, "--pending", help="List the new terms waiting for a decision (the default)."),
-    accept: Optional[str] = typer.Option(None, "--accept", metavar="FIELD:TERM", help="Accept a term into the vocabulary."),
-    reject: Optional[str] = typer.Option(None, "--reject", metavar="FIELD:TERM", help="Reject a term (it leaves the list)."),
+    accept: str | None = typer.Option(None, "--accept", metavar="FIELD:TERM", help="Accept a term into the vocabulary."),
+    reject: str | None = typer.Option(None, "--reject", metavar="FIELD:TERM", help="Reject a term (it leaves the list)."),
     synonyms: list[str] = typer.Option([], "--synonym", help="A synonym of the accepted term (repeat for more)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -17,34 +16,30 @@ PRESET_HELP = "; ".join(f"{name}: {note}" for name, note in PRESET_NOTES.items()
 
 @app.command()
 def train(
-    export_dir: Optional[Path] = typer.Option(None, "--export", help="An export folder written with --format grpo."),
-    preset: Optional[str] = typer.Option(None, help=PRESET_HELP),
+    export_dir: Path | None = typer.Option(None, "--export", help="An export folder written with --format grpo."),
+    preset: str | None = typer.Option(None, help=PRESET_HELP),
     plan: bool = typer.Option(
         False, "--plan", help="Only estimate GPU memory per part for the preset (nothing loads) and name the largest that fits."
     ),
-    gpu_memory_gb: Optional[float] = typer.Option(None, help="With --plan: the GPU size to plan for (default: this machine's)."),
-    gpus: Optional[int] = typer.Option(None, min=1, help="With --plan: how many GPUs (default: this machine's, or 1)."),
+    gpu_memory_gb: float | None = typer.Option(None, help="With --plan: the GPU size to plan for (default: this machine's)."),
+    gpus: int | None = typer.Option(None, min=1, help="With --plan: how many GPUs (default: this machine's, or 1)."),
     ignore_plan: bool = typer.Option(False, help="Start even if the memory estimate exceeds the GPU."),
-    config_file: Optional[Path] = typer.Option(
-        None, "--config", help="A TOML file with TrainConfig settings; flags override it."
-    ),
-    stages: Optional[str] = typer.Option(
-        None, help="Comma-separated stages: 0 SFT warm start, 1 caption GRPO, 2 diagnosis GRPO."
-    ),
-    model: Optional[str] = typer.Option(
+    config_file: Path | None = typer.Option(None, "--config", help="A TOML file with TrainConfig settings; flags override it."),
+    stages: str | None = typer.Option(None, help="Comma-separated stages: 0 SFT warm start, 1 caption GRPO, 2 diagnosis GRPO."),
+    model: str | None = typer.Option(
         None,
         help="Pretrained weights (local folder or hub id): the 7B preset's model, or the probe's CLIP/SigLIP image encoder.",
     ),
-    output_dir: Optional[str] = typer.Option(None, "--runs", help="Where run folders go (default: runs)."),
-    run_id: Optional[str] = typer.Option(None, help="Name of the run folder (default: time + random)."),
+    output_dir: str | None = typer.Option(None, "--runs", help="Where run folders go (default: runs)."),
+    run_id: str | None = typer.Option(None, help="Name of the run folder (default: time + random)."),
     resume: bool = typer.Option(False, help="Continue the run --run-id from its last checkpoint."),
-    seed: Optional[int] = typer.Option(None),
-    sft_epochs: Optional[float] = typer.Option(None, help="Stage 0 epochs."),
-    stage1_steps: Optional[int] = typer.Option(None, help="Stage 1 GRPO steps."),
-    stage2_steps: Optional[int] = typer.Option(None, help="Stage 2 GRPO steps."),
-    num_generations: Optional[int] = typer.Option(None, help="Completions per prompt (GRPO group size)."),
-    batch_size: Optional[int] = typer.Option(None, help="Completions per step (a multiple of --num-generations)."),
-    save_steps: Optional[int] = typer.Option(None, help="Checkpoint every this many steps (what --resume restarts from)."),
+    seed: int | None = typer.Option(None),
+    sft_epochs: float | None = typer.Option(None, help="Stage 0 epochs."),
+    stage1_steps: int | None = typer.Option(None, help="Stage 1 GRPO steps."),
+    stage2_steps: int | None = typer.Option(None, help="Stage 2 GRPO steps."),
+    num_generations: int | None = typer.Option(None, help="Completions per prompt (GRPO group size)."),
+    batch_size: int | None = typer.Option(None, help="Completions per step (a multiple of --num-generations)."),
+    save_steps: int | None = typer.Option(None, help="Checkpoint every this many steps (what --resume restarts from)."),
     no_fdlinear: bool = typer.Option(False, help="Plain linears in the vision tower (ablation)."),
     use_vllm: bool = typer.Option(False, help="Generate with vLLM (GPU machines with vllm installed; needs --no-fdlinear)."),
     lora: bool = typer.Option(
@@ -114,17 +109,15 @@ def ablate(
     preset: str = typer.Option("tiny", help=PRESET_HELP),
     seeds: int = typer.Option(3, min=1, help="Seeds per variant (0, 1, ... N-1)."),
     variants: str = typer.Option(",".join(ABLATION_VARIANTS), help=f"Comma-separated: {', '.join(ABLATION_VARIANTS)}."),
-    out_dir: Optional[Path] = typer.Option(
-        None, "--out", help="Ablation folder (default: runs/ablation-<time>); rerun to resume."
-    ),
+    out_dir: Path | None = typer.Option(None, "--out", help="Ablation folder (default: runs/ablation-<time>); rerun to resume."),
     split: str = typer.Option("test", help="The split every variant is evaluated on."),
-    model: Optional[str] = typer.Option(None, help="Pretrained weights (local folder or hub id) for the 7B preset."),
-    sft_epochs: Optional[float] = typer.Option(None, help="Stage 0 epochs (every variant)."),
-    stage1_steps: Optional[int] = typer.Option(None, help="Stage 1 GRPO steps (variants with stage I)."),
-    stage2_steps: Optional[int] = typer.Option(None, help="Stage 2 GRPO steps (every variant)."),
-    num_generations: Optional[int] = typer.Option(None, help="Completions per prompt (GRPO group size)."),
-    batch_size: Optional[int] = typer.Option(None, help="Completions per step (a multiple of --num-generations)."),
-    save_steps: Optional[int] = typer.Option(None, help="Checkpoint every this many steps (what a resume restarts from)."),
+    model: str | None = typer.Option(None, help="Pretrained weights (local folder or hub id) for the 7B preset."),
+    sft_epochs: float | None = typer.Option(None, help="Stage 0 epochs (every variant)."),
+    stage1_steps: int | None = typer.Option(None, help="Stage 1 GRPO steps (variants with stage I)."),
+    stage2_steps: int | None = typer.Option(None, help="Stage 2 GRPO steps (every variant)."),
+    num_generations: int | None = typer.Option(None, help="Completions per prompt (GRPO group size)."),
+    batch_size: int | None = typer.Option(None, help="Completions per step (a multiple of --num-generations)."),
+    save_steps: int | None = typer.Option(None, help="Checkpoint every this many steps (what a resume restarts from)."),
 ) -> None:
     """Test the paper's claims on your data: the recipe with FDLinear and/or stage I removed, same budget and
     seeds, each evaluated on the same split; one report with paired differences against the full recipe."""
@@ -183,11 +176,11 @@ def predict(
 @app.command()
 def suggest(
     ctx: typer.Context,
-    predictions: Optional[Path] = typer.Option(None, help="A prediction file from `skinflow predict` (JSONL) to import."),
-    checkpoint: Optional[Path] = typer.Option(
+    predictions: Path | None = typer.Option(None, help="A prediction file from `skinflow predict` (JSONL) to import."),
+    checkpoint: Path | None = typer.Option(
         None, help="Or: a run folder; predict every image that still needs work, then import."
     ),
-    limit: Optional[int] = typer.Option(None, help="With --checkpoint: at most this many images."),
+    limit: int | None = typer.Option(None, help="With --checkpoint: at most this many images."),
     batch_size: int = typer.Option(8, min=1),
 ) -> None:
     """Model suggestions (model drafts) for the labelling queue, shown beside the LLM draft when annotating."""
@@ -227,15 +220,11 @@ def eval_(
     ctx: typer.Context,
     export_dir: Path = typer.Option(..., "--export", help="The export folder (written with --format grpo) to evaluate on."),
     out_dir: Path = typer.Option(..., "--out", help="Report folder: report.md, report.json, PNG charts (and predictions.jsonl)."),
-    predictions: Optional[Path] = typer.Option(None, help="A prediction file from `skinflow predict`."),
-    checkpoint: Optional[Path] = typer.Option(None, help="Or: a run folder or checkpoint to predict with first."),
-    llm: Optional[str] = typer.Option(
-        None, help="Or: an OpenAI-compatible model (SKINFLOW_LLM_BASE_URL), same prompt as drafting."
-    ),
+    predictions: Path | None = typer.Option(None, help="A prediction file from `skinflow predict`."),
+    checkpoint: Path | None = typer.Option(None, help="Or: a run folder or checkpoint to predict with first."),
+    llm: str | None = typer.Option(None, help="Or: an OpenAI-compatible model (SKINFLOW_LLM_BASE_URL), same prompt as drafting."),
     split: str = typer.Option("test", help="train, val or test."),
-    baseline: Optional[Path] = typer.Option(
-        None, help="A second prediction file: paired comparison (difference with CI, McNemar)."
-    ),
+    baseline: Path | None = typer.Option(None, help="A second prediction file: paired comparison (difference with CI, McNemar)."),
 ) -> None:
     """Clinically grounded evaluation: top-1/3/6, group levels, clinical score, malignant misses, fairness,
     calibration, long tail, captions, with bootstrap CIs."""

@@ -12,12 +12,12 @@ hold up the requests in flight, and in batches (one transaction per batch of up 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from sqlalchemy import exists, select
 
@@ -33,7 +33,7 @@ from curation.store.settings import Settings
 from schema.caption import SCHEMA_VERSION, Caption, json_schema, render
 from schema.errors import CaptionError, SkinflowError
 from schema.fields import FIELDS, ORDINAL_VALUES
-from schema.files import write_atomic
+from schema.run_files import Prediction, RankedDiagnosis, write_predictions
 from schema.salvage import FieldNote, salvage_caption
 from schema.taxonomy import Taxonomy
 from schema.vocabulary import default_vocabulary
@@ -299,14 +299,14 @@ def predict_with_llm(
     concurrency: int | None = None,
     prompt: str = CAPTION_PROMPT,
     environ: dict[str, str] | None = None,
-) -> list[dict[str, Any]]:
+) -> list[Prediction]:
     """Baseline predictions from any OpenAI-compatible model, with the drafting prompt, in the format of
     `skinflow predict` (so `skinflow eval` scores an LLM like a trained checkpoint). items: {"id", "path"}.
     Diagnoses the model names outside the taxonomy are dropped; listed ones without a confidence get none (0)."""
     config = LLMConfig.from_settings(settings, model, environ)
     system = caption_prompt(prompt)
     version = f"llm:{config.model}:{draft_version(prompt)}"
-    rows: dict[int, dict[str, Any]] = {}
+    rows: dict[int, Prediction] = {}
 
     def messages(item) -> list[dict]:
         url = image_data_url(Path(item["path"]), config.max_side)
@@ -320,33 +320,20 @@ def predict_with_llm(
 
     async def collect(outcome: Outcome) -> None:
         item = outcome.item
-        row: dict[str, Any] = {
-            "id": item["id"],
-            "image": str(item["path"]),
-            "model_version": version,
-            "caption": None,
-            "caption_text": "",
-            "caption_error": outcome.error,
-            "diagnoses": [],
-            "answer": "",
-        }
+        row = Prediction(image=str(item["path"]), model_version=version, id=item["id"], caption_error=outcome.error)
         if outcome.reply is not None:
-            row["answer"] = outcome.reply.text[:RAW_KEPT_CHARS]
+            row.answer = outcome.reply.text[:RAW_KEPT_CHARS]
             try:
                 caption, diagnoses, _notes = read_reply(outcome.reply.text, taxonomy, config.max_reply_chars)
             except SkinflowError as e:
-                row["caption_error"] = str(e)
+                row.caption_error = str(e)
             else:
-                row.update(
-                    caption=caption.to_json(),
-                    caption_text=render(caption),
-                    caption_error=None,
-                    diagnoses=[
-                        {"key": d["key"], "display": taxonomy.label(d["key"]).display, "score": d["score"] or 0.0}
-                        for d in diagnoses
-                        if d["key"]
-                    ],
-                )
+                row.caption, row.caption_text, row.caption_error = caption.to_json(), render(caption), None
+                row.diagnoses = [
+                    RankedDiagnosis(key=d["key"], score=d["score"] or 0.0, display=taxonomy.label(d["key"]).display)
+                    for d in diagnoses
+                    if d["key"]
+                ]
         rows[item["id"]] = row
 
     async def run() -> None:
@@ -368,6 +355,5 @@ def write_llm_predictions(
     settings: Settings, taxonomy: Taxonomy, items: list[dict[str, Any]], out_file: Path, *, model: str | None = None
 ) -> Path:
     """predict_with_llm, written as a prediction file (`skinflow eval --llm`); returns its path."""
-    rows = predict_with_llm(settings, taxonomy, items, model=model)
-    write_atomic(out_file, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
+    write_predictions(out_file, predict_with_llm(settings, taxonomy, items, model=model))
     return out_file

@@ -52,6 +52,7 @@ from curation.store.models import Annotation, Draft, Export, Image, TrainingRun
 from schema.compare import field_score
 from schema.fields import FIELD_KEYS, is_filled
 from schema.files import read_jsonl, write_json_atomic
+from schema.run_files import Prediction
 
 DIAGNOSIS_MEASURES = ("diagnosis_top1", "diagnosis_top6", "diagnosis_group9")
 HELD_OUT_FILE = "held_out_predictions.jsonl"  # written by the trainer in a run folder (trainer/predict.py)
@@ -280,9 +281,13 @@ def _held_out_items(wb: Workbench, session, truth: dict[int, Any]) -> dict[tuple
         if not path.is_file():
             continue
         for row in read_jsonl(path, skip_bad_lines=True):
-            if isinstance(row.get("id"), int) and row["id"] in truth and row.get("model_version"):
-                diagnoses = [{"key": d.get("key"), "score": d.get("score")} for d in row.get("diagnoses") or []]
-                out[("model", MODEL_PRODUCER, row["model_version"])][row["id"]] = _HeldOut(row.get("caption"), diagnoses)
+            try:
+                prediction = Prediction.from_json(row)
+            except ValueError:  # a row the workbench cannot read is no evidence either way
+                continue
+            if prediction.id in truth:
+                diagnoses = [{"key": d.key, "score": d.score} for d in prediction.diagnoses]
+                out[("model", MODEL_PRODUCER, prediction.model_version)][prediction.id] = _HeldOut(prediction.caption, diagnoses)
     return out
 
 

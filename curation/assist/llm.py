@@ -22,9 +22,10 @@ import math
 import random
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import httpx
 import openai
@@ -63,7 +64,7 @@ class LLMConfig:
     max_reply_chars: int = 200_000
 
     @classmethod
-    def from_settings(cls, settings: Settings, model: str | None = None, environ: dict[str, str] | None = None) -> "LLMConfig":
+    def from_settings(cls, settings: Settings, model: str | None = None, environ: dict[str, str] | None = None) -> LLMConfig:
         model = model or settings.llm_model
         if not model:
             raise ConfigError(

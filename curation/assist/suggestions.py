@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from sqlalchemy import select
 
@@ -27,6 +28,7 @@ from schema.caption import validate_caption
 from schema.compare import caption_scores
 from schema.errors import CaptionError, SkinflowError
 from schema.files import TEMP_PREFIX, iter_jsonl, row_id, temp_owner_tag
+from schema.run_files import Prediction
 from schema.salvage import salvage_caption
 
 PRODUCER = "skinflow"
@@ -40,46 +42,9 @@ class SuggestionReport:
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (line, why)
 
 
-def _diagnoses(row: dict[str, Any], taxonomy) -> list[dict[str, Any]]:
-    entries = row.get("diagnoses")
-    out = []
-    for entry in entries if isinstance(entries, list) else []:
-        key = entry.get("key") if isinstance(entry, dict) else None
-        if isinstance(key, str) and key in taxonomy.labels:
-            out.append({"key": key, "score": _score(entry.get("score"))})
-    return out
-
-
-def _score(value: Any) -> float:
-    """A probability from a prediction file; anything else (text, inf, a 400-digit number, a bool) is 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return 0.0
-    try:
-        number = float(value)
-    except OverflowError:
-        return 0.0
-    return number if 0.0 <= number <= 1.0 else 0.0
-
-
-def _image_id(row: dict[str, Any]) -> int | None:
-    """The row's image id when it is one a database can hold (a 30-digit id crashed the SQLite lookup)."""
-    return row_id(row.get("id"))
-
-
-def _text(value: Any, limit: int = 20_000) -> str | None:
-    return value[:limit] if isinstance(value, str) else None
-
-
-def _checked_row(row: dict[str, Any]) -> str:
-    """The row's model_version, or ValueError saying why the row cannot be imported (it is skipped, not the file)."""
-    version = row.get("model_version")
-    if not isinstance(version, str) or not version.strip() or len(version) > 200:
-        raise ValueError("model_version is not a short text")
-    if row.get("id") is not None and _image_id(row) is None:
-        raise ValueError("id is not an image number")
-    if not isinstance(row.get("image", ""), str):
-        raise ValueError("image is not a file name")
-    return version
+def _diagnoses(prediction: Prediction, taxonomy) -> list[dict[str, Any]]:
+    """The ranked diagnoses a draft keeps: those the taxonomy knows."""
+    return [{"key": d.key, "score": d.score} for d in prediction.diagnoses if d.key in taxonomy.labels]
 
 
 def import_predictions(wb: Workbench, actor: Actor, path: str | Path) -> SuggestionReport:
@@ -97,7 +62,7 @@ def import_predictions(wb: Workbench, actor: Actor, path: str | Path) -> Suggest
         raise SkinflowError(f"{e}; nothing was imported") from None
     report = SuggestionReport()
     with wb.session() as s:
-        ids = [i for _, r in rows if (i := _image_id(r)) is not None]
+        ids = [i for _, r in rows if (i := row_id(r.get("id"))) is not None]
         shas = [Path(str(r.get("image", ""))).stem for _, r in rows]
         by_id = {i.id: i.sha256 for i in s.execute(select(Image.id, Image.sha256).where(Image.id.in_(ids)))}
         by_sha = {
@@ -110,12 +75,13 @@ def import_predictions(wb: Workbench, actor: Actor, path: str | Path) -> Suggest
     drafts = []
     for number, row in rows:
         try:
-            version = _checked_row(row)
+            prediction = Prediction.from_json(row)
         except ValueError as e:  # one hostile line is skipped with its reason; the rest import
             report.skipped.append((number, str(e)))
             continue
-        sha = Path(str(row.get("image", ""))).stem
-        image_id = _image_id(row) or by_sha.get(sha)
+        version = prediction.model_version
+        sha = Path(prediction.image).stem
+        image_id = prediction.id or by_sha.get(sha)
         if image_id is None or image_id not in by_id and image_id not in by_sha.values():
             report.skipped.append((number, "no such image in this workbench"))
             continue
@@ -127,7 +93,7 @@ def import_predictions(wb: Workbench, actor: Actor, path: str | Path) -> Suggest
         if (image_id, version) in present:
             report.already_there += 1
             continue
-        caption, error, notes = row.get("caption"), _text(row.get("caption_error"), 2000), []
+        caption, error, notes = prediction.caption, prediction.caption_error, []
         if caption is not None:
             try:
                 salvaged, notes = salvage_caption(caption)
@@ -144,10 +110,10 @@ def import_predictions(wb: Workbench, actor: Actor, path: str | Path) -> Suggest
                 "version": version,
                 "caption": caption,
                 "error": error if caption is None else None,
-                "raw_reply": _text(row.get("caption_text")),
-                "diagnoses": _diagnoses(row, wb.taxonomy),
+                "raw_reply": prediction.caption_text or None,
+                "diagnoses": _diagnoses(prediction, wb.taxonomy),
                 "meta": {
-                    "answer": _text(row.get("answer")),
+                    "answer": prediction.answer or None,
                     "source": str(path),
                     **({"salvage": [n.to_json() for n in notes]} if notes else {}),
                 },

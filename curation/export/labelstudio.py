@@ -63,7 +63,7 @@ def _client(url: str, token: str):
 def _call(what: str, fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
-    except Exception as e:  # the SDK raises ApiError, httpx errors ...: one clear message either way
+    except Exception as e:  # noqa: BLE001 - the SDK raises ApiError, httpx errors ...: one clear message either way
         status = getattr(e, "status_code", None)
         body = getattr(e, "body", None)
         detail = ""
@@ -185,7 +185,7 @@ def caption_from_result(result: Any) -> tuple[dict[str, Any], str | None]:
 
 
 def _local_user(
-    wb: Workbench, admin: Actor, person: dict[str, Any] | int | None, emails: dict[int, str], report: "PullReport"
+    wb: Workbench, admin: Actor, person: dict[str, Any] | int | None, emails: dict[int, str], report: PullReport
 ) -> Actor:
     email = person.get("email") if isinstance(person, dict) else emails.get(person) if isinstance(person, int) else None
     if not isinstance(email, str) or not email or len(email) > 320:

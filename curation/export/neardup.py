@@ -52,7 +52,7 @@ def near_duplicate_groups(hashes: dict[str, str | None], max_distance: int = DEF
             for start in range(0, len(members), BLOCK):  # bounded memory however large a bucket is
                 block = bucket[start : start + BLOCK]
                 distance = np.bitwise_count(block[:, None] ^ bucket[None, :])
-                for a, b in zip(*np.nonzero(distance <= max_distance)):
+                for a, b in zip(*np.nonzero(distance <= max_distance), strict=True):
                     a, b = int(members[start + a]), int(members[b])
                     if a < b:
                         ra, rb = find(a), find(b)

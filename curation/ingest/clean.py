@@ -184,7 +184,7 @@ def _jpeg_icc_segments(segments: list[bytes]) -> list[bytes]:
     return out
 
 
-def _strip_jpeg(data: bytes) -> bytes | None:
+def _strip_jpeg(data: bytes) -> bytes | None:  # noqa: C901 - one pass over the markers, as the JPEG standard lists them
     """JPEG bytes without metadata segments or trailing data; None if the stream is not plain."""
     if data[:2] != b"\xff\xd8":
         return None
@@ -292,7 +292,7 @@ def _rebuild_jpeg(data: bytes, decoded: Image.Image) -> bytes | None:
             same = check.size == decoded.size and check.mode == decoded.mode
             if same and np.array_equal(np.asarray(check), np.asarray(decoded)):
                 return rebuilt
-    except Exception:  # libjpeg refuses streams Pillow accepts (12-bit, arithmetic coding): re-encoded instead
+    except Exception:  # noqa: BLE001 - libjpeg refuses streams Pillow accepts (12-bit, arithmetic coding): re-encoded instead
         return None
     return None
 
@@ -338,7 +338,7 @@ def sanitize_image(data: bytes, max_pixels: int) -> CleanImage:
         if isinstance(e, UnidentifiedImageError):
             raise ImageRejected("not a readable image (content is not JPEG, PNG, WebP, TIFF, BMP or GIF)") from None
         raise ImageRejected("image dimensions are implausibly large (decompression-bomb guard)") from None
-    except Exception as e:  # PIL raises assorted errors on hostile headers
+    except Exception as e:  # noqa: BLE001 - PIL raises assorted errors on hostile headers
         raise ImageRejected(f"corrupt image header ({e.__class__.__name__})") from None
     with img:
         if img.format not in ACCEPTED_FORMATS:
@@ -355,7 +355,7 @@ def sanitize_image(data: bytes, max_pixels: int) -> CleanImage:
             raise ImageRejected("animated or multi-page images are not accepted; export one still frame as JPEG or PNG")
         try:
             img.load()
-        except Exception as e:  # truncated data raises OSError; broken streams raise others
+        except Exception as e:  # noqa: BLE001 - truncated data raises OSError; broken streams raise others
             raise ImageRejected(f"truncated or corrupt image data ({e})") from None
         orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
         stripped = None

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import select
@@ -78,7 +78,7 @@ class KnownContent:
                 self.stored[stored] = f"image #{image_id}"
                 self.rows[stored] = image_id
 
-    def snapshot(self) -> "KnownContent":
+    def snapshot(self) -> KnownContent:
         """A frozen copy for the preparing threads: the live index changes while they run, and a file
         must be judged against one state (the sequential step then checks the live index)."""
         frozen = object.__new__(KnownContent)
@@ -90,7 +90,7 @@ class KnownContent:
         self.stored[image.sha256] = where
         self.rows[image.original_sha256] = self.rows[image.sha256] = image
 
-    def holder(self, prepared: "Prepared") -> Image | int | None:
+    def holder(self, prepared: Prepared) -> Image | int | None:
         """The stored row holding a duplicate's bytes: its id once it has one (a row of an earlier batch is
         detached from its committed session), else the row itself, to link to before the batch's flush."""
         row = self.rows.get(prepared.original_sha) or self.rows.get(prepared.sha256)

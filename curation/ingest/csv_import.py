@@ -1,7 +1,8 @@
 """Import a CSV of images and metadata: generic columns (`path` and/or `url`, `label`, `fitzpatrick`, `id`;
 every other column kept as metadata), the Fitzpatrick17k CSV as it is, or a public dataset's metadata CSV
 read by its recipe (schema/datasets.py: HAM10000, ISIC, PAD-UFES-20, DDI; detected from the header or named),
-with its images found by file name anywhere under the images folder.
+with its images found by file name anywhere under the images folder. Reading the file and its rows is
+curation/ingest/csv_rows.py; this module stores them.
 
 The whole file is decoded and parsed once before anything is written (a file that is not UTF-8 or not
 CSV is refused whole); rows are then read lazily and committed every CSV_BATCH rows, so memory stays
@@ -16,138 +17,32 @@ its own label and metadata: the picture is stored once and no row is lost.
 
 from __future__ import annotations
 
-import csv
-import io
 import itertools
-import os
-import re
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator
-from urllib.parse import urlsplit
 
 from sqlalchemy import select
 
-from curation.errors import ImageRejected, IngestError
-from curation.export.formats import FORMULA_START
+from curation.errors import ImageRejected
 from curation.ingest.clean import sanitize_image
 from curation.ingest.common import (
-    OUTSIDE,
     ImportReport,
     KnownContent,
     Progress,
     flush_new,
     ingest_bytes,
-    inside,
     read_image_file,
     start_import,
 )
+from curation.ingest.csv_rows import CsvLayout, CsvRow, RowRefused, choose_layout, locate_file, parse_row, read_csv_rows
 from curation.store import audit
 from curation.store.auth import Actor
 from curation.store.db import Workbench
 from curation.store.files import sha256_hex
 from curation.store.models import Image, ImageSource
-from schema.datasets import DatasetRecipe, DatasetRecipeError, dataset_recipes, detect_recipe, recipe_named
 
 CSV_BATCH = 5000  # rows per transaction
-MAX_CSV_COLUMNS = 256  # public dermatology sets have under 40; a 200,000-column row is an attack, not data
-MAX_METADATA_CHARS = 16_000  # per row, names and values of the columns kept as metadata
-_PATH_COLUMNS = ("path", "image", "image_path", "file", "filename", "file_path")
-_URL_COLUMNS = ("url", "image_url")
-_LABEL_COLUMNS = ("label", "diagnosis", "diagnosis_label")
-_FITZ_COLUMNS = ("fitzpatrick", "fitzpatrick_scale", "fitzpatrick_type", "skin_type")
-_FITZ_REQUIRED = {"md5hash", "label", "fitzpatrick_scale", "url"}
-_ROMAN = {"i": 1, "ii": 2, "iii": 3, "iv": 4, "v": 5, "vi": 6}
-_SOURCE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
-_RESERVED_SOURCES = {"folder", "synthetic", "fitzpatrick17k", "upload", "zip"}
-
-
-def parse_fitzpatrick(raw: str | None) -> int | None:
-    """1..6, or None for unknown ('', -1, 'unknown', 'nan'); ValueError otherwise."""
-    text = (raw or "").strip().lower()
-    if text in ("", "-1", "unknown", "nan", "na", "n/a", "none"):
-        return None
-    if text in _ROMAN:
-        return _ROMAN[text]
-    try:
-        number = float(text)
-    except ValueError:
-        number = float("nan")
-    if number.is_integer() and 1 <= number <= 6:
-        return int(number)
-    raise ValueError(f"Fitzpatrick type must be 1-6 (or I-VI; empty or -1 for unknown), got {raw!r}")
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _pick(columns: list[str], candidates: tuple[str, ...]) -> str | None:
-    return next((c for c in candidates if c in columns), None)
-
-
-def read_csv_rows(path: Path) -> tuple[list[str], Callable[[], Iterator[dict[str, str]]], int]:
-    """(header, a function giving the rows one at a time, row count). The whole file is decoded and
-    parsed once up front, so a file that is not UTF-8 or not CSV is refused before anything is written;
-    parsed rows are only ever held one batch at a time (a million-row file stays small)."""
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except OSError as e:
-        raise IngestError(f"cannot read {path}: {e.strerror}") from None
-    except UnicodeDecodeError as e:
-        raise IngestError(
-            f"{path} is not UTF-8 text (bad byte at position {e.start}); re-save it as UTF-8 CSV and import again"
-        ) from None
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = [(h or "").strip().lower() for h in next(reader, [])]
-        n_rows = sum(1 for row in reader if row)  # blank lines are skipped, as DictReader does
-    except csv.Error as e:
-        raise IngestError(f"{path}: malformed CSV at line {reader.line_num}: {e}; nothing was imported") from None
-    if not header:
-        raise IngestError(f"{path} is empty: expected a header row")
-    if len(set(header)) != len(header):
-        raise IngestError(f"{path}: duplicate column names in the header: {header}")
-    if len(header) > MAX_CSV_COLUMNS:
-        raise IngestError(
-            f"{path} has {len(header):,} columns; at most {MAX_CSV_COLUMNS} are imported (the image, label and metadata "
-            "columns): remove the others and import again. Nothing was imported."
-        )
-
-    def rows() -> Iterator[dict[str, str]]:
-        lines = io.StringIO(text, newline="")
-        next(csv.reader(lines), None)  # past the header (it may span lines when quoted)
-        return csv.DictReader(lines, fieldnames=header)
-
-    return header, rows, n_rows
-
-
-def _choose_recipe(dataset: str, header: list[str], csv_path: Path) -> DatasetRecipe | None:
-    """The recipe to read this CSV with: `auto` detects it from the header, `csv` means none."""
-    name = dataset.strip().lower()
-    if name == "csv":
-        return None
-    try:
-        if name == "auto":
-            return detect_recipe(header)
-        recipe = recipe_named(name)
-        recipe.id_column(header)  # refuses a CSV without the recipe's columns
-    except DatasetRecipeError as e:
-        raise IngestError(f"{csv_path.name}: {e}") from None
-    return recipe
-
-
-def _files_by_name(folder: Path) -> dict[str, Path | None]:
-    """Every file under `folder` by its name (None when a name is there twice: ambiguous). Public datasets ship
-    their images in several sub-folders (HAM10000_images_part_1, imgs_part_2 ...) named by image id."""
-    found: dict[str, Path | None] = {}
-    for root, _, names in os.walk(folder):  # does not follow links to folders
-        for name in names:
-            found[name] = None if name in found else Path(root) / name
-    return found
 
 
 def _is_stored_picture(wb: Workbench, image: Image, path: Path) -> bool:
@@ -165,21 +60,115 @@ def _is_stored_picture(wb: Workbench, image: Image, path: Path) -> bool:
     return sha256_hex(clean.data) == image.sha256
 
 
-def _source_name(given: str | None, recipe: DatasetRecipe | None, fitz17k: bool, csv_path: Path) -> str:
-    """The source this CSV's rows belong to: ids are unique within it."""
-    if recipe is not None or fitz17k:
-        name = recipe.name if recipe is not None else "fitzpatrick17k"
-        if given and given.strip().lower() != name:
-            raise IngestError(f"{csv_path.name} is read as {name}, and its rows belong to that source: leave out --source")
-        return name
-    name = (given or "csv").strip().lower()
-    taken = _RESERVED_SOURCES | set(dataset_recipes())  # the importers' own sources: their ids are theirs
-    if not _SOURCE_NAME.fullmatch(name) or name in taken:
-        raise IngestError(
-            f"--source {given!r}: a source name is 1-32 lowercase letters, digits, '.', '_' or '-', and not one of "
-            f"{', '.join(sorted(taken))}; e.g. --source clinic-a. Nothing was imported."
+def _new_image(session, source_name: str, row: CsvRow) -> Image:
+    """The image a CSV row becomes, with its source row when it has an id."""
+    image = Image(
+        source=source_name,
+        source_ref=str(row.file_path or row.url or ""),
+        url=row.url,
+        external_id=row.external_id,
+        source_label=row.label,
+        diagnosis_key=row.diagnosis_key,
+        fitzpatrick=row.fitzpatrick,
+        status="pending",
+        meta=row.meta,
+    )
+    if row.external_id:
+        session.add(
+            ImageSource(image=image, source=source_name, external_id=row.external_id, source_label=row.label, meta=row.meta)
         )
-    return name
+    return image
+
+
+def _link_source_row(session, source_name: str, row: CsvRow, holder: Image | int) -> None:
+    """A picture already stored, named by this source row too: the row is kept, beside it."""
+    at = {"image": holder} if isinstance(holder, Image) else {"image_id": holder}
+    session.add(ImageSource(**at, source=source_name, external_id=row.external_id, source_label=row.label, meta=row.meta))
+
+
+@dataclass
+class _CsvRun:
+    """What one import run remembers between rows and batches."""
+
+    layout: CsvLayout
+    report: ImportReport
+    known: KnownContent
+    by_external: dict[str, tuple[int, str]]  # this source's stored ids -> (image id, status)
+    seen_external: dict[str, int] = field(default_factory=dict)  # id -> the line that had it first
+    looked_for: list[str] = field(default_factory=list)  # names of the first images not found: the hint when none are
+    still_missing: int = 0  # rows of an earlier run still waiting for their image
+
+    def missing_file(self, path: Path | None) -> None:
+        if path is not None and len(self.looked_for) < 5:
+            self.looked_for.append(path.name)
+
+
+def _stored_row(wb: Workbench, session, run: _CsvRun, row: CsvRow) -> tuple[bool, Image | None]:
+    """(skip, existing) for a row whose id this source already has: skipped when stored (or refused when its
+    picture differs), the stored image to complete when it waited for this file."""
+    if not (row.external_id and row.external_id in run.by_external):
+        return False, None
+    image_id, status = run.by_external[row.external_id]
+    has_file = row.file_path is not None and row.file_path.exists()
+    if status == "image_missing" and has_file:
+        return False, session.get(Image, image_id)
+    if has_file and not _is_stored_picture(wb, session.get(Image, image_id), row.file_path):
+        run.report.failed.append(
+            (
+                row.item,
+                f"id {row.external_id!r} of source {run.layout.source_name!r} is image #{image_id}, with another picture: "
+                f"is this another source's file? Import it with its own --source NAME; nothing was changed",
+            )
+        )
+        return True, None
+    run.report.already_present += 1
+    if status == "image_missing" and row.file_path is not None:  # still waiting for its file
+        run.still_missing += 1
+        run.missing_file(row.file_path)
+    return True, None
+
+
+def _import_row(wb: Workbench, session, run: _CsvRun, line: int, cells: dict, new_rows: list[Image]) -> None:
+    """One CSV row into the session: parsed, checked against the file and the source's stored ids, then stored."""
+    report, layout = run.report, run.layout
+    item = f"{layout.csv_path.name} line {line}"
+    try:
+        row = parse_row(layout, wb.taxonomy, item, cells)
+        if row.external_id and row.external_id in run.seen_external:
+            first = run.seen_external[row.external_id]
+            report.duplicates.append((item, f"repeats id {row.external_id!r} of line {first}: ids are unique per source"))
+            return
+        if row.external_id:
+            run.seen_external[row.external_id] = line
+        locate_file(layout, row)
+    except RowRefused as e:
+        report.failed.append((item, str(e)))
+        return
+    skip, existing = _stored_row(wb, session, run, row)
+    if skip:
+        return
+    for message, kind in row.warnings:
+        report.warn(message, kind)
+    make_row = partial(_new_image, session, layout.source_name, row)
+    if row.file_path is not None and (row.explicit_path or row.file_path.exists()):
+        try:
+            data, original_sha = read_image_file(wb, row.file_path)
+        except ImageRejected as e:
+            report.failed.append((item, f"{row.file_path}: {e}"))
+            return
+        link = partial(_link_source_row, session, layout.source_name, row) if row.external_id else None
+        stored = ingest_bytes(wb, session, run.known, report, item, data, original_sha, make_row, existing, link)
+        if stored is not None and existing is None:
+            new_rows.append(stored)
+        elif stored is not None:
+            report.image_ids.append(stored.id)
+    else:
+        run.missing_file(row.file_path)
+        image = make_row()
+        image.status = "image_missing"
+        session.add(image)
+        new_rows.append(image)
+        report.missing_images += 1
 
 
 def import_csv(
@@ -206,244 +195,39 @@ def import_csv(
     start_import(wb, actor, "import images")
     csv_path = Path(csv_path)
     header, rows, n_rows = read_csv_rows(csv_path)
-    recipe = _choose_recipe(dataset, header, csv_path)
-    fitz17k = recipe is None and _FITZ_REQUIRED <= set(header)
-    path_col, url_col = _pick(header, _PATH_COLUMNS), _pick(header, _URL_COLUMNS)
-    label_col, fitz_col = _pick(header, _LABEL_COLUMNS), _pick(header, _FITZ_COLUMNS)
-    id_col = "md5hash" if fitz17k else _pick(header, ("id", "image_id"))
-    if recipe is not None:
-        path_col, url_col, label_col = None, _pick(header, _URL_COLUMNS), recipe.label_column
-        id_col, fitz_col = recipe.id_column(header), recipe.fitzpatrick_column
-    if not (path_col or url_col or recipe):
-        known = detect_recipe(header)
-        hint = f" It looks like {known.title} metadata: import it with --dataset {known.name}." if known else ""
-        raise IngestError(
-            f"{csv_path.name}: no image column. Found columns {header}; need 'path' (file relative to the CSV) "
-            f"or 'url', plus optional 'label', 'fitzpatrick', 'id'. Nothing was imported.{hint}"
-        )
-    base_dir = Path(images_dir) if images_dir else csv_path.parent
-    used = {c for c in (path_col, url_col, label_col, fitz_col) if c}
-    source_name = _source_name(source, recipe, fitz17k, csv_path)
-    report = ImportReport()
-    files = _files_by_name(base_dir) if recipe is not None and base_dir.is_dir() else {}
-    report.dataset = recipe.name if recipe else None
+    layout = choose_layout(header, csv_path, images_dir=images_dir, dataset=dataset, source=source)
+    report = ImportReport(dataset=layout.recipe.name if layout.recipe else None)
     with wb.session() as session:
-        known = KnownContent(session)
         by_external = {  # this source's rows: another source's id 1 is another row
             ext: (image_id, status)
             for image_id, ext, status in session.execute(
                 select(ImageSource.image_id, ImageSource.external_id, Image.status)
                 .join(Image, Image.id == ImageSource.image_id)
-                .where(ImageSource.source == source_name)
+                .where(ImageSource.source == layout.source_name)
             )
         }
-    seen_external: dict[str, int] = {}  # id -> the line that had it first
-    looked_for: list[str] = []  # names of the first images not found: the hint when none are
-    still_missing = 0  # rows of an earlier run still waiting for their image
+        run = _CsvRun(layout, report, KnownContent(session), by_external)
     # One transaction per batch of rows: memory stays flat on huge files, and a run killed midway keeps
     # its finished batches; the same command again skips them (rows match by id or url) and goes on.
     numbered = enumerate(rows(), start=2)
     while batch := list(itertools.islice(numbered, CSV_BATCH)):
         with wb.session() as session:
             new_rows: list[Image] = []  # flushed together: one INSERT batch, not one per row
-            for line, row in batch:
-                item = f"{csv_path.name} line {line}"
+            for line, cells in batch:
                 if progress:
                     progress(line - 1, n_rows)
-                values = {k: (v if isinstance(v, str) else "") for k, v in row.items() if k is not None}
-                row_warnings: list[tuple[str, str]] = []  # reported once the row is imported: not again on every rerun
-                if None in row:
-                    report.failed.append((item, "more cells than header columns; check quoting"))
-                    continue
-                meta_chars = sum(len(k) + len(v) for k, v in values.items() if k not in used)
-                if meta_chars > MAX_METADATA_CHARS:  # shown with the image on every rerun of the Annotate page
-                    report.failed.append(
-                        (item, f"{meta_chars:,} characters of metadata, over {MAX_METADATA_CHARS:,}: shorten or drop columns")
-                    )
-                    continue
-                for column, value in values.items():
-                    if value.startswith(FORMULA_START) and not _is_number(value):
-                        row_warnings.append(
-                            (
-                                f"{item}: cell {column!r} starts with {value[:1]!r} (spreadsheet formula); stored as plain text",
-                                "formula cell",
-                            )
-                        )
-                extra_meta: dict[str, str] = {}
-                try:
-                    if recipe is not None and recipe.fitzpatrick_bands and fitz_col:
-                        fitzpatrick, band = None, values.get(fitz_col, "").strip()
-                        if band:
-                            if band not in recipe.fitzpatrick_bands:
-                                raise ValueError(f"skin tone {band!r} is not one of {', '.join(recipe.fitzpatrick_bands)}")
-                            extra_meta["fitzpatrick_band"] = recipe.fitzpatrick_bands[band]
-                    else:
-                        fitzpatrick = parse_fitzpatrick(values.get(fitz_col)) if fitz_col else None
-                except ValueError as e:
-                    report.failed.append((item, str(e)))
-                    continue
-                external_id = (values.get(id_col) or "").strip() or None if id_col else None
-                if recipe is not None and external_id is None:  # an empty image_name beside isic_id: the next id column
-                    external_id = next((values[c].strip() for c in recipe.id_columns if (values.get(c) or "").strip()), None)
-                url = (values.get(url_col) or "").strip() or None if url_col else None
-                external_id = external_id or url
-                if external_id and external_id in seen_external:
-                    report.duplicates.append(
-                        (item, f"repeats id {external_id!r} of line {seen_external[external_id]}: ids are unique per source")
-                    )
-                    continue
-                if external_id:
-                    seen_external[external_id] = line
-                label = (values.get(label_col) or "").strip() or None if label_col else None
-                diagnosis_key = wb.taxonomy.normalise(label) if label else None
-                if recipe is not None:  # what a row carries whatever its label
-                    scope = (values.get(recipe.lesion_scope) or "").strip() if recipe.lesion_scope else ""
-                    if scope and (lesion := (values.get("lesion_id") or "").strip()):
-                        extra_meta.update(lesion_id=f"{scope}/{lesion}", source_lesion_id=lesion)
-                    if recipe.license_column and (license_ := (values.get(recipe.license_column) or "").strip()):
-                        extra_meta["image_license"] = license_  # carried into exports and counted on the card
-                if label and recipe is not None:
-                    mapped = recipe.map_label(label, wb.taxonomy)
-                    diagnosis_key = mapped.key
-                    if (
-                        mapped.group9 and mapped.key is None
-                    ):  # a code spanning several labels: the group, and the code stays the source label
-                        extra_meta.update(label_group9=mapped.group9, label_group3=mapped.group3)
-                    if mapped.note:
-                        extra_meta["label_meaning"] = mapped.note
-                    if diagnosis_key is None and not mapped.group9 and (group3 := recipe.row_group3(values)):
-                        extra_meta["label_group3"] = group3  # the row's own truth when its code maps to nothing
-                    if provenance := recipe.provenance(values):
-                        extra_meta["label_provenance"] = provenance  # what `verify --where` and the card count by
-                    if not mapped.known and diagnosis_key is None:
-                        row_warnings.append(
-                            (
-                                f"{item}: label {label!r} is not in the {recipe.name} crosswalk; kept as free text",
-                                "label kept as free text",
-                            )
-                        )
-                elif label and diagnosis_key is None:
-                    row_warnings.append(
-                        (
-                            f"{item}: label {label!r} is not in the taxonomy; kept as free text (fix it in review)",
-                            "label kept as free text",
-                        )
-                    )
-                file_path, explicit_path = None, False
-                if recipe is not None and not external_id:
-                    report.failed.append((item, f"no image id in column {id_col!r}"))
-                    continue
-                if recipe is not None:
-                    try:
-                        name = recipe.image_name(values, external_id)
-                    except (KeyError, ValueError, IndexError):
-                        name = ""
-                    if name not in files and external_id in files:  # ids that already end in .jpg (a HAM copy)
-                        name = external_id
-                    file_path = files.get(name) or (base_dir / name if name else None)
-                    if name and name in files and files[name] is None:
-                        report.failed.append((item, f"{name} is in two folders under {base_dir}: keep one and import again"))
-                        continue
-                elif path_col and values.get(path_col, "").strip():
-                    file_path, explicit_path = base_dir / values[path_col].strip(), True
-                elif fitz17k and images_dir and external_id:
-                    file_path = base_dir / f"{external_id}.jpg"
-                elif url and images_dir:
-                    file_path = base_dir / Path(urlsplit(url).path).name
-                if file_path is not None and not inside(base_dir, file_path):
-                    report.failed.append((item, f"the image path {OUTSIDE}; keep images inside the CSV's folder or --images-dir"))
-                    continue
-
-                existing = None
-                if external_id and external_id in by_external:
-                    image_id, status = by_external[external_id]
-                    has_file = file_path is not None and file_path.exists()
-                    if status == "image_missing" and has_file:
-                        existing = session.get(Image, image_id)
-                    elif has_file and not _is_stored_picture(wb, session.get(Image, image_id), file_path):
-                        report.failed.append(
-                            (
-                                item,
-                                f"id {external_id!r} of source {source_name!r} is image #{image_id}, with another picture: "
-                                f"is this another source's file? Import it with its own --source NAME; nothing was changed",
-                            )
-                        )
-                        continue
-                    else:
-                        report.already_present += 1
-                        if status == "image_missing" and file_path is not None:  # still waiting for its file
-                            still_missing += 1
-                            if len(looked_for) < 5:
-                                looked_for.append(file_path.name)
-                        continue
-
-                for message, kind in row_warnings:
-                    report.warn(message, kind)
-                meta = {**{k: v for k, v in values.items() if k not in used and v != ""}, **extra_meta}
-
-                def make_row() -> Image:
-                    image = Image(
-                        source=source_name,
-                        source_ref=str(file_path or url or ""),
-                        url=url,
-                        external_id=external_id,
-                        source_label=label,
-                        diagnosis_key=diagnosis_key,
-                        fitzpatrick=fitzpatrick,
-                        status="pending",
-                        meta=meta,
-                    )
-                    if external_id:
-                        session.add(ImageSource(image=image, source=source_name, external_id=external_id, **row_of))
-                    return image
-
-                row_of = {"source_label": label, "meta": meta}
-
-                def link(holder: Image | int, external_id=external_id) -> None:
-                    # a picture already stored, named by this source row too: the row is kept, beside it
-                    at = {"image": holder} if isinstance(holder, Image) else {"image_id": holder}
-                    session.add(ImageSource(**at, source=source_name, external_id=external_id, **row_of))
-
-                # A file named in the CSV must exist; one derived from images_dir is used when present.
-                if file_path is not None and (explicit_path or file_path.exists()):
-                    try:
-                        data, original_sha = read_image_file(wb, file_path)
-                    except ImageRejected as e:
-                        report.failed.append((item, f"{file_path}: {e}"))
-                        continue
-                    row = ingest_bytes(
-                        wb, session, known, report, item, data, original_sha, make_row, existing, link if external_id else None
-                    )
-                    if row is not None and existing is None:
-                        new_rows.append(row)
-                    elif row is not None:
-                        report.image_ids.append(row.id)
-                else:
-                    if file_path is not None and len(looked_for) < 5:
-                        looked_for.append(file_path.name)
-                    image = make_row()
-                    image.status = "image_missing"
-                    session.add(image)
-                    new_rows.append(image)
-                    report.missing_images += 1
+                _import_row(wb, session, run, line, cells, new_rows)
             flush_new(session, report, new_rows)
-            by_external.update((r.external_id, (r.id, r.status)) for r in new_rows if r.external_id)
-    if recipe is not None and (not_found := report.missing_images + still_missing) and looked_for:
+            run.by_external.update((r.external_id, (r.id, r.status)) for r in new_rows if r.external_id)
+    if layout.recipe is not None and (not_found := report.missing_images + run.still_missing) and run.looked_for:
         report.warn(
-            f"{not_found} images were not found under {base_dir} (looked for {', '.join(looked_for)}"
-            f"{', ...' if not_found > len(looked_for) else ''}); they wait as image_missing: put them there "
+            f"{not_found} images were not found under {layout.base_dir} (looked for {', '.join(run.looked_for)}"
+            f"{', ...' if not_found > len(run.looked_for) else ''}); they wait as image_missing: put them there "
             "(or name the folder with --images-dir) and import again",
             "images not found",
         )
     with wb.session() as session:
         audit.record(
-            session,
-            actor,
-            "images.import_csv",
-            "image",
-            None,
-            source=str(csv_path),
-            summary=report.summary(),
-            n_rows=n_rows,
+            session, actor, "images.import_csv", "image", None, source=str(csv_path), summary=report.summary(), n_rows=n_rows
         )
     return report

@@ -5,9 +5,9 @@ source=synthetic everywhere."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from random import Random
-from typing import Callable
 
 from curation.errors import NotFound, PermissionDenied
 from curation.ingest.common import ImportReport, KnownContent, ingest_bytes

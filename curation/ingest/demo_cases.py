@@ -250,6 +250,19 @@ def _mask(size: tuple[int, int], polygons: list[list[tuple[float, float]]], ring
     return mask
 
 
+def _lesion_pixels(rng: Random, colours: list[str], centre: tuple[float, float], shape: tuple[int, ...]) -> np.ndarray:
+    """The lesion's colour at every pixel: one colour, or (variegated) a wavy angular sector per listed colour, so
+    each one shows."""
+    if len(colours) == 1:
+        return np.broadcast_to(np.array(COLOR_RGB[colours[0]], dtype=np.float32), shape)
+    cx, cy = centre
+    yy, xx = np.mgrid[0:IMAGE_PX, 0:IMAGE_PX].astype(np.float32)
+    theta = np.arctan2(yy - cy, xx - cx)
+    theta = theta + 0.5 * np.sin(3 * theta + rng.uniform(0, 2 * math.pi))
+    index = ((theta / (2 * math.pi)) % 1.0 * len(colours)).astype(int) % len(colours)
+    return np.array([COLOR_RGB[c] for c in colours], dtype=np.float32)[index]
+
+
 def render_case(rng: Random, caption: Caption, fitzpatrick: int) -> PILImage.Image:
     """Draw a lesion image that shows what the caption says."""
     skin = _skin(rng, fitzpatrick)
@@ -259,7 +272,7 @@ def render_case(rng: Random, caption: Caption, fitzpatrick: int) -> PILImage.Ima
     diameters = [rng.uniform(size_lo, size_hi) * PX_PER_MM for _ in range(count)]
     centres = _centres(rng, count, caption.distribution, max(diameters) / 2)
     shape = caption.shape[0] if caption.shape else "round"
-    polygons = [_shape_polygon(rng, shape, cx, cy, d / 2) for (cx, cy), d in zip(centres, diameters)]
+    polygons = [_shape_polygon(rng, shape, cx, cy, d / 2) for (cx, cy), d in zip(centres, diameters, strict=True)]
     mask = _mask((IMAGE_PX, IMAGE_PX), polygons, ring="annular" in caption.shape)
     if "ill-defined" in caption.border_surface:
         mask = mask.filter(ImageFilter.GaussianBlur(radius=max(2.0, min(diameters) * 0.08)))
@@ -275,15 +288,7 @@ def render_case(rng: Random, caption: Caption, fitzpatrick: int) -> PILImage.Ima
         )
         out = out * (1 - 0.45 * halo) + np.array(COLOR_RGB["erythematous"]) * 0.45 * halo
     colours = [c for c in caption.color if c in COLOR_RGB] or ["brown"]
-    if len(colours) == 1:
-        lesion = np.broadcast_to(np.array(COLOR_RGB[colours[0]], dtype=np.float32), skin.shape)
-    else:  # variegated: every listed colour gets a wavy angular sector of the lesion, so each one shows
-        cx, cy = centres[0]
-        yy, xx = np.mgrid[0:IMAGE_PX, 0:IMAGE_PX].astype(np.float32)
-        theta = np.arctan2(yy - cy, xx - cx)
-        theta = theta + 0.5 * np.sin(3 * theta + rng.uniform(0, 2 * math.pi))
-        index = ((theta / (2 * math.pi)) % 1.0 * len(colours)).astype(int) % len(colours)
-        lesion = np.array([COLOR_RGB[c] for c in colours], dtype=np.float32)[index]
+    lesion = _lesion_pixels(rng, colours, centres[0], skin.shape)
     opacity = 0.55 if colours == ["erythematous"] or "translucent/pearly" in colours else 0.9
     out = out * (1 - opacity * alpha) + lesion * opacity * alpha
     img = PILImage.fromarray(out.clip(0, 255).astype(np.uint8), "RGB")
@@ -310,7 +315,7 @@ def render_case(rng: Random, caption: Caption, fitzpatrick: int) -> PILImage.Ima
                 length = detail_rng.uniform(6, 14)
                 draw.line([(x, y), (x + length * math.cos(angle), y + length * math.sin(angle))], fill=(170, 40, 50), width=1)
     if "pustule" in caption.lesion_type:
-        for (cx, cy), d in zip(centres, diameters):
+        for (cx, cy), d in zip(centres, diameters, strict=True):
             if detail_rng.random() < 0.5:
                 draw.ellipse((cx - d / 5, cy - d / 5, cx + d / 5, cy + d / 5), fill=(240, 226, 170))
     return img

@@ -127,7 +127,7 @@ def fetch_images(
             with wb.session() as session:
                 image = session.get(Image, image_id)
                 if image is not None and image.status == "image_missing":
-                    if ingest_bytes(wb, session, known, report, item, data, sha256_hex(data), lambda: image, image):
+                    if ingest_bytes(wb, session, known, report, item, data, sha256_hex(data), lambda image=image: image, image):
                         report.image_ids.append(image_id)
                         audit.record(session, actor, "image.fetch", "image", image_id, url=url)
         if progress:

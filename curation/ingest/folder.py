@@ -9,9 +9,10 @@ an interrupted import keeps finished batches and a re-run continues. Symlinked f
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
-from typing import Iterator
 
 from curation.errors import ImageRejected, IngestError
 from curation.ingest.common import (
@@ -79,10 +80,10 @@ def import_folder(
         for start in range(0, len(files), FOLDER_BATCH):
             batch = files[start : start + FOLDER_BATCH]
             frozen = known.snapshot()
-            prepared = pool.map(lambda path: prepare_path(wb, frozen, path), batch)
+            prepared = pool.map(partial(prepare_path, wb, frozen), batch)
             with wb.session() as session:
                 new_rows: list[Image] = []
-                for index, (path, ready) in enumerate(zip(batch, prepared), start):
+                for index, (path, ready) in enumerate(zip(batch, prepared, strict=True), start):
                     label = path.parent.name if label_from_folder and path.parent != root else None
 
                     def make_row(path=path, label=label) -> Image:

@@ -318,7 +318,7 @@ def add_drafts(wb: Workbench, actor: Actor, drafts: list[dict[str, Any]]) -> lis
                     "payload": {"image_id": row["image_id"], "kind": row["kind"], "producer": row["producer"]},
                     "created_at": row["created_at"],
                 }
-                for draft_id, row in zip(ids, rows)
+                for draft_id, row in zip(ids, rows, strict=True)
             ],
         )
         return ids

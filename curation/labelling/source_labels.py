@@ -11,8 +11,8 @@ the same way (`undo=True`). Captions are not touched: they are still drafted and
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from sqlalchemy import select, update
 

@@ -25,7 +25,7 @@ def cohen_kappa(a: list[str], b: list[str]) -> float | None:
     n = len(a)
     if n == 0:
         return None
-    observed = sum(x == y for x, y in zip(a, b)) / n
+    observed = sum(x == y for x, y in zip(a, b, strict=True)) / n
     ca, cb = Counter(a), Counter(b)
     expected = sum(ca[k] * cb[k] for k in ca) / (n * n)
     return None if expected == 1 else (observed - expected) / (1 - expected)

@@ -9,7 +9,7 @@ import sqlite3
 import stat
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from alembic.runtime.migration import MigrationContext
@@ -51,7 +51,7 @@ def backup(wb: Workbench, actor: Actor, out: Path | None = None) -> Path:
     require(actor, "admin", "back up the database")
     source = _sqlite_path(wb)
     if out is None:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         out = wb.settings.backup_dir / f"skinflow-{stamp}.db"
     out = Path(out)
     if out.exists():
@@ -185,7 +185,7 @@ def restore(settings, backup_file: Path, actor: Actor) -> RestoreReport:
     if not url.startswith("sqlite:///"):
         raise DatabaseError("restore works on SQLite databases; for PostgreSQL use pg_restore")
     target = Path(url.removeprefix("sqlite:///"))
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     previous = target.with_name(f"{target.name}.before-restore-{stamp}")
     if target.exists():
         _sqlite_copy(str(target), previous)  # a consistent copy of the current state, WAL included

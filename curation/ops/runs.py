@@ -42,6 +42,7 @@ from curation.store.auth import Actor, require
 from curation.store.db import Workbench
 from curation.store.models import Export, TrainingRun, User, utcnow
 from schema.files import read_jsonl
+from schema.run_files import PROGRESS_FILE, RunProgress, read_progress
 
 CANCEL_GRACE_S = 60
 PRESETS = ("tiny", "qwen2.5-vl-7b", "probe", "qwen2.5-vl-3b-lora", "qwen2.5-vl-7b-lora", "qwen2.5-vl-7b-qlora")
@@ -97,7 +98,7 @@ class RunView:
     checkpoint_path: str | None
     metrics: dict[str, Any]
     error: str | None
-    progress: dict[str, Any]
+    progress: RunProgress | None  # None until the trainer first writes it
     active: bool
     kind: str = "train"  # or "ablation"
 
@@ -348,13 +349,13 @@ def refresh_runs(wb: Workbench) -> None:
     with wb.session() as s:
         for run in s.scalars(select(TrainingRun).where(TrainingRun.status == "running")):
             folder = run_dir(wb, run.id)
-            progress = _read_json(folder / "progress.json")
+            status = getattr(read_progress(folder), "status", None)
             alive = _alive(run.pid, f"run-{run.id}")
-            if progress.get("status") == "done":
+            if status == "done":
                 run.status, run.finished_at = "done", utcnow()
                 run.metrics = _summary(read_metrics(wb, run.id))
                 run.checkpoint_path = None if run.config.get("kind") == "ablation" else str((folder / "model").resolve())
-            elif progress.get("status") == "cancelled" and not alive:
+            elif status == "cancelled" and not alive:
                 run.status, run.finished_at = "cancelled", utcnow()
                 run.metrics = _summary(read_metrics(wb, run.id))
             elif not alive:
@@ -443,7 +444,7 @@ def list_runs(wb: Workbench) -> list[RunView]:
                 checkpoint_path=r.checkpoint_path,
                 metrics=r.metrics or {},
                 error=r.error,
-                progress=_read_json(run_dir(wb, r.id) / "progress.json"),
+                progress=read_progress(run_dir(wb, r.id)),
                 active=r.id == active,
                 kind=r.config.get("kind", "train"),
             )
@@ -455,7 +456,7 @@ def run_folder_of(path: Path) -> Path | None:
     """The run folder holding `path` (a run folder or a checkpoint inside one): config.json beside progress.json,
     as the trainer writes them."""
     path = path.resolve()
-    return next((f for f in (path, *path.parents) if (f / "config.json").is_file() and (f / "progress.json").is_file()), None)
+    return next((f for f in (path, *path.parents) if (f / "config.json").is_file() and (f / PROGRESS_FILE).is_file()), None)
 
 
 def register_run(wb: Workbench, actor: Actor, path: Path) -> int | None:
@@ -476,10 +477,10 @@ def register_run(wb: Workbench, actor: Actor, path: Path) -> int | None:
                 return run.id
         if folder is None:  # a bare model folder: nothing says what it was trained on
             return None
-        config, progress = _read_json(folder / "config.json"), _read_json(folder / "progress.json")
+        config, progress = _read_json(folder / "config.json"), read_progress(folder)
         export = Path(str(config.get("export") or "")).resolve()
         export_id = s.scalar(select(Export.id).where(Export.path == str(export))) if config.get("export") else None
-        if export_id is None or progress.get("status") != "done":  # not ours, or not finished (a checkpoint of it)
+        if export_id is None or progress is None or progress.status != "done":  # not ours, or not finished (a checkpoint of it)
             return None
         run = TrainingRun(
             export_id=export_id,

@@ -10,7 +10,7 @@ import re
 import secrets
 import unicodedata
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from argon2 import PasswordHasher
@@ -287,7 +287,7 @@ def _claim_attempt(s, name: str, client: str, now: datetime) -> LoginAttempt:
     ).all()
     if len(counted) >= MAX_FAILED_LOGINS:
         first = counted[-MAX_FAILED_LOGINS]
-        first = first if first.tzinfo else first.replace(tzinfo=timezone.utc)
+        first = first if first.tzinfo else first.replace(tzinfo=UTC)
         wait = max(1, int(((first + FAILED_LOGIN_WINDOW) - now).total_seconds() // 60) + 1)
         # raising rolls this attempt back: a refused attempt does not extend the wait
         raise InvalidCredentials(

@@ -8,11 +8,11 @@ concurrent writers wait instead of failing with "database is locked".
 from __future__ import annotations
 
 import fcntl
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Iterator
 
 from alembic import command
 from alembic.config import Config

@@ -7,7 +7,7 @@ Every mutation writes an AuditEvent (curation/store/audit.py).
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -37,7 +37,7 @@ NEEDS_WORK_STATUSES = ("pending", "annotated")  # images a suggestion or a label
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Base(DeclarativeBase):
@@ -144,8 +144,8 @@ class Image(Base):
     source_verified_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
-    drafts: Mapped[list["Draft"]] = relationship(back_populates="image", order_by="Draft.id")
-    annotations: Mapped[list["Annotation"]] = relationship(
+    drafts: Mapped[list[Draft]] = relationship(back_populates="image", order_by="Draft.id")
+    annotations: Mapped[list[Annotation]] = relationship(
         back_populates="image", order_by="Annotation.id", foreign_keys="Annotation.image_id"
     )
 

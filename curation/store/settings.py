@@ -69,7 +69,7 @@ class Settings(BaseModel):
         return self.home / "backups"
 
     @classmethod
-    def load(cls, environ: dict[str, str] | None = None, **overrides) -> "Settings":
+    def load(cls, environ: dict[str, str] | None = None, **overrides) -> Settings:
         env = os.environ if environ is None else environ
         values: dict = {}
         home = Path(env.get("SKINFLOW_HOME", overrides.get("home", "workbench")))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import streamlit as st
+from pydantic import ValidationError
 
 from app.ui import state
 from app.ui.keyboard import show_shortcuts
@@ -62,7 +63,7 @@ def _conflict(wb, actor, item, mine: dict) -> None:
     st.dataframe(versions_table(wb.taxonomy, {current: theirs, "Your version": mine}), width="stretch")
     try:
         differing = field_disagreements(theirs["caption"], mine["caption"])
-    except Exception:  # an invalid form simply has no comparison
+    except ValidationError:  # an invalid form simply has no comparison
         differing = []
     st.caption("Fields that differ: " + (", ".join(differing) or "none"))
     keep_mine, keep_theirs = st.columns(2)

@@ -120,6 +120,14 @@ def _next_item(listed: list[int]) -> None:
     st.session_state[ITEM] = _after(st.session_state.get(ITEM), listed)
 
 
+def _source_label(wb, detail) -> str:
+    if detail.diagnosis_key:
+        return taxonomy_label(wb.taxonomy, detail.diagnosis_key)
+    if detail.source_group:
+        return f"{plain(detail.source_label)} — group {plain(detail.source_group)}"
+    return plain(detail.source_label or "none")
+
+
 def render() -> None:
     actor = state.require_role("reviewer", "Reviewing")
     wb = state.workbench()
@@ -147,13 +155,7 @@ def render() -> None:
     with image_column:
         if detail.path is not None:
             image_panel(wb, actor, detail.id, detail.path, f"image #{detail.id}", key=f"r{detail.id}", width=detail.width)
-        if detail.diagnosis_key:
-            source_label = taxonomy_label(wb.taxonomy, detail.diagnosis_key)
-        elif detail.source_group:
-            source_label = f"{plain(detail.source_label)} — group {plain(detail.source_group)}"
-        else:
-            source_label = plain(detail.source_label or "none")
-        st.markdown(f"**Source label:** {source_label}")
+        st.markdown(f"**Source label:** {_source_label(wb, detail)}")
     with table_column:
         table = versions_table(wb.taxonomy, {f"{h['user']} v{h['version']}": h for h in heads})
         differing = {FIELD_LABELS[k] for pair in item["comparison"]["pairs"] for k, v in pair["scores"].items() if v < 1}

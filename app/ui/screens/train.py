@@ -29,6 +29,7 @@ from curation.ops.runs import (
 )
 from curation.store.models import UNFINISHED_RUN_STATUSES
 from schema.errors import SkinflowError
+from schema.run_files import RunProgress
 
 
 def _curves(metrics: list[dict]) -> None:
@@ -44,32 +45,29 @@ def _curves(metrics: list[dict]) -> None:
     st.altair_chart(chart.facet(facet="measure:N", columns=3).resolve_scale(y="independent"))
 
 
+def _live_progress(wb, actor, run) -> None:
+    ablation = run.kind == "ablation"
+    progress = run.progress or RunProgress(status="running")
+    st.progress(progress.fraction(ablation), text=progress.describe(ablation))
+    if ablation:
+        stopping = "the current variant stops at its next step; resuming skips the finished ones."
+    else:
+        stopping = "the run stops at its next step and keeps its last checkpoint."
+    if st.button("Cancel ablation" if run.kind == "ablation" else "Cancel run"):
+        try:
+            cancel_run(wb, actor, run.id)
+        except SkinflowError as e:
+            state.show_error(e)
+        else:
+            st.info(f"Cancelling: {stopping}")
+
+
 def _run_details(wb, actor, run_id: int, polling: bool = False) -> None:
     run = next(r for r in list_runs(wb) if r.id == run_id)
     if polling and run.status not in UNFINISHED_RUN_STATUSES:
         st.rerun()  # it finished: the whole page again, so the Runs table above stops saying "running"
-    progress = run.progress
     if run.status == "running":
-        if run.kind == "ablation":
-            done, total = progress.get("done", 0), max(progress.get("total") or 1, 1)
-            fraction, text = done / total, f"ablation: {done} of {total} runs done; now {progress.get('current', 'starting')}"
-            stopping = "the current variant stops at its next step; resuming skips the finished ones."
-        else:
-            stages = progress.get("stages") or [0, 1, 2]
-            index, step, total = progress.get("stage_index", 0), progress.get("step", 0), max(progress.get("max_steps") or 1, 1)
-            fraction, text = (
-                (index + step / total) / len(stages),
-                f"{progress.get('stage_name', 'starting')}: step {step} of {total}",
-            )
-            stopping = "the run stops at its next step and keeps its last checkpoint."
-        st.progress(min(1.0, fraction), text=text)
-        if st.button("Cancel ablation" if run.kind == "ablation" else "Cancel run"):
-            try:
-                cancel_run(wb, actor, run.id)
-            except SkinflowError as e:
-                state.show_error(e)
-            else:
-                st.info(f"Cancelling: {stopping}")
+        _live_progress(wb, actor, run)
     elif run.status == "queued":
         st.info("Queued: it starts when the running one finishes.")
     if run.error:

@@ -3,7 +3,7 @@ adding a new file (caption-v2.j2), never by editing an old one, so cached drafts
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import jinja2
@@ -13,7 +13,7 @@ from curation.errors import ConfigError
 FOLDER = Path(__file__).parent
 
 
-@lru_cache(maxsize=None)
+@cache
 def _template(version: str) -> jinja2.Template:
     path = FOLDER / f"{version}.j2"
     if not path.is_file():
