@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.app import record, write_section  # noqa: E402
 from curation.export.dataset import export_dataset  # noqa: E402
-from curation.ingest.demo import build_demo  # noqa: E402
+from curation.ops.demo import build_demo  # noqa: E402
 from curation.store.auth import get_actor  # noqa: E402
 from curation.store.db import open_workbench  # noqa: E402
 from curation.store.settings import Settings  # noqa: E402

@@ -26,12 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sqlalchemy import text  # noqa: E402
 
-from curation.ingest.demo import build_demo  # noqa: E402
 from curation.labelling.queue import next_item, skip  # noqa: E402
-from curation.labelling.workflow import update_workflow_settings  # noqa: E402
+from curation.ops.demo import build_demo  # noqa: E402
 from curation.store.auth import add_user, get_actor  # noqa: E402
 from curation.store.db import open_workbench  # noqa: E402
 from curation.store.settings import Settings  # noqa: E402
+from curation.store.workflow import update_workflow_settings  # noqa: E402
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 APP = Path(__file__).resolve().parents[1] / "app" / "ui" / "main.py"

@@ -29,12 +29,12 @@ from sqlalchemy import select, text  # noqa: E402
 
 from app.ui.widgets import taxonomy_label, term_label  # noqa: E402
 from benchmarks.app import bulk_images, percentile, record, write_section  # noqa: E402
-from curation.ingest.demo import build_demo  # noqa: E402
-from curation.labelling.workflow import update_workflow_settings  # noqa: E402
+from curation.ops.demo import build_demo  # noqa: E402
 from curation.store.auth import get_actor, set_password  # noqa: E402
 from curation.store.db import open_workbench  # noqa: E402
 from curation.store.models import Annotation, Draft, Image, SavedWork  # noqa: E402
 from curation.store.settings import Settings  # noqa: E402
+from curation.store.workflow import update_workflow_settings  # noqa: E402
 from schema.taxonomy import default_taxonomy  # noqa: E402
 from schema.vocabulary import default_vocabulary  # noqa: E402
 from tests.browser_app import CHROMIUM, chips, chromium, free_port, image_on_screen, log_in, serve  # noqa: E402

@@ -39,12 +39,13 @@ from sqlalchemy import select  # noqa: E402
 
 from benchmarks.app import record, write_section  # noqa: E402
 from benchmarks.simulated_vlm import VLMProfile, image_difficulty, simulate  # noqa: E402
+from curation.assist.drafts import NewDraft, add_drafts  # noqa: E402
 from curation.assist.evidence import MEASURES, describe_decision, interval, refresh_evidence  # noqa: E402
 from curation.assist.routing import ensure_routed_draft  # noqa: E402
 from curation.assist.suggestions import images_needing_work, import_predictions  # noqa: E402
 from curation.export.dataset import export_dataset  # noqa: E402
-from curation.ingest.demo import build_demo  # noqa: E402
-from curation.labelling.annotate import add_drafts, review_annotation, submit_annotation  # noqa: E402
+from curation.labelling.annotate import review_annotation, submit_annotation  # noqa: E402
+from curation.ops.demo import build_demo  # noqa: E402
 from curation.ops.runs import run_dir  # noqa: E402
 from curation.store.auth import get_actor  # noqa: E402
 from curation.store.db import open_workbench  # noqa: E402
@@ -99,14 +100,14 @@ def _workbench(home: Path, seed: int, n: int, verified_fraction: float, vlms: li
             rng = Random(f"{vlm.name}:{seed}:{image_id}")
             caption, diagnoses = simulate(vlm, meta["true_caption"], key, difficulty, wb.taxonomy, rng)
             drafts.append(
-                {
-                    "image_id": image_id,
-                    "kind": "llm",
-                    "producer": vlm.name,
-                    "version": SIM_VERSION,
-                    "caption": caption,
-                    "diagnoses": diagnoses,
-                }
+                NewDraft(
+                    image_id=image_id,
+                    kind="llm",
+                    producer=vlm.name,
+                    version=SIM_VERSION,
+                    caption=caption,
+                    diagnoses=diagnoses,
+                )
             )
     add_drafts(wb, admin, drafts)
     return wb, admin
@@ -431,7 +432,7 @@ def _heads_seconds(export: Path, dim: int, records: int = 1000) -> float:
     import torch
 
     from trainer.data import load_export
-    from trainer.probe import cross_validate, fit_heads, make_layout, make_targets, training_records
+    from trainer.probe_heads import cross_validate, fit_heads, make_layout, make_targets, training_records
 
     data = load_export(export)
     base = training_records(data)
@@ -453,7 +454,7 @@ def bench_speed(images: int, tmp: Path) -> list[dict]:
     from transformers import CLIPVisionConfig, CLIPVisionModel
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    from trainer.probe import FeatureExtractor
+    from trainer.probe_encoder import FeatureExtractor
 
     wb = open_workbench(Settings.load(environ={}, home=tmp / "wb"))
     build_demo(wb, None, n=60, seed=0, verified_fraction=1.0, annotated_fraction=0.0)

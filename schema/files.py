@@ -1,4 +1,5 @@
-"""The two file primitives every layer shares: reading JSONL records and writing a file atomically.
+"""The file primitives every layer shares: reading JSONL records, writing a file atomically, and keeping a CSV
+cell from running as a spreadsheet formula.
 
 They live in schema/ because schema/ is the bottom of the dependency graph (curation and the trainer both
 read JSONL: exports, prediction files, metrics; both write files that other processes poll).
@@ -6,6 +7,7 @@ read JSONL: exports, prediction files, metrics; both write files that other proc
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -18,6 +20,7 @@ from typing import Any
 from schema.errors import SkinflowError
 
 TEMP_PREFIX = ".tmp-"
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what spreadsheet programs run as a formula
 MAX_JSON_DEPTH = 64  # no record, caption or reply we read nests deeper than a handful of levels
 MAX_JSONL_LINE_CHARS = 1_000_000
 _JSON_STRUCTURE = re.compile(r'\\.|["\[\]{}]')  # escapes (skipped whole), quotes and brackets
@@ -135,3 +138,15 @@ def row_id(value: object) -> int | None:
     """An id read from an outside file (a prediction line, a Label Studio task) when it is one a database row can
     have: a positive integer under 2**63, not a bool. A 30-digit id crashed the SQLite lookup."""
     return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63 else None
+
+
+def neutralise_formula(value: Any) -> Any:
+    """A CSV cell that a spreadsheet program would run (it starts with = + - @, tab or CR) gets a leading quote,
+    which keeps it text; anything else is returned as it is."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_START) else value
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, read in blocks (an image, an export's file)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()

@@ -23,6 +23,7 @@ from typing import Any
 from schema.files import loads_bounded, row_id, write_atomic, write_json_atomic
 
 PROGRESS_FILE = "progress.json"
+HELD_OUT_FILE = "held_out_predictions.jsonl"  # a finished run's predictions on its export's val and test images
 MAX_MODEL_VERSION_CHARS = 200
 
 

@@ -30,11 +30,11 @@ ARGS = [
 
 def demo_workbench(home: Path):
     """Six demo images, nothing annotated, no gold questions; the annotator's password is browser-pass-1."""
-    from curation.ingest.demo import build_demo
-    from curation.labelling.workflow import update_workflow_settings
+    from curation.ops.demo import build_demo
     from curation.store.auth import get_actor, set_password
     from curation.store.db import open_workbench
     from curation.store.settings import Settings
+    from curation.store.workflow import update_workflow_settings
 
     wb = open_workbench(Settings.load(environ={}, home=home))
     build_demo(wb, None, n=6, seed=0, verified_fraction=0.0, annotated_fraction=0.0)

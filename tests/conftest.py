@@ -137,9 +137,9 @@ def demo_home(tmp_path, monkeypatch):
     """The demo workbench (12 images) the app-page tests log in to, with known passwords; SKINFLOW_HOME points at it."""
     import streamlit as st
 
-    from curation.ingest.demo import build_demo
-    from curation.labelling.workflow import update_workflow_settings
+    from curation.ops.demo import build_demo
     from curation.store.auth import get_actor, set_password
+    from curation.store.workflow import update_workflow_settings
 
     home = tmp_path / "wb"
     monkeypatch.setenv("SKINFLOW_HOME", str(home))

@@ -44,7 +44,7 @@ HOSTILE_TEXT = (
     "PWNED ![p](http://127.0.0.1:9/pixel.png) [Session expired: log in again](http://2130706433:18777/login) "
     "<img src=x onerror=alert(1)> http://2130706433:18777/ **bold** ENDPWNED"
 )
-# replies the way real vision models write them: each keeps its good fields after salvage (schema/salvage.py)
+# replies the way real vision models write them: each keeps its good fields after salvage (curation/assist/salvage.py)
 LOOSE_REPLIES = {
     "counts_and_ranges": {"number": "2", "size": "3-4 mm", "other": ["silvery scale", "Auspitz sign"], "confidence": 0.8},
     "band_against_measure": {"number": "multiple (about 10)", "size": "1-2 cm", "size_mm": 8},

@@ -3,8 +3,9 @@ import threading
 import pytest
 from sqlalchemy import select
 
+from curation.assist.drafts import add_draft
 from curation.errors import ConflictError, NotFound
-from curation.labelling.annotate import IncompleteAnnotation, add_draft, review_annotation, submit_annotation
+from curation.labelling.annotate import IncompleteAnnotation, review_annotation, submit_annotation
 from curation.store.auth import Actor
 from curation.store.models import Annotation, AuditEvent, Image
 from schema import Caption, CaptionError

@@ -10,13 +10,13 @@ import streamlit as st
 from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 
-from curation.ingest.demo import build_demo
 from curation.labelling.annotate import submit_annotation
-from curation.labelling.workflow import update_workflow_settings
+from curation.ops.demo import build_demo
 from curation.store.auth import get_actor, set_password
 from curation.store.db import open_workbench
 from curation.store.models import Annotation, Draft, Image
 from curation.store.settings import Settings
+from curation.store.workflow import update_workflow_settings
 from tests.conftest import PASSWORDS
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "ui" / "main.py")
@@ -282,7 +282,7 @@ def test_admin_settings_and_users(demo_home):
     form_inputs = at.number_input
     form_inputs[0].set_value(2)
     [b for b in at.button if b.label == "Save settings"][0].click().run()
-    from curation.labelling.workflow import get_workflow_settings
+    from curation.store.workflow import get_workflow_settings
 
     assert get_workflow_settings(demo_home).overlap == 2
     at.text_input[0].input("drjones")
@@ -354,7 +354,7 @@ def test_admin_export_takes_formats_and_filters(demo_home, tmp_path):
 
 
 def test_model_suggestions_are_one_click_choices(demo_home):
-    from curation.labelling.annotate import add_draft
+    from curation.assist.drafts import add_draft
 
     admin = get_actor(demo_home, "admin")
     for image_id in range(1, 13):
@@ -451,7 +451,7 @@ def test_weights_page_computes_shows_evidence_and_activates(demo_home):
 
 
 def test_review_lists_suspicious_labels_and_sends_them_back(demo_home):
-    from curation.labelling.annotate import add_drafts
+    from curation.assist.drafts import NewDraft, add_drafts
     from curation.store.models import Image as ImageRow
 
     admin = get_actor(demo_home, "admin")
@@ -465,14 +465,14 @@ def test_review_lists_suspicious_labels_and_sends_them_back(demo_home):
         other = next(k for k in keys if k != key)
         best, second = (other, key) if image_id == wrong else (key, other)
         drafts.append(
-            {
-                "image_id": image_id,
-                "kind": "model",
-                "producer": "skinflow",
-                "version": "run-9:stage2",
-                "caption": None,
-                "diagnoses": [{"key": best, "score": 0.97}, {"key": second, "score": 0.02}],
-            }
+            NewDraft(
+                image_id=image_id,
+                kind="model",
+                producer="skinflow",
+                version="run-9:stage2",
+                caption=None,
+                diagnoses=[{"key": best, "score": 0.97}, {"key": second, "score": 0.02}],
+            )
         )
     add_drafts(demo_home, admin, drafts)
     at = page(demo_home, "review", "reviewer")
@@ -487,7 +487,7 @@ def test_review_lists_suspicious_labels_and_sends_them_back(demo_home):
 
 
 def test_reader_study_page_creates_rates_and_reports(demo_home):
-    from curation.labelling.annotate import add_draft
+    from curation.assist.drafts import add_draft
 
     admin = get_actor(demo_home, "admin")
     with demo_home.session() as s:
@@ -541,7 +541,7 @@ def test_evaluation_page_shows_reports_side_by_side(demo_home, tmp_path):
 
 def test_hostile_text_from_a_csv_or_an_llm_reply_is_shown_as_text(demo_home):
     """A source label or reply with markdown or HTML cannot add markup, links or remote images to a page."""
-    from curation.labelling.annotate import add_draft
+    from curation.assist.drafts import add_draft
 
     hostile = "![pixel](http://127.0.0.1:9/track.png) <img src=x onerror=alert(1)> **bold**"
     admin = get_actor(demo_home, "admin")
@@ -660,8 +660,8 @@ def test_untrusted_text_is_inert_on_every_page_that_shows_it(demo_home, monkeypa
 def routed_home(tmp_path, monkeypatch):
     """30 demo images, 24 verified. On the verified ones an LLM gets every field right but shape and a model every
     field right but color; the images still to annotate get an LLM and a model draft that differ in both."""
+    from curation.assist.drafts import add_draft
     from curation.assist.evidence import source_evidence
-    from curation.labelling.annotate import add_draft
 
     home = tmp_path / "wb"
     monkeypatch.setenv("SKINFLOW_HOME", str(home))
@@ -707,8 +707,8 @@ def test_the_annotate_form_takes_each_field_from_its_best_source_and_says_which(
     # each single source is still offered
     assert {"llm: vision-model v1", "model: skinflow run-9:stage2"} <= set(prefill.options)
     # a newer evidence snapshot re-routes the image; the open form keeps what the annotator changed
+    from curation.assist.drafts import add_draft
     from curation.assist.evidence import refresh_evidence
-    from curation.labelling.annotate import add_draft
 
     color = next(m for m in at.multiselect if m.label.startswith("Color"))
     color.set_value(["black"]).run()
@@ -731,8 +731,8 @@ def test_the_annotate_form_takes_each_field_from_its_best_source_and_says_which(
 
 
 def test_the_annotate_form_says_what_salvage_changed_or_dropped_in_the_draft(demo_home):
-    from curation.labelling.annotate import add_draft
-    from schema.salvage import salvage_caption
+    from curation.assist.drafts import add_draft
+    from curation.assist.salvage import salvage_caption
 
     admin = get_actor(demo_home, "admin")
     caption, notes = salvage_caption({"color": ["red"], "number": "2", "size_mm": 0, "confidence": 0.9})

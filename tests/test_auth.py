@@ -1,13 +1,13 @@
 import pytest
 from sqlalchemy import select
 
-from curation.assist import drafting, weights
+from curation.assist import drafting, drafts, weights
 from curation.errors import ConflictError, PermissionDenied
 from curation.export import dataset as export
-from curation.ingest import archive, csv_import, demo, fetch, folder
-from curation.labelling import annotate, queue, review, views, workflow
-from curation.ops import maintenance
-from curation.store import auth
+from curation.ingest import archive, csv_import, fetch, folder
+from curation.labelling import annotate, queue, review, views
+from curation.ops import demo, maintenance
+from curation.store import auth, workflow
 from curation.store.models import AuditEvent, User
 from schema import Caption
 
@@ -80,15 +80,13 @@ def _calls(wb, tmp_path, image_id):
             lambda a: folder.import_folder(wb, a, tmp_path),
             lambda a: csv_import.import_csv(wb, a, tmp_path / "none.csv"),
             lambda a: fetch.fetch_images(wb, a),
-            lambda a: annotate.add_draft(wb, a, image_id, kind="synthetic", producer="t", version="1", caption=caption),
+            lambda a: drafts.add_draft(wb, a, image_id, kind="synthetic", producer="t", version="1", caption=caption),
             lambda a: export.export_dataset(wb, a, tmp_path / "exp"),
             lambda a: maintenance.backup(wb, a, tmp_path / "b.db"),
             lambda a: maintenance.doctor(wb, a),
             lambda a: archive.import_zip(wb, a, tmp_path / "none.zip"),
             lambda a: workflow.update_workflow_settings(wb, a, gold_rate=0.0),
-            lambda a: annotate.add_drafts(
-                wb, a, [dict(image_id=image_id, kind="llm", producer="m", version="1", caption=None, error="x")]
-            ),
+            lambda a: drafts.add_drafts(wb, a, [drafts.NewDraft(image_id, "llm", "m", "1", error="x")]),
             lambda a: drafting.draft_images(wb, a, model="m"),
             lambda a: drafting.recent_failures(wb, a),
             lambda a: weights.collect_reasonings(wb, a, model="m"),

@@ -9,9 +9,9 @@ from sqlalchemy import select
 
 from curation.export.dataset import ExportFilter, export_dataset
 from curation.ingest.csv_import import import_csv
+from curation.ingest.datasets import dataset_recipes
 from curation.labelling.source_labels import verify_source_labels
 from curation.store.models import Image
-from schema.datasets import dataset_recipes
 from schema.taxonomy import default_taxonomy
 from tests.helpers import jpeg_bytes, photo, png_bytes, write
 from tests.test_datasets import records, write_csv

@@ -14,10 +14,10 @@ from curation.export.dataset import ExportFilter, export_choices, export_dataset
 from curation.export.splits import join_groups
 from curation.ingest import import_path
 from curation.ingest.csv_import import import_csv
+from curation.ingest.datasets import dataset_recipes, detect_recipe
 from curation.labelling.annotate import review_annotation, submit_annotation
 from curation.labelling.views import image_detail, related_images
 from curation.store.models import Image
-from schema.datasets import dataset_recipes, detect_recipe
 from schema.taxonomy import default_taxonomy
 from tests.helpers import jpeg_bytes, photo, png_bytes, write
 

@@ -5,8 +5,8 @@ import numpy as np
 from PIL import Image
 from sqlalchemy import func, select
 
-from curation.ingest.demo import build_demo
 from curation.ingest.demo_cases import ARCHETYPES, SKIN_RGB, generate_cases, noisy_draft
+from curation.ops.demo import build_demo
 from curation.store.models import Annotation, Draft, Review, User
 from curation.store.models import Image as ImageRow
 from schema import Caption, caption_scores, default_taxonomy

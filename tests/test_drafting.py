@@ -198,7 +198,7 @@ def test_retry_after_and_backoff():
 def test_reasonings_then_weights_then_the_export_carries_the_active_set(tmp_path):
     from curation.assist.weights import collect_reasonings, create_weight_set, list_weight_sets
     from curation.export.dataset import export_dataset
-    from curation.ingest.demo import build_demo
+    from curation.ops.demo import build_demo
     from curation.store.auth import get_actor
 
     with FakeLLM() as server:

@@ -160,7 +160,7 @@ def test_eval_an_openai_compatible_model_as_a_baseline_through_the_cli(wb, tmp_p
     from pathlib import Path
 
     from curation.export.dataset import export_dataset
-    from curation.ingest.demo import build_demo
+    from curation.ops.demo import build_demo
     from curation.store.auth import get_actor
     from tests.fake_llm import FakeLLM
 

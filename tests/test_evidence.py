@@ -4,8 +4,9 @@ import json
 
 import pytest
 
+from curation.assist.drafts import add_draft
 from curation.assist.evidence import compute_evidence, source_evidence
-from curation.labelling.annotate import add_draft, review_annotation, submit_annotation
+from curation.labelling.annotate import review_annotation, submit_annotation
 from curation.store.models import Image, TrainingRun
 from schema.errors import SkinflowError
 

@@ -10,7 +10,7 @@ from curation.errors import ExportError
 from curation.export import canonical as canonical_module
 from curation.export.dataset import export_dataset
 from curation.export.splits import assign_splits
-from curation.ingest.demo import build_demo
+from curation.ops.demo import build_demo
 from curation.store.models import Export
 from schema import Caption, parse
 

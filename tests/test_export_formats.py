@@ -12,14 +12,15 @@ import yaml
 from PIL import Image as PILImage
 from sqlalchemy import select
 
+from curation.assist.drafts import add_draft
 from curation.errors import ExportError
 from curation.export.canonical import verify_export
 from curation.export.dataset import ExportFilter, export_dataset
 from curation.export.neardup import hamming, near_duplicate_groups
 from curation.ingest.clean import dhash
-from curation.ingest.demo import build_demo
 from curation.ingest.folder import import_folder
-from curation.labelling.annotate import add_draft, review_annotation, submit_annotation
+from curation.labelling.annotate import review_annotation, submit_annotation
+from curation.ops.demo import build_demo
 from curation.store.auth import add_user, get_actor
 from curation.store.models import Image
 from tests.helpers import jpeg_bytes, photo, write
@@ -274,7 +275,7 @@ def test_every_format_of_a_20_image_workbench_loads_with_its_consumer(tmp_path):
     from label_studio_sdk.label_interface import LabelInterface
 
     from curation.export.dataset import export_dataset
-    from curation.ingest.demo import build_demo
+    from curation.ops.demo import build_demo
     from curation.store.auth import get_actor
     from curation.store.db import open_workbench
     from curation.store.settings import Settings
@@ -307,7 +308,7 @@ def test_an_empty_split_is_left_out_of_the_hf_dataset_and_said_in_the_card(tmp_p
     from datasets import load_from_disk
 
     from curation.export.dataset import export_dataset
-    from curation.ingest.demo import build_demo
+    from curation.ops.demo import build_demo
     from curation.store.auth import get_actor
     from curation.store.db import open_workbench
     from curation.store.settings import Settings

@@ -303,7 +303,7 @@ def test_review_by_keyboard_verifies_moves_on_and_adjudicates(running_app):
 def test_review_loads_after_a_model_is_activated_in_twenty_fresh_sessions(tmp_path):
     """Activation leaves model suggestions; Review then ranks suspicious labels with cleanlab, whose default process
     pool deadlocked inside the app server in about half of fresh sessions."""
-    from curation.labelling.annotate import add_drafts
+    from curation.assist.drafts import NewDraft, add_drafts
 
     wb = demo_workbench(tmp_path / "wb")
     admin = get_actor(wb, "admin")
@@ -315,14 +315,14 @@ def test_review_loads_after_a_model_is_activated_in_twenty_fresh_sessions(tmp_pa
         wb,
         admin,
         [
-            {
-                "image_id": image_id,
-                "kind": "model",
-                "producer": "skinflow",
-                "version": "run-1:stage2",
-                "caption": None,
-                "diagnoses": [{"key": keys[(i + 1) % len(keys)], "score": 0.7}, {"key": key or keys[0], "score": 0.2}],
-            }
+            NewDraft(
+                image_id=image_id,
+                kind="model",
+                producer="skinflow",
+                version="run-1:stage2",
+                caption=None,
+                diagnoses=[{"key": keys[(i + 1) % len(keys)], "score": 0.7}, {"key": key or keys[0], "score": 0.2}],
+            )
             for i, (image_id, key) in enumerate(images)
         ],
     )

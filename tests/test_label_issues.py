@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from curation.labelling.annotate import add_drafts, review_annotation, submit_annotation
+from curation.assist.drafts import NewDraft, add_drafts
+from curation.labelling.annotate import review_annotation, submit_annotation
 from curation.labelling.label_issues import pred_probs_matrix, send_back_for_review, suspicious_labels
 from curation.labelling.review import review_items
 from curation.store.models import Image
@@ -37,18 +38,18 @@ def noisy_set(wb, admin):
         others = [k for k in LABELS if k != truth]
         share = float(rng.uniform(0.3, 0.7))
         drafts.append(
-            {
-                "image_id": image_id,
-                "kind": "model",
-                "producer": "skinflow",
-                "version": "run-1:stage2",
-                "caption": None,
-                "diagnoses": [
+            NewDraft(
+                image_id=image_id,
+                kind="model",
+                producer="skinflow",
+                version="run-1:stage2",
+                caption=None,
+                diagnoses=[
                     {"key": truth, "score": top},
                     {"key": others[0], "score": (1 - top) * share},
                     {"key": others[1], "score": (1 - top) * (1 - share)},
                 ],
-            }
+            )
         )
     add_drafts(wb, admin, drafts)
     return ids, {ids[i] for i in flipped}

@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from curation.errors import NotFound
 from curation.export.labelstudio import LabelStudioError, pull, push
-from curation.ingest.demo import build_demo
+from curation.ops.demo import build_demo
 from curation.store.auth import add_user, get_actor
 from curation.store.db import open_workbench
 from curation.store.models import Annotation, User

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import func, select
 
 from curation.export.labelstudio import LabelStudioError, import_export
-from curation.ingest.demo import build_demo
+from curation.ops.demo import build_demo
 from curation.store.models import Annotation
 
 EMAILS = {7: "partner@clinic.example"}

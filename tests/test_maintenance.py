@@ -3,7 +3,7 @@ import sqlite3
 
 import pytest
 
-from curation.ingest.demo import build_demo
+from curation.ops.demo import build_demo
 from curation.ops.maintenance import backup, doctor
 from curation.store.auth import get_actor
 from tests.conftest import ON_POSTGRES

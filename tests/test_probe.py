@@ -15,7 +15,7 @@ from schema.fields import MULTI_FIELDS
 from tests.test_cli import run
 from trainer.config import TrainConfig
 from trainer.errors import TrainerError
-from trainer.probe import Layout, ordinal_choice
+from trainer.probe_heads import Layout, ordinal_choice
 
 # two kinds of picture the heads must tell apart: colour -> colour term and diagnosis, blob size -> size band
 KINDS = {
@@ -62,7 +62,7 @@ def _picture(kind: str, seed: int) -> Image.Image:
 @pytest.fixture(scope="module")
 def demo_export(tmp_path_factory):
     from curation.export.dataset import export_dataset
-    from curation.ingest.demo import build_demo
+    from curation.ops.demo import build_demo
     from curation.store.auth import get_actor
     from curation.store.db import open_workbench
     from curation.store.settings import Settings
@@ -248,11 +248,11 @@ def test_train_predict_eval_and_suggest_accept_a_probe_run_and_the_annotate_page
     import streamlit as st
     from sqlalchemy import select
 
-    from curation.labelling.workflow import update_workflow_settings
     from curation.store.auth import get_actor
     from curation.store.db import open_workbench
     from curation.store.models import Draft, Image
     from curation.store.settings import Settings
+    from curation.store.workflow import update_workflow_settings
     from tests.test_app_pages import page
 
     monkeypatch.setenv("SKINFLOW_HOME", str(home))

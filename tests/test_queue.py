@@ -7,9 +7,9 @@ from sqlalchemy import select
 from curation.errors import SkinflowError
 from curation.labelling.annotate import submit_annotation
 from curation.labelling.queue import next_item, remaining, skip
-from curation.labelling.workflow import get_workflow_settings, update_workflow_settings
 from curation.store.auth import add_user
 from curation.store.models import AuditEvent, Image, Lease, utcnow
+from curation.store.workflow import get_workflow_settings, update_workflow_settings
 
 
 @pytest.fixture
@@ -113,8 +113,8 @@ def _suggest(wb, admin, tmp_path, rows):
     """Import model suggestions the way `skinflow suggest` does (rows: image id, top-1 score, caption)."""
     import json
 
+    from curation.assist.drafts import add_draft
     from curation.assist.suggestions import import_predictions
-    from curation.labelling.annotate import add_draft
 
     for image_id, _, _ in rows:  # the LLM draft each suggestion is compared with
         add_draft(wb, admin, image_id, kind="llm", producer="gpt", version="1", caption={"color": ["red"], "number": "few"})

@@ -2,9 +2,8 @@
 
 import pytest
 
+from curation.assist.drafts import add_draft
 from curation.errors import ConflictError
-from curation.ingest.demo import build_demo
-from curation.labelling.annotate import add_draft
 from curation.labelling.reader_study import (
     available_sources,
     create_study,
@@ -14,6 +13,7 @@ from curation.labelling.reader_study import (
     study_results,
     summarise,
 )
+from curation.ops.demo import build_demo
 from curation.store.models import Image
 from schema.errors import SkinflowError
 

@@ -7,15 +7,15 @@ from sqlalchemy import select
 from curation.errors import IngestError, PermissionDenied
 from curation.ingest import import_path
 from curation.ingest.archive import import_zip
-from curation.ingest.demo import build_demo
 from curation.labelling.annotate import adjudicate, current_annotation, load_work, save_work, submit_annotation
+from curation.labelling.insights import cohen_kappa, field_alpha, insights
 from curation.labelling.queue import next_item
 from curation.labelling.review import review_items
 from curation.labelling.views import image_detail, image_history, list_images, thumbnail
-from curation.labelling.workflow import update_workflow_settings
-from curation.ops.insights import cohen_kappa, field_alpha, insights
+from curation.ops.demo import build_demo
 from curation.store.auth import add_user
 from curation.store.models import Annotation, Image, Review
+from curation.store.workflow import update_workflow_settings
 from tests.helpers import jpeg_bytes, photo
 
 
@@ -90,7 +90,7 @@ def test_saved_work_round_trips_and_is_cleared_by_submit(wb, annotator, image_id
 
 def test_image_detail_ranks_drafts_marks_disagreements_and_hides_ground_truth(wb):
     build_demo(wb, None, n=3, seed=0)
-    from curation.labelling.annotate import add_draft
+    from curation.assist.drafts import add_draft
     from curation.store.auth import get_actor
 
     admin, annotator = get_actor(wb, "admin"), get_actor(wb, "annotator")
@@ -226,7 +226,7 @@ def test_zips_with_a_repeated_entry_or_too_much_inflated_data_are_refused_whole(
 
 
 def test_edit_rates_per_field_compare_what_annotators_started_from(wb, admin, annotator):
-    from curation.labelling.annotate import add_draft
+    from curation.assist.drafts import add_draft
 
     with wb.session() as s:
         rows = [Image(source="test", status="pending", sha256=f"{i:064x}", file_path=f"{i}.jpg") for i in range(1, 5)]

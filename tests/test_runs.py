@@ -8,8 +8,7 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from curation.ingest.demo import build_demo
-from curation.labelling.workflow import get_workflow_settings
+from curation.ops.demo import build_demo
 from curation.ops.runs import (
     AblationRequest,
     RunError,
@@ -24,6 +23,7 @@ from curation.ops.runs import (
     start_training,
 )
 from curation.store.models import Draft, Image, TrainingRun
+from curation.store.workflow import get_workflow_settings
 
 FAST = {"sft_epochs": 1, "stage1_steps": 2, "stage2_steps": 2, "num_generations": 2, "batch_size": 4}
 
@@ -94,9 +94,9 @@ def test_retrain_runs_in_the_background_and_activation_fills_the_queue(curated, 
 
     # the queue follows each strategy over the scores the suggestions produced
     from curation.labelling.queue import next_item
-    from curation.labelling.workflow import update_workflow_settings
     from curation.store.auth import add_user
     from curation.store.models import QueueScore
+    from curation.store.workflow import update_workflow_settings
 
     update_workflow_settings(curated, admin, gold_rate=0.0)
     with curated.session() as s:
@@ -341,7 +341,7 @@ def test_a_finished_background_job_leaves_no_zombie_in_the_app_process(wb, admin
 
 def test_the_probe_encoder_is_chosen_by_folder_and_a_wrong_one_is_refused_at_once(curated, admin, tmp_path):
     from curation.ops.runs import _command
-    from trainer.probe import build_encoder
+    from trainer.probe_encoder import build_encoder
 
     with pytest.raises(RunError, match="no config.json in it"):
         start_training(curated, admin, preset="probe", overrides={"model": str(tmp_path / "nowhere")})

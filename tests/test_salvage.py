@@ -1,10 +1,10 @@
-"""Field-level salvage (schema/salvage.py) over a corpus of replies the way vision models and annotation tools
+"""Field-level salvage (curation/assist/salvage.py) over a corpus of replies the way vision models and annotation tools
 write them: each failure class keeps the good fields, coerces what is safe, and says what it did."""
 
 import pytest
 
+from curation.assist.salvage import salvage_caption
 from schema.errors import CaptionError
-from schema.salvage import salvage_caption
 
 GOOD = {"color": ["brown"], "shape": ["round"], "lesion_type": ["papule"], "location": ["back"]}
 

@@ -5,10 +5,10 @@ import json
 import pytest
 from sqlalchemy import func, select
 
+from curation.assist.drafts import latest_model_drafts
 from curation.assist.suggestions import import_predictions
 from curation.export.dataset import export_dataset
-from curation.ingest.demo import build_demo
-from curation.labelling.annotate import latest_model_drafts
+from curation.ops.demo import build_demo
 from curation.store.models import Draft
 from schema.errors import SkinflowError
 
@@ -57,10 +57,10 @@ def test_predictions_become_model_drafts_once(wb, admin, exported, tmp_path):
         drafts = latest_model_drafts(s, [a["id"], b["id"], c["id"]])
         broken = s.scalar(select(Draft).where(Draft.image_id == b["id"], Draft.kind == "model"))
         assert broken.caption is None and broken.error  # an invalid caption is kept as an error, not stored as a caption
-    model = [d for d in drafts[a["id"]] if d["kind"] == "model"][0]
-    assert model["version"] == "run-1:stage2" and model["caption"]["color"] == ["brown"]
-    assert model["diagnoses"] == [{"key": "melanoma", "score": 0.6}]  # unknown labels dropped
-    assert [d for d in drafts[c["id"]] if d["kind"] == "model"]
+    model = [d for d in drafts[a["id"]] if d.kind == "model"][0]
+    assert model.version == "run-1:stage2" and model.caption["color"] == ["brown"]
+    assert model.diagnoses == [{"key": "melanoma", "score": 0.6}]  # unknown labels dropped
+    assert [d for d in drafts[c["id"]] if d.kind == "model"]
     again = import_predictions(wb, admin, path)
     assert again.added == 0 and again.already_there == 3 and count_model_drafts(wb) == 3
 

@@ -196,7 +196,7 @@ def test_presets_config_files_and_overrides(tmp_path):
 @pytest.fixture(scope="module")
 def grpo_export(tmp_path_factory):
     from curation.export.dataset import export_dataset
-    from curation.ingest.demo import build_demo
+    from curation.ops.demo import build_demo
     from curation.store.auth import get_actor
     from curation.store.db import open_workbench
     from curation.store.settings import Settings

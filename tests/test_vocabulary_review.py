@@ -147,7 +147,7 @@ def test_the_cli_lists_accepts_and_rejects(wb, reviewer, with_new_terms, monkeyp
 def test_the_review_page_lists_new_terms_and_accepts_one(tmp_path, monkeypatch):
     import streamlit as st
 
-    from curation.ingest.demo import build_demo
+    from curation.ops.demo import build_demo
     from curation.store.auth import get_actor
     from curation.store.settings import Settings
     from tests.test_app_pages import page

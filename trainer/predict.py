@@ -25,7 +25,7 @@ from PIL import Image
 from schema.caption import parse
 from schema.errors import CaptionError
 from schema.files import iter_jsonl
-from schema.run_files import PROGRESS_FILE, Prediction, RankedDiagnosis, write_image_manifest, write_predictions
+from schema.run_files import HELD_OUT_FILE, PROGRESS_FILE, Prediction, RankedDiagnosis, write_image_manifest, write_predictions
 from schema.taxonomy import Taxonomy, load_taxonomy
 from trainer.errors import TrainerError
 from trainer.model import load
@@ -180,9 +180,6 @@ def predict_to_file(checkpoint: str | Path, manifest: str | Path, out: str | Pat
     """Write one JSON line per image (atomically); returns how many."""
     predictor = load_predictor(checkpoint)
     return write_predictions(Path(out), predictor.predict(read_manifest(manifest), batch_size=batch_size, k=k))
-
-
-HELD_OUT_FILE = "held_out_predictions.jsonl"
 
 
 def predict_held_out(run_dir: Path, data) -> Path | None:

@@ -20,11 +20,11 @@ from curation.export.formats import EXTRA_FORMATS
 from curation.export.labelstudio import label_studio_token, pull, push
 from curation.ingest import import_path
 from curation.ingest.common import ImportReport
-from curation.ingest.demo import build_demo
 from curation.ingest.fetch import fetch_images
+from curation.labelling.insights import team_insights
 from curation.labelling.source_labels import verify_source_labels
 from curation.labelling.vocabulary import decide_term, pending_terms
-from curation.ops.insights import team_insights
+from curation.ops.demo import build_demo
 from curation.ops.status import workbench_status
 from curation.store.auth import add_user, count_users
 from schema.errors import SkinflowError

@@ -19,12 +19,12 @@ import streamlit as st
 from app.ui.cookies import route_path, ticket_for
 from app.ui.widgets import plain
 from curation.labelling.vocabulary import load_local_terms
-from curation.labelling.workflow import get_workflow_settings
 from curation.store.auth import Actor, current_account
 from curation.store.db import Workbench, open_workbench
 from curation.store.secrets import scrub
 from curation.store.sessions import close_session, open_session, resume_session
 from curation.store.settings import Settings
+from curation.store.workflow import get_workflow_settings
 from schema.errors import SkinflowError
 
 

@@ -21,20 +21,20 @@ from typing import Any
 
 from sqlalchemy import exists, select
 
+from curation.assist.drafts import NewDraft, add_drafts
 from curation.assist.evidence import refresh_evidence
 from curation.assist.llm import LLMConfig, Outcome, ask_each, extract_json, image_data_url
 from curation.assist.prompts import render_prompt
-from curation.labelling.annotate import add_drafts
+from curation.assist.salvage import FieldNote, salvage_caption
 from curation.store import audit
 from curation.store.auth import Actor, require
 from curation.store.db import Workbench
-from curation.store.models import Draft, Image
+from curation.store.models import Draft, DraftKind, Image
 from curation.store.settings import Settings
 from schema.caption import SCHEMA_VERSION, Caption, json_schema, render
 from schema.errors import CaptionError, SkinflowError
 from schema.fields import FIELDS, ORDINAL_VALUES
 from schema.run_files import Prediction, RankedDiagnosis, write_predictions
-from schema.salvage import FieldNote, salvage_caption
 from schema.taxonomy import Taxonomy
 from schema.vocabulary import default_vocabulary
 
@@ -69,7 +69,7 @@ def reply_schema() -> dict[str, Any]:
 
 
 def parse_draft_reply(text: str, taxonomy: Taxonomy) -> tuple[Caption, list[dict[str, Any]], list[FieldNote]]:
-    """The caption, ranked diagnoses and salvage notes of a reply (schema/salvage.py: every field that validates is
+    """The caption, ranked diagnoses and salvage notes of a reply (curation/assist/salvage.py: every field that validates is
     kept, what can be read safely is coerced, each change noted); CaptionError when nothing usable is left."""
     try:
         data = extract_json(text)
@@ -143,7 +143,7 @@ def images_to_draft(wb: Workbench, model: str, version: str, *, redo: bool, limi
         if not redo:
             done = exists().where(
                 Draft.image_id == Image.id,
-                Draft.kind == "llm",
+                Draft.kind == DraftKind.LLM,
                 Draft.producer == model,
                 Draft.version == version,
                 Draft.error.is_(None),
@@ -199,12 +199,12 @@ async def _draft_all(
     async def collect(outcome: Outcome) -> None:
         image_id, sha, _path = outcome.item
         meta: dict[str, Any] = {"sha256": sha, "prompt": prompt, "schema_version": SCHEMA_VERSION}
-        draft = {"image_id": image_id, "kind": "llm", "producer": config.model, "version": version, "meta": meta}
+        draft = NewDraft(image_id, DraftKind.LLM, config.model, version, meta=meta)
         reply = outcome.reply
         report.requests += reply.attempts if reply is not None else 1
         if reply is None:
             report.failed.append((image_id, outcome.error))
-            draft.update(caption=None, error=outcome.error)
+            draft.error = outcome.error
         else:
             report.prompt_tokens += reply.prompt_tokens
             report.completion_tokens += reply.completion_tokens
@@ -214,14 +214,14 @@ async def _draft_all(
                 attempts=reply.attempts,
                 structured_output=reply.structured,
             )
-            draft["raw_reply"] = reply.text[:RAW_KEPT_CHARS]
+            draft.raw_reply = reply.text[:RAW_KEPT_CHARS]
             try:
                 caption, diagnoses, notes = read_reply(reply.text, wb.taxonomy, config.max_reply_chars)
             except SkinflowError as e:
                 report.failed.append((image_id, str(e)))
-                draft.update(caption=None, error=str(e))
+                draft.error = str(e)
             else:
-                draft.update(caption=caption, diagnoses=diagnoses)
+                draft.caption, draft.diagnoses = caption, diagnoses
                 if notes:  # what salvage changed or dropped, shown beside each field on the Annotate page
                     meta["salvage"] = [n.to_json() for n in notes]
                 report.done += 1
@@ -281,7 +281,7 @@ def recent_failures(wb: Workbench, actor: Actor, limit: int = 100) -> list[dict[
     with wb.session() as s:
         rows = s.execute(
             select(Draft.image_id, Draft.producer, Draft.version, Draft.error, Draft.created_at)
-            .where(Draft.kind == "llm", Draft.error.is_not(None))
+            .where(Draft.kind == DraftKind.LLM, Draft.error.is_not(None))
             .order_by(Draft.id.desc())
             .limit(limit)
         ).all()

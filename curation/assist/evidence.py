@@ -44,18 +44,16 @@ from typing import Any
 import numpy as np
 from sqlalchemy import func, select
 
-from curation.labelling.workflow import get_workflow_settings
-from curation.ops.runs import run_dir
 from curation.store.auth import Actor, require
 from curation.store.db import Workbench
 from curation.store.models import Annotation, Draft, Export, Image, TrainingRun
+from curation.store.workflow import get_workflow_settings
 from schema.compare import field_score
 from schema.fields import FIELD_KEYS, is_filled
 from schema.files import read_jsonl, write_json_atomic
-from schema.run_files import Prediction
+from schema.run_files import HELD_OUT_FILE, Prediction
 
 DIAGNOSIS_MEASURES = ("diagnosis_top1", "diagnosis_top6", "diagnosis_group9")
-HELD_OUT_FILE = "held_out_predictions.jsonl"  # written by the trainer in a run folder (trainer/predict.py)
 MODEL_PRODUCER = "skinflow"  # the producer of a trained run's suggestions (assist/suggestions.py)
 MEASURES = (*FIELD_KEYS, *DIAGNOSIS_MEASURES)
 DEFAULT_MIN_EVIDENCE = 20  # items a source needs on a measure before it can be chosen for it (a team setting)
@@ -277,7 +275,7 @@ def _held_out_items(wb: Workbench, session, truth: dict[int, Any]) -> dict[tuple
     <run>/held_out_predictions.jsonl): a run's evidence before any of its suggestions exists."""
     out: dict[tuple[str, str, str], dict[int, _HeldOut]] = defaultdict(dict)
     for (run_id,) in session.execute(select(TrainingRun.id).where(TrainingRun.status == "done")):
-        path = run_dir(wb, run_id) / HELD_OUT_FILE
+        path = wb.settings.run_dir(run_id) / HELD_OUT_FILE
         if not path.is_file():
             continue
         for row in read_jsonl(path, skip_bad_lines=True):

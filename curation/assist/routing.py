@@ -26,11 +26,10 @@ from sqlalchemy.orm import Session
 from curation.assist.evidence import EvidenceReport, cached_evidence
 from curation.store import audit
 from curation.store.db import Workbench
-from curation.store.models import Draft, Image
+from curation.store.models import Draft, DraftKind, Image
 from schema.fields import FIELD_KEYS, is_filled
 
-ROUTED_KIND, ROUTER = "routed", "router"
-FALLBACK_ORDER = {"model": 0, "llm": 1, "synthetic": 2}  # the order the form used before routing
+ROUTED_KIND, ROUTER = DraftKind.ROUTED, "router"
 NO_EVIDENCE_WEIGHT = 0.5
 
 
@@ -40,7 +39,7 @@ def source_of(draft: Draft) -> str:
 
 def route(drafts: list[Draft], report: EvidenceReport | None) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, str]]:
     """(caption, diagnoses, the source of each field) from an image's usable drafts, one per source."""
-    ordered = sorted(drafts, key=lambda d: (FALLBACK_ORDER.get(d.kind, 9), -d.id))
+    ordered = sorted(drafts, key=lambda d: (DraftKind(d.kind).rank, -d.id))  # DraftKind's order, newest first
     by_source = {source_of(d): d for d in reversed(ordered)}  # the first in order wins a source's slot
     chosen = report.chosen if report else {}
     caption: dict[str, Any] = {}

@@ -19,17 +19,17 @@ from typing import Any
 
 from sqlalchemy import select
 
+from curation.assist.drafts import NewDraft, add_drafts
 from curation.assist.evidence import refresh_evidence
-from curation.labelling.annotate import add_drafts
+from curation.assist.salvage import salvage_caption
 from curation.store.auth import Actor, require
 from curation.store.db import Workbench
-from curation.store.models import NEEDS_WORK_STATUSES, Draft, Image, QueueScore, utcnow
+from curation.store.models import NEEDS_WORK_STATUSES, Draft, DraftKind, Image, QueueScore, utcnow
 from schema.caption import validate_caption
 from schema.compare import caption_scores
 from schema.errors import CaptionError, SkinflowError
 from schema.files import TEMP_PREFIX, iter_jsonl, row_id, temp_owner_tag
 from schema.run_files import Prediction
-from schema.salvage import salvage_caption
 
 PRODUCER = "skinflow"
 _SHA = re.compile(r"^[0-9a-f]{64}$")
@@ -70,7 +70,9 @@ def import_predictions(wb: Workbench, actor: Actor, path: str | Path) -> Suggest
             for i, sha in s.execute(select(Image.id, Image.sha256).where(Image.sha256.in_([x for x in shas if _SHA.match(x)])))
         }
         present = set(
-            s.execute(select(Draft.image_id, Draft.version).where(Draft.kind == "model", Draft.producer == PRODUCER)).all()
+            s.execute(
+                select(Draft.image_id, Draft.version).where(Draft.kind == DraftKind.MODEL, Draft.producer == PRODUCER)
+            ).all()
         )
     drafts = []
     for number, row in rows:
@@ -103,21 +105,21 @@ def import_predictions(wb: Workbench, actor: Actor, path: str | Path) -> Suggest
             except Exception as e:  # noqa: BLE001 - a shape no rule foresaw: this row's caption fails, not the file
                 caption, error = None, f"the caption could not be read ({type(e).__name__})"
         drafts.append(
-            {
-                "image_id": image_id,
-                "kind": "model",
-                "producer": PRODUCER,
-                "version": version,
-                "caption": caption,
-                "error": error if caption is None else None,
-                "raw_reply": prediction.caption_text or None,
-                "diagnoses": _diagnoses(prediction, wb.taxonomy),
-                "meta": {
+            NewDraft(
+                image_id=image_id,
+                kind=DraftKind.MODEL,
+                producer=PRODUCER,
+                version=version,
+                caption=caption,
+                error=error if caption is None else None,
+                raw_reply=prediction.caption_text or None,
+                diagnoses=_diagnoses(prediction, wb.taxonomy),
+                meta={
                     "answer": prediction.answer or None,
                     "source": str(path),
                     **({"salvage": [n.to_json() for n in notes]} if notes else {}),
                 },
-            }
+            )
         )
         present.add((image_id, version))
     if drafts:
@@ -128,16 +130,16 @@ def import_predictions(wb: Workbench, actor: Actor, path: str | Path) -> Suggest
     return report
 
 
-def _score_for_queue(wb: Workbench, drafts: list[dict[str, Any]]) -> None:
+def _score_for_queue(wb: Workbench, drafts: list[NewDraft]) -> None:
     """queue_scores for the uncertainty and disagreement strategies, from the newest suggestions."""
-    image_ids = [d["image_id"] for d in drafts]
+    image_ids = [d.image_id for d in drafts]
     with wb.session() as s:
         llm = {}
         for image_id, caption in s.execute(
             select(Draft.image_id, Draft.caption)
             .where(
                 Draft.image_id.in_(image_ids),
-                Draft.kind.in_(("llm", "synthetic")),
+                Draft.kind.in_((DraftKind.LLM, DraftKind.SYNTHETIC)),
                 Draft.error.is_(None),
                 Draft.caption.is_not(None),
             )
@@ -145,14 +147,14 @@ def _score_for_queue(wb: Workbench, drafts: list[dict[str, Any]]) -> None:
         ):
             llm[image_id] = caption  # the newest wins
         for d in drafts:
-            top = max((entry["score"] for entry in d["diagnoses"]), default=None)
+            top = max((entry["score"] for entry in d.diagnoses), default=None)
             disagreement = None
-            if d["caption"] is not None and d["image_id"] in llm:
-                scores = caption_scores(validate_caption(llm[d["image_id"]]), validate_caption(d["caption"]))
+            if d.caption is not None and d.image_id in llm:
+                scores = caption_scores(validate_caption(llm[d.image_id]), validate_caption(d.caption))
                 disagreement = 1.0 - sum(scores.values()) / len(scores)
             s.merge(
                 QueueScore(
-                    image_id=d["image_id"],
+                    image_id=d.image_id,
                     uncertainty=None if top is None else 1.0 - top,
                     disagreement=disagreement,
                     updated_at=utcnow(),

@@ -3,7 +3,6 @@ whole export folder against the sha256 of every file in its manifest."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import pyarrow.parquet as pq
 
 from curation.errors import ExportError
 from schema.fields import FIELDS
+from schema.files import file_sha256
 
 
 def parquet_table(records: list[dict[str, Any]]) -> pa.Table:
@@ -73,14 +73,6 @@ def write_canonical(records: list[dict[str, Any]], folder: Path) -> None:
     with (folder / "records.jsonl").open("wb") as handle:
         handle.writelines(orjson.dumps(record, option=orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE) for record in records)
     pq.write_table(parquet_table(records), folder / "records.parquet", compression="zstd")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_export(folder: Path) -> list[str]:

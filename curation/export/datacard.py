@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 
 import data_cards
 from curation.export.splits import SPLITS, TINY_SPLIT
-from schema.datasets import dataset_recipes
+from curation.ingest.datasets import dataset_recipes
 from schema.fields import FIELDS
 from schema.fitzpatrick import BAND_TYPES
 

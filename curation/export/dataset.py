@@ -29,24 +29,24 @@ from PIL import Image as PILImage
 from sqlalchemy import false, or_, select
 from sqlalchemy.orm import Session
 
+from curation.assist.drafts import latest_model_drafts
 from curation.errors import ExportError
-from curation.export.canonical import file_sha256, write_canonical
+from curation.export.canonical import write_canonical
 from curation.export.datacard import fitzpatrick_chart, render_card
 from curation.export.formats import EXTRA_FORMATS, WRITERS
 from curation.export.neardup import DEFAULT_MAX_DISTANCE, MAX_SUPPORTED_DISTANCE, near_duplicate_groups
-from curation.export.splits import LESION_COLUMNS, SPLITS, assign_splits, join_groups
+from curation.export.splits import SPLITS, assign_splits, join_groups
 from curation.ingest.clean import dhash
-from curation.labelling.annotate import latest_model_drafts
+from curation.ingest.datasets import dataset_recipes
+from curation.labelling.insights import insights
 from curation.labelling.source_labels import LABEL_KINDS
-from curation.ops.insights import insights
 from curation.store import audit
 from curation.store.auth import Actor, require
 from curation.store.db import Workbench
 from curation.store.files import sweep_leftovers
-from curation.store.models import Annotation, Export, Image, Review, User, WeightSet
+from curation.store.models import LESION_COLUMNS, Annotation, DraftKind, Export, Image, Review, User, WeightSet
 from schema.caption import SCHEMA_VERSION, Caption, render
-from schema.datasets import dataset_recipes
-from schema.files import temp_owner_tag
+from schema.files import file_sha256, temp_owner_tag
 from schema.fitzpatrick import BAND_TYPES, band_of
 from schema.vocabulary import default_vocabulary
 
@@ -552,7 +552,7 @@ def export_dataset(
                 },
             },
         }
-        producers = sorted({f"{d['producer']} ({d['version']})" for ds in drafts.values() for d in ds if d["kind"] == "llm"})
+        producers = sorted({f"{d.producer} ({d.version})" for ds in drafts.values() for d in ds if d.kind == DraftKind.LLM})
         (staging / "fitzpatrick.png").write_bytes(fitzpatrick_chart(records))
         # the card names no folder or date: the same database state must give the same bytes
         (staging / "README.md").write_text(

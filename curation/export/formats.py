@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
+from curation.assist.drafts import LatestDraft
 from schema.caption import SCHEMA_VERSION, json_schema
 from schema.fields import FIELDS, ORDINAL_VALUES
+from schema.files import neutralise_formula
 from schema.taxonomy import Taxonomy
 from schema.vocabulary import default_vocabulary
 
@@ -23,10 +25,9 @@ CAPTION_INSTRUCTION = (
 )
 DIAGNOSIS_INSTRUCTION = "List up to 6 diagnoses for the skin lesion in this image, most likely first, one per line."
 LABEL_STUDIO_IMAGE_PREFIX = "/data/local-files/?d="  # Label Studio local storage, document root = the export folder
+
+
 # Spreadsheet programs run a cell that starts with one of these: imports warn, CSV writers quote it.
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8", newline="\n") as handle:
@@ -244,24 +245,24 @@ def label_studio_result(caption: dict[str, Any], diagnosis_key: str | None, taxo
     return result
 
 
-def label_studio_predictions(drafts: list[dict[str, Any]], taxonomy: Taxonomy) -> list[dict[str, Any]]:
+def label_studio_predictions(drafts: list[LatestDraft], taxonomy: Taxonomy) -> list[dict[str, Any]]:
     """An image's drafts (LLM draft, model suggestion) as separate Label Studio predictions, each with its
     model_version and the score of its top diagnosis."""
     predictions = []
     for draft in drafts:
-        top = (draft["diagnoses"] or [{}])[0]
+        top = (draft.diagnoses or [{}])[0]
         predictions.append(
             {
-                "model_version": f"{draft['kind']}:{draft['producer']}:{draft['version']}",
+                "model_version": f"{draft.kind}:{draft.producer}:{draft.version}",
                 "score": top.get("score"),
-                "result": label_studio_result(draft["caption"], top.get("key"), taxonomy),
+                "result": label_studio_result(draft.caption, top.get("key"), taxonomy),
             }
         )
     return predictions
 
 
 def write_labelstudio(
-    staging: Path, records: list[dict[str, Any]], taxonomy: Taxonomy, drafts: dict[int, list[dict]], **_
+    staging: Path, records: list[dict[str, Any]], taxonomy: Taxonomy, drafts: dict[int, list[LatestDraft]], **_
 ) -> None:
     """tasks.json (image via Label Studio local storage; the curated caption and diagnosis as the task's
     annotation, marked ground truth; the LLM draft and the model suggestion as separate predictions with
@@ -286,11 +287,6 @@ def write_labelstudio(
         tasks.append(task)
     (folder / "tasks.json").write_text(json.dumps(tasks, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     (folder / "label_config.xml").write_text(label_studio_config(taxonomy), encoding="utf-8")
-
-
-def neutralise_formula(value: Any) -> Any:
-    """Spreadsheet programs run cells that start with = + - @ (and tab/CR); a leading quote keeps them text."""
-    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_START) else value
 
 
 def write_csv(staging: Path, records: list[dict[str, Any]], **_) -> None:

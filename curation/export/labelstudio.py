@@ -24,9 +24,11 @@ from typing import Any
 
 from sqlalchemy import select
 
+from curation.assist.drafts import latest_model_drafts
+from curation.assist.salvage import salvage_caption
 from curation.errors import ConfigError, NotFound
 from curation.export.formats import LABEL_STUDIO_IMAGE_PREFIX, label_studio_config, label_studio_predictions
-from curation.labelling.annotate import latest_model_drafts, submit_annotation, user_chain_head
+from curation.labelling.annotate import submit_annotation, user_chain_head
 from curation.store import audit
 from curation.store.auth import Actor, add_user, get_actor, require
 from curation.store.db import Workbench
@@ -35,7 +37,6 @@ from curation.store.secrets import read_secret
 from schema.errors import SkinflowError
 from schema.fields import FIELDS
 from schema.files import loads_bounded, row_id
-from schema.salvage import salvage_caption
 
 IMPORT_BATCH = 500
 

@@ -19,7 +19,6 @@ SPLITS = ("train", "val", "test")
 TINY_SPLIT = 10  # records; the data card says so below this
 # Metadata columns that name one lesion or one person in public dermatology sets (HAM10000, ISIC, PAD-UFES-20):
 # an export keeps each value's images in one split unless told otherwise (`--group-by`).
-LESION_COLUMNS = ("lesion_id", "patient_id")
 
 
 def _order(seed: int, key: str) -> str:

@@ -2,7 +2,8 @@
 
 - `import_path`: the front door (`skinflow import`): a folder, a CSV file, a zip archive or one image;
 - folder.py: folders and single files; csv_import.py: CSV files (generic and Fitzpatrick17k);
-  archive.py: zip uploads; fetch.py: downloads of URL-only rows; demo.py: the synthetic demo set;
+  archive.py: zip uploads; fetch.py: downloads of URL-only rows; demo_cases.py: the synthetic demo pictures
+  and captions (curation/ops/demo.py builds the demo workbench from them);
 - clean.py: what a stored image is (sniffed format, EXIF orientation applied, metadata removed);
 - common.py: the report and the prepare / add-row halves every importer uses.
 

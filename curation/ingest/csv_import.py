@@ -1,6 +1,6 @@
 """Import a CSV of images and metadata: generic columns (`path` and/or `url`, `label`, `fitzpatrick`, `id`;
 every other column kept as metadata), the Fitzpatrick17k CSV as it is, or a public dataset's metadata CSV
-read by its recipe (schema/datasets.py: HAM10000, ISIC, PAD-UFES-20, DDI; detected from the header or named),
+read by its recipe (curation/ingest/datasets.py: HAM10000, ISIC, PAD-UFES-20, DDI; detected from the header or named),
 with its images found by file name anywhere under the images folder. Reading the file and its rows is
 curation/ingest/csv_rows.py; this module stores them.
 

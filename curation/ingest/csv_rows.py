@@ -1,6 +1,6 @@
 """Reading a CSV of images and metadata, with no database: the file parsed once (refused whole when it is not
 UTF-8 CSV), a column layout chosen once from its header (generic columns, the Fitzpatrick17k CSV, or a public
-dataset's recipe from schema/datasets.py), and a pure parser from one row to an image's fields and file.
+dataset's recipe from curation/ingest/datasets.py), and a pure parser from one row to an image's fields and file.
 
 curation/ingest/csv_import.py stores what this reads.
 """
@@ -17,10 +17,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from curation.errors import IngestError
-from curation.export.formats import FORMULA_START
 from curation.ingest.common import OUTSIDE, inside
+from curation.ingest.datasets import DatasetRecipe, DatasetRecipeError, dataset_recipes, detect_recipe, recipe_named
 from schema import Taxonomy
-from schema.datasets import DatasetRecipe, DatasetRecipeError, dataset_recipes, detect_recipe, recipe_named
+from schema.files import FORMULA_START
 
 MAX_CSV_COLUMNS = 256  # public dermatology sets have under 40; a 200,000-column row is an attack, not data
 MAX_METADATA_CHARS = 16_000  # per row, names and values of the columns kept as metadata

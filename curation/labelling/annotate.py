@@ -1,4 +1,4 @@
-"""The annotation workflow core: drafts, append-only annotations, reviews.
+"""The annotation workflow core: append-only annotations and reviews (drafts are curation/assist/drafts.py).
 
 - An annotation is never changed: an edit is a new row that supersedes the previous version.
   `supersedes_id` is unique in the database, so two people editing the same version at once
@@ -7,9 +7,9 @@
   author) verifies its latest annotation. Superseding a verified annotation sends the image
   back to review.
 
-One module (~430 lines) on purpose: these rules hold together (a submit, an edit, a review and a draft each
-touch the same version chain and image status in one transaction); split, a reader would have to hold
-several files in mind to check one invariant.
+One module on purpose: these rules hold together (a submit, an edit, an adjudication and a review each touch the
+same version chain and image status in one transaction); split, a reader would have to hold several files in mind
+to check one invariant.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from curation.errors import ConflictError, NotFound, SkinflowError
@@ -27,10 +27,8 @@ from curation.store.auth import Actor, require
 from curation.store.db import Workbench
 from curation.store.models import (
     DIAGNOSIS_STATUSES,
-    DRAFT_KINDS,
     REVIEW_DECISIONS,
     Annotation,
-    AuditEvent,
     Draft,
     Image,
     Review,
@@ -57,44 +55,6 @@ def _diagnosis(wb: Workbench, diagnosis: str | None) -> tuple[str | None, str | 
         return None, None
     key = wb.taxonomy.normalise(diagnosis)
     return (key, None) if key else (None, clean_text(diagnosis)[:500])
-
-
-def add_draft(
-    wb: Workbench,
-    actor: Actor,
-    image_id: int,
-    *,
-    kind: str,
-    producer: str,
-    version: str,
-    caption: Caption | dict | None,
-    diagnoses: list[dict[str, Any]] | None = None,
-    raw_reply: str | None = None,
-    error: str | None = None,
-    meta: dict | None = None,
-) -> int:
-    """Store a draft caption (LLM, model or synthetic) for an image; returns the draft id."""
-    require(actor, "admin", "add drafts")
-    if kind not in DRAFT_KINDS:
-        raise SkinflowError(f"unknown draft kind {kind!r}; use one of {', '.join(DRAFT_KINDS)}")
-    caption_json = validate_caption(caption).to_json() if caption is not None else None
-    with wb.session() as s:
-        _image(s, image_id)
-        draft = Draft(
-            image_id=image_id,
-            kind=kind,
-            producer=producer,
-            version=version,
-            caption=caption_json,
-            diagnoses=list(diagnoses or []),
-            raw_reply=raw_reply,
-            error=error,
-            meta=dict(meta or {}),
-        )
-        s.add(draft)
-        s.flush()
-        audit.record(s, actor, "draft.add", "draft", draft.id, image_id=image_id, kind=kind, producer=producer)
-        return draft.id
 
 
 def chain_head(s, annotation: Annotation) -> Annotation:
@@ -259,69 +219,6 @@ def _insert_annotation(
         diagnosis_status=diagnosis_status,
     )
     return annotation
-
-
-def latest_model_drafts(s, image_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
-    """The newest usable LLM draft, model suggestion and routed (best-source) draft of each image: the Label
-    Studio predictions, one per kind."""
-    out: dict[int, dict[str, dict]] = {}
-    for d in s.scalars(
-        select(Draft)
-        .where(Draft.image_id.in_(image_ids), Draft.kind.in_(("llm", "model", "routed")), Draft.error.is_(None))
-        .order_by(Draft.id)
-    ):
-        out.setdefault(d.image_id, {})[d.kind] = {
-            "kind": d.kind,
-            "producer": d.producer,
-            "version": d.version,
-            "caption": d.caption,
-            "diagnoses": d.diagnoses or [],
-        }
-    return {image_id: [kinds[k] for k in sorted(kinds)] for image_id, kinds in out.items()}
-
-
-def add_drafts(wb: Workbench, actor: Actor, drafts: list[dict[str, Any]]) -> list[int]:
-    """Several drafts in one transaction, each audited (a drafting run writes in batches). Every item
-    takes the keyword arguments of `add_draft` plus `image_id`. Bulk inserts, not ORM objects: this
-    runs beside the requests in flight and must not hold the interpreter long."""
-    require(actor, "admin", "add drafts")
-    rows = []
-    for item in drafts:
-        if item["kind"] not in DRAFT_KINDS:
-            raise SkinflowError(f"unknown draft kind {item['kind']!r}; use one of {', '.join(DRAFT_KINDS)}")
-        caption = item.get("caption")
-        rows.append(
-            {
-                "image_id": item["image_id"],
-                "kind": item["kind"],
-                "producer": item["producer"],
-                "version": item["version"],
-                "caption": validate_caption(caption).to_json() if caption is not None else None,
-                "diagnoses": list(item.get("diagnoses") or []),
-                "raw_reply": item.get("raw_reply"),
-                "error": item.get("error"),
-                "meta": dict(item.get("meta") or {}),
-                "created_at": utcnow(),
-            }
-        )
-    with wb.session() as s:
-        ids = list(s.scalars(insert(Draft).returning(Draft.id, sort_by_parameter_order=True), rows))
-        s.execute(
-            insert(AuditEvent),
-            [
-                {
-                    "user_id": actor.id,
-                    "username": actor.username,
-                    "action": "draft.add",
-                    "entity": "draft",
-                    "entity_id": draft_id,
-                    "payload": {"image_id": row["image_id"], "kind": row["kind"], "producer": row["producer"]},
-                    "created_at": row["created_at"],
-                }
-                for draft_id, row in zip(ids, rows, strict=True)
-            ],
-        )
-        return ids
 
 
 def submit_annotation(

@@ -28,11 +28,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from curation.errors import NotFound, SkinflowError
-from curation.labelling.workflow import QUEUE_STRATEGIES, WorkflowSettings, get_workflow_settings
 from curation.store import audit
 from curation.store.auth import Actor, require
 from curation.store.db import Workbench
 from curation.store.models import Annotation, GoldAssignment, Image, Lease, QueueScore, Skip, utcnow
+from curation.store.workflow import QUEUE_STRATEGIES, WorkflowSettings, get_workflow_settings
 
 LEASE_RETRIES = 5
 

@@ -29,11 +29,11 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from curation.errors import ConflictError, NotFound, SkinflowError
-from curation.export.formats import neutralise_formula
 from curation.store import audit
 from curation.store.auth import Actor, require
 from curation.store.db import Workbench
-from curation.store.models import Draft, Image, ReaderRating, ReaderStudy, ReaderStudyItem, User
+from curation.store.models import DRAFT_KINDS, Draft, Image, ReaderRating, ReaderStudy, ReaderStudyItem, User
+from schema.files import neutralise_formula
 
 SCALES = ("correctness", "usefulness", "trust")
 BOOTSTRAP = 1000
@@ -53,7 +53,7 @@ def available_sources(wb: Workbench) -> list[dict[str, Any]]:
         rows = s.execute(
             select(Draft.kind, Draft.producer, Draft.version, func.count(func.distinct(Draft.image_id)))
             .join(Image, Image.id == Draft.image_id)
-            .where(Image.status == "verified", Draft.error.is_(None), Draft.kind.in_(("llm", "model", "synthetic", "routed")))
+            .where(Image.status == "verified", Draft.error.is_(None), Draft.kind.in_(DRAFT_KINDS))
             .group_by(Draft.kind, Draft.producer, Draft.version)
             .order_by(Draft.kind, Draft.producer, Draft.version)
         ).all()

@@ -8,10 +8,10 @@ from typing import Any
 from sqlalchemy import distinct, func, select
 
 from curation.labelling.annotate import annotation_dict
-from curation.labelling.workflow import get_workflow_settings
 from curation.store.auth import Actor, require
 from curation.store.db import Workbench
 from curation.store.models import Annotation, Image
+from curation.store.workflow import get_workflow_settings
 from schema.caption import Caption
 from schema.compare import caption_scores
 

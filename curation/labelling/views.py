@@ -14,12 +14,23 @@ from sqlalchemy import String, and_, cast, exists, func, or_, select
 
 from curation.assist.routing import ensure_routed_draft
 from curation.errors import NotFound
-from curation.export.splits import LESION_COLUMNS
 from curation.labelling.annotate import annotation_dict, user_chain_head
 from curation.labelling.review import images_in_disagreement
 from curation.store.auth import Actor, require
 from curation.store.db import Workbench
-from curation.store.models import NEEDS_WORK_STATUSES, Annotation, AuditEvent, Draft, Image, Review, SavedWork, User
+from curation.store.models import (
+    DIAGNOSING_KINDS,
+    LESION_COLUMNS,
+    NEEDS_WORK_STATUSES,
+    Annotation,
+    AuditEvent,
+    Draft,
+    DraftKind,
+    Image,
+    Review,
+    SavedWork,
+    User,
+)
 from schema.caption import Caption
 from schema.compare import caption_scores
 from schema.fields import FIELD_KEYS
@@ -27,7 +38,6 @@ from schema.files import write_atomic
 from schema.fitzpatrick import BAND_TYPES, band_of
 
 # the best available draft prefills the form: the routed one (each field from its best source) when there is one
-DRAFT_PRIORITY = {"routed": -1, "model": 0, "llm": 1, "synthetic": 2}
 HIDDEN_META = ("true_caption",)  # synthetic ground truth: never shown to annotators
 SORTS = {
     "id": Image.id,
@@ -138,7 +148,7 @@ def draft_dict(draft: Draft) -> dict[str, Any]:
 
 
 def salvage_by_field(notes: list[dict[str, str]] | None) -> dict[str, str]:
-    """A draft's salvage notes (schema/salvage.py) as one line per form field: the measurement's go with `size`,
+    """A draft's salvage notes (curation/assist/salvage.py) as one line per form field: the measurement's go with `size`,
     keys that are not fields under "" (shown above the form)."""
     out: dict[str, list[str]] = {}
     for note in notes or []:
@@ -152,9 +162,10 @@ def salvage_by_field(notes: list[dict[str, str]] | None) -> dict[str, str]:
 
 
 def rank_drafts(drafts: list[Draft]) -> list[Draft]:
-    """Usable drafts (a caption, no error), best first: model > LLM > synthetic, newest first."""
+    """Usable drafts (a caption, no error), best first in DraftKind's order (routed > model > LLM > synthetic),
+    newest first."""
     usable = [d for d in drafts if d.caption is not None and not d.error]
-    return sorted(usable, key=lambda d: (DRAFT_PRIORITY.get(d.kind, 9), -d.id))
+    return sorted(usable, key=lambda d: (DraftKind(d.kind).rank, -d.id))
 
 
 def _suggested_diagnoses(drafts: list[Draft], k: int = 6) -> dict[str, float]:
@@ -162,14 +173,14 @@ def _suggested_diagnoses(drafts: list[Draft], k: int = 6) -> dict[str, float]:
     it (a routed draft's merged votes are shares of its total, so they read as probabilities too)."""
     newest: dict[str, Draft] = {}
     for d in sorted(drafts, key=lambda d: d.id):
-        if d.kind in ("routed", "model", "llm") and d.diagnoses:
+        if d.kind in DIAGNOSING_KINDS and d.diagnoses:
             newest[d.kind] = d
     out: dict[str, float] = {}
-    for kind in ("routed", "model", "llm"):  # routed: every source's diagnoses merged by held-out accuracy
+    for kind in DIAGNOSING_KINDS:  # routed first: every source's diagnoses merged by held-out accuracy
         if kind not in newest:
             continue
         entries = [e for e in newest[kind].diagnoses if e.get("key")]
-        total = sum(float(e.get("score") or 0.0) for e in entries) if kind == "routed" else 1.0
+        total = sum(float(e.get("score") or 0.0) for e in entries) if kind == DraftKind.ROUTED else 1.0
         for entry in entries[:k]:
             out.setdefault(entry["key"], float(entry.get("score") or 0.0) / (total or 1.0))
     return dict(list(out.items())[:k])

@@ -16,10 +16,10 @@ from sqlalchemy import select
 from curation.errors import ConflictError, NotFound
 from curation.store.audit import record
 from curation.store.auth import Actor, require
-from curation.store.db import Workbench
+from curation.store.db import Workbench, load_local_terms
 from curation.store.models import Annotation, VocabularyTerm, utcnow
 from schema.fields import MULTI_FIELDS
-from schema.vocabulary import clean_term, default_vocabulary, use_local_terms, vocabulary_with
+from schema.vocabulary import clean_term, default_vocabulary, vocabulary_with
 
 SAMPLE_IMAGES = 5  # image ids shown per pending term, so a reviewer can look at how it was used
 
@@ -30,20 +30,6 @@ class PendingTerm:
     term: str
     annotations: int = 0
     image_ids: list[int] = field(default_factory=list)
-
-
-def load_local_terms(wb: Workbench) -> None:
-    """Make this process's vocabulary the packaged one plus the terms this workbench accepted."""
-    with wb.session() as s:
-        rows = s.execute(
-            select(VocabularyTerm.field, VocabularyTerm.term, VocabularyTerm.synonyms).where(
-                VocabularyTerm.decision == "accepted"
-            )
-        ).all()
-    terms: dict[str, list[tuple[str, tuple[str, ...]]]] = defaultdict(list)
-    for field_key, term, synonyms in rows:
-        terms[field_key].append((term, tuple(synonyms or ())))
-    use_local_terms(dict(terms))
 
 
 def pending_terms(wb: Workbench, actor: Actor) -> list[PendingTerm]:

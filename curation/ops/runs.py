@@ -36,11 +36,11 @@ from sqlalchemy import select
 from curation.errors import NotFound, SkinflowError
 from curation.export.dataset import export_dataset
 from curation.export.splits import SPLITS
-from curation.labelling.workflow import get_workflow_settings, update_workflow_settings
 from curation.store import audit
 from curation.store.auth import Actor, require
 from curation.store.db import Workbench
 from curation.store.models import Export, TrainingRun, User, utcnow
+from curation.store.workflow import get_workflow_settings, update_workflow_settings
 from schema.files import read_jsonl
 from schema.run_files import PROGRESS_FILE, RunProgress, read_progress
 
@@ -104,11 +104,11 @@ class RunView:
 
 
 def runs_dir(wb: Workbench) -> Path:
-    return wb.settings.home / "runs"
+    return wb.settings.runs_dir
 
 
 def run_dir(wb: Workbench, run_id: int) -> Path:
-    return runs_dir(wb) / f"run-{run_id}"
+    return wb.settings.run_dir(run_id)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -8,6 +8,7 @@ concurrent writers wait instead of failing with "database is locked".
 from __future__ import annotations
 
 import fcntl
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,14 +19,16 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from curation.errors import DatabaseError
+from curation.store.models import VocabularyTerm
 from curation.store.settings import Settings
 from schema.files import owner_only
 from schema.taxonomy import Taxonomy, default_taxonomy, load_taxonomy
+from schema.vocabulary import use_local_terms
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -127,7 +130,20 @@ def open_workbench(settings: Settings | None = None) -> Workbench:
     if new_database:
         settings.db_path.chmod(0o600)  # SQLite gives its -wal and -shm files the database file's mode
     workbench = Workbench(settings, engine)
-    from curation.labelling.vocabulary import load_local_terms  # the labelling layer sits above the store
-
     load_local_terms(workbench)
     return workbench
+
+
+def load_local_terms(wb: Workbench) -> None:
+    """Make this process's vocabulary the packaged one plus the terms this workbench accepted (reviewers decide
+    them in curation/labelling/vocabulary.py)."""
+    with wb.session() as s:
+        rows = s.execute(
+            select(VocabularyTerm.field, VocabularyTerm.term, VocabularyTerm.synonyms).where(
+                VocabularyTerm.decision == "accepted"
+            )
+        ).all()
+    terms: dict[str, list[tuple[str, tuple[str, ...]]]] = defaultdict(list)
+    for field_key, term, synonyms in rows:
+        terms[field_key].append((term, tuple(synonyms or ())))
+    use_local_terms(dict(terms))

@@ -15,13 +15,9 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from curation.errors import ImageRejected
 from schema.files import TEMP_PREFIX, write_atomic
-
-if TYPE_CHECKING:
-    from curation.ingest.clean import CleanImage
 
 
 def sha256_hex(data: bytes) -> str:
@@ -85,11 +81,11 @@ def sweep_store(store_dir: Path) -> int:
     return sweep_leftovers(store_dir.glob(f"*/{TEMP_PREFIX}*"), TEMP_PREFIX) if store_dir.is_dir() else 0
 
 
-def store_image(store_dir: Path, image: CleanImage, digest: str | None = None) -> tuple[str, str]:
-    """Write a clean image into the store (once per content); returns (sha256, relative path)."""
-    digest = digest or sha256_hex(image.data)
-    relative = store_path(digest, image.ext)
+def store_image(store_dir: Path, data: bytes, ext: str, digest: str | None = None) -> tuple[str, str]:
+    """Write a clean image's bytes into the store (once per content); returns (sha256, relative path)."""
+    digest = digest or sha256_hex(data)
+    relative = store_path(digest, ext)
     target = store_dir / relative
     if not target.exists():
-        write_atomic(target, image.data)
+        write_atomic(target, data)
     return digest, relative

@@ -8,6 +8,7 @@ Every mutation writes an AuditEvent (curation/store/audit.py).
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -25,9 +26,30 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+
+class DraftKind(StrEnum):
+    """Where a draft came from, in the one order everything that picks between drafts uses (the form's prefill, the
+    diagnosis suggestions, Insights): the routed draft (the best source per field, curation/assist/routing.py),
+    a trained model's suggestion, an LLM's draft, the demo's synthetic one."""
+
+    ROUTED = "routed"
+    MODEL = "model"
+    LLM = "llm"
+    SYNTHETIC = "synthetic"
+
+    @property
+    def rank(self) -> int:
+        """0 for the draft preferred first."""
+        return _DRAFT_RANK[self]
+
+
+_DRAFT_RANK = {kind: rank for rank, kind in enumerate(DraftKind)}
+DRAFT_KINDS = tuple(kind.value for kind in DraftKind)
+DIAGNOSING_KINDS = (DraftKind.ROUTED, DraftKind.MODEL, DraftKind.LLM)  # drafts that rank diagnoses (synthetic ones do not)
 ROLES = ("annotator", "reviewer", "admin")
+# Image.meta keys naming a lesion or a patient: images that share one are one lesion (one split; compared side by side)
+LESION_COLUMNS = ("lesion_id", "patient_id")
 IMAGE_STATUSES = ("image_missing", "pending", "annotated", "verified")
-DRAFT_KINDS = ("llm", "model", "synthetic", "routed")  # routed: the best-source prefill (assist/routing.py)
 DIAGNOSIS_STATUSES = ("confirmed", "corrected", "uncertain")
 REVIEW_DECISIONS = ("verified", "rejected")
 RUN_STATUSES = ("queued", "running", "done", "failed", "cancelled")

@@ -68,6 +68,14 @@ class Settings(BaseModel):
     def backup_dir(self) -> Path:
         return self.home / "backups"
 
+    @property
+    def runs_dir(self) -> Path:
+        """Training runs the app started: run-<id>/ each (the trainer's folder), with their logs beside them."""
+        return self.home / "runs"
+
+    def run_dir(self, run_id: int) -> Path:
+        return self.runs_dir / f"run-{run_id}"
+
     @classmethod
     def load(cls, environ: dict[str, str] | None = None, **overrides) -> Settings:
         env = os.environ if environ is None else environ

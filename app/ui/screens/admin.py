@@ -19,9 +19,9 @@ from curation.export.neardup import DEFAULT_MAX_DISTANCE, MAX_SUPPORTED_DISTANCE
 from curation.ingest.archive import import_zip
 from curation.ingest.folder import import_folder
 from curation.labelling.source_labels import LABEL_KINDS, verify_source_labels
-from curation.labelling.workflow import QUEUE_STRATEGIES, get_workflow_settings, update_workflow_settings
 from curation.store.auth import add_user, list_users, set_password, set_role, unlock
 from curation.store.models import ROLES
+from curation.store.workflow import QUEUE_STRATEGIES, get_workflow_settings, update_workflow_settings
 from schema.errors import SkinflowError
 from schema.files import TEMP_PREFIX, temp_owner_tag
 

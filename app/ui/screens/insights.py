@@ -9,7 +9,7 @@ import streamlit as st
 
 from app.ui import state
 from curation.assist.evidence import MEASURES, describe_decision, source_evidence
-from curation.ops.insights import team_insights
+from curation.labelling.insights import team_insights
 
 
 def _bar(counts: dict, name: str, by_count: bool = True) -> alt.Chart:

@@ -1,4 +1,4 @@
-"""Public dermatology datasets as import recipes (schema/data/datasets/*.json, one file per dataset).
+"""Public dermatology datasets as import recipes (curation/ingest/recipes/*.json, one file per dataset).
 
 A recipe says how to read a dataset's metadata CSV: which header it has (for detection), which column is the
 image id, the label and the Fitzpatrick type, how an image file is named, which columns name a lesion or a
@@ -174,13 +174,15 @@ def _recipe(doc: dict[str, Any], where: str) -> DatasetRecipe:
             crosswalk=crosswalk,
         )
     except (KeyError, TypeError, AttributeError) as e:
-        raise DatasetRecipeError(f"{where} is not a dataset recipe (missing or wrong {e}); see schema/datasets.py") from None
+        raise DatasetRecipeError(
+            f"{where} is not a dataset recipe (missing or wrong {e}); see curation/ingest/datasets.py"
+        ) from None
 
 
 @lru_cache(maxsize=1)
 def dataset_recipes() -> dict[str, DatasetRecipe]:
     """The shipped recipes by name."""
-    folder = resources.files("schema").joinpath("data/datasets")
+    folder = resources.files("curation.ingest").joinpath("recipes")
     recipes = {}
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".json"):

@@ -9,10 +9,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from random import Random
 
+from curation.assist.drafts import add_draft
 from curation.errors import NotFound, PermissionDenied
 from curation.ingest.common import ImportReport, KnownContent, ingest_bytes
 from curation.ingest.demo_cases import ARCHETYPES, GENERATOR, GENERATOR_VERSION, DemoCase, generate_cases, noisy_draft
-from curation.labelling.annotate import add_draft, review_annotation, submit_annotation
+from curation.labelling.annotate import review_annotation, submit_annotation
 from curation.store import audit
 from curation.store.auth import Actor, add_user, count_users, get_actor, require
 from curation.store.db import Workbench

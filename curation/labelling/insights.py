@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from curation.store.auth import Actor, require
 from curation.store.db import Workbench
-from curation.store.models import Annotation, Draft, GoldAssignment, Image, Review, User
+from curation.store.models import Annotation, Draft, DraftKind, GoldAssignment, Image, Review, User
 from schema.caption import Caption
 from schema.compare import caption_scores
 from schema.fields import FIELD_BY_KEY, FIELD_KEYS, ORDINAL_VALUES
@@ -67,7 +67,7 @@ def edit_rates(annotations: list, prefills: dict[int, Any]) -> dict[str, Any]:
     differs from the draft's top-1.
     A falling rate for `model` means the model is helping."""
     out: dict[str, Any] = {}
-    for kind in ("routed", "model", "llm", "synthetic"):  # routed: the best-source prefill
+    for kind in DraftKind:  # routed: the best-source prefill
         rows = [
             (a, prefills[a.based_on_draft_id])
             for a in annotations
