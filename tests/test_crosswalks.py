@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from curation.export.dataset import ExportFilter, export_dataset
+from curation.export.dataset import export_dataset
+from curation.export.records import ExportFilter
 from curation.ingest.csv_import import import_csv
 from curation.ingest.datasets import dataset_recipes
 from curation.labelling.source_labels import verify_source_labels

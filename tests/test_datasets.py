@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import select
 
 from curation.errors import ExportError, IngestError
-from curation.export.dataset import ExportFilter, export_choices, export_dataset
+from curation.export.dataset import export_dataset
+from curation.export.records import ExportFilter, export_choices
 from curation.export.splits import join_groups
 from curation.ingest import import_path
 from curation.ingest.csv_import import import_csv
@@ -231,7 +232,7 @@ def test_an_export_grouped_by_lesion_puts_every_lesion_in_one_split(wb, admin, a
     result = export_dataset(wb, admin, tmp_path / "by-lesion", selection=ExportFilter(group_by=("lesion_id",)))
     assert all(len(s) == 1 for s in splits_per_lesion(tmp_path / "by-lesion").values())
     assert result.by_split["val"] and result.by_split["test"]
-    assert result.grouping["split_groups"] == 40 and result.grouping["by_column"] == {"lesion_id": 40}
+    assert result.grouping.split_groups == 40 and result.grouping.by_column == {"lesion_id": 40}
     manifest = json.loads((tmp_path / "by-lesion" / "manifest.json").read_text())
     assert manifest["split"]["group_by"] == ["lesion_id"] and sum(manifest["groups"]["by_split"].values()) == 40
     card = (tmp_path / "by-lesion" / "README.md").read_text()
@@ -243,7 +244,7 @@ def test_an_export_grouped_by_lesion_puts_every_lesion_in_one_split(wb, admin, a
 
     # auto (the default) finds lesion_id; without grouping the same data lets lesions straddle splits
     auto = export_dataset(wb, admin, tmp_path / "auto")
-    assert auto.grouping["columns"] == ["lesion_id"]
+    assert auto.grouping.columns == ("lesion_id",)
     export_dataset(wb, admin, tmp_path / "loose", selection=ExportFilter(group_by=()))
     assert any(len(s) > 1 for s in splits_per_lesion(tmp_path / "loose").values())
 

@@ -15,8 +15,9 @@ from sqlalchemy import select
 from curation.assist.drafts import add_draft
 from curation.errors import ExportError
 from curation.export.canonical import verify_export
-from curation.export.dataset import ExportFilter, export_dataset
+from curation.export.dataset import export_dataset
 from curation.export.neardup import hamming, near_duplicate_groups
+from curation.export.records import ExportFilter
 from curation.ingest.clean import dhash
 from curation.ingest.folder import import_folder
 from curation.labelling.annotate import review_annotation, submit_annotation

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from curation.export.dataset import ExportFilter, export_dataset
+from curation.export.dataset import export_dataset
+from curation.export.records import ExportFilter
 from curation.ingest.csv_import import import_csv
 from curation.labelling.source_labels import verify_source_labels
 from curation.labelling.views import related_images
@@ -48,7 +49,7 @@ def test_a_lesion_id_two_patients_share_is_two_lesions(wb, admin, annotator, tmp
     assert [r.column for r in related_images(wb, annotator, ids["PAT_2_100_3.png"])] == []
     verify_source_labels(wb, admin, "pad-ufes-20")
     export = export_dataset(wb, admin, tmp_path / "v1", selection=ExportFilter(label_kinds="source"))
-    assert export.grouping["by_column"]["lesion_id"] == 2  # two real lesions, not one
+    assert export.grouping.by_column["lesion_id"] == 2  # two real lesions, not one
     out = records(export.path)
     assert {r["label_provenance"] for r in out} == {"histopathology", "clinical consensus"}
     by_image = {r["source_id"]: r["split_group"] for r in out}

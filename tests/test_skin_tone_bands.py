@@ -4,10 +4,12 @@ names, and the evaluation reports band-only items by band instead of dropping th
 
 from __future__ import annotations
 
-from curation.export.dataset import ExportFilter, export_dataset
+from curation.export.dataset import export_dataset
+from curation.export.records import ExportFilter
 from curation.ingest.csv_import import import_csv
 from curation.labelling.source_labels import verify_source_labels
 from schema.fields import FIELD_KEYS
+from schema.run_files import Prediction, RankedDiagnosis
 from schema.taxonomy import default_taxonomy
 from tests.helpers import photo, png_bytes, write
 from tests.test_datasets import records, write_csv
@@ -51,6 +53,9 @@ def test_ddi_bands_reach_the_records_the_card_the_filter_and_the_evaluation(wb, 
         default_taxonomy(),
         {"caption": "c", "diagnosis": "d"},
     )
-    right = {row["id"]: {"id": row["id"], "diagnoses": [{"key": "melanoma", "score": 0.9}]} for row in test_rows}
+    right = {
+        row["id"]: Prediction(image=row["image"], model_version="m", id=row["id"], diagnoses=[RankedDiagnosis("melanoma", 0.9)])
+        for row in test_rows
+    }
     per_type = evaluate(right, data)["fitzpatrick"]["per_type"]
     assert per_type == {f"band {b}": {"n": 2, "top1": 1.0} for b in ("I-II", "III-IV", "V-VI")}

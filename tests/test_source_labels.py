@@ -9,7 +9,8 @@ import pytest
 from sqlalchemy import select
 
 from curation.errors import ExportError, PermissionDenied, SkinflowError
-from curation.export.dataset import ExportFilter, export_dataset
+from curation.export.dataset import export_dataset
+from curation.export.records import ExportFilter
 from curation.ingest.csv_import import import_csv
 from curation.labelling.source_labels import verify_source_labels
 from curation.store.models import AuditEvent, Image

@@ -15,9 +15,10 @@ from curation.assist.drafting import draft_images
 from curation.assist.evidence import CONFIDENCE, MEASURES, describe_decision, source_evidence
 from curation.assist.weights import collect_reasonings, create_weight_set, list_weight_sets
 from curation.export.canonical import verify_export
-from curation.export.dataset import ExportFilter, export_dataset
+from curation.export.dataset import export_dataset
 from curation.export.formats import EXTRA_FORMATS
 from curation.export.labelstudio import label_studio_token, pull, push
+from curation.export.records import ExportFilter
 from curation.ingest import import_path
 from curation.ingest.common import ImportReport
 from curation.ingest.fetch import fetch_images
@@ -303,8 +304,8 @@ def export(
         result = export_dataset(
             wb, actor, out_dir, selection=selection, formats=split_option(formats), overwrite=overwrite, progress=progress
         )
-    columns = result.grouping["columns"] if result.grouping else []
-    grouped = f"; {result.grouping['split_groups']} split groups by {', '.join(columns)}" if columns else ""
+    columns = result.grouping.columns if result.grouping else ()
+    grouped = f"; {result.grouping.split_groups} split groups by {', '.join(columns)}" if columns else ""
     out.print(
         f"exported {result.n_records} records to {result.path} (train {result.by_split['train']}, "
         f"val {result.by_split['val']}, test {result.by_split['test']}; "

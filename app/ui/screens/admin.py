@@ -13,9 +13,10 @@ import streamlit as st
 
 from app.ui import state
 from app.ui.widgets import plain
-from curation.export.dataset import ExportFilter, export_choices, export_dataset
+from curation.export.dataset import export_dataset
 from curation.export.formats import EXTRA_FORMATS
 from curation.export.neardup import DEFAULT_MAX_DISTANCE, MAX_SUPPORTED_DISTANCE
+from curation.export.records import ExportFilter, export_choices
 from curation.ingest.archive import import_zip
 from curation.ingest.folder import import_folder
 from curation.labelling.source_labels import LABEL_KINDS, verify_source_labels
