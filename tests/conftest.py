@@ -159,7 +159,7 @@ def demo_home(tmp_path, monkeypatch):
 class Decoys:
     """Packages named like ours (and streamlit) that record their import. Planted in the folder a command is
     started from, and in the folder a process runs in: `python -m` puts the working directory first on the import
-    path, so without a safe path (curation.ops.runs.python_module) these were imported instead of our code."""
+    path, so without a safe path (curation.ops.jobs.python_module) these were imported instead of our code."""
 
     PACKAGES = ("app", "curation", "schema", "trainer", "streamlit")
 

@@ -241,7 +241,8 @@ def test_between_equally_good_sources_the_choice_moves_in_at_most_one_case_in_tw
 def test_a_run_trained_outside_the_app_on_this_workbenchs_export_counts_once_registered(bench, admin, tmp_path):
     """`skinflow suggest --checkpoint FOLDER` registers a `skinflow train` run (tests/test_probe.py runs the real
     commands): its held-out predictions count at once, its training images left out, under its own name."""
-    from curation.ops.runs import register_run, run_dir
+    from curation.ops.run_folders import register_run
+    from curation.ops.runs import run_dir
     from curation.store.models import Export
 
     wb, ids = bench

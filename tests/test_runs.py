@@ -9,13 +9,13 @@ import pytest
 from sqlalchemy import func, select
 
 from curation.ops.demo import build_demo
+from curation.ops.run_folders import read_metrics
 from curation.ops.runs import (
     AblationRequest,
     RunError,
     activate_run,
     cancel_run,
     list_runs,
-    read_metrics,
     refresh_runs,
     resume_run,
     run_dir,
@@ -146,7 +146,7 @@ def test_retrain_runs_in_the_background_and_activation_fills_the_queue(curated, 
 
 
 def _alive(pid):
-    from curation.ops.runs import _children
+    from curation.ops.jobs import _children
 
     child = _children.get(pid)
     return child is not None and child.poll() is None

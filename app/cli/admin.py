@@ -10,10 +10,10 @@ import typer
 from rich.table import Table
 
 from app.cli.common import app, context, err, out, print_new_accounts
+from curation.ops.jobs import SAFE_ENV, python_module
 from curation.ops.maintenance import backup as backup_database
 from curation.ops.maintenance import doctor as run_doctor
 from curation.ops.maintenance import fix_store, hold_app_lock
-from curation.ops.runs import SAFE_ENV, python_module
 from curation.store.auth import add_user, list_users, set_email, set_password, set_role, unlock
 from curation.store.models import ROLES
 from schema.errors import SkinflowError

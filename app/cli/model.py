@@ -191,7 +191,7 @@ def suggest(
     c = context(ctx)
     wb, actor = c.workbench(), c.actor()
     if checkpoint is not None:
-        from curation.ops.runs import register_run
+        from curation.ops.run_folders import register_run
         from trainer.predict import predict_to_file
 
         # a run trained with `skinflow train` on this workbench's export counts like one the app started

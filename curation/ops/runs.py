@@ -12,19 +12,16 @@ reason; queued runs start when a slot is free (one at a time by default: Workflo
 Cancelling asks the trainer to stop at the next step (a flag file: it saves a checkpoint and exits), and
 terminates the process group if it has not stopped within CANCEL_GRACE_S.
 
-One module (~450 lines) on purpose: it is one lifecycle (queue, launch, reconcile, cancel, resume, activate)
-over one table and one run folder; every function reads the statuses the others write.
+One module on purpose: it is one lifecycle (queue, launch, reconcile, cancel, resume, activate) over one table
+and one run folder; every function reads the statuses the others write. Starting and watching the processes
+themselves is curation/ops/jobs.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import signal
-import subprocess
-import sys
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -36,13 +33,14 @@ from sqlalchemy import select
 from curation.errors import NotFound, SkinflowError
 from curation.export.dataset import export_dataset
 from curation.export.splits import SPLITS
+from curation.ops.jobs import is_alive, log_tail_of, python_module, spawn
+from curation.ops.run_folders import metrics_summary, read_metrics
 from curation.store import audit
 from curation.store.auth import Actor, require
 from curation.store.db import Workbench
 from curation.store.models import Export, TrainingRun, User, utcnow
 from curation.store.workflow import get_workflow_settings, update_workflow_settings
-from schema.files import read_jsonl
-from schema.run_files import PROGRESS_FILE, RunProgress, read_progress
+from schema.run_files import RunProgress, read_progress
 
 CANCEL_GRACE_S = 60
 PRESETS = ("tiny", "qwen2.5-vl-7b", "probe", "qwen2.5-vl-3b-lora", "qwen2.5-vl-7b-lora", "qwen2.5-vl-7b-qlora")
@@ -60,7 +58,6 @@ OVERRIDES = (
     "save_steps",
     "model",  # pretrained weights: the probe's CLIP/SigLIP image encoder, or the Qwen presets' model (a local folder)
 )  # `skinflow train` flags
-_children: dict[int, subprocess.Popen] = {}  # processes this interpreter started (each reaped by its waiter thread)
 
 
 class RunError(SkinflowError):
@@ -111,71 +108,11 @@ def run_dir(wb: Workbench, run_id: int) -> Path:
     return wb.settings.run_dir(run_id)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def read_metrics(wb: Workbench, run_id: int) -> list[dict[str, Any]]:
-    path = run_dir(wb, run_id) / "metrics.jsonl"
-    # the trainer appends while we read: a half-written last line is skipped, not an error
-    return read_jsonl(path, skip_bad_lines=True) if path.exists() else []
-
-
 def log_tail(wb: Workbench, run_id: int, lines: int = 40) -> str:
     with wb.session() as s:
         run = s.get(TrainingRun, run_id)
         path = run.log_path if run else None
     return "\n".join(log_tail_of(path, lines))
-
-
-def _alive(pid: int | None, marker: str) -> bool:
-    """Is the process still running and still ours (pids are reused)?"""
-    if not pid:
-        return False
-    child = _children.get(pid)
-    if child is not None:
-        if child.poll() is not None:
-            _children.pop(pid, None)
-            return False
-        return True
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    if cmdline.exists():
-        try:
-            text = cmdline.read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return False
-        return marker in text and stat.split(") ")[-1][:1] != "Z"
-    return True
-
-
-def _summary(metrics: list[dict[str, Any]]) -> dict[str, Any]:
-    """The last logged value of every numeric key, per stage."""
-    out: dict[str, dict[str, float]] = {}
-    for row in metrics:
-        stage = out.setdefault(f"stage{row.get('stage')}", {})
-        for key, value in row.items():
-            if isinstance(value, (int, float)) and key != "stage":
-                stage[key] = value
-    return out
-
-
-def python_module(module: str) -> list[str]:
-    """The command that runs `module` of the installed code with this interpreter. `-P` keeps the working
-    directory off the import path: `python -m` puts it first, so started in a folder holding an `app/` or
-    `curation/` package, the process imported that instead of ours (and ran it with the database and the LLM key).
-    Children started with it also get PYTHONSAFEPATH=1 (SAFE_ENV), which their own Python children inherit."""
-    return [sys.executable, "-P", "-m", module]
-
-
-SAFE_ENV = {"PYTHONSAFEPATH": "1"}
 
 
 def _command(wb: Workbench, run: TrainingRun) -> list[str]:
@@ -217,30 +154,10 @@ def _command(wb: Workbench, run: TrainingRun) -> list[str]:
     return command
 
 
-def _spawn(command: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start a detached background job (its own session: closing the browser or restarting the app does not stop
-    it), its output appended to `log_path`, in the folder that holds the log (the workbench's runs/, never the
-    caller's folder: see python_module). A thread waits on it, so a job that ends is reaped at once and leaves
-    no zombie behind in the app server however long the server lives (nothing else has to poll it)."""
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            command,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            cwd=str(log_path.parent),
-            env={**os.environ, **SAFE_ENV, **(env or {})},
-        )
-    _children[process.pid] = process
-    threading.Thread(target=process.wait, name=f"reap-{process.pid}", daemon=True).start()
-    return process
-
-
 def _launch(wb: Workbench, run: TrainingRun) -> None:
     runs_dir(wb).mkdir(parents=True, exist_ok=True)
     log_path = runs_dir(wb) / f"run-{run.id}.log"
-    process = _spawn(_command(wb, run), log_path, {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"})
+    process = spawn(_command(wb, run), log_path, {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"})
     run.pid, run.status, run.log_path = process.pid, "running", str(log_path)
     run.checkpoint_path = None if run.config.get("kind") == "ablation" else str(run_dir(wb, run.id) / "model")
 
@@ -329,20 +246,6 @@ def _check_ablation(request: AblationRequest) -> AblationRequest:
     return dataclasses.replace(request, variants=variants)
 
 
-def ablation_report(wb: Workbench, run_id: int) -> dict[str, Any] | None:
-    """The finished ablation's report (trainer/ablate.py writes it), with the chart's path; None until done."""
-    report = _read_json(run_dir(wb, run_id) / "report.json")
-    if not report:
-        return None
-    variants = {name: report["variants"][name] for name in report.get("order", report["variants"])}  # the runner's order
-    return {
-        **report,
-        "variants": variants,
-        "chart": str(run_dir(wb, run_id) / "ablation.png"),
-        "markdown": str(run_dir(wb, run_id) / "report.md"),
-    }
-
-
 def refresh_runs(wb: Workbench) -> None:
     """Bring statuses up to date and start queued runs when a slot is free. Safe to call often."""
     slots = get_workflow_settings(wb).training_slots
@@ -350,14 +253,14 @@ def refresh_runs(wb: Workbench) -> None:
         for run in s.scalars(select(TrainingRun).where(TrainingRun.status == "running")):
             folder = run_dir(wb, run.id)
             status = getattr(read_progress(folder), "status", None)
-            alive = _alive(run.pid, f"run-{run.id}")
+            alive = is_alive(run.pid, f"run-{run.id}")
             if status == "done":
                 run.status, run.finished_at = "done", utcnow()
-                run.metrics = _summary(read_metrics(wb, run.id))
+                run.metrics = metrics_summary(read_metrics(wb, run.id))
                 run.checkpoint_path = None if run.config.get("kind") == "ablation" else str((folder / "model").resolve())
             elif status == "cancelled" and not alive:
                 run.status, run.finished_at = "cancelled", utcnow()
-                run.metrics = _summary(read_metrics(wb, run.id))
+                run.metrics = metrics_summary(read_metrics(wb, run.id))
             elif not alive:
                 tail = log_tail_of(run.log_path)
                 reason = next((line for line in reversed(tail) if line.startswith("error:")), None) or (
@@ -376,15 +279,6 @@ def refresh_runs(wb: Workbench) -> None:
             select(TrainingRun).where(TrainingRun.status == "queued").order_by(TrainingRun.id).limit(max(slots - running, 0))
         ):
             _launch(wb, run)
-
-
-def log_tail_of(path: str | None, lines: int = 20) -> list[str]:
-    """The last lines of a log (only its end is read: logs of long runs grow large)."""
-    if not path or not Path(path).exists():
-        return []
-    with Path(path).open("rb") as handle:
-        handle.seek(max(0, Path(path).stat().st_size - 64_000))
-        return handle.read().decode("utf-8", "replace").splitlines()[-lines:]
 
 
 def cancel_run(wb: Workbench, actor: Actor, run_id: int) -> str:
@@ -452,55 +346,6 @@ def list_runs(wb: Workbench) -> list[RunView]:
         ]
 
 
-def run_folder_of(path: Path) -> Path | None:
-    """The run folder holding `path` (a run folder or a checkpoint inside one): config.json beside progress.json,
-    as the trainer writes them."""
-    path = path.resolve()
-    return next((f for f in (path, *path.parents) if (f / "config.json").is_file() and (f / PROGRESS_FILE).is_file()), None)
-
-
-def register_run(wb: Workbench, actor: Actor, path: Path) -> int | None:
-    """Enter a run trained with `skinflow train` on one of this workbench's exports in the run registry, as if
-    the Retrain button had started it: its held-out predictions count as evidence at once (trained-on images
-    left out), its model versions are read as this run's, and it can be activated. The registry reaches the
-    folder through runs/run-<id>, a link to it. Returns the run's id (the existing one when the folder is
-    registered already, or was started by the app), or None, the suggestions then being an outside model's, for
-    a run trained on an export from elsewhere, a run not finished (a checkpoint taken on the way) or a bare model
-    folder."""
-    require(actor, "admin", "register a training run")
-    given = path.resolve()
-    folder = run_folder_of(path)
-    with wb.session() as s:
-        for run in s.scalars(select(TrainingRun)):
-            home = run_dir(wb, run.id).resolve()
-            if run.config.get("run_folder") == str(folder) or home == given or home in given.parents:
-                return run.id
-        if folder is None:  # a bare model folder: nothing says what it was trained on
-            return None
-        config, progress = _read_json(folder / "config.json"), read_progress(folder)
-        export = Path(str(config.get("export") or "")).resolve()
-        export_id = s.scalar(select(Export.id).where(Export.path == str(export))) if config.get("export") else None
-        if export_id is None or progress is None or progress.status != "done":  # not ours, or not finished (a checkpoint of it)
-            return None
-        run = TrainingRun(
-            export_id=export_id,
-            preset=str(config.get("preset") or "custom")[:64],
-            status="done",
-            created_by=actor.id,
-            config={"export_path": str(export), "run_folder": str(folder), "run_name": config.get("run_id") or folder.name},
-            checkpoint_path=str(folder / "model"),
-            finished_at=utcnow(),
-        )
-        s.add(run)
-        s.flush()
-        link = run_dir(wb, run.id)
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(folder, target_is_directory=True)
-        run.metrics = _summary(read_metrics(wb, run.id))
-        audit.record(s, actor, "run.register", "training_run", run.id, folder=str(folder), export_id=export_id)
-        return run.id
-
-
 def activate_run(wb: Workbench, actor: Actor, run_id: int, *, suggest: bool = True) -> int | None:
     """Make a finished run's model the active one and (by default) start `skinflow suggest` with it in the
     background: predictions for every image that still needs work, imported as model drafts. Returns the pid."""
@@ -527,4 +372,4 @@ def activate_run(wb: Workbench, actor: Actor, run_id: int, *, suggest: bool = Tr
         "--checkpoint",
         str(run_dir(wb, run_id).resolve()),
     ]
-    return _spawn(command, log_path, wb.settings.child_environ()).pid
+    return spawn(command, log_path, wb.settings.child_environ()).pid

@@ -12,18 +12,17 @@ from app.ui import state
 from app.ui.widgets import plain
 from curation.assist.evidence import source_evidence
 from curation.export.splits import SPLITS
+from curation.ops.run_folders import ablation_report, read_metrics
 from curation.ops.runs import (
     ABLATION_VARIANTS,
     NO_ABLATION_PRESETS,
     PRESETS,
     AblationRequest,
-    ablation_report,
     activate_run,
     budget_overrides,
     cancel_run,
     list_runs,
     log_tail,
-    read_metrics,
     resume_run,
     start_training,
 )
