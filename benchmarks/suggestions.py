@@ -39,8 +39,9 @@ from sqlalchemy import select  # noqa: E402
 
 from benchmarks.app import record, write_section  # noqa: E402
 from benchmarks.simulated_vlm import VLMProfile, image_difficulty, simulate  # noqa: E402
+from curation.assist.choice import interval  # noqa: E402
 from curation.assist.drafts import NewDraft, add_drafts  # noqa: E402
-from curation.assist.evidence import MEASURES, describe_decision, interval, refresh_evidence  # noqa: E402
+from curation.assist.evidence import MEASURES, describe_decision, refresh_evidence  # noqa: E402
 from curation.assist.routing import ensure_routed_draft  # noqa: E402
 from curation.assist.suggestions import images_needing_work, import_predictions  # noqa: E402
 from curation.export.dataset import export_dataset  # noqa: E402

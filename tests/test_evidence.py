@@ -204,7 +204,7 @@ def test_routed_drafts_are_not_a_source_of_their_own(bench, admin):
 
 def test_a_small_perfect_sample_does_not_replace_a_large_nearly_perfect_one():
     """The benchmark rerun's case: the tiny VLM right on 21 of 21 held-out items, the draft on 130 of 141."""
-    from curation.assist.evidence import choose, compare
+    from curation.assist.choice import choose, compare
 
     draft = {i: float(i >= 11) for i in range(141)}  # 130 of 141
     tiny = {1000 + i: 1.0 for i in range(21)}  # 21 of 21, no item in common with the draft
@@ -226,7 +226,7 @@ def test_between_equally_good_sources_the_choice_moves_in_at_most_one_case_in_tw
     it in most draws (364 of 400)."""
     import numpy as np
 
-    from curation.assist.evidence import choose
+    from curation.assist.choice import choose
 
     rng = np.random.default_rng(0)
 
@@ -307,7 +307,7 @@ def test_the_chosen_source_saying_nothing_on_a_field_is_its_answer(bench):
 def test_each_field_starts_from_the_best_single_source_and_leaves_it_only_on_strong_evidence():
     """Routing must never lose to the source a team would use alone: two LLMs draft the same 100 images; A is
     better overall, B slightly (not surely) better on texture, clearly better on distribution."""
-    from curation.assist.evidence import best_single_source, choose
+    from curation.assist.choice import best_single_source, choose
     from schema.fields import FIELD_KEYS
 
     def scores(share_right: float, offset: int = 0) -> dict[int, float]:

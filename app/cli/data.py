@@ -11,8 +11,9 @@ import typer
 from rich.table import Table
 
 from app.cli.common import app, context, err, out, print_new_accounts, progress_bar
+from curation.assist.choice import CONFIDENCE
 from curation.assist.drafting import draft_images
-from curation.assist.evidence import CONFIDENCE, MEASURES, describe_decision, source_evidence
+from curation.assist.evidence import MEASURES, describe_decision, source_evidence
 from curation.assist.weights import collect_reasonings, create_weight_set, list_weight_sets
 from curation.export.canonical import verify_export
 from curation.export.dataset import export_dataset
