@@ -1,6 +1,6 @@
-"""`skinflow`: the command line, one module per area (data.py, admin.py, model.py; common.py holds what they
-share). Every command parses its flags, calls one library function (the same ones the app uses) and prints;
-errors print one line and exit non-zero.
+"""`skinflow`: the command line, one module per area (data.py, exports.py, assist.py, model.py, admin.py;
+common.py holds what they share). Every command parses its flags, calls one library function (the same ones the
+app uses) and prints; errors print one line and exit non-zero.
 
 Who acts: `--user NAME` (or SKINFLOW_USER). Without it, commands act as the only admin; on a new
 workbench the first command that needs an account creates `admin` and prints its password once.
@@ -21,7 +21,7 @@ from schema.files import owner_only
 __all__ = ["app", "main"]
 
 # Each area registers its commands on `app` when imported, in the order `skinflow --help` lists them.
-for _area in ("data", "model", "admin"):
+for _area in ("data", "exports", "assist", "model", "admin"):
     importlib.import_module(f"app.cli.{_area}")
 
 
