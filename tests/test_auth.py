@@ -5,7 +5,7 @@ from curation.assist import drafting, drafts, weights
 from curation.errors import ConflictError, PermissionDenied
 from curation.export import dataset as export
 from curation.ingest import archive, csv_import, fetch, folder
-from curation.labelling import annotate, queue, review, views
+from curation.labelling import annotate, browse, queue, review
 from curation.ops import demo, maintenance
 from curation.store import auth, workflow
 from curation.store.models import AuditEvent, User
@@ -70,8 +70,8 @@ def _calls(wb, tmp_path, image_id):
             lambda a: annotate.adjudicate(wb, a, image_id, caption, diagnosis="psoriasis"),
             lambda a: auth.list_users(wb, a),
             lambda a: review.review_items(wb, a),
-            lambda a: views.list_images(wb, a),
-            lambda a: views.image_history(wb, a, image_id),
+            lambda a: browse.list_images(wb, a),
+            lambda a: browse.image_history(wb, a, image_id),
         ],
         "admin": [
             lambda a: auth.add_user(wb, a, f"u{a.id}x", "annotator"),

@@ -8,10 +8,11 @@ from curation.errors import IngestError, PermissionDenied
 from curation.ingest import import_path
 from curation.ingest.archive import import_zip
 from curation.labelling.annotate import adjudicate, current_annotation, load_work, save_work, submit_annotation
+from curation.labelling.browse import image_history, list_images, thumbnail
 from curation.labelling.insights import cohen_kappa, field_alpha, insights
 from curation.labelling.queue import next_item
 from curation.labelling.review import review_items
-from curation.labelling.views import image_detail, image_history, list_images, thumbnail
+from curation.labelling.views import image_detail
 from curation.ops.demo import build_demo
 from curation.store.auth import add_user
 from curation.store.models import Annotation, Image, Review

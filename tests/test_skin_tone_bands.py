@@ -35,7 +35,7 @@ def test_ddi_bands_reach_the_records_the_card_the_filter_and_the_evaluation(wb, 
         wb, admin, tmp_path / "v2", selection=ExportFilter(label_kinds="source", fitzpatrick=(5, 6)), formats=()
     )
     assert {r["fitzpatrick_band"] for r in records(dark.path)} == {"V-VI"}
-    from curation.labelling.views import list_images
+    from curation.labelling.browse import list_images
 
     shown, _ = list_images(wb, admin, fitzpatrick=[5, 6])  # the Dataset page's filter
     assert [row["fitzpatrick_band"] for row in shown] == ["V-VI", "V-VI"]

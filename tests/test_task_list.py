@@ -5,9 +5,9 @@ from sqlalchemy import select
 
 from curation.errors import NotFound, PermissionDenied
 from curation.labelling.annotate import submit_annotation
+from curation.labelling.browse import list_images
 from curation.labelling.queue import next_item, open_image
 from curation.labelling.review import images_in_disagreement
-from curation.labelling.views import list_images
 from curation.store.auth import add_user
 from curation.store.models import AuditEvent, Image, Lease
 from schema.errors import SkinflowError

@@ -8,7 +8,8 @@ from typing import Any
 import streamlit as st
 
 from app.ui.viewer import ZOOM_HINT, zoomable_image
-from curation.labelling.views import related_images, thumbnail
+from curation.labelling.browse import thumbnail
+from curation.labelling.views import related_images
 from schema.caption import Caption
 from schema.fields import FIELDS, ORDINAL_VALUES, is_filled
 from schema.taxonomy import Taxonomy

@@ -13,7 +13,7 @@ from app.ui.screens import annotate
 from app.ui.screens.annotate import OPEN_IMAGE
 from app.ui.widgets import plain
 from curation.labelling.annotate import QUALITY_FLAGS
-from curation.labelling.views import SORTS, image_history, list_images, thumbnail
+from curation.labelling.browse import SORTS, image_history, list_images, thumbnail
 from curation.ops.status import workbench_status
 from curation.store.models import IMAGE_STATUSES
 from schema.errors import SkinflowError
