@@ -34,13 +34,11 @@ test-slow: $(STAMP)
 test-integration: $(STAMP)
 	bash .ci/labelstudio
 
-# The database-layer tests again, on a throwaway PostgreSQL server (Debian's package, installed if missing):
-# every test gets its own database (SKINFLOW_TEST_DATABASE_URL, tests/conftest.py).
-PG_TESTS := $(addprefix tests/test_,$(addsuffix .py,db annotate auth concurrency queue review_views_insights export \
-            export_formats ingest fetch drafting demo weights suggestions label_issues reader_study evaluate maintenance \
-            datasets sessions sources source_labels pad_lesions crosswalks))
+# The database-layer tests (marked `database`) again, on a throwaway PostgreSQL server (Debian's package, installed
+# if missing): every test gets its own database (SKINFLOW_TEST_DATABASE_URL, tests/conftest.py).
 test-postgres: $(STAMP)
-	bash .ci/postgres $(BIN)/python -m pytest -q $(PG_TESTS)
+	bash .ci/postgres $(BIN)/python -m pytest -q -m 'database and not slow and not integration'
+
 
 # ruff: pyflakes, bugbear, import order, line length (pyproject.toml), and the formatter's layout
 LINTED := app curation schema trainer tests benchmarks

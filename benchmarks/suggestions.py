@@ -14,7 +14,8 @@
    on them): images per second of feature extraction against a bare forward pass (goal >= 0.8), and the seconds
    to train the probe on 1,000 records.
 
-Every table is written into RESULTS.md by this script with the commit and date.
+Every table is written into RESULTS.md by this script with the commit and date. One script on purpose, in three
+sections that share the workbench setup: a benchmark is rerun whole, and its tables are read together.
 
     .venv/bin/python benchmarks/suggestions.py [--seeds 5] [--tiny] [--skip-routing] [--skip-curve] [--skip-speed]
 """

@@ -10,6 +10,8 @@ from curation.store.auth import Actor
 from curation.store.models import Annotation, AuditEvent, Image
 from schema import Caption, CaptionError
 
+pytestmark = pytest.mark.database  # run again on PostgreSQL by `make test-postgres`
+
 
 @pytest.fixture
 def image_id(wb):

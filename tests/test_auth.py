@@ -11,6 +11,8 @@ from curation.store import auth, workflow
 from curation.store.models import AuditEvent, User
 from schema import Caption
 
+pytestmark = pytest.mark.database  # run again on PostgreSQL by `make test-postgres`
+
 
 def test_passwords_are_argon2_hashes_and_verify(wb, admin):
     with wb.session() as s:

@@ -9,10 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
 from curation.store.auth import add_user
 from curation.store.models import Annotation, AuditEvent, Image
+
+pytestmark = pytest.mark.database  # run again on PostgreSQL by `make test-postgres`
 
 PROCESSES, OPERATIONS, IMAGES = 8, 1000, 12
 COLOURS = ("red", "brown", "white", "violaceous", "yellow")

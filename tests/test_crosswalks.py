@@ -17,6 +17,8 @@ from schema.taxonomy import default_taxonomy
 from tests.helpers import jpeg_bytes, photo, png_bytes, write
 from tests.test_datasets import records, write_csv
 
+pytestmark = pytest.mark.database  # run again on PostgreSQL by `make test-postgres`
+
 # the codes each dataset's paper documents (HAM10000: Tschandl 2018; PAD-UFES-20: Pacheco 2020; ISIC 2020:
 # Rotemberg 2021, the `diagnosis` values of the training CSV)
 DOCUMENTED = {

@@ -22,6 +22,8 @@ from curation.store.models import Image
 from schema.taxonomy import default_taxonomy
 from tests.helpers import jpeg_bytes, photo, png_bytes, write
 
+pytestmark = pytest.mark.database  # run again on PostgreSQL by `make test-postgres`
+
 HAM_HEADER = ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization", "dataset"]
 HAM_CODES = ["mel", "nv", "bcc", "df", "bkl", "akiec", "vasc"]
 

@@ -11,6 +11,8 @@ from curation.store.db import alembic_config, open_workbench
 from curation.store.models import Base
 from curation.store.settings import Settings
 
+pytestmark = pytest.mark.database  # run again on PostgreSQL by `make test-postgres`
+
 
 def test_models_and_migrations_agree(wb):
     with wb.engine.connect() as connection:

@@ -2,6 +2,7 @@ import io
 from random import Random
 
 import numpy as np
+import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
@@ -10,6 +11,8 @@ from curation.ops.demo import build_demo
 from curation.store.models import Annotation, Draft, Review, User
 from curation.store.models import Image as ImageRow
 from schema import Caption, caption_scores, default_taxonomy
+
+pytestmark = pytest.mark.database  # run again on PostgreSQL by `make test-postgres`
 
 
 def test_cases_are_deterministic_by_seed_and_independent_of_n():

@@ -22,6 +22,8 @@ from curation.store.settings import Settings
 from schema import CaptionError, default_taxonomy
 from tests.fake_llm import FakeLLM, case_colour
 
+pytestmark = pytest.mark.database  # run again on PostgreSQL by `make test-postgres`
+
 FAULTS = {2: "429", 3: "500", 4: "hang", 5: "malformed", 6: "wrong_enum", 7: "truncated", 8: "huge"}
 # 8: a 5 MB answer is refused while it is read (over the byte cap), not read whole first
 EXPECTED_FAILURES = {4: "timed out", 5: "no complete JSON", 7: "no complete JSON", 8: "not read further"}

@@ -21,6 +21,8 @@ from trainer.evaluate import (
     write_report,
 )
 
+pytestmark = pytest.mark.database  # run again on PostgreSQL by `make test-postgres`
+
 TRUTH_CAPTION = Caption(color=["erythematous"], lesion_type=["plaque"], texture=["scaly"]).to_json()
 
 

@@ -14,6 +14,8 @@ from curation.ops.demo import build_demo
 from curation.store.models import Export
 from schema import Caption, parse
 
+pytestmark = pytest.mark.database  # run again on PostgreSQL by `make test-postgres`
+
 
 @pytest.fixture
 def demo_wb(wb):

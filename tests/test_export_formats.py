@@ -26,6 +26,8 @@ from curation.store.auth import add_user, get_actor
 from curation.store.models import Image
 from tests.helpers import jpeg_bytes, photo, write
 
+pytestmark = pytest.mark.database  # run again on PostgreSQL by `make test-postgres`
+
 
 @pytest.fixture
 def demo(wb):

@@ -12,6 +12,8 @@ from curation.ingest.fetch import download, fetch_images
 from curation.store.models import Image as ImageRow
 from tests.helpers import jpeg_bytes, photo
 
+pytestmark = pytest.mark.database  # run again on PostgreSQL by `make test-postgres`
+
 PICTURE = jpeg_bytes(photo(3), gps=True)
 
 

@@ -17,6 +17,8 @@ from curation.store.files import sha256_hex
 from curation.store.models import Image as ImageRow
 from tests.helpers import EXIF_MAKE, EXIF_ORIENTATION, jpeg_bytes, photo, png_bomb, png_bytes, write
 
+pytestmark = pytest.mark.database  # run again on PostgreSQL by `make test-postgres`
+
 
 def _rows(wb):
     with wb.session() as s:

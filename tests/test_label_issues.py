@@ -9,6 +9,8 @@ from curation.labelling.label_issues import pred_probs_matrix, send_back_for_rev
 from curation.labelling.review import review_items
 from curation.store.models import Image
 
+pytestmark = pytest.mark.database  # run again on PostgreSQL by `make test-postgres`
+
 LABELS = ("psoriasis", "melanoma", "vitiligo")
 
 

@@ -8,6 +8,8 @@ from curation.ops.maintenance import backup, doctor
 from curation.store.auth import get_actor
 from tests.conftest import ON_POSTGRES
 
+pytestmark = pytest.mark.database  # run again on PostgreSQL by `make test-postgres`
+
 
 @pytest.mark.sqlite_only
 def test_backup_is_a_complete_consistent_copy(wb, tmp_path):

@@ -4,6 +4,7 @@ the Annotate page, the export keeps real lesions together and counts them; anoth
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import select
 
 from curation.export.dataset import export_dataset
@@ -14,6 +15,8 @@ from curation.labelling.views import related_images
 from curation.store.models import Image
 from tests.helpers import photo, png_bytes, write
 from tests.test_datasets import records, write_csv
+
+pytestmark = pytest.mark.database  # run again on PostgreSQL by `make test-postgres`
 
 # metadata.csv as published with PAD-UFES-20 (Pacheco et al. 2020), every column
 PAD_HEADER = [

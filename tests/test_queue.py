@@ -11,6 +11,8 @@ from curation.store.auth import add_user
 from curation.store.models import AuditEvent, Image, Lease, utcnow
 from curation.store.workflow import get_workflow_settings, update_workflow_settings
 
+pytestmark = pytest.mark.database  # run again on PostgreSQL by `make test-postgres`
+
 
 @pytest.fixture
 def images(wb):

@@ -17,6 +17,8 @@ from curation.ops.demo import build_demo
 from curation.store.models import Image
 from schema.errors import SkinflowError
 
+pytestmark = pytest.mark.database  # run again on PostgreSQL by `make test-postgres`
+
 
 def rows(scale_values: dict[str, dict[str, list[list[int]]]]):
     """ratings from {scale: {source: [[rater0 items...], [rater1 items...]]}}."""

@@ -19,6 +19,8 @@ from curation.store.models import Annotation, Image, Review
 from curation.store.workflow import update_workflow_settings
 from tests.helpers import jpeg_bytes, photo
 
+pytestmark = pytest.mark.database  # run again on PostgreSQL by `make test-postgres`
+
 
 @pytest.fixture
 def image_ids(wb):

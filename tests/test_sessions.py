@@ -5,11 +5,14 @@ from __future__ import annotations
 import hashlib
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import select, text
 
 from curation.store.auth import add_user, set_password, set_role
 from curation.store.models import LoginSession, User, utcnow
 from curation.store.sessions import close_session, open_session, resume_session
+
+pytestmark = pytest.mark.database  # run again on PostgreSQL by `make test-postgres`
 
 
 def test_a_session_resumes_with_its_token_until_it_expires(wb, admin, annotator):

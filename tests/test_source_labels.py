@@ -17,6 +17,8 @@ from curation.store.models import AuditEvent, Image
 from tests.helpers import jpeg_bytes, photo, write
 from tests.test_datasets import HAM_HEADER, records, verify_all, write_csv
 
+pytestmark = pytest.mark.database  # run again on PostgreSQL by `make test-postgres`
+
 DX_TYPES = ["histo", "follow_up", "consensus", "confocal"]  # HAM10000's dx_type codes
 CODES = ["mel", "nv", "bcc", "bkl"]  # three labels and a code naming a group (bkl -> benign epidermal)
 

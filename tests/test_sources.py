@@ -15,6 +15,8 @@ from curation.store.models import Image, ImageSource
 from tests.helpers import jpeg_bytes, photo, png_bytes, write
 from tests.test_datasets import write_csv
 
+pytestmark = pytest.mark.database  # run again on PostgreSQL by `make test-postgres`
+
 DDI_HEADER = ["", "ddi_id", "ddi_file", "skin_tone", "malignant", "disease"]  # ddi_metadata.csv as published
 
 

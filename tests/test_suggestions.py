@@ -12,6 +12,8 @@ from curation.ops.demo import build_demo
 from curation.store.models import Draft
 from schema.errors import SkinflowError
 
+pytestmark = pytest.mark.database  # run again on PostgreSQL by `make test-postgres`
+
 
 @pytest.fixture
 def exported(wb, admin, tmp_path):

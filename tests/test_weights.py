@@ -5,6 +5,8 @@ import pytest
 from curation.assist.weights import FIELD_LEXICON, compute_weights, field_mentions, sentences_mentioning
 from schema.fields import FIELD_KEYS
 
+pytestmark = pytest.mark.database  # run again on PostgreSQL by `make test-postgres`
+
 REASONINGS = [
     "A brown macule.",  # color, lesion_type
     "Red plaques with silvery scale.",  # color, lesion_type, texture

@@ -18,7 +18,7 @@ Captions: mean field score s_i per field and the weighted caption reward with th
 Every headline number gets a 95% bootstrap interval (items resampled, 1,000 times, seed 0). Two prediction
 files on the same items: paired differences with bootstrap intervals and McNemar's exact test on top-1.
 
-One module (~420 lines) on purpose: the metrics, their intervals and the report that prints them are read
+One module on purpose: the metrics, their intervals and the report that prints them are read
 together when a number looks wrong.
 """
 

@@ -17,6 +17,9 @@ The rules, each one a way the keyboard path used to store what the annotator did
   (the text would be silently dropped); the server refuses a diagnosis confirmed or corrected to nothing.
 - After any pointer action outside a text box (a radio, a chip's remove cross, a button, an option), the focus
   returns to the page, so the next shortcut works.
+
+One module on purpose: most of it is the listener's JavaScript, one script the browser runs as a whole; the
+shortcut table it is built from sits beside it so the two cannot disagree.
 """
 
 from __future__ import annotations

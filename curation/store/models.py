@@ -3,6 +3,9 @@
 
 Annotations are append-only: an edit is a new row with `supersedes_id` and `version + 1`.
 Every mutation writes an AuditEvent (curation/store/audit.py).
+
+One module on purpose: the whole schema in one place is what a migration is checked against and what a reader
+compares with the migrations; split, a relationship would name a class from another file.
 """
 
 from __future__ import annotations
