@@ -186,3 +186,41 @@ def decoys(tmp_path, monkeypatch) -> Decoys:
     found = Decoys(tmp_path / "decoys-imported.txt")
     monkeypatch.chdir(found.plant(tmp_path / "started-here"))
     return found
+
+
+# -- trainer fixtures: a tiny pretrained Qwen2.5-VL checkpoint and a GRPO export of the demo ----------------
+@pytest.fixture(scope="module")
+def pretrained_deep(tmp_path_factory):
+    """A tiny plain Qwen2.5-VL saved as a hub checkpoint would be, with 8 vision blocks (the one-GPU presets put
+    FDLinear on the last 8)."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from trainer.model import tiny_config, tiny_processor, train_tokenizer
+
+    tokenizer = train_tokenizer(TINY_TEXTS, vocab_size=400)
+    processor = tiny_processor(tokenizer, 112)
+    torch.manual_seed(0)
+    model = Qwen2_5_VLForConditionalGeneration(tiny_config(tokenizer, None, vision_depth=8))
+    folder = tmp_path_factory.mktemp("deep") / "pretrained"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+# -- a real (small) run ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def grpo_export(tmp_path_factory):
+    from curation.export.dataset import export_dataset
+    from curation.ops.demo import build_demo
+    from curation.store.auth import get_actor
+    from curation.store.db import open_workbench
+    from curation.store.settings import Settings
+
+    home = tmp_path_factory.mktemp("trainer")
+    wb = open_workbench(Settings.load(environ={}, home=home / "wb"))
+    build_demo(wb, None, n=16, seed=0, verified_fraction=1.0, annotated_fraction=0.0)
+    export = home / "export"
+    export_dataset(wb, get_actor(wb, "admin"), export, formats=("grpo",))
+    wb.close()
+    return export

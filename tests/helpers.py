@@ -53,3 +53,16 @@ def png_bomb(width: int = 40_000, height: int = 40_000) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
     rows = zlib.compress(b"\x00" * (1 + width // 8) * 64, 9)  # a few rows: enough to look plausible
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+# the smallest training budget that still runs every stage (tests of the trainer, the ablation)
+TINY_BUDGET = {
+    "sft_epochs": 1.0,
+    "stage1_steps": 2,
+    "stage2_steps": 2,
+    "save_steps": 1,
+    "batch_size": 4,
+    "num_generations": 2,
+    "stage1_max_completion_length": 16,
+    "stage2_max_completion_length": 8,
+}

@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from curation.errors import ExportError, IngestError
+from curation.errors import IngestError
 from curation.export.dataset import export_dataset
-from curation.export.records import ExportFilter, export_choices
-from curation.export.splits import join_groups
+from curation.export.records import ExportFilter
 from curation.ingest import import_path
 from curation.ingest.csv_import import import_csv
 from curation.ingest.datasets import dataset_recipes, detect_recipe
@@ -207,48 +206,7 @@ def test_a_named_recipe_refuses_a_csv_that_is_not_its_dataset_and_writes_nothing
         import_csv(wb, admin, metadata, images_dir=tmp_path / "ham" / "images", dataset="csv")  # read generically
 
 
-# -- lesion- and patient-aware splits --------------------------------------------------------------------------------
-
-
-def test_join_groups_joins_items_sharing_a_key_transitively_and_leaves_the_rest_alone():
-    groups = {"a": "a", "b": "b", "c": "c", "d": "c", "e": "e"}  # c and d are near-duplicates
-    keys = {"a": ["lesion=1"], "b": ["lesion=2", "patient=9"], "c": ["patient=9"], "e": []}
-    assert join_groups(groups, keys) == {"a": "a", "b": "b", "c": "b", "d": "b", "e": "e"}
-    assert join_groups(groups, {}) == groups
-
-
-def test_an_export_grouped_by_lesion_puts_every_lesion_in_one_split(wb, admin, annotator, reviewer, tmp_path):
-    metadata, lesion_of = ham10000(tmp_path, n_lesions=40)
-    report = import_csv(wb, admin, metadata, images_dir=tmp_path / "images")
-    verify_all(wb, annotator, reviewer, report.image_ids)
-
-    def splits_per_lesion(folder: Path) -> dict[str, set[str]]:
-        out: dict[str, set[str]] = {}
-        by_sha = {}
-        with wb.session() as s:
-            by_sha = {i.sha256: i.meta["lesion_id"] for i in s.scalars(select(Image))}
-        for r in records(folder):
-            out.setdefault(by_sha[r["sha256"]], set()).add(r["split"])
-        return out
-
-    result = export_dataset(wb, admin, tmp_path / "by-lesion", selection=ExportFilter(group_by=("lesion_id",)))
-    assert all(len(s) == 1 for s in splits_per_lesion(tmp_path / "by-lesion").values())
-    assert result.by_split["val"] and result.by_split["test"]
-    assert result.grouping.split_groups == 40 and result.grouping.by_column == {"lesion_id": 40}
-    manifest = json.loads((tmp_path / "by-lesion" / "manifest.json").read_text())
-    assert manifest["split"]["group_by"] == ["lesion_id"] and sum(manifest["groups"]["by_split"].values()) == 40
-    card = (tmp_path / "by-lesion" / "README.md").read_text()
-    assert "Images sharing lesion_id are kept in one split too: 40 distinct lesion_id" in card
-    assert "Tschandl" in card and "CC BY-NC 4.0" in card and "license: cc-by-nc-4.0" in card  # the dataset's terms
-    assert manifest["licenses"]["datasets"]["ham10000"]["citation"].startswith("Tschandl")
-    one = records(tmp_path / "by-lesion")[0]
-    assert one["group_keys"] == {"lesion_id": one["group_keys"]["lesion_id"]} and one["split_group"]
-
-    # auto (the default) finds lesion_id; without grouping the same data lets lesions straddle splits
-    auto = export_dataset(wb, admin, tmp_path / "auto")
-    assert auto.grouping.columns == ("lesion_id",)
-    export_dataset(wb, admin, tmp_path / "loose", selection=ExportFilter(group_by=()))
-    assert any(len(s) > 1 for s in splits_per_lesion(tmp_path / "loose").values())
+# -- exports of a public dataset (splits by lesion: tests/test_splits.py) --------------------------------------------
 
 
 def test_exports_carry_pseudonyms_of_patient_and_lesion_ids_unless_raw_ids_are_asked_for(
@@ -280,16 +238,6 @@ def test_exports_carry_pseudonyms_of_patient_and_lesion_ids_unless_raw_ids_are_a
     manifest = json.loads((tmp_path / "raw" / "manifest.json").read_text())
     assert manifest["filters"]["raw_group_keys"] is True
     assert "raw ids, exported on request" in (tmp_path / "raw" / "README.md").read_text()
-
-
-def test_group_by_a_column_no_record_has_is_refused_with_the_columns_there_are(wb, admin, annotator, reviewer, tmp_path):
-    metadata, _ = ham10000(tmp_path, n_lesions=3)
-    verify_all(wb, annotator, reviewer, import_csv(wb, admin, metadata, images_dir=tmp_path / "images").image_ids)
-    with pytest.raises(ExportError, match="'patient_id'.*columns found: .*lesion_id"):
-        export_dataset(wb, admin, tmp_path / "out", selection=ExportFilter(group_by=("patient_id",)))
-    assert not (tmp_path / "out").exists()
-    choices = export_choices(wb)
-    assert "ham10000" in choices.sources and choices.default_group_by == ["lesion_id"]
 
 
 def test_a_confirmed_group_code_exports_with_its_group(wb, admin, annotator, reviewer, tmp_path):

@@ -1,6 +1,5 @@
 import hashlib
 import json
-from collections import Counter
 
 import pandas as pd
 import pytest
@@ -9,7 +8,6 @@ from sqlalchemy import select
 from curation.errors import ExportError
 from curation.export import canonical as canonical_module
 from curation.export.dataset import export_dataset
-from curation.export.splits import assign_splits
 from curation.ops.demo import build_demo
 from curation.store.models import Export
 from schema import Caption, parse
@@ -73,17 +71,6 @@ def test_include_unverified_adds_annotated_records(demo_wb, tmp_path):
     records = [json.loads(line) for line in (tmp_path / "b" / "records.jsonl").read_text().splitlines()]
     assert everything.n_records > verified
     assert sum(not r["verified"] for r in records) == everything.n_records - verified
-
-
-def test_split_is_stratified_by_label_and_deterministic():
-    items = [(hashlib.sha256(f"{label}{i}".encode()).hexdigest(), label) for label in "abc" for i in range(40)]
-    items = [(d, label, d) for d, label in items]
-    splits = assign_splits(items, seed=0, fractions=(0.8, 0.1, 0.1))
-    for label in "abc":
-        counts = Counter(splits[d] for d, l, _ in items if l == label)
-        assert counts == {"train": 32, "val": 4, "test": 4}
-    assert assign_splits(list(reversed(items)), 0, (0.8, 0.1, 0.1)) == splits
-    assert assign_splits(items, 1, (0.8, 0.1, 0.1)) != splits
 
 
 def test_existing_folder_is_refused_and_nothing_to_export_is_clear(demo_wb, wb, tmp_path):

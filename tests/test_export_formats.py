@@ -16,10 +16,7 @@ from curation.assist.drafts import add_draft
 from curation.errors import ExportError
 from curation.export.canonical import verify_export
 from curation.export.dataset import export_dataset
-from curation.export.neardup import hamming, near_duplicate_groups
 from curation.export.records import ExportFilter
-from curation.ingest.clean import dhash
-from curation.ingest.folder import import_folder
 from curation.labelling.annotate import review_annotation, submit_annotation
 from curation.ops.demo import build_demo
 from curation.store.auth import add_user, get_actor
@@ -48,45 +45,6 @@ def shapes(seed: int) -> PILImage.Image:
         x, y, r = rng.randint(0, 320), rng.randint(0, 240), rng.randint(20, 60)
         draw.ellipse((x - r, y - r, x + r, y + r), fill=(rng.randint(20, 120), rng.randint(10, 60), rng.randint(10, 60)))
     return img
-
-
-def test_near_duplicate_groups_by_hamming_distance():
-    hashes = {"a": "0000000000000000", "b": "0000000000000003", "c": "ffffffffffffffff", "d": "00000000000000ff", "e": None}
-    groups = near_duplicate_groups(hashes, max_distance=2)
-    assert groups["a"] == groups["b"] == "a" and groups["c"] == "c" and groups["d"] == "d" and groups["e"] == "e"
-    assert near_duplicate_groups(hashes, max_distance=7)["d"] == "a"  # 6 bits from b, so with a: groups are transitive
-    assert hamming("00ff", "0000") == 8
-
-
-def test_dhash_sees_a_re_encoded_copy_as_near_and_a_different_picture_as_far():
-    picture = shapes(1)
-    copy = PILImage.open(io.BytesIO(jpeg_bytes(picture.resize((300, 225)), quality=60)))
-    other = shapes(2)
-    assert hamming(dhash(picture), dhash(copy)) <= 6
-    assert hamming(dhash(picture), dhash(other)) > 12
-
-
-def test_near_duplicates_land_in_the_same_split(wb, admin, tmp_path):
-    reviewer = add_user(wb, admin, "rev", "reviewer", "reviewer-pw-1")[0]
-    annotator = add_user(wb, admin, "ann", "annotator", "annotator-pw-1")[0]
-    for i in range(30):
-        base = shapes(100 + i)
-        write(tmp_path / "imgs" / f"{i}.jpg", jpeg_bytes(base))
-        if i < 10:  # a near-duplicate: the same picture slightly smaller and re-encoded at a lower quality
-            write(tmp_path / "imgs" / f"{i}-copy.jpg", jpeg_bytes(base.resize((300, 225)), quality=60))
-    report = import_folder(wb, admin, tmp_path / "imgs")
-    assert report.imported == 40
-    for image_id in report.image_ids:
-        aid = submit_annotation(wb, annotator, image_id, {"color": "red"}, diagnosis="psoriasis", diagnosis_status="confirmed")
-        review_annotation(wb, reviewer, aid, "verified")
-    result = export_dataset(wb, admin, tmp_path / "out")
-    assert result.duplicate_groups == 10
-    records = [json.loads(line) for line in (tmp_path / "out" / "records.jsonl").read_text().splitlines()]
-    by_group: dict[str, set[str]] = {}
-    for r in records:
-        by_group.setdefault(r["duplicate_group"], set()).add(r["split"])
-    assert sum(1 for r in records if sum(x["duplicate_group"] == r["duplicate_group"] for x in records) == 2) == 20
-    assert all(len(splits) == 1 for splits in by_group.values())
 
 
 def test_holdout_labels_go_only_to_test_and_filters_select(demo, tmp_path):

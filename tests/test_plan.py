@@ -11,6 +11,8 @@ import pytest
 
 from trainer import plan
 from trainer.config import PRESET_NOTES, TrainConfig
+from trainer.errors import TrainerError
+from trainer.model import fd_settings, load
 
 GB = 1024**3
 
@@ -93,3 +95,53 @@ def test_docs_and_help_quote_the_planner_never_a_second_number():
     assert set(quoted) == {"qwen2.5-vl-3b-lora", "qwen2.5-vl-7b-lora", "qwen2.5-vl-7b-qlora"}, quoted
     for preset, gb in quoted.items():
         assert float(gb) == round(plan.estimate(TrainConfig.for_preset(preset)).total / GB, 1), preset
+
+
+def test_the_planner_counts_what_peft_trains_on_the_real_model(pretrained_deep):
+    from peft import get_peft_model
+
+    from trainer.model import lora_config
+    from trainer.plan import count_parameters
+
+    config = TrainConfig.for_preset("qwen2.5-vl-7b-lora", model=str(pretrained_deep))
+    counts = count_parameters(config)  # on the meta device, from config.json alone
+    model, _ = load(pretrained_deep, fd=fd_settings(config.fd_layers, config.fd_targets))
+    assert counts.total == sum(p.numel() for p in model.parameters())
+    peft_model = get_peft_model(model, lora_config(model, r=config.lora_r, alpha=config.lora_alpha, dropout=0.0))
+    trained = {n: p.numel() for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert counts.lora == sum(v for n, v in trained.items() if "lora_" in n)
+    assert counts.fdlinear == sum(v for n, v in trained.items() if "modules_to_save" in n)
+    assert len(counts.fdlinear_shapes) == 24
+
+
+def test_plan_says_what_fits_on_a_24_and_an_80_gb_gpu(monkeypatch, grpo_export, tmp_path):
+    from typer.testing import CliRunner
+
+    from app.cli import app
+    from trainer import plan
+
+    def planned(*args):
+        result = CliRunner().invoke(app, ["train", "--plan", *args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    small = planned("--preset", "qwen2.5-vl-7b-lora", "--gpu-memory-gb", "24")
+    assert "does not fit; the largest preset that fits is qwen2.5-vl-7b-qlora" in small and "weights: 15." in small
+    assert planned("--preset", "qwen2.5-vl-7b-lora", "--gpu-memory-gb", "80").rstrip().endswith("fits")
+    assert "the largest preset that fits is qwen2.5-vl-7b-lora" in planned("--preset", "qwen2.5-vl-7b", "--gpu-memory-gb", "80")
+    assert "fits" in planned("--preset", "qwen2.5-vl-7b", "--gpu-memory-gb", "80", "--gpus", "4").splitlines()[-1]
+    assert "on the CPU" in planned("--preset", "tiny")
+    lora, qlora = (plan.estimate(TrainConfig.for_preset(p)) for p in ("qwen2.5-vl-7b-lora", "qwen2.5-vl-7b-qlora"))
+    full = plan.estimate(TrainConfig.for_preset("qwen2.5-vl-7b"), gpus=4)
+    assert lora.parts["reference model"] == 0 and full.parts["reference model"] > 0  # LoRA: adapters off, no copy
+    assert qlora.parts["weights"] < lora.parts["weights"] / 2
+    unchecked = plan.estimate(TrainConfig.for_preset("qwen2.5-vl-7b-lora", gradient_checkpointing=False))
+    assert unchecked.parts["activations: language model"] > 5 * lora.parts["activations: language model"]
+    # a run that would not fit is refused before anything loads, with the advice
+    monkeypatch.setattr(plan, "gpu_memory", lambda: (1, 24.0))
+    from trainer.train import train
+
+    config = TrainConfig.for_preset("qwen2.5-vl-7b-lora", export=str(grpo_export), output_dir=str(tmp_path), run_id="big")
+    with pytest.raises(TrainerError, match="largest preset that fits is qwen2.5-vl-7b-qlora"):
+        train(config)
+    assert not (tmp_path / "big").exists()
