@@ -38,3 +38,18 @@ def test_the_readme_is_a_first_page_that_links_every_docs_page():
     assert readme.index("make demo") < readme.index("make test")
     linked = {(ROOT / target).resolve() for target in LINK.findall(readme)}
     assert set((ROOT / "docs").rglob("*.md")) <= linked
+
+
+def test_every_test_the_docs_name_exists():
+    """docs/security.md and docs/testing.md cite tests as `file.py::test_name` (`::test_name` for another test of the
+    file just named); a test moved or renamed must take its citations along."""
+    missing = []
+    for doc in _markdown_files():
+        for line in doc.read_text(encoding="utf-8").splitlines():
+            current = None
+            for file, name in re.findall(r"`(test_\w+\.py)?::(test_\w+)", line):
+                current = file or current
+                source = ROOT / "tests" / (current or "")
+                if current is None or not source.is_file() or f"def {name}(" not in source.read_text(encoding="utf-8"):
+                    missing.append(f"{doc.relative_to(ROOT)}: {current}::{name}")
+    assert missing == []
