@@ -120,7 +120,8 @@ def test_route_takes_each_field_from_its_winner_and_merges_diagnoses_by_held_out
         caption={"color": ["red"], "shape": ["round"]},
         diagnoses=[{"key": "melanoma", "score": 0.6}],
     )
-    caption, diagnoses, fields = route([llm, model], report)
+    routed = route([llm, model], report)
+    caption, diagnoses, fields = routed.caption, routed.diagnoses, routed.fields
     assert (caption["color"], fields["color"]) == (["brown"], LLM)  # the LLM won color on held-out images
     assert (caption["shape"], fields["shape"]) == (["round"], MODEL)  # the model won shape
     # no source ever filled size in the evidence: the one draft that fills it here wins it, the measurement with it
@@ -128,7 +129,8 @@ def test_route_takes_each_field_from_its_winner_and_merges_diagnoses_by_held_out
     assert caption["texture"] is None and "texture" not in fields  # filled by nobody: credited to nobody
     # model accuracy 1.0 x 0.6 beats LLM accuracy 0.0 x 0.9 for nevus; melanoma also gets the LLM's 0.0 x 0.1
     assert [d["key"] for d in diagnoses] == ["melanoma", "nevocytic nevus"] and diagnoses[0]["score"] == 0.6
-    caption, _, fields = route([llm, model], None)  # no evidence yet: today's order, the model first
+    routed = route([llm, model], None)  # no evidence yet: today's order, the model first
+    caption, fields = routed.caption, routed.fields
     assert fields["color"] == MODEL and caption["shape"] == ["round"]
 
 
@@ -295,12 +297,14 @@ def test_the_chosen_source_saying_nothing_on_a_field_is_its_answer(bench):
     report = compute_evidence(wb, min_evidence=20)
     llm = Draft(id=2, kind="llm", producer="vision-model", version="caption-v1+schema1", caption={"color": [], "shape": ["oval"]})
     model = Draft(id=3, kind="model", producer="skinflow", version="run-1:stage2", caption={"color": ["red"]})
-    caption, _, fields = route([llm, model], report)
+    routed = route([llm, model], report)
+    caption, fields = routed.caption, routed.fields
     assert caption["color"] is None and "color" not in fields
     # the model won shape but says nothing about it here: empty too, not the LLM's "oval"
     assert caption["shape"] is None and "shape" not in fields
     # a source the evidence chose that did not draft this image leaves the field to today's order
-    caption, _, fields = route([llm], report)
+    routed = route([llm], report)
+    caption, fields = routed.caption, routed.fields
     assert caption["shape"] == ["oval"] and fields["shape"] == LLM
 
 
@@ -339,7 +343,7 @@ def test_a_source_without_evidence_cannot_reorder_the_diagnoses_of_the_source_th
     unknown = Draft(
         id=4, kind="llm", producer="new-vlm", version="v0", caption={}, diagnoses=[{"key": "nevocytic nevus", "score": 0.9}]
     )
-    _, diagnoses, _ = route([proven, unknown], report)
+    diagnoses = route([proven, unknown], report).diagnoses
     assert [d["key"] for d in diagnoses] == ["melanoma", "nevocytic nevus"]  # at weight 0.5 the unknown's 0.45 led
-    _, diagnoses, _ = route([proven, unknown], None)  # no evidence at all: every source counts half
+    diagnoses = route([proven, unknown], None).diagnoses  # no evidence at all: every source counts half
     assert [d["key"] for d in diagnoses] == ["nevocytic nevus", "melanoma"]

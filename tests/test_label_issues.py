@@ -84,7 +84,7 @@ def test_a_verified_label_sent_back_is_reviewed_again(wb, admin, annotator, revi
         image = s.get(Image, image_id)
         assert image.status == "annotated" and image.verified_annotation_id is None
         assert image.meta["label_issue"]["suggested"] == "melanoma"
-    assert [i["reason"] for i in review_items(wb, reviewer) if i["image_id"] == image_id] == ["suspicious label"]
+    assert [i.reason for i in review_items(wb, reviewer) if i.image_id == image_id] == ["suspicious label"]
     review_annotation(wb, reviewer, annotation, "verified")
     with wb.session() as s:
         image = s.get(Image, image_id)

@@ -40,13 +40,13 @@ def test_review_items_are_ranked_by_reason(wb, admin, annotator, reviewer, image
     _annotate(wb, annotator, image_ids[2], {"color": "red"}, flags=["poor_quality"])
     _annotate(wb, annotator, image_ids[3], {"color": "red"})
     items = review_items(wb, reviewer)
-    assert [(i["image_id"], i["reason"]) for i in items] == [
+    assert [(i.image_id, i.reason) for i in items] == [
         (image_ids[0], "disagreement"),
         (image_ids[1], "uncertain"),
         (image_ids[2], "flagged"),
         (image_ids[3], "awaiting verification"),
     ]
-    assert items[0]["comparison"]["pairs"][0]["same_label"] is False
+    assert items[0].pairs[0].same_label is False
     with pytest.raises(PermissionDenied):
         review_items(wb, annotator)
 
@@ -56,9 +56,9 @@ def test_field_disagreement_below_threshold_is_a_disagreement(wb, admin, annotat
     _annotate(wb, annotator, image_ids[0], {"color": ["red", "brown"]})
     _annotate(wb, other, image_ids[0], {"color": ["red"]})  # color F1 = 0.67
     update_workflow_settings(wb, admin, disagreement_threshold=0.5)
-    assert review_items(wb, reviewer)[0]["reason"] == "awaiting verification"
+    assert review_items(wb, reviewer)[0].reason == "awaiting verification"
     update_workflow_settings(wb, admin, disagreement_threshold=0.8)
-    assert review_items(wb, reviewer)[0]["reason"] == "disagreement"
+    assert review_items(wb, reviewer)[0].reason == "disagreement"
 
 
 def test_adjudication_is_a_verified_annotation_by_the_reviewer(wb, annotator, reviewer, image_ids):

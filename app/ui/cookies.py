@@ -1,9 +1,9 @@
 """The session cookie, set by the server as HttpOnly, and the frame guard (the HTTP side of app/ui/state.py).
 
-Streamlit lets a page read cookies but not set them, so the cookie used to be written by the page's own script:
-readable by every script on the host (cookies are per host, not per port), so a page on another port of
-127.0.0.1 read it and replayed it. Now the page's script only posts a one-time ticket to /_skinflow/cookie, and
-the server answers with the cookie as HttpOnly: no script, ours or another port's, can read it. The ticket is
+Streamlit lets a page read cookies but not set them. A cookie written by the page's own script would be readable
+by every script on the host (cookies are per host, not per port): a page on another port of 127.0.0.1 could read
+it and replay it. So the page's script only posts a one-time ticket to /_skinflow/cookie, and the server answers
+with the cookie as HttpOnly: no script, ours or another port's, can read it. The ticket is
 worth nothing once used (or after TICKET_SECONDS), and it opens nothing by itself.
 
 Every HTTP answer also says it may be framed only by pages of its own origin (X-Frame-Options, CSP

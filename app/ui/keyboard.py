@@ -5,7 +5,7 @@ SCRIPT on every page; it acts only where the Annotate form is). It finds its tar
 keys (`st-key-kbd-*` classes) and the widgets' key suffixes, and clicks them as a person would. The page shows
 SHORTCUTS, the same table the listener is built from.
 
-The rules, each one a way the keyboard path used to store what the annotator did not mean:
+The rules, each one keeping the keyboard path from storing what the annotator did not mean:
 - Single keys act only "at rest": focus on the page body or on a field picked with j / k (a field cursor, drawn
   as an outline). A focused radio, button or search box never turns a letter into an action: click "Correct",
   type "scabies", and the `s` goes into the search, not to Skip.

@@ -160,7 +160,7 @@ def _shown(value: Any) -> str:
 
 
 def metadata_table(meta: dict[str, Any]) -> Any:
-    """An image's metadata as a two-column table (it was shown as raw JSON); nested keys read "a.b"."""
+    """An image's metadata as a two-column table (readable, unlike raw JSON); nested keys read "a.b"."""
     import pandas as pd
 
     rows: list[dict[str, str]] = []

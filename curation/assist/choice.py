@@ -12,9 +12,9 @@ least min_evidence (a paired comparison: their differences, plus one pseudo-item
 else each on its own items (the smoothed means and their spreads, one pseudo-item scoring 0 and one scoring 1
 added to each); a normal approximation of the mean difference gives the probability. The strongest challenger is
 tried first and the rule repeats from the new choice. So luck on a small sample does not move a field: 21 of 21
-right does not replace 130 of 141 (P 0.80), while a source better on 40 shared items does. (A benchmark rerun
-had routing lose to its best source when the best raw, then smoothed, mean won each field outright.) Run
-verdicts use the same comparison against the source the rule chooses among the others.
+right does not replace 130 of 141 (P 0.80), while a source better on 40 shared items does (choosing the best raw,
+or smoothed, mean per field outright lets such luck make routing lose to its best single source). Run verdicts use
+the same comparison against the source the rule chooses among the others.
 """
 
 from __future__ import annotations

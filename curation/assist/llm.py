@@ -218,7 +218,7 @@ async def chat(
 
 def reply_byte_limit(config: LLMConfig) -> int:
     """The most bytes of an answer read: the reply cap in characters, each escaped as \\uXXXX at worst, plus the
-    envelope. A 400 MB body used to be read whole (1.1 GB of memory) before the cap was looked at."""
+    envelope. Checked while reading: a 400 MB body read whole before the cap is looked at costs 1.1 GB of memory."""
     return config.max_reply_chars * 6 + 64 * 1024
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -37,8 +38,18 @@ def source_of(draft: Draft) -> str:
     return f"{draft.kind}:{draft.producer}:{draft.version}"
 
 
-def route(drafts: list[Draft], report: EvidenceReport | None) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, str]]:
-    """(caption, diagnoses, the source of each field) from an image's usable drafts, one per source."""
+@dataclass(frozen=True)
+class Routed:
+    """What routing makes of an image's drafts: the prefill caption, the merged diagnoses and where each field came
+    from."""
+
+    caption: dict[str, Any]
+    diagnoses: list[dict[str, Any]]  # [{"key", "score"}], best first: every source's votes weighted by its accuracy
+    fields: dict[str, str]  # field -> the source ("kind:producer:version") its value came from
+
+
+def route(drafts: list[Draft], report: EvidenceReport | None) -> Routed:
+    """The routed prefill of an image's usable drafts, one per source."""
     ordered = sorted(drafts, key=lambda d: (DraftKind(d.kind).rank, -d.id))  # DraftKind's order, newest first
     by_source = {source_of(d): d for d in reversed(ordered)}  # the first in order wins a source's slot
     chosen = report.chosen if report else {}
@@ -76,7 +87,7 @@ def route(drafts: list[Draft], report: EvidenceReport | None) -> tuple[dict[str,
             if entry.get("key"):
                 votes[entry["key"]] += weight * float(entry.get("score") or 0.0)
     diagnoses = [{"key": key, "score": round(score, 6)} for key, score in sorted(votes.items(), key=lambda kv: -kv[1])[:6]]
-    return caption, diagnoses, fields
+    return Routed(caption, diagnoses, fields)
 
 
 def snapshot_version(report: EvidenceReport | None) -> str:
@@ -98,7 +109,8 @@ def ensure_routed_draft(session: Session, wb: Workbench, image: Image) -> Draft 
     for draft in image.drafts:
         if draft.kind == ROUTED_KIND and draft.version == version and draft.id > newest_input:
             return draft
-    caption, diagnoses, fields = route(usable, report)
+    routed = route(usable, report)
+    fields = routed.fields
     by_source = {source_of(d): d for d in sorted(usable, key=lambda d: d.id)}  # the newest per source
     notes = [  # what salvage did to each field in the draft it came from, and the keys it ignored there
         note
@@ -113,8 +125,8 @@ def ensure_routed_draft(session: Session, wb: Workbench, image: Image) -> Draft 
         kind=ROUTED_KIND,
         producer=ROUTER,
         version=version,
-        caption=caption,
-        diagnoses=diagnoses,
+        caption=routed.caption,
+        diagnoses=routed.diagnoses,
         meta={"fields": fields, **({"salvage": notes} if notes else {})},
     )
     session.add(draft)

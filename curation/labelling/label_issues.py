@@ -22,7 +22,7 @@ from curation.errors import NotFound
 from curation.store import audit
 from curation.store.auth import Actor, require
 from curation.store.db import Workbench
-from curation.store.models import Annotation, Draft, Image
+from curation.store.models import Annotation, Draft, DraftKind, Image
 
 
 @dataclass(frozen=True)
@@ -35,11 +35,22 @@ class SuspiciousLabel:
     status: str
 
 
-def _labels_and_scores(wb: Workbench) -> tuple[list[int], list[str], list[str], list[str], list[dict[str, float]]]:
+@dataclass(frozen=True)
+class _Labelled:
+    """An image with a label in the taxonomy and the model's newest scores for it."""
+
+    image_id: int
+    label: str
+    label_source: str  # "verified" or "source"
+    status: str
+    scores: dict[str, float]  # the model's listed classes and their probabilities
+
+
+def _labelled_images(wb: Workbench) -> list[_Labelled]:
     with wb.session() as s:
         suggestions: dict[int, dict[str, float]] = {}
         for image_id, diagnoses in s.execute(
-            select(Draft.image_id, Draft.diagnoses).where(Draft.kind == "model").order_by(Draft.id)
+            select(Draft.image_id, Draft.diagnoses).where(Draft.kind == DraftKind.MODEL).order_by(Draft.id)
         ):
             scores = {d["key"]: float(d.get("score") or 0.0) for d in diagnoses or [] if d.get("key")}
             if scores:
@@ -49,17 +60,13 @@ def _labels_and_scores(wb: Workbench) -> tuple[list[int], list[str], list[str], 
             .outerjoin(Annotation, Annotation.id == Image.verified_annotation_id)
             .where(Image.id.in_(list(suggestions)))
         ).all()
-    ids, labels, sources, statuses, scores = [], [], [], [], []
+    out = []
     for image_id, status, source_key, verified_key in rows:
-        label = verified_key if status == "verified" and verified_key else source_key
-        if label is None or label not in wb.taxonomy.labels:
-            continue
-        ids.append(image_id)
-        labels.append(label)
-        sources.append("verified" if status == "verified" and verified_key else "source")
-        statuses.append(status)
-        scores.append(suggestions[image_id])
-    return ids, labels, sources, statuses, scores
+        verified = status == "verified" and verified_key
+        label = verified_key if verified else source_key
+        if label is not None and label in wb.taxonomy.labels:
+            out.append(_Labelled(image_id, label, "verified" if verified else "source", status, suggestions[image_id]))
+    return out
 
 
 def pred_probs_matrix(scores: list[dict[str, float]], classes: list[str]) -> np.ndarray:
@@ -84,17 +91,24 @@ def suspicious_labels(wb: Workbench, actor: Actor, *, limit: int = 50) -> list[S
     require(actor, "reviewer", "look for label issues")
     from cleanlab.filter import find_label_issues
 
-    ids, labels, sources, statuses, scores = _labels_and_scores(wb)
-    classes = sorted(set(labels))
+    images = _labelled_images(wb)
+    classes = sorted({image.label for image in images})
     if len(classes) < 2:
         return []
-    probs = pred_probs_matrix(scores, classes)
-    given = np.array([classes.index(label) for label in labels])
+    probs = pred_probs_matrix([image.scores for image in images], classes)
+    given = np.array([classes.index(image.label) for image in images])
     # n_jobs=1: cleanlab's default forks a multiprocessing pool, and forked inside the app server (threads, open
     # sockets) its workers deadlocked: Review never loaded and the port stayed bound. One process is ample here.
     ranked = find_label_issues(given, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
     return [
-        SuspiciousLabel(ids[i], labels[i], sources[i], classes[int(probs[i].argmax())], float(probs[i, given[i]]), statuses[i])
+        SuspiciousLabel(
+            image_id=images[i].image_id,
+            label=images[i].label,
+            label_source=images[i].label_source,
+            suggested=classes[int(probs[i].argmax())],
+            label_quality=float(probs[i, given[i]]),
+            status=images[i].status,
+        )
         for i in ranked[:limit]
     ]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
 
@@ -24,19 +25,42 @@ def _heads(annotations: list[Annotation]) -> list[Annotation]:
     return [a for a in annotations if a.id not in superseded]
 
 
-def compare_heads(heads: list[dict[str, Any]]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class HeadPair:
+    """Two current annotations of one image compared: a score per field (1 = the same) and whether the labels agree."""
+
+    a: int  # annotation ids
+    b: int
+    scores: dict[str, float]
+    same_label: bool
+
+    def differs(self, threshold: float) -> bool:
+        return not self.same_label or min(self.scores.values()) < threshold
+
+
+@dataclass(frozen=True)
+class ReviewItem:
+    """An annotated image waiting for a reviewer, with why it is in the list."""
+
+    image_id: int
+    reason: str  # one of REASONS
+    heads: list[dict[str, Any]]  # the newest version of every annotator's annotation (annotation_dict)
+    pairs: list[HeadPair]  # every two heads compared
+
+
+def compare_heads(heads: list[dict[str, Any]]) -> list[HeadPair]:
     """Per-field scores between every pair of annotation heads, and whether the labels agree."""
     pairs = []
     for a, b in combinations(heads, 2):
         scores = caption_scores(Caption.model_validate(a["caption"]), Caption.model_validate(b["caption"]))
         same_label = (a["diagnosis_key"] or a["diagnosis_text"]) == (b["diagnosis_key"] or b["diagnosis_text"])
-        pairs.append({"a": a["id"], "b": b["id"], "scores": scores, "same_label": same_label})
-    return {"pairs": pairs}
+        pairs.append(HeadPair(a["id"], b["id"], scores, same_label))
+    return pairs
 
 
 def heads_disagree(heads: list[dict[str, Any]], threshold: float) -> bool:
     """Two current annotations name different labels, or some field scores below the threshold between them."""
-    return any(not p["same_label"] or min(p["scores"].values()) < threshold for p in compare_heads(heads)["pairs"])
+    return any(pair.differs(threshold) for pair in compare_heads(heads))
 
 
 def images_in_disagreement(wb: Workbench) -> set[int]:
@@ -54,7 +78,7 @@ def images_in_disagreement(wb: Workbench) -> set[int]:
         }
 
 
-def review_items(wb: Workbench, actor: Actor, *, limit: int = 200) -> list[dict[str, Any]]:
+def review_items(wb: Workbench, actor: Actor, *, limit: int = 200) -> list[ReviewItem]:
     """Annotated images that are not verified yet, most urgent first, with the reason."""
     require(actor, "reviewer", "review")
     threshold = get_workflow_settings(wb).disagreement_threshold
@@ -68,8 +92,8 @@ def review_items(wb: Workbench, actor: Actor, *, limit: int = 200) -> list[dict[
             heads = [annotation_dict(a) for a in _heads(by_image[image.id])]
             if not heads:
                 continue
-            comparison = compare_heads(heads)
-            if heads_disagree(heads, threshold):
+            pairs = compare_heads(heads)
+            if any(pair.differs(threshold) for pair in pairs):
                 reason = "disagreement"
             elif (image.meta or {}).get("label_issue"):
                 reason = "suspicious label"
@@ -79,6 +103,6 @@ def review_items(wb: Workbench, actor: Actor, *, limit: int = 200) -> list[dict[
                 reason = "flagged"
             else:
                 reason = "awaiting verification"
-            items.append({"image_id": image.id, "reason": reason, "heads": heads, "comparison": comparison})
-    items.sort(key=lambda item: (REASONS.index(item["reason"]), item["image_id"]))
+            items.append(ReviewItem(image.id, reason, heads, pairs))
+    items.sort(key=lambda item: (REASONS.index(item.reason), item.image_id))
     return items[:limit]

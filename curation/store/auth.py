@@ -268,7 +268,7 @@ def _claim_attempt(s, name: str, client: str, now: datetime) -> LoginAttempt:
     """Record a login attempt and check the throttle in one transaction, before any password is checked:
     parallel guesses are counted one after another (SQLite: the insert takes the write lock; PostgreSQL: a
     per-name advisory lock), so at most MAX_FAILED_LOGINS of them are ever verified. Counted per (account,
-    address): five wrong guesses from one address used to lock the account for everyone, its owner included."""
+    address), so five wrong guesses from one address lock out that address, not the account's owner."""
     if s.get_bind().dialect.name == "postgresql":
         s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": f"login:{name}"})
     attempt = LoginAttempt(username=name, client=client, at=now, succeeded=None)

@@ -141,16 +141,16 @@ def render() -> None:
     if not items:
         st.info("Nothing waiting for review.")
         return
-    counts = pd.Series([i["reason"] for i in items]).value_counts()
+    counts = pd.Series([i.reason for i in items]).value_counts()
     st.caption(" · ".join(f"{reason}: {n}" for reason, n in counts.items()))
     # the choice is the image, not a position: a position kept its old label on screen when the list changed
-    by_id = {i["image_id"]: i for i in items}
+    by_id = {i.image_id: i for i in items}
     if st.session_state.get(ITEM) not in by_id:  # decided (it left the list), or the first visit: the most urgent
         st.session_state[ITEM] = next(iter(by_id))
-    image_id = st.selectbox("Item", list(by_id), format_func=lambda i: f"image #{i} — {by_id[i]['reason']}", key=ITEM)
+    image_id = st.selectbox("Item", list(by_id), format_func=lambda i: f"image #{i} — {by_id[i].reason}", key=ITEM)
     item = by_id[image_id]
-    detail = image_detail(wb, actor, item["image_id"])
-    heads = item["heads"]
+    detail = image_detail(wb, actor, item.image_id)
+    heads = item.heads
     image_column, table_column = st.columns([2, 3])
     with image_column:
         if detail.path is not None:
@@ -158,10 +158,10 @@ def render() -> None:
         st.markdown(f"**Source label:** {_source_label(wb, detail)}")
     with table_column:
         table = versions_table(wb.taxonomy, {f"{h['user']} v{h['version']}": h for h in heads})
-        differing = {FIELD_LABELS[k] for pair in item["comparison"]["pairs"] for k, v in pair["scores"].items() if v < 1}
-        if any(not pair["same_label"] for pair in item["comparison"]["pairs"]):
+        differing = {FIELD_LABELS[k] for pair in item.pairs for k, v in pair.scores.items() if v < 1}
+        if any(not pair.same_label for pair in item.pairs):
             differing.add("Diagnosis")
-        # the annotations side by side, the rows where they differ highlighted (it showed score dicts)
+        # the annotations side by side, the rows where they differ highlighted
         st.dataframe(
             table.style.apply(lambda row: [DIFFERS if row.name in differing else ""] * len(row), axis=1),
             width="stretch",
@@ -182,7 +182,7 @@ def render() -> None:
                 except SkinflowError as e:
                     state.show_error(e)
                 else:
-                    st.session_state["review_notice"] = f"Verified image #{item['image_id']}."
+                    st.session_state["review_notice"] = f"Verified image #{item.image_id}."
                     st.rerun()
     st.subheader("Adjudicate")
     st.caption("Write the final record: it is stored as your annotation and verified.")
@@ -190,10 +190,10 @@ def render() -> None:
         "Start from",
         range(len(heads)),
         format_func=lambda i: f"{heads[i]['user']} v{heads[i]['version']}",
-        key=f"adj-start-{item['image_id']}",
+        key=f"adj-start-{item.image_id}",
     )
     base = heads[start]
-    prefix = f"adj-{item['image_id']}-{start}-"
+    prefix = f"adj-{item.image_id}-{start}-"
     with st.container(key="kbd-fields"):  # the Annotate keys work here too (app/ui/keyboard.py)
         values = caption_form(prefix, base["caption"])
         diagnosis, status = diagnosis_widget(
@@ -209,13 +209,13 @@ def render() -> None:
             adjudicate(
                 wb,
                 actor,
-                item["image_id"],
+                item.image_id,
                 values,
                 diagnosis=diagnosis,
-                diagnosis_status=status,  # "uncertain" stays uncertain (it was stored as confirmed)
+                diagnosis_status=status,  # "uncertain" is stored as uncertain, never as confirmed
             )
         except SkinflowError as e:
             state.show_error(e)
         else:
-            st.session_state["review_notice"] = f"Adjudicated image #{item['image_id']}."
+            st.session_state["review_notice"] = f"Adjudicated image #{item.image_id}."
             st.rerun()
