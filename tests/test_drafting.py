@@ -165,17 +165,17 @@ def test_key_file_and_missing_model_are_clear(tmp_path):
 
 
 def test_reply_parsing_normalises_and_explains():
-    caption, diagnoses, notes = parse_draft_reply(
+    reply = parse_draft_reply(
         'Sure! {"caption": {"colour": "Red", "number": "solitary"}, '
         '"diagnoses": ["melanoma", {"diagnosis": "mole", "confidence": 2}]}',
         default_taxonomy(),
     )
-    assert caption.color == ("erythematous",) and caption.number == "single"
-    assert diagnoses == [
+    assert reply.caption.color == ("erythematous",) and reply.caption.number == "single"
+    assert reply.diagnoses == [
         {"key": "melanoma", "text": "melanoma", "score": None},
         {"key": "nevocytic nevus", "text": "mole", "score": None},
     ]
-    assert notes == []
+    assert reply.notes == []
     with pytest.raises(CaptionError, match="nothing usable.*number"):
         parse_draft_reply('{"caption": {"number": "tons"}}', default_taxonomy())
     with pytest.raises(CaptionError, match="not an object"):

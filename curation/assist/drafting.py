@@ -68,7 +68,17 @@ def reply_schema() -> dict[str, Any]:
     }
 
 
-def parse_draft_reply(text: str, taxonomy: Taxonomy) -> tuple[Caption, list[dict[str, Any]], list[FieldNote]]:
+@dataclass(frozen=True)
+class DraftReply:
+    """What a model's reply gives a draft: the caption, its ranked diagnoses ({"key" (None when outside the
+    taxonomy), "text", "score"}) and what salvage changed or dropped."""
+
+    caption: Caption
+    diagnoses: list[dict[str, Any]]
+    notes: list[FieldNote]
+
+
+def parse_draft_reply(text: str, taxonomy: Taxonomy) -> DraftReply:
     """The caption, ranked diagnoses and salvage notes of a reply (curation/assist/salvage.py: every field that validates is
     kept, what can be read safely is coerced, each change noted); CaptionError when nothing usable is left."""
     try:
@@ -96,10 +106,10 @@ def parse_draft_reply(text: str, taxonomy: Taxonomy) -> tuple[Caption, list[dict
         diagnoses.append({"key": key, "text": name.strip()[:200], "score": score})
         if len(diagnoses) == MAX_DIAGNOSES:
             break
-    return caption, diagnoses, notes
+    return DraftReply(caption, diagnoses, notes)
 
 
-def read_reply(text: str, taxonomy: Taxonomy, max_chars: int) -> tuple[Caption, list[dict[str, Any]], list[FieldNote]]:
+def read_reply(text: str, taxonomy: Taxonomy, max_chars: int) -> DraftReply:
     """parse_draft_reply for a reply off the wire: one over `max_chars` is refused, and any failure to read it (a
     hostile shape no rule foresaw) is a CaptionError with the reason, so it fails its image only, never the run."""
     if len(text) > max_chars:
@@ -216,14 +226,14 @@ async def _draft_all(
             )
             draft.raw_reply = reply.text[:RAW_KEPT_CHARS]
             try:
-                caption, diagnoses, notes = read_reply(reply.text, wb.taxonomy, config.max_reply_chars)
+                read = read_reply(reply.text, wb.taxonomy, config.max_reply_chars)
             except SkinflowError as e:
                 report.failed.append((image_id, str(e)))
                 draft.error = str(e)
             else:
-                draft.caption, draft.diagnoses = caption, diagnoses
-                if notes:  # what salvage changed or dropped, shown beside each field on the Annotate page
-                    meta["salvage"] = [n.to_json() for n in notes]
+                draft.caption, draft.diagnoses = read.caption, read.diagnoses
+                if read.notes:  # what salvage changed or dropped, shown beside each field on the Annotate page
+                    meta["salvage"] = [n.to_json() for n in read.notes]
                 report.done += 1
         results.put_nowait(draft)
 
@@ -324,14 +334,14 @@ def predict_with_llm(
         if outcome.reply is not None:
             row.answer = outcome.reply.text[:RAW_KEPT_CHARS]
             try:
-                caption, diagnoses, _notes = read_reply(outcome.reply.text, taxonomy, config.max_reply_chars)
+                read = read_reply(outcome.reply.text, taxonomy, config.max_reply_chars)
             except SkinflowError as e:
                 row.caption_error = str(e)
             else:
-                row.caption, row.caption_text, row.caption_error = caption.to_json(), render(caption), None
+                row.caption, row.caption_text, row.caption_error = read.caption.to_json(), render(read.caption), None
                 row.diagnoses = [
                     RankedDiagnosis(key=d["key"], score=d["score"] or 0.0, display=taxonomy.label(d["key"]).display)
-                    for d in diagnoses
+                    for d in read.diagnoses
                     if d["key"]
                 ]
         rows[item["id"]] = row
