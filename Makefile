@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_HOME ?= demo-workbench
 
-.PHONY: demo test test-slow test-integration test-postgres install clean bench bench-gpu lint
+.PHONY: demo test test-slow test-integration test-postgres test-s3 install clean bench bench-gpu lint
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ test-integration: $(STAMP)
 test-postgres: $(STAMP)
 	bash .ci/postgres $(BIN)/python -m pytest -q -m 'database and not slow and not integration'
 
+
+# The image store in a real S3-compatible bucket: a throwaway SeaweedFS on 127.0.0.1 (.ci/seaweedfs)
+test-s3: $(STAMP)
+	bash .ci/seaweedfs $(BIN)/python -m pytest -q -m s3
 
 # ruff: pyflakes, bugbear, import order, line length (pyproject.toml), and the formatter's layout
 LINTED := app curation schema trainer tests benchmarks

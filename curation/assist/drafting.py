@@ -160,7 +160,7 @@ def images_to_draft(wb: Workbench, model: str, version: str, *, redo: bool, limi
             )
             query = query.where(~done)
         rows = s.execute(query.limit(limit) if limit else query).all()
-    return [(image_id, sha, wb.store_dir / path) for image_id, sha, path in rows]
+    return [(image_id, sha, wb.images.local_path(path)) for image_id, sha, path in rows]
 
 
 WRITE_BATCH = 64

@@ -172,7 +172,7 @@ def images_needing_work(wb: Workbench, limit: int | None = None) -> list[dict[st
             .order_by(Image.id)
         )
         rows = s.execute(query.limit(limit) if limit else query).all()
-    return [{"id": image_id, "image": str(wb.store_dir / file_path)} for image_id, file_path in rows]
+    return [{"id": image_id, "image": str(wb.images.local_path(file_path))} for image_id, file_path in rows]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -265,7 +265,7 @@ def reasoning_targets(wb: Workbench, model: str, prompt: str, limit: int | None)
     for image_id, annotation_id, path, key, text in rows:
         name = taxonomy.labels[key].display if key in taxonomy.labels else text
         if name:
-            out.append((image_id, annotation_id, name, wb.store_dir / path))
+            out.append((image_id, annotation_id, name, wb.images.local_path(path)))
     return out
 
 

@@ -184,7 +184,7 @@ def export_dataset(
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{temp_owner_tag()}", dir=out.parent))
     try:
         for index, record in enumerate(records, 1):
-            source = wb.store_dir / record["image"].removeprefix("images/")
+            source = wb.images.local_path(record["image"].removeprefix("images/"))
             if not source.exists():
                 raise ExportError(
                     f"image file of record #{record['id']} is missing from the store ({source}); run `skinflow doctor`"

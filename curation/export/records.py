@@ -93,7 +93,7 @@ def _stored_dhash(wb: Workbench, image: Image) -> str | None:
     if image.dhash:
         return image.dhash
     try:
-        with PILImage.open(wb.store_dir / image.file_path) as img:
+        with PILImage.open(wb.images.local_path(image.file_path)) as img:
             return dhash(img)
     except OSError:
         return None

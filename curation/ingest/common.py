@@ -157,7 +157,7 @@ def prepare(wb: Workbench, known: KnownContent, item: str, data: bytes, original
     if digest in known.stored:
         reason = f"same picture as {known.stored[digest]} (differs only in metadata)"
         return Prepared(item, ("duplicate", reason), original_sha, digest)
-    digest, relative = store_image(wb.store_dir, clean.data, clean.ext, digest)
+    digest, relative = store_image(wb.images, clean.data, clean.ext, digest)
     return Prepared(
         item, None, original_sha, digest, relative, clean.width, clean.height, clean.format, len(clean.data), clean.dhash
     )

@@ -42,7 +42,7 @@ def thumbnail(wb: Workbench, image_id: int, size: int = 160) -> bytes | None:
     cached = wb.settings.home / "thumbs" / f"{row.sha256}_{size}.jpg"
     if cached.exists():
         return cached.read_bytes()
-    with PILImage.open(wb.store_dir / row.file_path) as img:
+    with PILImage.open(wb.images.local_path(row.file_path)) as img:
         img.thumbnail((size, size))
         buffer = io.BytesIO()
         img.convert("RGB").save(buffer, "JPEG", quality=80)

@@ -194,7 +194,7 @@ def image_detail(wb: Workbench, actor: Actor, image_id: int) -> ImageDetail:
         saved = s.get(SavedWork, (actor.id, image_id))
         detail = ImageDetail(
             id=image.id,
-            path=(wb.store_dir / image.file_path) if image.file_path else None,
+            path=wb.images.local_path(image.file_path) if image.file_path else None,
             width=image.width,
             height=image.height,
             status=image.status,
@@ -262,5 +262,7 @@ def related_images(wb: Workbench, actor: Actor, image_id: int) -> list[RelatedIm
             ).all()
             for row in rows:
                 seen.add(row.id)
-                out.append(RelatedImage(row.id, column, str(value), row.status, row.source_label, wb.store_dir / row.file_path))
+                out.append(
+                    RelatedImage(row.id, column, str(value), row.status, row.source_label, wb.images.local_path(row.file_path))
+                )
     return out

@@ -24,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from curation.errors import DatabaseError
+from curation.store.images import ImageStore, open_image_store
 from curation.store.models import VocabularyTerm
 from curation.store.settings import Settings
 from schema.files import owner_only
@@ -96,6 +97,11 @@ class Workbench:
     @property
     def store_dir(self) -> Path:
         return self.settings.store_dir
+
+    @cached_property
+    def images(self) -> ImageStore:
+        """Where the pictures are: the images/ folder, or the bucket SKINFLOW_IMAGE_STORE names."""
+        return open_image_store(self.settings.image_store, self.settings.store_dir, self.settings.home / "cache" / "images")
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from curation.errors import ImageRejected
-from schema.files import TEMP_PREFIX, write_atomic
+from curation.store.images import ImageStore
+from schema.files import TEMP_PREFIX
 
 
 def sha256_hex(data: bytes) -> str:
@@ -81,11 +82,9 @@ def sweep_store(store_dir: Path) -> int:
     return sweep_leftovers(store_dir.glob(f"*/{TEMP_PREFIX}*"), TEMP_PREFIX) if store_dir.is_dir() else 0
 
 
-def store_image(store_dir: Path, data: bytes, ext: str, digest: str | None = None) -> tuple[str, str]:
+def store_image(images: ImageStore, data: bytes, ext: str, digest: str | None = None) -> tuple[str, str]:
     """Write a clean image's bytes into the store (once per content); returns (sha256, relative path)."""
     digest = digest or sha256_hex(data)
     relative = store_path(digest, ext)
-    target = store_dir / relative
-    if not target.exists():
-        write_atomic(target, data)
+    images.put(relative, data)
     return digest, relative

@@ -20,6 +20,7 @@ class Settings(BaseModel):
 
     home: Path = Path("workbench")
     database_url: str | None = None  # default: sqlite file under home
+    image_store: str | None = None  # s3://bucket/prefix (curation/store/images.py); default: the images/ folder under home
     taxonomy_path: Path | None = None  # default: bundled Fitzpatrick17k taxonomy
     max_image_mb: float = 50.0  # files larger than this are refused
     max_image_megapixels: float = 80.0  # decompression-bomb guard, checked before decoding
@@ -102,6 +103,10 @@ class Settings(BaseModel):
         except ValidationError as e:
             problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
             raise ConfigError(f"invalid settings ({problems}); fix the SKINFLOW_* variable or the config file") from None
+        if settings.image_store:
+            from curation.store.images import parse_store_url
+
+            parse_store_url(settings.image_store)  # a malformed URL fails here, before anything is written
         if abs(sum(settings.split_fractions) - 1.0) > 1e-6:
             raise ConfigError("split_fractions must sum to 1 (train, val, test), e.g. 0.8,0.1,0.1")
         return settings

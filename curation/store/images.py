@@ -1,0 +1,261 @@
+"""Where the pictures are: the content-addressed image store (`<sha[:2]>/<sha>.<ext>`, curation/store/files.py names
+them), in a folder under the workbench (the default) or in an S3-compatible bucket (MinIO, Ceph, SeaweedFS, AWS S3).
+
+A bucket is named by `image_store = "s3://bucket/prefix"` (SKINFLOW_IMAGE_STORE); the endpoint comes from the
+standard AWS_ENDPOINT_URL (none: AWS itself) and the credentials from the standard AWS chain (environment, profile,
+instance role), read by boto3 and never written anywhere by the workbench: not in logs, the audit trail, backups,
+exports, data cards or error messages (`describe` names the bucket and the endpoint only).
+
+Readers ask for `local_path(key)`: the file itself for a folder; for a bucket, a copy downloaded once into
+<home>/cache/images/ (the key is the picture's sha256, so a cached copy is never stale, and two app servers can
+share nothing but the bucket). A picture deleted behind the workbench's back is ImageMissing, with its key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from curation.errors import ConfigError
+from schema.errors import SkinflowError
+from schema.files import write_atomic
+
+STORE_SCHEME = "s3://"
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")  # S3's rules for a bucket name (no IP-like, no "..")
+_PREFIX_PART = re.compile(r"[A-Za-z0-9._-]+")
+_KEY = re.compile(r"[0-9a-f]{2}/[0-9a-f]{64}\.[a-z]{3,4}")  # what the workbench stores: <sha[:2]>/<sha>.<ext>
+_SAFE_KEY = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")  # a relative path of plain names: all a key may be
+
+
+class StoreUnavailable(SkinflowError):
+    """The image store cannot be reached or refuses us: the message names the store and what to check."""
+
+
+class ImageMissing(SkinflowError):
+    """A picture the database names is not in the store (deleted behind the workbench's back, or never copied)."""
+
+    def __init__(self, key: str, store: str):
+        super().__init__(f"image {key} is missing from the image store ({store}); `skinflow images verify` lists all")
+        self.key = key
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    size: int
+    modified: datetime  # when it was written (the grace period of an unreferenced object counts from here)
+
+
+class ImageStore(ABC):
+    """The store's operations, by key (`<sha[:2]>/<sha>.<ext>`)."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where the store is, for messages and the status page (never a credential)."""
+
+    @abstractmethod
+    def put(self, key: str, data: bytes) -> None:
+        """Write a picture (atomically: a reader never sees half of it)."""
+
+    @abstractmethod
+    def get(self, key: str) -> bytes:
+        """A picture's bytes; ImageMissing when it is not there."""
+
+    @abstractmethod
+    def size(self, key: str) -> int | None:
+        """The picture's length in bytes, None when it is not there."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove a picture (nothing when it is not there)."""
+
+    @abstractmethod
+    def objects(self) -> Iterator[StoredObject]:
+        """Every picture in the store (keys of the workbench's form only)."""
+
+    @abstractmethod
+    def local_path(self, key: str) -> Path:
+        """A local file holding the picture, for code that opens files (a bucket's picture is downloaded once into
+        the cache; ImageMissing when it is not in the bucket)."""
+
+    def exists(self, key: str) -> bool:
+        return self.size(key) is not None
+
+
+class FolderImageStore(ImageStore):
+    """The default: a folder (<home>/images), one sub-folder per first two hex digits."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def describe(self) -> str:
+        return f"folder {self.root}"
+
+    def put(self, key: str, data: bytes) -> None:
+        target = self.root / _checked(key)
+        if not target.exists():
+            write_atomic(target, data)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return (self.root / _checked(key)).read_bytes()
+        except FileNotFoundError:
+            raise ImageMissing(key, self.describe()) from None
+
+    def size(self, key: str) -> int | None:
+        try:
+            return (self.root / _checked(key)).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def delete(self, key: str) -> None:
+        (self.root / _checked(key)).unlink(missing_ok=True)
+
+    def objects(self) -> Iterator[StoredObject]:
+        if not self.root.is_dir():
+            return
+        for path in sorted(self.root.glob("*/*")):
+            key = path.relative_to(self.root).as_posix()
+            if _KEY.fullmatch(key) and path.is_file():
+                stat = path.stat()
+                yield StoredObject(key, stat.st_size, datetime.fromtimestamp(stat.st_mtime, UTC))
+
+    def local_path(self, key: str) -> Path:
+        return self.root / _checked(key)  # the file itself, there or not: callers that care ask `exists`
+
+
+class BucketImageStore(ImageStore):
+    """An S3-compatible bucket, through boto3 (its own request signing, retries and credential chain)."""
+
+    def __init__(self, bucket: str, prefix: str, cache_dir: Path, *, client: Any = None, endpoint: str | None = None):
+        self.bucket, self.prefix, self.cache_dir = bucket, prefix, Path(cache_dir)
+        self.endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
+        self._client = client
+
+    @property
+    def client(self):
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            # adaptive retries ride out a busy or briefly unreachable server; a dead one fails within ~10 s
+            config = Config(retries={"max_attempts": 4, "mode": "adaptive"}, connect_timeout=5, read_timeout=60)
+            self._client = boto3.session.Session().client("s3", config=config)
+        return self._client
+
+    def describe(self) -> str:
+        return f"bucket s3://{self.bucket}/{self.prefix} at {self.endpoint}"
+
+    def _name(self, key: str) -> str:
+        return f"{self.prefix}/{_checked(key)}" if self.prefix else _checked(key)
+
+    def _call(self, what: str, fn, **kwargs):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return fn(Bucket=self.bucket, **kwargs)
+        except ClientError as e:
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise
+            raise StoreUnavailable(_refusal(code, what, self)) from None
+        except BotoCoreError as e:  # no route, refused connection, timeouts after the retries, no credentials
+            raise StoreUnavailable(
+                f"cannot {what} the image store ({self.describe()}): {type(e).__name__}; check AWS_ENDPOINT_URL, that "
+                "the server is up and reachable from here, and the credentials (AWS_ACCESS_KEY_ID or AWS_PROFILE)"
+            ) from None
+
+    def put(self, key: str, data: bytes) -> None:
+        self._call("write to", self.client.put_object, Key=self._name(key), Body=data)
+
+    def get(self, key: str) -> bytes:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self._call("read from", self.client.get_object, Key=self._name(key))["Body"].read()
+        except ClientError:
+            raise ImageMissing(key, self.describe()) from None
+
+    def size(self, key: str) -> int | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            return int(self._call("read from", self.client.head_object, Key=self._name(key))["ContentLength"])
+        except ClientError:
+            return None
+
+    def delete(self, key: str) -> None:
+        self._call("delete from", self.client.delete_object, Key=self._name(key))
+
+    def objects(self) -> Iterator[StoredObject]:
+        start = f"{self.prefix}/" if self.prefix else ""
+        paginator = self.client.get_paginator("list_objects_v2")
+        pages = self._call("list", lambda **kw: list(paginator.paginate(**kw)), Prefix=start)
+        for page in pages:
+            for item in page.get("Contents", []):
+                key = item["Key"][len(start) :]
+                if _KEY.fullmatch(key):
+                    yield StoredObject(key, int(item["Size"]), item["LastModified"])
+
+    def local_path(self, key: str) -> Path:
+        cached = self.cache_dir / _checked(key)
+        if not cached.is_file():
+            write_atomic(cached, self.get(key))  # content-addressed: a copy, once made, is never stale
+        return cached
+
+
+def _refusal(code: str, what: str, store: BucketImageStore) -> str:
+    if code == "NoSuchBucket":
+        return (
+            f"the bucket {store.bucket!r} does not exist at {store.endpoint}: create it (e.g. `aws s3 mb "
+            f"s3://{store.bucket}`) or fix SKINFLOW_IMAGE_STORE"
+        )
+    if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "InvalidToken", "ExpiredToken"):
+        return (
+            f"the image store ({store.describe()}) refused to let us {what} it ({code}): check the credentials "
+            "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the instance role) and the bucket's policy"
+        )
+    return f"the image store ({store.describe()}) answered {code or 'an error'} when asked to {what} it"
+
+
+def _checked(key: str) -> str:
+    """A key is a relative path of plain names (the workbench writes `<sha[:2]>/<sha>.<ext>`): anything that could
+    climb out of the folder or the prefix is refused before it reaches a path or a request."""
+    if not _SAFE_KEY.fullmatch(key) or any(part in (".", "..") for part in key.split("/")):
+        raise ValueError(f"not an image store key: {key[:80]!r}")
+    return key
+
+
+def parse_store_url(url: str) -> tuple[str, str]:
+    """(bucket, prefix) of `s3://bucket/prefix`; ConfigError saying what a valid one looks like otherwise."""
+    rest = url.strip().removeprefix(STORE_SCHEME)
+    bucket, _, prefix = rest.partition("/")
+    prefix = prefix.strip("/")
+    parts = prefix.split("/") if prefix else []
+    if (
+        not url.strip().startswith(STORE_SCHEME)
+        or not _BUCKET.fullmatch(bucket)
+        or ".." in bucket
+        or any(not _PREFIX_PART.fullmatch(p) or p in (".", "..") for p in parts)
+        or len(prefix) > 512
+    ):
+        raise ConfigError(
+            f"image store {url[:100]!r} is not an s3://bucket/prefix URL: a bucket name is 3-63 lowercase letters, "
+            "digits, '.' or '-'; the prefix is folders of letters, digits, '.', '_' or '-' (e.g. "
+            "s3://derm-images/workbench). Set SKINFLOW_IMAGE_STORE, or leave it out to keep the images under the home"
+        )
+    return bucket, prefix
+
+
+def open_image_store(image_store: str | None, folder: Path, cache_dir: Path) -> ImageStore:
+    """The store the settings name: a bucket for an s3:// URL, else the folder."""
+    if not image_store:
+        return FolderImageStore(folder)
+    bucket, prefix = parse_store_url(image_store)
+    return BucketImageStore(bucket, prefix, cache_dir)

@@ -1,0 +1,173 @@
+"""The image store in an S3-compatible bucket: the settings that name one, the keys it takes, and (marked `s3`, against a
+real SeaweedFS started by .ci/seaweedfs: `make test-s3`) imports, reads, exports and a second server on one bucket,
+an object deleted behind the workbench's back, and wrong credentials or an unreachable endpoint."""
+
+import hashlib
+import os
+import socket
+import uuid
+
+import pytest
+from sqlalchemy import func, select
+
+from curation.errors import ConfigError
+from curation.export.canonical import verify_export
+from curation.export.dataset import export_dataset
+from curation.ingest.folder import import_folder
+from curation.labelling.annotate import review_annotation, submit_annotation
+from curation.labelling.views import image_detail
+from curation.store.auth import add_user, get_actor
+from curation.store.db import open_workbench
+from curation.store.images import BucketImageStore, FolderImageStore, ImageMissing, StoreUnavailable, parse_store_url
+from curation.store.models import Image
+from curation.store.settings import Settings
+from tests.helpers import jpeg_bytes, photo, write
+
+SECRET = "do-not-print-this-secret-0123456789"
+
+
+def test_a_bucket_url_names_a_bucket_and_a_prefix():
+    assert parse_store_url("s3://derm-images/workbench/v1/") == ("derm-images", "workbench/v1")
+    assert parse_store_url("s3://derm.images") == ("derm.images", "")
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://derm-images", "s3://Derm_Images", "s3://ab", "s3://derm-images/../other", "s3://derm-images/a b",
+     "s3://derm..images", "s3://derm-images/x/%2e%2e", "s3://-derm", "s3://" + "a" * 64],
+)  # fmt: skip
+def test_a_hostile_or_malformed_store_url_is_refused_before_anything_is_written(url, tmp_path):
+    with pytest.raises(ConfigError, match=r"s3://bucket/prefix"):
+        parse_store_url(url)
+    with pytest.raises(ConfigError, match=r"SKINFLOW_IMAGE_STORE"):
+        Settings.load(environ={"SKINFLOW_HOME": str(tmp_path), "SKINFLOW_IMAGE_STORE": url})
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("key", ["../skinflow.db", "/etc/passwd", "aa/../../x.jpg", "aa/./x.jpg", "aa//x.jpg", "a b.jpg"])
+def test_a_key_that_could_leave_the_store_is_refused(tmp_path, key):
+    store = FolderImageStore(tmp_path / "images")
+    for call in (store.get, store.size, store.delete, store.local_path, lambda k: store.put(k, b"x")):
+        with pytest.raises(ValueError, match="not an image store key"):
+            call(key)
+
+
+def test_the_folder_store_lists_only_pictures_it_wrote(tmp_path):
+    store = FolderImageStore(tmp_path)
+    key = f"ab/{'ab' * 32}.jpg"
+    store.put(key, b"picture")
+    write(tmp_path / "ab" / ".tmp-host-1-x", b"half")  # a killed writer's leftover is not a picture
+    write(tmp_path / "notes.txt", b"x")
+    assert [(o.key, o.size) for o in store.objects()] == [(key, 7)]
+    assert store.get(key) == b"picture" and store.exists(key)
+    store.delete(key)
+    with pytest.raises(ImageMissing, match=key):
+        store.get(key)
+
+
+def test_an_unreachable_endpoint_is_one_message_naming_it_and_never_the_secret(tmp_path, monkeypatch):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "someone")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    store = BucketImageStore("derm-images", "wb", tmp_path / "cache")
+    with pytest.raises(StoreUnavailable) as refused:
+        store.put(f"ab/{'ab' * 32}.jpg", b"x")
+    message = str(refused.value)
+    assert f"127.0.0.1:{port}" in message and "AWS_ENDPOINT_URL" in message and SECRET not in message
+
+
+# -- against a real S3-compatible server ---------------------------------------------------------------------------
+@pytest.fixture
+def bucket_url():
+    url = os.environ.get("SKINFLOW_TEST_S3")
+    if not url:
+        pytest.skip("needs an S3-compatible server: make test-s3 (.ci/seaweedfs starts SeaweedFS)")
+    return f"{url.rstrip('/')}/{uuid.uuid4().hex[:12]}"  # a prefix of its own: tests share the bucket
+
+
+def _bucket_workbench(home, url, database_url=None):
+    wb = open_workbench(Settings.load(environ={}, home=home, image_store=url, database_url=database_url))
+    if database_url is None:
+        add_user(wb, None, "admin", "admin", "admin-password")
+    return wb
+
+
+def _pictures(folder, n):
+    for i in range(n):
+        write(folder / f"{i}.jpg", jpeg_bytes(photo(200 + i, (160, 120)), quality=90))
+    return folder
+
+
+@pytest.mark.s3
+def test_imports_reads_and_exports_go_through_the_bucket(tmp_path, bucket_url):
+    wb = _bucket_workbench(tmp_path / "wb", bucket_url)
+    admin = get_actor(wb, "admin")
+    report = import_folder(wb, admin, _pictures(tmp_path / "in", 4))
+    assert report.imported == 4
+    assert not any((tmp_path / "wb" / "images").rglob("*.jpg"))  # nothing under the home: the bucket holds them
+    with wb.session() as s:
+        stored = {i.id: (i.sha256, i.file_path) for i in s.scalars(select(Image))}
+    listed = {o.key for o in wb.images.objects()}
+    assert listed == {path for _, path in stored.values()}
+    assert (
+        wb.images.describe().startswith(f"bucket {bucket_url}")
+        and os.environ["AWS_SECRET_ACCESS_KEY"] not in wb.images.describe()
+    )
+
+    image_id, (sha, key) = next(iter(stored.items()))
+    detail = image_detail(wb, admin, image_id)  # what the Annotate page opens: a cached local copy
+    assert hashlib.sha256(detail.path.read_bytes()).hexdigest() == sha and (tmp_path / "wb" / "cache") in detail.path.parents
+
+    reviewer = add_user(wb, admin, "rev", "reviewer", "reviewer-pw-1")[0]
+    annotator = add_user(wb, admin, "ann", "annotator", "annotator-pw-1")[0]
+    for image_id in stored:
+        aid = submit_annotation(wb, annotator, image_id, {"color": "red"}, diagnosis="psoriasis", diagnosis_status="confirmed")
+        review_annotation(wb, reviewer, aid, "verified")
+    result = export_dataset(wb, admin, tmp_path / "export")
+    assert result.n_records == 4 and verify_export(tmp_path / "export") == []
+
+    again = import_folder(wb, admin, tmp_path / "in")  # the same pictures: found by sha256, nothing written twice
+    assert again.imported == 0 and len({o.key for o in wb.images.objects()}) == 4
+
+
+@pytest.mark.s3
+def test_a_second_server_on_the_same_database_and_bucket_sees_every_picture(tmp_path, bucket_url):
+    first = _bucket_workbench(tmp_path / "one", bucket_url)
+    import_folder(first, get_actor(first, "admin"), _pictures(tmp_path / "in", 3))
+    second = _bucket_workbench(tmp_path / "two", bucket_url, database_url=first.settings.db_url)  # another home
+    with second.session() as s:
+        rows = s.execute(select(Image.sha256, Image.file_path)).all()
+    assert len(rows) == 3
+    for sha, key in rows:
+        assert hashlib.sha256(second.images.local_path(key).read_bytes()).hexdigest() == sha
+
+
+@pytest.mark.s3
+def test_an_object_deleted_behind_the_workbench_is_missing_with_its_key(tmp_path, bucket_url):
+    wb = _bucket_workbench(tmp_path / "wb", bucket_url)
+    import_folder(wb, get_actor(wb, "admin"), _pictures(tmp_path / "in", 2))
+    with wb.session() as s:
+        key = s.scalar(select(Image.file_path).order_by(Image.id))
+    wb.images.delete(key)
+    fresh = _bucket_workbench(tmp_path / "other", bucket_url, database_url=wb.settings.db_url)  # nothing cached there
+    with pytest.raises(ImageMissing, match=key.replace(".", r"\.")):
+        fresh.images.local_path(key)
+    assert fresh.images.size(key) is None
+
+
+@pytest.mark.s3
+def test_wrong_credentials_import_nothing_and_the_message_says_what_to_check(tmp_path, bucket_url, monkeypatch):
+    wb = _bucket_workbench(tmp_path / "wb", bucket_url)
+    admin = get_actor(wb, "admin")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)  # the server does not know it
+    refused = _bucket_workbench(tmp_path / "wb", bucket_url, database_url=wb.settings.db_url)
+    with pytest.raises(StoreUnavailable) as caught:
+        import_folder(refused, admin, _pictures(tmp_path / "in", 2))
+    message = str(caught.value)
+    assert "credentials" in message and os.environ["AWS_ENDPOINT_URL"] in message and SECRET not in message
+    with wb.session() as s:
+        assert s.scalar(select(func.count()).select_from(Image)) == 0  # no half-imported rows
