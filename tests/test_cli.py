@@ -45,6 +45,8 @@ HELP_COMMANDS = [
     ["ls", "pull"],
     ["backup"],
     ["doctor"],
+    ["images"],
+    ["images", "verify"],
     ["draft"],
     ["reasonings"],
     ["weights"],
@@ -396,3 +398,16 @@ def test_train_and_ablate_take_a_relative_export_folder_as_absolute(tmp_path, mo
     CliRunner().invoke(app, ["ablate", "--export", "my-export"])
     assert seen["train"] == str(tmp_path / "my-export")
     assert seen.get("ablate") == str(tmp_path / "my-export")
+
+
+def test_images_verify_lists_a_missing_picture_and_exits_1(tmp_path):
+    home = tmp_path / "wb"
+    write(tmp_path / "in" / "a.jpg", jpeg_bytes(photo(1)))
+    write(tmp_path / "in" / "b.jpg", jpeg_bytes(photo(2)))
+    run(home, "import", str(tmp_path / "in"))
+    assert "every picture is there and intact" in run(home, "images", "verify").stdout
+    removed = sorted((home / "images").rglob("*.jpg"))[0]
+    removed.unlink()
+    result = run(home, "images", "verify", check=False)
+    assert result.returncode == 1 and f"{removed.parent.name}/{removed.name}: missing" in result.stdout
+    assert "1 missing, 0 corrupt" in result.stderr and "Traceback" not in result.stderr

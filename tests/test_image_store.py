@@ -171,3 +171,32 @@ def test_wrong_credentials_import_nothing_and_the_message_says_what_to_check(tmp
     assert "credentials" in message and os.environ["AWS_ENDPOINT_URL"] in message and SECRET not in message
     with wb.session() as s:
         assert s.scalar(select(func.count()).select_from(Image)) == 0  # no half-imported rows
+
+
+def test_images_verify_reports_missing_and_corrupt_pictures_by_image(tmp_path, wb, admin):
+    from curation.ops.images import verify_images
+
+    import_folder(wb, admin, _pictures(tmp_path / "in", 3))
+    with wb.session() as s:
+        first, second, third = s.execute(select(Image.id, Image.file_path).order_by(Image.id)).all()
+    assert verify_images(wb, admin).problems == []
+    wb.images.delete(first.file_path)
+    (wb.store_dir / second.file_path).write_bytes(b"not the picture that was stored")
+    report = verify_images(wb, admin)
+    assert report.checked == 3 and report.store == f"folder {wb.store_dir}"
+    assert [(p.image_id, p.problem) for p in report.missing] == [(first.id, "missing")]
+    assert [p.image_id for p in report.corrupt] == [second.id] and report.corrupt[0].problem.startswith("corrupt: sha256 ")
+
+
+@pytest.mark.s3
+def test_images_verify_reads_the_bucket(tmp_path, bucket_url):
+    from curation.ops.images import verify_images
+
+    wb = _bucket_workbench(tmp_path / "wb", bucket_url)
+    admin = get_actor(wb, "admin")
+    import_folder(wb, admin, _pictures(tmp_path / "in", 3))
+    with wb.session() as s:
+        key = s.scalar(select(Image.file_path).order_by(Image.id))
+    wb.images.delete(key)
+    report = verify_images(wb, admin)
+    assert report.checked == 3 and [p.key for p in report.missing] == [key] and report.corrupt == []

@@ -1,4 +1,4 @@
-"""Commands that keep a workbench running: the web app, backup and restore, the doctor, accounts."""
+"""Commands that keep a workbench running: the web app, backup and restore, the doctor, the image store, accounts."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from app.cli.common import app, context, err, out, print_new_accounts
+from curation.ops.images import verify_images
 from curation.ops.jobs import SAFE_ENV, python_module
 from curation.ops.maintenance import backup as backup_database
 from curation.ops.maintenance import doctor as run_doctor
@@ -20,6 +21,8 @@ from schema.errors import SkinflowError
 
 users_app = typer.Typer(no_args_is_help=True, help="Manage accounts (admin).")
 app.add_typer(users_app, name="users")
+images_app = typer.Typer(no_args_is_help=True, help="The image store: a folder or an S3-compatible bucket (admin).")
+app.add_typer(images_app, name="images")
 
 
 @app.command("app")
@@ -129,6 +132,22 @@ def doctor(
             err.print(f"problem: {problem}")
         raise typer.Exit(1)
     out.print("no problems found")
+
+
+@images_app.command("verify")
+def images_verify(ctx: typer.Context) -> None:
+    """Read back every picture the database names and check its sha256: a report of missing and corrupt ones
+    (nothing is changed, so it is safe beside imports on other servers). Exits 1 when one is found."""
+    c = context(ctx)
+    report = verify_images(c.workbench(), c.actor())
+    out.print(f"checked {report.checked} pictures in the {report.store}")
+    for problem in report.problems[:50]:
+        out.print(f"image #{problem.image_id} {problem.key}: {problem.problem}")
+    if report.problems:
+        more = " (first 50 listed)" if len(report.problems) > 50 else ""
+        err.print(f"{len(report.missing)} missing, {len(report.corrupt)} corrupt{more}")
+        raise typer.Exit(1)
+    out.print("every picture is there and intact")
 
 
 PASSWORD_FILE_HELP = (
