@@ -200,3 +200,52 @@ def test_images_verify_reads_the_bucket(tmp_path, bucket_url):
     wb.images.delete(key)
     report = verify_images(wb, admin)
     assert report.checked == 3 and [p.key for p in report.missing] == [key] and report.corrupt == []
+
+
+@pytest.mark.parametrize("url", ["s3://Bad_Bucket/x", "s3://ab/", "s3://bucket/a\x00b", "s3://b..x/y"])
+def test_an_import_address_that_is_not_a_bucket_folder_is_refused_whole(wb, admin, url):
+    from curation.errors import IngestError
+    from curation.ingest import import_path
+
+    with pytest.raises(IngestError, match="nothing was imported"):
+        import_path(wb, admin, url)
+
+
+@pytest.mark.s3
+def test_a_folder_in_a_bucket_imports_with_folder_labels_once_and_its_objects_are_untouched(tmp_path, bucket_url):
+    import boto3
+
+    from curation.ingest import import_path
+
+    bucket, prefix = bucket_url.removeprefix("s3://").split("/", 1)
+    client = boto3.client("s3")
+    sources = {
+        f"{prefix}/in/psoriasis/a.jpg": jpeg_bytes(photo(301, (160, 120)), quality=90),
+        f"{prefix}/in/psoriasis/b.jpg": jpeg_bytes(photo(302, (160, 120)), quality=90, gps=True),
+        f"{prefix}/in/melanoma/c.jpg": jpeg_bytes(photo(303, (160, 120)), quality=90),
+        f"{prefix}/in/melanoma/copy-of-c.jpg": jpeg_bytes(photo(303, (160, 120)), quality=90),
+        f"{prefix}/in/notes/readme.txt": b"not a picture",
+        f"{prefix}/in/.hidden.jpg": b"skipped",
+    }
+    for key, body in sources.items():
+        client.put_object(Bucket=bucket, Key=key, Body=body)
+    big = f"{prefix}/in/melanoma/huge.jpg"
+    client.put_object(Bucket=bucket, Key=big, Body=b"\xff\xd8" + b"0" * 2_100_000)
+    wb = open_workbench(Settings.load(environ={}, home=tmp_path / "wb", max_image_mb=2.0))  # 2.1 MB: refused unread
+    admin = add_user(wb, None, "admin", "admin", "admin-password")[0]
+
+    report = import_path(wb, admin, f"s3://{bucket}/{prefix}/in/", label_from_folder=True)
+    assert report.imported == 3 and len(report.duplicates) == 1
+    failed = dict(report.failed)
+    assert "over the 2 MB limit" in failed[f"s3://{bucket}/{big}"] and f"s3://{bucket}/{prefix}/in/notes/readme.txt" in failed
+    with wb.session() as s:
+        rows = {i.meta["filename"]: (i.source_label, i.diagnosis_key, i.source) for i in s.scalars(select(Image))}
+    assert rows == {
+        "a.jpg": ("psoriasis", "psoriasis", "bucket"),
+        "b.jpg": ("psoriasis", "psoriasis", "bucket"),
+        "c.jpg": ("melanoma", "melanoma", "bucket"),
+    }
+    again = import_path(wb, admin, f"s3://{bucket}/{prefix}/in/", label_from_folder=True)
+    assert again.imported == 0 and again.already_present == 3  # by address: nothing downloaded again
+    for key, body in sources.items():  # the source objects are only read
+        assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == body

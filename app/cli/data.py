@@ -80,7 +80,9 @@ def init(ctx: typer.Context, admin: str = typer.Option("admin", help="Name of th
 @app.command("import")
 def import_(
     ctx: typer.Context,
-    path: Path = typer.Argument(..., help="A folder of images (recursive), a CSV file, or one image."),
+    path: str = typer.Argument(
+        ..., help="A folder of images (recursive), a CSV file, a zip, one image, or a folder in a bucket (s3://bucket/prefix/)."
+    ),
     images_dir: Path | None = typer.Option(None, help="CSV only: folder holding the images (Fitzpatrick17k: <md5hash>.jpg)."),
     label_from_folder: bool = typer.Option(False, help="Folder only: use each image's parent folder name as its label."),
     dataset: str = typer.Option(
@@ -99,7 +101,7 @@ def import_(
     c = context(ctx)
     wb, actor = c.workbench(), c.actor()
     options = {"source": source} if source is not None else {}
-    with progress_bar(f"importing {path.name}") as progress:
+    with progress_bar(f"importing {path.rstrip('/').rsplit('/', 1)[-1]}") as progress:
         result = import_path(
             wb,
             actor,

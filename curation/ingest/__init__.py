@@ -18,6 +18,7 @@ from pathlib import Path
 
 from curation.errors import IngestError
 from curation.ingest.archive import import_zip
+from curation.ingest.bucket import import_bucket
 from curation.ingest.common import ImportReport
 from curation.ingest.csv_import import import_csv
 from curation.ingest.folder import import_folder, import_image
@@ -25,8 +26,13 @@ from curation.store.auth import Actor
 from curation.store.db import Workbench
 
 
-def import_path(wb: Workbench, actor: Actor, path: Path, **options) -> ImportReport:
-    """A folder, a CSV file, or a single image file."""
+def import_path(wb: Workbench, actor: Actor, path: Path | str, **options) -> ImportReport:
+    """A folder, a CSV file, a zip, a single image file, or a folder in a bucket (s3://bucket/prefix/)."""
+    if str(path).startswith("s3://"):
+        if options.get("source") is not None or options.get("images_dir") or options.get("dataset", "auto") != "auto":
+            raise IngestError("an s3:// folder imports its images (with --label-from-folder); CSV options do not apply")
+        folder_label, progress = options.get("label_from_folder", False), options.get("progress")
+        return import_bucket(wb, actor, str(path), label_from_folder=folder_label, progress=progress)
     path = Path(path).expanduser()
     is_csv = path.suffix.lower() in (".csv", ".tsv", ".txt") and not path.is_dir()
     if options.get("source") is not None and not is_csv:

@@ -31,7 +31,7 @@ _FITZ_COLUMNS = ("fitzpatrick", "fitzpatrick_scale", "fitzpatrick_type", "skin_t
 _FITZ_REQUIRED = {"md5hash", "label", "fitzpatrick_scale", "url"}
 _ROMAN = {"i": 1, "ii": 2, "iii": 3, "iv": 4, "v": 5, "vi": 6}
 _SOURCE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
-_RESERVED_SOURCES = {"folder", "synthetic", "fitzpatrick17k", "upload", "zip"}
+_RESERVED_SOURCES = {"folder", "synthetic", "fitzpatrick17k", "upload", "zip", "bucket"}
 
 
 def parse_fitzpatrick(raw: str | None) -> int | None:

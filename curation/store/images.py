@@ -141,12 +141,7 @@ class BucketImageStore(ImageStore):
     @property
     def client(self):
         if self._client is None:
-            import boto3
-            from botocore.config import Config
-
-            # adaptive retries ride out a busy or briefly unreachable server; a dead one fails within ~10 s
-            config = Config(retries={"max_attempts": 4, "mode": "adaptive"}, connect_timeout=5, read_timeout=60)
-            self._client = boto3.session.Session().client("s3", config=config)
+            self._client = s3_client()
         return self._client
 
     def describe(self) -> str:
@@ -156,20 +151,7 @@ class BucketImageStore(ImageStore):
         return f"{self.prefix}/{_checked(key)}" if self.prefix else _checked(key)
 
     def _call(self, what: str, fn, **kwargs):
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            return fn(Bucket=self.bucket, **kwargs)
-        except ClientError as e:
-            code = str(e.response.get("Error", {}).get("Code", ""))
-            if code in ("NoSuchKey", "404", "NotFound"):
-                raise
-            raise StoreUnavailable(_refusal(code, what, self)) from None
-        except BotoCoreError as e:  # no route, refused connection, timeouts after the retries, no credentials
-            raise StoreUnavailable(
-                f"cannot {what} the image store ({self.describe()}): {type(e).__name__}; check AWS_ENDPOINT_URL, that "
-                "the server is up and reachable from here, and the credentials (AWS_ACCESS_KEY_ID or AWS_PROFILE)"
-            ) from None
+        return s3_call(fn, self.bucket, self.endpoint, f"the image store ({self.describe()})", what, **kwargs)
 
     def put(self, key: str, data: bytes) -> None:
         self._call("write to", self.client.put_object, Key=self._name(key), Body=data)
@@ -210,18 +192,44 @@ class BucketImageStore(ImageStore):
         return cached
 
 
-def _refusal(code: str, what: str, store: BucketImageStore) -> str:
-    if code == "NoSuchBucket":
-        return (
-            f"the bucket {store.bucket!r} does not exist at {store.endpoint}: create it (e.g. `aws s3 mb "
-            f"s3://{store.bucket}`) or fix SKINFLOW_IMAGE_STORE"
-        )
-    if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "InvalidToken", "ExpiredToken"):
-        return (
-            f"the image store ({store.describe()}) refused to let us {what} it ({code}): check the credentials "
-            "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the instance role) and the bucket's policy"
-        )
-    return f"the image store ({store.describe()}) answered {code or 'an error'} when asked to {what} it"
+def s3_client():
+    """A boto3 S3 client: endpoint (AWS_ENDPOINT_URL) and credentials from the standard AWS chain."""
+    import boto3
+    from botocore.config import Config
+
+    # adaptive retries ride out a busy or briefly unreachable server; a dead one fails within seconds
+    config = Config(retries={"max_attempts": 4, "mode": "adaptive"}, connect_timeout=5, read_timeout=60)
+    return boto3.session.Session().client("s3", config=config)
+
+
+def s3_call(fn, bucket: str, endpoint: str, named: str, what: str, **kwargs):
+    """`fn(Bucket=bucket, **kwargs)`, its failures as StoreUnavailable saying what to check (never a credential); a
+    missing object's ClientError passes through for the caller to read as "missing"."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return fn(Bucket=bucket, **kwargs)
+    except ClientError as e:
+        code = str(e.response.get("Error", {}).get("Code", ""))
+        if code in ("NoSuchKey", "404", "NotFound"):
+            raise
+        if code == "NoSuchBucket":
+            message = (
+                f"the bucket {bucket!r} does not exist at {endpoint}: create it (e.g. `aws s3 mb s3://{bucket}`) or fix the URL"
+            )
+        elif code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "InvalidToken", "ExpiredToken"):
+            message = (
+                f"{named} refused to let us {what} it ({code}): check the credentials (AWS_ACCESS_KEY_ID / "
+                "AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the instance role) and the bucket's policy"
+            )
+        else:
+            message = f"{named} answered {code or 'an error'} when asked to {what} it"
+        raise StoreUnavailable(message) from None
+    except BotoCoreError as e:  # no route, refused connection, timeouts after the retries, no credentials
+        raise StoreUnavailable(
+            f"cannot {what} {named}: {type(e).__name__}; check AWS_ENDPOINT_URL ({endpoint}), that the server is up and "
+            "reachable from here, and the credentials (AWS_ACCESS_KEY_ID or AWS_PROFILE)"
+        ) from None
 
 
 def _checked(key: str) -> str:

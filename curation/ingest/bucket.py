@@ -1,0 +1,130 @@
+"""Import a folder of images from an S3-compatible bucket: `skinflow import s3://bucket/prefix/`.
+
+Every object under the prefix is a candidate, as every file under a local folder is; each gets the guards a local
+file gets: the size cap checked from the object's listed length before a byte is downloaded, then the same
+decoding limits, metadata stripping and sha256 dedupe (curation/ingest/common.py). Downloads run on a bounded pool
+of threads, a batch at a time; a batch's rows are committed together, so a run cut off by a network fault keeps
+its finished batches, and running it again skips every object already imported (by its s3:// address, without
+downloading it) and goes on. The source objects are only read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import PurePosixPath
+
+from sqlalchemy import select
+
+from curation.errors import IngestError
+from curation.ingest.common import ImportReport, KnownContent, Prepared, Progress, add_prepared, flush_new, prepare, start_import
+from curation.store import audit
+from curation.store.auth import Actor
+from curation.store.db import Workbench
+from curation.store.images import s3_call, s3_client
+from curation.store.models import Image
+
+BUCKET_SOURCE = "bucket"
+BUCKET_BATCH = 200
+DOWNLOAD_THREADS = 16  # downloads in flight: what hides a bucket's latency, bounded so a server is not flooded
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_SKIP_NAMES = {"thumbs.db", "desktop.ini"}
+
+
+def parse_source_url(url: str) -> tuple[str, str]:
+    """(bucket, prefix) of `s3://bucket/prefix/`; IngestError saying what a valid one looks like otherwise."""
+    rest = url.strip().removeprefix("s3://")
+    bucket, _, prefix = rest.partition("/")
+    if not url.strip().startswith("s3://") or not _BUCKET.fullmatch(bucket) or ".." in bucket:
+        raise IngestError(
+            f"{url[:100]!r} is not an s3://bucket/prefix/ address (a bucket name is 3-63 lowercase letters, digits, '.' "
+            "or '-'); nothing was imported"
+        )
+    if any(ord(c) < 32 for c in prefix) or len(prefix) > 1024:
+        raise IngestError(f"the prefix of {url[:100]!r} holds control characters or is too long; nothing was imported")
+    return bucket, prefix
+
+
+def import_bucket(
+    wb: Workbench, actor: Actor, url: str, *, label_from_folder: bool = False, progress: Progress | None = None
+) -> ImportReport:
+    """Import every image under an s3:// prefix (recursive). With label_from_folder, each image's folder name below
+    the prefix is its source label (ImageFolder layout: prefix/<label>/<image>)."""
+    start_import(wb, actor, "import images")
+    bucket, prefix = parse_source_url(url)
+    client, endpoint = s3_client(), os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
+    named = f"the bucket s3://{bucket} at {endpoint}"
+    paginator = client.get_paginator("list_objects_v2")
+    pages = s3_call(lambda **kw: list(paginator.paginate(**kw)), bucket, endpoint, named, "list", Prefix=prefix)
+    listed = [
+        (item["Key"], int(item["Size"]))
+        for page in pages
+        for item in page.get("Contents", [])
+        if not item["Key"].endswith("/") and not _hidden(item["Key"])
+    ]
+    report = ImportReport()
+    cap = int(wb.settings.max_image_mb * 1e6)
+    with wb.session() as session:
+        known = KnownContent(session)
+        imported = set(session.scalars(select(Image.source_ref).where(Image.source == BUCKET_SOURCE)))
+    todo = []
+    for key, size in listed:
+        address = f"s3://{bucket}/{key}"
+        if address in imported:
+            report.already_present += 1
+        elif size > cap:  # refused from its listed length: never downloaded
+            report.failed.append((address, f"{size / 1e6:.1f} MB, over the {wb.settings.max_image_mb:g} MB limit"))
+        else:
+            todo.append(key)
+
+    def fetch(frozen: KnownContent, key: str) -> Prepared:
+        address = f"s3://{bucket}/{key}"
+        body = s3_call(client.get_object, bucket, endpoint, named, "read from", Key=key)["Body"].read(cap + 1)
+        if len(body) > cap:  # the object grew after it was listed
+            return Prepared(address, ("failed", f"over the {wb.settings.max_image_mb:g} MB limit"))
+        return prepare(wb, frozen, address, body, hashlib.sha256(body).hexdigest())
+
+    with ThreadPoolExecutor(max_workers=DOWNLOAD_THREADS) as pool:
+        for start in range(0, len(todo), BUCKET_BATCH):
+            batch = todo[start : start + BUCKET_BATCH]
+            frozen = known.snapshot()
+            prepared = list(pool.map(lambda key, frozen=frozen: fetch(frozen, key), batch))  # a fault fails the batch
+            with wb.session() as session:
+                new_rows: list[Image] = []
+                for key, ready in zip(batch, prepared, strict=True):
+                    folder = PurePosixPath(key[len(prefix) :].lstrip("/")).parent.name
+                    label = folder if label_from_folder and folder else None
+                    row = add_prepared(session, known, report, ready, lambda key=key, label=label: _row(wb, bucket, key, label))
+                    if row is not None:
+                        new_rows.append(row)
+                        if label and row.diagnosis_key is None:
+                            message = f"{ready.item}: folder label {label!r} is not in the taxonomy; kept as free text"
+                            report.warn(message, "label kept as free text")
+                new_ids = flush_new(session, report, new_rows)
+                if new_ids:
+                    audit.record(
+                        session, actor, "images.import", "image", None, source=f"s3://{bucket}/{prefix}", image_ids=new_ids
+                    )
+            if progress:
+                progress(min(start + BUCKET_BATCH, len(todo)), len(todo))
+    if progress and not todo:
+        progress(0, 0)
+    return report
+
+
+def _row(wb: Workbench, bucket: str, key: str, label: str | None) -> Image:
+    return Image(
+        source=BUCKET_SOURCE,
+        source_ref=f"s3://{bucket}/{key}",
+        status="pending",
+        source_label=label,
+        diagnosis_key=wb.taxonomy.normalise(label) if label else None,
+        meta={"filename": PurePosixPath(key).name},
+    )
+
+
+def _hidden(key: str) -> bool:
+    name = PurePosixPath(key).name
+    return name.startswith(".") or name.lower() in _SKIP_NAMES
