@@ -66,3 +66,13 @@ TINY_BUDGET = {
     "stage1_max_completion_length": 16,
     "stage2_max_completion_length": 8,
 }
+
+
+def image_rows(wb) -> dict:
+    """Every image row's identity and state, to compare before and after an import that must change nothing."""
+    from sqlalchemy import select
+
+    from curation.store.models import Image as ImageRow
+
+    with wb.session() as s:
+        return {r.id: (r.sha256, r.status, r.source_label, r.fitzpatrick, r.file_path) for r in s.scalars(select(ImageRow))}

@@ -1,4 +1,5 @@
-"""The real console script, run as a user would run it."""
+"""The real console script, run as a user would run it: one module, since each test is a command line a person types
+and the list of every command (HELP_COMMANDS) is checked against the CLI's whole tree."""
 
 import json
 import os

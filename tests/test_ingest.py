@@ -7,22 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from curation.errors import IngestError
 from curation.ingest import import_path
-from curation.ingest.csv_import import import_csv
 from curation.ingest.folder import import_folder
 from curation.store.files import sha256_hex
 from curation.store.models import Image as ImageRow
-from tests.helpers import EXIF_MAKE, EXIF_ORIENTATION, jpeg_bytes, photo, png_bomb, png_bytes, write
+from tests.helpers import EXIF_MAKE, EXIF_ORIENTATION, image_rows, jpeg_bytes, photo, png_bomb, png_bytes, write
 
 pytestmark = pytest.mark.database  # run again on PostgreSQL by `make test-postgres`
-
-
-def _rows(wb):
-    with wb.session() as s:
-        return {r.id: (r.sha256, r.status, r.source_label, r.fitzpatrick, r.file_path) for r in s.scalars(select(ImageRow))}
 
 
 def _stored(wb, image_id) -> bytes:
@@ -43,10 +37,10 @@ def test_folder_import_is_recursive_content_addressed_and_idempotent(wb, admin, 
         with wb.session() as s:
             row = s.get(ImageRow, image_id)
             assert row.sha256 == sha256_hex(data) and row.file_path.startswith(row.sha256[:2] + "/")
-    before = _rows(wb)
+    before = image_rows(wb)
     again = import_folder(wb, admin, root)
     assert again.imported == 0 and len(again.duplicates) == 3
-    assert _rows(wb) == before
+    assert image_rows(wb) == before
 
 
 def test_identical_files_in_one_parallel_batch_are_stored_once(wb, admin, tmp_path):
@@ -56,7 +50,7 @@ def test_identical_files_in_one_parallel_batch_are_stored_once(wb, admin, tmp_pa
     report = import_folder(wb, admin, tmp_path / "same")
     assert report.imported == 1 and len(report.duplicates) == 2
     assert all(why == f"same file as {tmp_path / 'same' / 'a.jpg'}" for _, why in report.duplicates)
-    assert len(_rows(wb)) == 1 and len(list(wb.store_dir.rglob("*.jpg"))) == 1
+    assert len(image_rows(wb)) == 1 and len(list(wb.store_dir.rglob("*.jpg"))) == 1
 
 
 def test_exif_gps_and_camera_data_are_gone_and_upright_jpegs_keep_their_pixels(wb, admin, tmp_path):
@@ -86,7 +80,7 @@ def test_label_from_folder_uses_the_taxonomy(wb, admin, tmp_path):
     write(tmp_path / "ds" / "BCC" / "1.jpg", jpeg_bytes(photo(7)))
     write(tmp_path / "ds" / "weird rash" / "2.jpg", jpeg_bytes(photo(8)))
     report = import_folder(wb, admin, tmp_path / "ds", label_from_folder=True)
-    labels = sorted((r[2], k) for r in _rows(wb).values() for k in [None])
+    labels = sorted((r[2], k) for r in image_rows(wb).values() for k in [None])
     assert labels == [("BCC", None), ("weird rash", None)]
     with wb.session() as s:
         keys = dict(s.execute(select(ImageRow.source_label, ImageRow.diagnosis_key)).all())
@@ -131,7 +125,7 @@ def test_hostile_files_are_reported_with_a_reason_and_skipped(wb, admin, tmp_pat
     root = tmp_path / "mixed"
     write(root / "good.jpg", jpeg_bytes(photo(99)))
     import_folder(wb, admin, root)
-    before = _rows(wb)
+    before = image_rows(wb)
     write(root / name, make())
     write(root / "good2.png", png_bytes(photo(98)))
     report = import_folder(wb, admin, root)
@@ -140,7 +134,7 @@ def test_hostile_files_are_reported_with_a_reason_and_skipped(wb, admin, tmp_pat
     import re
 
     assert re.search(reason, report.failed[0][1]), report.failed[0][1]
-    after = _rows(wb)
+    after = image_rows(wb)
     assert {k: after[k] for k in before} == before  # nothing stored before was changed
 
 
@@ -208,103 +202,6 @@ def test_same_picture_with_different_metadata_is_a_duplicate(wb, admin, tmp_path
     assert any("differs only in metadata" in why for _, why in report.duplicates)
 
 
-# -- CSV ---------------------------------------------------------------------------------------------
-def test_generic_csv_with_paths_labels_fitzpatrick_and_extra_metadata(wb, admin, tmp_path):
-    write(tmp_path / "imgs" / "1.jpg", jpeg_bytes(photo(50)))
-    write(tmp_path / "imgs" / "2.jpg", jpeg_bytes(photo(51)))
-    (tmp_path / "meta.csv").write_text(
-        "path,label,fitzpatrick,age,site\nimgs/1.jpg,BCC,III,71,nose\nimgs/2.jpg,Basal-cell carcinoma,5,64,\n", encoding="utf-8"
-    )
-    report = import_csv(wb, admin, tmp_path / "meta.csv")
-    assert report.imported == 2 and not report.failed
-    with wb.session() as s:
-        rows = s.scalars(select(ImageRow).order_by(ImageRow.id)).all()
-        assert [(r.diagnosis_key, r.fitzpatrick) for r in rows] == [("basal cell carcinoma", 3), ("basal cell carcinoma", 5)]
-        assert rows[0].meta == {"age": "71", "site": "nose"} and rows[1].meta == {"age": "64"}
-
-
-def test_fitzpatrick17k_csv_imports_as_is_and_rerun_adds_nothing(wb, admin, tmp_path):
-    from pathlib import Path
-
-    source = Path(__file__).resolve().parent / "data" / "fitzpatrick17k.csv"  # the real file (docs/datasets.md)
-    lines = source.read_text(encoding="utf-8").splitlines()[:301]
-    csv_path = tmp_path / "fitzpatrick17k.csv"
-    csv_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    first_md5 = lines[1].split(",")[0]
-    write(tmp_path / "downloaded" / f"{first_md5}.jpg", jpeg_bytes(photo(60)))
-    report = import_csv(wb, admin, csv_path, images_dir=tmp_path / "downloaded")
-    assert report.imported == 1 and report.missing_images == 299 and not report.failed
-    assert not report.warnings  # '-1' cells are numbers, not formulas
-    with wb.session() as s:
-        assert s.scalar(select(func.count()).where(ImageRow.status == "image_missing")) == 299
-        row = s.scalar(select(ImageRow).where(ImageRow.external_id == first_md5))
-        assert row.status == "pending" and row.source == "fitzpatrick17k"
-        assert row.diagnosis_key == lines[1].split(",")[3] and "nine_partition_label" in row.meta
-    before = _rows(wb)
-    again = import_csv(wb, admin, csv_path, images_dir=tmp_path / "downloaded")
-    assert again.imported == 0 and again.already_present == 300 and _rows(wb) == before
-
-
-def _csv(tmp_path, text: str, encoding="utf-8"):
-    path = tmp_path / "in.csv"
-    path.write_bytes(text.encode(encoding))
-    write(tmp_path / "ok.jpg", jpeg_bytes(photo(70)))
-    return path
-
-
-def test_csv_missing_image_columns_is_refused_before_writing_anything(wb, admin, tmp_path):
-    with pytest.raises(IngestError, match=r"no image column.*need 'path'.*Nothing was imported"):
-        import_csv(wb, admin, _csv(tmp_path, "filename_typo,label\nok.jpg,psoriasis\n"))
-    assert _rows(wb) == {}
-
-
-def test_csv_that_is_not_utf8_is_refused_with_what_to_do(wb, admin, tmp_path):
-    with pytest.raises(IngestError, match="not UTF-8.*re-save it as UTF-8"):
-        import_csv(wb, admin, _csv(tmp_path, "path,label\nok.jpg,eczéma\n", encoding="latin-1"))
-
-
-def test_csv_formula_cells_are_stored_as_plain_text_with_a_warning(wb, admin, tmp_path):
-    report = import_csv(wb, admin, _csv(tmp_path, 'path,label,note\nok.jpg,=HYPERLINK("http://x"),@SUM(A1)\n'))
-    assert report.imported == 1
-    with wb.session() as s:
-        row = s.scalar(select(ImageRow))
-        assert row.source_label == '=HYPERLINK("http://x")' and row.meta == {"note": "@SUM(A1)"}
-        assert row.diagnosis_key is None
-    assert sum("spreadsheet formula" in w for w in report.warnings) == 2
-
-
-def test_csv_unknown_label_is_kept_as_free_text_with_a_warning(wb, admin, tmp_path):
-    report = import_csv(wb, admin, _csv(tmp_path, "path,label\nok.jpg,Mysterious purple thing\n"))
-    assert report.imported == 1 and "not in the taxonomy" in report.warnings[0]
-    with wb.session() as s:
-        assert s.execute(select(ImageRow.source_label, ImageRow.diagnosis_key)).one() == ("Mysterious purple thing", None)
-
-
-@pytest.mark.parametrize("value", ["9", "0", "7.5", "=1+1", "type two"])
-def test_csv_bad_fitzpatrick_value_rejects_only_that_row(wb, admin, tmp_path, value):
-    write(tmp_path / "ok2.jpg", jpeg_bytes(photo(71)))
-    report = import_csv(wb, admin, _csv(tmp_path, f"path,fitzpatrick\nok.jpg,{value}\nok2.jpg,2\n"))
-    assert report.imported == 1
-    assert report.failed == [("in.csv line 2", f"Fitzpatrick type must be 1-6 (or I-VI; empty or -1 for unknown), got '{value}'")]
-
-
-def test_csv_rows_with_missing_files_extra_cells_or_repeated_ids_are_reported(wb, admin, tmp_path):
-    report = import_csv(wb, admin, _csv(tmp_path, "id,path\na,ok.jpg\nb,missing.jpg\nc,ok.jpg,surplus\na,ok.jpg\n"))
-    assert report.imported == 1
-    reasons = dict(report.failed)
-    assert "file not found" in reasons["in.csv line 3"]
-    assert "more cells than header columns" in reasons["in.csv line 4"]
-    assert report.duplicates == [("in.csv line 5", "repeats id 'a' of line 2: ids are unique per source")]
-
-
-def test_csv_url_only_rows_become_image_missing(wb, admin, tmp_path):
-    report = import_csv(wb, admin, _csv(tmp_path, "url,label\nhttps://example.org/a.jpg,psoriasis\n"))
-    assert report.missing_images == 1
-    with wb.session() as s:
-        row = s.scalar(select(ImageRow))
-        assert (row.status, row.url, row.sha256) == ("image_missing", "https://example.org/a.jpg", None)
-
-
 def test_import_path_errors(wb, admin, tmp_path):
     with pytest.raises(IngestError, match="does not exist"):
         import_path(wb, admin, tmp_path / "nope")
@@ -363,68 +260,6 @@ def test_an_import_clears_temp_files_of_killed_writers_but_not_of_live_ones(wb, 
     assert running.exists() and other_host_recent.exists()
 
 
-def test_a_big_csv_goes_in_batches_each_committed_and_a_rerun_after_a_crash_completes_it(wb, admin, tmp_path, monkeypatch):
-    from curation.ingest import csv_import
-
-    monkeypatch.setattr(csv_import, "CSV_BATCH", 7)
-    lines = ["id,url,label,fitzpatrick"] + [f"r{i},https://example.org/{i}.jpg,psoriasis,{i % 6 + 1}" for i in range(40)]
-    lines.insert(30, "r3,https://example.org/again.jpg,psoriasis,2")  # repeats an id from an earlier batch
-    lines.insert(12, '"quoted, with a comma",https://example.org/q.jpg,"lichen planus",3')
-    csv_path = tmp_path / "big.csv"
-    csv_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    seen = []
-    calls = {"n": 0}
-    real_flush = csv_import.flush_new
-
-    def flush_then_die_in_the_fourth_batch(session, report, rows):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise RuntimeError("power cut")
-        return real_flush(session, report, rows)
-
-    monkeypatch.setattr(csv_import, "flush_new", flush_then_die_in_the_fourth_batch)
-    with pytest.raises(RuntimeError):
-        import_csv(wb, admin, csv_path, progress=lambda done, total: seen.append((done, total)))
-    assert len(_rows(wb)) == 21  # three whole batches of 7 rows are kept; the fourth rolled back
-    assert seen[0] == (1, 42) and all(total == 42 for _, total in seen)
-    monkeypatch.setattr(csv_import, "flush_new", real_flush)
-    report = import_csv(wb, admin, csv_path)
-    assert report.already_present == 21 and report.missing_images == 20 and len(_rows(wb)) == 41
-    assert [why for _, why in report.duplicates] == ["repeats id 'r3' of line 5: ids are unique per source"]
-    with wb.session() as s:
-        assert s.scalar(select(ImageRow.diagnosis_key).where(ImageRow.external_id == "quoted, with a comma")) == "lichen planus"
-
-
-def test_csv_paths_and_ids_cannot_leave_their_folder_and_say_nothing_about_files_outside(wb, admin, tmp_path):
-    outside = tmp_path / "outside"
-    write(outside / "private_patient.jpg", jpeg_bytes(photo(90)))
-    write(outside / "p2.jpg", jpeg_bytes(photo(91)))
-    data = tmp_path / "data"
-    write(data / "ok.jpg", jpeg_bytes(photo(92)))
-    os.symlink(outside / "private_patient.jpg", data / "link.jpg")
-    rows = [
-        "path,label,mrn",
-        "ok.jpg,psoriasis,1",
-        "../outside/private_patient.jpg,psoriasis,2",  # exists outside
-        "../outside/no_such_file.jpg,psoriasis,3",  # does not exist: the same answer
-        f"{outside / 'private_patient.jpg'},psoriasis,4",  # absolute
-        "link.jpg,psoriasis,5",  # a link inside that points outside
-    ]
-    (data / "list.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    report = import_csv(wb, admin, data / "list.csv")
-    assert report.imported == 1 and [item for item, _ in report.failed] == [f"list.csv line {n}" for n in (3, 4, 5, 6)]
-    assert len({reason for _, reason in report.failed}) == 1 and "outside the folder" in report.failed[0][1]
-    assert "private_patient" not in report.failed[0][1]
-    with wb.session() as s:
-        assert [row.meta for row in s.scalars(select(ImageRow))] == [{"mrn": "1"}]  # no other row, no other metadata
-
-    fitz = tmp_path / "fitz.csv"
-    header = "md5hash,fitzpatrick_scale,fitzpatrick_centaur,label,nine_partition_label,three_partition_label,qc,url,url_alphanum"
-    fitz.write_text(header + "\n../outside/p2,2,-1,psoriasis,inflammatory,non-neoplastic,,https://example.org/x.jpg,x\n")
-    again = import_csv(wb, admin, fitz, images_dir=data)
-    assert again.imported == 0 and "outside the folder" in again.failed[0][1]
-
-
 def test_a_folder_import_follows_links_only_to_files_inside_the_folder(wb, admin, tmp_path):
     write(tmp_path / "elsewhere" / "secret.jpg", jpeg_bytes(photo(93)))
     root = tmp_path / "photos"
@@ -437,24 +272,3 @@ def test_a_folder_import_follows_links_only_to_files_inside_the_folder(wb, admin
     assert set(reasons) == {"out.jpg", "out_broken.jpg"} and reasons["out.jpg"] == reasons["out_broken.jpg"]
     assert "outside the folder" in reasons["out.jpg"]
     assert report.imported == 1 and [Path(item).name for item, _ in report.duplicates] == ["same_folder.jpg"]
-
-
-def test_csv_column_count_and_metadata_size_are_capped(wb, admin, tmp_path):
-    from curation.ingest.csv_rows import MAX_CSV_COLUMNS, MAX_METADATA_CHARS
-
-    wide = tmp_path / "wide.csv"
-    columns = ["url", "label"] + [f"c{i}" for i in range(MAX_CSV_COLUMNS)]
-    wide.write_text(
-        ",".join(columns) + "\n" + ",".join(["https://example.org/a.jpg", "psoriasis"] + ["x"] * MAX_CSV_COLUMNS) + "\n"
-    )
-    with pytest.raises(IngestError, match=f"{len(columns):,} columns; at most {MAX_CSV_COLUMNS}.*Nothing was imported"):
-        import_csv(wb, admin, wide)
-    assert _rows(wb) == {}
-    big = tmp_path / "big_cell.csv"
-    big.write_text(
-        f"url,label,notes\nhttps://example.org/a.jpg,psoriasis,{'y' * (MAX_METADATA_CHARS + 1)}\n"
-        "https://example.org/b.jpg,psoriasis,short\n"
-    )
-    report = import_csv(wb, admin, big)
-    assert report.missing_images == 1 and report.failed[0][0] == "big_cell.csv line 2"
-    assert "characters of metadata" in report.failed[0][1]
