@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import PurePosixPath
 
@@ -20,24 +19,23 @@ from sqlalchemy import select
 
 from curation.errors import IngestError
 from curation.ingest.common import ImportReport, KnownContent, Prepared, Progress, add_prepared, flush_new, prepare, start_import
+from curation.ingest.folder import skipped_name
 from curation.store import audit
 from curation.store.auth import Actor
 from curation.store.db import Workbench
-from curation.store.images import s3_call, s3_client
+from curation.store.images import is_bucket_name, s3_call, s3_client
 from curation.store.models import Image
 
 BUCKET_SOURCE = "bucket"
 BUCKET_BATCH = 200
 DOWNLOAD_THREADS = 16  # downloads in flight: what hides a bucket's latency, bounded so a server is not flooded
-_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-_SKIP_NAMES = {"thumbs.db", "desktop.ini"}
 
 
 def parse_source_url(url: str) -> tuple[str, str]:
     """(bucket, prefix) of `s3://bucket/prefix/`; IngestError saying what a valid one looks like otherwise."""
     rest = url.strip().removeprefix("s3://")
     bucket, _, prefix = rest.partition("/")
-    if not url.strip().startswith("s3://") or not _BUCKET.fullmatch(bucket) or ".." in bucket:
+    if not url.strip().startswith("s3://") or not is_bucket_name(bucket):
         raise IngestError(
             f"{url[:100]!r} is not an s3://bucket/prefix/ address (a bucket name is 3-63 lowercase letters, digits, '.' "
             "or '-'); nothing was imported"
@@ -62,7 +60,7 @@ def import_bucket(
         (item["Key"], int(item["Size"]))
         for page in pages
         for item in page.get("Contents", [])
-        if not item["Key"].endswith("/") and not _hidden(item["Key"])
+        if not item["Key"].endswith("/") and not skipped_name(PurePosixPath(item["Key"]).name)
     ]
     report = ImportReport()
     cap = int(wb.settings.max_image_mb * 1e6)
@@ -123,8 +121,3 @@ def _row(wb: Workbench, bucket: str, key: str, label: str | None) -> Image:
         diagnosis_key=wb.taxonomy.normalise(label) if label else None,
         meta={"filename": PurePosixPath(key).name},
     )
-
-
-def _hidden(key: str) -> bool:
-    name = PurePosixPath(key).name
-    return name.startswith(".") or name.lower() in _SKIP_NAMES

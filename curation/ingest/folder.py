@@ -38,6 +38,11 @@ PREPARE_THREADS = 4  # decoding and hashing release the GIL: files are prepared 
 _SKIP_NAMES = {"thumbs.db", "desktop.ini"}
 
 
+def skipped_name(name: str) -> bool:
+    """Hidden files and the thumbnail caches file managers leave: never pictures of an import."""
+    return name.startswith(".") or name.lower() in _SKIP_NAMES
+
+
 def _walk_files(root: Path, report: ImportReport) -> Iterator[Path]:
     def on_error(error: OSError) -> None:
         report.failed.append((str(error.filename), f"cannot read folder: {error.strerror}"))
@@ -51,7 +56,7 @@ def _walk_files(root: Path, report: ImportReport) -> Iterator[Path]:
                     "symlinked folder",
                 )
         for name in sorted(files):
-            if name.startswith(".") or name.lower() in _SKIP_NAMES:
+            if skipped_name(name):
                 continue
             path = Path(folder) / name
             # a link is followed only to a file inside the imported folder (links within a photo library are

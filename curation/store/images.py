@@ -232,6 +232,11 @@ def s3_call(fn, bucket: str, endpoint: str, named: str, what: str, **kwargs):
         ) from None
 
 
+def is_bucket_name(name: str) -> bool:
+    """S3's rules for a bucket name: 3-63 lowercase letters, digits, '.' or '-', no '..'."""
+    return _BUCKET.fullmatch(name) is not None and ".." not in name
+
+
 def _checked(key: str) -> str:
     """A key is a relative path of plain names (the workbench writes `<sha[:2]>/<sha>.<ext>`): anything that could
     climb out of the folder or the prefix is refused before it reaches a path or a request."""
@@ -248,8 +253,7 @@ def parse_store_url(url: str) -> tuple[str, str]:
     parts = prefix.split("/") if prefix else []
     if (
         not url.strip().startswith(STORE_SCHEME)
-        or not _BUCKET.fullmatch(bucket)
-        or ".." in bucket
+        or not is_bucket_name(bucket)
         or any(not _PREFIX_PART.fullmatch(p) or p in (".", "..") for p in parts)
         or len(prefix) > 512
     ):
