@@ -1,9 +1,12 @@
-"""Real image files for tests, written by PIL (and a few hand-built hostile ones)."""
+"""Real image files for tests, written by PIL (and a few hand-built hostile ones), and a TCP relay a test can cut."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import socket
 import struct
+import threading
 import zlib
 from pathlib import Path
 
@@ -76,3 +79,56 @@ def image_rows(wb) -> dict:
 
     with wb.session() as s:
         return {r.id: (r.sha256, r.status, r.source_label, r.fitzpatrick, r.file_path) for r in s.scalars(select(ImageRow))}
+
+
+class TcpRelay:
+    """A TCP relay on 127.0.0.1 to a real server, which a test can cut (the listening socket and every open
+    connection closed: to a client the server is gone) and bring back on the same port."""
+
+    def __init__(self, target_port: int):
+        self.target_port, self.port = target_port, 0
+        self._listener = None
+        self._open: list = []
+        self._lock = threading.Lock()
+        self.start()
+
+    def start(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.port, self._listener = listener.getsockname()[1], listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:  # cut: the listener is closed
+                return
+            with self._lock:
+                self._open += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source, sink) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                with contextlib.suppress(OSError):
+                    s.close()
+
+    def cut(self) -> None:
+        self._listener.close()
+        with self._lock:
+            for s in self._open:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                    s.close()
+            self._open.clear()

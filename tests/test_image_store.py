@@ -249,3 +249,86 @@ def test_a_folder_in_a_bucket_imports_with_folder_labels_once_and_its_objects_ar
     assert again.imported == 0 and again.already_present == 3  # by address: nothing downloaded again
     for key, body in sources.items():  # the source objects are only read
         assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == body
+
+
+@pytest.mark.s3
+def test_a_csv_naming_objects_in_a_bucket_imports_them_once_with_every_guard(tmp_path, bucket_url):
+    import boto3
+
+    from curation.ingest import import_path
+
+    bucket, prefix = bucket_url.removeprefix("s3://").split("/", 1)
+    client = boto3.client("s3")
+    odd_key = f"{prefix}/src/a folder/éclair #1 & 'quote'.jpg"  # a key with hostile characters is read as it is
+    objects = {
+        f"{prefix}/src/a.jpg": jpeg_bytes(photo(401, (160, 120)), quality=90, gps=True),
+        odd_key: jpeg_bytes(photo(402, (160, 120)), quality=90),
+        f"{prefix}/src/big.jpg": b"\xff\xd8" + b"0" * 2_100_000,
+    }
+    for key, body in objects.items():
+        client.put_object(Bucket=bucket, Key=key, Body=body)
+    write(
+        tmp_path / "rows.csv",
+        "path,url,label\n"
+        f"s3://{bucket}/{prefix}/src/a.jpg,,psoriasis\n"
+        f",s3://{bucket}/{odd_key},melanoma\n"  # the url column may name the object too
+        f"s3://{bucket}/{prefix}/src/big.jpg,,psoriasis\n"
+        f"s3://{bucket}/{prefix}/src/gone.jpg,,psoriasis\n"
+        f"s3://Not_A_Bucket/x.jpg,,psoriasis\n"
+        f"s3://{bucket}/{prefix}/src/,,psoriasis\n".encode(),
+    )
+    wb = open_workbench(Settings.load(environ={}, home=tmp_path / "wb", max_image_mb=2.0))
+    admin = add_user(wb, None, "admin", "admin", "admin-password")[0]
+
+    report = import_path(wb, admin, tmp_path / "rows.csv")
+    assert report.imported == 2
+    failed = dict(report.failed)
+    assert "over the 2 MB limit" in failed["rows.csv line 4"] and "no such object" in failed["rows.csv line 5"]
+    assert "is not an s3://bucket/key address" in failed["rows.csv line 6"] and "line 7" in " ".join(failed)
+    with wb.session() as s:
+        rows = {i.source_ref: (i.diagnosis_key, i.file_path, i.sha256) for i in s.scalars(select(Image))}
+    assert set(rows) == {f"s3://{bucket}/{prefix}/src/a.jpg", f"s3://{bucket}/{odd_key}"}
+    for diagnosis, key, sha in rows.values():
+        stored = wb.images.get(key)
+        assert hashlib.sha256(stored).hexdigest() == sha and b"GPS" not in stored and diagnosis in {"psoriasis", "melanoma"}
+
+    for key in objects:  # gone from the source: a rerun must not need them
+        client.delete_object(Bucket=bucket, Key=key)
+    again = import_path(wb, admin, tmp_path / "rows.csv")
+    assert again.imported == 0 and again.already_present == 2 and len(again.failed) == 4
+
+
+@pytest.mark.s3
+def test_the_store_going_away_mid_import_keeps_whole_batches_and_the_rerun_completes(tmp_path, bucket_url, monkeypatch):
+    import boto3
+
+    from curation.ingest import bucket as bucket_import
+    from curation.ingest import import_path
+    from tests.helpers import TcpRelay
+
+    bucket, prefix = bucket_url.removeprefix("s3://").split("/", 1)
+    client = boto3.client("s3")
+    for i in range(12):
+        client.put_object(Bucket=bucket, Key=f"{prefix}/in/{i}.jpg", Body=jpeg_bytes(photo(500 + i, (96, 64))))
+    relay = TcpRelay(int(os.environ["AWS_ENDPOINT_URL"].rsplit(":", 1)[1]))  # the S3 server as the workbench sees it
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{relay.port}")
+    monkeypatch.setattr(bucket_import, "BUCKET_BATCH", 5)
+    wb = _bucket_workbench(tmp_path / "wb", f"{bucket_url}/store")  # the store is behind the relay too
+    admin = get_actor(wb, "admin")
+
+    def cut_after_first_batch(done, total):
+        if done == 5:
+            relay.cut()
+
+    with pytest.raises(StoreUnavailable, match=f"127.0.0.1:{relay.port}"):
+        import_path(wb, admin, f"s3://{bucket}/{prefix}/in/", progress=cut_after_first_batch)
+    with wb.session() as s:
+        stored = s.execute(select(Image.file_path, Image.status)).all()
+    assert len(stored) == 5 and {status for _, status in stored} == {"pending"}  # the first batch, whole; no other row
+
+    relay.start()  # the server is back: the same command completes, downloading only what is missing
+    again = import_path(wb, admin, f"s3://{bucket}/{prefix}/in/")
+    assert again.imported == 7 and again.already_present == 5 and again.failed == []
+    with wb.session() as s:
+        keys = s.scalars(select(Image.file_path)).all()
+    assert len(keys) == 12 and all(wb.images.exists(key) for key in keys)

@@ -17,13 +17,13 @@ from pathlib import PurePosixPath
 
 from sqlalchemy import select
 
-from curation.errors import IngestError
+from curation.errors import ImageRejected, IngestError
 from curation.ingest.common import ImportReport, KnownContent, Prepared, Progress, add_prepared, flush_new, prepare, start_import
 from curation.ingest.folder import skipped_name
 from curation.store import audit
 from curation.store.auth import Actor
 from curation.store.db import Workbench
-from curation.store.images import is_bucket_name, s3_call, s3_client
+from curation.store.images import s3_call, s3_client, split_address
 from curation.store.models import Image
 
 BUCKET_SOURCE = "bucket"
@@ -33,16 +33,71 @@ DOWNLOAD_THREADS = 16  # downloads in flight: what hides a bucket's latency, bou
 
 def parse_source_url(url: str) -> tuple[str, str]:
     """(bucket, prefix) of `s3://bucket/prefix/`; IngestError saying what a valid one looks like otherwise."""
-    rest = url.strip().removeprefix("s3://")
-    bucket, _, prefix = rest.partition("/")
-    if not url.strip().startswith("s3://") or not is_bucket_name(bucket):
+    split = split_address(url)
+    if split is None:
         raise IngestError(
             f"{url[:100]!r} is not an s3://bucket/prefix/ address (a bucket name is 3-63 lowercase letters, digits, '.' "
-            "or '-'); nothing was imported"
+            "or '-'; the prefix holds no control characters and is at most 1,024 bytes); nothing was imported"
         )
-    if any(ord(c) < 32 for c in prefix) or len(prefix) > 1024:
-        raise IngestError(f"the prefix of {url[:100]!r} holds control characters or is too long; nothing was imported")
-    return bucket, prefix
+    return split
+
+
+class ObjectReader:
+    """Reads source objects (never writes them) through one boto3 client; its failures say which bucket and
+    endpoint, and what to check. Safe to call from several threads (boto3 clients are)."""
+
+    def __init__(self, cap_bytes: int):
+        self.client, self.endpoint, self.cap = s3_client(), os.environ.get("AWS_ENDPOINT_URL") or "AWS S3", cap_bytes
+
+    def named(self, bucket: str) -> str:
+        return f"the bucket s3://{bucket} at {self.endpoint}"
+
+    def list(self, bucket: str, prefix: str) -> list[tuple[str, int]]:
+        """(key, size) of every object under the prefix, folders' marker objects and hidden files left out."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        pages = s3_call(
+            lambda **kw: list(paginator.paginate(**kw)), bucket, self.endpoint, self.named(bucket), "list", Prefix=prefix
+        )
+        return [
+            (item["Key"], int(item["Size"]))
+            for page in pages
+            for item in page.get("Contents", [])
+            if not item["Key"].endswith("/") and not skipped_name(PurePosixPath(item["Key"]).name)
+        ]
+
+    def read(self, bucket: str, key: str) -> bytes:
+        """An object's bytes. ImageRejected when it is not there or over the size cap: the length the server
+        announces is checked before the body is read, so an oversized object is never downloaded.
+        StoreUnavailable (the server down, the credentials refused) stops the import: nothing of the batch is kept."""
+        from botocore.exceptions import ClientError
+
+        try:
+            reply = s3_call(self.client.get_object, bucket, self.endpoint, self.named(bucket), "read from", Key=key)
+        except ClientError:
+            raise ImageRejected("no such object in the bucket") from None
+        body = reply["Body"]
+        try:
+            if int(reply.get("ContentLength") or 0) > self.cap:
+                raise ImageRejected(f"{int(reply['ContentLength']) / 1e6:.1f} MB, over the {self.cap / 1e6:g} MB limit")
+            data = body.read(self.cap + 1)
+        finally:
+            body.close()
+        if len(data) > self.cap:  # a server that did not say its length
+            raise ImageRejected(f"over the {self.cap / 1e6:g} MB limit")
+        return data
+
+    def read_many(self, addresses: list[str]) -> dict[str, bytes | ImageRejected]:
+        """Each s3:// address's bytes or the reason it was refused, DOWNLOAD_THREADS downloads in flight."""
+
+        def read_one(address: str) -> bytes | ImageRejected:
+            bucket, key = split_address(address) or ("", "")
+            try:
+                return self.read(bucket, key)
+            except ImageRejected as e:
+                return e
+
+        with ThreadPoolExecutor(max_workers=DOWNLOAD_THREADS) as pool:
+            return dict(zip(addresses, pool.map(read_one, addresses), strict=True))
 
 
 def import_bucket(
@@ -52,18 +107,10 @@ def import_bucket(
     the prefix is its source label (ImageFolder layout: prefix/<label>/<image>)."""
     start_import(wb, actor, "import images")
     bucket, prefix = parse_source_url(url)
-    client, endpoint = s3_client(), os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
-    named = f"the bucket s3://{bucket} at {endpoint}"
-    paginator = client.get_paginator("list_objects_v2")
-    pages = s3_call(lambda **kw: list(paginator.paginate(**kw)), bucket, endpoint, named, "list", Prefix=prefix)
-    listed = [
-        (item["Key"], int(item["Size"]))
-        for page in pages
-        for item in page.get("Contents", [])
-        if not item["Key"].endswith("/") and not skipped_name(PurePosixPath(item["Key"]).name)
-    ]
-    report = ImportReport()
     cap = int(wb.settings.max_image_mb * 1e6)
+    reader = ObjectReader(cap)
+    listed = reader.list(bucket, prefix)
+    report = ImportReport()
     with wb.session() as session:
         known = KnownContent(session)
         imported = set(session.scalars(select(Image.source_ref).where(Image.source == BUCKET_SOURCE)))
@@ -79,9 +126,10 @@ def import_bucket(
 
     def fetch(frozen: KnownContent, key: str) -> Prepared:
         address = f"s3://{bucket}/{key}"
-        body = s3_call(client.get_object, bucket, endpoint, named, "read from", Key=key)["Body"].read(cap + 1)
-        if len(body) > cap:  # the object grew after it was listed
-            return Prepared(address, ("failed", f"over the {wb.settings.max_image_mb:g} MB limit"))
+        try:
+            body = reader.read(bucket, key)
+        except ImageRejected as e:  # gone or grown since it was listed
+            return Prepared(address, ("failed", str(e)))
         return prepare(wb, frozen, address, body, hashlib.sha256(body).hexdigest())
 
     with ThreadPoolExecutor(max_workers=DOWNLOAD_THREADS) as pool:

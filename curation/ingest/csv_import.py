@@ -1,8 +1,10 @@
 """Import a CSV of images and metadata: generic columns (`path` and/or `url`, `label`, `fitzpatrick`, `id`;
 every other column kept as metadata), the Fitzpatrick17k CSV as it is, or a public dataset's metadata CSV
 read by its recipe (curation/ingest/datasets.py: HAM10000, ISIC, PAD-UFES-20, DDI; detected from the header or named),
-with its images found by file name anywhere under the images folder. Reading the file and its rows is
-curation/ingest/csv_rows.py; this module stores them.
+with its images found by file name anywhere under the images folder. A generic CSV's path or url column may name
+objects in a bucket (`s3://bucket/key`): they are downloaded OBJECT_CHUNK rows at a time, concurrently, with the
+guards a local file gets (the size cap from the length the server announces, before the body is read). Reading the
+file and its rows is curation/ingest/csv_rows.py; this module stores them.
 
 The whole file is decoded and parsed once before anything is written (a file that is not UTF-8 or not
 CSV is refused whole); rows are then read lazily and committed every CSV_BATCH rows, so memory stays
@@ -18,6 +20,7 @@ its own label and metadata: the picture is stored once and no row is lost.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -25,6 +28,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from curation.errors import ImageRejected
+from curation.ingest.bucket import ObjectReader
 from curation.ingest.clean import sanitize_image
 from curation.ingest.common import (
     ImportReport,
@@ -35,23 +39,35 @@ from curation.ingest.common import (
     read_image_file,
     start_import,
 )
-from curation.ingest.csv_rows import CsvLayout, CsvRow, RowRefused, choose_layout, locate_file, parse_row, read_csv_rows
+from curation.ingest.csv_rows import (
+    CsvLayout,
+    CsvRow,
+    RowRefused,
+    choose_layout,
+    locate_file,
+    object_address,
+    parse_row,
+    read_csv_rows,
+)
 from curation.store import audit
 from curation.store.auth import Actor
 from curation.store.db import Workbench
 from curation.store.files import sha256_hex
+from curation.store.images import S3_SCHEME, split_address
 from curation.store.models import Image, ImageSource
 
 CSV_BATCH = 5000  # rows per transaction
+OBJECT_CHUNK = 200  # rows whose bucket objects are downloaded together: bounds the pictures held in memory
 
 
-def _is_stored_picture(wb: Workbench, image: Image, path: Path) -> bool:
-    """Whether the file at `path` is the picture `image` holds: the same path as imported (no reading), the same
-    bytes, or the same picture once cleaned. A file that cannot be read is taken as the same (nothing to compare)."""
-    if str(path) == image.source_ref:
+def _is_stored_picture(wb: Workbench, image: Image, where: str, read: Callable[[], tuple[bytes, str]]) -> bool:
+    """Whether the file or object at `where` (read by `read`) is the picture `image` holds: the same place as imported
+    (no reading), the same bytes, or the same picture once cleaned. One that cannot be read is taken as the same
+    (nothing to compare)."""
+    if where == image.source_ref:
         return True
     try:
-        data, original_sha = read_image_file(wb, path)
+        data, original_sha = read()
         if original_sha == image.original_sha256:
             return True
         clean = sanitize_image(data, max_pixels=int(wb.settings.max_image_megapixels * 1e6))
@@ -64,7 +80,7 @@ def _new_image(session, source_name: str, row: CsvRow) -> Image:
     """The image a CSV row becomes, with its source row when it has an id."""
     image = Image(
         source=source_name,
-        source_ref=str(row.file_path or row.url or ""),
+        source_ref=row.object_url or str(row.file_path or row.url or ""),
         url=row.url,
         external_id=row.external_id,
         source_label=row.label,
@@ -97,10 +113,40 @@ class _CsvRun:
     seen_external: dict[str, int] = field(default_factory=dict)  # id -> the line that had it first
     looked_for: list[str] = field(default_factory=list)  # names of the first images not found: the hint when none are
     still_missing: int = 0  # rows of an earlier run still waiting for their image
+    stored_objects: set[str] = field(default_factory=set)  # s3:// addresses this source already holds
+    reader: ObjectReader | None = None  # made when the first row names an object
+    fetched: dict[str, bytes | ImageRejected] = field(default_factory=dict)  # this chunk's objects, read together
 
     def missing_file(self, path: Path | None) -> None:
         if path is not None and len(self.looked_for) < 5:
             self.looked_for.append(path.name)
+
+    def fetch_objects(self, wb: Workbench, chunk: list[dict]) -> None:
+        """Download the objects a chunk of rows names, concurrently, before its rows are stored one by one; those
+        this source already holds are not downloaded again (a rerun after a network fault fetches what is missing)."""
+        wanted = {
+            address
+            for cells in chunk
+            if (address := object_address(self.layout, {k: v for k, v in cells.items() if isinstance(v, str)}))
+            and address not in self.stored_objects
+            and split_address(address)
+        }
+        if wanted and self.reader is None:
+            self.reader = ObjectReader(int(wb.settings.max_image_mb * 1e6))
+        self.fetched = self.reader.read_many(sorted(wanted)) if wanted else {}
+
+    def read(self, wb: Workbench, row: CsvRow) -> tuple[bytes, str]:
+        """(bytes, original sha256) of the row's picture, file or object; ImageRejected says why it cannot be."""
+        if row.object_url is None:
+            return read_image_file(wb, row.file_path)
+        data = self.fetched.get(row.object_url)
+        if data is None:  # known to this source under another id: read only when it must be compared
+            if self.reader is None:
+                self.reader = ObjectReader(int(wb.settings.max_image_mb * 1e6))
+            data = self.reader.read_many([row.object_url])[row.object_url]
+        if isinstance(data, ImageRejected):
+            raise data
+        return data, sha256_hex(data)
 
 
 def _stored_row(wb: Workbench, session, run: _CsvRun, row: CsvRow) -> tuple[bool, Image | None]:
@@ -109,10 +155,11 @@ def _stored_row(wb: Workbench, session, run: _CsvRun, row: CsvRow) -> tuple[bool
     if not (row.external_id and row.external_id in run.by_external):
         return False, None
     image_id, status = run.by_external[row.external_id]
-    has_file = row.file_path is not None and row.file_path.exists()
+    has_file = row.object_url is not None or (row.file_path is not None and row.file_path.exists())
     if status == "image_missing" and has_file:
         return False, session.get(Image, image_id)
-    if has_file and not _is_stored_picture(wb, session.get(Image, image_id), row.file_path):
+    where = row.object_url or str(row.file_path)
+    if has_file and not _is_stored_picture(wb, session.get(Image, image_id), where, partial(run.read, wb, row)):
         run.report.failed.append(
             (
                 row.item,
@@ -150,11 +197,11 @@ def _import_row(wb: Workbench, session, run: _CsvRun, line: int, cells: dict, ne
     for message, kind in row.warnings:
         report.warn(message, kind)
     make_row = partial(_new_image, session, layout.source_name, row)
-    if row.file_path is not None and (row.explicit_path or row.file_path.exists()):
+    if row.object_url is not None or (row.file_path is not None and (row.explicit_path or row.file_path.exists())):
         try:
-            data, original_sha = read_image_file(wb, row.file_path)
+            data, original_sha = run.read(wb, row)
         except ImageRejected as e:
-            report.failed.append((item, f"{row.file_path}: {e}"))
+            report.failed.append((item, f"{row.object_url or row.file_path}: {e}"))
             return
         link = partial(_link_source_row, session, layout.source_name, row) if row.external_id else None
         stored = ingest_bytes(wb, session, run.known, report, item, data, original_sha, make_row, existing, link)
@@ -206,17 +253,25 @@ def import_csv(
                 .where(ImageSource.source == layout.source_name)
             )
         }
-        run = _CsvRun(layout, report, KnownContent(session), by_external)
+        stored_objects = set(
+            session.scalars(
+                select(Image.source_ref).where(Image.source == layout.source_name, Image.source_ref.startswith(S3_SCHEME))
+            )
+        )
+        run = _CsvRun(layout, report, KnownContent(session), by_external, stored_objects=stored_objects)
     # One transaction per batch of rows: memory stays flat on huge files, and a run killed midway keeps
     # its finished batches; the same command again skips them (rows match by id or url) and goes on.
     numbered = enumerate(rows(), start=2)
     while batch := list(itertools.islice(numbered, CSV_BATCH)):
         with wb.session() as session:
             new_rows: list[Image] = []  # flushed together: one INSERT batch, not one per row
-            for line, cells in batch:
-                if progress:
-                    progress(line - 1, n_rows)
-                _import_row(wb, session, run, line, cells, new_rows)
+            for start in range(0, len(batch), OBJECT_CHUNK):
+                chunk = batch[start : start + OBJECT_CHUNK]
+                run.fetch_objects(wb, [cells for _, cells in chunk])  # a store fault here keeps no row of the batch
+                for line, cells in chunk:
+                    if progress:
+                        progress(line - 1, n_rows)
+                    _import_row(wb, session, run, line, cells, new_rows)
             flush_new(session, report, new_rows)
             run.by_external.update((r.external_id, (r.id, r.status)) for r in new_rows if r.external_id)
     if layout.recipe is not None and (not_found := report.missing_images + run.still_missing) and run.looked_for:

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from curation.errors import IngestError
 from curation.ingest.common import OUTSIDE, inside
 from curation.ingest.datasets import DatasetRecipe, DatasetRecipeError, dataset_recipes, detect_recipe, recipe_named
+from curation.store.images import S3_SCHEME, split_address
 from schema import Taxonomy
 from schema.files import FORMULA_START
 
@@ -216,6 +217,7 @@ class CsvRow:
     warnings: list[tuple[str, str]]  # (message, kind): reported once the row is imported, not again on every rerun
     file_path: Path | None = None
     explicit_path: bool = False  # named in the CSV, so it must exist (a derived name is used when present)
+    object_url: str | None = None  # the picture is an object in a bucket: s3://bucket/key in the path or url column
 
 
 def _cell(values: dict[str, str], column: str | None) -> str | None:
@@ -282,7 +284,15 @@ def parse_row(layout: CsvLayout, taxonomy: Taxonomy, item: str, cells: dict) -> 
         external_id = next((values[c].strip() for c in recipe.id_columns if (values.get(c) or "").strip()), None)
     url, label = _cell(values, layout.url_col), _cell(values, layout.label_col)
     row = CsvRow(
-        item, values, external_id or url, url, label, taxonomy.normalise(label) if label else None, fitzpatrick, {}, warnings
+        item,
+        values,
+        external_id or url or object_address(layout, values),  # no id: the row is known by where its picture is
+        url,
+        label,
+        taxonomy.normalise(label) if label else None,
+        fitzpatrick,
+        {},
+        warnings,
     )
     if recipe is not None:  # what a row carries whatever its label
         scope = (values.get(recipe.lesion_scope) or "").strip() if recipe.lesion_scope else ""
@@ -300,11 +310,29 @@ def parse_row(layout: CsvLayout, taxonomy: Taxonomy, item: str, cells: dict) -> 
     return row
 
 
+def object_address(layout: CsvLayout, values: dict[str, str]) -> str | None:
+    """The s3:// address a generic CSV row names in its path column (or else its url column), if any."""
+    for column in (layout.path_col, layout.url_col):
+        cell = _cell(values, column) if layout.recipe is None else None
+        if cell and cell.startswith(S3_SCHEME):
+            return cell
+    return None
+
+
 def locate_file(layout: CsvLayout, row: CsvRow) -> None:
-    """Set the row's image file: named in the CSV, found by a recipe's file name, or derived from its id or url.
-    RowRefused when it cannot be (a recipe row without an id, a name in two folders, a path outside the folder)."""
+    """Set the row's image file: an object in a bucket, named in the CSV, found by a recipe's file name, or derived
+    from its id or url. RowRefused when it cannot be (a recipe row without an id, a name in two folders, a path
+    outside the folder, an s3:// address that is not a bucket and a key)."""
     base_dir, recipe, external_id, values = layout.base_dir, layout.recipe, row.external_id, row.values
-    if recipe is not None:
+    if (address := object_address(layout, values)) is not None:
+        split = split_address(address)
+        if split is None or not split[1] or split[1].endswith("/"):
+            raise RowRefused(
+                f"{address[:100]!r} is not an s3://bucket/key address of one object (a bucket name is 3-63 lowercase "
+                "letters, digits, '.' or '-'; a key holds no control characters)"
+            )
+        row.object_url = address
+    elif recipe is not None:
         if not external_id:
             raise RowRefused(f"no image id in column {layout.id_col!r}")
         try:

@@ -26,7 +26,7 @@ from curation.errors import ConfigError
 from schema.errors import SkinflowError
 from schema.files import write_atomic
 
-STORE_SCHEME = "s3://"
+S3_SCHEME = "s3://"
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")  # S3's rules for a bucket name (no IP-like, no "..")
 _PREFIX_PART = re.compile(r"[A-Za-z0-9._-]+")
 _KEY = re.compile(r"[0-9a-f]{2}/[0-9a-f]{64}\.[a-z]{3,4}")  # what the workbench stores: <sha[:2]>/<sha>.<ext>
@@ -237,6 +237,18 @@ def is_bucket_name(name: str) -> bool:
     return _BUCKET.fullmatch(name) is not None and ".." not in name
 
 
+def split_address(url: str) -> tuple[str, str] | None:
+    """(bucket, key or prefix) of an s3:// address, None when it is not one we read: the bucket must follow S3's
+    naming rules, and the key (any text S3 allows) must hold no control characters and fit S3's 1,024 bytes."""
+    url = url.strip()
+    bucket, _, key = url.removeprefix(S3_SCHEME).partition("/")
+    if not url.startswith(S3_SCHEME) or not is_bucket_name(bucket):
+        return None
+    if any(ord(c) < 32 or ord(c) == 127 for c in key) or len(key.encode()) > 1024:
+        return None
+    return bucket, key
+
+
 def _checked(key: str) -> str:
     """A key is a relative path of plain names (the workbench writes `<sha[:2]>/<sha>.<ext>`): anything that could
     climb out of the folder or the prefix is refused before it reaches a path or a request."""
@@ -247,12 +259,12 @@ def _checked(key: str) -> str:
 
 def parse_store_url(url: str) -> tuple[str, str]:
     """(bucket, prefix) of `s3://bucket/prefix`; ConfigError saying what a valid one looks like otherwise."""
-    rest = url.strip().removeprefix(STORE_SCHEME)
+    rest = url.strip().removeprefix(S3_SCHEME)
     bucket, _, prefix = rest.partition("/")
     prefix = prefix.strip("/")
     parts = prefix.split("/") if prefix else []
     if (
-        not url.strip().startswith(STORE_SCHEME)
+        not url.strip().startswith(S3_SCHEME)
         or not is_bucket_name(bucket)
         or any(not _PREFIX_PART.fullmatch(p) or p in (".", "..") for p in parts)
         or len(prefix) > 512
