@@ -18,9 +18,10 @@ from curation.labelling.annotate import review_annotation, submit_annotation
 from curation.labelling.views import image_detail
 from curation.store.auth import add_user, get_actor
 from curation.store.db import open_workbench
-from curation.store.images import BucketImageStore, FolderImageStore, ImageMissing, StoreUnavailable, parse_store_url
+from curation.store.images import BucketImageStore, FolderImageStore, ImageMissing, parse_store_url
 from curation.store.models import Image
 from curation.store.settings import Settings
+from schema.bucket import StoreUnavailable
 from tests.helpers import jpeg_bytes, photo, write
 
 SECRET = "do-not-print-this-secret-0123456789"
@@ -332,3 +333,41 @@ def test_the_store_going_away_mid_import_keeps_whole_batches_and_the_rerun_compl
     with wb.session() as s:
         keys = s.scalars(select(Image.file_path)).all()
     assert len(keys) == 12 and all(wb.images.exists(key) for key in keys)
+
+
+@pytest.mark.s3
+def test_an_export_goes_to_a_bucket_and_the_trainer_reads_it_back_checked(tmp_path, bucket_url, monkeypatch):
+    import boto3
+
+    from curation.errors import ExportError
+    from curation.ops.demo import build_demo
+    from trainer.data import load_export
+    from trainer.errors import TrainerError
+
+    wb = _bucket_workbench(tmp_path / "wb", f"{bucket_url}/store")
+    admin = get_actor(wb, "admin")
+    build_demo(wb, admin, n=12, seed=0, verified_fraction=1.0, annotated_fraction=0.0)
+    target = f"{bucket_url}/exports/v1"
+    result = export_dataset(wb, admin, target, formats=("grpo",))
+    assert result.path == target and not any((tmp_path / "wb" / "cache").glob("export-*"))  # the local copy is gone
+    with pytest.raises(StoreUnavailable, match="holds .* objects already"):
+        export_dataset(wb, admin, target)
+
+    monkeypatch.setenv("SKINFLOW_CACHE", str(tmp_path / "trainer-cache"))
+    data = load_export(target)  # what `skinflow train --export s3://...` reads
+    assert len(data.stage1) + len(data.stage2) > 0 and (tmp_path / "trainer-cache") in data.folder.parents
+    assert verify_export(data.folder) == []
+
+    bucket, prefix = target.removeprefix("s3://").split("/", 1)
+    boto3.client("s3").put_object(Bucket=bucket, Key=f"{prefix}/grpo/stage1.jsonl", Body=b"{}\n")  # changed behind us
+    with pytest.raises(TrainerError, match="differ from the manifest"):
+        load_export(target)
+
+    with wb.session() as s:
+        first_id, key = s.execute(select(Image.id, Image.file_path).order_by(Image.id)).first()
+    wb.images.delete(key)
+    for cached in (tmp_path / "wb" / "cache").rglob(key.split("/")[-1]):
+        cached.unlink()  # this server's copy too: the picture is gone everywhere
+    with pytest.raises(ExportError, match=rf"#{first_id} \({key}\).*Nothing was exported"):
+        export_dataset(wb, admin, tmp_path / "local-export")
+    assert not (tmp_path / "local-export").exists()

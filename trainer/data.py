@@ -11,10 +11,12 @@ nothing from the database.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from schema.bucket import S3_SCHEME, StoreUnavailable, download_folder
 from schema.errors import SkinflowError
 from schema.files import read_jsonl
 from schema.taxonomy import Taxonomy, load_taxonomy
@@ -62,8 +64,26 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     )
 
 
+def export_cache() -> Path:
+    """Where exports read from a bucket are copied: SKINFLOW_CACHE, else ~/.cache/skinflow (one folder per bucket
+    and prefix; a copy already there is checked, not downloaded again)."""
+    return Path(os.environ.get("SKINFLOW_CACHE") or Path.home() / ".cache" / "skinflow") / "exports"
+
+
+def export_folder(where: str | Path) -> Path:
+    """The local folder of an export: the folder itself, or for s3://bucket/folder a copy in export_cache(), every
+    file checked against the manifest as it is downloaded."""
+    if not str(where).startswith(S3_SCHEME):
+        return Path(where)
+    try:
+        return download_folder(str(where), export_cache())
+    except StoreUnavailable as e:
+        raise TrainerError(str(e)) from None
+
+
 def load_export(folder: str | Path) -> ExportData:
-    folder = Path(folder)
+    """An export folder, or one in a bucket (s3://bucket/folder, see export_folder)."""
+    folder = export_folder(folder)
     grpo = folder / "grpo"
     if not folder.is_dir():
         raise TrainerError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import typer
@@ -12,6 +13,7 @@ from curation.export.dataset import export_dataset
 from curation.export.formats import EXTRA_FORMATS
 from curation.export.labelstudio import label_studio_token, pull, push
 from curation.export.records import ExportFilter
+from schema.bucket import download_folder
 from schema.errors import SkinflowError
 
 export_app = typer.Typer(
@@ -29,7 +31,9 @@ def split_option(values: list[str]) -> tuple[str, ...]:
 @export_app.callback()
 def export(
     ctx: typer.Context,
-    out_dir: Path | None = typer.Option(None, "--out", help="New folder for this export version, e.g. exports/v1."),
+    out_dir: str | None = typer.Option(
+        None, "--out", help="New folder for this export version, e.g. exports/v1, or a bucket folder: s3://derm-exports/v1."
+    ),
     formats: list[str] = typer.Option(
         [], "--format", help=f"Extra formats: {', '.join(EXTRA_FORMATS)} (repeat or comma-separate)."
     ),
@@ -105,9 +109,14 @@ def export(
 
 
 @export_app.command("verify")
-def export_verify(folder: Path = typer.Argument(..., help="An export folder.")) -> None:
-    """Re-hash every file of an export against its manifest."""
-    problems = verify_export(folder)
+def export_verify(folder: str = typer.Argument(..., help="An export folder, or its s3:// address.")) -> None:
+    """Re-hash every file of an export against its manifest (one in a bucket is downloaded and checked as it comes)."""
+    if folder.startswith("s3://"):
+        with tempfile.TemporaryDirectory() as scratch:
+            download_folder(folder, Path(scratch))  # checks every file against the manifest, refuses what differs
+        out.print(f"{folder}: every file matches the manifest")
+        return
+    problems = verify_export(Path(folder))
     for problem in problems[:50]:
         out.print(problem)
     if problems:

@@ -16,7 +16,9 @@ PRESET_HELP = "; ".join(f"{name}: {note}" for name, note in PRESET_NOTES.items()
 
 @app.command()
 def train(
-    export_dir: Path | None = typer.Option(None, "--export", help="An export folder written with --format grpo."),
+    export_dir: str | None = typer.Option(
+        None, "--export", help="An export folder written with --format grpo, or its s3://bucket/folder address."
+    ),
     preset: str | None = typer.Option(None, help=PRESET_HELP),
     plan: bool = typer.Option(
         False, "--plan", help="Only estimate GPU memory per part for the preset (nothing loads) and name the largest that fits."
@@ -54,7 +56,7 @@ def train(
         raise SkinflowError(f"--gpu-memory-gb {gpu_memory_gb} is not a GPU's size: give the GB of one GPU, e.g. 80")
     overrides = {
         # absolute: the trainer reads it again later from elsewhere (a relative one failed after 44 s of training)
-        "export": str(export_dir.resolve()) if export_dir else None,
+        "export": _export_address(export_dir) if export_dir else None,
         "model": model,
         "output_dir": output_dir,
         "run_id": run_id,
@@ -87,6 +89,11 @@ def train(
     out.print(f"run {config.run_id} done: model in {run_dir / 'model'}; metrics in {run_dir / 'metrics.jsonl'}")
 
 
+def _export_address(given: str) -> str:
+    """An s3:// export as given; a folder absolute, since the trainer reads it again later from elsewhere."""
+    return given if given.startswith("s3://") else str(Path(given).resolve())
+
+
 def _print_plan(config, memory_gb: float | None, gpus: int | None) -> None:
     from trainer.plan import describe, estimate, gpu_memory
 
@@ -105,7 +112,7 @@ def _print_plan(config, memory_gb: float | None, gpus: int | None) -> None:
 
 @app.command()
 def ablate(
-    export_dir: Path = typer.Option(..., "--export", help="An export folder written with --format grpo."),
+    export_dir: str = typer.Option(..., "--export", help="An export folder written with --format grpo (or s3://...)."),
     preset: str = typer.Option("tiny", help=PRESET_HELP),
     seeds: int = typer.Option(3, min=1, help="Seeds per variant (0, 1, ... N-1)."),
     variants: str = typer.Option(",".join(ABLATION_VARIANTS), help=f"Comma-separated: {', '.join(ABLATION_VARIANTS)}."),
@@ -136,7 +143,7 @@ def ablate(
     }
     out_dir = out_dir or Path("runs") / time.strftime("ablation-%Y%m%d-%H%M%S")
     config = AblationConfig(
-        export=str(export_dir.resolve()),  # absolute, as for train
+        export=_export_address(export_dir),
         out=str(out_dir),
         preset=preset,
         seeds=tuple(range(seeds)),
@@ -218,7 +225,9 @@ def suggest(
 @app.command("eval")
 def eval_(
     ctx: typer.Context,
-    export_dir: Path = typer.Option(..., "--export", help="The export folder (written with --format grpo) to evaluate on."),
+    export_dir: str = typer.Option(
+        ..., "--export", help="The export folder (written with --format grpo, or its s3:// address) to evaluate on."
+    ),
     out_dir: Path = typer.Option(..., "--out", help="Report folder: report.md, report.json, PNG charts (and predictions.jsonl)."),
     predictions: Path | None = typer.Option(None, help="A prediction file from `skinflow predict`."),
     checkpoint: Path | None = typer.Option(None, help="Or: a run folder or checkpoint to predict with first."),
@@ -228,11 +237,12 @@ def eval_(
 ) -> None:
     """Clinically grounded evaluation: top-1/3/6, group levels, clinical score, malignant misses, fairness,
     calibration, long tail, captions, with bootstrap CIs."""
-    from trainer.data import load_export
+    from trainer.data import export_folder, load_export
     from trainer.evaluate import evaluate_files
 
     if sum(x is not None for x in (predictions, checkpoint, llm)) != 1:
         raise SkinflowError("give exactly one of --predictions FILE, --checkpoint RUN or --llm MODEL")
+    export_dir = export_folder(export_dir)  # a bucket's export: one verified local copy for all that follows
     out_dir.mkdir(parents=True, exist_ok=True)
     if checkpoint is not None:
         from trainer.predict import predict_split

@@ -11,6 +11,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -18,6 +19,7 @@ import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +42,9 @@ from curation.store import audit
 from curation.store.auth import Actor, require
 from curation.store.db import Workbench
 from curation.store.files import sweep_leftovers
+from curation.store.images import ImageMissing
 from curation.store.models import LESION_COLUMNS, DraftKind, Export, WeightSet
+from schema.bucket import S3_SCHEME, check_folder_free, upload_folder
 from schema.caption import SCHEMA_VERSION
 from schema.files import file_sha256, temp_owner_tag
 from schema.vocabulary import default_vocabulary
@@ -48,11 +52,12 @@ from schema.vocabulary import default_vocabulary
 IDENTIFYING_COLUMNS = (*LESION_COLUMNS, "patient", "lesion")  # ids of people: exported as pseudonyms by default
 
 FORMAT_VERSION = 1
+COPY_THREADS = 8
 
 
 @dataclass(frozen=True)
 class ExportResult:
-    path: Path
+    path: Path | str  # a folder, or the s3:// address it was copied to
     n_records: int
     by_split: dict[str, int]
     manifest_sha256: str
@@ -149,7 +154,7 @@ def _check_selection(wb: Workbench, selection: ExportFilter, formats: tuple[str,
 def export_dataset(
     wb: Workbench,
     actor: Actor,
-    out: Path,
+    out: Path | str,
     *,
     include_unverified: bool = False,
     selection: ExportFilter | None = None,
@@ -157,15 +162,98 @@ def export_dataset(
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> ExportResult:
-    """Write an export: canonical JSONL + Parquet + images + dataset card + manifest, and any extra formats."""
+    """Write an export: canonical JSONL + Parquet + images + dataset card + manifest, and any extra formats.
+    `out` is a new folder, or an s3://bucket/folder address: the export is then written locally (under the
+    workbench's cache) and copied up, the manifest last, then the local copy removed."""
     require(actor, "admin", "export datasets")
-    out = Path(out)
+    selection = selection or ExportFilter(include_unverified=include_unverified)
+    if str(out).startswith(S3_SCHEME):
+        out = str(out)
+        check_folder_free(out, replace=overwrite)  # before the work, not after it
+        local = Path(tempfile.mkdtemp(prefix="export-", dir=_cache(wb))) / "export"
+        try:
+            result, manifest = _write_export(wb, local, selection, formats, False, progress)
+            upload_folder(local, out, replace=overwrite)
+        finally:
+            shutil.rmtree(local.parent, ignore_errors=True)
+        result = dataclasses.replace(result, path=out)
+    else:
+        out = Path(out)
+        result, manifest = _write_export(wb, out, selection, formats, overwrite, progress)
+    with wb.session() as session:
+        row = Export(
+            path=str(out) if isinstance(out, str) else str(out.resolve()),
+            format="+".join(manifest["formats"]),
+            n_records=result.n_records,
+            manifest_sha256=result.manifest_sha256,
+            params={"filters": manifest["filters"], "seed": manifest["split"]["seed"]},
+            created_by=actor.id,
+        )
+        session.add(row)
+        session.flush()
+        audit.record(
+            session,
+            actor,
+            "export.create",
+            "export",
+            row.id,
+            path=str(out),
+            n_records=result.n_records,
+            formats=manifest["formats"],
+        )
+    return result
+
+
+def _cache(wb: Workbench) -> Path:
+    folder = wb.settings.home / "cache"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _copy_images(wb: Workbench, records: list[dict], staging: Path, progress: Callable[[int, int], None] | None) -> None:
+    """Every record's picture into the export, COPY_THREADS at a time (a bucket's latency, not the disk, is what
+    this waits on). Pictures missing from the store are all named, by record and key, before anything is kept."""
+
+    def copy(record: dict) -> str | None:
+        key = record["image"].removeprefix("images/")
+        try:
+            source = wb.images.local_path(key)
+            if not source.exists():
+                raise ImageMissing(key, wb.images.describe())
+        except ImageMissing:
+            return f"#{record['id']} ({key})"
+        _link_or_copy(source, staging / record["image"])
+        return None
+
+    missing = []
+    with ThreadPoolExecutor(max_workers=COPY_THREADS) as pool:
+        for index, problem in enumerate(pool.map(copy, records), 1):
+            if problem:
+                missing.append(problem)
+            if progress:
+                progress(index, len(records))
+    if missing:
+        raise ExportError(
+            f"{len(missing)} record(s) have no picture in the image store ({wb.images.describe()}): "
+            f"{', '.join(missing[:10])}{', ...' if len(missing) > 10 else ''}. Nothing was exported: put the pictures "
+            "back (from a backup), or see them all with `skinflow images verify`"
+        )
+
+
+def _write_export(
+    wb: Workbench,
+    out: Path,
+    selection: ExportFilter,
+    formats: tuple[str, ...],
+    overwrite: bool,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[ExportResult, dict[str, Any]]:
     if out.exists() and not overwrite:
         raise ExportError(
             f"{out} exists already: exports are versioned, so pick a new folder (e.g. exports/v2) or replace it "
             '(--overwrite; on the Export tab: "Replace the folder if it exists")'
         )
-    selection = _check_selection(wb, selection or ExportFilter(include_unverified=include_unverified), tuple(formats))
+    selection = _check_selection(wb, selection, tuple(formats))
     extras = [f for f in dict.fromkeys(formats) if f in EXTRA_FORMATS]
     seed = wb.settings.split_seed
     with wb.session() as session:
@@ -183,15 +271,7 @@ def export_dataset(
     sweep_leftovers(out.parent.glob(f".{out.name}.tmp-*"), f".{out.name}.tmp-")  # from a killed run
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{temp_owner_tag()}", dir=out.parent))
     try:
-        for index, record in enumerate(records, 1):
-            source = wb.images.local_path(record["image"].removeprefix("images/"))
-            if not source.exists():
-                raise ExportError(
-                    f"image file of record #{record['id']} is missing from the store ({source}); run `skinflow doctor`"
-                )
-            _link_or_copy(source, staging / record["image"])
-            if progress:
-                progress(index, len(records))
+        _copy_images(wb, records, staging, progress)
         write_canonical(records, staging)
         for name in extras:
             WRITERS[name](staging, records, taxonomy=wb.taxonomy, weight_set=weight_set, drafts=drafts)
@@ -267,18 +347,4 @@ def export_dataset(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     by_split = manifest["counts"]["by_split"]
-    with wb.session() as session:
-        row = Export(
-            path=str(out.resolve()),
-            format="+".join(manifest["formats"]),
-            n_records=len(records),
-            manifest_sha256=manifest_sha,
-            params={"filters": selection.describe(), "seed": seed},
-            created_by=actor.id,
-        )
-        session.add(row)
-        session.flush()
-        audit.record(
-            session, actor, "export.create", "export", row.id, path=str(out), n_records=len(records), formats=manifest["formats"]
-        )
-    return ExportResult(out, len(records), by_split, manifest_sha, grouping.duplicate_groups, grouping)
+    return ExportResult(out, len(records), by_split, manifest_sha, grouping.duplicate_groups, grouping), manifest

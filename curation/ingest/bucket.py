@@ -23,8 +23,8 @@ from curation.ingest.folder import skipped_name
 from curation.store import audit
 from curation.store.auth import Actor
 from curation.store.db import Workbench
-from curation.store.images import s3_call, s3_client, split_address
 from curation.store.models import Image
+from schema.bucket import s3_call, s3_client, split_address
 
 BUCKET_SOURCE = "bucket"
 BUCKET_BATCH = 200

@@ -53,8 +53,8 @@ from curation.store import audit
 from curation.store.auth import Actor
 from curation.store.db import Workbench
 from curation.store.files import sha256_hex
-from curation.store.images import S3_SCHEME, split_address
 from curation.store.models import Image, ImageSource
+from schema.bucket import S3_SCHEME, split_address
 
 CSV_BATCH = 5000  # rows per transaction
 OBJECT_CHUNK = 200  # rows whose bucket objects are downloaded together: bounds the pictures held in memory

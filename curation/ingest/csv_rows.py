@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 from curation.errors import IngestError
 from curation.ingest.common import OUTSIDE, inside
 from curation.ingest.datasets import DatasetRecipe, DatasetRecipeError, dataset_recipes, detect_recipe, recipe_named
-from curation.store.images import S3_SCHEME, split_address
 from schema import Taxonomy
+from schema.bucket import S3_SCHEME, split_address
 from schema.files import FORMULA_START
 
 MAX_CSV_COLUMNS = 256  # public dermatology sets have under 40; a 200,000-column row is an attack, not data

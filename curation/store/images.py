@@ -9,6 +9,7 @@ exports, data cards or error messages (`describe` names the bucket and the endpo
 Readers ask for `local_path(key)`: the file itself for a folder; for a bucket, a copy downloaded once into
 <home>/cache/images/ (the key is the picture's sha256, so a cached copy is never stale, and two app servers can
 share nothing but the bucket). A picture deleted behind the workbench's back is ImageMissing, with its key.
+The S3 client, its error mapping and address rules are schema/bucket.py's, shared with exports and the trainer.
 """
 
 from __future__ import annotations
@@ -23,18 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from curation.errors import ConfigError
+from schema.bucket import S3_SCHEME, is_bucket_name, s3_call, s3_client
 from schema.errors import SkinflowError
 from schema.files import write_atomic
 
-S3_SCHEME = "s3://"
-_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")  # S3's rules for a bucket name (no IP-like, no "..")
 _PREFIX_PART = re.compile(r"[A-Za-z0-9._-]+")
 _KEY = re.compile(r"[0-9a-f]{2}/[0-9a-f]{64}\.[a-z]{3,4}")  # what the workbench stores: <sha[:2]>/<sha>.<ext>
 _SAFE_KEY = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")  # a relative path of plain names: all a key may be
-
-
-class StoreUnavailable(SkinflowError):
-    """The image store cannot be reached or refuses us: the message names the store and what to check."""
 
 
 class ImageMissing(SkinflowError):
@@ -190,63 +186,6 @@ class BucketImageStore(ImageStore):
         if not cached.is_file():
             write_atomic(cached, self.get(key))  # content-addressed: a copy, once made, is never stale
         return cached
-
-
-def s3_client():
-    """A boto3 S3 client: endpoint (AWS_ENDPOINT_URL) and credentials from the standard AWS chain."""
-    import boto3
-    from botocore.config import Config
-
-    # adaptive retries ride out a busy or briefly unreachable server; a dead one fails within seconds
-    config = Config(retries={"max_attempts": 4, "mode": "adaptive"}, connect_timeout=5, read_timeout=60)
-    return boto3.session.Session().client("s3", config=config)
-
-
-def s3_call(fn, bucket: str, endpoint: str, named: str, what: str, **kwargs):
-    """`fn(Bucket=bucket, **kwargs)`, its failures as StoreUnavailable saying what to check (never a credential); a
-    missing object's ClientError passes through for the caller to read as "missing"."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
-        return fn(Bucket=bucket, **kwargs)
-    except ClientError as e:
-        code = str(e.response.get("Error", {}).get("Code", ""))
-        if code in ("NoSuchKey", "404", "NotFound"):
-            raise
-        if code == "NoSuchBucket":
-            message = (
-                f"the bucket {bucket!r} does not exist at {endpoint}: create it (e.g. `aws s3 mb s3://{bucket}`) or fix the URL"
-            )
-        elif code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "InvalidToken", "ExpiredToken"):
-            message = (
-                f"{named} refused to let us {what} it ({code}): check the credentials (AWS_ACCESS_KEY_ID / "
-                "AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the instance role) and the bucket's policy"
-            )
-        else:
-            message = f"{named} answered {code or 'an error'} when asked to {what} it"
-        raise StoreUnavailable(message) from None
-    except BotoCoreError as e:  # no route, refused connection, timeouts after the retries, no credentials
-        raise StoreUnavailable(
-            f"cannot {what} {named}: {type(e).__name__}; check AWS_ENDPOINT_URL ({endpoint}), that the server is up and "
-            "reachable from here, and the credentials (AWS_ACCESS_KEY_ID or AWS_PROFILE)"
-        ) from None
-
-
-def is_bucket_name(name: str) -> bool:
-    """S3's rules for a bucket name: 3-63 lowercase letters, digits, '.' or '-', no '..'."""
-    return _BUCKET.fullmatch(name) is not None and ".." not in name
-
-
-def split_address(url: str) -> tuple[str, str] | None:
-    """(bucket, key or prefix) of an s3:// address, None when it is not one we read: the bucket must follow S3's
-    naming rules, and the key (any text S3 allows) must hold no control characters and fit S3's 1,024 bytes."""
-    url = url.strip()
-    bucket, _, key = url.removeprefix(S3_SCHEME).partition("/")
-    if not url.startswith(S3_SCHEME) or not is_bucket_name(bucket):
-        return None
-    if any(ord(c) < 32 or ord(c) == 127 for c in key) or len(key.encode()) > 1024:
-        return None
-    return bucket, key
 
 
 def _checked(key: str) -> str:

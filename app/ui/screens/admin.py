@@ -187,7 +187,7 @@ def _export(wb, actor) -> None:
             metadata_columns=tuple(metadata_columns),
         )
         try:
-            result = export_dataset(wb, actor, Path(out), selection=selection, formats=tuple(formats), overwrite=overwrite)
+            result = export_dataset(wb, actor, out.strip(), selection=selection, formats=tuple(formats), overwrite=overwrite)
         except SkinflowError as e:
             state.show_error(e)
         else:
