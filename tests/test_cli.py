@@ -48,6 +48,8 @@ HELP_COMMANDS = [
     ["doctor"],
     ["images"],
     ["images", "verify"],
+    ["images", "gc"],
+    ["images", "migrate"],
     ["draft"],
     ["reasonings"],
     ["weights"],

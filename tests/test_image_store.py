@@ -6,6 +6,7 @@ import hashlib
 import os
 import socket
 import uuid
+from datetime import datetime
 
 import pytest
 from sqlalchemy import func, select
@@ -201,6 +202,10 @@ def test_images_verify_reads_the_bucket(tmp_path, bucket_url):
     wb.images.delete(key)
     report = verify_images(wb, admin)
     assert report.checked == 3 and [p.key for p in report.missing] == [key] and report.corrupt == []
+    from curation.ops.maintenance import doctor
+
+    found = doctor(wb, admin)  # from the bucket's listing, not the (empty) folder under the home
+    assert found.missing_files == [key] and found.orphan_files == [] and found.images_checked == 3
 
 
 @pytest.mark.parametrize("url", ["s3://Bad_Bucket/x", "s3://ab/", "s3://bucket/a\x00b", "s3://b..x/y"])
@@ -371,3 +376,56 @@ def test_an_export_goes_to_a_bucket_and_the_trainer_reads_it_back_checked(tmp_pa
     with pytest.raises(ExportError, match=rf"#{first_id} \({key}\).*Nothing was exported"):
         export_dataset(wb, admin, tmp_path / "local-export")
     assert not (tmp_path / "local-export").exists()
+
+
+def test_garbage_collection_takes_only_old_pictures_no_image_names(tmp_path, wb, admin):
+    from curation.ops.images import collect_garbage
+
+    import_folder(wb, admin, _pictures(tmp_path / "in", 2))
+    with wb.session() as s:
+        used = s.scalars(select(Image.file_path)).all()
+    old, young, again = (f"{c * 2}/{c * 64}.jpg" for c in "abc")
+    for key in (old, young, again):
+        wb.images.put(key, b"a picture an interrupted import left")
+    two_days_ago = datetime.now().timestamp() - 48 * 3600
+    for key in (old, again, *used):  # old pictures that images use are never taken
+        os.utime(wb.store_dir / key, (two_days_ago, two_days_ago))
+    wb.images.put(again, b"a picture an interrupted import left")  # an import met it: its grace starts over
+
+    dry = collect_garbage(wb, admin, dry_run=True)
+    assert (dry.listed, dry.unreferenced, dry.young, dry.removed) == (5, 3, 2, [old]) and wb.images.exists(old)
+    report = collect_garbage(wb, admin, grace_hours=24)
+    assert report.removed == [old] and not wb.images.exists(old)
+    assert all(wb.images.exists(key) for key in (young, again, *used))
+    with pytest.raises(ValueError, match="at least 1"):
+        collect_garbage(wb, admin, grace_hours=0)
+
+
+@pytest.mark.s3
+def test_pictures_migrate_into_a_bucket_and_back_resumably_and_checked(tmp_path, bucket_url):
+    from curation.ops.images import collect_garbage, migrate_images, verify_images
+
+    local = open_workbench(Settings.load(environ={}, home=tmp_path / "local"))
+    admin = add_user(local, None, "admin", "admin", "admin-password")[0]
+    import_folder(local, admin, _pictures(tmp_path / "in", 5))
+    with local.session() as s:
+        keys = s.scalars(select(Image.file_path).order_by(Image.id)).all()
+
+    report = migrate_images(local, admin, bucket_url)
+    assert (report.copied, report.already_there, report.problems) == (5, 0, [])
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] not in report.target
+    in_bucket = _bucket_workbench(tmp_path / "server", bucket_url, database_url=local.settings.db_url)
+    for key in keys[:3]:
+        in_bucket.images.delete(key)  # as if the first run had been cut off
+    (local.store_dir / keys[2]).write_bytes(b"rotted on disk")
+    resumed = migrate_images(local, admin, bucket_url)
+    assert (resumed.copied, resumed.already_there) == (2, 2) and [p.key for p in resumed.problems] == [keys[2]]
+    assert not in_bucket.images.exists(keys[2])  # a rotten picture is not carried over
+    assert [(p.key, p.problem) for p in verify_images(in_bucket, admin).problems] == [(keys[2], "missing")]
+    assert collect_garbage(in_bucket, admin).unreferenced == 0  # nothing but referenced pictures went in
+
+    returned = migrate_images(in_bucket, admin, "folder")  # and back: into the folder under that server's home
+    assert (returned.copied, returned.already_there, len(returned.problems)) == (4, 0, 1)
+    folder_again = _bucket_workbench(tmp_path / "server", None, database_url=local.settings.db_url)
+    assert folder_again.images.describe().startswith("folder ")
+    assert [p.key for p in verify_images(folder_again, admin).problems] == [keys[2]]

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from app.cli.common import app, context, err, out, print_new_accounts
-from curation.ops.images import verify_images
+from curation.ops.images import DEFAULT_GRACE_HOURS, collect_garbage, migrate_images, verify_images
 from curation.ops.jobs import SAFE_ENV, python_module
 from curation.ops.maintenance import backup as backup_database
 from curation.ops.maintenance import doctor as run_doctor
@@ -148,6 +148,47 @@ def images_verify(ctx: typer.Context) -> None:
         err.print(f"{len(report.missing)} missing, {len(report.corrupt)} corrupt{more}")
         raise typer.Exit(1)
     out.print("every picture is there and intact")
+
+
+@images_app.command("gc")
+def images_gc(
+    ctx: typer.Context,
+    grace_hours: float = typer.Option(
+        DEFAULT_GRACE_HOURS, help="Keep unreferenced pictures younger than this (an import elsewhere may not have committed)."
+    ),
+    dry_run: bool = typer.Option(False, help="Only list what would be removed."),
+) -> None:
+    """Remove pictures no image names, once older than the grace period (safe beside imports on other servers)."""
+    c = context(ctx)
+    report = collect_garbage(c.workbench(), c.actor(), grace_hours=grace_hours, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    out.print(
+        f"{report.listed} pictures in the {report.store}: {report.unreferenced} named by no image, {verb} "
+        f"{len(report.removed)}, {report.young} kept inside the {grace_hours:g} h grace period"
+    )
+    for key in report.removed[:50] if dry_run else []:
+        out.print(key)
+
+
+@images_app.command("migrate")
+def images_migrate(
+    ctx: typer.Context,
+    to: str = typer.Option(..., "--to", help="s3://bucket/prefix, or `folder` for the images folder under the home."),
+) -> None:
+    """Copy every picture into another store (a bucket, or back to the folder), checked; rerun to resume. Then set
+    SKINFLOW_IMAGE_STORE on every server and run it again for what was imported meanwhile."""
+    c = context(ctx)
+    report = migrate_images(c.workbench(), c.actor(), to)
+    out.print(
+        f"{report.copied} pictures copied to the {report.target}, {report.already_there} there already (from the {report.source})"
+    )
+    for problem in report.problems[:50]:
+        out.print(f"image #{problem.image_id} {problem.key}: {problem.problem} in the source, not copied")
+    if report.problems:
+        err.print(f"{len(report.problems)} pictures could not be copied: `skinflow images verify` lists them")
+        raise typer.Exit(1)
+    setting = "leave SKINFLOW_IMAGE_STORE unset" if to.strip() == "folder" else f"set SKINFLOW_IMAGE_STORE={to.strip()}"
+    out.print(f"next: {setting} on every server, restart them, and run this again to copy what was imported meanwhile")
 
 
 PASSWORD_FILE_HELP = (

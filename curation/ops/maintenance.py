@@ -21,6 +21,7 @@ from curation.store import audit
 from curation.store.auth import Actor, require
 from curation.store.db import Workbench, alembic_config, open_workbench
 from curation.store.files import sweep_leftovers, sweep_store
+from curation.store.images import FolderImageStore
 from curation.store.models import Image
 from curation.store.sessions import revoke_all_sessions
 from schema.files import TEMP_PREFIX, write_atomic
@@ -248,7 +249,7 @@ class DoctorReport:
         if self.orphan_files:
             out.append(
                 f"{len(self.orphan_files)} files in the store belong to no image (left by an interrupted import): "
-                "harmless; `skinflow doctor --fix` removes them"
+                "harmless; `skinflow doctor --fix` (a folder) or `skinflow images gc` (any store) removes them"
             )
         if self.leftover_temp_files:
             out.append(
@@ -311,7 +312,19 @@ def doctor(wb: Workbench, actor: Actor) -> DoctorReport:
     with wb.session() as s:
         referenced = {path for (path,) in s.execute(select(Image.file_path).where(Image.file_path.is_not(None)))}
     report.images_checked = len(referenced)
-    store = wb.store_dir
+    if isinstance(wb.images, FolderImageStore):
+        _check_store_folder(wb.store_dir, referenced, report)
+    else:  # a bucket: its listing, one request per 1,000 pictures
+        listed = {o.key for o in wb.images.objects()}
+        report.missing_files = sorted(referenced - listed)
+        report.orphan_files = sorted(listed - referenced)  # `skinflow images gc` removes them after its grace period
+    # working folders of killed commands (e.g. `skinflow suggest`) beside the database
+    report.leftover_temp_files += sorted(p.name for p in wb.settings.home.glob(f"{TEMP_PREFIX}*"))
+    report.loose_permissions = loose_permissions(wb.settings.home)
+    return report
+
+
+def _check_store_folder(store: Path, referenced: set[str], report: DoctorReport) -> None:
     report.missing_files = sorted(p for p in referenced if not (store / p).is_file())
     for path in sorted(store.rglob("*")) if store.exists() else []:
         if not path.is_file():
@@ -321,10 +334,6 @@ def doctor(wb: Workbench, actor: Actor) -> DoctorReport:
             report.leftover_temp_files.append(relative)
         elif relative not in referenced:
             report.orphan_files.append(relative)
-    # working folders of killed commands (e.g. `skinflow suggest`) beside the database
-    report.leftover_temp_files += sorted(p.name for p in wb.settings.home.glob(f"{TEMP_PREFIX}*"))
-    report.loose_permissions = loose_permissions(wb.settings.home)
-    return report
 
 
 def loose_permissions(home: Path) -> list[str]:

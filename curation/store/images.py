@@ -95,7 +95,9 @@ class FolderImageStore(ImageStore):
 
     def put(self, key: str, data: bytes) -> None:
         target = self.root / _checked(key)
-        if not target.exists():
+        if target.exists():
+            os.utime(target)  # written again: its grace period before garbage collection starts over
+        else:
             write_atomic(target, data)
 
     def get(self, key: str) -> bytes:
