@@ -10,7 +10,7 @@ from curation.labelling.annotate import submit_annotation
 from curation.ops.demo import build_demo
 from curation.store.auth import get_actor, set_password
 from curation.store.db import open_workbench
-from curation.store.models import Annotation, Draft, Image
+from curation.store.models import Annotation, AuditEvent, Draft, Image
 from curation.store.settings import Settings
 from curation.store.workflow import update_workflow_settings
 from tests.app_pages import by_label, give_lesions, login, page
@@ -54,6 +54,24 @@ def test_skip_moves_on_and_save_draft_restores(demo_home):
     assert at.session_state["annotate_item"]["image_id"] != first
     with demo_home.session() as s:
         assert s.get(Image, first).status == "pending"
+
+
+def test_an_image_whose_picture_is_gone_is_skipped_with_a_note_naming_it(demo_home):
+    from curation.labelling.queue import next_item
+
+    annotator = get_actor(demo_home, "annotator")
+    first = next_item(demo_home, annotator).image_id  # what the page will serve: gone from the store meanwhile
+    with demo_home.session() as s:
+        key = s.get(Image, first).file_path
+    demo_home.images.delete(key)
+    at = login("annotator")
+    assert not at.exception and not at.error
+    shown = at.session_state["annotate_item"]["image_id"]
+    assert shown != first and any(f"Image #{first} skipped: its picture is missing" in c.value for c in at.caption)
+    with demo_home.session() as s:
+        assert s.get(Image, first).status == "pending"  # skipped for this person only: nothing else changed
+        event = s.scalar(select(AuditEvent).where(AuditEvent.action == "queue.skip", AuditEvent.entity_id == first))
+        assert event is not None and event.payload["reason"] == "picture missing from the image store"
 
 
 def test_conflict_shows_both_versions_and_overwrites_nothing(demo_home):

@@ -429,3 +429,25 @@ def test_pictures_migrate_into_a_bucket_and_back_resumably_and_checked(tmp_path,
     folder_again = _bucket_workbench(tmp_path / "server", None, database_url=local.settings.db_url)
     assert folder_again.images.describe().startswith("folder ")
     assert [p.key for p in verify_images(folder_again, admin).problems] == [keys[2]]
+
+
+@pytest.mark.s3
+def test_the_next_pictures_in_the_queue_are_fetched_ahead_into_the_cache(tmp_path, bucket_url):
+    import time
+
+    from curation.labelling.queue import next_item, prefetch_next
+
+    wb = _bucket_workbench(tmp_path / "wb", bucket_url)
+    admin = get_actor(wb, "admin")
+    import_folder(wb, admin, _pictures(tmp_path / "in", 4))
+    annotator = add_user(wb, admin, "ann", "annotator", "annotator-pw-1")[0]
+    current = next_item(wb, annotator).image_id
+    with wb.session() as s:
+        later = s.scalars(select(Image.file_path).where(Image.id > current).order_by(Image.id)).all()
+    cache = tmp_path / "wb" / "cache" / "images"
+    assert not any((cache / key).exists() for key in later)
+    prefetch_next(wb, annotator, current)
+    deadline = time.monotonic() + 20
+    while not all((cache / key).is_file() for key in later[:2]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [(cache / key).is_file() for key in later] == [True, True, False]  # two ahead, no more

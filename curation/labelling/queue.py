@@ -196,8 +196,9 @@ def remaining(wb: Workbench, actor: Actor, now: datetime | None = None) -> int:
         return count
 
 
-def skip(wb: Workbench, actor: Actor, image_id: int) -> None:
-    """Put the image back for others; this user gets it again only when nothing else is left."""
+def skip(wb: Workbench, actor: Actor, image_id: int, *, reason: str | None = None) -> None:
+    """Put the image back for others; this user gets it again only when nothing else is left. `reason` goes
+    into the audit trail (the Annotate page skips a picture missing from the store by itself, and says why)."""
     require(actor, "annotator", "skip items")
     with wb.session() as s:
         if s.get(Image, image_id) is None:
@@ -205,7 +206,30 @@ def skip(wb: Workbench, actor: Actor, image_id: int) -> None:
         s.execute(delete(Lease).where(Lease.image_id == image_id, Lease.user_id == actor.id))
         if s.get(Skip, (actor.id, image_id)) is None:
             s.add(Skip(user_id=actor.id, image_id=image_id))
-        audit.record(s, actor, "queue.skip", "image", image_id)
+        audit.record(s, actor, "queue.skip", "image", image_id, **({"reason": reason} if reason else {}))
+
+
+PREFETCHED = 2  # pictures fetched ahead: the next one, and one more for a skip
+
+
+def prefetch_next(wb: Workbench, actor: Actor, image_id: int) -> None:
+    """Start fetching the pictures this user is likely served after `image_id` (the next pending images in queue
+    order that nobody else holds), so a bucket's latency is spent while the person works on this one. Leases
+    nothing; a guess that turns out wrong costs one download into the cache."""
+    require(actor, "annotator", "take items from the annotation queue")
+    with wb.session() as s:
+        keys = s.scalars(
+            select(Image.file_path)
+            .where(
+                Image.status == "pending",
+                Image.id > image_id,
+                Image.file_path.is_not(None),
+                *_available(actor.id, utcnow(), False),
+            )
+            .order_by(Image.id)
+            .limit(PREFETCHED)
+        ).all()
+    wb.images.prefetch(keys)
 
 
 def open_image(wb: Workbench, actor: Actor, image_id: int, *, now: datetime | None = None) -> QueueItem:

@@ -16,6 +16,7 @@ from curation.errors import NotFound
 from curation.labelling.annotate import annotation_dict, user_chain_head
 from curation.store.auth import Actor, require
 from curation.store.db import Workbench
+from curation.store.images import ImageMissing
 from curation.store.models import (
     DIAGNOSING_KINDS,
     LESION_COLUMNS,
@@ -56,6 +57,7 @@ class ImageDetail:
     # ranked diagnosis keys offered as one-click choices: model suggestion first, then the LLM draft; from
     # every draft with diagnoses, including a suggestion whose caption could not be read
     suggested_diagnoses: dict[str, float] = field(default_factory=dict)  # key -> probability, best first
+    missing: bool = False  # the database names a picture the image store does not have (deleted behind our back)
 
     @property
     def source_group(self) -> str | None:
@@ -194,7 +196,7 @@ def image_detail(wb: Workbench, actor: Actor, image_id: int) -> ImageDetail:
         saved = s.get(SavedWork, (actor.id, image_id))
         detail = ImageDetail(
             id=image.id,
-            path=wb.images.local_path(image.file_path) if image.file_path else None,
+            path=None,  # below, outside the transaction: a bucket's picture is a download
             width=image.width,
             height=image.height,
             status=image.status,
@@ -213,6 +215,15 @@ def image_detail(wb: Workbench, actor: Actor, image_id: int) -> ImageDetail:
             saved_work=dict(saved.form) if saved is not None else None,
             suggested_diagnoses=_suggested_diagnoses(all_drafts),
         )
+        key = image.file_path
+    if key:
+        try:
+            detail.path = wb.images.local_path(key)
+            detail.missing = not detail.path.is_file()
+        except ImageMissing:
+            detail.missing = True
+        if detail.missing:
+            detail.path = None
     sources = [d for d in detail.drafts if d["kind"] != "routed"]  # where the two best sources disagree
     if len(sources) >= 2:
         detail.disagreements = field_disagreements(sources[0]["caption"], sources[1]["caption"])

@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from curation.errors import ConfigError
-from schema.bucket import S3_SCHEME, is_bucket_name, s3_call, s3_client
+from schema.bucket import S3_SCHEME, StoreUnavailable, is_bucket_name, s3_call, s3_client
 from schema.errors import SkinflowError
 from schema.files import write_atomic
 
@@ -83,6 +85,10 @@ class ImageStore(ABC):
     def exists(self, key: str) -> bool:
         return self.size(key) is not None
 
+    @abstractmethod
+    def prefetch(self, keys: list[str]) -> None:
+        """Start making these pictures local in the background."""
+
 
 class FolderImageStore(ImageStore):
     """The default: a folder (<home>/images), one sub-folder per first two hex digits."""
@@ -127,6 +133,9 @@ class FolderImageStore(ImageStore):
     def local_path(self, key: str) -> Path:
         return self.root / _checked(key)  # the file itself, there or not: callers that care ask `exists`
 
+    def prefetch(self, keys: list[str]) -> None:
+        """Nothing to do: a folder's pictures are local already."""
+
 
 class BucketImageStore(ImageStore):
     """An S3-compatible bucket, through boto3 (its own request signing, retries and credential chain)."""
@@ -135,6 +144,9 @@ class BucketImageStore(ImageStore):
         self.bucket, self.prefix, self.cache_dir = bucket, prefix, Path(cache_dir)
         self.endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
         self._client = client
+        self._lock = threading.Lock()
+        self._prefetcher: ThreadPoolExecutor | None = None
+        self._fetching: set[str] = set()
 
     @property
     def client(self):
@@ -188,6 +200,24 @@ class BucketImageStore(ImageStore):
         if not cached.is_file():
             write_atomic(cached, self.get(key))  # content-addressed: a copy, once made, is never stale
         return cached
+
+    def prefetch(self, keys: list[str]) -> None:
+        with self._lock:
+            if self._prefetcher is None:  # two threads: the next picture and one more, never a flood
+                self._prefetcher = ThreadPoolExecutor(max_workers=2, thread_name_prefix="prefetch")
+            for key in keys:
+                if key not in self._fetching and not (self.cache_dir / _checked(key)).is_file():
+                    self._fetching.add(key)
+                    self._prefetcher.submit(self._warm, key)
+
+    def _warm(self, key: str) -> None:
+        try:
+            self.local_path(key)
+        except (ImageMissing, StoreUnavailable):
+            pass  # said when the picture is opened: the page shows it missing, or the store's error
+        finally:
+            with self._lock:
+                self._fetching.discard(key)
 
 
 def _checked(key: str) -> str:

@@ -12,7 +12,7 @@ from app.ui.keyboard import show_shortcuts
 from app.ui.widgets import caption_form, diagnosis_widget, image_panel, metadata_table, versions_table
 from curation.errors import ConflictError
 from curation.labelling.annotate import QUALITY_FLAGS, current_annotation, save_work, submit_annotation
-from curation.labelling.queue import next_item, open_image, remaining, skip
+from curation.labelling.queue import next_item, open_image, prefetch_next, remaining, skip
 from curation.labelling.views import field_disagreements, image_detail, prefill_sources
 from schema.errors import SkinflowError
 
@@ -108,6 +108,33 @@ def _autosave(wb, actor, image_id: int, token: str, form: dict) -> None:
             last[(image_id, token)] = work
 
 
+def _open_detail(wb, actor, image_id: int):
+    """The image to work on, its picture in hand; one whose picture is missing is skipped with a note."""
+    try:
+        detail = image_detail(wb, actor, image_id)
+        if detail.missing:  # deleted behind the workbench's back: nobody can label what nobody can see
+            skip(wb, actor, detail.id, reason="picture missing from the image store")
+            _finish(
+                f"Image #{detail.id} skipped: its picture is missing from the image store (an admin can list such "
+                "images with `skinflow images verify`)."
+            )
+        prefetch_next(wb, actor, detail.id)  # the next picture downloads while this one is worked on
+    except SkinflowError as e:
+        state.show_error(e)
+        return None
+    return detail
+
+
+def _picture(wb, actor, detail) -> None:
+    if detail.path is not None:
+        caption = f"image #{detail.id}, {detail.width}x{detail.height}"
+        image_panel(wb, actor, detail.id, detail.path, caption, key=f"a{detail.id}", width=detail.width)
+    st.markdown(f"**Source:** {detail.source} · **Fitzpatrick type:** {detail.fitzpatrick or 'unknown'}")
+    if detail.meta:
+        with st.expander("Metadata"):
+            st.dataframe(metadata_table(detail.meta), hide_index=True, width="stretch")
+
+
 def render() -> None:
     actor = state.require_role("annotator", "Annotating")
     wb = state.workbench()
@@ -134,17 +161,13 @@ def render() -> None:
         _conflict(wb, actor, item, conflict)
         return
 
-    detail = image_detail(wb, actor, item["image_id"])
+    detail = _open_detail(wb, actor, item["image_id"])
+    if detail is None:
+        return
     st.html(LAYOUT_CSS)
     image_column, form_column = st.columns([2, 3])
     with image_column, st.container(key="annotate-picture"):
-        if detail.path is not None:
-            caption = f"image #{detail.id}, {detail.width}x{detail.height}"
-            image_panel(wb, actor, detail.id, detail.path, caption, key=f"a{detail.id}", width=detail.width)
-        st.markdown(f"**Source:** {detail.source} · **Fitzpatrick type:** {detail.fitzpatrick or 'unknown'}")
-        if detail.meta:
-            with st.expander("Metadata"):
-                st.dataframe(metadata_table(detail.meta), hide_index=True, width="stretch")
+        _picture(wb, actor, detail)
 
     with form_column:
         sources = {source.token: source for source in prefill_sources(detail)}
