@@ -35,7 +35,11 @@ def s3_client():
 
     # adaptive retries ride out a busy or briefly unreachable server; a dead one fails within seconds
     config = Config(
-        retries={"max_attempts": 4, "mode": "adaptive"}, connect_timeout=5, read_timeout=60, max_pool_connections=2 * TRANSFERS
+        retries={"max_attempts": 4, "mode": "adaptive"},
+        connect_timeout=5,
+        read_timeout=60,
+        max_pool_connections=2 * TRANSFERS,
+        signature_version="s3v4",  # SigV4 everywhere: presigned links too (boto3 may pick the retired SigV2 for them)
     )
     return boto3.session.Session().client("s3", config=config)
 

@@ -240,6 +240,22 @@ def test_exports_carry_pseudonyms_of_patient_and_lesion_ids_unless_raw_ids_are_a
     assert "raw ids, exported on request" in (tmp_path / "raw" / "README.md").read_text()
 
 
+def test_servers_sharing_one_workbench_share_its_pseudonym_key_from_the_environment(tmp_path, monkeypatch):
+    from curation.errors import ConfigError
+    from curation.export.records import export_key, pseudonym
+    from curation.store.db import open_workbench
+    from curation.store.settings import Settings
+
+    one, two = (open_workbench(Settings.load(environ={}, home=tmp_path / name)) for name in ("one", "two"))
+    assert export_key(one) != export_key(two)  # each home's own key: different pseudonyms
+    monkeypatch.setenv("SKINFLOW_EXPORT_KEY", "ab" * 32)
+    assert export_key(one) == export_key(two) == bytes.fromhex("ab" * 32)
+    assert pseudonym(export_key(one), "lesion_id", "HAM_1") == pseudonym(export_key(two), "lesion_id", "HAM_1")
+    monkeypatch.setenv("SKINFLOW_EXPORT_KEY", "not-hex")
+    with pytest.raises(ConfigError, match="64 hex digits"):
+        export_key(one)
+
+
 def test_a_confirmed_group_code_exports_with_its_group(wb, admin, annotator, reviewer, tmp_path):
     metadata, _ = ham10000(tmp_path, n_lesions=7)  # one lesion per code
     report = import_csv(wb, admin, metadata, images_dir=tmp_path / "images")

@@ -451,3 +451,25 @@ def test_the_next_pictures_in_the_queue_are_fetched_ahead_into_the_cache(tmp_pat
     while not all((cache / key).is_file() for key in later[:2]) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert [(cache / key).is_file() for key in later] == [True, True, False]  # two ahead, no more
+
+
+@pytest.mark.s3
+def test_a_presigned_link_reads_the_picture_without_credentials_and_modes_fit_the_store(tmp_path, bucket_url, wb):
+    import urllib.request
+
+    from curation.export.labelstudio import PRESIGN_SECONDS, _image_mode, _task_image
+    from schema.errors import SkinflowError
+
+    bucket_wb = _bucket_workbench(tmp_path / "wb", bucket_url)
+    import_folder(bucket_wb, get_actor(bucket_wb, "admin"), _pictures(tmp_path / "in", 1))
+    with bucket_wb.session() as s:
+        key, sha = s.execute(select(Image.file_path, Image.sha256)).one()
+    assert _image_mode(bucket_wb, "auto") == "presigned" and _image_mode(wb, "auto") == "local"
+    link = _task_image(bucket_wb, "presigned", key)
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] not in link and f"X-Amz-Expires={PRESIGN_SECONDS}" in link
+    with urllib.request.urlopen(link) as reply:  # what a Label Studio user's browser does: no credentials
+        assert hashlib.sha256(reply.read()).hexdigest() == sha
+    with pytest.raises(SkinflowError, match="cannot serve them from its disk"):
+        _image_mode(bucket_wb, "local")
+    with pytest.raises(SkinflowError, match="need the images in a bucket"):
+        _image_mode(wb, "presigned")

@@ -114,3 +114,25 @@ def test_an_export_in_label_studio_format_loads_with_the_curated_labels_as_annot
         colors = [r["value"]["choices"] for r in annotation.result if r["from_name"] == "color"]
         assert colors == ([record["caption"]["color"]] if record["caption"]["color"] else [])
         assert annotation.ground_truth is True
+
+
+def test_pictures_in_a_bucket_reach_label_studio_as_presigned_links_renewed_by_each_push(tmp_path):
+    from label_studio_sdk import LabelStudio
+
+    bucket_url = os.environ.get("SKINFLOW_TEST_S3")
+    if not (URL and TOKEN and bucket_url):
+        pytest.fail("needs Label Studio and an S3-compatible server: make test-integration starts both")
+    wb = open_workbench(Settings.load(environ={}, home=tmp_path / "wb", image_store=f"{bucket_url}/{uuid.uuid4().hex[:12]}"))
+    build_demo(wb, None, n=3, seed=1)
+    admin, project = get_actor(wb, "admin"), f"SkinFlow bucket {uuid.uuid4().hex[:8]}"
+    first = push(wb, admin, URL, TOKEN, project=project)  # auto: presigned, the store being a bucket
+    assert first.created >= 3 and first.refreshed == 0
+    client = LabelStudio(base_url=URL, api_key=TOKEN)
+    [before] = [t for t in client.tasks.list(project=first.project_id) if t.data["skinflow_id"] == 1]
+    with urllib.request.urlopen(before.data["image"]) as reply:  # the annotator's browser: no credentials, no proxy
+        assert reply.read()[:2] == b"\xff\xd8"
+    again = push(wb, admin, URL, TOKEN, project=project)
+    assert again.created == 0 and again.refreshed == first.created
+    [after] = [t for t in client.tasks.list(project=first.project_id) if t.data["skinflow_id"] == 1]
+    assert after.data["image"] != before.data["image"] and after.data["sha256"] == before.data["sha256"]
+    wb.close()

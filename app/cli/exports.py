@@ -134,13 +134,18 @@ def ls_push(
     ctx: typer.Context,
     url: str = typer.Option(..., envvar="LABEL_STUDIO_URL", help="Label Studio address, e.g. http://127.0.0.1:8080."),
     project: str = typer.Option("SkinFlow", help="Project title (created if missing)."),
-    images: str = typer.Option("local", help="local: Label Studio serves the image store; data: images embedded in tasks."),
+    images: str = typer.Option(
+        "auto",
+        help="local: Label Studio serves the image store folder; data: images embedded in tasks; presigned: links to "
+        "a bucket store, renewed by each push; auto: presigned for a bucket, else local.",
+    ),
 ) -> None:
     """Create or update the project and upload tasks with predictions (pushing twice adds nothing).
     The API token comes from LABEL_STUDIO_API_KEY or the file named by LABEL_STUDIO_API_KEY_FILE."""
     c = context(ctx)
     report = push(c.workbench(), c.actor(), url, label_studio_token(), project=project, image_mode=images)
-    out.print(f"project #{report.project_id}: {report.created} tasks created, {report.already_there} already there")
+    renewed = f" ({report.refreshed} image links renewed)" if report.refreshed else ""
+    out.print(f"project #{report.project_id}: {report.created} tasks created, {report.already_there} already there{renewed}")
 
 
 @ls_app.command("pull")

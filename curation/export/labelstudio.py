@@ -7,7 +7,10 @@ Images: `local` (default) points tasks at Label Studio's local-files serving of 
 store (start Label Studio with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true and
 LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=<the workbench folder, which holds images/>; push registers
 images/ as the project's local storage: Label Studio refuses the document root itself); `data` embeds each
-image as a data URL (no server set-up, larger tasks).
+image as a data URL (no server set-up, larger tasks). With the images in a bucket (SKINFLOW_IMAGE_STORE=s3://...):
+`presigned` (the default there) gives each task a presigned URL to its picture, valid PRESIGN_SECONDS (7 days, S3's
+longest), and pushing again refreshes the URLs of the tasks already there; Label Studio needs no credentials.
+`data` works with a bucket too; `local` does not (Label Studio cannot serve a bucket's pictures from its disk).
 
 pull: bring completed annotations back as workbench annotations, each with its origin
 (`labelstudio:<url>/projects/<p>/tasks/<t>/annotations/<a>`, unique in the database, so pulling twice
@@ -32,6 +35,7 @@ from curation.labelling.annotate import submit_annotation, user_chain_head
 from curation.store import audit
 from curation.store.auth import Actor, add_user, get_actor, require
 from curation.store.db import Workbench
+from curation.store.images import FolderImageStore
 from curation.store.models import Annotation, Image, User
 from curation.store.secrets import read_secret
 from schema.errors import SkinflowError
@@ -91,6 +95,40 @@ class PushReport:
     project_id: int
     created: int = 0
     already_there: int = 0
+    refreshed: int = 0  # tasks already there whose presigned image URL was renewed
+
+
+IMAGE_MODES = ("auto", "local", "data", "presigned")
+PRESIGN_SECONDS = 7 * 24 * 3600  # the longest a SigV4 presigned URL may live
+
+
+def _image_mode(wb: Workbench, image_mode: str) -> str:
+    """`auto`: presigned URLs for a bucket store, Label Studio's local files for a folder."""
+    bucket = not isinstance(wb.images, FolderImageStore)
+    if image_mode == "auto":
+        return "presigned" if bucket else "local"
+    if image_mode not in IMAGE_MODES:
+        raise SkinflowError(
+            "image mode must be 'local' (Label Studio serves the image store), 'data' (embedded images), 'presigned' "
+            "(presigned URLs to a bucket store) or 'auto'"
+        )
+    if bucket and image_mode == "local":
+        raise SkinflowError(
+            f"the images are in a {wb.images.describe()}: Label Studio cannot serve them from its disk; push with "
+            "--images presigned (links to the bucket, renewed by each push) or --images data"
+        )
+    if not bucket and image_mode == "presigned":
+        raise SkinflowError("presigned URLs need the images in a bucket (SKINFLOW_IMAGE_STORE); use --images local or data")
+    return image_mode
+
+
+def _task_image(wb: Workbench, image_mode: str, file_path: str) -> str:
+    if image_mode == "local":  # relative to the document root: the workbench folder
+        return LABEL_STUDIO_IMAGE_PREFIX + str((wb.store_dir / file_path).resolve().relative_to(wb.settings.home.resolve()))
+    if image_mode == "presigned":
+        return wb.images.presigned_url(file_path, PRESIGN_SECONDS)
+    kind = "png" if file_path.endswith(".png") else "jpeg"
+    return f"data:image/{kind};base64," + base64.b64encode(wb.images.get(file_path)).decode()
 
 
 def push(
@@ -100,16 +138,15 @@ def push(
     token: str,
     *,
     project: str = "SkinFlow",
-    image_mode: str = "local",
+    image_mode: str = "auto",
     statuses: tuple[str, ...] = ("pending", "annotated", "verified"),
 ) -> PushReport:
     require(actor, "admin", "push to Label Studio")
-    if image_mode not in ("local", "data"):
-        raise SkinflowError("image mode must be 'local' (Label Studio serves the image store) or 'data' (embedded images)")
+    image_mode = _image_mode(wb, image_mode)
     client = _client(url, token)
     taxonomy = wb.taxonomy
     ls_project = _project(client, project, label_studio_config(taxonomy))
-    present = {((t.data or {}).get("skinflow_id")) for t in _call("list tasks", client.tasks.list, project=ls_project.id)}
+    present = {(t.data or {}).get("skinflow_id"): t for t in _call("list tasks", client.tasks.list, project=ls_project.id)}
     if image_mode == "local":
         storages = _call("list local storages", client.import_storage.local.list, project=ls_project.id)
         if not any(getattr(s, "path", None) == str(wb.store_dir.resolve()) for s in storages):
@@ -133,12 +170,13 @@ def push(
     for image_id, file_path, sha, source_key in images:
         if image_id in present:
             report.already_there += 1
+            if image_mode == "presigned":  # a link lives 7 days: each push renews the ones already there
+                task = present[image_id]
+                data = {**(task.data or {}), "image": _task_image(wb, image_mode, file_path)}
+                _call("renew a task's image link", client.tasks.update, id=task.id, data=data)
+                report.refreshed += 1
             continue
-        if image_mode == "local":  # relative to the document root: the workbench folder
-            image = LABEL_STUDIO_IMAGE_PREFIX + str((wb.store_dir / file_path).resolve().relative_to(wb.settings.home.resolve()))
-        else:
-            kind = "png" if file_path.endswith(".png") else "jpeg"
-            image = f"data:image/{kind};base64," + base64.b64encode((wb.store_dir / file_path).read_bytes()).decode()
+        image = _task_image(wb, image_mode, file_path)
         tasks.append(
             {
                 "data": {"image": image, "skinflow_id": image_id, "sha256": sha, "source_label": source_key},
@@ -155,7 +193,18 @@ def push(
         )
         report.created += len(tasks[start : start + IMPORT_BATCH])
     with wb.session() as s:
-        audit.record(s, actor, "labelstudio.push", "image", None, url=url, project=ls_project.id, created=report.created)
+        audit.record(
+            s,
+            actor,
+            "labelstudio.push",
+            "image",
+            None,
+            url=url,
+            project=ls_project.id,
+            created=report.created,
+            refreshed=report.refreshed,
+            images=image_mode,
+        )
     return report
 
 

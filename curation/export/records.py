@@ -17,12 +17,13 @@ from PIL import Image as PILImage
 from sqlalchemy import false, or_, select
 from sqlalchemy.orm import Session
 
-from curation.errors import ExportError
+from curation.errors import ConfigError, ExportError
 from curation.export.neardup import DEFAULT_MAX_DISTANCE, near_duplicate_groups
 from curation.export.splits import SPLITS, assign_splits, join_groups
 from curation.ingest.clean import dhash
 from curation.store.db import Workbench
 from curation.store.models import LESION_COLUMNS, Annotation, Image, Review, User
+from curation.store.secrets import read_secret
 from schema.caption import Caption, render
 from schema.fitzpatrick import BAND_TYPES, band_of
 
@@ -299,8 +300,22 @@ EXPORT_KEY_FILE = "export-key"
 
 
 def export_key(wb: Workbench) -> bytes:
-    """This workbench's secret for pseudonyms (created on first use, owner-only, beside the database). Keep it
-    with the workbench: pseudonyms stay the same across its exports only while it does."""
+    """This workbench's secret for pseudonyms: SKINFLOW_EXPORT_KEY (or the file SKINFLOW_EXPORT_KEY_FILE names: 64
+    hex digits) where several servers share one workbench, so each exports the same pseudonyms; else a key
+    created on first use, owner-only, beside the database. Keep it with the workbench: pseudonyms stay the same
+    across its exports only while it does."""
+    given = read_secret("SKINFLOW_EXPORT_KEY")
+    if given is not None:
+        try:
+            key = bytes.fromhex(given.strip())
+        except ValueError:
+            key = b""
+        if len(key) < 16:
+            raise ConfigError(
+                "SKINFLOW_EXPORT_KEY is not a key: give 64 hex digits (e.g. `python3 -c 'import secrets; "
+                "print(secrets.token_hex(32))'`), the same on every server"
+            )
+        return key
     path = wb.settings.home / EXPORT_KEY_FILE
     try:  # created exclusively: two first exports at once must not each make (and use) their own key
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -85,6 +85,10 @@ class ImageStore(ABC):
     def exists(self, key: str) -> bool:
         return self.size(key) is not None
 
+    def presigned_url(self, key: str, expires_s: int) -> str:
+        """A URL anyone holding it can read the picture from until it expires (a bucket's only)."""
+        raise StoreUnavailable(f"{self.describe()} hands out no links: only a bucket store signs URLs")
+
     @abstractmethod
     def prefetch(self, keys: list[str]) -> None:
         """Start making these pictures local in the background."""
@@ -200,6 +204,12 @@ class BucketImageStore(ImageStore):
         if not cached.is_file():
             write_atomic(cached, self.get(key))  # content-addressed: a copy, once made, is never stale
         return cached
+
+    def presigned_url(self, key: str, expires_s: int) -> str:
+        # signed here with the credentials in use (no request is made): the URL carries a signature, never the secret
+        return self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": self._name(key)}, ExpiresIn=expires_s
+        )
 
     def prefetch(self, keys: list[str]) -> None:
         with self._lock:
