@@ -31,9 +31,10 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
 # installs Label Studio in .ls-venv (about 1 GB, a few minutes the first time), starts it beside a throwaway
-# SeaweedFS (pictures in a bucket reach Label Studio as presigned links), runs -m integration
+# PostgreSQL and SeaweedFS (two app servers on one database and one bucket; pictures in a bucket reach Label
+# Studio as presigned links), runs -m integration
 test-integration: $(STAMP)
-	bash .ci/seaweedfs bash .ci/labelstudio
+	bash .ci/postgres bash .ci/seaweedfs bash .ci/labelstudio
 
 # The database-layer tests (marked `database`) again, on a throwaway PostgreSQL server (Debian's package, installed
 # if missing): every test gets its own database (SKINFLOW_TEST_DATABASE_URL, tests/conftest.py).

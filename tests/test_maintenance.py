@@ -141,8 +141,9 @@ def test_on_postgresql_backup_and_restore_point_at_pg_dump(wb, admin, tmp_path):
 
 
 def test_the_app_lock_is_the_databases_not_the_homes(wb, admin, tmp_path):
-    """Two homes on one database: the second app is refused (the lock beside the SQLite file, or PostgreSQL's
-    advisory lock), and so is a restore under the first."""
+    """Two homes on one SQLite file: the second app is refused (the lock beside the file), and so is a restore
+    under the first. On PostgreSQL several app servers, each in its own home, serve one database (a shared
+    advisory lock): the second is let in, and a second app in the same home is still refused."""
     import os
 
     from curation.errors import DatabaseError, SkinflowError
@@ -158,6 +159,11 @@ def test_the_app_lock_is_the_databases_not_the_homes(wb, admin, tmp_path):
     other = Settings.load(environ={}, home=tmp_path / "other-home", database_url=wb.settings.db_url)
     fd = maintenance.hold_app_lock(wb.settings)
     try:
+        if other.db_path is None:
+            second = maintenance.hold_app_lock(other)  # a second server on the same PostgreSQL database: let in
+            os.close(second)
+            maintenance._held.pop().close()  # (its lock; the first server's stays held)
+            other = Settings.load(environ={}, home=wb.settings.home, database_url=wb.settings.db_url)  # one home twice
         with pytest.raises(SkinflowError, match="already runs for this database"):
             maintenance.hold_app_lock(other)
         if other.db_path is not None:

@@ -107,8 +107,9 @@ def app_lock_path(settings) -> Path:
 def hold_app_lock(settings) -> int:
     """Mark this process as the app server of the database until it ends: an exclusive lock on app_lock_path
     (released by the system when the process dies, so never stale), with the pid inside; on PostgreSQL also a
-    session advisory lock on a connection kept open. Both are inheritable, so they survive the exec into Streamlit.
-    Refuses a second app on the same database."""
+    shared session advisory lock on a connection kept open. Both are inheritable, so they survive the exec into
+    Streamlit. Refuses a second app on the same SQLite file or in the same home; several app servers, each with its
+    own home, serve one PostgreSQL database."""
     path = app_lock_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -131,10 +132,12 @@ def _hold_server_lock(settings, fd: int) -> None:
 
     url = settings.db_url.replace("postgresql+psycopg://", "postgresql://", 1)
     connection = psycopg.connect(url, autocommit=True)
-    if not connection.execute("SELECT pg_try_advisory_lock(%s)", (PG_APP_LOCK_KEY,)).fetchone()[0]:
+    # shared: any number of app servers serve one PostgreSQL database (docs/deploy.md); what must run alone
+    # takes the exclusive lock on the same key, which waits for every server to stop
+    if not connection.execute("SELECT pg_try_advisory_lock_shared(%s)", (PG_APP_LOCK_KEY,)).fetchone()[0]:
         connection.close()
         os.close(fd)
-        raise SkinflowError("the app already runs for this database (on another machine or home); stop it first")
+        raise SkinflowError("a maintenance command holds this database alone; start the app when it is done")
     os.set_inheritable(connection.fileno(), True)  # the server keeps the lock while the socket stays open
     _held.append(connection)
 
