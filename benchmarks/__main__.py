@@ -5,7 +5,8 @@ benchmarks/RESULTS.md; this runs them in turn with their defaults, prints one ta
 or peer, ratio, goal, met or not) and writes it as the Summary section at the top of RESULTS.md, with the
 date and the machine. `--only export fdlinear` runs a subset. labelstudio_import needs a Label Studio
 server and runs only when LABEL_STUDIO_URL is set (`bash .ci/labelstudio .venv/bin/python -m benchmarks
---only labelstudio_import`).
+--only labelstudio_import`); bucket needs an S3-compatible server and runs only when SKINFLOW_TEST_S3 is set
+(`bash .ci/seaweedfs .venv/bin/python -m benchmarks --only bucket`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ ORDER = (
     "ablation",
     "suggestions",
     "labelstudio_import",
+    "bucket",
 )
+NEEDS = {"labelstudio_import": "LABEL_STUDIO_URL", "bucket": "SKINFLOW_TEST_S3"}  # a server the benchmark runs against
 
 
 def cpu_model() -> str:
@@ -59,7 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", choices=ORDER, help="run these benchmarks only")
     args = parser.parse_args()
-    chosen = args.only or [name for name in ORDER if name != "labelstudio_import" or os.environ.get("LABEL_STUDIO_URL")]
+    chosen = args.only or [name for name in ORDER if os.environ.get(NEEDS.get(name, "PATH"))]
     failures = []
     for name in chosen:
         print(f"== {name}", flush=True)

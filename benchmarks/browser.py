@@ -116,15 +116,36 @@ def shortest_prefix(target: str, labels: list[str]) -> str:
     return target
 
 
-def build(home: Path, n_images: int, n_demo: int) -> None:
-    wb = open_workbench(Settings.load(environ={}, home=home))
+def submit_to_next(page, rounds: int) -> list[float]:
+    """Seconds from a click on Submit to the next image fully rendered, `rounds` times after 2 warm-up rounds (the
+    first renders load the page's code and the taxonomy), on a page logged in to the Annotate page."""
+    page.wait_for_function(NEXT_RENDERED, arg=-1, polling="raf", timeout=60_000)
+    for _ in range(2):
+        previous = image_on_screen(page)
+        page.get_by_role("button", name="Submit").click()
+        page.wait_for_function(NEXT_RENDERED, arg=previous, polling="raf", timeout=60_000)
+    seconds = []
+    for _ in range(rounds):
+        previous = image_on_screen(page)
+        start = time.perf_counter()
+        page.get_by_role("button", name="Submit").click()
+        page.wait_for_function(NEXT_RENDERED, arg=previous, polling="raf", timeout=60_000)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def build(home: Path, n_images: int, n_demo: int, image_store: str | None = None) -> None:
+    """A workbench of `n_images` (the first `n_demo` with drafts and source labels), its pictures in `image_store`
+    (a bucket) or the folder under the home."""
+    wb = open_workbench(Settings.load(environ={}, home=home, image_store=image_store))
     build_demo(wb, None, n=n_demo, seed=0, verified_fraction=0.0, annotated_fraction=0.0)  # drafts + source labels
     admin = get_actor(wb, "admin")
     set_password(wb, admin, "annotator", PASSWORD)
     update_workflow_settings(wb, admin, gold_rate=0.0, queue_strategy="sequential")
     with wb.engine.connect() as c:
         template = c.execute(text("SELECT file_path FROM images LIMIT 1")).scalar()
-    bulk_images(wb, n_images - n_demo, template)
+    if n_images > n_demo:
+        bulk_images(wb, n_images - n_demo, template)
     wb.close()
 
 
@@ -139,18 +160,7 @@ def measure(home: Path, rounds: int, keyboard_rounds: int) -> dict:
     with serve(home, free_port()) as url, chromium() as browser:
         page = browser.new_page(viewport={"width": 1500, "height": 1300})
         log_in(page, url, "annotator", PASSWORD)
-        page.wait_for_function(NEXT_RENDERED, arg=-1, polling="raf", timeout=60_000)
-        for _ in range(2):  # warm-up: first renders load the page's code and the taxonomy
-            previous = image_on_screen(page)
-            page.get_by_role("button", name="Submit").click()
-            page.wait_for_function(NEXT_RENDERED, arg=previous, polling="raf", timeout=60_000)
-        seconds = []
-        for _ in range(rounds):
-            previous = image_on_screen(page)
-            start = time.perf_counter()
-            page.get_by_role("button", name="Submit").click()
-            page.wait_for_function(NEXT_RENDERED, arg=previous, polling="raf", timeout=60_000)
-            seconds.append(time.perf_counter() - start)
+        seconds = submit_to_next(page, rounds)
 
         annotator = get_actor(wb, "annotator")
         person = ScriptedAnnotator(page)
