@@ -159,6 +159,14 @@ def test_an_object_deleted_behind_the_workbench_is_missing_with_its_key(tmp_path
     with pytest.raises(ImageMissing, match=key.replace(".", r"\.")):
         fresh.images.local_path(key)
     assert fresh.images.size(key) is None
+    from curation.labelling.browse import thumbnail
+
+    admin = get_actor(fresh, "admin")
+    with fresh.session() as s:
+        image_id = s.scalar(select(Image.id).where(Image.file_path == key))
+    detail = image_detail(fresh, admin, image_id)  # what the pages open: missing, with its id, no traceback
+    assert detail.missing and detail.path is None and detail.id == image_id
+    assert thumbnail(fresh, image_id) is None  # the Dataset table shows no picture for it
 
 
 @pytest.mark.s3

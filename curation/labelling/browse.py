@@ -13,6 +13,7 @@ from curation.errors import NotFound
 from curation.labelling.review import images_in_disagreement
 from curation.store.auth import Actor, require
 from curation.store.db import Workbench
+from curation.store.images import ImageMissing
 from curation.store.models import (
     Annotation,
     AuditEvent,
@@ -34,7 +35,8 @@ SORTS = {
 
 
 def thumbnail(wb: Workbench, image_id: int, size: int = 160) -> bytes | None:
-    """A small JPEG of a stored image, cached on disk next to the store (thumbs/)."""
+    """A small JPEG of a stored image, cached on disk next to the store (thumbs/); None when it has no picture or
+    its picture is missing from the store."""
     with wb.session() as s:
         row = s.execute(select(Image.sha256, Image.file_path).where(Image.id == image_id)).first()
     if row is None or row.file_path is None:
@@ -42,10 +44,13 @@ def thumbnail(wb: Workbench, image_id: int, size: int = 160) -> bytes | None:
     cached = wb.settings.home / "thumbs" / f"{row.sha256}_{size}.jpg"
     if cached.exists():
         return cached.read_bytes()
-    with PILImage.open(wb.images.local_path(row.file_path)) as img:
-        img.thumbnail((size, size))
-        buffer = io.BytesIO()
-        img.convert("RGB").save(buffer, "JPEG", quality=80)
+    try:
+        with PILImage.open(wb.images.local_path(row.file_path)) as img:
+            img.thumbnail((size, size))
+            buffer = io.BytesIO()
+            img.convert("RGB").save(buffer, "JPEG", quality=80)
+    except (ImageMissing, FileNotFoundError):  # gone from the store: the table shows no picture for it
+        return None
     write_atomic(cached, buffer.getvalue())
     return buffer.getvalue()
 

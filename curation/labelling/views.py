@@ -254,7 +254,7 @@ def related_images(wb: Workbench, actor: Actor, image_id: int) -> list[RelatedIm
         if image is None:
             raise NotFound(f"no image #{image_id}")
         meta = image.meta or {}
-        out: list[RelatedImage] = []
+        found: list[tuple[Any, str, str]] = []  # (row, the shared column, its value)
         seen = {image_id}
         for column in LESION_COLUMNS:
             value = meta.get(column)
@@ -273,7 +273,13 @@ def related_images(wb: Workbench, actor: Actor, image_id: int) -> list[RelatedIm
             ).all()
             for row in rows:
                 seen.add(row.id)
-                out.append(
-                    RelatedImage(row.id, column, str(value), row.status, row.source_label, wb.images.local_path(row.file_path))
-                )
+                found.append((row, column, str(value)))
+    out = []
+    for row, column, value in found:  # outside the transaction: a bucket's picture is a download
+        try:
+            path = wb.images.local_path(row.file_path)
+        except ImageMissing:
+            continue  # gone from the store: nothing to compare with
+        if path.is_file():
+            out.append(RelatedImage(row.id, column, value, row.status, row.source_label, path))
     return out
