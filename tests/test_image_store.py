@@ -481,3 +481,20 @@ def test_a_presigned_link_reads_the_picture_without_credentials_and_modes_fit_th
         _image_mode(bucket_wb, "local")
     with pytest.raises(SkinflowError, match="need the images in a bucket"):
         _image_mode(wb, "presigned")
+
+
+@pytest.mark.s3
+def test_a_restore_checks_the_pictures_of_the_backup_in_the_bucket(tmp_path, bucket_url):
+    from curation.ops.maintenance import backup, restore
+
+    wb = _bucket_workbench(tmp_path / "wb", bucket_url)
+    admin = get_actor(wb, "admin")
+    import_folder(wb, admin, _pictures(tmp_path / "in", 2))
+    saved = backup(wb, admin, tmp_path / "backup.db")
+    with wb.session() as s:
+        key = s.scalar(select(Image.file_path).order_by(Image.id))
+    wb.images.delete(key)
+    settings = wb.settings
+    wb.close()
+    report = restore(settings, saved, admin)
+    assert report.images == 2 and report.missing_images == [key]  # read from the bucket, not the empty folder

@@ -21,7 +21,7 @@ from curation.store import audit
 from curation.store.auth import Actor, require
 from curation.store.db import Workbench, alembic_config, open_workbench
 from curation.store.files import sweep_leftovers, sweep_store
-from curation.store.images import FolderImageStore
+from curation.store.images import FolderImageStore, open_image_store
 from curation.store.models import Image
 from curation.store.sessions import revoke_all_sessions
 from schema.files import TEMP_PREFIX, write_atomic
@@ -219,7 +219,9 @@ def restore(settings, backup_file: Path, actor: Actor) -> RestoreReport:
     if manifest_path(backup_file).exists():
         listed = json.loads(manifest_path(backup_file).read_text(encoding="utf-8"))["images"]
         report.images = len(listed)
-        report.missing_images = [i["file_path"] for i in listed if not (settings.store_dir / i["file_path"]).exists()]
+        store = open_image_store(settings.image_store, settings.store_dir, settings.home / "cache" / "images")
+        present = {o.key for o in store.objects()}  # a bucket's listing, or the folder's
+        report.missing_images = [i["file_path"] for i in listed if i["file_path"] not in present]
     return report
 
 
