@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from curation.ingest.folder import import_folder
+from curation.labelling.annotate import review_annotation
 from curation.ops.demo import build_demo
 from curation.store.auth import add_user, get_actor, set_password
 from curation.store.db import open_workbench
@@ -84,6 +85,13 @@ def test_two_servers_share_annotations_pictures_and_logins(tmp_path, database_ur
         assert done_one != done_two  # leases in the shared database: one image, one annotator
         assert s.scalar(select(func.count()).select_from(Image)) == 8
         assert s.scalar(select(func.count()).select_from(LoginSession)) == 2
+    reviewer = get_actor(second, "reviewer")  # a review through the other server's settings, of both servers' work
+    with second.session() as s:
+        annotation_ids = s.scalars(select(Annotation.id)).all()
+    for annotation_id in annotation_ids:
+        review_annotation(second, reviewer, annotation_id, "verified")
+    with first.session() as s:
+        assert {i.status for i in s.scalars(select(Image).where(Image.id.in_([done_one, done_two])))} == {"verified"}
     for home in (one, two):  # each server downloaded what it showed into its own cache; the bucket holds them all
         assert any((home / "cache" / "images").rglob("*.*"))
     assert not any(any((home / "images").rglob("*.jpg")) for home in (one, two))  # and nothing else
