@@ -375,3 +375,34 @@ def test_the_train_page_takes_the_encoder_folder_and_says_what_is_wrong(curated,
         st.cache_resource.clear()
     with curated.session() as s:
         assert s.scalars(select(TrainingRun)).all() == []
+
+
+def test_a_server_watches_starts_and_cancels_only_its_own_runs(wb, admin, tmp_path):
+    """Two app servers on one database (docs/deploy.md): a run's process and folder are on the server that started
+    it; another server must neither mark it failed (its pid is not alive there) nor launch its queued runs."""
+    from curation.ops.runs import this_server
+    from curation.store.db import open_workbench
+    from curation.store.settings import Settings
+
+    other = open_workbench(Settings.load(environ={}, home=tmp_path / "other-home", database_url=wb.settings.db_url))
+    assert this_server(other) != this_server(wb)
+    with wb.session() as s:
+        mine = {"export_path": str(tmp_path / "export"), "server": this_server(wb)}
+        running = TrainingRun(preset="tiny", status="running", pid=2**22 + 1, config=mine)  # no such process
+        queued = TrainingRun(preset="tiny", status="queued", config=mine)
+        s.add_all([running, queued])
+        s.flush()
+        running_id, queued_id = running.id, queued.id
+
+    refresh_runs(other)
+    with wb.session() as s:
+        assert (s.get(TrainingRun, running_id).status, s.get(TrainingRun, queued_id).status) == ("running", "queued")
+    with pytest.raises(RunError, match=f"belongs to the server {this_server(wb)}"):
+        cancel_run(other, admin, queued_id)
+    assert {r.id: r.elsewhere for r in list_runs(other)}[running_id] == this_server(wb)
+
+    cancel_run(wb, admin, queued_id)  # its own server may
+    refresh_runs(wb)  # and sees its run's process gone
+    with wb.session() as s:
+        assert (s.get(TrainingRun, running_id).status, s.get(TrainingRun, queued_id).status) == ("failed", "cancelled")
+    other.close()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -98,10 +99,29 @@ class RunView:
     progress: RunProgress | None  # None until the trainer first writes it
     active: bool
     kind: str = "train"  # or "ablation"
+    elsewhere: str | None = None  # the server the run belongs to, when it is not this one (this_server)
 
 
 def runs_dir(wb: Workbench) -> Path:
     return wb.settings.runs_dir
+
+
+def this_server(wb: Workbench) -> str:
+    """Which server a run belongs to: its process and folder live on this machine, in this home. Several app
+    servers share one database (docs/deploy.md); each starts, watches, cancels and activates only its own runs."""
+    return f"{socket.gethostname()}:{wb.settings.home.resolve()}"
+
+
+def _here(wb: Workbench, run: TrainingRun) -> bool:
+    return run.config.get("server", this_server(wb)) == this_server(wb)  # runs from before servers were named: here
+
+
+def _require_here(wb: Workbench, run: TrainingRun, what: str) -> None:
+    if not _here(wb, run):
+        raise RunError(
+            f"run #{run.id} belongs to the server {run.config['server']} (its process and folder are there): {what} "
+            "it from that server"
+        )
 
 
 def run_dir(wb: Workbench, run_id: int) -> Path:
@@ -216,7 +236,7 @@ def start_training(
             preset=preset,
             status="queued",
             created_by=actor.id,
-            config={"export_path": str(result.path), **config},
+            config={"export_path": str(result.path), "server": this_server(wb), **config},
         )
         s.add(run)
         s.flush()
@@ -250,7 +270,8 @@ def refresh_runs(wb: Workbench) -> None:
     """Bring statuses up to date and start queued runs when a slot is free. Safe to call often."""
     slots = get_workflow_settings(wb).training_slots
     with wb.session() as s:
-        for run in s.scalars(select(TrainingRun).where(TrainingRun.status == "running")):
+        mine = [r for r in s.scalars(select(TrainingRun).where(TrainingRun.status.in_(("running", "queued")))) if _here(wb, r)]
+        for run in (r for r in mine if r.status == "running"):  # another server's run is that server's to watch
             folder = run_dir(wb, run.id)
             status = getattr(read_progress(folder), "status", None)
             alive = is_alive(run.pid, f"run-{run.id}")
@@ -274,10 +295,8 @@ def refresh_runs(wb: Workbench) -> None:
                 except (ProcessLookupError, PermissionError):
                     pass
         s.flush()
-        running = len(s.scalars(select(TrainingRun.id).where(TrainingRun.status == "running")).all())
-        for run in s.scalars(
-            select(TrainingRun).where(TrainingRun.status == "queued").order_by(TrainingRun.id).limit(max(slots - running, 0))
-        ):
+        running = sum(r.status == "running" for r in mine)  # slots are this machine's
+        for run in sorted((r for r in mine if r.status == "queued"), key=lambda r: r.id)[: max(slots - running, 0)]:
             _launch(wb, run)
 
 
@@ -288,6 +307,7 @@ def cancel_run(wb: Workbench, actor: Actor, run_id: int) -> str:
         run = s.get(TrainingRun, run_id)
         if run is None:
             raise NotFound(f"no training run #{run_id}")
+        _require_here(wb, run, "cancel")
         if run.status == "queued":
             run.status, run.finished_at = "cancelled", utcnow()
         elif run.status == "running":
@@ -308,6 +328,7 @@ def resume_run(wb: Workbench, actor: Actor, run_id: int) -> None:
         run = s.get(TrainingRun, run_id)
         if run is None:
             raise NotFound(f"no training run #{run_id}")
+        _require_here(wb, run, "resume")
         if run.status not in ("failed", "cancelled"):
             raise RunError(f"run #{run_id} is {run.status}; only a failed or cancelled run can be resumed")
         run.status, run.error, run.finished_at, run.pid = "queued", None, None, None
@@ -341,6 +362,7 @@ def list_runs(wb: Workbench) -> list[RunView]:
                 progress=read_progress(run_dir(wb, r.id)),
                 active=r.id == active,
                 kind=r.config.get("kind", "train"),
+                elsewhere=None if _here(wb, r) else r.config["server"],
             )
             for r, path in rows
         ]
@@ -354,6 +376,7 @@ def activate_run(wb: Workbench, actor: Actor, run_id: int, *, suggest: bool = Tr
         run = s.get(TrainingRun, run_id)
         if run is None:
             raise NotFound(f"no training run #{run_id}")
+        _require_here(wb, run, "activate")
         if run.status != "done":
             raise RunError(f"run #{run_id} is {run.status}; only a finished run can be activated")
         if run.config.get("kind") == "ablation":

@@ -63,6 +63,9 @@ def _live_progress(wb, actor, run) -> None:
 
 def _run_details(wb, actor, run_id: int, polling: bool = False) -> None:
     run = next(r for r in list_runs(wb) if r.id == run_id)
+    if run.elsewhere:  # several app servers share the database: the run's process and folder are on its own
+        st.info(f"Run #{run.id} ({run.status}) belongs to the server {run.elsewhere}: open the app there to follow it.")
+        return
     if polling and run.status not in UNFINISHED_RUN_STATUSES:
         st.rerun()  # it finished: the whole page again, so the Runs table above stops saying "running"
     if run.status == "running":
