@@ -125,3 +125,17 @@ def form_ready(page) -> None:
     """The Annotate form is on screen with its fields live (a person waits for the page to settle too)."""
     page.locator(".st-key-kbd-fields [data-testid='stMultiSelect'] input").first.wait_for(state="attached", timeout=60_000)
     settled(page)
+
+
+def correct_to_psoriasis_and_submit(page, image_id: int, timeout_ms: int = 30_000) -> None:
+    """Choose Correct, find Psoriasis in the diagnosis search by typing, submit, and wait for the status line to
+    say the annotation of `image_id` was saved: what a dermatologist correcting the label does."""
+    page.get_by_test_id("stRadio").filter(has_text="Diagnosis").get_by_text("Correct", exact=True).click()
+    diagnosis = page.get_by_test_id("stSelectbox").filter(has_text="Diagnosis (search")
+    diagnosis.wait_for(timeout=15_000)
+    diagnosis.click()
+    page.keyboard.type("psoriasis")
+    page.get_by_role("option", name="Psoriasis — inflammatory / non-neoplastic", exact=True).click()
+    settled(page)
+    page.get_by_role("button", name="Submit").click()
+    page.get_by_text(f"Saved annotation of image #{image_id}").wait_for(timeout=timeout_ms)

@@ -15,7 +15,18 @@ from sqlalchemy import select
 
 from curation.store.auth import get_actor
 from curation.store.models import Annotation, Draft, Image
-from tests.browser_app import CHROMIUM, chromium, demo_workbench, form_ready, free_port, image_on_screen, log_in, serve, settled
+from tests.browser_app import (
+    CHROMIUM,
+    chromium,
+    correct_to_psoriasis_and_submit,
+    demo_workbench,
+    form_ready,
+    free_port,
+    image_on_screen,
+    log_in,
+    serve,
+    settled,
+)
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian chromium (apt-get install chromium)")
 
@@ -32,15 +43,7 @@ def test_annotator_logs_in_changes_two_fields_and_the_diagnosis_and_submits(runn
         texture.locator("input").fill("crusted")
         page.get_by_role("option", name="crusted", exact=False).first.click()
         page.keyboard.press("Escape")
-        page.get_by_test_id("stRadio").filter(has_text="Diagnosis").get_by_text("Correct", exact=True).click()
-        diagnosis = page.get_by_test_id("stSelectbox").filter(has_text="Diagnosis (search")
-        diagnosis.wait_for(timeout=15_000)
-        diagnosis.click()
-        page.keyboard.type("psoriasis")
-        page.get_by_role("option", name="Psoriasis — inflammatory / non-neoplastic", exact=True).click()
-        settled(page)
-        page.get_by_role("button", name="Submit").click()
-        page.get_by_text(f"Saved annotation of image #{image_id}").wait_for(timeout=30_000)
+        correct_to_psoriasis_and_submit(page, image_id)
         page.screenshot(path=str(tmp_path / "after-submit.png"), full_page=True)
 
     with wb.session() as s:

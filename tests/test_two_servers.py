@@ -20,7 +20,16 @@ from curation.store.db import open_workbench
 from curation.store.models import Annotation, Image, LoginSession
 from curation.store.settings import Settings
 from curation.store.workflow import update_workflow_settings
-from tests.browser_app import CHROMIUM, chromium, form_ready, free_port, image_on_screen, log_in, serve, settled
+from tests.browser_app import (
+    CHROMIUM,
+    chromium,
+    correct_to_psoriasis_and_submit,
+    form_ready,
+    free_port,
+    image_on_screen,
+    log_in,
+    serve,
+)
 from tests.helpers import jpeg_bytes, photo, write
 
 pytestmark = [
@@ -30,18 +39,10 @@ pytestmark = [
 
 
 def _submit_what_is_on_screen(page) -> int:
-    """Accept the prefilled caption and confirm the diagnosis, as a dermatologist agreeing with the draft does."""
+    """Keep the prefilled caption and correct the diagnosis to psoriasis; the image's id."""
     form_ready(page)
     image_id = image_on_screen(page)
-    page.get_by_test_id("stRadio").filter(has_text="Diagnosis").get_by_text("Correct", exact=True).click()
-    diagnosis = page.get_by_test_id("stSelectbox").filter(has_text="Diagnosis (search")
-    diagnosis.wait_for(timeout=15_000)
-    diagnosis.click()
-    page.keyboard.type("psoriasis")
-    page.get_by_role("option", name="Psoriasis — inflammatory / non-neoplastic", exact=True).click()
-    settled(page)
-    page.get_by_role("button", name="Submit").click()
-    page.get_by_text(f"Saved annotation of image #{image_id}").wait_for(timeout=60_000)
+    correct_to_psoriasis_and_submit(page, image_id, timeout_ms=60_000)
     return image_id
 
 
