@@ -230,10 +230,10 @@ def test_reasonings_then_weights_then_the_export_carries_the_active_set(tmp_path
 def test_concurrency_cap_holds_under_load(tmp_path):
     with FakeLLM(latency_s=0.05) as server:
         wb, admin = _bench(tmp_path, server, 12)
-        start = time.perf_counter()
         report = draft_images(wb, admin, concurrency=4)
+        # the server counted 4 requests in flight at once: they overlapped, and never more than the cap (how fast that
+        # is, benchmarks/drafting.py measures; a wall-clock bound in a test fails on a busy machine)
         assert report.done == 12 and server.max_in_flight == 4
-        assert time.perf_counter() - start < 12 * 0.05  # requests really overlapped
         wb.close()
 
 
