@@ -498,3 +498,22 @@ def test_a_restore_checks_the_pictures_of_the_backup_in_the_bucket(tmp_path, buc
     wb.close()
     report = restore(settings, saved, admin)
     assert report.images == 2 and report.missing_images == [key]  # read from the bucket, not the empty folder
+
+
+def test_importing_the_source_again_puts_back_a_picture_gone_from_the_store(tmp_path, wb, admin):
+    """What doctor and verify advise for a missing picture: import its source again. The file is known (its sha256),
+    so it adds no row; its picture, cleaned to the same bytes, is written back under the same key."""
+    from curation.ops.images import verify_images
+    from curation.ops.maintenance import doctor
+
+    import_folder(wb, admin, _pictures(tmp_path / "in", 3))
+    with wb.session() as s:
+        key = s.scalar(select(Image.file_path).order_by(Image.id))
+    wb.images.delete(key)
+    assert doctor(wb, admin).missing_files == [key]
+    again = import_folder(wb, admin, tmp_path / "in")
+    assert again.imported == 0 and len(again.duplicates) == 3
+    assert sum("written back to the store" in reason for _, reason in again.duplicates) == 1
+    assert verify_images(wb, admin).problems == [] and doctor(wb, admin).missing_files == []
+    with wb.session() as s:
+        assert s.scalar(select(func.count()).select_from(Image)) == 3  # nothing added

@@ -18,7 +18,7 @@ from curation.errors import ImageRejected
 from curation.ingest.clean import sanitize_image
 from curation.store.auth import Actor, require
 from curation.store.db import Workbench
-from curation.store.files import read_limited, sha256_hex, store_image, sweep_store
+from curation.store.files import read_limited, sha256_hex, store_image, store_path, sweep_store
 from curation.store.models import Image
 
 Progress = Callable[[int, int], None]  # (done, total)
@@ -70,25 +70,36 @@ class KnownContent:
         self.original: dict[str, str] = {}
         self.stored: dict[str, str] = {}
         self.rows: dict[str, Image | int] = {}  # either hash -> the row (this run's, unflushed) or its id
-        for image_id, original, stored in session.execute(select(Image.id, Image.original_sha256, Image.sha256)):
-            if original:
-                self.original[original] = f"image #{image_id}"
-                self.rows[original] = image_id
-            if stored:
-                self.stored[stored] = f"image #{image_id}"
-                self.rows[stored] = image_id
+        self.keys: dict[str, str] = {}  # either hash -> the store key of its picture
+        rows = session.execute(select(Image.id, Image.original_sha256, Image.sha256, Image.file_path))
+        for image_id, original, stored, key in rows:
+            for digest, index in ((original, self.original), (stored, self.stored)):
+                if digest:
+                    index[digest] = f"image #{image_id}"
+                    self.rows[digest] = image_id
+                    if key:
+                        self.keys[digest] = key
 
     def snapshot(self) -> KnownContent:
         """A frozen copy for the preparing threads: the live index changes while they run, and a file
         must be judged against one state (the sequential step then checks the live index)."""
         frozen = object.__new__(KnownContent)
         frozen.original, frozen.stored, frozen.rows = dict(self.original), dict(self.stored), {}
+        frozen.keys = dict(self.keys)
         return frozen
 
     def add(self, image: Image, where: str) -> None:
         self.original[image.original_sha256] = where
         self.stored[image.sha256] = where
         self.rows[image.original_sha256] = self.rows[image.sha256] = image
+        if image.file_path:
+            self.keys[image.original_sha256] = self.keys[image.sha256] = image.file_path
+
+    def missing_picture(self, wb: Workbench, digest: str) -> str | None:
+        """The store key of a known picture that is gone from the store (deleted behind the workbench's back),
+        None while it is there: an import of the same file then writes it back."""
+        key = self.keys.get(digest)
+        return key if key is not None and not wb.images.exists(key) else None
 
     def holder(self, prepared: Prepared) -> Image | int | None:
         """The stored row holding a duplicate's bytes: its id once it has one (a row of an earlier batch is
@@ -147,13 +158,23 @@ class Prepared:
 def prepare(wb: Workbench, known: KnownContent, item: str, data: bytes, original_sha: str) -> Prepared:
     """Everything per file that needs no database: safe to run on several threads at once
     (decoding and hashing release the GIL; the store is content-addressed, writes are atomic)."""
-    if original_sha in known.original:
+    gone = known.missing_picture(wb, original_sha) if original_sha in known.original else None
+    if original_sha in known.original and gone is None:
         return Prepared(item, ("duplicate", f"same file as {known.original[original_sha]}"), original_sha)
     try:
         clean = sanitize_image(data, max_pixels=int(wb.settings.max_image_megapixels * 1e6))
     except ImageRejected as e:
         return Prepared(item, ("failed", str(e)))
     digest = sha256_hex(clean.data)
+    if gone is None and digest in known.stored:
+        gone = known.missing_picture(wb, digest)
+    if gone is not None and gone == store_path(digest, clean.ext):  # the same picture, under the same key: put back
+        store_image(wb.images, clean.data, clean.ext, digest)
+        where = known.original.get(original_sha) or known.stored[digest]
+        reason = f"same picture as {where}, whose stored copy was missing: written back to the store"
+        return Prepared(item, ("duplicate", reason), original_sha, digest)
+    if original_sha in known.original:
+        return Prepared(item, ("duplicate", f"same file as {known.original[original_sha]}"), original_sha)
     if digest in known.stored:
         reason = f"same picture as {known.stored[digest]} (differs only in metadata)"
         return Prepared(item, ("duplicate", reason), original_sha, digest)

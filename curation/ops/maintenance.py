@@ -249,7 +249,7 @@ class DoctorReport:
         if self.missing_files:
             out.append(
                 f"{len(self.missing_files)} image files missing from the store: copy images/ back from where it was "
-                "backed up, or import the source folder again (files are matched by content, nothing is duplicated)"
+                "backed up, or import the source again: a file already known adds no row and puts its missing picture back"
             )
         if self.orphan_files:
             out.append(
