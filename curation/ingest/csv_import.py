@@ -143,7 +143,7 @@ class _CsvRun:
         if data is None:  # known to this source under another id: read only when it must be compared
             if self.reader is None:
                 self.reader = ObjectReader(int(wb.settings.max_image_mb * 1e6))
-            data = self.reader.read_many([row.object_url])[row.object_url]
+            data = self.reader.read(*split_address(row.object_url))
         if isinstance(data, ImageRejected):
             raise data
         return data, sha256_hex(data)

@@ -115,7 +115,8 @@ def collect_garbage(
     report = GarbageReport(store=wb.images.describe(), dry_run=dry_run)
     objects = list(wb.images.objects())  # first: see the module docstring
     report.listed = len(objects)
-    unreferenced = [o for o in objects if o.key not in _referenced_keys(wb)] if objects else []
+    referenced = _referenced_keys(wb) if objects else set()
+    unreferenced = [o for o in objects if o.key not in referenced]
     report.unreferenced = len(unreferenced)
     cutoff = datetime.now(UTC) - timedelta(hours=grace_hours)
     old = [o.key for o in unreferenced if o.modified < cutoff]
