@@ -11,7 +11,6 @@ downloading it) and goes on. The source objects are only read.
 from __future__ import annotations
 
 import hashlib
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import PurePosixPath
 
@@ -24,7 +23,7 @@ from curation.store import audit
 from curation.store.auth import Actor
 from curation.store.db import Workbench
 from curation.store.models import Image
-from schema.bucket import s3_call, s3_client, split_address
+from schema.bucket import endpoint_name, s3_call, s3_client, split_address
 
 BUCKET_SOURCE = "bucket"
 BUCKET_BATCH = 200
@@ -47,7 +46,7 @@ class ObjectReader:
     endpoint, and what to check. Safe to call from several threads (boto3 clients are)."""
 
     def __init__(self, cap_bytes: int):
-        self.client, self.endpoint, self.cap = s3_client(), os.environ.get("AWS_ENDPOINT_URL") or "AWS S3", cap_bytes
+        self.client, self.endpoint, self.cap = s3_client(), endpoint_name(), cap_bytes
 
     def named(self, bucket: str) -> str:
         return f"the bucket s3://{bucket} at {self.endpoint}"

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from curation.errors import ConfigError
-from schema.bucket import S3_SCHEME, StoreUnavailable, is_bucket_name, s3_call, s3_client
+from schema.bucket import S3_SCHEME, StoreUnavailable, endpoint_name, is_bucket_name, s3_call, s3_client
 from schema.errors import SkinflowError
 from schema.files import write_atomic
 
@@ -146,7 +146,7 @@ class BucketImageStore(ImageStore):
 
     def __init__(self, bucket: str, prefix: str, cache_dir: Path, *, client: Any = None, endpoint: str | None = None):
         self.bucket, self.prefix, self.cache_dir = bucket, prefix, Path(cache_dir)
-        self.endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
+        self.endpoint = endpoint or endpoint_name()
         self._client = client
         self._lock = threading.Lock()
         self._prefetcher: ThreadPoolExecutor | None = None
